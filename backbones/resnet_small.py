@@ -1,0 +1,89 @@
+"""CIFAR-style ResNet (3 stages, widths 16/32/64, no max-pool), 64-d features."""
+import torch
+from torch import nn
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal convs (std sqrt(2 / (k*k*out_channels))), BN weight 1 and bias 0.
+
+    This is the original init of every backbone; with the same seed it reproduces the
+    original Conv4 and small-ResNet initial weights bit for bit.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs plus shortcut; key names match torchvision's BasicBlock."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            # Projection shortcut (option B), not the zero-padding option A of the CIFAR paper.
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+    """`blocks` BasicBlocks; only the first one changes stride/width."""
+    layers = [BasicBlock(in_channels, out_channels, stride)]
+    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class ResNetSmall(nn.Module):
+    """3x3 stem, three stages of BasicBlocks, global average pool."""
+
+    name = "resnet"
+
+    def __init__(self, blocks: list[int]):
+        super().__init__()
+        self.channels = [16, 32, 64]
+        self.feature_size = 64
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = make_stage(16, 16, blocks[0], stride=1)
+        self.layer2 = make_stage(16, 32, blocks[1], stride=2)
+        self.layer3 = make_stage(32, 64, blocks[2], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        init_weights(self)
+
+    def first_layer_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem map after ReLU: (N, 16, H, W)."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_layer_features(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def resnet8() -> ResNetSmall:
+    return ResNetSmall([1, 1, 1])
+
+
+def resnet32() -> ResNetSmall:
+    return ResNetSmall([5, 5, 5])
+
+
+def resnet56() -> ResNetSmall:
+    return ResNetSmall([9, 9, 9])

@@ -1,0 +1,125 @@
+"""Self-supervised relational reasoning (Patacchiola and Storkey, NeurIPS 2020).
+
+K augmented views of each image go through the backbone; a relation head scores pairs of
+representations as "same image" (positive) or "different images" (negative), trained with a
+focal loss.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import OrderedDict
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from methods.base import Method, StepOutput
+from methods.losses import focal_loss
+
+AGGREGATIONS = ("cat", "sum", "mean", "max")
+
+
+@lru_cache(maxsize=16)
+def _pair_indices(K: int, B: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices (first, second) and targets of every pair, in the original code's order.
+
+    The original loops over view blocks (i, j), i < j, lexicographically; for each it emits
+    B positives (view i and view j of the same image) then B negatives (view j rolled along
+    the batch by a shift that starts at 1, grows by one per block pair and wraps back to 1
+    when it reaches B, so the roll is never the identity). `torch.roll(x, s)[n]` is
+    `x[(n - s) mod B]`.
+    """
+    blocks = torch.triu_indices(K, K, offset=1)  # lexicographic (i, j), i < j
+    num_blocks = blocks.shape[1]
+    shifts = torch.arange(num_blocks) % max(B - 1, 1) + 1
+    n = torch.arange(B)
+    first = (blocks[0][:, None] * B + n).repeat_interleave(2, dim=0)   # P and N share view i
+    positive_second = blocks[1][:, None] * B + n
+    negative_second = blocks[1][:, None] * B + (n - shifts[:, None]) % B
+    second = torch.stack([positive_second, negative_second], dim=1).reshape(-1, B)
+    targets = torch.tensor([1.0, 0.0]).repeat(num_blocks).repeat_interleave(B)
+    return first.reshape(-1).to(device), second.reshape(-1).to(device), targets.to(device)
+
+
+def aggregate(features: torch.Tensor, K: int, aggregation: str = "cat"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All K(K-1)B relation pairs and their targets from view-major features (K*B, F)."""
+    B = features.shape[0] // K
+    first, second, targets = _pair_indices(K, B, str(features.device))
+    a = features.index_select(0, first)
+    b = features.index_select(0, second)
+    if aggregation == "cat":
+        pairs = torch.cat([a, b], dim=1)
+    elif aggregation == "sum":
+        pairs = a + b
+    elif aggregation == "mean":
+        pairs = (a + b) / 2.0
+    elif aggregation == "max":
+        pairs = torch.maximum(a, b)
+    else:
+        raise ValueError(f"unknown aggregation '{aggregation}': choose one of {', '.join(AGGREGATIONS)}")
+    return pairs, targets
+
+
+class RelationNet(Method):
+    name = "relationnet"
+    augmentation = "relationnet"
+    score_name = "accuracy"
+
+    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+        super().__init__(backbone, num_classes, args)
+        self.views_per_image = args.K
+        self.aggregation = args.aggregation
+        width = backbone.feature_size * (2 if self.aggregation == "cat" else 1)
+        # Key names of the original `relation` checkpoint entry.
+        self.relation_module = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(width, 256)),
+            ("bn1", nn.BatchNorm1d(256)),
+            ("relu", nn.LeakyReLU()),
+            ("linear2", nn.Linear(256, 1)),
+        ]))
+        self.optimizer = torch.optim.Adam([
+            {"params": self.backbone.parameters(), "lr": self.lr},
+            {"params": self.relation_module.parameters(), "lr": self.lr},
+        ])
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--K", type=int, default=32,
+                            help="relationnet: augmented views per image (default 32)")
+        parser.add_argument("--aggregation", default="cat",
+                            help="relationnet: how pairs are combined: cat, sum, mean, max")
+
+    @classmethod
+    def check_arguments(cls, args: argparse.Namespace) -> str | None:
+        if args.K < 2:
+            return f"--K {args.K}: relationnet needs at least 2 views per image"
+        if args.aggregation not in AGGREGATIONS:
+            return f"--aggregation {args.aggregation}: choose one of {', '.join(AGGREGATIONS)}"
+        return None
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        features = self.backbone(views)
+        pairs, targets = aggregate(features, self.views_per_image, self.aggregation)
+        logits = self.relation_module(pairs).squeeze(1)
+        loss = focal_loss(logits, targets.to(logits.dtype), gamma=2.0, alpha=0.5)
+        correct = ((logits > 0).float() == targets).float()
+        positives = targets.sum()
+        pair_count = torch.tensor(float(targets.numel()), device=logits.device)
+        return StepOutput(loss=loss, loss_weight=targets.numel(), metrics={
+            "accuracy": (100.0 * correct.sum(), pair_count),
+            "accuracy_positive": (100.0 * (correct * targets).sum(), positives),
+            "accuracy_negative": (100.0 * (correct * (1 - targets)).sum(), pair_count - positives),
+        })
+
+    def checkpoint_state(self) -> dict:
+        return {"backbone": self.backbone.state_dict(),
+                "relation": self.relation_module.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.backbone.load_state_dict(state["backbone"])
+        self.relation_module.load_state_dict(state["relation"])
+        # The original tolerates checkpoints without optimizer state (released archives).
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,96 @@
+"""Supervised training of backbone + linear classifier: the upper bound of the paper's tables.
+
+The same model, with its checkpoint of five keys (`classifier`, `backbone`, `optimizer`,
+`optimizer_lineval`, `optimizer_finetune`), is what linear evaluation and fine-tuning produce
+and what `test.py` scores, as in the original code.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Method, StepOutput, accuracy_sums
+
+
+def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) -> bool:
+    """Multiply every group's learning rate by 0.1 at epochs int(0.5 E) and int(0.75 E).
+
+    Keyed to the run's real epoch count (the original tied fine-tuning to a fixed 200, so the
+    decay never happened with the default 100 epochs). Returns whether it decayed.
+    """
+    if epoch not in {int(0.5 * total_epochs), int(0.75 * total_epochs)} or epoch == 0:
+        return False
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.1
+    return True
+
+
+class Standard(Method):
+    name = "standard"
+    augmentation = "standard"
+    needs_labels = True
+    score_name = "accuracy"
+    default_lr = 0.1
+
+    # Which of the three optimizers of the original StandardModel this stage steps.
+    active_optimizer = "optimizer"
+
+    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+        super().__init__(backbone, num_classes, args)
+        self.classifier = nn.Linear(backbone.feature_size, num_classes)
+        lr = self.lr
+        self.optimizers = {
+            "optimizer": torch.optim.SGD([
+                {"params": self.backbone.parameters(), "lr": lr, "momentum": 0.9},
+                {"params": self.classifier.parameters(), "lr": lr, "momentum": 0.9}]),
+            "optimizer_lineval": torch.optim.Adam([{"params": self.classifier.parameters(), "lr": 1e-3}]),
+            "optimizer_finetune": torch.optim.Adam([
+                {"params": self.backbone.parameters(), "weight_decay": 1e-5,
+                 "lr": getattr(args, "lr_backbone", None) or 1e-4},
+                {"params": self.classifier.parameters(), "weight_decay": 1e-5,
+                 "lr": getattr(args, "lr_classifier", None) or 1e-3}]),
+        }
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizers[self.active_optimizer]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(images))
+
+    def on_epoch_start(self, epoch: int, total_epochs: int, data) -> None:
+        if step_decay(self.optimizer, epoch, total_epochs):
+            print("[INFO] Learning rates: " + ", ".join(f"{g['lr']:g}" for g in self.optimizer.param_groups))
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        logits = self(views)
+        loss = F.cross_entropy(logits, labels)
+        correct, count = accuracy_sums(logits, labels)
+        return StepOutput(loss=loss, loss_weight=labels.numel(),
+                          metrics={"accuracy": (100.0 * correct, count)})
+
+    def checkpoint_state(self) -> dict:
+        return {"classifier": self.classifier.state_dict(),
+                "backbone": self.backbone.state_dict(),
+                **{key: opt.state_dict() for key, opt in self.optimizers.items()}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.classifier.load_state_dict(state["classifier"])
+        self.backbone.load_state_dict(state["backbone"])
+        for key, opt in self.optimizers.items():
+            if key in state:
+                opt.load_state_dict(state[key])
+
+
+class Finetune(Standard):
+    """Stage 2 with `--finetune`: backbone and classifier trained together with Adam."""
+
+    name = "finetune"
+    active_optimizer = "optimizer_finetune"
+
+    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+        super().__init__(backbone, num_classes, args)
+        self.augmentation = args.augmentation

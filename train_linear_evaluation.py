@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Stage 2: train a linear classifier on a frozen backbone (or fine-tune it with --finetune).
+
+Example: python train_linear_evaluation.py --dataset cifar10 --backbone conv4 --seed 1 \
+             --checkpoint ./checkpoint/relationnet/cifar10/relationnet_cifar10_conv4_seed_1_epoch_3.tar
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from utils.runtime import tune_allocator
+
+tune_allocator()
+
+from backbones import build_backbone  # noqa: E402
+from datasets import load_dataset  # noqa: E402
+from methods import METHODS  # noqa: E402
+from methods.standard import Finetune, Standard  # noqa: E402
+from utils.checkpoint import (CsvLog, RunFiles, check_backbone, read_checkpoint,  # noqa: E402
+                              run_header, save_checkpoint)
+from utils.cli import apply_gpu_flag, stage2_parser  # noqa: E402
+from utils.engine import Engine, TrainingPlan, format_duration  # noqa: E402
+from utils.evaluation import evaluate, extract_features, score_logits, train_linear_epoch  # noqa: E402
+from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
+from utils.stage import describe_backbone, record_config, run_main  # noqa: E402
+
+
+def pretraining_method(args, state: dict) -> str:
+    """The stage-1 method names this stage's files; read it from the checkpoint or its path
+    (`<checkpoint_dir>/<method>/<dataset>/...`) rather than defaulting to `standard`."""
+    if args.method:
+        return args.method
+    if state.get("method") in METHODS:
+        return state["method"]
+    parents = Path(args.checkpoint).resolve().parts
+    if len(parents) >= 3 and parents[-3] in METHODS:
+        return parents[-3]
+    raise UserError(f"cannot tell which method trained {args.checkpoint}: pass --method")
+
+
+def linear_evaluation(model: Standard, train, test, args, seed: int, device, log_path: Path) -> None:
+    start = time.time()
+    train_features = extract_features(model.backbone, train, device, desc="Train features")
+    test_features = extract_features(model.backbone, test, device, desc="Test features")
+    train_labels, test_labels = train.labels.to(device), test.labels.to(device)
+    print(f"[INFO] Features of {len(train)} training and {len(test)} test images computed once "
+          f"in {time.time() - start:.1f}s (frozen backbone, eval mode, no augmentation)")
+    log = CsvLog(log_path, ["epoch", "loss", "accuracy", "test_accuracy", "test_loss", "seconds"])
+    optimizer = model.optimizers["optimizer_lineval"]
+    for epoch in range(args.epochs):
+        epoch_start = time.time()
+        loss, accuracy = train_linear_epoch(model.classifier, optimizer, train_features, train_labels,
+                                            args.data_size, seed, epoch)
+        model.classifier.eval()
+        test_result = score_logits(model.classifier(test_features).detach(), test_labels)
+        seconds = time.time() - epoch_start
+        log.append({"epoch": epoch, "loss": loss, "accuracy": accuracy,
+                    "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"],
+                    "seconds": round(seconds, 3)})
+        print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage2_parser().parse_args(argv)
+    apply_gpu_flag(args)
+    device = resolve_device(args.device)
+    state = read_checkpoint(args.checkpoint)
+    check_backbone(state, args.backbone, args.checkpoint)
+    method_name = pretraining_method(args, state)
+    seed = resolve_seed(args.seed)
+    print(f"[INFO] Setting SEED: {seed}")
+    seed_everything(seed)
+    if args.finetune:
+        print("[INFO] Finetune set to True, the backbone will be finetuned.")
+
+    mode = "finetune" if args.finetune else "linear_evaluation"
+    header = run_header(method_name, args.dataset, args.backbone, args.seed, args.id)
+    files = RunFiles(args.checkpoint_dir, method_name, args.dataset,
+                     f"{header}_epoch_{args.epochs}_{mode}")
+    if files.final.exists() and not args.overwrite:
+        raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
+
+    download = not args.no_download
+    train = load_dataset(args.dataset, "train", args.data_root, download=download)
+    test = load_dataset(args.dataset, "test", args.data_root, download=download)
+    if bool((train.labels < 0).any()):
+        raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
+    train = train.balanced_subset(args.train_subset, seed)
+
+    backbone = build_backbone(args.backbone)
+    describe_backbone(args.backbone, backbone, device)
+    print("[INFO] Loading checkpoint...")
+    backbone.load_state_dict(state["backbone"])
+    model = (Finetune if args.finetune else Standard)(backbone, train.num_classes, args).to(device)
+    source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
+              "pretraining_dataset": state.get("dataset"), "pretraining_epochs": state.get("epoch")}
+    record_config(files.config, args, seed, device, stage=mode, training_images=len(train), **source)
+
+    if args.finetune:
+        plan = TrainingPlan(epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
+                            checkpoint_paths=lambda e: [files.final] if e == args.epochs else [],
+                            extra_state={"method": method_name, "backbone_name": args.backbone,
+                                         "dataset": args.dataset, "seed": seed, "args": vars(args),
+                                         **source})
+        Engine(model, train, plan, device).fit()
+    else:
+        linear_evaluation(model, train, test, args, seed, device, files.log)
+        save_checkpoint({**model.checkpoint_state(), "method": method_name, "backbone_name": args.backbone,
+                         "dataset": args.dataset, "seed": seed, "epoch": args.epochs, "args": vars(args),
+                         **source}, files.final)
+    print(f"[INFO] Saving in: {files.final}")
+    result = evaluate(model.backbone, model.classifier, test, device)
+    print(f"Test accuracy: {result['accuracy']:.2f}%")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Stage 1: train a backbone with a method of the registry and save its checkpoints.
+
+Example: python train_unsupervised.py --dataset cifar10 --method relationnet --backbone conv4 \
+             --data_size 64 --K 4 --epochs 3 --seed 1
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from utils.runtime import tune_allocator
+
+tune_allocator()  # before torch allocates its first large block
+
+
+from backbones import build_backbone  # noqa: E402
+from datasets import load_dataset  # noqa: E402
+from methods import METHODS  # noqa: E402
+from utils.checkpoint import (RunFiles, check_backbone, read_checkpoint, run_header,  # noqa: E402
+                              save_checkpoint, save_json)
+from utils.cli import apply_gpu_flag, stage1_parser  # noqa: E402
+from utils.engine import Engine, TrainingPlan  # noqa: E402
+from utils.evaluation import evaluate  # noqa: E402
+from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
+from utils.stage import describe_backbone, record_config, run_main  # noqa: E402
+
+# Arguments that define what a run computes; resuming with other values would silently mix
+# two experiments in one checkpoint.
+RESUME_MUST_MATCH = ("method", "dataset", "backbone", "data_size", "K", "aggregation", "lr",
+                     "train_subset", "id")
+
+
+def saved_epochs(total: int, save_every: int) -> set[int]:
+    """Epoch counts after which a numbered checkpoint is written: 25/50/75/100% as in the
+    original code, plus every `save_every` epochs."""
+    epochs = {int(total * q) for q in (0.25, 0.5, 0.75)} | {total}
+    if save_every:
+        epochs |= set(range(save_every, total + 1, save_every))
+    return {e for e in epochs if e > 0}
+
+
+def resume_point(args, files: RunFiles):
+    path = files.latest_checkpoint() if args.resume == "auto" else Path(args.resume)
+    if path is None:
+        raise UserError(f"--resume auto: no checkpoint of {files.header} in {files.directory}; "
+                        "start the run without --resume")
+    state = read_checkpoint(path)
+    if "epoch" not in state or "args" not in state:
+        raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
+                        "stored); use --checkpoint with --epoch_start instead")
+    stored = state["args"]
+    changed = [f"--{k} {stored.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
+               if k in stored and stored.get(k) != getattr(args, k)]
+    if changed:
+        raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
+                        "repeat its arguments or start a new run with --id")
+    return path, state
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage1_parser().parse_args(argv)
+    apply_gpu_flag(args)
+    method_class = METHODS[args.method]
+    problem = method_class.check_arguments(args)
+    if problem:
+        raise UserError(problem)
+    device = resolve_device(args.device)
+    header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
+    files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
+
+    resume_path, resume_state = resume_point(args, files) if args.resume else (None, None)
+    seed = resume_state["seed"] if resume_state else resolve_seed(args.seed)
+    print(f"[INFO] Setting SEED: {seed}")
+    seed_everything(seed)
+    backbone = build_backbone(args.backbone)
+    describe_backbone(args.backbone, backbone, device)
+
+    if not method_class.trains:
+        if files.final.exists() and not args.overwrite:
+            raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
+        method = method_class(backbone, 0, args)
+        save_checkpoint({**method.checkpoint_state(), "method": args.method,
+                         "backbone_name": args.backbone, "seed": seed, "args": vars(args)}, files.final)
+        record_config(files.config, args, seed, device, stage="train_unsupervised")
+        print(f"Saving in: {files.final}")
+        return
+
+    if not resume_state and not args.overwrite and (files.last_checkpoint.exists() or files.log.exists()):
+        raise UserError(f"{files.directory} already holds run {header}: pass --resume auto to continue "
+                        "it, --id to start a separate run, or --overwrite to replace it")
+    data = load_dataset(args.dataset, "train", args.data_root, download=not args.no_download)
+    if method_class.needs_labels and bool((data.labels < 0).any()):
+        raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
+    data = data.balanced_subset(args.train_subset, seed)
+    print(f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
+          f"{data.side}x{data.side}, {data.num_classes} classes)")
+    method = method_class(backbone, data.num_classes, args).to(device)
+
+    start_epoch = 0
+    if resume_state:
+        check_backbone(resume_state, args.backbone, resume_path)
+        method.load_checkpoint_state(resume_state)
+        start_epoch = resume_state["epoch"]
+        print(f"[INFO] Resuming {resume_path} at epoch {start_epoch}")
+    elif args.checkpoint:
+        state = read_checkpoint(args.checkpoint)
+        check_backbone(state, args.backbone, args.checkpoint)
+        print(f"Loading checkpoint: {args.checkpoint}")
+        method.load_checkpoint_state(state)
+        print("Loading checkpoint: Done!")
+        start_epoch = args.epoch_start
+    if start_epoch >= args.epochs:
+        raise UserError(f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
+                        f"{args.epochs}; raise --epochs to train longer")
+
+    numbered = saved_epochs(args.epochs, args.save_every)
+    plan = TrainingPlan(
+        epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
+        checkpoint_paths=lambda e: [files.epoch_checkpoint(e)] if e in numbered else [],
+        rolling_checkpoint=files.last_checkpoint,
+        extra_state={"method": args.method, "backbone_name": args.backbone, "dataset": args.dataset,
+                     "seed": seed, "args": vars(args)},
+        drop_last=method_class.drop_last)
+    record_config(files.config, args, seed, device, stage="train_unsupervised",
+                  training_images=len(data))
+    Engine(method, data, plan, device).fit(start_epoch, resume_state)
+
+    if args.method == "standard":
+        test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download)
+        result = evaluate(method.backbone, method.classifier, test, device)
+        print(f"Test loss: {result['loss']:.4f}")
+        print(f"Test accuracy: {result['accuracy']:.2f}%")
+
+
+if __name__ == "__main__":
+    run_main(main)

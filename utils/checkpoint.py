@@ -1,0 +1,183 @@
+"""Output names, atomic writes and safe loading of checkpoints, logs and run configurations.
+
+File names follow the original code so that scripts written for it keep working:
+`<checkpoint_dir>/<method>/<dataset>/<header>_epoch_<N>.tar` with
+`header = <method>[_<id>]_<dataset>_<backbone>_seed_<seed>`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from utils.runtime import UserError
+
+FORMAT_VERSION = 1
+
+
+def run_header(method: str, dataset: str, backbone: str, seed: int, run_id: str = "") -> str:
+    parts = [method] + ([run_id] if run_id else []) + [dataset, backbone, "seed", str(seed)]
+    return "_".join(parts)
+
+
+class RunFiles:
+    """The files of one run (a stage of one configuration) inside its output folder."""
+
+    def __init__(self, checkpoint_dir: str | Path, method: str, dataset: str, header: str):
+        self.directory = Path(checkpoint_dir) / method / dataset
+        self.header = header
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.directory / f"{self.header}_epoch_{epoch}.tar"
+
+    @property
+    def final(self) -> Path:
+        """`<header>.tar`: the one file of runs that save once (randomweights, stage 2)."""
+        return self.directory / f"{self.header}.tar"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """Rewritten after every epoch, so a run can be resumed from any epoch boundary."""
+        return self.directory / f"{self.header}_last.tar"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / f"log_{self.header}.csv"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / f"config_{self.header}.json"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint with the most training behind it (for `--resume auto`)."""
+        candidates = []
+        pattern = re.compile(re.escape(self.header) + r"_epoch_(\d+)\.tar$")
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                match = pattern.match(path.name)
+                if match:
+                    candidates.append((int(match.group(1)), 0, path))
+        if self.last_checkpoint.exists():
+            epoch = read_checkpoint(self.last_checkpoint).get("epoch", 0)
+            candidates.append((epoch, 1, self.last_checkpoint))
+        return max(candidates)[2] if candidates else None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over the target.
+
+    A crash or a full disk mid-write leaves the previous file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_json(data: dict, path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint on the CPU without running code from the file (`weights_only`)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder: pass the .tar file written by the previous stage")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({reason[:160]}): "
+                        "it is truncated, corrupt or not a PyTorch checkpoint") from None
+    if not isinstance(state, dict) or "backbone" not in state:
+        raise UserError(f"checkpoint {path} has no 'backbone' entry: not a checkpoint of this "
+                        "suite or of the original code")
+    return state
+
+
+@lru_cache(maxsize=None)
+def _backbone_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    from backbones import build_backbone
+    with torch.device("meta"):
+        backbone = build_backbone(name)
+    return {key: tuple(value.shape) for key, value in backbone.state_dict().items()}
+
+
+def identify_backbone(state_dict: dict) -> str | None:
+    """The registered backbone whose state-dict keys and shapes match, if any."""
+    from backbones import BACKBONES
+    shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
+    for name in BACKBONES:
+        if _backbone_shapes(name) == shapes:
+            return name
+    return None
+
+
+def check_backbone(state: dict, backbone: str, path: str | Path) -> None:
+    """Refuse, with the fix, a checkpoint whose backbone is not `--backbone`."""
+    if _backbone_shapes(backbone) == {k: tuple(v.shape) for k, v in state["backbone"].items()}:
+        return
+    found = identify_backbone(state["backbone"])
+    if found:
+        raise UserError(f"checkpoint {path} holds a {found} backbone, not {backbone}: "
+                        f"pass --backbone {found}")
+    raise UserError(f"checkpoint {path} holds a backbone this suite does not know "
+                    f"(its weights match none of the registered backbones)")
+
+
+class CsvLog:
+    """The per-epoch CSV log of a run. On resume, rows past the resumed epoch are dropped, so a
+    resumed log equals the log of a run that was never interrupted."""
+
+    def __init__(self, path: Path, columns: list[str], keep_epochs_below: int | None = None):
+        self.path = path
+        self.columns = columns
+        rows = []
+        if keep_epochs_below is not None and path.exists():
+            with open(path, newline="") as handle:
+                rows = [row for row in csv.DictReader(handle)
+                        if row.get("epoch", "").isdigit() and int(row["epoch"]) < keep_epochs_below]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.path, buffer.getvalue().encode())
+
+    def append(self, row: dict) -> None:
+        append_csv_row(self.path, self.columns, row)
+
+
+def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
+    """Append one row, writing the header first when the file is new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -1,0 +1,160 @@
+"""Command-line flags shared by the three stage scripts, so a flag means the same everywhere.
+
+Flag names and defaults follow the original code (sections 1.1, 2.1 and 3 of its
+description); the additions are documented in the README.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+DATA_ROOT_ENV = "SSL_DATA_ROOT"
+
+
+class Parser(argparse.ArgumentParser):
+    """Reports a bad flag as one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def boolean(text: str) -> bool:
+    """The original passed `--finetune True` as a string; accept that and plain switches."""
+    lowered = text.lower()
+    if lowered in {"true", "1", "yes"}:
+        return True
+    if lowered in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def run_id(text: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9._-]*", text) is None:
+        raise argparse.ArgumentTypeError(f"'{text}' may only hold letters, digits, '-', '_' and '.'")
+    return text
+
+
+positive_int = _integer(1)
+non_negative_int = _integer(0)
+
+
+def _seed(text: str) -> int:
+    value = _integer(-1)(text)
+    if value > 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be below 2^31, got {value}")
+    return value
+
+
+def common_parser(description: str, batch_default: int) -> Parser:
+    from backbones import BACKBONES
+    from datasets import DATASETS
+    parser = Parser(description=description)
+    parser.add_argument("--seed", type=_seed, default=-1,
+                        help="random seed; -1 draws one and records it in the run's config")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
+                        help="data set of this stage")
+    parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES))
+    parser.add_argument("--data_size", type=positive_int, default=batch_default,
+                        help=f"mini-batch size in images (default {batch_default})")
+    parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
+                        help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
+    parser.add_argument("--checkpoint_dir", default="./checkpoint",
+                        help="output root: files go to <checkpoint_dir>/<method>/<dataset>/")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--gpu", default=None,
+                        help="value for CUDA_VISIBLE_DEVICES, as in the original scripts")
+    parser.add_argument("--num_workers", type=non_negative_int, default=0,
+                        help="accepted for the original command lines; the in-memory data path "
+                             "needs no loader workers, so it changes nothing")
+    parser.add_argument("--no_download", action="store_true",
+                        help="never download a missing data set")
+    return parser
+
+
+def apply_gpu_flag(args: argparse.Namespace) -> None:
+    """Like the original, restrict the visible GPUs before CUDA is first used."""
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+
+
+def stage1_parser() -> Parser:
+    from methods import METHODS
+    parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", 128)
+    parser.add_argument("--method", default="relationnet", choices=list(METHODS))
+    parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")
+    parser.add_argument("--epoch_start", type=non_negative_int, default=0,
+                        help="first epoch when continuing from --checkpoint")
+    parser.add_argument("--checkpoint", default="",
+                        help="checkpoint to load before training (weights and optimizer)")
+    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+                        help="continue a run exactly from a checkpoint of this suite; auto "
+                             "picks this run's latest")
+    parser.add_argument("--id", type=run_id, default="", help="tag added to the file names")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="learning rate (default: the method's, as in the paper)")
+    parser.add_argument("--train_subset", type=non_negative_int, default=0,
+                        help="train on a seeded, class-balanced subset of N images (0 = all)")
+    parser.add_argument("--save_every", type=non_negative_int, default=0,
+                        help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run with the same name")
+    for method in METHODS.values():
+        method.add_arguments(parser)
+    return parser
+
+
+def stage2_parser() -> Parser:
+    from methods import METHODS
+    parser = common_parser("Stage 2: linear evaluation (or fine-tuning) of a trained backbone.", 128)
+    parser.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.tar)")
+    parser.add_argument("--method", default=None, choices=list(METHODS),
+                        help="method that trained the checkpoint (default: read from it)")
+    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--finetune", type=boolean, nargs="?", const=True, default=False,
+                        help="train the backbone too (--finetune or --finetune true)")
+    parser.add_argument("--lr_backbone", type=positive_float, default=1e-4,
+                        help="fine-tuning: backbone learning rate (default 1e-4)")
+    parser.add_argument("--lr_classifier", type=positive_float, default=1e-3,
+                        help="fine-tuning: classifier learning rate (default 1e-3)")
+    parser.add_argument("--augmentation", default="none", choices=["none", "standard"],
+                        help="fine-tuning: augmentation of the training images (default none)")
+    parser.add_argument("--id", type=run_id, default="")
+    parser.add_argument("--train_subset", type=non_negative_int, default=0,
+                        help="use a seeded, class-balanced subset of N labelled images (0 = all)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run with the same name")
+    return parser
+
+
+def stage3_parser() -> Parser:
+    parser = common_parser("Stage 3: score a linear-evaluation (or supervised) checkpoint on "
+                           "the test split.", 256)
+    parser.add_argument("--checkpoint", required=True,
+                        help="stage-2 checkpoint, or a stage-1 checkpoint of method standard")
+    return parser

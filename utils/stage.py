@@ -1,0 +1,49 @@
+"""Pieces every stage script shares: error reporting, start-up messages, the run's config."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from datasets import DatasetError
+from utils.checkpoint import save_json
+from utils.runtime import UserError
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a stage; a problem the user can fix becomes one line on stderr and exit status 2."""
+    prog = Path(sys.argv[0]).name
+    try:
+        main()
+    except (UserError, DatasetError) as error:
+        sys.stderr.write(f"{prog}: error: {error}\n")
+        sys.exit(2)
+
+
+def describe_backbone(name: str, backbone: nn.Module, device: torch.device) -> None:
+    if device.type != "cuda":
+        print("[WARNING] CUDA is not available." if not torch.cuda.is_available()
+              else "[INFO] Running on the CPU although CUDA is available.")
+    trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    print(f"[INFO] {name} loaded in memory.")
+    print(f"[INFO] Feature size: {backbone.feature_size}")
+    print(f"[INFO] Feature extractor TOT trainable params: {trainable}")
+    print(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
+    print(f"[INFO] Device type: {device}")
+
+
+def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch.device,
+                  stage: str, **extra) -> None:
+    """Write the run's full configuration beside its checkpoint."""
+    save_json({"stage": stage, "args": vars(args), "seed_used": seed, "device": str(device),
+               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
+               "python": platform.python_version(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "pid": os.getpid(), **extra}, path)
