@@ -17,12 +17,17 @@ Class attributes
 Instance interface
     views_per_image           augmented views of each image per step (K for relationnet).
     optimizer                 a `torch.optim.Optimizer`, created in `__init__`.
-    training_step(views, labels) -> StepOutput
+    training_step(views, labels, index) -> StepOutput
         `views` is float (V*B, C, H, W), view-major: rows v*B .. v*B+B-1 are view v of the
-        B images of the batch; `labels` is int64 (B,) (-1 where unlabelled). It returns the
-        loss to back-propagate and metric sums; it must not call `.item()` (no host sync).
-    on_epoch_start(epoch, total_epochs, data)  hook for schedules and per-epoch work
-        (for example clustering); `data` is the uint8 training set on the device.
+        B images of the batch; `labels` is int64 (B,) (-1 where unlabelled) and `index` (B,)
+        the images' positions in the training set. It returns the loss to back-propagate and
+        metric sums; it must not call `.item()` (no host sync). The engine then zeroes the
+        gradients, back-propagates and steps `optimizer`.
+    on_epoch_start(epoch, total_epochs, engine)  hook for schedules and per-epoch work such
+        as clustering; `engine` gives `images` (uint8 training set on the device), `labels`,
+        `data` (the ImageSet: mean, std, classes), `device` and `plan.seed`.
+    epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
+        visits the training images; None (default) lets the engine draw a permutation.
     checkpoint_state() / load_checkpoint_state(state)   the original code's checkpoint keys.
 
 Method classes never override `nn.Module.train`; the engine calls `method.train()` and
@@ -77,11 +82,15 @@ class Method(nn.Module):
         """Return a one-line problem with the method's flags, or None when they are valid."""
         return None
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int, total_epochs: int, data) -> None:
+    def on_epoch_start(self, epoch: int, total_epochs: int, engine) -> None:
         """Called before every epoch, also the first epoch after a resume."""
+
+    def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
+        return None
 
     def checkpoint_state(self) -> dict:
         raise NotImplementedError

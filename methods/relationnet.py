@@ -98,7 +98,8 @@ class RelationNet(Method):
             return f"--aggregation {args.aggregation}: choose one of {', '.join(AGGREGATIONS)}"
         return None
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
         features = self.backbone(views)
         pairs, targets = aggregate(features, self.views_per_image, self.aggregation)
         logits = self.relation_module(pairs).squeeze(1)

@@ -61,11 +61,12 @@ class Standard(Method):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))
 
-    def on_epoch_start(self, epoch: int, total_epochs: int, data) -> None:
+    def on_epoch_start(self, epoch: int, total_epochs: int, engine) -> None:
         if step_decay(self.optimizer, epoch, total_epochs):
             print("[INFO] Learning rates: " + ", ".join(f"{g['lr']:g}" for g in self.optimizer.param_groups))
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
         logits = self(views)
         loss = F.cross_entropy(logits, labels)
         correct, count = accuracy_sums(logits, labels)

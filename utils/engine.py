@@ -47,14 +47,15 @@ class Engine:
         self.method = method.to(device)
         self.plan = plan
         self.device = device
+        self.data = data
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.augment = build_augmentation(method.augmentation, data.mean, data.std, data.padding)
         self.generator = torch.Generator(device=device)
         self.log_columns = None
 
-    def steps_per_epoch(self) -> int:
-        count = len(self.images) / self.plan.batch_size
+    def steps_per_epoch(self, images: int) -> int:
+        count = images / self.plan.batch_size
         return math.floor(count) if self.plan.drop_last else math.ceil(count)
 
     def fit(self, start_epoch: int = 0, resume_state: dict | None = None) -> dict:
@@ -83,16 +84,19 @@ class Engine:
     def run_epoch(self, epoch: int) -> dict:
         method, plan = self.method, self.plan
         method.train()
-        method.on_epoch_start(epoch, plan.epochs, self.images)
+        method.on_epoch_start(epoch, plan.epochs, self)
         order_generator = torch.Generator().manual_seed(derived_seed(plan.seed, epoch, _ORDER))
-        order = torch.randperm(len(self.images), generator=order_generator).to(self.device)
+        order = method.epoch_order(epoch, order_generator)
+        if order is None:
+            order = torch.randperm(len(self.images), generator=order_generator)
+        order = order.to(self.device)
         self.generator.manual_seed(derived_seed(plan.seed, epoch, _AUGMENT))
         views = method.views_per_image
         loss_sum = torch.zeros((), device=self.device)
         loss_weight = 0
         sums: dict[str, list[torch.Tensor]] = {}
         start = time.time()
-        steps = self.steps_per_epoch()
+        steps = self.steps_per_epoch(len(order))
         bar = tqdm(range(steps), desc=f"Epoch {epoch}", leave=False, disable=None, dynamic_ncols=True)
         for step in bar:
             index = order[step * plan.batch_size:(step + 1) * plan.batch_size]
@@ -100,7 +104,7 @@ class Engine:
             if views > 1:
                 images = images.repeat(views, 1, 1, 1)  # view-major: rows v*B .. v*B+B-1
             inputs = self.augment(images, self.generator)
-            out = method.training_step(inputs, self.labels.index_select(0, index))
+            out = method.training_step(inputs, self.labels.index_select(0, index), index)
             method.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             method.optimizer.step()
