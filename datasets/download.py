@@ -1,0 +1,219 @@
+"""Downloading, checksum verification and safe extraction of data-set archives.
+
+Standard library only (urllib, hashlib, tarfile) plus tqdm for the progress bar. A
+download goes to a temporary file next to its destination and is renamed into place
+only after its md5 checksum has passed, so an interrupted or corrupted download never
+leaves a file that looks complete. Extraction refuses archive members that would land
+outside the destination folder (absolute paths, ``..``), links and device files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from tqdm import tqdm
+
+from .base import DatasetError
+
+__all__ = [
+    "DownloadError",
+    "UnsafeArchiveError",
+    "md5sum",
+    "check_md5",
+    "download_file",
+    "safe_extract_tar",
+    "fetch_and_extract",
+    "DEFAULT_TIMEOUT",
+]
+
+#: Seconds to wait for the server to connect / send the next block; an offline machine fails fast.
+DEFAULT_TIMEOUT = 30.0
+_CHUNK = 1 << 20
+_USER_AGENT = "relational-reasoning-reimpl/1.0 (python urllib)"
+
+
+class DownloadError(DatasetError):
+    """A download failed (network error, HTTP error, truncated transfer, wrong checksum)."""
+
+
+class UnsafeArchiveError(DatasetError):
+    """An archive holds a member that must not be extracted (path escape, link, device)."""
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
+    """Hex md5 digest of a file, read in chunks."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_md5(path: str | os.PathLike, expected: str) -> None:
+    """Raise :class:`DownloadError` unless the md5 of ``path`` equals ``expected``."""
+    actual = md5sum(path)
+    if actual.lower() != expected.lower():
+        raise DownloadError(f"{path}: md5 checksum mismatch (got {actual}, expected {expected}); the file is corrupt or not the official one")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short one-line description of why a network operation failed."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, BaseException):
+            return _reason(reason)
+        return str(reason)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike,
+    md5: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``dest`` (a file path) and return ``dest``.
+
+    The data go to a temporary ``<dest>.*.part`` file in the same folder; when ``md5``
+    is given it is checked before the file is renamed to ``dest``. On any failure the
+    temporary file is removed and :class:`DownloadError` is raised with a one-line reason.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    length = response.headers.get("Content-Length") if response.headers else None
+                    total = int(length) if length and length.isdigit() else None
+                    received = 0
+                    with tqdm(
+                        total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                        desc=dest.name, disable=not progress, leave=False,
+                    ) as bar:
+                        while True:
+                            block = response.read(_CHUNK)
+                            if not block:
+                                break
+                            out.write(block)
+                            received += len(block)
+                            bar.update(len(block))
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                raise DownloadError(f"downloading {url} failed: {_reason(exc)}") from exc
+        if total is not None and received != total:
+            raise DownloadError(f"downloading {url} failed: got {received} of {total} bytes (connection dropped)")
+        if md5 is not None:
+            try:
+                check_md5(tmp, md5)
+            except DownloadError as exc:
+                raise DownloadError(f"downloading {url} failed: {exc}") from exc
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _check_member(member: tarfile.TarInfo, dest_real: Path, archive: Path) -> None:
+    name = member.name
+    posix = PurePosixPath(name)
+    bad = None
+    if not name or posix.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        bad = "has an absolute path"
+    elif ".." in posix.parts or ".." in PureWindowsPath(name).parts:
+        bad = "escapes the destination folder"
+    elif not (member.isfile() or member.isdir()):
+        bad = "is a link or special file"
+    else:
+        target = (dest_real / name).resolve()
+        if target != dest_real and dest_real not in target.parents:
+            bad = "escapes the destination folder"
+    if bad:
+        raise UnsafeArchiveError(
+            f"{archive}: refusing to extract member {name!r}, which {bad}; "
+            "the archive is not the official one, delete it and download it again"
+        )
+
+
+def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Extract a (possibly compressed) tar archive into ``dest``; return its top-level names.
+
+    Every member is checked before anything is written: absolute paths, ``..``
+    components, paths resolving outside ``dest``, links and device files raise
+    :class:`UnsafeArchiveError`. A corrupt archive raises :class:`DatasetError`.
+    """
+    archive = Path(archive)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest_real = dest.resolve()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, dest_real, archive)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **kwargs)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(
+            f"{archive}: cannot extract ({_reason(exc)}); the archive is truncated or corrupt, delete it and download it again"
+        ) from exc
+    return sorted({PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts})
+
+
+def fetch_and_extract(
+    url: str,
+    md5: str,
+    root: str | os.PathLike,
+    folder: str,
+    download: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """Make ``<root>/<folder>`` exist by extracting the archive at ``url`` into ``root``.
+
+    The archive is kept as ``<root>/<basename of url>``. If it is already there with the
+    right checksum it is used without touching the network (even when ``download`` is
+    False); otherwise it is downloaded when ``download`` is True. Extraction happens in a
+    temporary folder inside ``root``, and ``folder`` is moved into place only when
+    complete. Raises :class:`DownloadError` (network / checksum) or :class:`DatasetError`.
+    """
+    root = Path(root)
+    archive = root / PurePosixPath(url.split("?", 1)[0]).name
+    have_archive = archive.is_file() and md5sum(archive) == md5.lower()
+    if not have_archive:
+        if not download:
+            raise DownloadError("download is disabled")
+        root.mkdir(parents=True, exist_ok=True)
+        download_file(url, archive, md5=md5, timeout=timeout)
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        safe_extract_tar(archive, staging)
+        extracted = staging / folder
+        if not extracted.is_dir():
+            raise DatasetError(f"{archive}: the archive has no folder {folder!r}; delete it and download it again")
+        target = root / folder
+        if not target.exists():  # another process may have finished first
+            os.replace(extracted, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root / folder

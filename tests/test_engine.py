@@ -1,0 +1,107 @@
+"""The shared engine: real short runs, seeded determinism and exact resume."""
+from __future__ import annotations
+
+import argparse
+import csv
+
+import pytest
+import torch
+
+from backbones import build_backbone
+from datasets import load_dataset
+from methods import METHODS
+from utils.engine import Engine, TrainingPlan
+from utils.runtime import seed_everything
+
+
+def make_engine(method_name, data, tmp_path, seed=1, epochs=3, batch=32, **options):
+    seed_everything(seed)
+    args = argparse.Namespace(K=4, aggregation="cat", lr=None, **options)
+    method = METHODS[method_name](build_backbone("conv4"), data.num_classes, args)
+    plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=tmp_path / "log.csv",
+                        checkpoint_paths=lambda e: [tmp_path / f"epoch_{e}.tar"],
+                        extra_state={"seed": seed}, drop_last=method.drop_last)
+    return Engine(method, data, plan, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def real_subset(cifar10_root):
+    return load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(960, seed=0)
+
+
+def read_log(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_relationnet_learns_on_real_images(real_subset, tmp_path):
+    # 8 epochs x 30 steps = 240 steps of 32 images x 4 views.
+    engine = make_engine("relationnet", real_subset, tmp_path, epochs=8)
+    engine.fit()
+    rows = read_log(tmp_path / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(8))
+    losses = [float(r["loss"]) for r in rows]
+    # Chance level: every pair at p = 0.5 costs 0.5 * 0.25 * log 2 = 0.0866.
+    assert losses[-1] < 0.92 * losses[0], losses
+    assert float(rows[-1]["accuracy"]) > 60.0  # pairs are half positive: chance is 50%
+    assert float(rows[-1]["score"]) == float(rows[-1]["accuracy"])
+    assert {"accuracy_positive", "accuracy_negative", "lr", "seconds"} <= set(rows[0])
+
+
+def test_standard_learns_on_real_images(real_subset, tmp_path):
+    engine = make_engine("standard", real_subset, tmp_path, epochs=4)
+    engine.fit()
+    rows = read_log(tmp_path / "log.csv")
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert float(rows[-1]["accuracy"]) > 20.0  # 10 classes: chance is 10%
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(real_subset, tmp_path):
+    subset = real_subset.balanced_subset(200, seed=0)
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        folder = tmp_path / name
+        folder.mkdir()
+        engine = make_engine("relationnet", subset, folder, seed=seed, epochs=2)
+        engine.fit()
+        runs.append((read_log(folder / "log.csv"), engine.method.backbone.state_dict()))
+    (log_a, weights_a), (log_b, weights_b), (log_c, _) = runs
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert [r["loss"] for r in log_a] != [r["loss"] for r in log_c]
+
+
+@pytest.mark.parametrize("method_name", ["relationnet", "standard"])
+def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name):
+    subset = real_subset.balanced_subset(160, seed=0)
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    reference = make_engine(method_name, subset, straight, epochs=4)
+    reference.fit()
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    interrupted = make_engine(method_name, subset, resumed_dir, epochs=4)
+    run_epoch = interrupted.run_epoch
+
+    def stop_at_epoch_2(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(epoch)
+    interrupted.run_epoch = stop_at_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    state = torch.load(resumed_dir / "epoch_2.tar", weights_only=True)
+    engine = make_engine(method_name, subset, resumed_dir, seed=1, epochs=4)
+    engine.method.load_checkpoint_state(state)
+    engine.fit(start_epoch=state["epoch"], resume_state=state)
+
+    for key, value in reference.method.state_dict().items():
+        assert torch.equal(value, engine.method.state_dict()[key]), key
+    final_a = torch.load(straight / "epoch_4.tar", weights_only=True)["optimizer"]["state"]
+    final_b = torch.load(resumed_dir / "epoch_4.tar", weights_only=True)["optimizer"]["state"]
+    for index in final_a:
+        for name, value in final_a[index].items():
+            assert torch.equal(value, final_b[index][name])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_log(straight / "log.csv")) == strip(read_log(resumed_dir / "log.csv"))

@@ -1,0 +1,203 @@
+"""The three stage scripts end to end: file names, checkpoint keys, cross-domain, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import test as stage3
+import train_linear_evaluation as stage2
+import train_unsupervised as stage1
+from conftest import REPO
+from utils.stage import run_main
+
+ALL_BACKBONES = ["conv4", "resnet8", "resnet32", "resnet56", "resnet34"]
+
+
+def run_stage(module, argv):
+    """Run a stage in this process as its command line would (errors -> SystemExit 2)."""
+    run_main(lambda: module.main(argv))
+
+
+def common(root, out, dataset="cifar10", backbone="conv4", seed=1):
+    return ["--data_root", str(root), "--checkpoint_dir", str(out), "--dataset", dataset,
+            "--backbone", backbone, "--seed", str(seed), "--no_download", "--device", "cpu"]
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)
+def test_relationnet_three_stages_on_every_backbone(small_cifar10_root, tmp_path, capsys, backbone):
+    args = common(small_cifar10_root, tmp_path, backbone=backbone)
+    run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--data_size", "8",
+                              "--train_subset", "16", "--epochs", "1"])
+    folder = tmp_path / "relationnet" / "cifar10"
+    header = f"relationnet_cifar10_{backbone}_seed_1"
+    stage1_file = folder / f"{header}_epoch_1.tar"
+    state = load(stage1_file)
+    assert {"backbone", "relation", "optimizer"} <= set(state)
+    assert state["epoch"] == 1 and state["args"]["backbone"] == backbone
+    assert (folder / f"log_{header}.csv").read_text().splitlines()[0].startswith("epoch,loss,score")
+    assert json.loads((folder / f"config_{header}.json").read_text())["seed_used"] == 1
+
+    run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--epochs", "2", "--train_subset", "40"])
+    stage2_file = folder / f"{header}_epoch_2_linear_evaluation.tar"
+    assert set(load(stage2_file)) >= {"classifier", "backbone", "optimizer", "optimizer_lineval",
+                                      "optimizer_finetune"}
+    assert len((folder / f"log_{header}_epoch_2_linear_evaluation.csv").read_text().splitlines()) == 3
+
+    capsys.readouterr()
+    run_stage(stage3, args + ["--checkpoint", str(stage2_file)])
+    out = capsys.readouterr().out
+    assert "Test accuracy:" in out and "Test top-5 accuracy:" in out and "Test loss:" in out
+    assert (folder / f"log_{header}_epoch_2_linear_evaluation_test.csv").exists()
+
+
+def test_linear_evaluation_learns_and_equals_the_test_stage(cifar10_root, tmp_path, capsys):
+    args = common(cifar10_root, tmp_path)
+    run_stage(stage1, args + ["--method", "randomweights"])
+    random_file = tmp_path / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
+    assert set(load(random_file)) >= {"backbone"}
+    run_stage(stage2, args + ["--checkpoint", str(random_file), "--epochs", "20", "--train_subset", "2000"])
+    stage2_out = capsys.readouterr().out
+    run_stage(stage3, args + ["--checkpoint", str(random_file).replace(".tar", "_epoch_20_linear_evaluation.tar")])
+    stage3_out = capsys.readouterr().out
+    accuracy = [line for line in stage2_out.splitlines() if line.startswith("Test accuracy:")][0]
+    assert accuracy in stage3_out  # the two stages score the same model identically
+    # Chance is 10% (std 0.7 points over 2,000 test images); random conv4 features reach ~16.
+    assert float(accuracy.split()[-1].rstrip("%")) > 13.0
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "resnet8"])
+def test_standard_cifar100_then_supercifar100_grain(cifar100_root, tmp_path, capsys, backbone):
+    args = common(cifar100_root, tmp_path, dataset="cifar100", backbone=backbone)
+    run_stage(stage1, args + ["--method", "standard", "--epochs", "2", "--data_size", "64"])
+    out = capsys.readouterr().out
+    assert "Test accuracy:" in out
+    checkpoint = tmp_path / "standard" / "cifar100" / f"standard_cifar100_{backbone}_seed_1_epoch_2.tar"
+    state = load(checkpoint)
+    assert state["classifier"]["weight"].shape[0] == 100
+    # A stage-1 standard checkpoint is scored by test.py directly.
+    run_stage(stage3, args + ["--checkpoint", str(checkpoint)])
+    assert "Test accuracy:" in capsys.readouterr().out
+    # Grain: CIFAR-100 backbone, linear evaluation on the 20 superclasses.
+    grain = common(cifar100_root, tmp_path, dataset="supercifar100", backbone=backbone)
+    run_stage(stage2, grain + ["--checkpoint", str(checkpoint), "--epochs", "1"])
+    out_file = tmp_path / "standard" / "supercifar100" / f"standard_supercifar100_{backbone}_seed_1_epoch_1_linear_evaluation.tar"
+    assert load(out_file)["classifier"]["weight"].shape[0] == 20
+    config = json.loads(out_file.with_name(f"config_{out_file.stem}.json").read_text())
+    assert config["pretraining_dataset"] == "cifar100"
+
+
+def test_cross_domain_cifar10_backbone_on_cifar100(small_cifar10_root, cifar100_root, tmp_path):
+    run_stage(stage1, common(small_cifar10_root, tmp_path) + [
+        "--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"])
+    checkpoint = tmp_path / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_1.tar"
+    run_stage(stage2, common(cifar100_root, tmp_path, dataset="cifar100") + [
+        "--checkpoint", str(checkpoint), "--epochs", "1"])
+    assert (tmp_path / "relationnet" / "cifar100" /
+            "relationnet_cifar100_conv4_seed_1_epoch_1_linear_evaluation.tar").exists()
+
+
+def test_finetune_gets_its_own_file_and_decays(small_cifar10_root, tmp_path, capsys):
+    args = common(small_cifar10_root, tmp_path)
+    run_stage(stage1, args + ["--method", "randomweights"])
+    checkpoint = tmp_path / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
+    run_stage(stage2, args + ["--checkpoint", str(checkpoint), "--finetune", "--epochs", "4"])
+    out = capsys.readouterr().out
+    assert "Learning rates: 1e-05, 0.0001" in out  # x0.1 at epoch int(0.5 * 4)
+    finetuned = checkpoint.with_name("randomweights_cifar10_conv4_seed_1_epoch_4_finetune.tar")
+    state = load(finetuned)
+    assert not torch.equal(state["backbone"]["layer1.conv.weight"], load(checkpoint)["backbone"]["layer1.conv.weight"])
+    assert state["optimizer_finetune"]["state"]  # the fine-tuning optimizer is the one stepped
+
+
+def test_same_seed_gives_identical_files(small_cifar10_root, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        run_stage(stage1, common(small_cifar10_root, out) + [
+            "--method", "relationnet", "--K", "3", "--epochs", "2", "--data_size", "20"])
+        outputs.append(load(out / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_2.tar"))
+    for key, value in outputs[0]["backbone"].items():
+        assert torch.equal(value, outputs[1]["backbone"][key])
+
+
+def test_resume_auto_continues_and_refuses_changed_arguments(small_cifar10_root, tmp_path, capsys):
+    args = common(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--data_size", "50"]
+    run_stage(stage1, args + ["--epochs", "2"])
+    log = tmp_path / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_1.csv"
+    assert len(log.read_text().splitlines()) == 3
+    with pytest.raises(SystemExit) as exit_info:  # a second start would overwrite the run
+        run_stage(stage1, args + ["--epochs", "2"])
+    assert exit_info.value.code == 2 and "--resume auto" in capsys.readouterr().err
+    run_stage(stage1, args + ["--epochs", "4", "--resume", "auto"])
+    assert "Resuming" in capsys.readouterr().out
+    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["epoch", "0", "1", "2", "3"]
+    with pytest.raises(SystemExit):
+        run_stage(stage1, args[:-2] + ["--data_size", "25", "--epochs", "5", "--resume", "auto"])
+    assert "--data_size 50 -> 25" in capsys.readouterr().err
+
+
+BAD_INPUTS = [
+    (stage1, ["--method", "simclrr"], "--method"),
+    (stage1, ["--backbone", "resnet9"], "--backbone"),
+    (stage1, ["--dataset", "mnist"], "--dataset"),
+    (stage1, ["--aggregation", "prod"], "--aggregation"),
+    (stage1, ["--K", "1"], "--K"),
+    (stage1, ["--epochs", "0"], "--epochs"),
+    (stage1, ["--data_size", "-4"], "--data_size"),
+    (stage1, ["--seed", "abc"], "--seed"),
+    (stage1, ["--device", "tpu"], "--device"),
+    (stage2, ["--epochs", "0", "--checkpoint", "x.tar"], "--epochs"),
+    (stage2, [], "--checkpoint"),
+    (stage3, ["--checkpoint", "./"], "folder"),
+]
+
+
+@pytest.mark.parametrize("module,argv,expected", BAD_INPUTS)
+def test_bad_input_is_one_line_naming_the_problem(small_cifar10_root, tmp_path, capsys, module, argv, expected):
+    base = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(tmp_path), "--no_download"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(module, base + argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not list(tmp_path.rglob("*.tar"))
+
+
+def test_missing_data_and_wrong_checkpoints(small_cifar10_root, tmp_path, capsys):
+    def error(module, argv):
+        with pytest.raises(SystemExit):
+            run_stage(module, argv)
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    missing = error(stage1, common(tmp_path / "nowhere", tmp_path))
+    assert "cifar-10-batches-py" in missing
+    args = common(small_cifar10_root, tmp_path)
+    run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"])
+    checkpoint = tmp_path / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_1.tar"
+    other = common(small_cifar10_root, tmp_path, backbone="resnet8")
+    assert "holds a conv4 backbone, not resnet8: pass --backbone conv4" in error(stage2, other + ["--checkpoint", str(checkpoint)])
+    assert "run train_linear_evaluation.py" in error(stage3, args + ["--checkpoint", str(checkpoint)])
+    corrupt = tmp_path / "corrupt.tar"
+    corrupt.write_bytes(checkpoint.read_bytes()[:1000])
+    assert "truncated, corrupt" in error(stage2, args + ["--checkpoint", str(corrupt)])
+    assert "does not exist" in error(stage2, args + ["--checkpoint", str(tmp_path / "none.tar")])
+
+
+def test_command_line_errors_have_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train_unsupervised.py", "--data_root", str(tmp_path / "none"), "--no_download",
+         "--checkpoint_dir", str(tmp_path), "--epochs", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "cifar-10-batches-py" in result.stderr

@@ -1,0 +1,114 @@
+"""Relation pairs, focal loss and a real training run of the relationnet method."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from conftest import SHARED
+from methods.losses import focal_loss
+from methods.relationnet import AGGREGATIONS, RelationNet, aggregate
+
+GOLDEN = SHARED / "reference" / "golden" / "relationnet.pt"
+
+
+def loop_aggregate(features: torch.Tensor, K: int, aggregation: str):
+    """The original code's pair construction, written as its plain double loop."""
+    size = features.shape[0] // K
+    pairs, targets, shift = [], [], 1
+    combine = {
+        "cat": lambda a, b: torch.cat([a, b], 1),
+        "sum": lambda a, b: a + b,
+        "mean": lambda a, b: (a + b) / 2.0,
+        "max": lambda a, b: torch.stack([a, b], 2).max(2)[0],
+    }[aggregation]
+    for i in range(0, size * K, size):
+        for j in range(i + size, size * K, size):
+            first, second = features[i:i + size], features[j:j + size]
+            pairs += [combine(first, second), combine(first, torch.roll(second, shifts=shift, dims=0))]
+            targets += [torch.ones(size), torch.zeros(size)]
+            shift += 1
+            if shift >= size:
+                shift = 1
+    return torch.cat(pairs), torch.cat(targets)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("K,B", [(2, 1), (2, 2), (4, 5), (5, 7), (8, 3), (6, 16)])
+def test_pairs_equal_the_plain_loop(K, B, aggregation):
+    features = torch.randn(K * B, 6)
+    pairs, targets = aggregate(features, K, aggregation)
+    expected_pairs, expected_targets = loop_aggregate(features, K, aggregation)
+    assert pairs.shape[0] == K * (K - 1) * B
+    assert torch.equal(pairs, expected_pairs)
+    assert torch.equal(targets, expected_targets)
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason="golden tensors of the original code not available")
+def test_pairs_and_focal_loss_match_the_original_code():
+    golden = torch.load(GOLDEN, weights_only=True)
+    cases = [key for key in golden if key.startswith("K")]
+    assert len(cases) == 12
+    for key in cases:
+        case = golden[key]
+        pairs, targets = aggregate(case["features"], case["K"], key.rsplit("_", 1)[1])
+        assert torch.equal(pairs, case["pairs"]), key
+        assert torch.equal(targets, case["target"]), key
+    focal = golden["focal_loss"]
+    value = focal_loss(focal["logits"], focal["targets"], focal["gamma"], focal["alpha"])
+    torch.testing.assert_close(value, focal["value"], rtol=1e-6, atol=1e-7)
+
+
+def test_focal_loss_on_known_values():
+    # z = 0: p = 0.5, BCE = log 2, (1 - p_t)^2 = 0.25, alpha factor 0.5 for both classes.
+    zero = focal_loss(torch.zeros(4), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert zero.item() == pytest.approx(0.5 * 0.25 * torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+    # A confident correct prediction costs almost nothing, a confident wrong one a lot.
+    right = focal_loss(torch.tensor([8.0]), torch.tensor([1.0]))
+    wrong = focal_loss(torch.tensor([-8.0]), torch.tensor([1.0]))
+    assert right.item() < 1e-8 and wrong.item() > 3.9
+    # gamma 0 and alpha None reduce it to plain BCE.
+    logits, targets = torch.randn(50), torch.randint(0, 2, (50,)).float()
+    torch.testing.assert_close(
+        focal_loss(logits, targets, gamma=0.0, alpha=None),
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+
+
+def _args(**overrides):
+    values = {"K": 4, "aggregation": "cat", "lr": None}
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_positive_and_negative_accuracies_are_separate():
+    from backbones import build_backbone
+    torch.manual_seed(0)
+    method = RelationNet(build_backbone("conv4"), 10, _args())
+    # A head that always says "same image": every positive right, every negative wrong.
+    with torch.no_grad():
+        method.relation_module.linear2.weight.zero_()
+        method.relation_module.linear2.bias.fill_(5.0)
+    out = method.training_step(torch.randn(4 * 3, 3, 32, 32), torch.zeros(3, dtype=torch.long),
+                               torch.arange(3))
+    value = {k: (s / c).item() for k, (s, c) in out.metrics.items()}
+    assert value == {"accuracy": 50.0, "accuracy_positive": 100.0, "accuracy_negative": 0.0}
+    assert out.loss_weight == 4 * 3 * 3
+
+
+@pytest.mark.parametrize("overrides,flag", [({"K": 1}, "--K"), ({"aggregation": "prod"}, "--aggregation")])
+def test_bad_options_are_named(overrides, flag):
+    problem = RelationNet.check_arguments(_args(**overrides))
+    assert problem and problem.startswith(flag) and "\n" not in problem
+
+
+def test_checkpoint_keys_are_the_original_ones():
+    from backbones import build_backbone
+    method = RelationNet(build_backbone("conv4"), 10, _args())
+    state = method.checkpoint_state()
+    assert set(state) == {"backbone", "relation", "optimizer"}
+    assert set(state["relation"]) == {
+        "linear1.weight", "linear1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
+        "bn1.running_var", "bn1.num_batches_tracked", "linear2.weight", "linear2.bias"}
+    released = {"backbone": state["backbone"], "relation": state["relation"]}  # no optimizer
+    RelationNet(build_backbone("conv4"), 10, _args()).load_checkpoint_state(released)
