@@ -16,16 +16,23 @@ from methods.base import Method, StepOutput, accuracy_sums
 
 
 def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) -> bool:
-    """Multiply every group's learning rate by 0.1 at epochs int(0.5 E) and int(0.75 E).
+    """Set every group's learning rate to its initial value x0.1 per milestone passed, the
+    milestones being epochs int(0.5 E) and int(0.75 E) as in the original code.
 
     Keyed to the run's real epoch count (the original tied fine-tuning to a fixed 200, so the
-    decay never happened with the default 100 epochs). Returns whether it decayed.
+    decay never happened with the default 100 epochs). Setting rather than multiplying keeps
+    the schedule right when a run resumes. Returns whether a rate changed.
     """
-    if epoch not in {int(0.5 * total_epochs), int(0.75 * total_epochs)} or epoch == 0:
-        return False
+    passed = sum(1 for m in {int(0.5 * total_epochs), int(0.75 * total_epochs)} if 0 < m <= epoch)
+    changed = False
     for group in optimizer.param_groups:
-        group["lr"] *= 0.1
-    return True
+        group.setdefault("initial_lr", group["lr"])
+        lr = group["initial_lr"]
+        for _ in range(passed):  # repeated x0.1, bit-identical to the original's in-place decay
+            lr *= 0.1
+        changed |= lr != group["lr"]
+        group["lr"] = lr
+    return changed
 
 
 class Standard(Method):
