@@ -17,7 +17,7 @@ from backbones import build_backbone  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
-from utils.checkpoint import (CsvLog, RunFiles, check_backbone, read_checkpoint,  # noqa: E402
+from utils.checkpoint import (CsvLog, RunFiles, RunLock, check_backbone, read_checkpoint,  # noqa: E402
                               run_header, save_checkpoint)
 from utils.cli import apply_gpu_flag, stage2_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan, format_duration  # noqa: E402
@@ -78,9 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     header = run_header(method_name, args.dataset, args.backbone, args.seed, args.id)
     files = RunFiles(args.checkpoint_dir, method_name, args.dataset,
                      f"{header}_epoch_{args.epochs}_{mode}")
-    if files.final.exists() and not args.overwrite:
-        raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
+    with RunLock(files.lock):
+        if files.final.exists() and not args.overwrite:
+            raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
+        evaluate_backbone(args, state, files, method_name, seed, device, mode)
 
+
+def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, seed: int, device,
+                      mode: str) -> None:
     download = not args.no_download
     train = load_dataset(args.dataset, "train", args.data_root, download=download)
     test = load_dataset(args.dataset, "test", args.data_root, download=download)

@@ -17,7 +17,7 @@ tune_allocator()  # before torch allocates its first large block
 from backbones import build_backbone  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from methods import METHODS  # noqa: E402
-from utils.checkpoint import (RunFiles, check_backbone, read_checkpoint, run_header,  # noqa: E402
+from utils.checkpoint import (RunFiles, RunLock, check_backbone, read_checkpoint, run_header,  # noqa: E402
                               save_checkpoint, save_json)
 from utils.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan  # noqa: E402
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
     files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
 
+    with RunLock(files.lock):
+        train(args, files, method_class, device)
+
+
+def train(args, files: RunFiles, method_class, device) -> None:
+    header = files.header
     resume_path, resume_state = resume_point(args, files) if args.resume else (None, None)
     seed = resume_state["seed"] if resume_state else resolve_seed(args.seed)
     print(f"[INFO] Setting SEED: {seed}")

@@ -105,3 +105,18 @@ def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name
             assert torch.equal(value, final_b[index][name])
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_log(straight / "log.csv")) == strip(read_log(resumed_dir / "log.csv"))
+
+
+def test_non_finite_loss_stops_with_the_epoch_and_step(real_subset, tmp_path):
+    from utils.runtime import UserError
+    engine = make_engine("relationnet", real_subset.balanced_subset(128, seed=0), tmp_path, epochs=3)
+    engine.fit(0)  # three good epochs
+    before = (tmp_path / "epoch_3.tar").read_bytes()
+    engine.plan.epochs = 5
+    with torch.no_grad():
+        engine.method.relation_module.linear2.weight.fill_(float("nan"))
+    with pytest.raises(UserError, match="non-finite at epoch 3, step 0"):
+        engine.fit(3)
+    assert (tmp_path / "epoch_3.tar").read_bytes() == before
+    assert not (tmp_path / "epoch_4.tar").exists()
+    assert len(read_log(tmp_path / "log.csv")) == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -201,3 +202,22 @@ def test_command_line_errors_have_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "cifar-10-batches-py" in result.stderr
+
+
+def test_a_second_run_on_the_same_files_is_refused_until_the_first_is_gone(small_cifar10_root, tmp_path, capsys):
+    args = common(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--epochs", "1",
+                                                   "--data_size", "50"]
+    lock = tmp_path / "relationnet" / "cifar10" / ".relationnet_cifar10_conv4_seed_1.lock"
+    lock.parent.mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{socket.gethostname()} {live.pid}")
+        with pytest.raises(SystemExit):
+            run_stage(stage1, args)
+        assert f"another run ({socket.gethostname()} {live.pid})" in capsys.readouterr().err
+    finally:
+        live.kill()
+        live.wait()
+    run_stage(stage1, args)  # the owner died: its lock is stale and taken over
+    assert not lock.exists()
+    assert (lock.parent / "relationnet_cifar10_conv4_seed_1_epoch_1.tar").exists()

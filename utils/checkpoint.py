@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import socket
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +49,10 @@ class RunFiles:
         return self.directory / f"{self.header}_last.tar"
 
     @property
+    def lock(self) -> Path:
+        return self.directory / f".{self.header}.lock"
+
+    @property
     def log(self) -> Path:
         return self.directory / f"log_{self.header}.csv"
 
@@ -68,6 +73,54 @@ class RunFiles:
             epoch = read_checkpoint(self.last_checkpoint).get("epoch", 0)
             candidates.append((epoch, 1, self.last_checkpoint))
         return max(candidates)[2] if candidates else None
+
+
+class RunLock:
+    """Refuses a second run writing the same files while the first is alive.
+
+    The lock file holds the owner's host and pid; a lock left by a dead process on this host
+    is taken over, so a killed run never blocks its own resume.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+    def _owner_alive(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return False  # unreadable or half-written: not a live run's lock
+        if host != socket.gethostname():
+            return True  # cannot check a process on another machine: assume it runs
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    raise UserError(f"another run ({self.path.read_text().strip()}) is writing "
+                                    f"{self.path.parent}/{self.path.name[1:-5]}: wait for it to end, "
+                                    f"or use --id for a separate run (delete {self.path} if no run "
+                                    "is active)") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.owner)
+            return self
+        raise UserError(f"could not take the lock {self.path}: delete it if no run is active")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -18,7 +18,7 @@ from datasets import ImageSet
 from methods.base import Method
 from utils.augment import build_augmentation
 from utils.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
-from utils.runtime import derived_seed, restore_rng_states, rng_states
+from utils.runtime import UserError, derived_seed, restore_rng_states, rng_states
 
 _ORDER, _AUGMENT = 1, 2
 
@@ -94,6 +94,8 @@ class Engine:
         views = method.views_per_image
         loss_sum = torch.zeros((), device=self.device)
         loss_weight = 0
+        # Step of the first non-finite loss, tracked on the device to avoid a sync per step.
+        first_bad_step = torch.full((), -1, device=self.device)
         sums: dict[str, list[torch.Tensor]] = {}
         start = time.time()
         steps = self.steps_per_epoch(len(order))
@@ -108,7 +110,9 @@ class Engine:
             method.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             method.optimizer.step()
-            loss_sum += out.loss.detach() * out.loss_weight
+            loss = out.loss.detach()
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+            loss_sum += loss * out.loss_weight
             loss_weight += out.loss_weight
             for name, (total, count) in out.metrics.items():
                 acc = sums.setdefault(name, [torch.zeros((), device=self.device)] * 2)
@@ -118,9 +122,12 @@ class Engine:
         bar.close()
         if loss_weight == 0:
             raise RuntimeError("the epoch had no steps: the training set is smaller than one batch")
+        bad_step = int(first_bad_step)
+        if bad_step >= 0:
+            raise UserError(f"the loss became non-finite at epoch {epoch}, step {bad_step}; nothing of "
+                            "this epoch was saved (the previous checkpoints are intact): lower --lr "
+                            "or check the data")
         loss = (loss_sum / loss_weight).item()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss} in epoch {epoch}")
         metrics = {name: (total / count.clamp(min=1)).item() for name, (total, count) in sums.items()}
         seconds = time.time() - start
         print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.6f}"
