@@ -25,10 +25,10 @@ from utils.evaluation import evaluate  # noqa: E402
 from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
 from utils.stage import describe_backbone, record_config, run_main  # noqa: E402
 
-# Arguments that define what a run computes; resuming with other values would silently mix
-# two experiments in one checkpoint.
-RESUME_MUST_MATCH = ("method", "dataset", "backbone", "data_size", "K", "aggregation", "lr",
-                     "train_subset", "id")
+# Arguments a resumed run may change: where things are, how long to train, how often to save.
+# Any other difference (batch, K, a method's options...) would silently mix two experiments.
+RESUME_MAY_CHANGE = {"epochs", "resume", "checkpoint", "epoch_start", "device", "gpu", "num_workers",
+                     "data_root", "checkpoint_dir", "save_every", "overwrite", "no_download"}
 
 
 def saved_epochs(total: int, save_every: int) -> set[int]:
@@ -50,8 +50,8 @@ def resume_point(args, files: RunFiles):
         raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
                         "stored); use --checkpoint with --epoch_start instead")
     stored = state["args"]
-    changed = [f"--{k} {stored.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
-               if k in stored and stored.get(k) != getattr(args, k)]
+    changed = [f"--{k} {stored[k]!r} -> {value!r}" for k, value in sorted(vars(args).items())
+               if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != value]
     if changed:
         raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
                         "repeat its arguments or start a new run with --id")

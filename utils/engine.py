@@ -84,6 +84,7 @@ class Engine:
     def run_epoch(self, epoch: int) -> dict:
         method, plan = self.method, self.plan
         method.train()
+        start = time.time()
         method.on_epoch_start(epoch, plan.epochs, self)
         order_generator = torch.Generator().manual_seed(derived_seed(plan.seed, epoch, _ORDER))
         order = method.epoch_order(epoch, order_generator)
@@ -97,7 +98,6 @@ class Engine:
         # Step of the first non-finite loss, tracked on the device to avoid a sync per step.
         first_bad_step = torch.full((), -1, device=self.device)
         sums: dict[str, list[torch.Tensor]] = {}
-        start = time.time()
         steps = self.steps_per_epoch(len(order))
         bar = tqdm(range(steps), desc=f"Epoch {epoch}", leave=False, disable=None, dynamic_ncols=True)
         for step in bar:
