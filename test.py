@@ -26,15 +26,24 @@ from utils.stage import describe_backbone, run_main  # noqa: E402
 COLUMNS = ["time", "dataset", "seed", "accuracy", "top5", "loss", "images", "seconds", "checkpoint"]
 
 
+def stage1_method_by_keys(state: dict) -> str:
+    """Name the method of a checkpoint of the original code from its keys (section 9)."""
+    for key, method in (("relation", "relationnet"), ("head", "simclr"), ("loss_fn", "deepinfomax"),
+                        ("classifier", "rotationnet or deepcluster")):
+        if key in state:
+            return method
+    return "randomweights"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = stage3_parser().parse_args(argv)
     apply_gpu_flag(args)
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
-    if "classifier" not in state:
-        kind = state.get("method", "self-supervised")
-        raise UserError(f"{args.checkpoint} is a stage-1 {kind} checkpoint without a classifier: "
-                        "run train_linear_evaluation.py on it and test the file that writes")
+    if "optimizer_lineval" not in state:  # every stage-2 file and stage-1 standard file has it
+        kind = state.get("method") or stage1_method_by_keys(state)
+        raise UserError(f"{args.checkpoint} is a stage-1 {kind} checkpoint without a trained linear "
+                        "classifier: run train_linear_evaluation.py on it and test the file that writes")
     check_backbone(state, args.backbone, args.checkpoint)
     seed_everything(resolve_seed(args.seed))
     test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download)

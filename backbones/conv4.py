@@ -37,7 +37,11 @@ class Conv4(nn.Module):
         """Block-1 map after ReLU, before pooling: (N, 8, H, W)."""
         return self.layer1.relu(self.layer1.bn(self.layer1.conv(x)))
 
+    def forward_with_first_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, first-layer map) from one pass, for methods that need both (DIM)."""
+        first = self.first_layer_features(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1.avgpool(first))))
+        return self.flatten(x), first
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer1.avgpool(self.first_layer_features(x))
-        x = self.layer4(self.layer3(self.layer2(x)))
-        return self.flatten(x)
+        return self.forward_with_first_layer(x)[0]

@@ -71,10 +71,14 @@ class ResNetSmall(nn.Module):
         """Stem map after ReLU: (N, 16, H, W)."""
         return self.relu(self.bn1(self.conv1(x)))
 
+    def forward_with_first_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, first-layer map) from one pass, for methods that need both (DIM)."""
+        first = self.first_layer_features(x)
+        x = self.layer3(self.layer2(self.layer1(first)))
+        return torch.flatten(self.avgpool(x), 1), first
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first_layer_features(x)
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.forward_with_first_layer(x)[0]
 
 
 def resnet8() -> ResNetSmall:

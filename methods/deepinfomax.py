@@ -1,0 +1,210 @@
+"""Deep InfoMax (Hjelm et al. 2019) with local and prior terms, the paper's DIM baseline.
+
+The backbone's features y are scored against its first-layer feature map M: a local
+discriminator tells y paired with its own image's M from y paired with another image's M
+(the JSD estimate of mutual information), and a prior discriminator tells prior samples
+u ~ U[0, 1) from encoder outputs. Total loss = alpha global + beta local + gamma prior.
+
+The original trains the prior discriminator jointly with the encoder, so the encoder
+minimises the discriminator's loss too (defect D13). `--dim_prior adversarial` (default)
+plays the paper's minimax game instead; `--dim_prior original` keeps the original objective.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Method, StepOutput
+from methods.losses import jsd_discriminator_loss
+from utils.runtime import UserError
+
+PRIOR_MODES = ("adversarial", "original")
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward, negated gradient backward (Ganin and Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+def reverse_gradient(x: torch.Tensor) -> torch.Tensor:
+    return _ReverseGradient.apply(x)
+
+
+def negatives(M: torch.Tensor) -> torch.Tensor:
+    """M of the next image for each image (the first for the last), as the original pairs them."""
+    return M.roll(-1, dims=0)
+
+
+def first_layer_channels(backbone: nn.Module) -> int:
+    """Channels of M: every backbone's `first_layer_features` is its first conv + BN + ReLU."""
+    return next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).out_channels
+
+
+class GlobalDiscriminator(nn.Module):
+    """Scores (y, whole M): two 3x3 convs on M, pooled to 16x16, then an MLP on [y, M]."""
+
+    def __init__(self, y_size: int, m_channels: int):
+        super().__init__()
+        self.c0 = nn.Conv2d(m_channels, 64, kernel_size=3)
+        self.c1 = nn.Conv2d(64, 32, kernel_size=3)
+        self.avgpool = nn.AdaptiveAvgPool2d(16)
+        self.l0 = nn.Linear(32 * 16 * 16 + y_size, 256)
+        self.l1 = nn.Linear(256, 256)
+        self.l2 = nn.Linear(256, 1)
+
+    def forward(self, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        h = self.avgpool(self.c1(F.relu(self.c0(M)))).flatten(1)
+        h = F.relu(self.l0(torch.cat([y, h], dim=1)))
+        return self.l2(F.relu(self.l1(h)))
+
+
+class LocalDiscriminator(nn.Module):
+    """Scores y against every position of M: 1x1 convs on [M, y broadcast over H x W]."""
+
+    def __init__(self, y_size: int, m_channels: int):
+        super().__init__()
+        self.c0 = nn.Conv2d(y_size + m_channels, 256, kernel_size=1)
+        self.c1 = nn.Conv2d(256, 256, kernel_size=1)
+        self.c2 = nn.Conv2d(256, 1, kernel_size=1)
+
+    def forward(self, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        grid = y[:, :, None, None].expand(-1, -1, M.shape[2], M.shape[3])
+        h = F.relu(self.c0(torch.cat([M, grid], dim=1)))
+        return self.c2(F.relu(self.c1(h)))
+
+
+class PriorDiscriminator(nn.Module):
+    """MLP logit of "drawn from the prior"; the original's final sigmoid lives in the loss."""
+
+    def __init__(self, y_size: int):
+        super().__init__()
+        self.l0 = nn.Linear(y_size, 512)
+        self.l1 = nn.Linear(512, 128)
+        self.l2 = nn.Linear(128, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(F.relu(self.l1(F.relu(self.l0(x)))))
+
+
+class DIMDiscriminators(nn.Module):
+    """The original `loss_fn` module: each discriminator exists only when its weight is not 0,
+    so the state dict (global_d.*, local_d.*, prior_d.*) equals the original's."""
+
+    def __init__(self, y_size: int, m_channels: int, alpha: float, beta: float, gamma: float,
+                 prior_mode: str = "adversarial"):
+        super().__init__()
+        self.weights = {"global": alpha, "local": beta, "prior": gamma}
+        self.prior_mode = prior_mode
+        if alpha:
+            self.global_d = GlobalDiscriminator(y_size, m_channels)
+        if beta:
+            self.local_d = LocalDiscriminator(y_size, m_channels)
+        if gamma:
+            self.prior_d = PriorDiscriminator(y_size)
+
+    def forward(self, y: torch.Tensor, M: torch.Tensor, M_prime: torch.Tensor,
+                u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unweighted terms with a non-zero weight; M_prime pairs each y with another
+        image's map and u is a prior sample shaped like y."""
+        terms = {}
+        if self.weights["global"]:
+            terms["global"] = jsd_discriminator_loss(self.global_d(y, M), self.global_d(y, M_prime))
+        if self.weights["local"]:
+            terms["local"] = jsd_discriminator_loss(self.local_d(y, M), self.local_d(y, M_prime))
+        if self.weights["prior"]:
+            if self.prior_mode == "adversarial":
+                # The engine does one backward and one optimizer step per batch. Reversing the
+                # gradient at y makes that one backward give prior_d the gradient of its loss
+                # and the encoder the negated gradient: the paper's minimax game (the encoder
+                # maximises D's loss) in a single step. The sigmoid squashes y into the
+                # prior's support [0, 1], as the paper does; with unbounded y, D could tell
+                # them apart by range alone instead of by the shape of the distribution.
+                y = torch.sigmoid(reverse_gradient(y))
+            terms["prior"] = jsd_discriminator_loss(self.prior_d(u), self.prior_d(y))
+        return terms
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[name] * term for name, term in terms.items())
+
+
+class DeepInfoMax(Method):
+    name = "deepinfomax"
+    augmentation = "flip"
+    default_lr = 1e-4  # the original: higher rates gave NaN losses
+    drop_last = True   # the negatives need other images in the batch
+
+    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+        super().__init__(backbone, num_classes, args)
+        self.discriminators = DIMDiscriminators(
+            backbone.feature_size, first_layer_channels(backbone),
+            args.dim_alpha, args.dim_beta, args.dim_gamma, args.dim_prior)
+        # Two groups, as the original, so its optimizer state loads.
+        self.optimizer = torch.optim.Adam([
+            {"params": self.backbone.parameters(), "lr": self.lr},
+            {"params": self.discriminators.parameters(), "lr": self.lr},
+        ])
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dim_alpha", type=float, default=0.0,
+                            help="deepinfomax: weight of the global term (default 0)")
+        parser.add_argument("--dim_beta", type=float, default=1.0,
+                            help="deepinfomax: weight of the local term (default 1)")
+        parser.add_argument("--dim_gamma", type=float, default=0.1,
+                            help="deepinfomax: weight of the prior term (default 0.1)")
+        parser.add_argument("--dim_prior", default="adversarial",
+                            help="deepinfomax: 'adversarial' (default: the encoder learns to fool "
+                                 "the prior discriminator, as in the DIM paper) or 'original' "
+                                 "(the encoder minimises the discriminator's loss, as the "
+                                 "original code)")
+
+    @classmethod
+    def check_arguments(cls, args: argparse.Namespace) -> str | None:
+        weights = {"--dim_alpha": args.dim_alpha, "--dim_beta": args.dim_beta,
+                   "--dim_gamma": args.dim_gamma}
+        for flag, value in weights.items():
+            if not (math.isfinite(value) and value >= 0):
+                return f"{flag} {value}: must be a finite number >= 0"
+        if not any(weights.values()):
+            return "--dim_alpha, --dim_beta, --dim_gamma: all zero, deepinfomax has nothing to train"
+        if args.dim_prior not in PRIOR_MODES:
+            return f"--dim_prior {args.dim_prior}: choose one of {', '.join(PRIOR_MODES)}"
+        if args.data_size < 2:
+            return f"--data_size {args.data_size}: deepinfomax needs at least 2 images per batch"
+        return None
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
+        y, M = self.backbone.forward_with_first_layer(views)
+        terms = self.discriminators(y, M, negatives(M), torch.rand_like(y))
+        images = torch.tensor(float(y.shape[0]), device=y.device)
+        return StepOutput(loss=self.discriminators.total(terms), loss_weight=y.shape[0],
+                          metrics={name: (term.detach() * images, images)
+                                   for name, term in terms.items()})
+
+    def checkpoint_state(self) -> dict:
+        return {"backbone": self.backbone.state_dict(),
+                "loss_fn": self.discriminators.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        saved = sorted({key.split(".")[0] for key in state["loss_fn"]})
+        built = sorted(name for name, _ in self.discriminators.named_children())
+        if saved != built:
+            raise UserError(f"--dim_alpha/--dim_beta/--dim_gamma: the checkpoint holds {', '.join(saved)}, "
+                            f"this run builds {', '.join(built)} (global_d needs a non-zero alpha, "
+                            "local_d beta, prior_d gamma)")
+        self.backbone.load_state_dict(state["backbone"])
+        self.discriminators.load_state_dict(state["loss_fn"])
+        self.optimizer.load_state_dict(state["optimizer"])

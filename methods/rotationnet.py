@@ -1,0 +1,64 @@
+"""Rotation prediction (Gidaris et al. 2018), the pretext-task baseline of the paper.
+
+Every image is shown at 0, 90, 180 and 270 degrees and a linear head on the backbone
+predicts which rotation it sees.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Method, StepOutput, accuracy_sums
+
+
+def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(4B, C, H, W) images rotated by k * 90 degrees in the (H, W) plane, rotation-major
+    (rows k*B .. k*B+B-1 hold rotation k), and their int64 labels k."""
+    height, width = images.shape[-2:]
+    if height != width:
+        # A quarter turn swaps H and W, so the four rotations could not share a batch.
+        raise ValueError(f"rotationnet needs square images, got {height}x{width}")
+    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=images.device).repeat_interleave(images.shape[0])
+    return rotated, labels
+
+
+class RotationNet(Method):
+    name = "rotationnet"
+    augmentation = "standard"
+    score_name = "accuracy"
+
+    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+        super().__init__(backbone, num_classes, args)
+        self.classifier = nn.Linear(backbone.feature_size, 4)
+        self.optimizer = torch.optim.Adam([
+            {"params": self.backbone.parameters(), "lr": self.lr},
+            {"params": self.classifier.parameters(), "lr": self.lr},
+        ])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(images))
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
+        rotated, targets = rotations(views)
+        logits = self(rotated)
+        loss = F.cross_entropy(logits, targets)
+        correct, count = accuracy_sums(logits, targets)
+        return StepOutput(loss=loss, loss_weight=targets.numel(),
+                          metrics={"accuracy": (100.0 * correct, count)})
+
+    def checkpoint_state(self) -> dict:
+        return {"classifier": self.classifier.state_dict(),
+                "backbone": self.backbone.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.classifier.load_state_dict(state["classifier"])
+        self.backbone.load_state_dict(state["backbone"])
+        # The original always saves the optimizer; also accept files stripped to the weights.
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,75 @@
+"""SimCLR (Chen et al. 2020), the contrastive baseline, as the original code trains it.
+
+Two augmented views of each image go through the backbone and a projection head; the loss
+pulls the two projections of an image together against those of the other images.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from methods.base import Method, StepOutput
+from methods.losses import nt_xent_loss, simclr_original_loss
+
+# `original` is the -log(mean ratio) form of the original code, `ntxent` the usual mean of logs.
+SIMCLR_LOSSES = {"original": simclr_original_loss, "ntxent": nt_xent_loss}
+
+
+class SimCLR(Method):
+    name = "simclr"
+    augmentation = "relationnet"  # the original's simclr pipeline is the relationnet one
+
+    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+        super().__init__(backbone, num_classes, args)
+        self.views_per_image = 2
+        self.temperature = args.temperature
+        self.loss_function = SIMCLR_LOSSES[args.simclr_loss]
+        # Key names of the original `head` checkpoint entry.
+        self.head = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(backbone.feature_size, 256)),
+            ("bn1", nn.BatchNorm1d(256)),
+            ("relu", nn.LeakyReLU()),
+            ("linear2", nn.Linear(256, 64)),
+        ]))
+        self.optimizer = torch.optim.Adam([
+            {"params": self.backbone.parameters(), "lr": self.lr},
+            {"params": self.head.parameters(), "lr": self.lr},
+        ])
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--temperature", type=float, default=0.5,
+                            help="simclr: softmax temperature of the loss (default 0.5)")
+        parser.add_argument("--simclr_loss", default="original",
+                            help="simclr: 'original' (-log of the mean ratio, as the original "
+                                 "code) or 'ntxent' (mean of -log ratios)")
+
+    @classmethod
+    def check_arguments(cls, args: argparse.Namespace) -> str | None:
+        if not (args.temperature > 0 and math.isfinite(args.temperature)):
+            return f"--temperature {args.temperature}: must be a positive number"
+        if args.simclr_loss not in SIMCLR_LOSSES:
+            return f"--simclr_loss {args.simclr_loss}: choose one of {', '.join(SIMCLR_LOSSES)}"
+        return None
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
+        projections = self.head(self.backbone(views))
+        loss = self.loss_function(projections, self.temperature)
+        return StepOutput(loss=loss, loss_weight=views.shape[0])
+
+    def checkpoint_state(self) -> dict:
+        return {"backbone": self.backbone.state_dict(),
+                "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.backbone.load_state_dict(state["backbone"])
+        self.head.load_state_dict(state["head"])
+        # The original always saves the optimizer; also accept files stripped to the weights.
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
