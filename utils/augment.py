@@ -64,15 +64,15 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     maxc, minc = x.amax(dim=1), x.amin(dim=1)
     chroma = maxc - minc
-    # Hue numerators (scaled by the chroma, so one division serves all three) for a max in
-    # red, green or blue, chosen with torchvision's priority red > green > blue. For values in
-    # [0, 1], floor(channel - max) + 1 is 1 where the channel is the max and 0 elsewhere: an
-    # arithmetic selection 2.5x faster than torch.where with boolean masks. Where the chroma
-    # is 0 the numerator is 0 too, and every channel comes out as the grey value.
-    red = (r - maxc).floor_().add_(1.0)
-    green = (g - maxc).floor_().add_(1.0).mul_(1.0 - red)
+    # Hue numerator (scaled by the chroma, so one division serves all cases) for a max in
+    # blue, switched to red's and then green's where those hold the max. For values in
+    # [0, 1], floor(v - max) + 1 is 1 where v is the max and 0 elsewhere: an arithmetic
+    # select, 2.5x faster than torch.where on boolean masks. Where channels tie for the max
+    # their numerators are equal (or 6 sextants apart), so torchvision's priority among them
+    # needs no care. Where the chroma is 0 so is the numerator: every channel becomes grey.
     hue = (r - g).add_(chroma, alpha=4.0)
-    hue.add_(red * (g - b - hue)).add_(green * ((b - r).add_(chroma, alpha=2.0) - hue))
+    hue.add_((r - maxc).floor_().add_(1.0).mul_(g - b - hue))
+    hue.add_((g - maxc).floor_().add_(1.0).mul_((b - r).add_(chroma, alpha=2.0) - hue))
     hue.div_(chroma.clamp_min(1e-12)).add_(factor.view(-1, 1, 1), alpha=6.0)
     # hue is in [-4, 8], so t = hue + offset - 3 is in [-7, 9], where |(t + 3) mod 6 - 3|
     # equals the fold 3 - |3 - ||t| - 6||; this avoids torch.remainder, the slowest op here.
@@ -82,7 +82,8 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
-                              scale: tuple = (0.08, 1.0), ratio: tuple = (3 / 4, 4 / 3)) -> torch.Tensor:
+                              scale: tuple = (0.08, 1.0),
+                              ratio: tuple = (3 / 4, 4 / 3)) -> torch.Tensor:
     """Boxes (n, 4) int64 as (top, left, h, w), torchvision RandomResizedCrop.get_params per image.
 
     Each image gets 10 tries of (area, log-aspect); the first try that fits is used, else
