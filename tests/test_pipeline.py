@@ -59,6 +59,29 @@ def test_relationnet_three_stages_on_every_backbone(small_cifar10_root, tmp_path
     assert (folder / f"log_{header}_epoch_2_linear_evaluation_test.csv").exists()
 
 
+STAGE1_KEYS = {
+    "relationnet": {"backbone", "relation", "optimizer"},
+    "simclr": {"backbone", "head", "optimizer"},
+    "rotationnet": {"classifier", "backbone", "optimizer"},
+    "deepcluster": {"classifier", "backbone", "optimizer"},
+    "deepinfomax": {"backbone", "loss_fn", "optimizer"},
+    "standard": {"classifier", "backbone", "optimizer", "optimizer_lineval", "optimizer_finetune"},
+}
+
+
+@pytest.mark.parametrize("method", sorted(STAGE1_KEYS))
+def test_every_method_runs_the_three_stages_on_resnet8(small_cifar10_root, tmp_path, capsys, method):
+    args = common(small_cifar10_root, tmp_path, backbone="resnet8")
+    run_stage(stage1, args + ["--method", method, "--K", "2", "--data_size", "16",
+                              "--train_subset", "64", "--epochs", "1"])
+    folder = tmp_path / method / "cifar10"
+    stage1_file = folder / f"{method}_cifar10_resnet8_seed_1_epoch_1.tar"
+    assert STAGE1_KEYS[method] <= set(load(stage1_file))
+    run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--epochs", "1"])
+    run_stage(stage3, args + ["--checkpoint", str(folder / f"{method}_cifar10_resnet8_seed_1_epoch_1_linear_evaluation.tar")])
+    assert "Test accuracy:" in capsys.readouterr().out
+
+
 def test_linear_evaluation_learns_and_equals_the_test_stage(cifar10_root, tmp_path, capsys):
     args = common(cifar10_root, tmp_path)
     run_stage(stage1, args + ["--method", "randomweights"])
@@ -188,6 +211,10 @@ def test_missing_data_and_wrong_checkpoints(small_cifar10_root, tmp_path, capsys
     other = common(small_cifar10_root, tmp_path, backbone="resnet8")
     assert "holds a conv4 backbone, not resnet8: pass --backbone conv4" in error(stage2, other + ["--checkpoint", str(checkpoint)])
     assert "run train_linear_evaluation.py" in error(stage3, args + ["--checkpoint", str(checkpoint)])
+    rotation_file = tmp_path / "rotationnet.tar"  # keys of the original code's rotationnet
+    torch.save({"classifier": {"weight": torch.zeros(4, 64), "bias": torch.zeros(4)},
+                "backbone": load(checkpoint)["backbone"], "optimizer": {}}, rotation_file)
+    assert "stage-1 rotationnet or deepcluster checkpoint" in error(stage3, args + ["--checkpoint", str(rotation_file)])
     corrupt = tmp_path / "corrupt.tar"
     corrupt.write_bytes(checkpoint.read_bytes()[:1000])
     assert "truncated, corrupt" in error(stage2, args + ["--checkpoint", str(corrupt)])
