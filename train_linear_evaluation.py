@@ -14,7 +14,7 @@ from utils.runtime import tune_allocator
 tune_allocator()
 
 from backbones import build_backbone  # noqa: E402
-from datasets import load_dataset  # noqa: E402
+from datasets import DATASETS, load_dataset  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
 from utils.checkpoint import (CsvLog, RunFiles, RunLock, check_backbone, read_checkpoint,  # noqa: E402
@@ -37,6 +37,14 @@ def pretraining_method(args, state: dict) -> str:
     if len(parents) >= 3 and parents[-3] in METHODS:
         return parents[-3]
     raise UserError(f"cannot tell which method trained {args.checkpoint}: pass --method")
+
+
+def pretraining_dataset(args, state: dict) -> str | None:
+    """The stage-1 data set, from the checkpoint or its path; None when it cannot be told."""
+    if state.get("dataset"):
+        return state["dataset"]
+    parents = Path(args.checkpoint).resolve().parts
+    return parents[-2] if len(parents) >= 3 and parents[-2] in DATASETS else None
 
 
 def linear_evaluation(model: Standard, train, test, args, seed: int, device, log_path: Path) -> None:
@@ -75,17 +83,22 @@ def main(argv: list[str] | None = None) -> None:
         print("[INFO] Finetune set to True, the backbone will be finetuned.")
 
     mode = "finetune" if args.finetune else "linear_evaluation"
-    header = run_header(method_name, args.dataset, args.backbone, args.seed, args.id)
+    source_dataset = pretraining_dataset(args, state)
+    # Cross-domain runs say so in their name, so they never overwrite the in-domain result.
+    domain = args.dataset if source_dataset in (None, args.dataset) else f"{args.dataset}_from_{source_dataset}"
+    if domain != args.dataset:
+        print(f"[INFO] Cross-domain: backbone pretrained on {source_dataset}, evaluated on {args.dataset}")
+    header = run_header(method_name, domain, args.backbone, args.seed, args.id)
     files = RunFiles(args.checkpoint_dir, method_name, args.dataset,
                      f"{header}_epoch_{args.epochs}_{mode}")
     with RunLock(files.lock):
         if files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
-        evaluate_backbone(args, state, files, method_name, seed, device, mode)
+        evaluate_backbone(args, state, files, method_name, source_dataset, seed, device, mode)
 
 
-def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, seed: int, device,
-                      mode: str) -> None:
+def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, source_dataset: str | None,
+                      seed: int, device, mode: str) -> None:
     download = not args.no_download
     train = load_dataset(args.dataset, "train", args.data_root, download=download)
     test = load_dataset(args.dataset, "test", args.data_root, download=download)
@@ -99,7 +112,7 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, seed
     backbone.load_state_dict(state["backbone"])
     model = (Finetune if args.finetune else Standard)(backbone, train.num_classes, args).to(device)
     source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
-              "pretraining_dataset": state.get("dataset"), "pretraining_epochs": state.get("epoch")}
+              "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
     record_config(files.config, args, seed, device, stage=mode, training_images=len(train), **source)
 
     if args.finetune:

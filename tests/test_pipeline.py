@@ -66,6 +66,7 @@ STAGE1_KEYS = {
     "deepcluster": {"classifier", "backbone", "optimizer"},
     "deepinfomax": {"backbone", "loss_fn", "optimizer"},
     "standard": {"classifier", "backbone", "optimizer", "optimizer_lineval", "optimizer_finetune"},
+    "randomweights": {"backbone"},
 }
 
 
@@ -75,7 +76,8 @@ def test_every_method_runs_the_three_stages_on_resnet8(small_cifar10_root, tmp_p
     run_stage(stage1, args + ["--method", method, "--K", "2", "--data_size", "16",
                               "--train_subset", "64", "--epochs", "1"])
     folder = tmp_path / method / "cifar10"
-    stage1_file = folder / f"{method}_cifar10_resnet8_seed_1_epoch_1.tar"
+    header = f"{method}_cifar10_resnet8_seed_1"
+    stage1_file = folder / (f"{header}.tar" if method == "randomweights" else f"{header}_epoch_1.tar")
     assert STAGE1_KEYS[method] <= set(load(stage1_file))
     run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--epochs", "1"])
     run_stage(stage3, args + ["--checkpoint", str(folder / f"{method}_cifar10_resnet8_seed_1_epoch_1_linear_evaluation.tar")])
@@ -112,7 +114,8 @@ def test_standard_cifar100_then_supercifar100_grain(cifar100_root, tmp_path, cap
     # Grain: CIFAR-100 backbone, linear evaluation on the 20 superclasses.
     grain = common(cifar100_root, tmp_path, dataset="supercifar100", backbone=backbone)
     run_stage(stage2, grain + ["--checkpoint", str(checkpoint), "--epochs", "1"])
-    out_file = tmp_path / "standard" / "supercifar100" / f"standard_supercifar100_{backbone}_seed_1_epoch_1_linear_evaluation.tar"
+    out_file = (tmp_path / "standard" / "supercifar100" /
+                f"standard_supercifar100_from_cifar100_{backbone}_seed_1_epoch_1_linear_evaluation.tar")
     assert load(out_file)["classifier"]["weight"].shape[0] == 20
     config = json.loads(out_file.with_name(f"config_{out_file.stem}.json").read_text())
     assert config["pretraining_dataset"] == "cifar100"
@@ -125,7 +128,7 @@ def test_cross_domain_cifar10_backbone_on_cifar100(small_cifar10_root, cifar100_
     run_stage(stage2, common(cifar100_root, tmp_path, dataset="cifar100") + [
         "--checkpoint", str(checkpoint), "--epochs", "1"])
     assert (tmp_path / "relationnet" / "cifar100" /
-            "relationnet_cifar100_conv4_seed_1_epoch_1_linear_evaluation.tar").exists()
+            "relationnet_cifar100_from_cifar10_conv4_seed_1_epoch_1_linear_evaluation.tar").exists()
 
 
 def test_finetune_gets_its_own_file_and_decays(small_cifar10_root, tmp_path, capsys):
