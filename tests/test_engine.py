@@ -16,7 +16,8 @@ from utils.runtime import seed_everything
 
 def make_engine(method_name, data, tmp_path, seed=1, epochs=3, batch=32, **options):
     seed_everything(seed)
-    args = argparse.Namespace(K=4, aggregation="cat", lr=None, **options)
+    args = argparse.Namespace(K=4, aggregation="cat", lr=None, temperature=0.5, simclr_loss="original",
+                              **options)
     method = METHODS[method_name](build_backbone("conv4"), data.num_classes, args)
     plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=tmp_path / "log.csv",
                         checkpoint_paths=lambda e: [tmp_path / f"epoch_{e}.tar"],
@@ -71,7 +72,7 @@ def test_same_seed_same_numbers_and_other_seed_differs(real_subset, tmp_path):
     assert [r["loss"] for r in log_a] != [r["loss"] for r in log_c]
 
 
-@pytest.mark.parametrize("method_name", ["relationnet", "standard"])
+@pytest.mark.parametrize("method_name", ["relationnet", "simclr", "standard"])
 def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name):
     subset = real_subset.balanced_subset(160, seed=0)
     straight = tmp_path / "straight"
