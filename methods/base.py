@@ -26,6 +26,8 @@ Instance interface
     on_epoch_start(epoch, total_epochs, engine)  hook for schedules and per-epoch work such
         as clustering; `engine` gives `images` (uint8 training set on the device), `labels`,
         `data` (the ImageSet: mean, std, classes), `device` and `plan.seed`.
+    on_epoch_resume(epoch, total_epochs, engine)  the same, when a run continues inside an
+        interrupted epoch (default: on_epoch_start).
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
         visits the training images; None (default) lets the engine draw a permutation.
     checkpoint_state() / load_checkpoint_state(state)   the original code's checkpoint keys.
@@ -88,6 +90,11 @@ class Method(nn.Module):
 
     def on_epoch_start(self, epoch: int, total_epochs: int, engine) -> None:
         """Called before every epoch, also the first epoch after a resume."""
+
+    def on_epoch_resume(self, epoch: int, total_epochs: int, engine) -> None:
+        """Called instead of `on_epoch_start` when a run resumes inside an interrupted epoch;
+        per-epoch work whose result is in the checkpoint must not be redone."""
+        self.on_epoch_start(epoch, total_epochs, engine)
 
     def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         return None

@@ -35,6 +35,9 @@ class DeepCluster(Method):
     def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
         super().__init__(backbone, num_classes, args)
         self.num_clusters = args.num_clusters or 10 * num_classes
+        if self.num_clusters == 0:
+            raise UserError("--num_clusters: the training images have no labels, so the default "
+                            "10 x classes is unknown; pass --num_clusters N")
         self.restarts = args.kmeans_restarts
         self.sampling = args.deepcluster_sampling
         # Key names of the original `classifier` checkpoint entry.
@@ -99,6 +102,14 @@ class DeepCluster(Method):
               f"inertia {inertia:.2f}, NMI with the previous epoch {self.nmi:.4f}, "
               f"{time.time() - start:.1f}s")
 
+    def on_epoch_resume(self, epoch: int, total_epochs: int, engine) -> None:
+        """Inside an interrupted epoch the clustering, the new output layer and the NMI are in
+        the checkpoint: only the loss weights are derived again."""
+        self.assignments = self.assignments.to(engine.device)
+        if self.sampling == "weighted":
+            counts = torch.bincount(self.assignments, minlength=self.num_clusters)
+            self.class_weights = (1.0 - counts.float() / len(self.assignments)).to(engine.device)
+
     def _reset_output_layer(self, generator: torch.Generator) -> None:
         """New pseudo-labels mean a new output layer: N(0, 0.01) weights, zero bias and no
         Adam moments (the original kept the old layer's, defect D3)."""
@@ -142,11 +153,13 @@ class DeepCluster(Method):
         })
 
     def checkpoint_state(self) -> dict:
-        # `cluster_assignments` is this suite's addition: the NMI of the next epoch needs it.
+        # This suite's additions: the NMI of the next epoch needs the clustering, and a run
+        # resumed inside an epoch trains on it and logs its NMI.
         return {"classifier": self.classifier.state_dict(),
                 "backbone": self.backbone.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "cluster_assignments": self.assignments.cpu()}
+                "cluster_assignments": self.assignments.cpu(),
+                "cluster_nmi": self.nmi}
 
     def load_checkpoint_state(self, state: dict) -> None:
         stored = state["classifier"]["linear2.weight"].shape[0]
@@ -157,3 +170,4 @@ class DeepCluster(Method):
         self.backbone.load_state_dict(state["backbone"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.assignments = state.get("cluster_assignments", torch.empty(0, dtype=torch.long))
+        self.nmi = state.get("cluster_nmi", math.nan)

@@ -85,10 +85,10 @@ def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name
     interrupted = make_engine(method_name, subset, resumed_dir, epochs=4)
     run_epoch = interrupted.run_epoch
 
-    def stop_at_epoch_2(epoch):
+    def stop_at_epoch_2(epoch, partial=None):
         if epoch == 2:
             raise KeyboardInterrupt
-        return run_epoch(epoch)
+        return run_epoch(epoch, partial)
     interrupted.run_epoch = stop_at_epoch_2
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()

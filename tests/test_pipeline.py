@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -251,3 +252,38 @@ def test_a_second_run_on_the_same_files_is_refused_until_the_first_is_gone(small
     run_stage(stage1, args)  # the owner died: its lock is stale and taken over
     assert not lock.exists()
     assert (lock.parent / "relationnet_cifar10_conv4_seed_1_epoch_1.tar").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root, tmp_path, signum):
+    args = ["--data_root", str(cifar10_root), "--no_download", "--device", "cpu", "--seed", "2",
+            "--method", "relationnet", "--K", "2", "--data_size", "16", "--train_subset", "800",
+            "--epochs", "3"]
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    command = [sys.executable, "-u", "train_unsupervised.py", "--checkpoint_dir"]
+    run = subprocess.Popen(command + [str(stopped)] + args, cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:  # interrupt inside the second epoch
+        if line.startswith("Epoch [0]"):
+            break
+    run.send_signal(signum)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].endswith("resume with the same command plus --resume auto")
+    folder = stopped / "relationnet" / "cifar10"
+    interrupted = load(folder / "relationnet_cifar10_conv4_seed_2_last.tar")
+    assert interrupted["interrupted"]["steps_done"] > 0 and interrupted["epoch"] == 1
+
+    resumed = subprocess.run(command + [str(stopped)] + args + ["--resume", "auto"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run(command + [str(straight)] + args, cwd=REPO, capture_output=True, timeout=300, check=True)
+    a = load(folder / "relationnet_cifar10_conv4_seed_2_epoch_3.tar")
+    b = load(straight / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_2_epoch_3.tar")
+    for part in ("backbone", "relation"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), key
+    strip = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731
+    assert strip(folder / "log_relationnet_cifar10_conv4_seed_2.csv") == \
+        strip(straight / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_2.csv")

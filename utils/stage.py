@@ -24,7 +24,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except (UserError, DatasetError) as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_status", 2))
 
 
 def describe_backbone(name: str, backbone: nn.Module, device: torch.device) -> None:
