@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
                         "classifier: run train_linear_evaluation.py on it and test the file that writes")
     check_backbone(state, args.backbone, args.checkpoint)
     seed_everything(resolve_seed(args.seed))
-    test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download)
+    test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download,
+                        image_size=args.image_size)
     outputs = state["classifier"]["weight"].shape[0]
     if outputs != test.num_classes:
         raise UserError(f"the classifier in {args.checkpoint} has {outputs} classes but {args.dataset} "

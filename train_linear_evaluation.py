@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
 def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, source_dataset: str | None,
                       seed: int, device, mode: str) -> None:
     download = not args.no_download
-    train = load_dataset(args.dataset, "train", args.data_root, download=download)
-    test = load_dataset(args.dataset, "test", args.data_root, download=download)
+    train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
+    test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
     if bool((train.labels < 0).any()):
         raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
     train = train.balanced_subset(args.train_subset, seed)

@@ -6,7 +6,6 @@ Example: python train_unsupervised.py --dataset cifar10 --method relationnet --b
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from utils.runtime import tune_allocator
@@ -15,10 +14,10 @@ tune_allocator()  # before torch allocates its first large block
 
 
 from backbones import build_backbone  # noqa: E402
-from datasets import load_dataset  # noqa: E402
+from datasets import load_dataset, pretraining_split  # noqa: E402
 from methods import METHODS  # noqa: E402
 from utils.checkpoint import (RunFiles, RunLock, check_backbone, read_checkpoint, run_header,  # noqa: E402
-                              save_checkpoint, save_json)
+                              save_checkpoint)
 from utils.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
@@ -95,7 +94,9 @@ def train(args, files: RunFiles, method_class, device) -> None:
     if not resume_state and not args.overwrite and (files.last_checkpoint.exists() or files.log.exists()):
         raise UserError(f"{files.directory} already holds run {header}: pass --resume auto to continue "
                         "it, --id to start a separate run, or --overwrite to replace it")
-    data = load_dataset(args.dataset, "train", args.data_root, download=not args.no_download)
+    split = pretraining_split(args.dataset, method_class.needs_labels)
+    data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download,
+                        image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
     data = data.balanced_subset(args.train_subset, seed)
@@ -133,7 +134,8 @@ def train(args, files: RunFiles, method_class, device) -> None:
     Engine(method, data, plan, device).fit(start_epoch, resume_state)
 
     if args.method == "standard":
-        test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download)
+        test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download,
+                            image_size=args.image_size)
         result = evaluate(method.backbone, method.classifier, test, device)
         print(f"Test loss: {result['loss']:.4f}")
         print(f"Test accuracy: {result['accuracy']:.2f}%")

@@ -12,13 +12,19 @@ Adding a data set: write ``datasets/<name>.py`` with a loader
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Callable
 
 from .base import DatasetError, ImageSet
 from .cifar import load_cifar10, load_cifar100, load_supercifar100
+from .folder import load_folder
+from .slim import load_slim
+from .stl10 import load_stl10
+from .tiny import load_tiny
 
-__all__ = ["DATASETS", "SPLITS", "DEFAULT_DATA_ROOT", "DatasetError", "ImageSet", "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "DEFAULT_DATA_ROOT", "DatasetError", "ImageSet", "load_dataset",
+           "pretraining_split"]
 
 #: Where data sets live unless told otherwise (relative to the working directory, as in the original code).
 DEFAULT_DATA_ROOT = "./data"
@@ -28,24 +34,49 @@ SPLITS = ("train", "test", "unlabeled")
 
 Loader = Callable[..., ImageSet]
 
-#: name -> loader(root, split, download=True) -> ImageSet
+#: name -> loader(root, split, download=True) -> ImageSet; loaders that resize also take image_size
 DATASETS: dict[str, Loader] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "supercifar100": load_supercifar100,
+    "slim": load_slim,
+    "folder": load_folder,
+    "stl10": load_stl10,
+    "tiny": load_tiny,
 }
+
+#: Data sets with an "unlabeled" split, on which self-supervised methods pretrain (the
+#: original code used STL-10's 100,000 unlabelled images for them).
+UNLABELED_SPLIT = frozenset({"stl10"})
+
+
+def pretraining_split(name: str, needs_labels: bool) -> str:
+    """The split stage 1 trains on: "unlabeled" where data set ``name`` has one and the
+    method does not need labels, else "train"."""
+    return "unlabeled" if name in UNLABELED_SPLIT and not needs_labels else "train"
 
 
 def load_dataset(
-    name: str, split: str, data_root: str | os.PathLike = DEFAULT_DATA_ROOT, download: bool = True
+    name: str, split: str, data_root: str | os.PathLike = DEFAULT_DATA_ROOT, download: bool = True,
+    image_size: int = 0,
 ) -> ImageSet:
     """Load split ``split`` of data set ``name`` from ``data_root``.
 
-    Raises ``ValueError`` (one line listing the valid choices) for an unknown name or
-    split and :class:`DatasetError` for missing, incomplete or corrupt files.
+    ``image_size`` (0 = the data set's own size) is passed to loaders that take it (only
+    ``folder`` resizes); for any other data set it must be 0 or its native side, else
+    :class:`DatasetError`. Raises ``ValueError`` (one line listing the valid choices) for an
+    unknown name or split and :class:`DatasetError` for missing, incomplete or corrupt files.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    return DATASETS[name](data_root, split, download=download)
+    loader = DATASETS[name]
+    if "image_size" in inspect.signature(loader).parameters:
+        return loader(data_root, split, download=download, image_size=image_size)
+    data = loader(data_root, split, download=download)
+    # Fixed-size data sets keep the size their constants (padding, published results) belong to.
+    if image_size and image_size != data.side:
+        raise DatasetError(f"--image_size {image_size}: the {name} images are {data.side}x{data.side} and are "
+                           f"not resized (only 'folder' is); use {data.side} or 0")
+    return data

@@ -1,10 +1,11 @@
 """Downloading, checksum verification and safe extraction of data-set archives.
 
-Standard library only (urllib, hashlib, tarfile) plus tqdm for the progress bar. A
-download goes to a temporary file next to its destination and is renamed into place
-only after its md5 checksum has passed, so an interrupted or corrupted download never
-leaves a file that looks complete. Extraction refuses archive members that would land
-outside the destination folder (absolute paths, ``..``), links and device files.
+Standard library only (urllib, hashlib, tarfile, zipfile) plus tqdm for the progress
+bar. A download goes to a temporary file next to its destination and is renamed into
+place only after its md5 checksum has passed, so an interrupted or corrupted download
+never leaves a file that looks complete. Extraction (tar or zip) refuses archive members
+that would land outside the destination folder (absolute paths, ``..``), links and
+device files.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import http.client
 import os
 import shutil
 import socket
+import stat
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -32,6 +35,8 @@ __all__ = [
     "check_md5",
     "download_file",
     "safe_extract_tar",
+    "safe_extract_zip",
+    "safe_extract",
     "fetch_and_extract",
     "DEFAULT_TIMEOUT",
 ]
@@ -133,15 +138,15 @@ def download_file(
     return dest
 
 
-def _check_member(member: tarfile.TarInfo, dest_real: Path, archive: Path) -> None:
-    name = member.name
+def _check_member(name: str, regular: bool, dest_real: Path, archive: Path) -> None:
+    """Refuse member ``name`` unless it is a plain file or folder that stays inside ``dest_real``."""
     posix = PurePosixPath(name)
     bad = None
     if not name or posix.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
         bad = "has an absolute path"
     elif ".." in posix.parts or ".." in PureWindowsPath(name).parts:
         bad = "escapes the destination folder"
-    elif not (member.isfile() or member.isdir()):
+    elif not regular:
         bad = "is a link or special file"
     else:
         target = (dest_real / name).resolve()
@@ -154,6 +159,20 @@ def _check_member(member: tarfile.TarInfo, dest_real: Path, archive: Path) -> No
         )
 
 
+def _extract(archive: Path, dest: Path, extract_all) -> list[str]:
+    """Run ``extract_all(dest_real) -> member names`` and map a damaged archive to DatasetError."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        names = extract_all(dest.resolve())
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(
+            f"{archive}: cannot extract ({_reason(exc)}); the archive is truncated or corrupt, delete it and download it again"
+        ) from exc
+    return sorted({PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts})
+
+
 def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
     """Extract a (possibly compressed) tar archive into ``dest``; return its top-level names.
 
@@ -162,23 +181,45 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> lis
     :class:`UnsafeArchiveError`. A corrupt archive raises :class:`DatasetError`.
     """
     archive = Path(archive)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    dest_real = dest.resolve()
-    try:
+
+    def extract_all(dest_real: Path) -> list[str]:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, dest_real, archive)
+                _check_member(member.name, member.isfile() or member.isdir(), dest_real, archive)
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest, members=members, **kwargs)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        raise DatasetError(
-            f"{archive}: cannot extract ({_reason(exc)}); the archive is truncated or corrupt, delete it and download it again"
-        ) from exc
-    return sorted({PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts})
+            tar.extractall(dest_real, members=members, **kwargs)
+        return [m.name for m in members]
+
+    return _extract(archive, Path(dest), extract_all)
+
+
+def safe_extract_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Extract a zip archive into ``dest`` with the checks of :func:`safe_extract_tar`.
+
+    A member's type comes from the Unix mode in its external attributes; archives made
+    on Windows have none (0) and hold only plain files and folders.
+    """
+    archive = Path(archive)
+
+    def extract_all(dest_real: Path) -> list[str]:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                mode = info.external_attr >> 16
+                regular = mode == 0 or stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+                _check_member(info.filename, regular, dest_real, archive)
+            zf.extractall(dest_real, members=members)
+        return [info.filename for info in members]
+
+    return _extract(archive, Path(dest), extract_all)
+
+
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """:func:`safe_extract_zip` for a ``.zip`` file, else :func:`safe_extract_tar`."""
+    if Path(archive).suffix.lower() == ".zip":
+        return safe_extract_zip(archive, dest)
+    return safe_extract_tar(archive, dest)
 
 
 def fetch_and_extract(
@@ -189,7 +230,7 @@ def fetch_and_extract(
     download: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
-    """Make ``<root>/<folder>`` exist by extracting the archive at ``url`` into ``root``.
+    """Make ``<root>/<folder>`` exist by extracting the archive (tar or zip) at ``url`` into ``root``.
 
     The archive is kept as ``<root>/<basename of url>``. If it is already there with the
     right checksum it is used without touching the network (even when ``download`` is
@@ -207,7 +248,7 @@ def fetch_and_extract(
         download_file(url, archive, md5=md5, timeout=timeout)
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
     try:
-        safe_extract_tar(archive, staging)
+        safe_extract(archive, staging)
         extracted = staging / folder
         if not extracted.is_dir():
             raise DatasetError(f"{archive}: the archive has no folder {folder!r}; delete it and download it again")

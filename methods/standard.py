@@ -47,6 +47,9 @@ class Standard(Method):
 
     def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
         super().__init__(backbone, num_classes, args)
+        # The original supervised STL-10 baseline trained with affine + erasing (D4).
+        if getattr(args, "dataset", None) == "stl10":
+            self.augmentation = "finetune"
         self.classifier = nn.Linear(backbone.feature_size, num_classes)
         lr = self.lr
         self.optimizers = {

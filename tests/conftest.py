@@ -158,3 +158,138 @@ def shared_cifar10_root(cifar10_root) -> Path:
     if not HAS_SHARED_CIFAR10:
         pytest.skip(f"shared CIFAR-10 sample not found at {SHARED_CIFAR10}")
     return cifar10_root
+
+
+def write_image_folder(root, classes, n_train: int, n_test: int = 0, sizes=((32, 32),), ext: str = "png",
+                       modes=("RGB",), seed: int = 0) -> Path:
+    """Write an ImageFolder tree of real image files; return ``root``.
+
+    ``<root>/train/<class>/<class>_<i>.<ext>`` (``n_train`` per class) and
+    ``<root>/test/<class>/...`` (``n_test`` per class, none when 0); with ``classes=None``
+    the ``n_train`` images go directly into ``<root>/train/`` (unlabelled). Images follow
+    :func:`class_images` (colour by position in ``classes``, so learnable); image ``i``
+    of a class has size ``sizes[i % len(sizes)]`` (w, h) and PIL mode ``modes[i % len(modes)]``.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    side = max(max(s) for s in sizes)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for index, name in enumerate(classes or [None]):
+            if n == 0 or (classes is None and split == "test"):
+                continue
+            folder = root / split / name if name else root / split
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = class_images(np.full(n, index), max(len(classes or []), 1), rng, side=side)
+            for i, array in enumerate(pixels):
+                img = Image.fromarray(array.transpose(1, 2, 0)).resize(sizes[i % len(sizes)], Image.BILINEAR)
+                img.convert(modes[i % len(modes)]).save(folder / f"{name or 'img'}_{i:04d}.{ext}")
+    return root
+
+
+def write_slim(root, num_classes: int = 4, n_train: int = 8, n_test: int = 4, seed: int = 0) -> Path:
+    """Write ``<root>/SlimageNet64/{train,test}/<wnid>/*.png`` (64x64, ImageNet-style class ids); return ``root``."""
+    wnids = [f"n{1440764 + 97 * c:08d}" for c in range(num_classes)]
+    write_image_folder(Path(root) / "SlimageNet64", wnids, n_train, n_test, sizes=((64, 64),), seed=seed)
+    return Path(root)
+
+
+SHARED_STL10 = SHARED / "data" / "stl10_binary"
+HAS_SHARED_STL10 = (SHARED_STL10 / "unlabeled_X.bin").is_file()
+SHARED_TINY = SHARED / "data" / "tiny-imagenet-200"
+HAS_SHARED_TINY = (SHARED_TINY / "val" / "val_annotations.txt").is_file()
+
+
+def write_stl10(root, n_train: int, n_test: int, n_unlabeled: int, seed: int = 0) -> Path:
+    """Write ``<root>/stl10_binary`` in the official binary format; return ``root``.
+
+    ``{train,test,unlabeled}_X.bin``: raw uint8 images, 3x96x96 each, every channel stored
+    column-major; ``{train,test}_y.bin``: one uint8 label 1..10 per image;
+    ``class_names.txt``. Images follow :func:`class_images` (learnable); the unlabelled
+    ones are drawn from random classes.
+    """
+    root = Path(root)
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test), ("unlabeled", n_unlabeled)):
+        labels = balanced_labels(n, 10, rng)
+        images = class_images(labels, 10, rng, side=96)
+        np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    (folder / "class_names.txt").write_text("".join(f"class{c}\n" for c in range(10)))
+    return root
+
+
+def write_tiny(root, classes: int, per_class_train: int, per_class_val: int, seed: int = 0) -> Path:
+    """Write ``<root>/tiny-imagenet-200`` in the official layout; return ``root``.
+
+    ``wnids.txt`` lists ``classes`` ImageNet-style ids in shuffled order (the label of a
+    class is its position among the *sorted* ids); ``train/<wnid>/images/<wnid>_<i>.JPEG``
+    plus ``<wnid>_boxes.txt``; ``val/images/val_<i>.JPEG`` (all classes mixed) listed in
+    ``val/val_annotations.txt`` (file, wnid, box; tab-separated). Images are 64x64 JPEGs
+    following :func:`class_images`; every 4th one (train and val) is a grayscale JPEG.
+    """
+    from PIL import Image
+
+    folder = Path(root) / "tiny-imagenet-200"
+    rng = np.random.default_rng(seed)
+    wnids = sorted(f"n{v:08d}" for v in rng.choice(10**8, classes, replace=False).tolist())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "wnids.txt").write_text("".join(f"{w}\n" for w in rng.permutation(wnids)))
+
+    def save(array: np.ndarray, path: Path, gray: bool) -> None:
+        img = Image.fromarray(array.transpose(1, 2, 0))
+        (img.convert("L") if gray else img).save(path, format="JPEG", quality=90)
+
+    for label, wnid in enumerate(wnids):
+        images = folder / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        pixels = class_images(np.full(per_class_train, label), classes, rng, side=64)
+        for i, array in enumerate(pixels):
+            save(array, images / f"{wnid}_{i}.JPEG", gray=i % 4 == 3)
+        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text(
+            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(per_class_train)))
+    (folder / "val" / "images").mkdir(parents=True)
+    val_labels = rng.permutation(np.repeat(np.arange(classes), per_class_val))
+    rows = []
+    for i, (label, array) in enumerate(zip(val_labels, class_images(val_labels, classes, rng, side=64))):
+        save(array, folder / "val" / "images" / f"val_{i}.JPEG", gray=i % 4 == 3)
+        rows.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63\n")
+    (folder / "val" / "val_annotations.txt").write_text("".join(rows))
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def stl10_root(tmp_path_factory) -> Path:
+    """A data root with ``stl10_binary``: the shared sample (500 train / 200 test / 500
+    unlabeled) if present, else written files with the same counts."""
+    root = tmp_path_factory.mktemp("stl10_root")
+    if HAS_SHARED_STL10:
+        try:
+            (root / "stl10_binary").symlink_to(SHARED_STL10, target_is_directory=True)
+            return root
+        except OSError:  # no symlinks on this file system: use the shared data root itself
+            return SHARED / "data"
+    return write_stl10(root, n_train=500, n_test=200, n_unlabeled=500)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A data root with ``tiny-imagenet-200``: a copy of the shared sample (10 classes, 50
+    train and 10 val images each) if present, else written files with the same counts.
+
+    A copy, not a link: the loader writes its cache into the folder.
+    """
+    import os
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny_root")
+    if HAS_SHARED_TINY:
+        shutil.copytree(SHARED_TINY, root / "tiny-imagenet-200", copy_function=shutil.copyfile)
+        for top, _, _ in os.walk(root):  # copytree keeps the shared folders' read-only modes
+            os.chmod(top, 0o755)
+        return root
+    return write_tiny(root, classes=10, per_class_train=50, per_class_val=10)

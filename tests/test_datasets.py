@@ -25,7 +25,7 @@ from datasets.download import (
     safe_extract_tar,
 )
 
-from conftest import FINE_TO_COARSE, HAS_SHARED_CIFAR10, write_cifar10, write_cifar100
+from conftest import FINE_TO_COARSE, HAS_SHARED_CIFAR10, write_cifar10
 
 
 def raw_batch(path: Path) -> dict:

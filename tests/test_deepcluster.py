@@ -142,7 +142,7 @@ def test_checkpoint_round_trip_and_original_keys():
     method = make_method()
     method.assignments = torch.randint(0, 100, (50,))
     state = method.checkpoint_state()
-    assert set(state) == {"classifier", "backbone", "optimizer", "cluster_assignments"}
+    assert set(state) == {"classifier", "backbone", "optimizer", "cluster_assignments", "cluster_nmi"}
     assert set(state["classifier"]) == {
         "linear1.weight", "linear1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
         "bn1.running_var", "bn1.num_batches_tracked", "linear2.weight", "linear2.bias"}

@@ -6,7 +6,8 @@ normalised float32 (N, 3, H, W). Every random number comes from the `torch.Gener
 passed in, which lives on the images' device, so a seeded generator reproduces a batch.
 
 kinds: "relationnet" (also simclr), "standard" (also rotationnet, deepcluster),
-"flip" (deepinfomax), "none" (linear evaluation and test).
+"flip" (deepinfomax), "none" (linear evaluation and test), and "finetune" (the original
+supervised STL-10 baseline), which also needs the data set's cutout scale.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTATIONS = ("relationnet", "standard", "flip", "none")
+# Kinds built with the data set's `cutout` as well; kept out of AUGMENTATIONS, whose kinds
+# need nothing but mean, std and padding.
+CUTOUT_AUGMENTATIONS = ("finetune",)
 
 # torchvision's rgb_to_grayscale weights, used by its ColorJitter and RandomGrayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -147,6 +151,74 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def random_affine_params(n: int, height: int, width: int, generator: torch.Generator,
+                         degrees: float = 18.0, translate: tuple = (0.1, 0.1),
+                         scale: tuple = (0.9, 1.1), shear: float = 10.0) -> torch.Tensor:
+    """(n, 5) float64 rows (angle, tx, ty, scale, shear_x), RandomAffine.get_params per image.
+
+    As torchvision draws them for `degrees` and `shear` given as single numbers: angle in
+    [-degrees, degrees], whole-pixel translations round(U(-t * size, t * size)) (half to
+    even, like Python's round()) with x from the width, and an x-shear only.
+    """
+    device = generator.device
+    u = torch.rand(n, 5, generator=generator, device=device, dtype=torch.float64)
+    dx, dy = translate[0] * width, translate[1] * height
+    low = torch.tensor([-degrees, -dx, -dy, scale[0], -shear], dtype=torch.float64, device=device)
+    high = torch.tensor([degrees, dx, dy, scale[1], shear], dtype=torch.float64, device=device)
+    params = low + (high - low) * u
+    params[:, 1:3] = params[:, 1:3].round()
+    return params
+
+
+def inverse_affine_matrices(params: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 3) output -> input pixel maps of rows (angle, tx, ty, scale, shear_x).
+
+    torchvision's _get_inverse_affine_matrix with shear_y = 0 and the centre (0, 0) at the
+    image centre, as its tensor `affine` uses it.
+    """
+    angle, tx, ty, scale, shear_x = params.unbind(1)
+    rot, sx = torch.deg2rad(angle), torch.deg2rad(shear_x)
+    cos, sin, tan = rot.cos(), rot.sin(), sx.tan()
+    # Rotation-shear [[a, b], [c, d]] has determinant 1, so its inverse is [[d, -b], [-c, a]].
+    a, b, c, d = cos, -cos * tan - sin, sin, -sin * tan + cos
+    m0, m1, m3, m4 = d / scale, -b / scale, -c / scale, a / scale
+    m2, m5 = -(m0 * tx + m1 * ty), -(m3 * tx + m4 * ty)
+    return torch.stack((m0, m1, m2, m3, m4, m5), dim=1).view(-1, 2, 3)
+
+
+def affine(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Warp float images (N, C, H, W) by per-image rows (angle, tx, ty, scale, shear_x).
+
+    torchvision `functional.affine(img, angle, [tx, ty], scale, [shear_x, 0.0], BILINEAR,
+    fill=0)` on tensors, batched: one affine_grid + grid_sample. Like torchvision, a ones
+    channel is warped along and multiplies the result, so border pixels fade to the fill.
+    """
+    n, _, height, width = x.shape
+    if n == 0:  # affine_grid rejects an empty batch
+        return x.clone()
+    matrices = inverse_affine_matrices(params)
+    # The matrices act on pixel offsets from the centre; affine_grid's normalised
+    # coordinates (align_corners=False) are those offsets divided by half the size.
+    half = torch.tensor([width / 2, height / 2], dtype=matrices.dtype, device=matrices.device)
+    to_normalised = torch.cat((half[None, :] / half[:, None], 1 / half[:, None]), dim=1)
+    theta = (matrices * to_normalised).to(x.dtype)
+    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    warped = F.grid_sample(torch.cat((x, x.new_ones(n, 1, height, width)), dim=1), grid,
+                           mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped[:, :-1] * warped[:, -1:]
+
+
+def erasing_side(height: int, width: int, scale: float) -> int:
+    """Side of RandomErasing's box for scale (s, s) and ratio (1, 1); 0 if none fits.
+
+    round(sqrt(H * W * s)) with s in float32, as torchvision's uniform_(s, s) returns it;
+    torchvision leaves the image unchanged when the box is not smaller than the image.
+    """
+    s = torch.tensor(float(scale), dtype=torch.float32).item()
+    side = int(round(math.sqrt(height * width * s)))
+    return side if side < height and side < width else 0
+
+
 class Augmentation:
     """Callable: uint8 (N, 3, H, W) batch and a generator on its device -> normalised float32."""
 
@@ -266,8 +338,54 @@ class RelationNetAugmentation(Augmentation):
         return x
 
 
-def build_augmentation(kind: str, mean: tuple, std: tuple, padding: int = 0) -> Augmentation:
-    """The batch augmentation `kind` (one of AUGMENTATIONS); `padding` is used by "standard"."""
+class FinetuneAugmentation(Augmentation):
+    """RandomHorizontalFlip(0.5) -> RandomApply([RandomAffine(18, translate (0.1, 0.1),
+    scale (0.9, 1.1), shear 10, bilinear, fill 0)], p 0.5) -> ToTensor -> Normalize ->
+    RandomErasing(p 0.5, scale (cutout, cutout), ratio (1, 1), value 0), the original
+    supervised STL-10 pipeline with current torchvision semantics.
+
+    The warp runs on float images, where torchvision's PIL path would round to uint8 first.
+    """
+
+    degrees, translate, scale, shear = 18.0, (0.1, 0.1), (0.9, 1.1), 10.0
+    affine_p = erasing_p = 0.5
+
+    def __init__(self, mean: tuple, std: tuple, cutout: float):
+        super().__init__(mean, std)
+        if not 0.0 <= cutout <= 1.0:
+            raise ValueError(f"cutout must be in [0, 1], got {cutout}")
+        self.cutout = float(cutout)
+
+    def augment(self, images, generator):
+        n, _, height, width = images.shape
+        device = images.device
+        u = torch.rand(n, 5, generator=generator, device=device)
+        flip, warp, erase = u[:, 0] < 0.5, u[:, 1] < self.affine_p, u[:, 2] < self.erasing_p
+        params = random_affine_params(n, height, width, generator, self.degrees, self.translate,
+                                      self.scale, self.shear)
+        x = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images).float().div_(255)
+        pick = warp.nonzero().squeeze(1)
+        x.index_copy_(0, pick, affine(x.index_select(0, pick), params[pick]))
+        self.normalise_(x)
+        side = erasing_side(height, width, self.cutout)
+        if side:
+            # floor(u * count) is randint(0, count); the clamp guards u * count rounding up.
+            top = torch.minimum((u[:, 3] * (height - side + 1)).floor(), u.new_tensor(height - side))
+            left = torch.minimum((u[:, 4] * (width - side + 1)).floor(), u.new_tensor(width - side))
+            rows = torch.arange(height, device=device) - top[:, None]
+            cols = torch.arange(width, device=device) - left[:, None]
+            box = ((rows >= 0) & (rows < side))[:, :, None] & ((cols >= 0) & (cols < side))[:, None, :]
+            x.masked_fill_((box & erase.view(-1, 1, 1)).unsqueeze(1), 0.0)
+        return x
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, cutout={self.cutout})"
+
+
+def build_augmentation(kind: str, mean: tuple, std: tuple, padding: int = 0, *,
+                       cutout: float | None = None) -> Augmentation:
+    """The batch augmentation `kind` (AUGMENTATIONS or CUTOUT_AUGMENTATIONS); `padding` is
+    used by "standard", `cutout` (the data set's RandomErasing scale) by "finetune"."""
     if kind == "relationnet":
         return RelationNetAugmentation(mean, std)
     if kind == "standard":
@@ -276,4 +394,10 @@ def build_augmentation(kind: str, mean: tuple, std: tuple, padding: int = 0) -> 
         return CropFlip(mean, std, 0)
     if kind == "none":
         return Normalise(mean, std)
-    raise ValueError(f"unknown augmentation {kind!r}; valid kinds: {', '.join(AUGMENTATIONS)}")
+    if kind == "finetune":
+        if cutout is None:
+            raise ValueError("the finetune augmentation needs the data set's cutout scale, and this "
+                             "data set defines none (the original code has none for tiny and slim)")
+        return FinetuneAugmentation(mean, std, cutout)
+    raise ValueError(f"unknown augmentation {kind!r}; valid kinds: "
+                     f"{', '.join(AUGMENTATIONS + CUTOUT_AUGMENTATIONS)}")

@@ -94,6 +94,9 @@ def common_parser(description: str, batch_default: int) -> Parser:
                              "needs no loader workers, so it changes nothing")
     parser.add_argument("--no_download", action="store_true",
                         help="never download a missing data set")
+    parser.add_argument("--image_size", type=non_negative_int, default=0,
+                        help="square side in pixels to resize the images to; only --dataset folder "
+                             "resizes (0 = the data set's own size, which folder images must share)")
     return parser
 
 

@@ -52,7 +52,8 @@ class Engine:
         self.data = data
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
-        self.augment = build_augmentation(method.augmentation, data.mean, data.std, data.padding)
+        self.augment = build_augmentation(method.augmentation, data.mean, data.std, data.padding,
+                                          cutout=data.cutout)
         self.generator = torch.Generator(device=device)
         self.stop = StopSignals()
         self.log_columns = None

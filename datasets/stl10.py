@@ -1,0 +1,106 @@
+"""STL-10 from the official binary files in ``<root>/stl10_binary/``.
+
+* ``train_X.bin`` / ``train_y.bin``: 5,000 labelled images, ``test_X.bin`` / ``test_y.bin``:
+  8,000, ``unlabeled_X.bin``: 100,000 images without labels (label -1 here).
+* ``*_X.bin``: raw ``uint8``, 3x96x96 per image, each channel stored column-major.
+* ``*_y.bin``: one ``uint8`` label per image, 1..10 on disk (0..9 here).
+
+``unlabeled_X.bin`` is 2.7 GB, so images are read chunk by chunk through memory maps
+straight into the one output tensor: loading needs the size of the split plus ~30 MB.
+When the folder is missing it is downloaded from the official site (see
+:mod:`datasets.download`) if ``download`` is True.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .base import DatasetError, ImageSet, check_split
+from .cifar import _ensure_folder
+
+__all__ = ["load_stl10", "read_stl10_images", "read_stl10_labels"]
+
+# Module-level so that tests (and mirrors) can replace them.
+STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
+STL10_MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
+STL10_FOLDER = "stl10_binary"
+
+# Constants of the original code (section 6.3 of the reference).
+STL10_MEAN = (0.5, 0.5, 0.5)
+STL10_STD = (0.5, 0.5, 0.5)
+STL10_PADDING = 12
+STL10_CUTOUT = 0.111
+
+SPLITS = ("train", "test", "unlabeled")
+_SIDE = 96
+IMAGE_BYTES = 3 * _SIDE * _SIDE
+_CHUNK = 1024  # images per memory-mapped chunk (27 MB)
+_FILES = "train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin"
+
+
+def _size(path: str, fix: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        raise DatasetError(f"STL-10: {path} is missing; {fix}") from None
+
+
+def read_stl10_images(path: str | os.PathLike, fix: str = "re-download the data set") -> torch.Tensor:
+    """All images of one ``*_X.bin`` file as a contiguous uint8 tensor (N, 3, 96, 96)."""
+    path = os.fspath(path)
+    size = _size(path, fix)
+    if size % IMAGE_BYTES:
+        raise DatasetError(f"{path}: {size} bytes is not a whole number of 3x96x96 images "
+                           f"({IMAGE_BYTES} bytes each); the file is truncated or corrupt: {fix}")
+    n = size // IMAGE_BYTES
+    images = torch.empty((n, 3, _SIDE, _SIDE), dtype=torch.uint8)
+    out = images.numpy()
+    for start in range(0, n, _CHUNK):
+        count = min(_CHUNK, n - start)
+        # A fresh map per chunk, dropped after the copy: one map of the whole file would
+        # keep every page read resident in this process and double the peak memory.
+        part = np.memmap(path, np.uint8, "r", offset=start * IMAGE_BYTES, shape=(count, 3, _SIDE, _SIDE))
+        out[start:start + count] = part.transpose(0, 1, 3, 2)  # column-major channels -> (H, W)
+        del part
+    return images
+
+
+def read_stl10_labels(path: str | os.PathLike, count: int, fix: str = "re-download the data set") -> torch.Tensor:
+    """The labels of one ``*_y.bin`` file (1..10 on disk) as int64 0..9; ``count`` = images."""
+    path = os.fspath(path)
+    size = _size(path, fix)
+    if size != count:
+        raise DatasetError(f"{path}: {size} labels for {count} images; the file is truncated or corrupt: {fix}")
+    labels = np.fromfile(path, np.uint8).astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise DatasetError(f"{path}: labels outside 1..10; the file is corrupt: {fix}")
+    return torch.from_numpy(labels - 1)
+
+
+def load_stl10(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
+    """STL-10 split ``train``, ``test`` or ``unlabeled`` (labels -1) from ``<root>/stl10_binary``."""
+    check_split("stl10", split, SPLITS)
+    _ensure_folder(root, STL10_FOLDER, "STL-10", _FILES, STL10_URL, STL10_MD5, download)
+    # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
+    folder = os.path.join(os.fspath(root), STL10_FOLDER)
+    fix = (f"the folder is incomplete or damaged: delete it to re-download it, or extract "
+           f"stl10_binary.tar.gz from {STL10_URL} into {os.fspath(root)}")
+    images = read_stl10_images(os.path.join(folder, f"{split}_X.bin"), fix)
+    if split == "unlabeled":
+        labels = torch.full((len(images),), -1, dtype=torch.int64)
+    else:
+        labels = read_stl10_labels(os.path.join(folder, f"{split}_y.bin"), len(images), fix)
+    return ImageSet(
+        name="stl10",
+        split=split,
+        images=images,
+        labels=labels,
+        num_classes=10,
+        mean=STL10_MEAN,
+        std=STL10_STD,
+        padding=STL10_PADDING,
+        cutout=STL10_CUTOUT,
+    )
