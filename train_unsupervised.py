@@ -129,9 +129,10 @@ def train(args, files: RunFiles, method_class, device) -> None:
         extra_state={"method": args.method, "backbone_name": args.backbone, "dataset": args.dataset,
                      "seed": seed, "args": vars(args)},
         drop_last=method_class.drop_last)
+    engine = Engine(method, data, plan, device)
     record_config(files.config, args, seed, device, stage="train_unsupervised",
                   training_images=len(data))
-    Engine(method, data, plan, device).fit(start_epoch, resume_state)
+    engine.fit(start_epoch, resume_state)
 
     if args.method == "standard":
         test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download,

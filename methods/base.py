@@ -30,6 +30,7 @@ Instance interface
         interrupted epoch (default: on_epoch_start).
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
         visits the training images; None (default) lets the engine draw a permutation.
+    head_step_bytes(batch_size)   memory of the head in one step, when it is large.
     checkpoint_state() / load_checkpoint_state(state)   the original code's checkpoint keys.
 
 Method classes never override `nn.Module.train`; the engine calls `method.train()` and
@@ -98,6 +99,11 @@ class Method(nn.Module):
 
     def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         return None
+
+    def head_step_bytes(self, batch_size: int) -> int:
+        """Memory the head needs in one step beyond the backbone's (for the engine's check
+        that a step can fit); methods whose head grows faster than the batch override it."""
+        return 0
 
     def checkpoint_state(self) -> dict:
         raise NotImplementedError

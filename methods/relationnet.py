@@ -113,6 +113,13 @@ class RelationNet(Method):
             "accuracy_negative": (100.0 * (correct * (1 - targets)).sum(), pair_count - positives),
         })
 
+    def head_step_bytes(self, batch_size: int) -> int:
+        # K(K-1)B pairs, each holding its aggregated input and the 256-unit hidden layer
+        # (linear, batch norm, activation) in float32, forward and backward.
+        pairs = self.views_per_image * (self.views_per_image - 1) * batch_size
+        width = self.relation_module.linear1.in_features
+        return pairs * (width + 3 * 256) * 4 * 2
+
     def checkpoint_state(self) -> dict:
         return {"backbone": self.backbone.state_dict(),
                 "relation": self.relation_module.state_dict(),

@@ -287,3 +287,21 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root,
     strip = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731
     assert strip(folder / "log_relationnet_cifar10_conv4_seed_2.csv") == \
         strip(straight / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_2.csv")
+
+
+def test_relationnet_and_simclr_pretrain_on_supercifar100(cifar100_root, tmp_path):
+    # The original could not build their multi-view loaders for the coarse labels (D10).
+    for method in ("relationnet", "simclr"):
+        run_stage(stage1, common(cifar100_root, tmp_path, dataset="supercifar100") + [
+            "--method", method, "--K", "2", "--epochs", "1", "--data_size", "50"])
+        assert (tmp_path / method / "supercifar100" / f"{method}_supercifar100_conv4_seed_1_epoch_1.tar").exists()
+
+
+def test_cross_domain_across_image_sizes_tiny_to_cifar10(tiny_root, small_cifar10_root, tmp_path, capsys):
+    run_stage(stage1, common(tiny_root, tmp_path, dataset="tiny") + [
+        "--method", "rotationnet", "--epochs", "1", "--data_size", "50"])
+    checkpoint = tmp_path / "rotationnet" / "tiny" / "rotationnet_tiny_conv4_seed_1_epoch_1.tar"
+    run_stage(stage2, common(small_cifar10_root, tmp_path) + ["--checkpoint", str(checkpoint), "--epochs", "1"])
+    result = tmp_path / "rotationnet" / "cifar10" / "rotationnet_cifar10_from_tiny_conv4_seed_1_epoch_1_linear_evaluation.tar"
+    run_stage(stage3, common(small_cifar10_root, tmp_path) + ["--checkpoint", str(result)])
+    assert "Test accuracy:" in capsys.readouterr().out

@@ -71,7 +71,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def common_parser(description: str, batch_default: int) -> Parser:
+def common_parser(description: str, batch_default: int, writes_outputs: bool = True) -> Parser:
     from backbones import BACKBONES
     from datasets import DATASETS
     parser = Parser(description=description)
@@ -84,8 +84,9 @@ def common_parser(description: str, batch_default: int) -> Parser:
                         help=f"mini-batch size in images (default {batch_default})")
     parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
                         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
-    parser.add_argument("--checkpoint_dir", default="./checkpoint",
-                        help="output root: files go to <checkpoint_dir>/<method>/<dataset>/")
+    if writes_outputs:
+        parser.add_argument("--checkpoint_dir", default="./checkpoint",
+                            help="output root: files go to <checkpoint_dir>/<method>/<dataset>/")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--gpu", default=None,
                         help="value for CUDA_VISIBLE_DEVICES, as in the original scripts")
@@ -157,7 +158,8 @@ def stage2_parser() -> Parser:
 
 def stage3_parser() -> Parser:
     parser = common_parser("Stage 3: score a linear-evaluation (or supervised) checkpoint on "
-                           "the test split.", 256)
+                           "the test split; its log is written beside the checkpoint.", 256,
+                           writes_outputs=False)
     parser.add_argument("--checkpoint", required=True,
                         help="stage-2 checkpoint, or a stage-1 checkpoint of method standard")
     return parser

@@ -23,6 +23,23 @@ from utils.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
 from utils.runtime import UserError, derived_seed, restore_rng_states, rng_states
 
 _ORDER, _AUGMENT = 1, 2
+# The smallest backbone keeps several times its input in activations and gradients; a lower
+# bound, so the check only refuses steps that surely cannot run.
+_ACTIVATION_FACTOR = 4
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device: CUDA's free memory, or MemAvailable of Linux."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -56,7 +73,20 @@ class Engine:
                                           cutout=data.cutout)
         self.generator = torch.Generator(device=device)
         self.stop = StopSignals()
+        self.check_step_memory()
         self.log_columns = None
+
+    def check_step_memory(self) -> None:
+        """Refuse a step that cannot fit before trying it: the augmented float views of one
+        step alone (K views x batch for relationnet) must leave room for the activations."""
+        batch = min(self.plan.batch_size, len(self.images))
+        views = self.method.views_per_image * batch
+        needed = views * self.images[0].numel() * 4 * _ACTIVATION_FACTOR + self.method.head_step_bytes(batch)
+        available = available_memory(self.device)
+        if available is not None and needed > available:
+            raise UserError(f"one step holds {views} augmented images (views per image x --data_size), "
+                            f"about {needed / 2**30:.1f} GiB with activations, but only "
+                            f"{available / 2**30:.1f} GiB are free on {self.device}: lower --K or --data_size")
 
     def steps_per_epoch(self, images: int) -> int:
         count = images / self.plan.batch_size

@@ -25,6 +25,10 @@ def run_main(main: Callable[[], None]) -> None:
     except (UserError, DatasetError) as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
+    except OSError as error:  # a full disk, a read-only folder, a file where a folder should be
+        where = f": {error.filename}" if error.filename else ""
+        sys.stderr.write(f"{prog}: error: {error.strerror or error}{where}\n")
+        sys.exit(1)
 
 
 def describe_backbone(name: str, backbone: nn.Module, device: torch.device) -> None:

@@ -1,0 +1,108 @@
+"""Every flag of the three stages, given bad values: a non-zero exit, one line on stderr
+naming the flag (or the bad path), no traceback, and nothing written."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+import test as stage3
+import train_linear_evaluation as stage2
+import train_unsupervised as stage1
+from utils import cli
+from utils.stage import run_main
+
+# Bad values per argument type; a flag whose type is not here must be listed in BY_FLAG.
+BY_TYPE = {
+    cli.positive_int: ["0", "-3", "abc", "2.5"],
+    cli.non_negative_int: ["-1", "abc"],
+    cli.positive_float: ["0", "-1", "abc", "inf", "nan"],
+    cli.boolean: ["maybe"],
+    cli.run_id: ["a/b", "x y"],
+    int: ["abc", "1.5"],
+    float: ["abc"],
+}
+# Flags validated after parsing (by the method that owns them, or by their use).
+BY_FLAG = {
+    "--seed": (["-2", "abc", "99999999999"], []),
+    "--K": (["1", "-4", "100000"], ["--method", "relationnet"]),
+    "--aggregation": (["prod"], ["--method", "relationnet"]),
+    "--temperature": (["0", "-1", "nan"], ["--method", "simclr"]),
+    "--simclr_loss": (["foo"], ["--method", "simclr"]),
+    "--dim_alpha": (["-1"], ["--method", "deepinfomax"]),
+    "--dim_beta": (["-1"], ["--method", "deepinfomax"]),
+    "--dim_gamma": (["-1"], ["--method", "deepinfomax"]),
+    "--dim_prior": (["foo"], ["--method", "deepinfomax"]),
+    "--num_clusters": (["-3"], ["--method", "deepcluster"]),
+    "--kmeans_restarts": (["0"], ["--method", "deepcluster"]),
+    "--deepcluster_sampling": (["foo"], ["--method", "deepcluster"]),
+    "--device": (["tpu", "cuda:x"], []),
+    "--image_size": (["-1", "48"], []),
+}
+PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume"}
+# Flags with no invalid value: a visible-GPU list and on/off switches.
+NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite"}
+STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
+
+
+def cases():
+    for module, make_parser in STAGES:
+        for action in make_parser()._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            flag = action.option_strings[0]
+            if flag in NO_BAD_VALUE:
+                continue
+            extra = []
+            if flag in BY_FLAG:
+                values, extra = BY_FLAG[flag]
+            elif flag in PATHS:
+                values = ["PATH"]
+            elif action.choices:
+                values = ["bogus"]
+            else:
+                assert action.type in BY_TYPE, f"no bad value known for {flag}: add it to this test"
+                values = BY_TYPE[action.type]
+            for value in values:
+                yield pytest.param(module, flag, value, extra, id=f"{module.__name__}{flag}={value}")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A valid stage-1 (randomweights) and stage-2 checkpoint, so only the bad flag fails."""
+    from backbones import build_backbone
+    from methods.standard import Standard
+    folder = tmp_path_factory.mktemp("checkpoints")
+    model = Standard(build_backbone("conv4"), 10, argparse.Namespace())
+    torch.save({"backbone": model.backbone.state_dict(), "method": "randomweights"}, folder / "stage1.tar")
+    torch.save(model.checkpoint_state(), folder / "stage2.tar")
+    return folder
+
+
+@pytest.mark.parametrize("module,flag,value,extra", list(cases()))
+def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, checkpoints, tmp_path, capsys, module, flag,
+                                                 value, extra):
+    outputs = tmp_path / "out"
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    named = flag
+    if value == "PATH":  # a path that does not work for this flag: the message names the path
+        value = str(a_file if flag == "--checkpoint_dir" else tmp_path / "missing")
+        named = value
+    argv = ["--data_root", str(small_cifar10_root), "--no_download", "--device", "cpu"]
+    if module is stage1:
+        argv += ["--checkpoint_dir", str(outputs), "--epochs", "1"]
+    elif module is stage2:
+        argv += ["--checkpoint_dir", str(outputs), "--checkpoint", str(checkpoints / "stage1.tar")]
+    else:
+        argv += ["--checkpoint", str(checkpoints / "stage2.tar")]
+    if flag == "--resume":
+        argv += ["--method", "relationnet"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: module.main(argv + extra + [flag, value]))
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert named in err, err
+    assert not list(outputs.rglob("*.tar"))
