@@ -71,7 +71,8 @@ def _seed(text: str) -> int:
     return value
 
 
-def common_parser(description: str, batch_default: int, writes_outputs: bool = True) -> Parser:
+def common_parser(description: str, batch_default: int, output_help: str = "output root: files go to "
+                  "<checkpoint_dir>/<method>/<dataset>/") -> Parser:
     from backbones import BACKBONES
     from datasets import DATASETS
     parser = Parser(description=description)
@@ -84,9 +85,7 @@ def common_parser(description: str, batch_default: int, writes_outputs: bool = T
                         help=f"mini-batch size in images (default {batch_default})")
     parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
                         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
-    if writes_outputs:
-        parser.add_argument("--checkpoint_dir", default="./checkpoint",
-                            help="output root: files go to <checkpoint_dir>/<method>/<dataset>/")
+    parser.add_argument("--checkpoint_dir", default="./checkpoint", help=output_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--gpu", default=None,
                         help="value for CUDA_VISIBLE_DEVICES, as in the original scripts")
@@ -158,8 +157,9 @@ def stage2_parser() -> Parser:
 
 def stage3_parser() -> Parser:
     parser = common_parser("Stage 3: score a linear-evaluation (or supervised) checkpoint on "
-                           "the test split; its log is written beside the checkpoint.", 256,
-                           writes_outputs=False)
+                           "the test split.", 256,
+                           output_help="unused here: the test log is written beside the checkpoint; "
+                                       "accepted so that one set of flags serves all three stages")
     parser.add_argument("--checkpoint", required=True,
                         help="stage-2 checkpoint, or a stage-1 checkpoint of method standard")
     return parser
