@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, accuracy_sums
+from methods.base import Method, StepOutput, accuracy_sums, backbone_and_head_adam, mlp_head
 from utils.clustering import kmeans, normalized_mutual_info, pca_whiten
 from utils.evaluation import extract_features, single_threaded
 from utils.runtime import UserError, derived_seed
@@ -40,17 +39,8 @@ class DeepCluster(Method):
                             "10 x classes is unknown; pass --num_clusters N")
         self.restarts = args.kmeans_restarts
         self.sampling = args.deepcluster_sampling
-        # Key names of the original `classifier` checkpoint entry.
-        self.classifier = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(backbone.feature_size, 256)),
-            ("bn1", nn.BatchNorm1d(256)),
-            ("relu", nn.LeakyReLU()),
-            ("linear2", nn.Linear(256, self.num_clusters)),
-        ]))
-        self.optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "lr": self.lr},
-            {"params": self.classifier.parameters(), "lr": self.lr},
-        ])
+        self.classifier = mlp_head(backbone.feature_size, self.num_clusters)
+        self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
         # This epoch's clustering (empty before the first) and the quantities derived from it.
         self.assignments = torch.empty(0, dtype=torch.long)
         self.class_weights: torch.Tensor | None = None

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import Method, StepOutput, backbone_and_head_adam
 from methods.losses import jsd_discriminator_loss
 from utils.runtime import UserError
 
@@ -150,10 +150,7 @@ class DeepInfoMax(Method):
             backbone.feature_size, first_layer_channels(backbone),
             args.dim_alpha, args.dim_beta, args.dim_gamma, args.dim_prior)
         # Two groups, as the original, so its optimizer state loads.
-        self.optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "lr": self.lr},
-            {"params": self.discriminators.parameters(), "lr": self.lr},
-        ])
+        self.optimizer = backbone_and_head_adam(self.backbone, self.discriminators, self.lr)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

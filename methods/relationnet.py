@@ -7,13 +7,12 @@ focal loss.
 from __future__ import annotations
 
 import argparse
-from collections import OrderedDict
 from functools import lru_cache
 
 import torch
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import Method, StepOutput, backbone_and_head_adam, mlp_head
 from methods.losses import focal_loss
 
 AGGREGATIONS = ("cat", "sum", "mean", "max")
@@ -71,17 +70,8 @@ class RelationNet(Method):
         self.views_per_image = args.K
         self.aggregation = args.aggregation
         width = backbone.feature_size * (2 if self.aggregation == "cat" else 1)
-        # Key names of the original `relation` checkpoint entry.
-        self.relation_module = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(width, 256)),
-            ("bn1", nn.BatchNorm1d(256)),
-            ("relu", nn.LeakyReLU()),
-            ("linear2", nn.Linear(256, 1)),
-        ]))
-        self.optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "lr": self.lr},
-            {"params": self.relation_module.parameters(), "lr": self.lr},
-        ])
+        self.relation_module = mlp_head(width, 1)
+        self.optimizer = backbone_and_head_adam(self.backbone, self.relation_module, self.lr)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

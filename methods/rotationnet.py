@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, accuracy_sums
+from methods.base import Method, StepOutput, accuracy_sums, backbone_and_head_adam
 
 
 def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +34,7 @@ class RotationNet(Method):
     def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
         super().__init__(backbone, num_classes, args)
         self.classifier = nn.Linear(backbone.feature_size, 4)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "lr": self.lr},
-            {"params": self.classifier.parameters(), "lr": self.lr},
-        ])
+        self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))

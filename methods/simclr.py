@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import Method, StepOutput, backbone_and_head_adam, mlp_head
 from methods.losses import nt_xent_loss, simclr_original_loss
 
 # `original` is the -log(mean ratio) form of the original code, `ntxent` the usual mean of logs.
@@ -28,17 +27,8 @@ class SimCLR(Method):
         self.views_per_image = 2
         self.temperature = args.temperature
         self.loss_function = SIMCLR_LOSSES[args.simclr_loss]
-        # Key names of the original `head` checkpoint entry.
-        self.head = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(backbone.feature_size, 256)),
-            ("bn1", nn.BatchNorm1d(256)),
-            ("relu", nn.LeakyReLU()),
-            ("linear2", nn.Linear(256, 64)),
-        ]))
-        self.optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "lr": self.lr},
-            {"params": self.head.parameters(), "lr": self.lr},
-        ])
+        self.head = mlp_head(backbone.feature_size, 64)
+        self.optimizer = backbone_and_head_adam(self.backbone, self.head, self.lr)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
