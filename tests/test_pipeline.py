@@ -305,3 +305,12 @@ def test_cross_domain_across_image_sizes_tiny_to_cifar10(tiny_root, small_cifar1
     result = tmp_path / "rotationnet" / "cifar10" / "rotationnet_cifar10_from_tiny_conv4_seed_1_epoch_1_linear_evaluation.tar"
     run_stage(stage3, common(small_cifar10_root, tmp_path) + ["--checkpoint", str(result)])
     assert "Test accuracy:" in capsys.readouterr().out
+
+
+def test_ctrl_c_outside_training_is_one_line(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(interrupted)
+    assert exit_info.value.code == 130
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -25,6 +25,10 @@ def run_main(main: Callable[[], None]) -> None:
     except (UserError, DatasetError) as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
+    except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C inside it
+        sys.stderr.write(f"{prog}: interrupted; files saved before are intact (a stage-1 run "
+                         "continues with --resume auto)\n")
+        sys.exit(130)
     except OSError as error:  # a full disk, a read-only folder, a file where a folder should be
         where = f": {error.filename}" if error.filename else ""
         sys.stderr.write(f"{prog}: error: {error.strerror or error}{where}\n")
