@@ -1,6 +1,7 @@
 """The three stage scripts end to end: file names, checkpoint keys, cross-domain, errors."""
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import socket
@@ -13,7 +14,9 @@ import torch
 import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
+from backbones import build_backbone
 from conftest import REPO
+from methods.standard import Standard
 from utils.stage import run_main
 
 ALL_BACKBONES = ["conv4", "resnet8", "resnet32", "resnet56", "resnet34"]
@@ -314,3 +317,11 @@ def test_ctrl_c_outside_training_is_one_line(capsys):
         run_main(interrupted)
     assert exit_info.value.code == 130
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tmp_path, capsys):
+    run_stage(stage1, common(stl10_root, tmp_path, dataset="stl10") + [
+        "--method", "standard", "--epochs", "1", "--data_size", "50"])
+    out = capsys.readouterr().out
+    assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
+    assert Standard(build_backbone("conv4"), 10, argparse.Namespace(dataset="stl10")).augmentation == "finetune"
