@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .base import DatasetError, ImageSet, check_split
-from .download import DownloadError, fetch_and_extract
+from .download import ensure_folder, folder_path
 
 __all__ = ["load_cifar10", "load_cifar100", "load_supercifar100", "read_cifar_batch"]
 
@@ -137,32 +137,6 @@ def _to_images(chunks: list[np.ndarray]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- folders
 
-def _folder_path(root: str | os.PathLike, folder: str) -> str:
-    # os.path.join keeps the user's spelling (e.g. "./data") for messages.
-    return os.path.join(os.fspath(root), folder)
-
-
-def _ensure_folder(
-    root: str | os.PathLike, folder: str, title: str, expected: str, url: str, md5: str, download: bool
-) -> Path:
-    """Return ``<root>/<folder>``; download and extract the archive first if the folder is missing."""
-    path = Path(_folder_path(root, folder))
-    if path.is_dir():
-        return path
-    shown = _folder_path(root, folder)
-    archive = url.rsplit("/", 1)[-1]
-    fix = f"download {archive} from {url} and extract it into {os.fspath(root)}"
-    try:
-        fetch_and_extract(url, md5, root, folder, download=download)
-    except DownloadError as exc:
-        if not download:
-            raise DatasetError(f"{title} not found in {shown} (expected {expected}) and download is disabled: {fix}") from None
-        raise DatasetError(f"{title} not found in {shown} (expected {expected}) and the download failed ({exc}): {fix}") from exc
-    except (DatasetError, OSError) as exc:
-        raise DatasetError(f"{title} not found in {shown} (expected {expected}) and installing it failed ({exc}): {fix}") from exc
-    return path
-
-
 def _missing(shown: str, title: str, fix: str) -> DatasetError:
     return DatasetError(f"{title}: {shown} is missing; {fix}")
 
@@ -170,10 +144,10 @@ def _missing(shown: str, title: str, fix: str) -> DatasetError:
 def _cifar100(root, split: str, download: bool, coarse: bool, name: str) -> ImageSet:
     check_split(name, split, SPLITS)
     title = "CIFAR-100"
-    folder = _ensure_folder(root, CIFAR100_FOLDER, title, "train and test", CIFAR100_URL, CIFAR100_MD5, download)
+    folder = ensure_folder(root, CIFAR100_FOLDER, title, "train and test", CIFAR100_URL, CIFAR100_MD5, download)
     path = folder / split
     if not path.is_file():
-        raise _missing(_folder_path(_folder_path(root, CIFAR100_FOLDER), split), title,
+        raise _missing(folder_path(folder_path(root, CIFAR100_FOLDER), split), title,
                        f"the folder is incomplete: delete it to re-download, or extract cifar-100-python.tar.gz from {CIFAR100_URL} into {os.fspath(root)}")
     data, (fine, coarse_labels) = _parse_batch(path, ("fine_labels", "coarse_labels"), (100, 20))
     labels = coarse_labels if coarse else fine
@@ -201,13 +175,13 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
     """
     check_split("cifar10", split, SPLITS)
     title = "CIFAR-10"
-    folder = _ensure_folder(root, CIFAR10_FOLDER, title, "data_batch_1..5 and test_batch", CIFAR10_URL, CIFAR10_MD5, download)
-    shown_folder = _folder_path(root, CIFAR10_FOLDER)
+    folder = ensure_folder(root, CIFAR10_FOLDER, title, "data_batch_1..5 and test_batch", CIFAR10_URL, CIFAR10_MD5, download)
+    shown_folder = folder_path(root, CIFAR10_FOLDER)
     fix = f"the folder is incomplete: delete it to re-download, or extract cifar-10-python.tar.gz from {CIFAR10_URL} into {os.fspath(root)}"
     if split == "test":
         paths = [folder / "test_batch"]
         if not paths[0].is_file():
-            raise _missing(_folder_path(shown_folder, "test_batch"), title, fix)
+            raise _missing(folder_path(shown_folder, "test_batch"), title, fix)
     else:
         numbered = []
         for entry in folder.iterdir():
@@ -215,7 +189,7 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
             if m and entry.is_file():
                 numbered.append((int(m.group(1)), entry))
         if not numbered:
-            raise _missing(_folder_path(shown_folder, "data_batch_1"), title,
+            raise _missing(folder_path(shown_folder, "data_batch_1"), title,
                            f"no data_batch_<n> files; {fix}")
         numbered.sort()
         paths = [p for _, p in numbered]

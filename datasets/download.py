@@ -38,6 +38,8 @@ __all__ = [
     "safe_extract_zip",
     "safe_extract",
     "fetch_and_extract",
+    "ensure_folder",
+    "folder_path",
     "DEFAULT_TIMEOUT",
 ]
 
@@ -258,3 +260,29 @@ def fetch_and_extract(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root / folder
+
+
+def folder_path(root: str | os.PathLike, folder: str) -> str:
+    # os.path.join keeps the user's spelling (e.g. "./data") for messages.
+    return os.path.join(os.fspath(root), folder)
+
+
+def ensure_folder(
+    root: str | os.PathLike, folder: str, title: str, expected: str, url: str, md5: str, download: bool
+) -> Path:
+    """Return ``<root>/<folder>``; download and extract the archive first if the folder is missing."""
+    path = Path(folder_path(root, folder))
+    if path.is_dir():
+        return path
+    shown = folder_path(root, folder)
+    archive = url.rsplit("/", 1)[-1]
+    fix = f"download {archive} from {url} and extract it into {os.fspath(root)}"
+    try:
+        fetch_and_extract(url, md5, root, folder, download=download)
+    except DownloadError as exc:
+        if not download:
+            raise DatasetError(f"{title} not found in {shown} (expected {expected}) and download is disabled: {fix}") from None
+        raise DatasetError(f"{title} not found in {shown} (expected {expected}) and the download failed ({exc}): {fix}") from exc
+    except (DatasetError, OSError) as exc:
+        raise DatasetError(f"{title} not found in {shown} (expected {expected}) and installing it failed ({exc}): {fix}") from exc
+    return path

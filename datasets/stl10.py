@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .base import DatasetError, ImageSet, check_split
-from .cifar import _ensure_folder
+from .download import ensure_folder
 
 __all__ = ["load_stl10", "read_stl10_images", "read_stl10_labels"]
 
@@ -83,7 +83,7 @@ def read_stl10_labels(path: str | os.PathLike, count: int, fix: str = "re-downlo
 def load_stl10(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """STL-10 split ``train``, ``test`` or ``unlabeled`` (labels -1) from ``<root>/stl10_binary``."""
     check_split("stl10", split, SPLITS)
-    _ensure_folder(root, STL10_FOLDER, "STL-10", _FILES, STL10_URL, STL10_MD5, download)
+    ensure_folder(root, STL10_FOLDER, "STL-10", _FILES, STL10_URL, STL10_MD5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
     folder = os.path.join(os.fspath(root), STL10_FOLDER)
     fix = (f"the folder is incomplete or damaged: delete it to re-download it, or extract "

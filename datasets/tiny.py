@@ -25,7 +25,7 @@ import os
 import torch
 
 from .base import DatasetError, ImageSet, check_split
-from .cifar import _ensure_folder
+from .download import ensure_folder
 from .folder import CACHE_FOLDER
 from .images import cached, decode_images
 
@@ -117,7 +117,7 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
 def load_tiny(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """Tiny-ImageNet split ``train`` or ``test`` (the official validation images)."""
     check_split("tiny", split, SPLITS)
-    _ensure_folder(root, TINY_FOLDER, "Tiny-ImageNet", _EXPECTED, TINY_URL, TINY_MD5, download)
+    ensure_folder(root, TINY_FOLDER, "Tiny-ImageNet", _EXPECTED, TINY_URL, TINY_MD5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
     folder = os.path.join(os.fspath(root), TINY_FOLDER)
     fix = (f"the folder is incomplete or damaged: delete it to re-download it, or extract "
