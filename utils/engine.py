@@ -1,7 +1,9 @@
 """The one training loop that drives every method (see `methods/base.py` for the contract).
 
 It owns the seeded data order, augmentation of uint8 batches on the training device, the
-optimizer step, the per-epoch CSV log, checkpoints and exact resume at epoch boundaries.
+optimizer step, the per-epoch CSV log, checkpoints, a memory check before the first step,
+stopping on SIGINT/SIGTERM, and exact resume (at an epoch boundary or inside an epoch that a
+signal interrupted).
 """
 from __future__ import annotations
 
