@@ -36,6 +36,19 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
+def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args=()):
+    """One epoch of stage 1, one of linear evaluation, then test.py, with `args` common to all
+    three; returns (stage-1 file, stage-2 file, stage-1 output, test output)."""
+    run_stage(stage1, args + ["--method", method, "--epochs", "1", *stage1_args])
+    stage1_out = capsys.readouterr().out
+    folder = out / method / dataset
+    header = f"{method}_{dataset}_conv4_seed_1_epoch_1"
+    run_stage(stage2, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args])
+    capsys.readouterr()
+    run_stage(stage3, args + ["--checkpoint", str(folder / f"{header}_linear_evaluation.tar")])
+    return folder / f"{header}.tar", folder / f"{header}_linear_evaluation.tar", stage1_out, capsys.readouterr().out
+
+
 @pytest.mark.parametrize("backbone", ALL_BACKBONES)
 def test_relationnet_three_stages_on_every_backbone(small_cifar10_root, tmp_path, capsys, backbone):
     args = common(small_cifar10_root, tmp_path, backbone=backbone)

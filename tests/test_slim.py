@@ -6,15 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
 from datasets import DATASETS, DatasetError, load_dataset
 
 from conftest import write_image_folder, write_slim
 from test_datasets import one_line
 from test_folder import first_file, pixels, refuse_to_decode
-from test_pipeline import common, load, run_stage
+from test_pipeline import common, load, three_stages
 
 
 def test_layout_labels_sizes_and_constants(tmp_path):
@@ -92,13 +89,8 @@ def test_three_stages_on_slim(tmp_path, capsys):
     root = write_slim(tmp_path / "data", num_classes=3, n_train=8, n_test=4)
     out = tmp_path / "out"
     args = common(root, out, dataset="slim")
-    run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--data_size", "8", "--epochs", "1"])
-    folder = out / "relationnet" / "slim"
-    stage1_file = folder / "relationnet_slim_conv4_seed_1_epoch_1.tar"
+    stage1_file, stage2_file, _, test_out = three_stages(args, out, "slim", "relationnet", capsys,
+                                                         stage1_args=["--K", "2", "--data_size", "8"])
     assert {"backbone", "relation"} <= set(load(stage1_file))
-    run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--epochs", "1"])
-    stage2_file = folder / "relationnet_slim_conv4_seed_1_epoch_1_linear_evaluation.tar"
     assert load(stage2_file)["classifier"]["weight"].shape[0] == 3
-    capsys.readouterr()
-    run_stage(stage3, args + ["--checkpoint", str(stage2_file)])
-    assert "Test accuracy:" in capsys.readouterr().out
+    assert "Test accuracy:" in test_out

@@ -15,14 +15,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import datasets.stl10 as stl10_mod
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
 from conftest import HAS_SHARED_STL10, REPO, write_stl10
 from datasets import DatasetError, load_dataset, pretraining_split
 from datasets.download import md5sum
 from test_datasets import one_line
-from test_pipeline import common, run_stage
+from test_pipeline import common, three_stages
 from utils.augment import (FinetuneAugmentation, affine, build_augmentation, erasing_side,
                            random_affine_params)
 
@@ -163,17 +160,12 @@ def test_pretraining_split():
 
 @pytest.mark.parametrize("method", ["relationnet", "rotationnet"])
 def test_three_stages(stl10_root, tmp_path, capsys, method):
-    args = common(stl10_root, tmp_path, dataset="stl10")
-    run_stage(stage1, args + ["--method", method, "--K", "2", "--data_size", "16", "--train_subset", "32",
-                              "--epochs", "1"])
+    _, _, stage1_out, test_out = three_stages(
+        common(stl10_root, tmp_path, dataset="stl10"), tmp_path, "stl10", method, capsys,
+        stage1_args=["--K", "2", "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
     # Self-supervised methods pretrain on the unlabelled images, as the original code did.
-    assert "Training images: 32 (stl10 unlabeled, 96x96, 10 classes)" in capsys.readouterr().out
-    folder = tmp_path / method / "stl10"
-    header = f"{method}_stl10_conv4_seed_1"
-    run_stage(stage2, args + ["--checkpoint", str(folder / f"{header}_epoch_1.tar"), "--epochs", "1",
-                              "--train_subset", "40"])
-    run_stage(stage3, args + ["--checkpoint", str(folder / f"{header}_epoch_1_linear_evaluation.tar")])
-    assert "Test accuracy:" in capsys.readouterr().out
+    assert "Training images: 32 (stl10 unlabeled, 96x96, 10 classes)" in stage1_out
+    assert "Test accuracy:" in test_out
 
 
 # ----------------------------------------------------------------------------- finetune augmentation

@@ -11,14 +11,11 @@ import torch
 from PIL import Image
 
 import datasets.tiny as tiny_mod
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
 from conftest import write_tiny
 from datasets import DatasetError, load_dataset
 from datasets.download import UnsafeArchiveError, md5sum, safe_extract_zip
 from test_datasets import one_line
-from test_pipeline import common, run_stage
+from test_pipeline import common, three_stages
 
 
 def decode(path) -> torch.Tensor:
@@ -246,13 +243,8 @@ def test_corrupt_zip_is_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("method", ["relationnet", "rotationnet"])
 def test_three_stages(tiny_root, tmp_path, capsys, method):
-    args = common(tiny_root, tmp_path, dataset="tiny")
-    run_stage(stage1, args + ["--method", method, "--K", "2", "--data_size", "16", "--train_subset", "32",
-                              "--epochs", "1"])
-    assert "Training images: 32 (tiny train, 64x64, 10 classes)" in capsys.readouterr().out
-    folder = tmp_path / method / "tiny"
-    header = f"{method}_tiny_conv4_seed_1"
-    run_stage(stage2, args + ["--checkpoint", str(folder / f"{header}_epoch_1.tar"), "--epochs", "1",
-                              "--train_subset", "40"])
-    run_stage(stage3, args + ["--checkpoint", str(folder / f"{header}_epoch_1_linear_evaluation.tar")])
-    assert "Test accuracy:" in capsys.readouterr().out
+    _, _, stage1_out, test_out = three_stages(
+        common(tiny_root, tmp_path, dataset="tiny"), tmp_path, "tiny", method, capsys,
+        stage1_args=["--K", "2", "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
+    assert "Training images: 32 (tiny train, 64x64, 10 classes)" in stage1_out
+    assert "Test accuracy:" in test_out
