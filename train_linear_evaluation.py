@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         print("[INFO] Finetune set to True, the backbone will be finetuned.")
 
     mode = "finetune" if args.finetune else "linear_evaluation"
+    if args.label_fraction < 1:
+        mode += f"_labels_{args.label_fraction * 100:g}pct"
     source_dataset = pretraining_dataset(args, state)
     # Cross-domain runs say so in their name, so they never overwrite the in-domain result.
     domain = args.dataset if source_dataset in (None, args.dataset) else f"{args.dataset}_from_{source_dataset}"
@@ -104,7 +106,10 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
     if bool((train.labels < 0).any()):
         raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
-    train = train.balanced_subset(args.train_subset, seed)
+    train = train.balanced_subset(args.train_subset, seed).labelled_fraction(args.label_fraction, seed)
+    if args.label_fraction < 1:
+        print(f"[INFO] Semi-supervised: {len(train)} labelled images "
+              f"({args.label_fraction * 100:g}% of each class)")
 
     backbone = build_backbone(args.backbone)
     describe_backbone(args.backbone, backbone, device)

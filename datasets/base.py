@@ -142,6 +142,25 @@ class ImageSet:
                 chosen.append(ix[torch.randperm(len(ix), generator=gen)[:q]])
         return self.subset(torch.sort(torch.cat(chosen)).values)
 
+    def labelled_fraction(self, fraction: float, seed: int) -> "ImageSet":
+        """A seeded, stratified share of the labelled images, in their original order.
+
+        Each class keeps ``round(fraction * its count)`` images, at least one, so the class
+        proportions of the split are kept (semi-supervised evaluation with a label budget).
+        Which images are kept is drawn with ``torch.Generator().manual_seed(seed)``.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"labelled_fraction: fraction must be in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        gen = torch.Generator().manual_seed(int(seed))
+        chosen = []
+        for c in torch.unique(self.labels[self.labels >= 0]).tolist():
+            members = torch.nonzero(self.labels == c, as_tuple=True)[0]
+            keep = max(1, round(fraction * len(members)))
+            chosen.append(members[torch.randperm(len(members), generator=gen)[:keep]])
+        return self.subset(torch.sort(torch.cat(chosen)).values)
+
     def class_counts(self) -> torch.Tensor:
         """Number of images per class (length ``num_classes``; unlabelled images not counted)."""
         lab = self.labels[self.labels >= 0]

@@ -20,6 +20,7 @@ BY_TYPE = {
     cli.positive_float: ["0", "-1", "abc", "inf", "nan"],
     cli.boolean: ["maybe"],
     cli.run_id: ["a/b", "x y"],
+    cli.fraction: ["0", "-0.5", "1.5", "abc"],
     int: ["abc", "1.5"],
     float: ["abc"],
 }
@@ -39,8 +40,12 @@ BY_FLAG = {
     "--deepcluster_sampling": (["foo"], ["--method", "deepcluster"]),
     "--device": (["tpu", "cuda:x"], []),
     "--image_size": (["-1", "48"], []),
+    "--knn": (["-1", "abc", "100000"], []),
+    "--retrieval": (["-1", "abc", "100000"], []),
 }
-PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume"}
+PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features"}
+# Output folders: the bad value is a file where the folder should be.
+OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features"}
 # Flags with no invalid value: a visible-GPU list and on/off switches.
 NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite"}
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
@@ -88,7 +93,7 @@ def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, checkpoints
     a_file.write_text("x")
     named = flag
     if value == "PATH":  # a path that does not work for this flag: the message names the path
-        value = str(a_file if flag == "--checkpoint_dir" else tmp_path / "missing")
+        value = str(a_file if flag in OUTPUT_FOLDERS else tmp_path / "missing")
         named = value
     argv = ["--data_root", str(small_cifar10_root), "--no_download", "--device", "cpu"]
     if module is stage1:

@@ -215,20 +215,37 @@ class CsvLog:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(self.path, buffer.getvalue().encode())
+        write_csv(self.path, self.columns, rows)
 
     def append(self, row: dict) -> None:
         append_csv_row(self.path, self.columns, row)
 
 
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Replace `path` atomically by a CSV of `rows` under `columns`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
 def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
-    """Append one row, writing the header first when the file is new."""
+    """Append one row, writing the header first when the file is new.
+
+    A file written with other columns (by an earlier version) is first rewritten under
+    `columns`, keeping its rows, so that no row lands under the wrong header."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        if reader.fieldnames:
+            union = list(dict.fromkeys([*reader.fieldnames, *columns]))
+            if union != list(reader.fieldnames):
+                write_csv(path, union, rows)
+            columns = union
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:

@@ -60,6 +60,17 @@ def run_id(text: str) -> str:
     return text
 
 
+def fraction(text: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got '{text}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 positive_int = _integer(1)
 non_negative_int = _integer(0)
 
@@ -150,6 +161,9 @@ def stage2_parser() -> Parser:
     parser.add_argument("--id", type=run_id, default="")
     parser.add_argument("--train_subset", type=non_negative_int, default=0,
                         help="use a seeded, class-balanced subset of N labelled images (0 = all)")
+    parser.add_argument("--label_fraction", type=fraction, default=1.0,
+                        help="semi-supervised: train on this share of the labelled images, the "
+                             "same share of every class, drawn with --seed (default 1 = all)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run with the same name")
     return parser
@@ -161,5 +175,24 @@ def stage3_parser() -> Parser:
                            output_help="unused here: the test log is written beside the checkpoint; "
                                        "accepted so that one set of flags serves all three stages")
     parser.add_argument("--checkpoint", required=True,
-                        help="stage-2 checkpoint, or a stage-1 checkpoint of method standard")
+                        help="stage-2 checkpoint, or a stage-1 checkpoint of method standard; any "
+                             "backbone checkpoint when only the options below are asked for")
+    parser.add_argument("--knn", type=non_negative_int, default=0, metavar="K",
+                        help="also score a weighted k-nearest-neighbour classifier (cosine, "
+                             "neighbours from the labelled training split; 0 = off)")
+    parser.add_argument("--knn_temperature", type=positive_float, default=0.07,
+                        help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)")
+    parser.add_argument("--retrieval", type=non_negative_int, default=0, metavar="K",
+                        help="also score top-K image retrieval on the test split: the share of "
+                             "each query's K nearest test images of its class (0 = off)")
+    parser.add_argument("--retrieval_grid", type=non_negative_int, default=8, metavar="N",
+                        help="retrieval: save a PNG of N random queries and their neighbours "
+                             "(0 = none)")
+    parser.add_argument("--export_features", default=None, metavar="DIR",
+                        help="save the train and test features and labels as .npy files in DIR")
+    parser.add_argument("--feature_map", default="none", choices=["none", "pca", "tsne"],
+                        help="save a 2-D map of the test features coloured by class (needs "
+                             "matplotlib)")
+    parser.add_argument("--map_points", type=positive_int, default=2000,
+                        help="feature map: at most this many test images, drawn with --seed")
     return parser
