@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = Path(args.checkpoint)
     if args.retrieval:
         neighbours = nearest_neighbours(test_features, args.retrieval).cpu()
-        result.update(retrieval_k=args.retrieval, retrieval_precision=retrieval_precision(neighbours, test.labels))
+        result.update(retrieval_k=args.retrieval,
+                      retrieval_precision=round(retrieval_precision(neighbours, test.labels), 4))
         if args.retrieval_grid:
             queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
             grid = checkpoint.parent / f"{checkpoint.stem}_retrieval_top{args.retrieval}.png"

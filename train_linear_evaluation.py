@@ -17,8 +17,8 @@ from backbones import build_backbone  # noqa: E402
 from datasets import DATASETS, load_dataset  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
-from utils.checkpoint import (CsvLog, RunFiles, RunLock, check_backbone, read_checkpoint,  # noqa: E402
-                              run_header, save_checkpoint)
+from utils.checkpoint import (CsvLog, RunFiles, RunLock, check_backbone, evaluation_header,  # noqa: E402
+                              read_checkpoint, save_checkpoint)
 from utils.cli import apply_gpu_flag, stage2_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan, format_duration  # noqa: E402
 from utils.evaluation import evaluate, extract_features, score_logits, train_linear_epoch  # noqa: E402
@@ -82,25 +82,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.finetune:
         print("[INFO] Finetune set to True, the backbone will be finetuned.")
 
-    mode = "finetune" if args.finetune else "linear_evaluation"
-    if args.label_fraction < 1:
-        mode += f"_labels_{args.label_fraction * 100:g}pct"
     source_dataset = pretraining_dataset(args, state)
-    # Cross-domain runs say so in their name, so they never overwrite the in-domain result.
-    domain = args.dataset if source_dataset in (None, args.dataset) else f"{args.dataset}_from_{source_dataset}"
-    if domain != args.dataset:
+    if source_dataset not in (None, args.dataset):
         print(f"[INFO] Cross-domain: backbone pretrained on {source_dataset}, evaluated on {args.dataset}")
-    header = run_header(method_name, domain, args.backbone, args.seed, args.id)
     files = RunFiles(args.checkpoint_dir, method_name, args.dataset,
-                     f"{header}_epoch_{args.epochs}_{mode}")
+                     evaluation_header(method_name, args.dataset, source_dataset, args.backbone, args.seed,
+                                       args.id, args.epochs, args.finetune, args.label_fraction))
     with RunLock(files.lock):
         if files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
-        evaluate_backbone(args, state, files, method_name, source_dataset, seed, device, mode)
+        evaluate_backbone(args, state, files, method_name, source_dataset, seed, device)
 
 
 def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, source_dataset: str | None,
-                      seed: int, device, mode: str) -> None:
+                      seed: int, device) -> None:
     download = not args.no_download
     train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
@@ -118,7 +113,7 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
     model = (Finetune if args.finetune else Standard)(backbone, train.num_classes, args).to(device)
     source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
-    record_config(files.config, args, seed, device, stage=mode, training_images=len(train), **source)
+    record_config(files.config, args, seed, device, stage="finetune" if args.finetune else "linear_evaluation", training_images=len(train), **source)
 
     if args.finetune:
         plan = TrainingPlan(epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,

@@ -28,6 +28,17 @@ def run_header(method: str, dataset: str, backbone: str, seed: int, run_id: str 
     return "_".join(parts)
 
 
+def evaluation_header(method: str, dataset: str, pretraining_dataset: str | None, backbone: str, seed: int,
+                      run_id: str, epochs: int, finetune: bool, label_fraction: float = 1.0) -> str:
+    """The name of a stage-2 run. Cross-domain runs say so (`<dataset>_from_<pretraining>`),
+    and so do fine-tuning and semi-supervised runs, so none overwrites another's result."""
+    domain = dataset if pretraining_dataset in (None, dataset) else f"{dataset}_from_{pretraining_dataset}"
+    mode = "finetune" if finetune else "linear_evaluation"
+    if label_fraction < 1:
+        mode += f"_labels_{label_fraction * 100:g}pct"
+    return f"{run_header(method, domain, backbone, seed, run_id)}_epoch_{epochs}_{mode}"
+
+
 class RunFiles:
     """The files of one run (a stage of one configuration) inside its output folder."""
 

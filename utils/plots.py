@@ -10,6 +10,7 @@ Training curves from the command line:
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from utils.runtime import UserError
+
+
+def matplotlib_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def require_matplotlib():
@@ -62,22 +67,23 @@ def plot_training_curves(logs: list[Path], output: Path) -> Path:
     curves = [(path, columns) for path, columns in curves if columns.get("epoch")]
     if not curves:
         raise UserError(f"no per-epoch CSV log with rows among {', '.join(map(str, logs)) or 'the paths given'}")
+    first = ["loss", "score", "accuracy", "test_accuracy"]
     quantities = sorted({name for _, columns in curves for name in columns} - {"epoch", "seconds", "step"},
-                        key=lambda name: (name not in ("loss", "score", "accuracy"), name))
+                        key=lambda name: (first.index(name) if name in first else len(first), name))
     width = min(4, len(quantities))
     height = math.ceil(len(quantities) / width)
     figure, axes = pyplot.subplots(height, width, figsize=(4.2 * width, 3.2 * height), squeeze=False)
     for axis, quantity in zip(axes.flat, quantities):
         for path, columns in curves:
             if quantity in columns:
-                axis.plot([e + 1 for e in columns["epoch"]], columns[quantity],
+                axis.plot([e + 1 for e in columns["epoch"]], columns[quantity], marker="o", markersize=2.5,
                           label=path.stem.removeprefix("log_"), linewidth=1.2)
         axis.set_title(quantity)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(quantities):]:
         axis.axis("off")
-    if len(curves) <= 12:
+    if len(curves) <= 12:  # the first panel is the loss, which every log has
         axes.flat[0].legend(fontsize=6)
     figure.tight_layout()
     return _save(figure, pyplot, output)

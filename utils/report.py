@@ -1,0 +1,101 @@
+"""The outputs of a grid: results.csv (one row per run), table.md (mean ± std over seeds beside
+the paper's value) and figure.png (the same as bars)."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from utils.checkpoint import atomic_write_bytes, write_csv
+from utils.plots import matplotlib_available, plot_grid_results
+from utils.studies import CONDITIONS, PAPER_RETRIEVAL, paper_value
+
+RESULT_COLUMNS = ["condition", "variant", "method", "backbone", "seed", "epochs", "evaluation_epochs",
+                  "train_subset", "accuracy", "top5", "knn_accuracy", "retrieval_precision", "wall_seconds",
+                  "stage1_checkpoint", "evaluation_checkpoint"]
+
+
+def group_runs(records: list[dict]) -> list[dict]:
+    """Runs of the same cell (condition, variant, backbone, method) pooled over seeds, in the
+    order the records come in."""
+    cells: dict[tuple, dict] = {}
+    for record in records:
+        key = (record["condition"], record["variant"], record["backbone"], record["method"])
+        cells.setdefault(key, {"condition": key[0], "variant": key[1], "backbone": key[2], "method": key[3],
+                               "runs": []})["runs"].append(record)
+    for cell in cells.values():
+        runs = sorted(cell["runs"], key=lambda r: r["seed"])
+        cell.update(seeds=[r["seed"] for r in runs], epochs=sorted({r["epochs"] for r in runs}),
+                    evaluation_epochs=sorted({r["evaluation_epochs"] for r in runs}),
+                    wall_seconds=statistics.fmean(r["wall_seconds"] for r in runs),
+                    paper=paper_value(cell["condition"], cell["method"], cell["backbone"], cell["variant"]))
+        for name in ("accuracy", "knn_accuracy", "retrieval_precision"):
+            values = [r[name] for r in runs if r.get(name) is not None]
+            cell[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) \
+                if values else None
+    return list(cells.values())
+
+
+def _mean_std(value: tuple[float, float] | None, seeds: int) -> str:
+    if value is None:
+        return "–"
+    return f"{value[0]:.2f} ± {value[1]:.2f}" if seeds > 1 else f"{value[0]:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def markdown_table(cells: list[dict], title: str, settings: str) -> str:
+    variants = any(cell["variant"] for cell in cells)
+    header = ["condition"] + (["variant"] if variants else []) + [
+        "backbone", "method", "seeds", "accuracy (%)", "paper", "difference", "kNN (%)",
+        "top-10 retrieval (%)", "epochs", "wall time / run"]
+    lines = [f"# {title}", "", settings, "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell in cells:
+        seeds = len(cell["seeds"])
+        paper = cell["paper"]
+        paper_text = "–" if paper is None else (f"{paper[0]:.2f} ± {paper[1]:.2f}" if paper[1] is not None
+                                                else f"{paper[0]:.2f}")
+        difference = "–" if paper is None or cell["accuracy"] is None else f"{cell['accuracy'][0] - paper[0]:+.2f}"
+        label = CONDITIONS[cell["condition"]].label if cell["condition"] in CONDITIONS else cell["condition"]
+        row = [label] + ([cell["variant"] or "–"] if variants else []) + [
+            cell["backbone"], cell["method"], ", ".join(map(str, cell["seeds"])),
+            _mean_std(cell["accuracy"], seeds), paper_text, difference,
+            _mean_std(cell["knn_accuracy"], seeds), _mean_std(cell["retrieval_precision"], seeds),
+            " / ".join(f"{'/'.join(map(str, cell[k]))}" for k in ("epochs", "evaluation_epochs")),
+            _duration(cell["wall_seconds"])]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Accuracy: top-1 on the test split, mean ± standard deviation over the seeds (n − 1 in "
+              "the denominator). Difference: this grid's mean minus the paper's. kNN: weighted "
+              "k-nearest-neighbour accuracy on frozen features (cosine). Retrieval: share of the 10 "
+              "nearest test images of the query's class. Epochs: stage 1 / evaluation. Wall time: "
+              "the three stages of one run; a stage-1 run shared by several conditions counts in each.",
+              "Paper's top-10 retrieval on CIFAR-10 (appendix B.10): " + ", ".join(
+                  f"{method} {value}" for method, value in PAPER_RETRIEVAL.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(records: list[dict], folder: Path, title: str, settings: str) -> list[Path]:
+    """Write results.csv, table.md and (with matplotlib) figure.png; returns what was written."""
+    rows = [{**record, "variant": record["variant"] or ""} for record in records]
+    write_csv(folder / "results.csv", RESULT_COLUMNS, rows)
+    cells = group_runs(records)
+    atomic_write_bytes(folder / "table.md", markdown_table(cells, title, settings).encode())
+    written = [folder / "results.csv", folder / "table.md"]
+    if not matplotlib_available():
+        print("[INFO] matplotlib is not installed: no figure.png (pip install matplotlib)")
+        return written
+    groups: dict[str, dict] = {}
+    for cell in cells:
+        if cell["accuracy"] is None:
+            continue
+        label = " ".join(filter(None, [CONDITIONS[cell["condition"]].label if cell["condition"] in CONDITIONS
+                                       else cell["condition"], cell["variant"], cell["backbone"]]))
+        groups.setdefault(label, {"label": label, "bars": []})["bars"].append(
+            {"method": cell["method"], "mean": cell["accuracy"][0], "std": cell["accuracy"][1],
+             "paper": None if cell["paper"] is None else cell["paper"][0]})
+    if groups:
+        written.append(plot_grid_results(list(groups.values()), folder / "figure.png", title))
+    return written

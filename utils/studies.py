@@ -1,0 +1,143 @@
+"""The paper's experiments as data: conditions, studies (grids) and the numbers it reports.
+
+A condition is one column of a table: which data set the backbone is trained on (stage 1),
+which one it is evaluated on (stages 2 and 3), how, and for how long. A study is a grid of
+conditions x methods x backbones x variants (a variant changes one hyper-parameter, such as
+K), run for several seeds by `reproduce.py`.
+
+Protocol (original-behaviour.md section 12, paper-results.md): 200 epochs of stage 1 on the
+training split, 100 epochs of linear evaluation on frozen features; STL-10: 300 epochs on
+the unlabelled split, 20 epochs of fine-tuning on the 5K labelled images. Mini-batch 64 for
+relational reasoning (K = 16 for ResNet-32 on tiny-ImageNet, 25 for ResNet-34 on STL-10,
+32 otherwise), 128 for the other methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALL_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard",
+               "randomweights")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    pretraining: str          # stage-1 data set
+    evaluation: str           # stage-2 and stage-3 data set
+    label: str                # column name in the paper's table
+    finetune: bool = False
+    epochs: int = 200
+    evaluation_epochs: int = 100
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One value of the hyper-parameter a study varies: `stage1` flags change the stage-1 run
+    (its files get the tag as --id); a label fraction only changes the evaluation."""
+    tag: str = ""
+    stage1: tuple[str, ...] = ()
+    label_fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class Study:
+    description: str
+    conditions: tuple[str, ...]
+    backbones: tuple[str, ...]
+    methods: tuple[str, ...] = ALL_METHODS
+    variants: tuple[Variant, ...] = (Variant(),)
+    backbone_of: dict = field(default_factory=dict)  # condition -> backbone the paper used there
+
+
+CONDITIONS = {c.name: c for c in [
+    Condition("cifar10", "cifar10", "cifar10", "CIFAR-10"),
+    Condition("cifar100", "cifar100", "cifar100", "CIFAR-100"),
+    Condition("tiny", "tiny", "tiny", "tiny-ImageNet"),
+    Condition("cifar10_to_cifar100", "cifar10", "cifar100", "10→100"),
+    Condition("cifar100_to_cifar10", "cifar100", "cifar10", "100→10"),
+    Condition("supercifar100", "cifar100", "supercifar100", "CIFAR-100-20"),
+    Condition("stl10_finetune", "stl10", "stl10", "STL-10 finetune", finetune=True, epochs=300,
+              evaluation_epochs=20),
+    Condition("slim", "slim", "slim", "SlimageNet64"),
+]}
+
+STUDIES = {
+    "table1": Study("Table 1: linear evaluation, domain transfer, grain and STL-10 fine-tuning "
+                    "(ResNet-32; ResNet-34 on STL-10)",
+                    ("cifar100", "tiny", "cifar10_to_cifar100", "cifar100_to_cifar10", "supercifar100",
+                     "stl10_finetune"), ("resnet32",), backbone_of={"stl10_finetune": "resnet34"}),
+    "cifar10": Study("CIFAR-10 linear evaluation (appendix B.1)", ("cifar10",), ("conv4",)),
+    "depth": Study("Depth study (appendix B.5): Conv-4, ResNet-8, ResNet-32, ResNet-56",
+                   ("cifar10", "cifar100", "cifar10_to_cifar100", "cifar100_to_cifar10", "supercifar100"),
+                   ("conv4", "resnet8", "resnet32", "resnet56")),
+    "k_sweep": Study("Number of augmentations K (figure 2b, Conv-4, CIFAR-10)", ("cifar10",), ("conv4",),
+                     ("relationnet",), tuple(Variant(f"K{k}", ("--K", str(k))) for k in (2, 4, 8, 16, 32))),
+    "aggregation": Study("Aggregation functions (appendix): cat, sum, mean, max", ("cifar10",), ("conv4",),
+                         ("relationnet",),
+                         tuple(Variant(a, ("--aggregation", a)) for a in ("cat", "sum", "mean", "max"))),
+    "semi_supervised": Study("Semi-supervised linear evaluation by share of labels (figure 2c, ResNet-32)",
+                             ("cifar10",), ("resnet32",), variants=tuple(
+                                 Variant(f"labels_{p}pct", label_fraction=p / 100)
+                                 for p in (1, 10, 25, 50, 100))),
+    "slim": Study("SlimageNet64 (appendix; ResNet-34)", ("slim",), ("resnet34",),
+                  ("relationnet", "simclr", "rotationnet")),
+}
+
+
+def relationnet_k(condition: str, backbone: str) -> int:
+    """K of the paper for the relation learner."""
+    if condition in ("tiny", "slim"):
+        return 16
+    if condition == "stl10_finetune" and backbone == "resnet34":
+        return 25
+    return 32
+
+
+def batch_size(method: str) -> int:
+    return 64 if method == "relationnet" else 128
+
+
+_TABLE1 = {  # method -> values in the order of the table's columns
+    "standard": ("65.32±0.22", "50.09±0.32", "33.98±0.71", "71.01±0.44", "76.35±0.57", "69.82±3.36"),
+    "randomweights": ("7.65±0.44", "3.24±0.43", "7.65±0.44", "27.47±0.83", "16.56±0.48", None),
+    "deepcluster": ("20.44±0.80", "11.64±0.21", "18.37±0.41", "43.39±1.84", "29.49±1.36", "73.37±0.55"),
+    "rotationnet": ("29.02±0.18", "14.73±0.48", "27.02±0.20", "52.22±0.70", "40.45±0.39", "83.29±0.44"),
+    "deepinfomax": ("24.07±0.05", "17.51±0.15", "23.73±0.04", "45.05±0.24", "33.92±0.34", "76.03±0.37"),
+    "simclr": ("42.13±0.35", "25.79±0.35", "36.20±0.16", "65.59±0.76", "51.88±0.48", "89.31±0.14"),
+    "relationnet": ("46.17±0.17", "30.54±0.42", "41.50±0.35", "67.81±0.42", "52.44±0.47", "89.67±0.33"),
+}
+
+
+def _paper_values() -> dict:
+    values = {}
+    columns = STUDIES["table1"].conditions
+    for method, row in _TABLE1.items():
+        for condition, cell in zip(columns, row):
+            if cell:
+                backbone = "resnet34" if condition == "stl10_finetune" else "resnet32"
+                mean, std = cell.split("±")
+                values[(condition, method, backbone)] = (float(mean), float(std))
+    # Appendix B.1 (issue #2 of the original repository): Conv-4 most likely; no deviations.
+    values[("cifar10", "relationnet", "conv4")] = (61.03, None)
+    values[("cifar10", "simclr", "conv4")] = (60.43, None)
+    # Main text, ResNet-32: "about" 75 and 77.
+    values[("cifar10", "relationnet", "resnet32")] = (75.0, None)
+    values[("cifar10", "simclr", "resnet32")] = (77.0, None)
+    # Appendix, SlimageNet64 (K = 16).
+    values[("slim", "relationnet", "resnet34")] = (15.8, None)
+    values[("slim", "simclr", "resnet34")] = (14.3, None)
+    values[("slim", "rotationnet", "resnet34")] = (7.2, None)
+    return values
+
+
+PAPER = _paper_values()
+# Appendix B.10: top-10 retrieval accuracy on CIFAR-10 test queries.
+PAPER_RETRIEVAL = {"relationnet": 67.8, "rotationnet": 47.7}
+
+
+def paper_value(condition: str, method: str, backbone: str, variant: str) -> tuple[float, float | None] | None:
+    """(mean, std or None) the paper reports for this cell; variants other than the paper's
+    defaults (K sweep, aggregation, label shares) have no number in the text."""
+    if variant not in ("", "K32", "cat", "labels_100pct"):
+        return None
+    return PAPER.get((condition, method, backbone))
