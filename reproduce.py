@@ -33,7 +33,7 @@ from utils.checkpoint import RunFiles, RunLock, atomic_write_bytes, evaluation_h
 from utils.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
 from utils.plots import matplotlib_available, plot_training_curves, stage_logs
 from utils.report import write_results
-from utils.runtime import UserError
+from utils.runtime import UserError, resolve_device
 from utils.stage import run_main
 from utils.studies import ALL_METHODS, CONDITIONS, STUDIES, Condition, Variant, batch_size, relationnet_k
 
@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     data_root = Path(args.data_root)
     if not data_root.is_dir() and args.no_download:
         raise UserError(f"--data_root {data_root} is not a folder: pass the folder holding the data sets")
+    resolve_device(args.device)  # a bad name stops here, not in the first child
     runs = plan(args)
     grid = Grid(args, runs)
     grid.check_settings()
