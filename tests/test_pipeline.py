@@ -338,3 +338,21 @@ def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tm
     out = capsys.readouterr().out
     assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
     assert Standard(build_backbone("conv4"), 10, argparse.Namespace(dataset="stl10")).augmentation == "finetune"
+
+
+def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_done(small_cifar10_root, tmp_path):
+    out = tmp_path / "out"
+    args = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(out), "--no_download", "--device", "cpu",
+            "--seed", "1"]
+    run_stage(stage1, args + ["--method", "randomweights"])
+    checkpoint = out / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
+    run = subprocess.Popen([sys.executable, "-u", "train_linear_evaluation.py", *args, "--checkpoint", str(checkpoint),
+                            "--epochs", "1000000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:
+        if line.startswith("Epoch [0]"):
+            break
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM
+    assert len(stderr.strip().splitlines()) == 1 and "terminated" in stderr, stderr
+    assert sorted(p.name for p in checkpoint.parent.glob("*.tar")) == [checkpoint.name]

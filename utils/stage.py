@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,11 +19,25 @@ from utils.checkpoint import save_json
 from utils.runtime import UserError
 
 
+class Terminated(Exception):
+    """SIGTERM outside a training loop (which handles it itself, saving a checkpoint)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage; a problem the user can fix becomes one line on stderr and exit status 2."""
     prog = Path(sys.argv[0]).name
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         main()
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated; files saved before are intact (a stage-1 run "
+                         "continues with --resume auto)\n")
+        sys.exit(128 + signal.SIGTERM)
     except (UserError, DatasetError) as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
@@ -33,6 +49,9 @@ def run_main(main: Callable[[], None]) -> None:
         where = f": {error.filename}" if error.filename else ""
         sys.stderr.write(f"{prog}: error: {error.strerror or error}{where}\n")
         sys.exit(1)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def describe_backbone(name: str, backbone: nn.Module, device: torch.device) -> None:
