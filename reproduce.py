@@ -143,7 +143,7 @@ def plan(args) -> list[Run]:
         raise UserError(f"--K: study {args.study} varies K itself; leave --K out")
     checkpoints = Path(args.out) / "checkpoints"
     runs = []
-    for c, condition_name in enumerate(conditions):
+    for condition_name in conditions:
         condition = CONDITIONS[condition_name]
         if args.backbone:
             backbones = args.backbone
