@@ -190,7 +190,8 @@ def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, me
     test = ["--dataset", condition.evaluation, "--checkpoint", str(evaluated), *common,
             "--knn", str(args.knn), "--retrieval", str(args.retrieval)]
     name = "_".join(filter(None, [condition.name, variant.tag, method, backbone, f"seed_{seed}"]))
-    return Run(name, order, condition, variant, method, backbone, seed, epochs, evaluation_epochs, [
+    trained_epochs = epochs if METHODS[method].trains else 0
+    return Run(name, order, condition, variant, method, backbone, seed, trained_epochs, evaluation_epochs, [
         Stage("train_unsupervised.py", stage1, pretrained, files),
         Stage("train_linear_evaluation.py", stage2, evaluated),
         Stage("test.py", test, Path(args.out) / "runs" / f"{name}.json")])
@@ -254,7 +255,7 @@ def read_test_row(path: Path) -> dict:
 
 
 def number(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
+    return round(float(text), 4) if text not in (None, "") else None
 
 
 class Grid:
