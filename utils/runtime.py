@@ -18,20 +18,30 @@ class UserError(Exception):
 
 
 def tune_allocator() -> None:
-    """Stop glibc from returning large blocks to the OS after every step.
+    """Keep glibc from making every training step wait for fresh pages, without holding
+    much more memory than a step needs.
 
-    With batches of thousands of images glibc unmaps freed blocks and page-faults them back
-    on the next step, which doubles the wall time on CPU (reference/cpu-performance.md).
-    Keeping them mapped is what tcmalloc does, without asking the user to preload anything.
+    By default glibc maps large blocks (from 128 KB, a threshold that rises to 32 MB) afresh,
+    returns them when freed and trims the free top of its heap, so a step of thousands of
+    images page-faults its activations back in 4 KiB pages every time: half the wall time
+    on the CPU (reference/cpu-performance.md). Here blocks under 16 MB stay in the never-trimmed
+    heap for the next step, and PyTorch backs its larger blocks, still mapped afresh, with
+    2 MiB transparent huge pages (THP_MEM_ALLOC_ENABLE), 512 times fewer faults. Keeping
+    the large blocks in the heap too (mallopt M_MMAP_MAX 0) is faster still for ResNets at
+    K 32, but the heap then fragments and holds 30-40% more than the step needs, more than
+    the original code's peak; MALLOC_MMAP_MAX_=0 in the environment chooses that.
+    Measured on 2 cores, a Conv-4 step at K 32 took 0.85 s by default, 0.51 s here and 0.40 s
+    with every block in the heap, whose peak memory was 1.3 to 1.4 times this one's.
     """
     if not sys.platform.startswith("linux"):
         return
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read at PyTorch's first large allocation
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # musl or another libc: nothing to tune
         return
-    m_trim_threshold, m_mmap_max = -1, -4
-    libc.mallopt(m_mmap_max, 0)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 16 * 2**20)
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 

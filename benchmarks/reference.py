@@ -1,0 +1,169 @@
+"""The original code's training path, rebuilt as the benchmark's reference.
+
+As `../shared/reference/original-behaviour.md` describes it (sections 4.1, 4.2, 4.6, 6.4 and
+6.5): a Dataset returns each image as K independent applications of the torchvision PIL
+pipeline, a DataLoader with worker processes batches them, and the training process
+concatenates the views, runs the backbone in eager float32, builds the relation pairs with
+the Python double loop over view blocks and steps Adam; meters read `.item()` every step.
+Only the backbone modules are this suite's: they are the original architectures (their
+initial weights match the original's bit for bit).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+LOADER_WORKERS = 2
+
+
+def relationnet_transform(mean: tuple, std: tuple) -> transforms.Compose:
+    """The original relationnet/simclr pipeline (section 6.4)."""
+    side = 32
+    return transforms.Compose([
+        transforms.RandomResizedCrop(side, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.RandomApply([transforms.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)],
+                               p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+def lineval_transform(mean: tuple, std: tuple) -> transforms.Compose:
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class MultiViewImages(Dataset):
+    """The original Multi* data sets: (raw image, K augmented views, target) per item."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform, views: int):
+        self.images, self.labels, self.transform, self.views = images_hwc, labels, transform, views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        raw = self.images[i]
+        picture = Image.fromarray(raw)
+        return raw, [self.transform(picture.copy()) for _ in range(self.views)], int(self.labels[i])
+
+
+class SingleImages(Dataset):
+    """torchvision's CIFAR10 item: (transformed PIL image, target)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images_hwc, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def loader(dataset: Dataset, batch_size: int, device: torch.device) -> DataLoader:
+    """The original get_train_loader: shuffled, pinned memory (on a GPU), no drop_last."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=LOADER_WORKERS,
+                      pin_memory=device.type == "cuda", drop_last=False)
+
+
+def relation_head(feature_size: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(feature_size * 2, 256), nn.BatchNorm1d(256), nn.LeakyReLU(),
+                         nn.Linear(256, 1))
+
+
+def loop_aggregate(features: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original `aggregate` with `cat`: a positive and a rolled negative per block pair."""
+    size = features.shape[0] // K
+    pairs, targets = [], []
+    shift = 1
+    for first in range(0, size * K, size):
+        for second in range(first + size, size * K, size):
+            a, b = features[first:first + size], features[second:second + size]
+            pairs.append(torch.cat([a, b], 1))
+            pairs.append(torch.cat([a, torch.roll(b, shifts=shift, dims=0)], 1))
+            targets.append(torch.ones(size, dtype=torch.float32))
+            targets.append(torch.zeros(size, dtype=torch.float32))
+            shift += 1
+            if shift >= size:
+                shift = 1
+    return torch.cat(pairs, 0), torch.cat(targets, 0)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float = 0.5) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = targets * p + (1 - targets) * (1 - p)
+    alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
+    return (alpha_t * (1 - p_t) ** gamma * bce).mean()
+
+
+def simclr_loss(projections: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
+    """The original loss on interleaved rows (2n and 2n+1 are the views of image n)."""
+    norms = projections.norm(p=2, dim=1, keepdim=True)
+    similarity = (projections @ projections.t()) / (norms @ norms.t()).clamp(min=eps)
+    exp_similarity = torch.exp(similarity / temperature)
+    rows = torch.arange(projections.shape[0], device=projections.device)
+    partners = rows + 1 - 2 * (rows % 2)
+    ratios = exp_similarity[partners, rows] / (exp_similarity.sum(dim=0) - math.exp(1.0 / temperature))
+    return -torch.log(ratios.mean())
+
+
+class Meter:
+    """The original AverageMeter: the running sum of `value x n`."""
+
+    def __init__(self):
+        self.sum, self.count = 0.0, 0
+
+    def update(self, value: float, n: int) -> None:
+        self.sum += value * n
+        self.count += n
+
+
+def relationnet_step(backbone, head, optimizer, views, device, meters):
+    K = len(views)
+    x = torch.cat(views, 0).to(device)
+    optimizer.zero_grad()
+    features = backbone(x)
+    pairs, targets = loop_aggregate(features, K)
+    targets = targets.to(device)
+    scores = head(pairs).squeeze()
+    loss = focal_loss(scores, targets)
+    loss.backward()
+    optimizer.step()
+    predicted = torch.round(torch.sigmoid(scores))
+    accuracy = 100.0 * predicted.eq(targets.view_as(predicted)).sum() / float(len(targets))
+    meters[0].update(loss.item(), len(targets))
+    meters[1].update(accuracy.item(), len(targets))
+
+
+def simclr_step(backbone, head, optimizer, views, device, meters):
+    x = torch.stack(views, dim=1).flatten(0, 1).to(device)  # rows 2n, 2n+1: the views of image n
+    optimizer.zero_grad()
+    loss = simclr_loss(head(backbone(x)))
+    loss.backward()
+    optimizer.step()
+    meters[0].update(loss.item(), x.shape[0])
+
+
+def lineval_step(backbone, classifier, optimizer, images, target, device, meters):
+    """StandardModel.linear_evaluation: backbone in eval mode, its output detached (not under
+    no_grad, as the original), Adam on the linear layer only."""
+    images, target = images.to(device), target.to(device)
+    features = backbone(images).detach()
+    logits = classifier(features)
+    loss = F.cross_entropy(logits, target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    accuracy = 100.0 * (logits.argmax(1) == target).sum() / float(len(target))
+    meters[0].update(loss.item(), len(target))
+    meters[1].update(accuracy.item(), len(target))

@@ -1,0 +1,32 @@
+"""The benchmark runs end to end in --quick mode and writes its CSV (no timing is asserted)."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import benchmark  # noqa: E402
+
+
+def test_quick_benchmark_prints_a_line_per_configuration_and_writes_the_csv(tmp_path):
+    table = tmp_path / "results.csv"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/benchmark.py", "--quick", "--configs", "relationnet-conv4,lineval-conv4",
+         "--steps", "2", "--csv", str(table)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("summary: 2 configurations")
+    assert sum(line.startswith(("relationnet-conv4 (", "lineval-conv4 (")) for line in lines) == 2
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == benchmark.COLUMNS
+    assert [row["config"] for row in rows] == ["relationnet-conv4", "lineval-conv4"]
+    for row in rows:
+        assert not row["error"], row["error"]
+        assert float(row["ref_images_per_s"]) > 0 and float(row["ours_images_per_s"]) > 0
+        assert float(row["ref_peak_mb"]) > float(row["ref_main_peak_mb"]) > 0  # with the loader workers
+        assert float(row["ours_peak_mb"]) > 0
