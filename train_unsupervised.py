@@ -3,9 +3,14 @@
 
 Example: python train_unsupervised.py --dataset cifar10 --method relationnet --backbone conv4 \
              --data_size 64 --K 4 --epochs 3 --seed 1
+On several GPUs or processes: torchrun --nproc_per_node N train_unsupervised.py ... (see
+utils/distributed.py); --data_size is then the batch of each process.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 from utils.runtime import tune_allocator
@@ -18,6 +23,7 @@ from datasets import load_dataset, pretraining_split  # noqa: E402
 from methods import METHODS  # noqa: E402
 from utils.checkpoint import (RunFiles, RunLock, check_backbone, read_checkpoint, run_header,  # noqa: E402
                               save_checkpoint)
+from utils import distributed  # noqa: E402
 from utils.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
@@ -26,8 +32,10 @@ from utils.stage import describe_backbone, record_config, run_main  # noqa: E402
 
 # Arguments a resumed run may change: where things are, how long to train, how often to save.
 # Any other difference (batch, K, a method's options...) would silently mix two experiments.
+# --compile and --channels_last change only the speed (and float rounding, as the device does).
 RESUME_MAY_CHANGE = {"epochs", "resume", "checkpoint", "epoch_start", "device", "gpu", "num_workers",
-                     "data_root", "checkpoint_dir", "save_every", "overwrite", "no_download"}
+                     "data_root", "checkpoint_dir", "save_every", "overwrite", "no_download",
+                     "compile", "channels_last"}
 
 
 def saved_epochs(total: int, save_every: int) -> set[int]:
@@ -39,7 +47,7 @@ def saved_epochs(total: int, save_every: int) -> set[int]:
     return {e for e in epochs if e > 0}
 
 
-def resume_point(args, files: RunFiles):
+def resume_point(args, files: RunFiles, ranks: distributed.Ranks):
     path = files.latest_checkpoint() if args.resume == "auto" else Path(args.resume)
     if path is None:
         raise UserError(f"--resume auto: no checkpoint of {files.header} in {files.directory}; "
@@ -54,6 +62,9 @@ def resume_point(args, files: RunFiles):
     if changed:
         raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
                         "repeat its arguments or start a new run with --id")
+    if state.get("world_size", 1) != ranks.world_size:
+        raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
+                        f"this one has {ranks.world_size}; resume it with as many (torchrun --nproc_per_node)")
     return path, state
 
 
@@ -64,24 +75,32 @@ def main(argv: list[str] | None = None) -> None:
     problem = method_class.check_arguments(args)
     if problem:
         raise UserError(problem)
-    device = resolve_device(args.device)
-    header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
-    files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
+    ranks = distributed.launched_ranks()
+    device = distributed.start(ranks, resolve_device(args.device))
+    try:
+        if not ranks.is_main:  # rank 0 speaks for the run; errors still reach stderr
+            sys.stdout = open(os.devnull, "w")
+        header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
+        files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
+        with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
+            train(args, files, method_class, device, ranks)
+    finally:
+        distributed.stop()
 
-    with RunLock(files.lock):
-        train(args, files, method_class, device)
 
-
-def train(args, files: RunFiles, method_class, device) -> None:
+def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks) -> None:
     header = files.header
-    resume_path, resume_state = resume_point(args, files) if args.resume else (None, None)
-    seed = resume_state["seed"] if resume_state else resolve_seed(args.seed)
+    resume_path, resume_state = resume_point(args, files, ranks) if args.resume else (None, None)
+    # Every rank uses rank 0's seed, also when it is drawn.
+    seed = resume_state["seed"] if resume_state else distributed.broadcast_object(resolve_seed(args.seed))
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     backbone = build_backbone(args.backbone)
     describe_backbone(args.backbone, backbone, device)
 
     if not method_class.trains:
+        if not ranks.is_main:
+            return
         if files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
         method = method_class(backbone, 0, args)
@@ -102,6 +121,10 @@ def train(args, files: RunFiles, method_class, device) -> None:
     data = data.balanced_subset(args.train_subset, seed)
     print(f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
           f"{data.side}x{data.side}, {data.num_classes} classes)")
+    if ranks.distributed:
+        print(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
+    if args.precision == "fp16" and device.type == "cpu":
+        print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
     method = method_class(backbone, data.num_classes, args).to(device)
 
     start_epoch = 0
@@ -127,14 +150,16 @@ def train(args, files: RunFiles, method_class, device) -> None:
         checkpoint_paths=lambda e: [files.epoch_checkpoint(e)] if e in numbered else [],
         rolling_checkpoint=files.last_checkpoint,
         extra_state={"method": args.method, "backbone_name": args.backbone, "dataset": args.dataset,
-                     "seed": seed, "args": vars(args)},
-        drop_last=method_class.drop_last)
+                     "seed": seed, "args": vars(args), "world_size": ranks.world_size},
+        drop_last=method_class.drop_last, precision=args.precision, compile=args.compile,
+        channels_last=args.channels_last, ranks=ranks)
     engine = Engine(method, data, plan, device)
-    record_config(files.config, args, seed, device, stage="train_unsupervised",
-                  training_images=len(data))
+    if ranks.is_main:
+        record_config(files.config, args, seed, device, stage="train_unsupervised",
+                      training_images=len(data), world_size=ranks.world_size)
     engine.fit(start_epoch, resume_state)
 
-    if args.method == "standard":
+    if args.method == "standard" and ranks.is_main:
         test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download,
                             image_size=args.image_size)
         result = evaluate(method.backbone, method.classifier, test, device)

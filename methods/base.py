@@ -21,11 +21,13 @@ Instance interface
         `views` is float (V*B, C, H, W), view-major: rows v*B .. v*B+B-1 are view v of the
         B images of the batch; `labels` is int64 (B,) (-1 where unlabelled) and `index` (B,)
         the images' positions in the training set. It returns the loss to back-propagate and
-        metric sums; it must not call `.item()` (no host sync). The engine then zeroes the
-        gradients, back-propagates and steps `optimizer`.
+        metric sums; it must not call `.item()` nor make tensors from Python numbers with
+        `torch.tensor(..., device=...)` (on a GPU both wait for the device; `torch.full` does
+        not). The engine runs it under autocast when `--precision` asks for it, then zeroes
+        the gradients, back-propagates and steps `optimizer`.
     on_epoch_start(epoch, total_epochs, engine)  hook for schedules and per-epoch work such
-        as clustering; `engine` gives `images` (uint8 training set on the device), `labels`,
-        `data` (the ImageSet: mean, std, classes), `device` and `plan.seed`.
+        as clustering; `engine` gives `images` (uint8 training set, on the device when it
+        fits), `labels`, `data` (the ImageSet: mean, std, classes), `device` and `plan.seed`.
     on_epoch_resume(epoch, total_epochs, engine)  the same, when a run continues inside an
         interrupted epoch (default: on_epoch_start).
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
@@ -138,4 +140,4 @@ def backbone_and_head_adam(backbone: nn.Module, head: nn.Module, lr: float) -> t
 def accuracy_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(number correct as float, count) for arg-max predictions, without a host sync."""
     correct = (logits.argmax(dim=1) == target).sum().float()
-    return correct, torch.tensor(float(target.numel()), device=logits.device)
+    return correct, torch.full((), float(target.numel()), device=logits.device)

@@ -185,7 +185,7 @@ class DeepInfoMax(Method):
                       index: torch.Tensor) -> StepOutput:
         y, M = self.backbone.forward_with_first_layer(views)
         terms = self.discriminators(y, M, negatives(M), torch.rand_like(y))
-        images = torch.tensor(float(y.shape[0]), device=y.device)
+        images = torch.full((), float(y.shape[0]), device=y.device)
         return StepOutput(loss=self.discriminators.total(terms), loss_weight=y.shape[0],
                           metrics={name: (term.detach() * images, images)
                                    for name, term in terms.items()})

@@ -1,12 +1,30 @@
 """Loss functions of the methods, as pure functions; their unit tests are in tests/test_<method>.py."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def in_float32(loss_function):
+    """Compute a loss in float32 also inside a bfloat16/float16 autocast region: sums over
+    thousands of terms and the subtraction in the original SimCLR loss need float32's digits.
+    Half-precision tensors passed in are cast to float32; other inputs are left alone."""
+    @functools.wraps(loss_function)
+    def float32_loss(*args, **kwargs):
+        first = args[0]
+        args = [a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args]
+        with torch.autocast(first.device.type, enabled=False):
+            return loss_function(*args, **kwargs)
+    return float32_loss
+
+
+@in_float32
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
                alpha: float | None = 0.5) -> torch.Tensor:
     """Mean sigmoid focal loss (Lin et al. 2017), as the relation learner uses it.
@@ -35,6 +53,7 @@ def view_partners(rows: int, device: torch.device) -> torch.Tensor:
     return torch.arange(rows, device=device).roll(rows // 2)
 
 
+@in_float32
 def simclr_original_loss(projections: torch.Tensor, temperature: float = 0.5,
                          eps: float = 1e-8) -> torch.Tensor:
     """The original code's SimCLR loss, -log(mean_i ratio_i), on view-major (2B, D) rows.
@@ -52,6 +71,7 @@ def simclr_original_loss(projections: torch.Tensor, temperature: float = 0.5,
     return -torch.log(ratios.mean())
 
 
+@in_float32
 def nt_xent_loss(projections: torch.Tensor, temperature: float = 0.5,
                  eps: float = 1e-8) -> torch.Tensor:
     """Standard NT-Xent (Chen et al. 2020) on view-major (2B, D) rows: the mean over rows of
@@ -63,6 +83,7 @@ def nt_xent_loss(projections: torch.Tensor, temperature: float = 0.5,
     return F.cross_entropy(logits, view_partners(rows, projections.device))
 
 
+@in_float32
 def jsd_discriminator_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor
                            ) -> torch.Tensor:
     """mean softplus(-T(positive)) + mean softplus(T(negative)) for discriminator logits T.

@@ -13,6 +13,7 @@ from torch import nn
 
 from methods.base import Method, StepOutput, backbone_and_head_adam, mlp_head
 from methods.losses import nt_xent_loss, simclr_original_loss
+from utils.distributed import gather_with_gradient
 
 # `original` is the -log(mean ratio) form of the original code, `ntxent` the usual mean of logs.
 SIMCLR_LOSSES = {"original": simclr_original_loss, "ntxent": nt_xent_loss}
@@ -27,6 +28,7 @@ class SimCLR(Method):
         self.views_per_image = 2
         self.temperature = args.temperature
         self.loss_function = SIMCLR_LOSSES[args.simclr_loss]
+        self.gather = getattr(args, "simclr_gather", False)
         self.head = mlp_head(backbone.feature_size, 64)
         self.optimizer = backbone_and_head_adam(self.backbone, self.head, self.lr)
 
@@ -37,6 +39,9 @@ class SimCLR(Method):
         parser.add_argument("--simclr_loss", default="original",
                             help="simclr: 'original' (-log of the mean ratio, as the original "
                                  "code) or 'ntxent' (mean of -log ratios)")
+        parser.add_argument("--simclr_gather", action="store_true",
+                            help="simclr under torchrun: contrast each image with the images of "
+                                 "all ranks, not only those of its own rank's batch")
 
     @classmethod
     def check_arguments(cls, args: argparse.Namespace) -> str | None:
@@ -49,6 +54,9 @@ class SimCLR(Method):
     def training_step(self, views: torch.Tensor, labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
         projections = self.head(self.backbone(views))
+        if self.gather:  # keep view-major order over the global batch: all first views, then all second
+            first, second = projections.chunk(2)
+            projections = torch.cat([gather_with_gradient(first), gather_with_gradient(second)])
         loss = self.loss_function(projections, self.temperature)
         return StepOutput(loss=loss, loss_weight=views.shape[0])
 

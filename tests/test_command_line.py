@@ -47,7 +47,7 @@ PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--expor
 # Output folders: the bad value is a file where the folder should be.
 OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features"}
 # Flags with no invalid value: a visible-GPU list and on/off switches.
-NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite"}
+NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather"}
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
 
 

@@ -119,6 +119,7 @@ def apply_gpu_flag(args: argparse.Namespace) -> None:
 
 def stage1_parser() -> Parser:
     from methods import METHODS
+    from utils.precision import PRECISIONS
     parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", 128)
     parser.add_argument("--method", default="relationnet", choices=list(METHODS))
     parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")
@@ -138,6 +139,14 @@ def stage1_parser() -> Parser:
                         help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run with the same name")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="arithmetic of the training step: fp32 (default), bf16 or fp16 "
+                             "autocast (fp16 with a gradient scaler)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the backbone with torch.compile (the first steps take "
+                             "longer while it compiles)")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="NHWC memory layout for the backbone (faster for ResNets with bf16)")
     for method in METHODS.values():
         method.add_arguments(parser)
     return parser

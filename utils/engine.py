@@ -1,9 +1,15 @@
 """The one training loop that drives every method (see `methods/base.py` for the contract).
 
 It owns the seeded data order, augmentation of uint8 batches on the training device, the
-optimizer step, the per-epoch CSV log, checkpoints, a memory check before the first step,
-stopping on SIGINT/SIGTERM, and exact resume (at an epoch boundary or inside an epoch that a
-signal interrupted).
+precision (autocast), compilation and memory format of the step, the optimizer step, the
+per-epoch CSV log, checkpoints, a memory check before the first step, stopping on
+SIGINT/SIGTERM, exact resume (at an epoch boundary or inside an epoch that a signal
+interrupted) and, under torchrun, each rank's share of the data and the reduction of its
+metrics (`utils/distributed.py`).
+
+The loop itself reads nothing back from the device inside an epoch: metrics are summed as
+device tensors and read once per epoch, and the progress bar reads the loss every LOG_EVERY
+steps.
 """
 from __future__ import annotations
 
@@ -19,12 +25,19 @@ import torch
 from tqdm import tqdm
 
 from datasets import ImageSet
-from methods.base import Method
+from methods.base import Method, StepOutput
+from utils import distributed
 from utils.augment import build_augmentation
 from utils.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
+from utils.distributed import SINGLE, Ranks
+from utils.precision import Precision
 from utils.runtime import UserError, derived_seed, restore_rng_states, rng_states
 
 _ORDER, _AUGMENT = 1, 2
+# Steps between reads of the loss for the progress bar: each read waits for the device.
+LOG_EVERY = 20
+# A GPU keeps the whole uint8 training set when it takes at most this share of the free memory.
+_DATA_SHARE_OF_DEVICE = 0.5
 # The smallest backbone keeps several times its input in activations and gradients; a lower
 # bound, so the check only refuses steps that surely cannot run.
 _ACTIVATION_FACTOR = 4
@@ -61,6 +74,10 @@ class TrainingPlan:
     extra_state: dict                # stored in every checkpoint (args, names, versions)
     drop_last: bool = False
     rolling_checkpoint: Path | None = None  # rewritten silently after every epoch
+    precision: str = "fp32"          # see utils/precision.py
+    compile: bool = False            # torch.compile the backbone
+    channels_last: bool = False      # convolution weights and views in NHWC memory order
+    ranks: Ranks = SINGLE            # this process's rank under torchrun
 
 
 class Engine:
@@ -69,14 +86,23 @@ class Engine:
         self.plan = plan
         self.device = device
         self.data = data
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        # Batches are gathered where the data set lives: on the GPU when it fits there, so a
+        # step never waits for a copy from the host.
+        fits = device.type == "cpu" or data.images.nbytes <= _DATA_SHARE_OF_DEVICE * available_memory(device)
+        self.data_device = device if fits else torch.device("cpu")
+        self.images = data.images.to(self.data_device)
+        self.labels = data.labels.to(self.data_device)
         self.augment = build_augmentation(method.augmentation, data.mean, data.std, data.padding,
                                           cutout=data.cutout)
         self.generator = torch.Generator(device=device)
+        self.precision = Precision(plan.precision, device)
+        if plan.channels_last:
+            method.to(memory_format=torch.channels_last)
+        if plan.compile:
+            method.backbone.compile()  # in place: the state dict keeps its keys
+        self.parallel_step = distributed.wrap_training_step(method, plan.ranks, device)
         self.stop = StopSignals()
         self.check_step_memory()
-        self.log_columns = None
 
     def check_step_memory(self) -> None:
         """Refuse a step that cannot fit before trying it: the augmented float views of one
@@ -103,14 +129,17 @@ class Engine:
         partial = None
         if resume_state is not None:
             restore_rng_states(resume_state["rng"])
+            self.precision.load_state_dict(resume_state)
             partial = resume_state.get("interrupted")
         log = None
         row: dict = {}
-        with StopSignals() as stop:
+        with StopSignals(echo_seconds=2.0 if self.plan.ranks.distributed else 0.0) as stop:
             self.stop = stop
             for epoch in range(start_epoch, self.plan.epochs):
                 row = self.run_epoch(epoch, partial)
                 partial = None
+                if not self.plan.ranks.is_main:
+                    continue
                 if log is None:
                     log = CsvLog(self.plan.log_path, list(row), keep_epochs_below=start_epoch)
                 state = self.checkpoint(epoch + 1)
@@ -123,7 +152,7 @@ class Engine:
         return row
 
     def checkpoint(self, epochs_done: int, interrupted: dict | None = None) -> dict:
-        state = {**self.method.checkpoint_state(), **self.plan.extra_state,
+        state = {**self.method.checkpoint_state(), **self.precision.state_dict(), **self.plan.extra_state,
                  "epoch": epochs_done, "rng": rng_states(), "format_version": FORMAT_VERSION}
         if interrupted is not None:
             state["interrupted"] = interrupted
@@ -136,7 +165,9 @@ class Engine:
         if path is None:
             raise RunInterrupted(self.stop.received, f"{name} received at epoch {epoch}: stopped (this "
                                  "stage cannot be resumed; run it again)")
-        save_checkpoint(self.checkpoint(epoch, progress.state(self.generator)), path)
+        partial = progress.state(self.generator)  # every rank takes part: it gathers their sums
+        if self.plan.ranks.is_main:
+            save_checkpoint(self.checkpoint(epoch, partial), path)
         raise RunInterrupted(self.stop.received, f"{name} received: stopped after step {progress.steps_done} "
                              f"of epoch {epoch} and saved {path}; resume with the same command plus "
                              "--resume auto")
@@ -154,36 +185,32 @@ class Engine:
         order = method.epoch_order(epoch, order_generator)
         if order is None:
             order = torch.randperm(len(self.images), generator=order_generator)
-        order = order.to(self.device)
-        progress = EpochProgress.start(self.device, partial)
+        order = distributed.shard(order, plan.ranks).to(self.data_device)
+        rank = plan.ranks.rank
+        progress = EpochProgress.start(self.device, partial, rank)
         if partial is None:
-            self.generator.manual_seed(derived_seed(plan.seed, epoch, _AUGMENT))
+            # Rank 0 draws what a single process draws; the other ranks draw their own views.
+            self.generator.manual_seed(derived_seed(plan.seed, epoch, _AUGMENT, *([rank] if rank else [])))
         else:
-            self.generator.set_state(partial["generator"])
-        views = method.views_per_image
+            self.generator.set_state(partial["ranks"][rank]["generator"])
         steps = self.steps_per_epoch(len(order))
         if steps == 0:
             raise UserError(f"--data_size {plan.batch_size} is larger than the {len(order)} training "
                             f"images and {method.name} drops the last incomplete batch: lower --data_size")
-        bar = tqdm(range(progress.steps_done, steps), desc=f"Epoch {epoch}", leave=False, disable=None,
-                   dynamic_ncols=True, initial=progress.steps_done, total=steps)
+        bar = tqdm(range(progress.steps_done, steps), desc=f"Epoch {epoch}", leave=False,
+                   disable=None if plan.ranks.is_main else True, dynamic_ncols=True,
+                   initial=progress.steps_done, total=steps)
         for step in bar:
-            index = order[step * plan.batch_size:(step + 1) * plan.batch_size]
-            images = self.images.index_select(0, index)
-            if views > 1:
-                images = images.repeat(views, 1, 1, 1)  # view-major: rows v*B .. v*B+B-1
-            inputs = self.augment(images, self.generator)
-            out = method.training_step(inputs, self.labels.index_select(0, index), index)
-            method.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            method.optimizer.step()
+            out = self.train_step(order[step * plan.batch_size:(step + 1) * plan.batch_size])
             progress.add(step, out)
-            if step % 20 == 0 and bar.disable is False:
+            if step % LOG_EVERY == 0 and bar.disable is False:
                 bar.set_postfix(loss=f"{out.loss.item():.4f}")
-            if self.stop.received:
+            if self.stop_requested(step):
                 bar.close()
                 self.interrupt(epoch, progress)
         bar.close()
+        distributed.broadcast_buffers(method)
+        progress.reduce()
         bad_step = int(progress.first_bad_step)
         if bad_step >= 0:
             raise UserError(f"the loss became non-finite at epoch {epoch}, step {bad_step}; nothing of "
@@ -197,6 +224,39 @@ class Engine:
         return {"epoch": epoch, "loss": loss, "score": method.score(metrics, loss), **metrics,
                 "lr": method.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
+    def train_step(self, index: torch.Tensor) -> StepOutput:
+        """One optimizer step on the training images at `index` (on `data_device`)."""
+        method = self.method
+        images = self.images.index_select(0, index).to(self.device, non_blocking=True)
+        labels = self.labels.index_select(0, index).to(self.device, non_blocking=True)
+        index = index.to(self.device, non_blocking=True)
+        if method.views_per_image > 1:
+            images = images.repeat(method.views_per_image, 1, 1, 1)  # view-major: rows v*B .. v*B+B-1
+        views = self.augment(images, self.generator)
+        if self.plan.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        step = method.training_step if self.parallel_step is None else self.parallel_step
+        with self.precision.autocast():
+            out = step(views, labels, index)
+        method.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward_and_step(out.loss, method.optimizer)
+        return out
+
+    def stop_requested(self, step: int) -> bool:
+        """Whether a signal asks to stop after this step.
+
+        Under torchrun the ranks must stop at the same step (one that stopped alone would leave
+        the others waiting in the gradient all-reduce), so they agree on it: after every step
+        on CPUs, every LOG_EVERY steps on GPUs, where reading the agreed flag waits for the device.
+        """
+        if not self.plan.ranks.distributed:
+            return bool(self.stop.received)
+        if self.device.type != "cpu" and (step + 1) % LOG_EVERY:
+            return False
+        received = torch.full((), self.stop.received, device=self.device)
+        self.stop.received = int(distributed.max_over_ranks(received))
+        return bool(self.stop.received)
+
 
 class RunInterrupted(UserError):
     """Training stopped on a signal after saving a resumable checkpoint."""
@@ -207,10 +267,16 @@ class RunInterrupted(UserError):
 
 
 class StopSignals:
-    """Within the block, SIGINT and SIGTERM only set `received`; the loop stops at a step end."""
+    """Within the block, SIGINT and SIGTERM only set `received`; the loop stops at a step end.
 
-    def __init__(self):
+    A repeat of the same signal within `echo_seconds` is the same request: under torchrun a
+    Ctrl-C reaches every rank twice, from the terminal and forwarded by torchrun.
+    """
+
+    def __init__(self, echo_seconds: float = 0.0):
         self.received = 0
+        self.received_at = 0.0
+        self.echo_seconds = echo_seconds
         self.previous: dict = {}
 
     def __enter__(self) -> "StopSignals":
@@ -221,8 +287,10 @@ class StopSignals:
 
     def handle(self, signum, frame) -> None:
         if self.received:  # a second signal: the user insists, stop at once
+            if signum == self.received and time.monotonic() - self.received_at < self.echo_seconds:
+                return
             raise KeyboardInterrupt
-        self.received = signum
+        self.received, self.received_at = signum, time.monotonic()
         print(f"\n[INFO] {signal.Signals(signum).name} received: stopping after the current step "
               "(send it again to stop at once, without saving)", flush=True)
 
@@ -244,12 +312,14 @@ class EpochProgress:
     started: float = field(default_factory=time.time)
 
     @classmethod
-    def start(cls, device: torch.device, partial: dict | None) -> "EpochProgress":
+    def start(cls, device: torch.device, partial: dict | None, rank: int = 0) -> "EpochProgress":
+        """A new epoch's sums, or those `rank` had when the epoch was interrupted."""
         if partial is None:
             return cls(torch.zeros((), device=device), torch.full((), -1, device=device))
-        return cls(partial["loss_sum"].to(device), partial["first_bad_step"].to(device),
-                   partial["loss_weight"], partial["steps_done"], partial["seconds"],
-                   {name: [total.to(device), count.to(device)] for name, (total, count) in partial["sums"].items()})
+        mine = partial["ranks"][rank]
+        return cls(mine["loss_sum"].to(device), mine["first_bad_step"].to(device),
+                   mine["loss_weight"], partial["steps_done"], partial["seconds"],
+                   {name: [total.to(device), count.to(device)] for name, (total, count) in mine["sums"].items()})
 
     def add(self, step: int, out) -> None:
         loss = out.loss.detach()
@@ -262,9 +332,29 @@ class EpochProgress:
             self.sums[name] = [acc[0] + total.detach(), acc[1] + count]
         self.steps_done = step + 1
 
+    def reduce(self) -> None:
+        """Under torchrun, sum the running sums over the ranks (every rank gets the totals) and
+        take the earliest non-finite step of any rank; without it, nothing changes."""
+        if not distributed.is_active():
+            return
+        device = self.loss_sum.device
+        values = [self.loss_sum, torch.full((), self.loss_weight, dtype=torch.float64, device=device)]
+        values += [tensor for name in sorted(self.sums) for tensor in self.sums[name]]
+        totals = distributed.sum_over_ranks(torch.stack([v.double() for v in values])).unbind()
+        self.loss_sum = totals[0].to(self.loss_sum.dtype)
+        self.loss_weight = int(totals[1])
+        for i, name in enumerate(sorted(self.sums)):
+            total, count = self.sums[name]
+            self.sums[name] = [totals[2 + 2 * i].to(total.dtype), totals[3 + 2 * i].to(count.dtype)]
+        never = torch.iinfo(self.first_bad_step.dtype).max
+        earliest = distributed.min_over_ranks(torch.where(self.first_bad_step < 0, never, self.first_bad_step))
+        self.first_bad_step = torch.where(earliest == never, -1, earliest)
+
     def state(self, generator: torch.Generator) -> dict:
-        return {"steps_done": self.steps_done, "generator": generator.get_state(),
-                "loss_sum": self.loss_sum.cpu(), "loss_weight": self.loss_weight,
-                "first_bad_step": self.first_bad_step.cpu(),
-                "seconds": self.seconds_before + time.time() - self.started,
+        """The partial epoch to save, with every rank's own sums and augmentation generator
+        (one entry without torchrun), so a resumed epoch sums exactly as an uninterrupted one."""
+        mine = {"generator": generator.get_state(), "loss_sum": self.loss_sum.cpu(),
+                "loss_weight": self.loss_weight, "first_bad_step": self.first_bad_step.cpu(),
                 "sums": {name: [t.cpu(), c.cpu()] for name, (t, c) in self.sums.items()}}
+        return {"steps_done": self.steps_done, "seconds": self.seconds_before + time.time() - self.started,
+                "ranks": distributed.gather_objects(mine)}

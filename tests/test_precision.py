@@ -1,0 +1,113 @@
+"""--precision, --compile and --channels_last: real short runs, recorded options, exact fp16 resume."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import train_unsupervised as stage1
+from backbones import build_backbone
+from datasets import load_dataset
+from methods import METHODS
+from methods.losses import focal_loss, simclr_original_loss
+from utils.engine import Engine, TrainingPlan
+from utils.precision import Precision
+from utils.runtime import UserError, seed_everything
+from utils.stage import run_main
+
+
+def make_engine(data, folder, method="relationnet", epochs=2, **plan_options):
+    seed_everything(1)
+    args = argparse.Namespace(K=4, aggregation="cat", lr=None, temperature=0.5, simclr_loss="original")
+    model = METHODS[method](build_backbone("conv4"), data.num_classes, args)
+    plan = TrainingPlan(epochs=epochs, batch_size=32, seed=1, log_path=folder / "log.csv",
+                        checkpoint_paths=lambda e: [folder / f"epoch_{e}.tar"], extra_state={"seed": 1},
+                        **plan_options)
+    return Engine(model, data, plan, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def subset(cifar10_root):
+    """Two steps of 32 images per epoch."""
+    return load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(64, seed=0)
+
+
+def read_log(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fp32_is_no_autocast_and_fp16_brings_a_scaler():
+    fp32 = Precision("fp32", torch.device("cpu"))
+    with fp32.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert fp32.scaler is None and fp32.state_dict() == {}
+    bf16 = Precision("bf16", torch.device("cpu"))
+    with bf16.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert set(Precision("fp16", torch.device("cpu")).state_dict()) == {"grad_scaler"}
+    with pytest.raises(UserError, match="--precision fp8"):
+        Precision("fp8", torch.device("cpu"))
+
+
+def test_losses_stay_float32_under_autocast():
+    projections = torch.randn(16, 8)
+    logits, targets = torch.randn(40), (torch.arange(40) % 2).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        simclr = simclr_original_loss(projections.bfloat16(), 0.5)
+        focal = focal_loss(logits.bfloat16(), targets)
+    assert simclr.dtype == focal.dtype == torch.float32
+    # Only the inputs' rounding to bf16 differs from the float32 loss.
+    torch.testing.assert_close(simclr, simclr_original_loss(projections.bfloat16().float(), 0.5))
+    torch.testing.assert_close(focal, focal_loss(logits.bfloat16().float(), targets))
+
+
+@pytest.mark.parametrize("options", [{"precision": "bf16"}, {"channels_last": True},
+                                     {"precision": "bf16", "channels_last": True}])
+def test_short_runs_with_bf16_and_channels_last_have_finite_losses(subset, tmp_path, options):
+    make_engine(subset, tmp_path, **options).fit()
+    rows = read_log(tmp_path / "log.csv")
+    assert len(rows) == 2 and all(math.isfinite(float(row["loss"])) for row in rows)
+
+
+def test_fp16_resume_restores_the_gradient_scaler_exactly(subset, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir()
+    resumed.mkdir()
+    make_engine(subset, straight, epochs=2, precision="fp16").fit()
+    make_engine(subset, resumed, epochs=1, precision="fp16").fit()
+    state = torch.load(resumed / "epoch_1.tar", weights_only=True)
+    assert state["grad_scaler"]["_growth_tracker"] == 2  # steps without overflow so far
+    engine = make_engine(subset, resumed, epochs=2, precision="fp16")
+    engine.method.load_checkpoint_state(state)
+    engine.fit(start_epoch=1, resume_state=state)
+    a = torch.load(straight / "epoch_2.tar", weights_only=True)
+    b = torch.load(resumed / "epoch_2.tar", weights_only=True)
+    assert a["grad_scaler"] == b["grad_scaler"]
+    for key, value in a["backbone"].items():
+        assert torch.equal(value, b["backbone"][key]), key
+
+
+def test_compile_keeps_the_checkpoint_keys_and_trains(subset, tmp_path):
+    engine = make_engine(subset, tmp_path, epochs=1, compile=True)
+    keys = set(engine.method.checkpoint_state()["backbone"])
+    assert keys == set(build_backbone("conv4").state_dict())
+    engine.fit()
+    assert math.isfinite(float(read_log(tmp_path / "log.csv")[0]["loss"]))
+
+
+def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
+    argv = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(tmp_path), "--no_download",
+            "--device", "cpu", "--seed", "1", "--method", "relationnet", "--K", "2", "--data_size", "16",
+            "--epochs", "1", "--precision", "bf16", "--channels_last"]
+    run_main(lambda: stage1.main(argv))
+    folder = tmp_path / "relationnet" / "cifar10"
+    config = json.loads((folder / "config_relationnet_cifar10_conv4_seed_1.json").read_text())
+    assert config["args"]["precision"] == "bf16" and config["args"]["channels_last"] is True
+    assert config["args"]["compile"] is False
+    state = torch.load(folder / "relationnet_cifar10_conv4_seed_1_epoch_1.tar", weights_only=True)
+    assert state["args"]["precision"] == "bf16" and "grad_scaler" not in state
