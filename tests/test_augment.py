@@ -338,3 +338,16 @@ def test_distribution_comparison_rejects_wrong_pipelines(pil_reference):
         failed = _disagreements(_summary(samples), reference)
         print(f"\n{name}: (value, PIL, |z|) of the failed statistics: {failed}")
         assert failed, name
+
+
+@pytest.mark.parametrize("kind", ["relationnet", "finetune"])
+def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(kind, monkeypatch):
+    """On a GPU, grayscale, hue and the affine warp are computed for the whole batch and
+    blended (no `nonzero`, which waits for the device); the values must not change."""
+    from utils import augment
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pipeline = augment.build_augmentation(kind, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), cutout=0.5)
+    subsets = pipeline(images, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(augment, "_computes_subsets", lambda device: False)
+    blended = pipeline(images, torch.Generator().manual_seed(1))
+    assert torch.allclose(subsets, blended, atol=1e-5), (subsets - blended).abs().max()

@@ -11,6 +11,7 @@ supervised STL-10 baseline), which also needs the data set's cutout scale.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,6 +24,34 @@ CUTOUT_AUGMENTATIONS = ("finetune",)
 
 # torchvision's rgb_to_grayscale weights, used by its ColorJitter and RandomGrayscale.
 _LUMA = (0.2989, 0.587, 0.114)
+
+
+@functools.lru_cache(maxsize=None)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant tensor, made once per device: building it from Python values for
+    every batch would be a host-to-device copy that waits for the GPU."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _computes_subsets(device: torch.device) -> bool:
+    return device.type == "cpu"
+
+
+def _apply_where(x: torch.Tensor, mask: torch.Tensor, op, *per_image: torch.Tensor) -> torch.Tensor:
+    """`x` with `op(x, *per_image)` in the images where `mask` holds.
+
+    On the CPU only those images are computed (the ops cost per image). On a GPU the whole
+    batch is computed and blended, because selecting a subset (`nonzero`) waits for the
+    device; both give the same values.
+    """
+    if _computes_subsets(x.device):
+        pick = mask.nonzero().squeeze(1)
+        return x.index_copy_(0, pick, op(x.index_select(0, pick), *(p[pick] for p in per_image)))
+    return torch.where(mask.view(-1, 1, 1, 1), op(x, *per_image), x)
+
+
+def _grayscale_rgb(x: torch.Tensor) -> torch.Tensor:
+    return _grayscale(x).expand(-1, 3, -1, -1)
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +71,7 @@ def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision adjust_contrast (blend with the mean luma) with one factor per image."""
     # The mean luma is linear in the channel means, which are much cheaper to reduce.
-    luma = x.mean(dim=(2, 3)) @ x.new_tensor(_LUMA)
+    luma = x.mean(dim=(2, 3)) @ _constant(_LUMA, x.device, x.dtype)
     factor = _per_image(factor)
     return x.mul(factor).add_(_per_image(luma) * (1.0 - factor)).clamp_(0.0, 1.0)
 
@@ -80,7 +109,7 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     hue.div_(chroma.clamp_min(1e-12)).add_(factor.view(-1, 1, 1), alpha=6.0)
     # hue is in [-4, 8], so t = hue + offset - 3 is in [-7, 9], where |(t + 3) mod 6 - 3|
     # equals the fold 3 - |3 - ||t| - 6||; this avoids torch.remainder, the slowest op here.
-    wave = hue.unsqueeze(1) + x.new_tensor(_HUE_OFFSETS).view(1, 3, 1, 1)
+    wave = hue.unsqueeze(1) + _constant(_HUE_OFFSETS, x.device, x.dtype).view(1, 3, 1, 1)
     wave.abs_().sub_(6.0).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
     return wave.mul_(chroma.unsqueeze(1).neg()).add_(maxc.unsqueeze(1))
 
@@ -163,8 +192,8 @@ def random_affine_params(n: int, height: int, width: int, generator: torch.Gener
     device = generator.device
     u = torch.rand(n, 5, generator=generator, device=device, dtype=torch.float64)
     dx, dy = translate[0] * width, translate[1] * height
-    low = torch.tensor([-degrees, -dx, -dy, scale[0], -shear], dtype=torch.float64, device=device)
-    high = torch.tensor([degrees, dx, dy, scale[1], shear], dtype=torch.float64, device=device)
+    low = _constant((-degrees, -dx, -dy, scale[0], -shear), device, torch.float64)
+    high = _constant((degrees, dx, dy, scale[1], shear), device, torch.float64)
     params = low + (high - low) * u
     params[:, 1:3] = params[:, 1:3].round()
     return params
@@ -199,7 +228,7 @@ def affine(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     matrices = inverse_affine_matrices(params)
     # The matrices act on pixel offsets from the centre; affine_grid's normalised
     # coordinates (align_corners=False) are those offsets divided by half the size.
-    half = torch.tensor([width / 2, height / 2], dtype=matrices.dtype, device=matrices.device)
+    half = _constant((width / 2, height / 2), matrices.device, matrices.dtype)
     to_normalised = torch.cat((half[None, :] / half[:, None], 1 / half[:, None]), dim=1)
     theta = (matrices * to_normalised).to(x.dtype)
     grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
@@ -242,8 +271,8 @@ class Augmentation:
 
     def normalise_(self, x: torch.Tensor) -> torch.Tensor:
         """In place (x - mean) / std on [0, 1]-scaled float images."""
-        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
-        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        mean = _constant(self.mean, x.device, x.dtype).view(1, 3, 1, 1)
+        std = _constant(self.std, x.device, x.dtype).view(1, 3, 1, 1)
         return x.sub_(mean).div_(std)
 
     def __repr__(self) -> str:
@@ -318,8 +347,7 @@ class RelationNetAugmentation(Augmentation):
             part = slice(start, start + chunk)
             x = resized_crop_flip(images[part].float().div_(255), boxes[part], flip[part])
             x = self._jitter(x, jittered[part], order[part], factors[part])
-            pick = gray[part].nonzero().squeeze(1)
-            x.index_copy_(0, pick, _grayscale(x.index_select(0, pick)).expand(-1, 3, -1, -1))
+            x = _apply_where(x, gray[part], _grayscale_rgb)
             out[part] = self.normalise_(x)
         return out
 
@@ -333,8 +361,7 @@ class RelationNetAugmentation(Augmentation):
             op_at = torch.where(jittered, order[:, position], -1)
             for op_index, op in enumerate((adjust_brightness, adjust_contrast, adjust_saturation)):
                 x = op(x, torch.where(op_at == op_index, factors[:, op_index], 1.0))
-            pick = (op_at == 3).nonzero().squeeze(1)
-            x.index_copy_(0, pick, adjust_hue(x.index_select(0, pick), factors[pick, 3]))
+            x = _apply_where(x, op_at == 3, adjust_hue, factors[:, 3])
         return x
 
 
@@ -364,14 +391,13 @@ class FinetuneAugmentation(Augmentation):
         params = random_affine_params(n, height, width, generator, self.degrees, self.translate,
                                       self.scale, self.shear)
         x = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images).float().div_(255)
-        pick = warp.nonzero().squeeze(1)
-        x.index_copy_(0, pick, affine(x.index_select(0, pick), params[pick]))
+        x = _apply_where(x, warp, affine, params)
         self.normalise_(x)
         side = erasing_side(height, width, self.cutout)
         if side:
             # floor(u * count) is randint(0, count); the clamp guards u * count rounding up.
-            top = torch.minimum((u[:, 3] * (height - side + 1)).floor(), u.new_tensor(height - side))
-            left = torch.minimum((u[:, 4] * (width - side + 1)).floor(), u.new_tensor(width - side))
+            top = (u[:, 3] * (height - side + 1)).floor().clamp_(max=height - side)
+            left = (u[:, 4] * (width - side + 1)).floor().clamp_(max=width - side)
             rows = torch.arange(height, device=device) - top[:, None]
             cols = torch.arange(width, device=device) - left[:, None]
             box = ((rows >= 0) & (rows < side))[:, :, None] & ((cols >= 0) & (cols < side))[:, None, :]
