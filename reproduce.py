@@ -109,7 +109,7 @@ class Stage:
     script: str
     argv: list[str]
     output: Path                    # the file the stage leaves when it has finished
-    files: RunFiles | None = None   # stage 1: its run's files, to tell how to continue it
+    files: RunFiles | None = None   # a training run's files, to tell how to continue it
 
 
 @dataclass
@@ -183,9 +183,10 @@ def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, me
     stage2 = ["--dataset", condition.evaluation, "--checkpoint", str(pretrained), "--epochs", str(evaluation_epochs),
               *common, *subset, *run_tag] + (["--finetune"] if condition.finetune else []) + (
         ["--label_fraction", str(variant.label_fraction)] if variant.label_fraction < 1 else [])
-    evaluated = RunFiles(checkpoints, method, condition.evaluation, evaluation_header(
+    evaluation_files = RunFiles(checkpoints, method, condition.evaluation, evaluation_header(
         method, condition.evaluation, condition.pretraining, backbone, seed, run_id, evaluation_epochs,
-        condition.finetune, variant.label_fraction)).final
+        condition.finetune, variant.label_fraction))
+    evaluated = evaluation_files.final
 
     test = ["--dataset", condition.evaluation, "--checkpoint", str(evaluated), *common,
             "--knn", str(args.knn), "--retrieval", str(args.retrieval)]
@@ -193,13 +194,13 @@ def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, me
     trained_epochs = epochs if METHODS[method].trains else 0
     return Run(name, order, condition, variant, method, backbone, seed, trained_epochs, evaluation_epochs, [
         Stage("train_unsupervised.py", stage1, pretrained, files),
-        Stage("train_linear_evaluation.py", stage2, evaluated),
+        Stage("train_linear_evaluation.py", stage2, evaluated, evaluation_files if condition.finetune else None),
         Stage("test.py", test, Path(args.out) / "runs" / f"{name}.json")])
 
 
 def continue_flags(stage: Stage) -> list[str]:
-    """Resume an interrupted stage-1 run from its last checkpoint; replace one that died
-    before it saved any."""
+    """Resume an interrupted training run (stage 1, fine-tuning) from its last checkpoint;
+    replace one that died before it saved any."""
     files = stage.files
     if files is None:
         return []

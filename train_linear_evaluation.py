@@ -23,7 +23,12 @@ from utils.cli import apply_gpu_flag, stage2_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan, format_duration  # noqa: E402
 from utils.evaluation import evaluate, extract_features, score_logits, train_linear_epoch  # noqa: E402
 from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
-from utils.stage import describe_backbone, record_config, run_main  # noqa: E402
+from utils.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
+
+
+# Arguments a resumed fine-tuning run may change: where things are, nothing that changes numbers.
+FINETUNE_MAY_CHANGE = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir",
+                       "overwrite", "no_download"}
 
 
 def pretraining_method(args, state: dict) -> str:
@@ -88,14 +93,24 @@ def main(argv: list[str] | None = None) -> None:
     files = RunFiles(args.checkpoint_dir, method_name, args.dataset,
                      evaluation_header(method_name, args.dataset, source_dataset, args.backbone, args.seed,
                                        args.id, args.epochs, args.finetune, args.label_fraction))
+    if args.resume and not args.finetune:
+        raise UserError(f"--resume {args.resume}: only fine-tuning (--finetune) can be resumed; linear "
+                        "evaluation takes seconds, run it again")
     with RunLock(files.lock):
         if files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
-        evaluate_backbone(args, state, files, method_name, source_dataset, seed, device)
+        if files.last_checkpoint.exists() and not (args.resume or args.overwrite):
+            raise UserError(f"{files.directory} holds an interrupted run {files.header}: pass --resume auto "
+                            "to continue it or --overwrite to start again")
+        resume = resume_point(args, files, FINETUNE_MAY_CHANGE) if args.resume else None
+        if resume and resume[1]["seed"] != seed:  # a drawn seed (--seed -1) is the stored one
+            seed = resume[1]["seed"]
+            seed_everything(seed)
+        evaluate_backbone(args, state, files, method_name, source_dataset, seed, device, resume)
 
 
 def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, source_dataset: str | None,
-                      seed: int, device) -> None:
+                      seed: int, device, resume: tuple[Path, dict] | None = None) -> None:
     download = not args.no_download
     train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
@@ -113,15 +128,22 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
     model = (Finetune if args.finetune else Standard)(backbone, train.num_classes, args).to(device)
     source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
-    record_config(files.config, args, seed, device, stage="finetune" if args.finetune else "linear_evaluation", training_images=len(train), **source)
+    record_config(files.config, args, seed, device, stage="finetune" if args.finetune else "linear_evaluation",
+                  training_images=len(train), **source)
 
     if args.finetune:
         plan = TrainingPlan(epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
                             checkpoint_paths=lambda e: [files.final] if e == args.epochs else [],
+                            rolling_checkpoint=files.last_checkpoint,
                             extra_state={"method": method_name, "backbone_name": args.backbone,
                                          "dataset": args.dataset, "seed": seed, "args": vars(args),
                                          **source})
-        Engine(model, train, plan, device).fit()
+        resume_state = None
+        if resume:
+            resume_path, resume_state = resume
+            model.load_checkpoint_state(resume_state)
+            print(f"[INFO] Resuming {resume_path} at epoch {resume_state['epoch']}")
+        Engine(model, train, plan, device).fit(resume_state["epoch"] if resume_state else 0, resume_state)
     else:
         linear_evaluation(model, train, test, args, seed, device, files.log)
         save_checkpoint({**model.checkpoint_state(), "method": method_name, "backbone_name": args.backbone,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 from utils.runtime import tune_allocator
 
@@ -28,7 +27,7 @@ from utils.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from utils.engine import Engine, TrainingPlan  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
-from utils.stage import describe_backbone, record_config, run_main  # noqa: E402
+from utils.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
 
 # Arguments a resumed run may change: where things are, how long to train, how often to save.
 # Any other difference (batch, K, a method's options...) would silently mix two experiments.
@@ -45,27 +44,6 @@ def saved_epochs(total: int, save_every: int) -> set[int]:
     if save_every:
         epochs |= set(range(save_every, total + 1, save_every))
     return {e for e in epochs if e > 0}
-
-
-def resume_point(args, files: RunFiles, ranks: distributed.Ranks):
-    path = files.latest_checkpoint() if args.resume == "auto" else Path(args.resume)
-    if path is None:
-        raise UserError(f"--resume auto: no checkpoint of {files.header} in {files.directory}; "
-                        "start the run without --resume")
-    state = read_checkpoint(path)
-    if "epoch" not in state or "args" not in state:
-        raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
-                        "stored); use --checkpoint with --epoch_start instead")
-    stored = state["args"]
-    changed = [f"--{k} {stored[k]!r} -> {value!r}" for k, value in sorted(vars(args).items())
-               if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != value]
-    if changed:
-        raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
-                        "repeat its arguments or start a new run with --id")
-    if state.get("world_size", 1) != ranks.world_size:
-        raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
-                        f"this one has {ranks.world_size}; resume it with as many (torchrun --nproc_per_node)")
-    return path, state
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks) -> None:
     header = files.header
-    resume_path, resume_state = resume_point(args, files, ranks) if args.resume else (None, None)
+    resume_path, resume_state = resume_point(
+        args, files, RESUME_MAY_CHANGE, ranks.world_size,
+        without_state="use --checkpoint with --epoch_start instead") if args.resume else (None, None)
     # Every rank uses rank 0's seed, also when it is drawn.
     seed = resume_state["seed"] if resume_state else distributed.broadcast_object(resolve_seed(args.seed))
     print(f"[INFO] Setting SEED: {seed}")

@@ -356,3 +356,36 @@ def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_don
     assert run.returncode == 128 + signal.SIGTERM
     assert len(stderr.strip().splitlines()) == 1 and "terminated" in stderr, stderr
     assert sorted(p.name for p in checkpoint.parent.glob("*.tar")) == [checkpoint.name]
+
+
+def test_an_interrupted_finetuning_resumes_to_the_same_weights(small_cifar10_root, tmp_path):
+    common = ["--data_root", str(small_cifar10_root), "--no_download", "--device", "cpu", "--seed", "3"]
+    run_stage(stage1, common + ["--checkpoint_dir", str(tmp_path / "pretrained"), "--method", "randomweights"])
+    pretrained = tmp_path / "pretrained" / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_3.tar"
+    finetune = common + ["--checkpoint", str(pretrained), "--finetune", "--epochs", "3", "--data_size", "16"]
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    command = [sys.executable, "-u", "train_linear_evaluation.py", "--checkpoint_dir"]
+    run = subprocess.Popen(command + [str(stopped)] + finetune, cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:  # interrupt inside the second epoch
+        if line.startswith("Epoch [0]"):
+            break
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM and stderr.strip().endswith("--resume auto"), stderr
+    folder = stopped / "randomweights" / "cifar10"
+    name = "randomweights_cifar10_conv4_seed_3_epoch_3_finetune"
+    assert load(folder / f"{name}_last.tar")["interrupted"]["steps_done"] > 0
+    assert not (folder / f"{name}.tar").exists()
+
+    again = subprocess.run(command + [str(stopped)] + finetune, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume auto" in again.stderr  # never silently restarted
+    resumed = subprocess.run(command + [str(stopped)] + finetune + ["--resume", "auto"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run(command + [str(straight)] + finetune, cwd=REPO, capture_output=True, timeout=300, check=True)
+    a = load(folder / f"{name}.tar")
+    b = load(straight / "randomweights" / "cifar10" / f"{name}.tar")
+    for part in ("backbone", "classifier"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), key

@@ -167,6 +167,9 @@ def stage2_parser() -> Parser:
                         help="fine-tuning: classifier learning rate (default 1e-3)")
     parser.add_argument("--augmentation", default="none", choices=["none", "standard"],
                         help="fine-tuning: augmentation of the training images (default none)")
+    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+                        help="fine-tuning: continue an interrupted run exactly; auto picks its "
+                             "last checkpoint")
     parser.add_argument("--id", type=run_id, default="")
     parser.add_argument("--train_subset", type=non_negative_int, default=0,
                         help="use a seeded, class-balanced subset of N labelled images (0 = all)")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from datasets import DatasetError
-from utils.checkpoint import save_json
+from utils.checkpoint import RunFiles, read_checkpoint, save_json
 from utils.runtime import UserError
 
 
@@ -74,3 +74,27 @@ def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
                "python": platform.python_version(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "pid": os.getpid(), **extra}, path)
+
+
+def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str], world_size: int = 1,
+                 without_state: str = "it cannot be resumed") -> tuple[Path, dict]:
+    """The checkpoint `--resume auto|PATH` names and its state, after checking that the run
+    was made with the same arguments (except `may_change`) and as many processes."""
+    path = files.latest_checkpoint() if args.resume == "auto" else Path(args.resume)
+    if path is None:
+        raise UserError(f"--resume auto: no checkpoint of {files.header} in {files.directory}; "
+                        "start the run without --resume")
+    state = read_checkpoint(path)
+    if "epoch" not in state or "args" not in state:
+        raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
+                        f"stored); {without_state}")
+    stored = state["args"]
+    changed = [f"--{k} {stored[k]!r} -> {value!r}" for k, value in sorted(vars(args).items())
+               if k not in may_change and k in stored and stored[k] != value]
+    if changed:
+        raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
+                        "repeat its arguments or start a new run with --id")
+    if state.get("world_size", 1) != world_size:
+        raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
+                        f"this one has {world_size}; resume it with as many (torchrun --nproc_per_node)")
+    return path, state
