@@ -111,3 +111,13 @@ def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
     assert config["args"]["compile"] is False
     state = torch.load(folder / "relationnet_cifar10_conv4_seed_1_epoch_1.tar", weights_only=True)
     assert state["args"]["precision"] == "bf16" and "grad_scaler" not in state
+
+
+def test_bf16_reaches_the_step_and_changes_the_loss_only_a_little(subset, tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        (tmp_path / precision).mkdir()
+        make_engine(subset, tmp_path / precision, epochs=1, precision=precision).fit()
+        losses[precision] = float(read_log(tmp_path / precision / "log.csv")[0]["loss"])
+    assert losses["fp32"] != losses["bf16"]  # autocast is applied in the engine's step
+    assert abs(losses["fp32"] - losses["bf16"]) < 0.05 * losses["fp32"], losses
