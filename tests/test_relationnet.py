@@ -112,3 +112,21 @@ def test_checkpoint_keys_are_the_original_ones():
         "bn1.running_var", "bn1.num_batches_tracked", "linear2.weight", "linear2.bias"}
     released = {"backbone": state["backbone"], "relation": state["relation"]}  # no optimizer
     RelationNet(build_backbone("conv4"), 10, _args()).load_checkpoint_state(released)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_the_head_applied_before_pairing_equals_pairing_first(aggregation):
+    """The step applies the head's first layer to the K*B features and then forms the pairs;
+    logits and gradients must equal those of the head on the built pairs."""
+    from backbones import build_backbone
+    torch.manual_seed(0)
+    model = RelationNet(build_backbone("conv4"), 10, argparse.Namespace(K=3, aggregation=aggregation, lr=None))
+    features = torch.randn(3 * 5, 64, requires_grad=True)
+    logits, targets = model.relation_logits(features)
+    pairs, expected_targets = aggregate(features, 3, aggregation)
+    expected = model.relation_module(pairs).squeeze(1)
+    assert torch.equal(targets, expected_targets)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    grad, = torch.autograd.grad(logits.square().sum(), features)
+    expected_grad, = torch.autograd.grad(expected.square().sum(), features)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
