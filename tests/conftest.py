@@ -127,16 +127,21 @@ def write_cifar100(root, n_train: int, n_test: int, seed: int = 0) -> Path:
     return root
 
 
+def linked_shared_root(root: Path, shared_folder: Path) -> Path:
+    """`root` holding a link to a data set folder of the shared sample (read only)."""
+    try:
+        (root / shared_folder.name).symlink_to(shared_folder, target_is_directory=True)
+        return root
+    except OSError:  # no symlinks on this file system: use the shared data root itself
+        return SHARED / "data"
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
     """A data root with ``cifar-10-batches-py``: the shared real sample if present, else written data."""
     root = tmp_path_factory.mktemp("cifar10_root")
     if HAS_SHARED_CIFAR10:
-        try:
-            (root / "cifar-10-batches-py").symlink_to(SHARED_CIFAR10, target_is_directory=True)
-            return root
-        except OSError:  # no symlinks on this file system: use the shared data root itself
-            return SHARED / "data"
+        return linked_shared_root(root, SHARED_CIFAR10)
     return write_cifar10(root, n_train_per_batch=1000, n_test=200, batches=2, seed=0)
 
 
@@ -268,11 +273,7 @@ def stl10_root(tmp_path_factory) -> Path:
     unlabeled) if present, else written files with the same counts."""
     root = tmp_path_factory.mktemp("stl10_root")
     if HAS_SHARED_STL10:
-        try:
-            (root / "stl10_binary").symlink_to(SHARED_STL10, target_is_directory=True)
-            return root
-        except OSError:  # no symlinks on this file system: use the shared data root itself
-            return SHARED / "data"
+        return linked_shared_root(root, SHARED_STL10)
     return write_stl10(root, n_train=500, n_test=200, n_unlabeled=500)
 
 

@@ -14,14 +14,16 @@ from utils.engine import Engine, TrainingPlan
 from utils.runtime import seed_everything
 
 
-def make_engine(method_name, data, tmp_path, seed=1, epochs=3, batch=32, **options):
+def make_engine(method_name, data, tmp_path, seed=1, epochs=3, batch=32, plan_options=None, **options):
+    """An engine over `data`; `options` go to the method's arguments, `plan_options` to the
+    TrainingPlan (precision, compile, channels_last)."""
     seed_everything(seed)
     args = argparse.Namespace(K=4, aggregation="cat", lr=None, temperature=0.5, simclr_loss="original",
                               **options)
     method = METHODS[method_name](build_backbone("conv4"), data.num_classes, args)
     plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=tmp_path / "log.csv",
                         checkpoint_paths=lambda e: [tmp_path / f"epoch_{e}.tar"],
-                        extra_state={"seed": seed}, drop_last=method.drop_last)
+                        extra_state={"seed": seed}, drop_last=method.drop_last, **(plan_options or {}))
     return Engine(method, data, plan, torch.device("cpu"))
 
 

@@ -270,6 +270,19 @@ def test_a_second_run_on_the_same_files_is_refused_until_the_first_is_gone(small
     assert (lock.parent / "relationnet_cifar10_conv4_seed_1_epoch_1.tar").exists()
 
 
+def interrupt_after_first_epoch(argv, signum):
+    """Run a stage script, send it `signum` once its first epoch is logged (inside the second);
+    returns (exit status, stderr)."""
+    run = subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:
+        if line.startswith("Epoch [0]"):
+            break
+    run.send_signal(signum)
+    _, stderr = run.communicate(timeout=120)
+    return run.returncode, stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root, tmp_path, signum):
     args = ["--data_root", str(cifar10_root), "--no_download", "--device", "cpu", "--seed", "2",
@@ -277,14 +290,8 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root,
             "--epochs", "3"]
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     command = [sys.executable, "-u", "train_unsupervised.py", "--checkpoint_dir"]
-    run = subprocess.Popen(command + [str(stopped)] + args, cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    for line in run.stdout:  # interrupt inside the second epoch
-        if line.startswith("Epoch [0]"):
-            break
-    run.send_signal(signum)
-    stdout, stderr = run.communicate(timeout=120)
-    assert run.returncode == 128 + signum, stderr
+    status, stderr = interrupt_after_first_epoch(command[2:] + [str(stopped)] + args, signum)
+    assert status == 128 + signum, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].endswith("resume with the same command plus --resume auto")
     folder = stopped / "relationnet" / "cifar10"
@@ -346,14 +353,9 @@ def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_don
             "--seed", "1"]
     run_stage(stage1, args + ["--method", "randomweights"])
     checkpoint = out / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
-    run = subprocess.Popen([sys.executable, "-u", "train_linear_evaluation.py", *args, "--checkpoint", str(checkpoint),
-                            "--epochs", "1000000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in run.stdout:
-        if line.startswith("Epoch [0]"):
-            break
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 128 + signal.SIGTERM
+    status, stderr = interrupt_after_first_epoch(
+        ["train_linear_evaluation.py", *args, "--checkpoint", str(checkpoint), "--epochs", "1000000"], signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM
     assert len(stderr.strip().splitlines()) == 1 and "terminated" in stderr, stderr
     assert sorted(p.name for p in checkpoint.parent.glob("*.tar")) == [checkpoint.name]
 
@@ -365,14 +367,8 @@ def test_an_interrupted_finetuning_resumes_to_the_same_weights(small_cifar10_roo
     finetune = common + ["--checkpoint", str(pretrained), "--finetune", "--epochs", "3", "--data_size", "16"]
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     command = [sys.executable, "-u", "train_linear_evaluation.py", "--checkpoint_dir"]
-    run = subprocess.Popen(command + [str(stopped)] + finetune, cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    for line in run.stdout:  # interrupt inside the second epoch
-        if line.startswith("Epoch [0]"):
-            break
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 128 + signal.SIGTERM and stderr.strip().endswith("--resume auto"), stderr
+    status, stderr = interrupt_after_first_epoch(command[2:] + [str(stopped)] + finetune, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM and stderr.strip().endswith("--resume auto"), stderr
     folder = stopped / "randomweights" / "cifar10"
     name = "randomweights_cifar10_conv4_seed_3_epoch_3_finetune"
     assert load(folder / f"{name}_last.tar")["interrupted"]["steps_done"] > 0

@@ -1,8 +1,6 @@
 """--precision, --compile and --channels_last: real short runs, recorded options, exact fp16 resume."""
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import math
 
@@ -12,33 +10,17 @@ import torch
 import train_unsupervised as stage1
 from backbones import build_backbone
 from datasets import load_dataset
-from methods import METHODS
 from methods.losses import focal_loss, simclr_original_loss
-from utils.engine import Engine, TrainingPlan
 from utils.precision import Precision
-from utils.runtime import UserError, seed_everything
+from test_engine import make_engine, read_log
+from utils.runtime import UserError
 from utils.stage import run_main
-
-
-def make_engine(data, folder, method="relationnet", epochs=2, **plan_options):
-    seed_everything(1)
-    args = argparse.Namespace(K=4, aggregation="cat", lr=None, temperature=0.5, simclr_loss="original")
-    model = METHODS[method](build_backbone("conv4"), data.num_classes, args)
-    plan = TrainingPlan(epochs=epochs, batch_size=32, seed=1, log_path=folder / "log.csv",
-                        checkpoint_paths=lambda e: [folder / f"epoch_{e}.tar"], extra_state={"seed": 1},
-                        **plan_options)
-    return Engine(model, data, plan, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def subset(cifar10_root):
     """Two steps of 32 images per epoch."""
     return load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(64, seed=0)
-
-
-def read_log(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_fp32_is_no_autocast_and_fp16_brings_a_scaler():
@@ -69,7 +51,7 @@ def test_losses_stay_float32_under_autocast():
 @pytest.mark.parametrize("options", [{"precision": "bf16"}, {"channels_last": True},
                                      {"precision": "bf16", "channels_last": True}])
 def test_short_runs_with_bf16_and_channels_last_have_finite_losses(subset, tmp_path, options):
-    make_engine(subset, tmp_path, **options).fit()
+    make_engine("relationnet", subset, tmp_path, epochs=2, plan_options=options).fit()
     rows = read_log(tmp_path / "log.csv")
     assert len(rows) == 2 and all(math.isfinite(float(row["loss"])) for row in rows)
 
@@ -78,11 +60,11 @@ def test_fp16_resume_restores_the_gradient_scaler_exactly(subset, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
-    make_engine(subset, straight, epochs=2, precision="fp16").fit()
-    make_engine(subset, resumed, epochs=1, precision="fp16").fit()
+    make_engine("relationnet", subset, straight, epochs=2, plan_options={"precision": "fp16"}).fit()
+    make_engine("relationnet", subset, resumed, epochs=1, plan_options={"precision": "fp16"}).fit()
     state = torch.load(resumed / "epoch_1.tar", weights_only=True)
     assert state["grad_scaler"]["_growth_tracker"] == 2  # steps without overflow so far
-    engine = make_engine(subset, resumed, epochs=2, precision="fp16")
+    engine = make_engine("relationnet", subset, resumed, epochs=2, plan_options={"precision": "fp16"})
     engine.method.load_checkpoint_state(state)
     engine.fit(start_epoch=1, resume_state=state)
     a = torch.load(straight / "epoch_2.tar", weights_only=True)
@@ -93,7 +75,7 @@ def test_fp16_resume_restores_the_gradient_scaler_exactly(subset, tmp_path):
 
 
 def test_compile_keeps_the_checkpoint_keys_and_trains(subset, tmp_path):
-    engine = make_engine(subset, tmp_path, epochs=1, compile=True)
+    engine = make_engine("relationnet", subset, tmp_path, epochs=1, plan_options={"compile": True})
     keys = set(engine.method.checkpoint_state()["backbone"])
     assert keys == set(build_backbone("conv4").state_dict())
     engine.fit()
@@ -117,7 +99,7 @@ def test_bf16_reaches_the_step_and_changes_the_loss_only_a_little(subset, tmp_pa
     losses = {}
     for precision in ("fp32", "bf16"):
         (tmp_path / precision).mkdir()
-        make_engine(subset, tmp_path / precision, epochs=1, precision=precision).fit()
+        make_engine("relationnet", subset, tmp_path / precision, epochs=1, plan_options={"precision": precision}).fit()
         losses[precision] = float(read_log(tmp_path / precision / "log.csv")[0]["loss"])
     assert losses["fp32"] != losses["bf16"]  # autocast is applied in the engine's step
     assert abs(losses["fp32"] - losses["bf16"]) < 0.05 * losses["fp32"], losses

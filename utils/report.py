@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from utils.checkpoint import atomic_write_bytes, write_csv
+from utils.engine import format_duration
 from utils.plots import matplotlib_available, plot_grid_results
 from utils.studies import CONDITIONS, PAPER_RETRIEVAL, paper_value
 
@@ -41,11 +42,6 @@ def _mean_std(value: tuple[float, float] | None, seeds: int) -> str:
     return f"{value[0]:.2f} ± {value[1]:.2f}" if seeds > 1 else f"{value[0]:.2f}"
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def markdown_table(cells: list[dict], title: str, settings: str) -> str:
     variants = any(cell["variant"] for cell in cells)
     header = ["condition"] + (["variant"] if variants else []) + [
@@ -65,7 +61,7 @@ def markdown_table(cells: list[dict], title: str, settings: str) -> str:
             _mean_std(cell["accuracy"], seeds), paper_text, difference,
             _mean_std(cell["knn_accuracy"], seeds), _mean_std(cell["retrieval_precision"], seeds),
             " / ".join(f"{'/'.join(map(str, cell[k]))}" for k in ("epochs", "evaluation_epochs")),
-            _duration(cell["wall_seconds"])]
+            format_duration(round(cell["wall_seconds"]))]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Accuracy: top-1 on the test split, mean ± standard deviation over the seeds (n − 1 in "
               "the denominator). Difference: this grid's mean minus the paper's. kNN: weighted "
