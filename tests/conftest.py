@@ -127,6 +127,18 @@ def write_cifar100(root, n_train: int, n_test: int, seed: int = 0) -> Path:
     return root
 
 
+def run_stage(module, argv) -> None:
+    """Run a stage script in this process as its command line would (errors -> SystemExit)."""
+    from utils.stage import run_main
+    run_main(lambda: module.main(argv))
+
+
+def stage_arguments(root, out, dataset: str = "cifar10", backbone: str = "conv4", seed: int = 1) -> list[str]:
+    """Flags every stage takes: data root, output folder, data set, backbone, seed, CPU, offline."""
+    return ["--data_root", str(root), "--checkpoint_dir", str(out), "--dataset", dataset,
+            "--backbone", backbone, "--seed", str(seed), "--no_download", "--device", "cpu"]
+
+
 def linked_shared_root(root: Path, shared_folder: Path) -> Path:
     """`root` holding a link to a data set folder of the shared sample (read only)."""
     try:
