@@ -28,14 +28,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backbones import BACKBONES
+from engine.checkpoint import (
+    RunFiles,
+    RunLock,
+    atomic_write_bytes,
+    evaluation_header,
+    run_header,
+    save_json,
+)
+from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
+from experiments.plots import matplotlib_available, plot_training_curves, stage_logs
+from experiments.report import write_results
+from experiments.stage import run_main
+from experiments.studies import (
+    ALL_METHODS,
+    CONDITIONS,
+    STUDIES,
+    Condition,
+    Variant,
+    batch_size,
+    relationnet_k,
+)
 from methods import METHODS
-from utils.checkpoint import RunFiles, RunLock, atomic_write_bytes, evaluation_header, run_header, save_json
-from utils.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
-from utils.plots import matplotlib_available, plot_training_curves, stage_logs
-from utils.report import write_results
-from utils.runtime import UserError, resolve_device
-from utils.stage import run_main
-from utils.studies import ALL_METHODS, CONDITIONS, STUDIES, Condition, Variant, batch_size, relationnet_k
+from utils.errors import UserError
+from utils.runtime import resolve_device
 
 REPO = Path(__file__).resolve().parent
 # Settings that change the numbers of every run: a grid folder holds one value of each.

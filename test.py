@@ -20,13 +20,16 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from backbones import build_backbone  # noqa: E402
+from backbones.features import extract_features  # noqa: E402
 from datasets import load_dataset  # noqa: E402
-from utils.checkpoint import append_csv_row, check_backbone, read_checkpoint  # noqa: E402
-from utils.cli import apply_gpu_flag, stage3_parser  # noqa: E402
-from utils.evaluation import extract_features, score_logits  # noqa: E402
-from utils.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
-from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
-from utils.stage import describe_backbone, run_main  # noqa: E402
+from engine.checkpoint import append_csv_row, check_backbone, read_checkpoint  # noqa: E402
+from evaluation.linear import score_logits  # noqa: E402
+from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
+from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
+from experiments.stage import describe_backbone, run_main  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
+from utils.seeds import resolve_seed, seed_everything  # noqa: E402
 
 COLUMNS = ["time", "dataset", "seed", "accuracy", "top5", "loss", "images", "seconds", "checkpoint",
            "knn_k", "knn_accuracy", "knn_top5", "retrieval_k", "retrieval_precision"]
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     check_backbone(state, args.backbone, args.checkpoint)
     check_output_folder(args.export_features)
     if args.feature_map != "none":
-        from utils.plots import require_matplotlib
+        from experiments.plots import require_matplotlib
         require_matplotlib()
     seed = resolve_seed(args.seed)
     seed_everything(seed)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.retrieval_grid:
             queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
             grid = checkpoint.parent / f"{checkpoint.stem}_retrieval_top{args.retrieval}.png"
-            from utils.plots import save_retrieval_grid
+            from experiments.plots import save_retrieval_grid
             save_retrieval_grid(test.images, test.labels, queries[:args.retrieval_grid], neighbours, grid)
             print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
     result["seconds"] = round(time.time() - start, 3)
@@ -141,8 +144,8 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
 
 
 def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path) -> None:
-    from utils.embedding import pca_2d, tsne_2d
-    from utils.plots import plot_feature_map
+    from evaluation.embedding import pca_2d, tsne_2d
+    from experiments.plots import plot_feature_map
     chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:args.map_points]
     chosen = chosen.sort().values
     points = tsne_2d(features[chosen], seed) if args.feature_map == "tsne" else pca_2d(features[chosen])

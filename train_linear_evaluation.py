@@ -14,17 +14,29 @@ from utils.runtime import tune_allocator
 tune_allocator()
 
 from backbones import build_backbone  # noqa: E402
+from backbones.features import extract_features  # noqa: E402
 from datasets import DATASETS, load_dataset  # noqa: E402
+from engine.checkpoint import (  # noqa: E402
+    CsvLog,
+    RunFiles,
+    RunLock,
+    check_backbone,
+    evaluation_header,
+    read_checkpoint,
+    save_checkpoint,
+)
+from engine.loop import Engine, TrainingPlan  # noqa: E402
+from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
+from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
+from experiments.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
-from utils.checkpoint import (CsvLog, RunFiles, RunLock, check_backbone, evaluation_header,  # noqa: E402
-                              read_checkpoint, save_checkpoint)
-from utils.cli import apply_gpu_flag, stage2_parser  # noqa: E402
-from utils.engine import Engine, TrainingPlan, format_duration  # noqa: E402
-from utils.evaluation import evaluate, extract_features, score_logits, train_linear_epoch  # noqa: E402
-from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
-from utils.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
-
+from utils.errors import UserError  # noqa: E402
+from utils.runtime import (
+    format_duration,  # noqa: E402
+    resolve_device,  # noqa: E402
+)
+from utils.seeds import resolve_seed, seed_everything  # noqa: E402
 
 # Arguments a resumed fine-tuning run may change: where things are, nothing that changes numbers.
 FINETUNE_MAY_CHANGE = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir",

@@ -19,15 +19,23 @@ tune_allocator()  # before torch allocates its first large block
 
 from backbones import build_backbone  # noqa: E402
 from datasets import load_dataset, pretraining_split  # noqa: E402
+from engine.checkpoint import (  # noqa: E402
+    RunFiles,
+    RunLock,
+    check_backbone,
+    read_checkpoint,
+    run_header,
+    save_checkpoint,
+)
+from engine.loop import Engine, TrainingPlan  # noqa: E402
+from evaluation.linear import evaluate  # noqa: E402
+from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
+from experiments.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
 from methods import METHODS  # noqa: E402
-from utils.checkpoint import (RunFiles, RunLock, check_backbone, read_checkpoint, run_header,  # noqa: E402
-                              save_checkpoint)
 from utils import distributed  # noqa: E402
-from utils.cli import apply_gpu_flag, stage1_parser  # noqa: E402
-from utils.engine import Engine, TrainingPlan  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
-from utils.runtime import UserError, resolve_device, resolve_seed, seed_everything  # noqa: E402
-from utils.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
+from utils.seeds import resolve_seed, seed_everything  # noqa: E402
 
 # Arguments a resumed run may change: where things are, how long to train, how often to save.
 # Any other difference (batch, K, a method's options...) would silently mix two experiments.

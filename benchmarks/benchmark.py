@@ -146,6 +146,7 @@ def private_kib(pid: int) -> int:
 def load_images(data_root: str, quick: bool):
     """CIFAR-10's training split, or random CIFAR-sized images when it is not there."""
     import torch
+
     from datasets import DatasetError, ImageSet, load_dataset
     try:
         data = load_dataset("cifar10", "train", data_root, download=False)
@@ -174,9 +175,9 @@ def gpu_peak_mb(device) -> float | None:
 
 
 def reference_worker(config: Config, args, children: ChildMemory) -> Measurement:
+    import reference
     import torch
 
-    import reference
     from backbones import build_backbone
     data, description = load_images(args.data_root, args.quick)
     device = torch.device(args.device)
@@ -235,9 +236,9 @@ def suite_options(config: Config, args) -> list[str]:
 
 def engine_for(config: Config, data, device, options: list[str], folder: Path, seed: int = 0):
     from backbones import build_backbone
+    from engine.loop import Engine, TrainingPlan
     from methods import METHODS
-    from utils.engine import Engine, TrainingPlan
-    from utils.runtime import seed_everything
+    from utils.seeds import seed_everything
     parser = argparse.ArgumentParser()
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--compile", action="store_true")
@@ -258,7 +259,7 @@ def run_steps(engine, order, count: int, first: int = 0) -> None:
     """`count` steps of the engine's loop (train_step and the metric sums), from step `first`."""
     import torch
 
-    from utils.engine import EpochProgress
+    from engine.loop import EpochProgress
     batch = engine.plan.batch_size
     progress = EpochProgress.start(engine.device, None)
     for step in range(first, first + count):
@@ -299,7 +300,8 @@ def linear_evaluation(backbone, train, test, device, epochs: int, seed: int = 0)
     """This suite's protocol: features once, then `epochs` of the linear layer; test accuracy."""
     import torch
 
-    from utils.evaluation import extract_features, score_logits, train_linear_epoch
+    from backbones.features import extract_features
+    from evaluation.linear import score_logits, train_linear_epoch
     features = extract_features(backbone, train, device)
     classifier = torch.nn.Linear(features.shape[1], train.num_classes).to(device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)

@@ -41,7 +41,6 @@ Method classes never override `nn.Module.train`; the engine calls `method.train(
 from __future__ import annotations
 
 import argparse
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -117,27 +116,3 @@ class Method(nn.Module):
     def score(self, metrics: dict[str, float], loss: float) -> float:
         """The CSV `score` of an epoch, from its averaged metrics."""
         return metrics.get(self.score_name, -loss)
-
-
-def mlp_head(in_features: int, out_features: int) -> nn.Sequential:
-    """Linear(in, 256) - BatchNorm1d - LeakyReLU - Linear(256, out), the head shape the original
-    code gives relationnet, simclr and deepcluster, with its state-dict key names."""
-    return nn.Sequential(OrderedDict([
-        ("linear1", nn.Linear(in_features, 256)),
-        ("bn1", nn.BatchNorm1d(256)),
-        ("relu", nn.LeakyReLU()),
-        ("linear2", nn.Linear(256, out_features)),
-    ]))
-
-
-def backbone_and_head_adam(backbone: nn.Module, head: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam with the original's two parameter groups (backbone first, then the head), so its
-    optimizer state dicts load into this suite's methods."""
-    return torch.optim.Adam([{"params": backbone.parameters(), "lr": lr},
-                             {"params": head.parameters(), "lr": lr}])
-
-
-def accuracy_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(number correct as float, count) for arg-max predictions, without a host sync."""
-    correct = (logits.argmax(dim=1) == target).sum().float()
-    return correct, torch.full((), float(target.numel()), device=logits.device)

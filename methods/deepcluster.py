@@ -16,14 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, accuracy_sums, backbone_and_head_adam, mlp_head
-from utils.clustering import kmeans, normalized_mutual_info, pca_whiten
-from utils.evaluation import extract_features, single_threaded
-from utils.runtime import UserError, derived_seed
+from backbones.features import extract_features
+from methods.base import Method, StepOutput
+from methods.clustering import kmeans, normalized_mutual_info, pca_whiten
+from methods.heads import accuracy_sums, backbone_and_head_adam, mlp_head
+from utils.errors import UserError
+from utils.runtime import single_threaded
+from utils.seeds import SeedPurpose, derived_seed
 
 SAMPLINGS = ("weighted", "uniform")
 KMEANS_ITERATIONS = 30  # the original's max_iter
-_CLUSTERING = 4  # derived_seed tag, distinct from the engine's and the linear evaluation's
 
 
 class DeepCluster(Method):
@@ -71,7 +73,7 @@ class DeepCluster(Method):
         features = extract_features(self.backbone, engine.data, engine.device, desc="Clustering features")
         dim = features.shape[1]
         generator = torch.Generator(device=engine.device)
-        generator.manual_seed(derived_seed(engine.plan.seed, epoch, _CLUSTERING))
+        generator.manual_seed(derived_seed(engine.plan.seed, epoch, SeedPurpose.CLUSTERING))
         # Thousands of small ops: on a busy CPU, waiting for a second thread at each of them
         # made k-means 200x slower (20 s instead of 0.1 s for 1,000 points).
         with single_threaded(engine.device):

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, backbone_and_head_adam
+from methods.base import Method, StepOutput
+from methods.heads import backbone_and_head_adam
 from methods.losses import jsd_discriminator_loss
-from utils.runtime import UserError
+from utils.errors import UserError
 
 PRIOR_MODES = ("adversarial", "original")
 

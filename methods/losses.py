@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 _HALF = (torch.float16, torch.bfloat16)
 
 

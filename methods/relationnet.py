@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, backbone_and_head_adam, mlp_head
+from methods.base import Method, StepOutput
+from methods.heads import backbone_and_head_adam, mlp_head
 from methods.losses import focal_loss
 
 AGGREGATIONS = ("cat", "sum", "mean", "max")

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, accuracy_sums, backbone_and_head_adam
+from methods.base import Method, StepOutput
+from methods.heads import accuracy_sums, backbone_and_head_adam
 
 
 def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from methods.base import Method, StepOutput, backbone_and_head_adam, mlp_head
+from methods.base import Method, StepOutput
+from methods.heads import backbone_and_head_adam, mlp_head
 from methods.losses import nt_xent_loss, simclr_original_loss
 from utils.distributed import gather_with_gradient
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput, accuracy_sums
+from methods.base import Method, StepOutput
+from methods.heads import accuracy_sums
 
 
 def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) -> bool:

@@ -129,7 +129,7 @@ def write_cifar100(root, n_train: int, n_test: int, seed: int = 0) -> Path:
 
 def run_stage(module, argv) -> None:
     """Run a stage script in this process as its command line would (errors -> SystemExit)."""
-    from utils.stage import run_main
+    from experiments.stage import run_main
     run_main(lambda: module.main(argv))
 
 

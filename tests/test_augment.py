@@ -11,9 +11,17 @@ import torchvision.transforms.functional as TF
 import torchvision.transforms.v2 as v2
 from PIL import Image
 
-from utils.augment import (AUGMENTATIONS, RelationNetAugmentation, adjust_brightness,
-                           adjust_contrast, adjust_hue, adjust_saturation, build_augmentation,
-                           random_resized_crop_boxes, resized_crop_flip)
+from datasets.augment import (
+    AUGMENTATIONS,
+    RelationNetAugmentation,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    build_augmentation,
+    random_resized_crop_boxes,
+    resized_crop_flip,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR10_BATCH = SHARED / "data" / "cifar-10-batches-py" / "data_batch_1"
@@ -344,7 +352,7 @@ def test_distribution_comparison_rejects_wrong_pipelines(pil_reference):
 def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(kind, monkeypatch):
     """On a GPU, grayscale, hue and the affine warp are computed for the whole batch and
     blended (no `nonzero`, which waits for the device); the values must not change."""
-    from utils import augment
+    from datasets import augment
     images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     pipeline = augment.build_augmentation(kind, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), cutout=0.5)
     subsets = pipeline(images, torch.Generator().manual_seed(1))

@@ -9,9 +9,9 @@ import zipfile
 import pytest
 import torch
 
-from utils import checkpoint
-from utils.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
-from utils.runtime import UserError
+from engine import checkpoint
+from engine.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
+from utils.errors import UserError
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

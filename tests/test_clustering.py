@@ -1,4 +1,4 @@
-"""PCA-whitening, k-means and normalised mutual information of utils/clustering.py."""
+"""PCA-whitening, k-means and normalised mutual information of methods/clustering.py."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,13 @@ import math
 import pytest
 import torch
 
-from utils.clustering import kmeans, kmeans_plusplus, normalized_mutual_info, pca_whiten
-from utils.evaluation import single_threaded
+from methods.clustering import (
+    kmeans,
+    kmeans_plusplus,
+    normalized_mutual_info,
+    pca_whiten,
+)
+from utils.runtime import single_threaded
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +100,7 @@ def test_more_clusters_than_distinct_points():
 
 
 def test_kmeans_blocks_give_the_same_answer(monkeypatch):
-    import utils.clustering as clustering
+    import methods.clustering as clustering
     x = torch.randn(300, 4, generator=seeded(4))
     whole = kmeans(x, 10, seeded(5), restarts=1, iterations=5)
     monkeypatch.setattr(clustering, "_BLOCK_ELEMENTS", 70)  # 7 rows per block

@@ -10,8 +10,8 @@ import torch
 import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
-from utils import cli
-from utils.stage import run_main
+from experiments import cli
+from experiments.stage import run_main
 
 # Bad values per argument type; a flag whose type is not here must be listed in BY_FLAG.
 BY_TYPE = {

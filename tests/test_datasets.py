@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from conftest import FINE_TO_COARSE, HAS_SHARED_CIFAR10, write_cifar10
 
 from datasets import DATASETS, DatasetError, ImageSet, load_dataset
 from datasets import cifar as cifar_mod
@@ -24,8 +24,6 @@ from datasets.download import (
     md5sum,
     safe_extract_tar,
 )
-
-from conftest import FINE_TO_COARSE, HAS_SHARED_CIFAR10, write_cifar10
 
 
 def raw_batch(path: Path) -> dict:

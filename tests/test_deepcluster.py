@@ -10,15 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import REPO
+from test_clustering import one_thread  # noqa: F401  (autouse: small CPU work on a shared machine)
 
 from backbones import build_backbone
-from conftest import REPO
 from datasets import load_dataset
+from engine.loop import Engine, TrainingPlan
 from methods import METHODS
 from methods.deepcluster import DeepCluster
-from test_clustering import one_thread  # noqa: F401  (autouse: small CPU work on a shared machine)
-from utils.engine import Engine, TrainingPlan
-from utils.runtime import UserError, seed_everything
+from utils.errors import UserError
+from utils.seeds import seed_everything
 
 
 def _args(**overrides):

@@ -10,15 +10,16 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, SHARED
 
 from backbones import build_backbone
-from conftest import REPO, SHARED
 from datasets import load_dataset
+from engine.loop import Engine, TrainingPlan
 from methods import METHODS
 from methods.deepinfomax import DeepInfoMax, DIMDiscriminators, negatives
 from methods.losses import jsd_discriminator_loss
-from utils.engine import Engine, TrainingPlan
-from utils.runtime import UserError, seed_everything
+from utils.errors import UserError
+from utils.seeds import seed_everything
 
 GOLDEN = SHARED / "reference" / "golden" / "deepinfomax.pt"
 needs_golden = pytest.mark.skipif(not GOLDEN.exists(), reason="golden tensors of the original code not available")

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 # Runs stage 1 as torchrun starts it, and dumps each rank's weights after training, so the
@@ -16,7 +15,7 @@ DRIVER = """
 import os, sys
 sys.path.insert(0, {repo!r})
 import torch
-from utils import engine
+from engine import loop as engine
 fit = engine.Engine.fit
 def fit_and_dump(self, *args, **kwargs):
     row = fit(self, *args, **kwargs)
@@ -24,7 +23,7 @@ def fit_and_dump(self, *args, **kwargs):
     return row
 engine.Engine.fit = fit_and_dump
 import train_unsupervised
-from utils.stage import run_main
+from experiments.stage import run_main
 run_main(lambda: train_unsupervised.main(sys.argv[1:]))
 """
 

@@ -9,9 +9,9 @@ import torch
 
 from backbones import build_backbone
 from datasets import load_dataset
+from engine.loop import Engine, TrainingPlan
 from methods import METHODS
-from utils.engine import Engine, TrainingPlan
-from utils.runtime import seed_everything
+from utils.seeds import seed_everything
 
 
 def make_engine(method_name, data, tmp_path, seed=1, epochs=3, batch=32, plan_options=None, **options):
@@ -111,7 +111,7 @@ def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name
 
 
 def test_non_finite_loss_stops_with_the_epoch_and_step(real_subset, tmp_path):
-    from utils.runtime import UserError
+    from utils.errors import UserError
     engine = make_engine("relationnet", real_subset.balanced_subset(128, seed=0), tmp_path, epochs=3)
     engine.fit(0)  # three good epochs
     before = (tmp_path / "epoch_3.tar").read_bytes()

@@ -14,12 +14,12 @@ import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from datasets import load_dataset
-from utils.checkpoint import append_csv_row
-from utils.embedding import pca_2d, tsne_2d
-from utils.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
-from utils.plots import plot_training_curves, require_matplotlib
-from utils.runtime import UserError
-from utils.stage import run_main
+from engine.checkpoint import append_csv_row
+from evaluation.embedding import pca_2d, tsne_2d
+from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
+from experiments.plots import plot_training_curves, require_matplotlib
+from experiments.stage import run_main
+from utils.errors import UserError
 
 
 def clusters(n_per_class=60, classes=4, dim=16, seed=0):

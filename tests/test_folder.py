@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from datasets import DatasetError, load_dataset
-from utils.cli import stage1_parser
-
 from conftest import write_image_folder
+from PIL import Image
 from test_datasets import one_line
 from test_pipeline import common, load, three_stages
+
+from datasets import DatasetError, load_dataset
+from experiments.cli import stage1_parser
 
 
 def pixels(path) -> torch.Tensor:

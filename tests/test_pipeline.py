@@ -10,14 +10,14 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from backbones import build_backbone
-from conftest import REPO
+from experiments.stage import run_main
 from methods.standard import Standard
-from utils.stage import run_main
 
 ALL_BACKBONES = ["conv4", "resnet8", "resnet32", "resnet56", "resnet34"]
 

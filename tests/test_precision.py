@@ -6,15 +6,15 @@ import math
 
 import pytest
 import torch
+from test_engine import make_engine, read_log
 
 import train_unsupervised as stage1
 from backbones import build_backbone
 from datasets import load_dataset
+from engine.precision import Precision
+from experiments.stage import run_main
 from methods.losses import focal_loss, simclr_original_loss
-from utils.precision import Precision
-from test_engine import make_engine, read_log
-from utils.runtime import UserError
-from utils.stage import run_main
+from utils.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import argparse
 
 import pytest
 import torch
-
 from conftest import SHARED
+
 from methods.losses import focal_loss
 from methods.relationnet import AGGREGATIONS, RelationNet, aggregate
 

@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
 
 import reproduce
-from conftest import REPO
-from utils.report import group_runs, markdown_table, write_results
-from utils.stage import run_main
-from utils.studies import PAPER, STUDIES, paper_value
+from experiments.report import group_runs, markdown_table, write_results
+from experiments.stage import run_main
+from experiments.studies import PAPER, STUDIES, paper_value
 
 
 def grid_argv(root, out, epochs="8"):
@@ -130,7 +130,7 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_pat
     assert "| CIFAR-10 | conv4 | relationnet | 1, 2, 3 | 42.00 ± 2.00 | 61.03 | -19.03 | 41.00 ± 2.00 | – | 3 / 10 |" \
         in table
     assert "| simclr | 1 | 30.00 | 60.43 | -30.43 |" in table
-    monkeypatch.setattr("utils.report.matplotlib_available", lambda: False)
+    monkeypatch.setattr("experiments.report.matplotlib_available", lambda: False)
     written = write_results(records, tmp_path, "title", "settings")
     assert [p.name for p in written] == ["results.csv", "table.md"]
     with open(tmp_path / "results.csv", newline="") as handle:
@@ -139,8 +139,8 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_pat
 
 def test_every_study_names_known_conditions_methods_and_backbones():
     from backbones import BACKBONES
+    from experiments.studies import CONDITIONS
     from methods import METHODS
-    from utils.studies import CONDITIONS
     for name, study in STUDIES.items():
         assert set(study.conditions) <= set(CONDITIONS), name
         assert set(study.methods) <= set(METHODS), name

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_simclr import build, cifar10_subset, three_stages, train
 from torch import nn
 
 from backbones import build_backbone
+from engine.checkpoint import read_checkpoint
 from methods.rotationnet import rotations
-from test_simclr import build, cifar10_subset, three_stages, train
-from utils.checkpoint import read_checkpoint
 
 
 def test_rotations_are_counter_clockwise_quarter_turns_rotation_major():

@@ -11,19 +11,19 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import REPO, SHARED
 from torch import nn
 
 from backbones import build_backbone
-from conftest import REPO, SHARED
 from datasets import load_dataset
+from datasets.augment import build_augmentation
+from engine.checkpoint import read_checkpoint
+from engine.loop import Engine, TrainingPlan
+from experiments.cli import stage1_parser
 from methods import METHODS
 from methods.losses import nt_xent_loss, simclr_original_loss
 from methods.simclr import SimCLR
-from utils.augment import build_augmentation
-from utils.checkpoint import read_checkpoint
-from utils.cli import stage1_parser
-from utils.engine import Engine, TrainingPlan
-from utils.runtime import seed_everything
+from utils.seeds import seed_everything
 
 GOLDEN = SHARED / "reference" / "golden" / "simclr.pt"
 

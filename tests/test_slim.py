@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
-
-from datasets import DATASETS, DatasetError, load_dataset
-
 from conftest import write_image_folder, write_slim
+from PIL import Image
 from test_datasets import one_line
 from test_folder import first_file, pixels, refuse_to_decode
 from test_pipeline import common, load, three_stages
+
+from datasets import DATASETS, DatasetError, load_dataset
 
 
 def test_layout_labels_sizes_and_constants(tmp_path):

@@ -12,16 +12,21 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import Image
-
-import datasets.stl10 as stl10_mod
 from conftest import HAS_SHARED_STL10, REPO, write_stl10
-from datasets import DatasetError, load_dataset, pretraining_split
-from datasets.download import md5sum
+from PIL import Image
 from test_datasets import one_line
 from test_pipeline import common, three_stages
-from utils.augment import (FinetuneAugmentation, affine, build_augmentation, erasing_side,
-                           random_affine_params)
+
+import datasets.stl10 as stl10_mod
+from datasets import DatasetError, load_dataset, pretraining_split
+from datasets.augment import (
+    FinetuneAugmentation,
+    affine,
+    build_augmentation,
+    erasing_side,
+    random_affine_params,
+)
+from datasets.download import md5sum
 
 PIXELS = 96 * 96
 

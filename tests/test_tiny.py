@@ -8,14 +8,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import datasets.tiny as tiny_mod
 from conftest import write_tiny
-from datasets import DatasetError, load_dataset
-from datasets.download import UnsafeArchiveError, md5sum, safe_extract_zip
+from PIL import Image
 from test_datasets import one_line
 from test_pipeline import common, three_stages
+
+import datasets.tiny as tiny_mod
+from datasets import DatasetError, load_dataset
+from datasets.download import UnsafeArchiveError, md5sum, safe_extract_zip
 
 
 def decode(path) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.runtime import UserError
+from utils.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,14 @@
-"""Process set-up shared by the stage scripts: allocator, device, seeds, errors."""
+"""Process set-up shared by the stage scripts: allocator, device, threads, durations."""
 from __future__ import annotations
 
 import ctypes
 import os
-import random
 import sys
+from contextlib import contextmanager
 
-import numpy as np
 import torch
 
-
-class UserError(Exception):
-    """A problem the user can fix (bad flag, missing file, wrong checkpoint).
-
-    The stage scripts print its message as one line on stderr and exit with status 2.
-    """
+from utils.errors import UserError
 
 
 def tune_allocator() -> None:
@@ -63,41 +57,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_seed(seed: int) -> int:
-    """A negative seed means "unseeded": draw one from the OS so the run can still be repeated."""
-    return seed if seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+@contextmanager
+def single_threaded(device: torch.device):
+    """Run tiny CPU ops on one thread: a (128 x 64) matmul gains nothing from a second
+    thread, and on a busy machine waiting for it made linear epochs 100x slower."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+def format_duration(seconds: float) -> str:
+    """H:MM:SS that keeps counting past 24 hours."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def derived_seed(seed: int, *parts: int) -> int:
-    """A seed for one purpose (data order, augmentation) of one epoch, independent of the
-    others, so that a run resumed at an epoch boundary draws exactly what it would have."""
-    value = seed
-    for part in parts:
-        value = (value * 1_000_003 + part + 0x9E3779B1) % (2**63 - 1)
-    return value
-
-
-def rng_states() -> dict:
-    """Global generator states, in types that `torch.load(weights_only=True)` accepts."""
-    _, key, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": [torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_states(state: dict) -> None:
-    random.setstate(state["python"])
-    key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device: CUDA's free memory, or MemAvailable of Linux."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

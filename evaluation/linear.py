@@ -2,49 +2,15 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from backbones.features import extract_features
 from datasets import ImageSet
-from utils.augment import build_augmentation
-from utils.runtime import derived_seed
-
-_LINEAR_ORDER = 3
-
-
-@torch.no_grad()
-def extract_features(backbone: nn.Module, data: ImageSet, device: torch.device,
-                     batch_size: int = 256, desc: str = "Features") -> torch.Tensor:
-    """Backbone features (N, F) of the un-augmented, normalised images, in eval mode."""
-    was_training = backbone.training
-    backbone.eval()
-    normalise = build_augmentation("none", data.mean, data.std)
-    generator = torch.Generator(device=device)
-    chunks = []
-    for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, disable=None):
-        images = data.images[start:start + batch_size].to(device)
-        chunks.append(backbone(normalise(images, generator)).float())
-    backbone.train(was_training)
-    return torch.cat(chunks)
-
-
-@contextmanager
-def single_threaded(device: torch.device):
-    """Run tiny CPU ops on one thread: a (128 x 64) matmul gains nothing from a second
-    thread, and on a busy machine waiting for it made linear epochs 100x slower."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+from utils.runtime import single_threaded
+from utils.seeds import SeedPurpose, derived_seed
 
 
 def train_linear_epoch(classifier: nn.Linear, optimizer: torch.optim.Optimizer,
@@ -61,7 +27,7 @@ def train_linear_epoch(classifier: nn.Linear, optimizer: torch.optim.Optimizer,
 
 
 def _train_linear_epoch(classifier, optimizer, features, labels, batch_size, seed, epoch):
-    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, _LINEAR_ORDER))
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, SeedPurpose.LINEAR_ORDER))
     order = torch.randperm(len(features), generator=generator).to(features.device)
     loss_sum = torch.zeros((), device=features.device)
     correct = torch.zeros((), device=features.device, dtype=torch.float64)

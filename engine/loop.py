@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +24,17 @@ import torch
 from tqdm import tqdm
 
 from datasets import ImageSet
+from datasets.augment import build_augmentation
+from engine.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
+from engine.precision import Precision
+from engine.signals import RunInterrupted, StopSignals
 from methods.base import Method, StepOutput
 from utils import distributed
-from utils.augment import build_augmentation
-from utils.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
 from utils.distributed import SINGLE, Ranks
-from utils.precision import Precision
-from utils.runtime import UserError, derived_seed, restore_rng_states, rng_states
+from utils.errors import UserError
+from utils.runtime import available_memory, format_duration
+from utils.seeds import SeedPurpose, derived_seed, restore_rng_states, rng_states
 
-_ORDER, _AUGMENT = 1, 2
 # Steps between reads of the loss for the progress bar: each read waits for the device.
 LOG_EVERY = 20
 # A GPU keeps the whole uint8 training set when it takes at most this share of the free memory.
@@ -41,26 +42,6 @@ _DATA_SHARE_OF_DEVICE = 0.5
 # The smallest backbone keeps several times its input in activations and gradients; a lower
 # bound, so the check only refuses steps that surely cannot run.
 _ACTIVATION_FACTOR = 4
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on the device: CUDA's free memory, or MemAvailable of Linux."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def format_duration(seconds: float) -> str:
-    """H:MM:SS that keeps counting past 24 hours."""
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 @dataclass
@@ -181,7 +162,7 @@ class Engine:
             method.on_epoch_start(epoch, plan.epochs, self)
         else:
             method.on_epoch_resume(epoch, plan.epochs, self)
-        order_generator = torch.Generator().manual_seed(derived_seed(plan.seed, epoch, _ORDER))
+        order_generator = torch.Generator().manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.DATA_ORDER))
         order = method.epoch_order(epoch, order_generator)
         if order is None:
             order = torch.randperm(len(self.images), generator=order_generator)
@@ -190,7 +171,7 @@ class Engine:
         progress = EpochProgress.start(self.device, partial, rank)
         if partial is None:
             # Rank 0 draws what a single process draws; the other ranks draw their own views.
-            self.generator.manual_seed(derived_seed(plan.seed, epoch, _AUGMENT, *([rank] if rank else [])))
+            self.generator.manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.AUGMENTATION, *([rank] if rank else [])))
         else:
             self.generator.set_state(partial["ranks"][rank]["generator"])
         steps = self.steps_per_epoch(len(order))
@@ -256,47 +237,6 @@ class Engine:
         received = torch.full((), self.stop.received, device=self.device)
         self.stop.received = int(distributed.max_over_ranks(received))
         return bool(self.stop.received)
-
-
-class RunInterrupted(UserError):
-    """Training stopped on a signal after saving a resumable checkpoint."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_status = 128 + signum  # the shell's convention for a death by signal
-
-
-class StopSignals:
-    """Within the block, SIGINT and SIGTERM only set `received`; the loop stops at a step end.
-
-    A repeat of the same signal within `echo_seconds` is the same request: under torchrun a
-    Ctrl-C reaches every rank twice, from the terminal and forwarded by torchrun.
-    """
-
-    def __init__(self, echo_seconds: float = 0.0):
-        self.received = 0
-        self.received_at = 0.0
-        self.echo_seconds = echo_seconds
-        self.previous: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.handle)
-        return self
-
-    def handle(self, signum, frame) -> None:
-        if self.received:  # a second signal: the user insists, stop at once
-            if signum == self.received and time.monotonic() - self.received_at < self.echo_seconds:
-                return
-            raise KeyboardInterrupt
-        self.received, self.received_at = signum, time.monotonic()
-        print(f"\n[INFO] {signal.Signals(signum).name} received: stopping after the current step "
-              "(send it again to stop at once, without saving)", flush=True)
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 @dataclass

@@ -118,8 +118,8 @@ def apply_gpu_flag(args: argparse.Namespace) -> None:
 
 
 def stage1_parser() -> Parser:
+    from engine.precision import PRECISIONS
     from methods import METHODS
-    from utils.precision import PRECISIONS
     parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", 128)
     parser.add_argument("--method", default="relationnet", choices=list(METHODS))
     parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")

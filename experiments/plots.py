@@ -4,8 +4,8 @@ matplotlib is optional: only the functions that draw charts need it, and they sa
 install it. The retrieval grid is a plain image mosaic written with Pillow.
 
 Training curves from the command line:
-    python -m utils.plots curves.png checkpoint/relationnet/cifar10/log_*.csv
-    python -m utils.plots curves.png runs/my_grid      (every stage log in the folder)
+    python -m experiments.plots curves.png checkpoint/relationnet/cifar10/log_*.csv
+    python -m experiments.plots curves.png runs/my_grid      (every stage log in the folder)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from utils.runtime import UserError
+from utils.errors import UserError
 
 
 def matplotlib_available() -> bool:
@@ -176,7 +176,7 @@ def save_retrieval_grid(images: torch.Tensor, labels: torch.Tensor, queries: tor
 
 
 def main(argv: list[str] | None = None) -> None:
-    from utils.cli import Parser
+    from experiments.cli import Parser
     parser = Parser(description="Plot training curves from the CSV logs of runs or of a grid.")
     parser.add_argument("output", help="PNG file to write")
     parser.add_argument("logs", nargs="+", help="log_*.csv files, or folders searched for them")
@@ -189,5 +189,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from utils.stage import run_main
+    from experiments.stage import run_main
     run_main(main)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from utils.checkpoint import atomic_write_bytes, write_csv
-from utils.engine import format_duration
-from utils.plots import matplotlib_available, plot_grid_results
-from utils.studies import CONDITIONS, PAPER_RETRIEVAL, paper_value
+from engine.checkpoint import atomic_write_bytes, write_csv
+from experiments.plots import matplotlib_available, plot_grid_results
+from experiments.studies import CONDITIONS, PAPER_RETRIEVAL, paper_value
+from utils.runtime import format_duration
 
 RESULT_COLUMNS = ["condition", "variant", "method", "backbone", "seed", "epochs", "evaluation_epochs",
                   "train_subset", "accuracy", "top5", "knn_accuracy", "retrieval_precision", "wall_seconds",

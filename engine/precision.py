@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from utils.runtime import UserError
+from utils.errors import UserError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from datasets import DatasetError
-from utils.checkpoint import RunFiles, read_checkpoint, save_json
-from utils.runtime import UserError
+from engine.checkpoint import RunFiles, read_checkpoint, save_json
+from utils.errors import UserError
 
 
 class Terminated(Exception):

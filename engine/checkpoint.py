@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from utils.runtime import UserError
+from utils.errors import UserError
 
 FORMAT_VERSION = 1
 
