@@ -72,7 +72,7 @@ def linear_evaluation(model: Standard, train, test, args, seed: int, device, log
     print(f"[INFO] Features of {len(train)} training and {len(test)} test images computed once "
           f"in {time.time() - start:.1f}s (frozen backbone, eval mode, no augmentation)")
     log = CsvLog(log_path, ["epoch", "loss", "accuracy", "test_accuracy", "test_loss", "seconds"])
-    optimizer = model.optimizers["optimizer_lineval"]
+    optimizer = model.lineval_optimizer
     for epoch in range(args.epochs):
         epoch_start = time.time()
         loss, accuracy = train_linear_epoch(model.classifier, optimizer, train_features, train_labels,
@@ -137,7 +137,7 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
     describe_backbone(args.backbone, backbone, device)
     print("[INFO] Loading checkpoint...")
     backbone.load_state_dict(state["backbone"])
-    model = (Finetune if args.finetune else Standard)(backbone, train.num_classes, args).to(device)
+    model = (Finetune if args.finetune else Standard).from_args(backbone, train.num_classes, args).to(device)
     source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
     record_config(files.config, args, seed, device, stage="finetune" if args.finetune else "linear_evaluation",

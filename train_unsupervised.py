@@ -58,9 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     args = stage1_parser().parse_args(argv)
     apply_gpu_flag(args)
     method_class = METHODS[args.method]
-    problem = method_class.check_arguments(args)
+    problem = method_class.check_options(method_class.options_of(args))
     if problem:
         raise UserError(problem)
+    if args.data_size < method_class.min_batch_size:
+        raise UserError(f"--data_size {args.data_size}: {args.method} needs at least "
+                        f"{method_class.min_batch_size} images per batch")
     ranks = distributed.launched_ranks()
     device = distributed.start(ranks, resolve_device(args.device))
     try:
@@ -91,7 +94,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
             return
         if files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
-        method = method_class(backbone, 0, args)
+        method = method_class.from_args(backbone, 0, args)
         save_checkpoint({**method.checkpoint_state(), "method": args.method,
                          "backbone_name": args.backbone, "seed": seed, "args": vars(args)}, files.final)
         record_config(files.config, args, seed, device, stage="train_unsupervised")
@@ -113,7 +116,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         print(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
         print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
-    method = method_class(backbone, data.num_classes, args).to(device)
+    method = method_class.from_args(backbone, data.num_classes, args).to(device)
 
     start_epoch = 0
     if resume_state:

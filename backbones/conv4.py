@@ -4,7 +4,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from backbones.resnet_small import init_weights
+from backbones.init import init_weights
 
 
 def _block(in_channels: int, out_channels: int, pool: str) -> nn.Sequential:

@@ -2,7 +2,8 @@
 import torch
 from torch import nn
 
-from backbones.resnet_small import init_weights, make_stage
+from backbones.init import init_weights
+from backbones.resnet_small import make_stage
 
 
 class ResNetLarge(nn.Module):

@@ -245,35 +245,24 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     parser.add_argument("--channels_last", action="store_true")
     flags = parser.parse_args(options)
     seed_everything(seed)
-    method_args = argparse.Namespace(K=config.views, aggregation="cat", lr=None, temperature=0.5,
-                                     simclr_loss="original", simclr_gather=False)
-    method = METHODS[config.kind if config.kind != "accuracy" else "relationnet"](
-        build_backbone(config.backbone), data.num_classes, method_args)
+    name = config.kind if config.kind != "accuracy" else "relationnet"
+    options = {"K": config.views} if name == "relationnet" else {}
+    method = METHODS[name](build_backbone(config.backbone), data.num_classes, **options)
     plan = TrainingPlan(epochs=1, batch_size=config.batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda epoch: [], extra_state={}, precision=flags.precision,
                         compile=flags.compile, channels_last=flags.channels_last)
     return Engine(method, data, plan, device)
 
 
-def run_steps(engine, order, count: int, first: int = 0) -> None:
-    """`count` steps of the engine's loop (train_step and the metric sums), from step `first`."""
+def run_steps(engine, epoch, count: int, first: int = 0) -> None:
+    """`count` steps of the engine's loop (train_step and the metric sums), from step `first`
+    of an epoch begun with `engine.begin_epoch`, wrapping around its order."""
     import torch
-
-    from engine.loop import EpochProgress
-    batch = engine.plan.batch_size
-    progress = EpochProgress.start(engine.device, None)
+    order, progress = epoch
+    steps = engine.steps_per_epoch(len(order))
     for step in range(first, first + count):
-        start = step * batch % (len(order) - batch + 1)
-        progress.add(step, engine.train_step(order[start:start + batch]))
+        progress.add(step, engine.train_step(engine.batch_index(order, step % steps)))
     torch.isfinite(progress.loss_sum).item()  # waits for the device, like the end of an epoch
-
-
-def start_epoch(engine, seed: int):
-    """Train mode, the augmentation generator seeded, and a permutation of the images."""
-    import torch
-    engine.method.train()
-    engine.generator.manual_seed(seed)
-    return torch.randperm(len(engine.images), generator=torch.Generator().manual_seed(seed)).to(engine.data_device)
 
 
 def suite_worker(config: Config, args, children: ChildMemory) -> Measurement:
@@ -287,10 +276,10 @@ def suite_worker(config: Config, args, children: ChildMemory) -> Measurement:
         if config.kind == "accuracy":
             return suite_accuracy(config, data, description, device, options, Path(folder), args)
         engine = engine_for(config, data, device, options, Path(folder))
-        order = start_epoch(engine, seed=0)
-        run_steps(engine, order, args.warmup)  # includes compiling, with --compile
+        epoch = engine.begin_epoch(0)
+        run_steps(engine, epoch, args.warmup)  # includes compiling, with --compile
         start = time.perf_counter()
-        run_steps(engine, order, args.steps, first=args.warmup)
+        run_steps(engine, epoch, args.steps, first=args.warmup)
         seconds = time.perf_counter() - start
     return Measurement(description, seconds, args.steps * config.batch, peak_rss_mb(),
                        gpu_peak_mb=gpu_peak_mb(device))
@@ -349,7 +338,7 @@ def suite_accuracy(config: Config, data, description: str, device, options: list
     accuracies = {}
     for name, flags in (("fp32", []), ("ours", options)):
         engine = engine_for(config, data, device, flags, folder, seed=1)
-        run_steps(engine, start_epoch(engine, seed=1), steps)
+        run_steps(engine, engine.begin_epoch(0), steps)
         accuracies[name] = linear_evaluation(engine.method.backbone, train, test, device,
                                              2 if args.quick else LINEVAL_EPOCHS)
     return Measurement(f"{description}; {steps} steps of batch {config.batch} at K {config.views}, "

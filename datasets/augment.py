@@ -5,22 +5,27 @@ image at a time) but transforms a whole uint8 batch (N, 3, H, W) at once and ret
 normalised float32 (N, 3, H, W). Every random number comes from the `torch.Generator`
 passed in, which lives on the images' device, so a seeded generator reproduces a batch.
 
-kinds: "relationnet" (also simclr), "standard" (also rotationnet, deepcluster),
-"flip" (deepinfomax), "none" (linear evaluation and test), and "finetune" (the original
-supervised STL-10 baseline), which also needs the data set's cutout scale.
+Pipelines are registered by what they do (`PIPELINES`); the names the original code's
+roles gave them stay valid as aliases (`ALIASES`):
+
+    crop_color_gray    random resized crop, flip, colour jitter, grayscale (relationnet, simclr;
+                       alias "relationnet"); the only one that can resize to another `size`
+    pad_crop_flip      zero-padded random crop and flip (rotationnet, deepcluster, standard;
+                       alias "standard")
+    flip               horizontal flip (deepinfomax)
+    none               normalisation only (linear evaluation, test)
+    flip_affine_erase  flip, random affine, random erasing with the data set's cutout scale
+                       (the original supervised STL-10 baseline; alias "finetune")
 """
 from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("relationnet", "standard", "flip", "none")
-# Kinds built with the data set's `cutout` as well; kept out of AUGMENTATIONS, whose kinds
-# need nothing but mean, std and padding.
-CUTOUT_AUGMENTATIONS = ("finetune",)
 
 # torchvision's rgb_to_grayscale weights, used by its ColorJitter and RandomGrayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -152,8 +157,10 @@ def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.
     return torch.stack((top, left, h, w), dim=1).long()
 
 
-def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Crop boxes (top, left, h, w) of float images, resize each back to (H, W), mirror if flip.
+def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
+                      size: int | None = None) -> torch.Tensor:
+    """Crop boxes (top, left, h, w) of float images, resize each to `size` x `size` (None:
+    back to (H, W)), mirror if flip.
 
     One affine sampling grid + grid_sample (bilinear); a flip is a negative x-scale. The grid
     has no rotation, so it is built from one x and one y vector per image, which is far
@@ -162,21 +169,23 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) 
     resized_crop) instead of reading pixels outside the crop.
     """
     n, _, height, width = x.shape
+    out_height, out_width = (height, width) if size is None else (size, size)
     top, left, h, w = boxes.to(x.dtype).unbind(1)
 
-    def axis(start, length, size, mirror=None):
+    def axis(start, length, size, out_size, mirror=None):
         # Normalised coordinate (align_corners=False) of the source point of each output
-        # pixel centre: pixel p of the input has its centre at (2p + 1) / size - 1.
-        centres = (torch.arange(size, device=x.device, dtype=x.dtype) * 2 + 1) / size - 1
+        # pixel centre: output pixel q has its centre at (2q + 1) / out_size - 1 in the crop,
+        # input pixel p at (2p + 1) / size - 1 in the image.
+        centres = (torch.arange(out_size, device=x.device, dtype=x.dtype) * 2 + 1) / out_size - 1
         scale = length if mirror is None else torch.where(mirror, -length, length)
         coords = centres * (scale / size)[:, None] + ((2 * start + length) / size - 1)[:, None]
         lo = (2 * start + 1) / size - 1
         hi = (2 * (start + length) - 1) / size - 1
         return torch.clamp(coords, lo[:, None], hi[:, None])
 
-    xs, ys = axis(left, w, width, flip), axis(top, h, height)
-    grid = torch.stack((xs[:, None, :].expand(n, height, width),
-                        ys[:, :, None].expand(n, height, width)), dim=3)
+    xs, ys = axis(left, w, width, out_width, flip), axis(top, h, height, out_height)
+    grid = torch.stack((xs[:, None, :].expand(n, out_height, out_width),
+                        ys[:, :, None].expand(n, out_height, out_width)), dim=3)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -249,12 +258,18 @@ def erasing_side(height: int, width: int, scale: float) -> int:
 
 
 class Augmentation:
-    """Callable: uint8 (N, 3, H, W) batch and a generator on its device -> normalised float32."""
+    """Callable: uint8 (N, 3, H, W) batch and a generator on its device -> normalised float32
+    (N, 3, size, size), or (N, 3, H, W) when `size` is None."""
 
-    def __init__(self, mean: tuple, std: tuple):
+    resizes = False  # whether the pipeline can give another size than its input's
+
+    def __init__(self, mean: tuple, std: tuple, size: int | None = None):
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
+        self.size = size
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 \
@@ -264,6 +279,9 @@ class Augmentation:
             raise ValueError(f"expected a uint8 tensor (N, 3, H, W), got {desc}")
         if generator.device.type != images.device.type:
             raise ValueError(f"generator is on {generator.device}, images on {images.device}")
+        if self.size is not None and not self.resizes and images.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"{type(self).__name__} keeps the images' size {tuple(images.shape[-2:])}; "
+                             f"it cannot give {self.size} x {self.size} views")
         return self.augment(images, generator)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -289,8 +307,8 @@ class Normalise(Augmentation):
 class CropFlip(Augmentation):
     """RandomCrop(padding, zero fill) + RandomHorizontalFlip(0.5); padding 0 is flip only."""
 
-    def __init__(self, mean: tuple, std: tuple, padding: int = 0):
-        super().__init__(mean, std)
+    def __init__(self, mean: tuple, std: tuple, padding: int = 0, size: int | None = None):
+        super().__init__(mean, std, size)
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.padding = int(padding)
@@ -323,9 +341,10 @@ class RelationNetAugmentation(Augmentation):
     jitter = (0.8, 0.8, 0.8, 0.2)
     jitter_p = 0.8
     grayscale_p = 0.2
+    resizes = True
 
-    def __init__(self, mean: tuple, std: tuple, chunk_size: int | None = None):
-        super().__init__(mean, std)
+    def __init__(self, mean: tuple, std: tuple, chunk_size: int | None = None, size: int | None = None):
+        super().__init__(mean, std, size)
         self.chunk_size = chunk_size  # None: 256 on the CPU, the whole batch elsewhere
 
     def augment(self, images, generator):
@@ -341,11 +360,12 @@ class RelationNetAugmentation(Augmentation):
         order = u[:, 6:10].argsort(dim=1)  # a uniform random permutation of the 4 ops per image
         gray = u[:, 10] < self.grayscale_p
 
-        out = torch.empty(images.shape, dtype=torch.float32, device=device)
+        side = (height, width) if self.size is None else (self.size, self.size)
+        out = torch.empty((n, 3, *side), dtype=torch.float32, device=device)
         chunk = self.chunk_size or (256 if device.type == "cpu" else max(n, 1))
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            x = resized_crop_flip(images[part].float().div_(255), boxes[part], flip[part])
+            x = resized_crop_flip(images[part].float().div_(255), boxes[part], flip[part], self.size)
             x = self._jitter(x, jittered[part], order[part], factors[part])
             x = _apply_where(x, gray[part], _grayscale_rgb)
             out[part] = self.normalise_(x)
@@ -377,8 +397,8 @@ class FinetuneAugmentation(Augmentation):
     degrees, translate, scale, shear = 18.0, (0.1, 0.1), (0.9, 1.1), 10.0
     affine_p = erasing_p = 0.5
 
-    def __init__(self, mean: tuple, std: tuple, cutout: float):
-        super().__init__(mean, std)
+    def __init__(self, mean: tuple, std: tuple, cutout: float, size: int | None = None):
+        super().__init__(mean, std, size)
         if not 0.0 <= cutout <= 1.0:
             raise ValueError(f"cutout must be in [0, 1], got {cutout}")
         self.cutout = float(cutout)
@@ -408,22 +428,34 @@ class FinetuneAugmentation(Augmentation):
         return f"{super().__repr__()[:-1]}, cutout={self.cutout})"
 
 
-def build_augmentation(kind: str, mean: tuple, std: tuple, padding: int = 0, *,
-                       cutout: float | None = None) -> Augmentation:
-    """The batch augmentation `kind` (AUGMENTATIONS or CUTOUT_AUGMENTATIONS); `padding` is
-    used by "standard", `cutout` (the data set's RandomErasing scale) by "finetune"."""
-    if kind == "relationnet":
-        return RelationNetAugmentation(mean, std)
-    if kind == "standard":
-        return CropFlip(mean, std, padding)
-    if kind == "flip":
-        return CropFlip(mean, std, 0)
-    if kind == "none":
-        return Normalise(mean, std)
-    if kind == "finetune":
-        if cutout is None:
-            raise ValueError("the finetune augmentation needs the data set's cutout scale, and this "
-                             "data set defines none (the original code has none for tiny and slim)")
-        return FinetuneAugmentation(mean, std, cutout)
-    raise ValueError(f"unknown augmentation {kind!r}; valid kinds: "
-                     f"{', '.join(AUGMENTATIONS + CUTOUT_AUGMENTATIONS)}")
+def _no_cutout() -> float:
+    raise ValueError("the flip_affine_erase (finetune) augmentation needs the data set's cutout scale, and "
+                     "this data set defines none (the original code has none for tiny and slim)")
+
+
+# name -> factory(mean, std, padding, cutout, size); see the module's docstring.
+PIPELINES: dict[str, Callable[..., Augmentation]] = {
+    "crop_color_gray": lambda mean, std, padding, cutout, size: RelationNetAugmentation(mean, std, size=size),
+    "pad_crop_flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, padding, size),
+    "flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, 0, size),
+    "none": lambda mean, std, padding, cutout, size: Normalise(mean, std, size),
+    "flip_affine_erase": lambda mean, std, padding, cutout, size: FinetuneAugmentation(
+        mean, std, _no_cutout() if cutout is None else cutout, size),
+}
+ALIASES = {"relationnet": "crop_color_gray", "standard": "pad_crop_flip", "finetune": "flip_affine_erase"}
+
+
+def pipeline_name(name: str) -> str:
+    """The registered name of a pipeline or of its alias."""
+    resolved = ALIASES.get(name, name)
+    if resolved not in PIPELINES:
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join([*PIPELINES, *ALIASES])}")
+    return resolved
+
+
+def build_augmentation(name: str, mean: tuple, std: tuple, padding: int = 0, *,
+                       cutout: float | None = None, size: int | None = None) -> Augmentation:
+    """The batch augmentation `name` (a key of PIPELINES or ALIASES); `padding` is used by
+    pad_crop_flip, `cutout` (the data set's RandomErasing scale) by flip_affine_erase, and
+    `size` is the side of the views (None: the images' own)."""
+    return PIPELINES[pipeline_name(name)](mean, std, padding, cutout, size)

@@ -16,10 +16,12 @@ from typing import Iterable
 
 import torch
 
+from utils.errors import UserError
+
 __all__ = ["DatasetError", "ImageSet", "check_split"]
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A user-facing problem with data on disk (missing, incomplete, corrupt, not downloadable).
 
     ``str()`` is always ONE line that names the file or folder concerned and says how to

@@ -1,6 +1,7 @@
 """The one training loop that drives every method (see `methods/base.py` for the contract).
 
-It owns the seeded data order, augmentation of uint8 batches on the training device, the
+It owns the seeded data order, augmentation of uint8 batches on the training device (one
+batch per view group of the method), the
 precision (autocast), compilation and memory format of the step, the optimizer step, the
 per-epoch CSV log, checkpoints, a memory check before the first step, stopping on
 SIGINT/SIGTERM, exact resume (at an epoch boundary or inside an epoch that a signal
@@ -28,7 +29,7 @@ from datasets.augment import build_augmentation
 from engine.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
 from engine.precision import Precision
 from engine.signals import RunInterrupted, StopSignals
-from methods.base import Method, StepOutput
+from methods.base import EpochContext, Method, StepOutput
 from utils import distributed
 from utils.distributed import SINGLE, Ranks
 from utils.errors import UserError
@@ -47,7 +48,7 @@ _ACTIVATION_FACTOR = 4
 @dataclass
 class TrainingPlan:
     epochs: int                      # total epochs of the run
-    batch_size: int                  # images per step (each gives `views_per_image` views)
+    batch_size: int                  # images per step (each gives the method's views)
     seed: int
     log_path: Path
     # Paths to save after a (1-based) epoch count; empty when that epoch is not saved.
@@ -73,9 +74,11 @@ class Engine:
         self.data_device = device if fits else torch.device("cpu")
         self.images = data.images.to(self.data_device)
         self.labels = data.labels.to(self.data_device)
-        self.augment = build_augmentation(method.augmentation, data.mean, data.std, data.padding,
-                                          cutout=data.cutout)
+        self.augmentations = [build_augmentation(group.pipeline, data.mean, data.std, data.padding,
+                                                 cutout=data.cutout, size=group.size)
+                              for group in method.view_groups]
         self.generator = torch.Generator(device=device)
+        self.optimizer_steps = 0  # of the run, set at the start of every epoch
         self.precision = Precision(plan.precision, device)
         if plan.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -90,7 +93,10 @@ class Engine:
         step alone (K views x batch for relationnet) must leave room for the activations."""
         batch = min(self.plan.batch_size, len(self.images))
         views = self.method.views_per_image * batch
-        needed = views * self.images[0].numel() * 4 * _ACTIVATION_FACTOR + self.method.head_step_bytes(batch)
+        channels, height, width = self.images.shape[1:]
+        pixels = sum(group.count * channels * (group.size or height) * (group.size or width)
+                     for group in self.method.view_groups)
+        needed = batch * pixels * 4 * _ACTIVATION_FACTOR + self.method.head_step_bytes(batch)
         available = available_memory(self.device)
         if available is not None and needed > available:
             raise UserError(f"one step holds {views} augmented images (views per image x --data_size), "
@@ -100,6 +106,10 @@ class Engine:
     def steps_per_epoch(self, images: int) -> int:
         count = images / self.plan.batch_size
         return math.floor(count) if self.plan.drop_last else math.ceil(count)
+
+    def epoch_steps(self) -> int:
+        """Steps of this rank in an epoch that visits every training image once."""
+        return self.steps_per_epoch(len(self.images) // self.plan.ranks.world_size)  # as distributed.shard cuts
 
     def fit(self, start_epoch: int = 0, resume_state: dict | None = None) -> dict:
         """Train epochs `start_epoch .. epochs-1`; returns the last epoch's log row.
@@ -153,36 +163,51 @@ class Engine:
                              f"of epoch {epoch} and saved {path}; resume with the same command plus "
                              "--resume auto")
 
-    def run_epoch(self, epoch: int, partial: dict | None = None) -> dict:
-        """One epoch; `partial` is the state of an interrupted epoch to continue."""
+    def begin_epoch(self, epoch: int, partial: dict | None = None) -> tuple[torch.Tensor, "EpochProgress"]:
+        """Train mode, the method's epoch hook, this epoch's seeded order (this rank's share,
+        on `data_device`) and augmentation generator; `partial` is the state of an
+        interrupted epoch to continue. Returns the order and the epoch's running sums."""
         method, plan = self.method, self.plan
         method.train()
-        start = time.time()
+        # The hook comes first: an epoch's order may depend on it (deepcluster's clusters).
+        context = EpochContext(epoch=epoch, total_epochs=plan.epochs, steps_per_epoch=self.epoch_steps(),
+                               images=self.images, labels=self.labels, data=self.data, device=self.device,
+                               seed=plan.seed)
         if partial is None:
-            method.on_epoch_start(epoch, plan.epochs, self)
+            method.on_epoch_start(context)
         else:
-            method.on_epoch_resume(epoch, plan.epochs, self)
+            method.on_epoch_resume(context)
         order_generator = torch.Generator().manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.DATA_ORDER))
         order = method.epoch_order(epoch, order_generator)
         if order is None:
             order = torch.randperm(len(self.images), generator=order_generator)
         order = distributed.shard(order, plan.ranks).to(self.data_device)
-        rank = plan.ranks.rank
-        progress = EpochProgress.start(self.device, partial, rank)
-        if partial is None:
-            # Rank 0 draws what a single process draws; the other ranks draw their own views.
-            self.generator.manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.AUGMENTATION, *([rank] if rank else [])))
-        else:
-            self.generator.set_state(partial["ranks"][rank]["generator"])
         steps = self.steps_per_epoch(len(order))
         if steps == 0:
             raise UserError(f"--data_size {plan.batch_size} is larger than the {len(order)} training "
                             f"images and {method.name} drops the last incomplete batch: lower --data_size")
+        rank = plan.ranks.rank
+        progress = EpochProgress.start(self.device, partial, rank)
+        if partial is None:
+            # Rank 0 draws what a single process draws; the other ranks draw their own views.
+            self.generator.manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.AUGMENTATION,
+                                                    *([rank] if rank else [])))
+        else:
+            self.generator.set_state(partial["ranks"][rank]["generator"])
+        self.optimizer_steps = epoch * context.steps_per_epoch + progress.steps_done
+        return order, progress
+
+    def run_epoch(self, epoch: int, partial: dict | None = None) -> dict:
+        """One epoch; `partial` is the state of an interrupted epoch to continue."""
+        method, plan = self.method, self.plan
+        start = time.time()
+        order, progress = self.begin_epoch(epoch, partial)
+        steps = self.steps_per_epoch(len(order))
         bar = tqdm(range(progress.steps_done, steps), desc=f"Epoch {epoch}", leave=False,
                    disable=None if plan.ranks.is_main else True, dynamic_ncols=True,
                    initial=progress.steps_done, total=steps)
         for step in bar:
-            out = self.train_step(order[step * plan.batch_size:(step + 1) * plan.batch_size])
+            out = self.train_step(self.batch_index(order, step))
             progress.add(step, out)
             if step % LOG_EVERY == 0 and bar.disable is False:
                 bar.set_postfix(loss=f"{out.loss.item():.4f}")
@@ -205,22 +230,37 @@ class Engine:
         return {"epoch": epoch, "loss": loss, "score": method.score(metrics, loss), **metrics,
                 "lr": method.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
+    def batch_index(self, order: torch.Tensor, step: int) -> torch.Tensor:
+        """The training-set positions of step `step` of an epoch visiting `order`."""
+        return order[step * self.plan.batch_size:(step + 1) * self.plan.batch_size]
+
+    def augment_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The views of a uint8 batch, one float tensor per view group of the method, each
+        group augmented as one batch; a group of V views is view-major (rows v*B .. v*B+B-1)."""
+        views = []
+        for group, augment in zip(self.method.view_groups, self.augmentations):
+            batch = images.repeat(group.count, 1, 1, 1) if group.count > 1 else images
+            augmented = augment(batch, self.generator)
+            if self.plan.channels_last:
+                augmented = augmented.contiguous(memory_format=torch.channels_last)
+            views.append(augmented)
+        return views
+
     def train_step(self, index: torch.Tensor) -> StepOutput:
-        """One optimizer step on the training images at `index` (on `data_device`)."""
+        """One optimizer step on the training images at `index` (on `data_device`), then the
+        method's `after_step`."""
         method = self.method
         images = self.images.index_select(0, index).to(self.device, non_blocking=True)
         labels = self.labels.index_select(0, index).to(self.device, non_blocking=True)
         index = index.to(self.device, non_blocking=True)
-        if method.views_per_image > 1:
-            images = images.repeat(method.views_per_image, 1, 1, 1)  # view-major: rows v*B .. v*B+B-1
-        views = self.augment(images, self.generator)
-        if self.plan.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
+        views = self.augment_views(images)
         step = method.training_step if self.parallel_step is None else self.parallel_step
         with self.precision.autocast():
             out = step(views, labels, index)
         method.optimizer.zero_grad(set_to_none=True)
         self.precision.backward_and_step(out.loss, method.optimizer)
+        self.optimizer_steps += 1
+        method.after_step(self.optimizer_steps)
         return out
 
     def stop_requested(self, step: int) -> bool:

@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 import sys
+from typing import Callable
 
 DATA_ROOT_ENV = "SSL_DATA_ROOT"
 
@@ -34,14 +35,22 @@ def _integer(minimum: int):
     return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _number(accepts: Callable[[float], bool], requirement: str):
+    """A parser of numbers that `accepts`; errors say the `requirement`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got '{text}'") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    parse.__name__ = requirement
+    return parse
+
+
+positive_float = _number(lambda value: 0 < value < float("inf"), "a positive number")
+fraction = _number(lambda value: 0 < value <= 1, "a number in (0, 1]")
 
 
 def boolean(text: str) -> bool:
@@ -60,17 +69,6 @@ def run_id(text: str) -> str:
     return text
 
 
-def fraction(text: str) -> float:
-    """A share in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got '{text}'") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 positive_int = _integer(1)
 non_negative_int = _integer(0)
 
@@ -83,10 +81,10 @@ def _seed(text: str) -> int:
 
 
 def common_parser(description: str, batch_default: int, output_help: str = "output root: files go to "
-                  "<checkpoint_dir>/<method>/<dataset>/") -> Parser:
+                  "<checkpoint_dir>/<method>/<dataset>/", parser_class: type[Parser] = Parser) -> Parser:
     from backbones import BACKBONES
     from datasets import DATASETS
-    parser = Parser(description=description)
+    parser = parser_class(description=description)
     parser.add_argument("--seed", type=_seed, default=-1,
                         help="random seed; -1 draws one and records it in the run's config")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
@@ -117,10 +115,28 @@ def apply_gpu_flag(args: argparse.Namespace) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
 
 
+class Stage1Parser(Parser):
+    """Refuses a flag of another method than `--method` (it would be ignored silently), then
+    gives every method's flags their defaults, so the recorded arguments list them all."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        from methods import METHODS
+        parsed, extras = super().parse_known_args(args, namespace)
+        for method in METHODS.values():
+            for option in method.options:
+                if not hasattr(parsed, option.name):
+                    setattr(parsed, option.name, option.default)
+                elif method.name != parsed.method:
+                    self.error(f"--{option.name} belongs to --method {method.name}, not {parsed.method}: "
+                               f"drop it or pass --method {method.name}")
+        return parsed, extras
+
+
 def stage1_parser() -> Parser:
     from engine.precision import PRECISIONS
     from methods import METHODS
-    parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", 128)
+    parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", 128,
+                           parser_class=Stage1Parser)
     parser.add_argument("--method", default="relationnet", choices=list(METHODS))
     parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")
     parser.add_argument("--epoch_start", type=non_negative_int, default=0,
@@ -148,7 +164,10 @@ def stage1_parser() -> Parser:
     parser.add_argument("--channels_last", action="store_true",
                         help="NHWC memory layout for the backbone (faster for ResNets with bf16)")
     for method in METHODS.values():
-        method.add_arguments(parser)
+        if method.options:
+            group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
+            for option in method.options:
+                option.add_to(group)
     return parser
 
 

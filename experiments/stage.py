@@ -14,7 +14,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from datasets import DatasetError
 from engine.checkpoint import RunFiles, read_checkpoint, save_json
 from utils.errors import UserError
 
@@ -38,7 +37,7 @@ def run_main(main: Callable[[], None]) -> None:
         sys.stderr.write(f"{prog}: terminated; files saved before are intact (a stage-1 run "
                          "continues with --resume auto)\n")
         sys.exit(128 + signal.SIGTERM)
-    except (UserError, DatasetError) as error:
+    except UserError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
     except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C inside it

@@ -1,39 +1,48 @@
-"""The contract between a training method and the shared engine (`utils/engine.py`).
+"""The contract between a training method and the shared engine (`engine/loop.py`).
 
-A method is an `nn.Module` holding a backbone, its own head(s) and its optimizer. The engine
+A method is an `nn.Module` holding a backbone, its own head(s) and its optimizer, built from
+keywords (`RelationNet(backbone, num_classes, K=32, aggregation="cat", lr=None)`), so it
+drops into any Python loop; `from_args` builds it from a stage script's flags. The engine
 owns everything else: the data order, augmentation on the device, precision, the loop,
-logging, checkpoints and resume. A method therefore only says what it needs and how one step
-turns augmented images into a loss:
+logging, checkpoints and resume. A method therefore only declares what it needs and says
+how one step turns augmented views into a loss:
 
 Class attributes
     name            registry name, also the first part of every output file name.
-    augmentation    kind of `utils.augment` pipeline applied to every view.
+    options         its keywords, which are also its stage-1 flags (`Option`); shown in
+                    `--help` under the method's name, refused with any other `--method`.
+    checkpoint_keys checkpoint key -> attribute saved under it (modules and optimizers by
+                    their state dicts, tensors and numbers as they are), in the original
+                    code's key names; `optional_keys` may be missing from a file.
     needs_labels    True for supervised training (the engine then refuses unlabelled data).
-    default_lr      learning rate when `--lr` is not given.
+    default_lr      learning rate when `lr` is None.
     score_name      what the `score` column of the per-epoch CSV log holds.
     trains          False for methods that are saved untrained (randomweights).
     drop_last       skip the last, smaller batch of an epoch.
+    min_batch_size  the smallest batch a step can use.
 
 Instance interface
-    views_per_image           augmented views of each image per step (K for relationnet).
+    view_groups               the views of each image per step, as groups (`ViewGroup`):
+                              a count, an output size and an augmentation pipeline each.
     optimizer                 a `torch.optim.Optimizer`, created in `__init__`.
     training_step(views, labels, index) -> StepOutput
-        `views` is float (V*B, C, H, W), view-major: rows v*B .. v*B+B-1 are view v of the
-        B images of the batch; `labels` is int64 (B,) (-1 where unlabelled) and `index` (B,)
-        the images' positions in the training set. It returns the loss to back-propagate and
-        metric sums; it must not call `.item()` nor make tensors from Python numbers with
-        `torch.tensor(..., device=...)` (on a GPU both wait for the device; `torch.full` does
-        not). The engine runs it under autocast when `--precision` asks for it, then zeroes
-        the gradients, back-propagates and steps `optimizer`.
-    on_epoch_start(epoch, total_epochs, engine)  hook for schedules and per-epoch work such
-        as clustering; `engine` gives `images` (uint8 training set, on the device when it
-        fits), `labels`, `data` (the ImageSet: mean, std, classes), `device` and `plan.seed`.
-    on_epoch_resume(epoch, total_epochs, engine)  the same, when a run continues inside an
-        interrupted epoch (default: on_epoch_start).
+        `views` has one float tensor per group, in the order of `view_groups`; a group of
+        V views of B images is (V*B, C, H, W), view-major (rows v*B .. v*B+B-1 are view v).
+        `labels` is int64 (B,) (-1 where unlabelled) and `index` (B,) the images' positions
+        in the training set. It returns the loss to back-propagate and metric sums; it must
+        not call `.item()` nor make tensors from Python numbers with `torch.tensor(...,
+        device=...)` (on a GPU both wait for the device; `torch.full` does not). The engine
+        runs it under autocast when asked, then zeroes the gradients, back-propagates and
+        steps `optimizer`.
+    after_step(step)          after every optimizer step; `step` counts the run's optimizer
+                              steps (1 after the first). What it keeps belongs in
+                              `checkpoint_keys`, so a run resumed inside an epoch continues it.
+    on_epoch_start(context)   schedules and per-epoch work such as clustering (`EpochContext`).
+    on_epoch_resume(context)  the same, when a run continues inside an interrupted epoch
+                              (default: on_epoch_start).
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
         visits the training images; None (default) lets the engine draw a permutation.
     head_step_bytes(batch_size)   memory of the head in one step, when it is large.
-    checkpoint_state() / load_checkpoint_state(state)   the original code's checkpoint keys.
 
 Method classes never override `nn.Module.train`; the engine calls `method.train()` and
 `method.eval()` with their usual meaning.
@@ -42,9 +51,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from datasets import ImageSet
+from utils.errors import UserError
 
 
 @dataclass
@@ -62,42 +75,111 @@ class StepOutput:
     metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ViewGroup:
+    """`count` views of every image through the augmentation `pipeline` (a name of
+    `datasets.augment.PIPELINES`), `size` pixels square (None: the images' own size)."""
+
+    count: int
+    pipeline: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class EpochContext:
+    """What a method's per-epoch hooks may use: the training set and where the run is."""
+
+    epoch: int                 # 0-based epoch about to run
+    total_epochs: int
+    steps_per_epoch: int
+    images: torch.Tensor       # uint8 training set (on the device when it fits)
+    labels: torch.Tensor       # int64, -1 where unlabelled
+    data: ImageSet             # the data set's mean, std, classes, size
+    device: torch.device       # the training device
+    seed: int                  # the run's seed
+
+
+@dataclass(frozen=True)
+class Option:
+    """A keyword of a method and the stage-1 flag `--<name>` that sets it."""
+
+    name: str
+    default: Any
+    help: str
+    type: Callable | None = None
+    switch: bool = False       # a flag without a value (store_true)
+
+    def add_to(self, group, default=argparse.SUPPRESS) -> None:
+        shown = f" (default {self.default})" if not self.switch else ""
+        if self.switch:
+            group.add_argument(f"--{self.name}", action="store_true", default=default, help=self.help)
+        else:
+            group.add_argument(f"--{self.name}", type=self.type or type(self.default), default=default,
+                               help=self.help + shown)
+
+
 class Method(nn.Module):
     name: str = ""
-    augmentation: str = "standard"
+    options: tuple[Option, ...] = ()
+    checkpoint_keys: dict[str, str] = {}
+    optional_keys: frozenset[str] = frozenset({"optimizer"})
     needs_labels: bool = False
     score_name: str = "neg_loss"
     trains: bool = True
     drop_last: bool = False
+    min_batch_size: int = 1
     default_lr: float = 1e-3
 
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, **options):
         super().__init__()
+        problem = self.check_options({**self.default_options(), **options})
+        if problem:
+            raise ValueError(problem)
         self.backbone = backbone
         self.num_classes = num_classes
-        self.views_per_image = 1
-        self.lr = getattr(args, "lr", None) or self.default_lr
+        self.lr = lr or self.default_lr
+
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        raise NotImplementedError
+
+    @property
+    def views_per_image(self) -> int:
+        return sum(group.count for group in self.view_groups)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Register the method's own flags on the stage-1 parser (names must be unique)."""
+    def default_options(cls) -> dict[str, Any]:
+        return {option.name: option.default for option in cls.options}
 
     @classmethod
-    def check_arguments(cls, args: argparse.Namespace) -> str | None:
-        """Return a one-line problem with the method's flags, or None when they are valid."""
+    def check_options(cls, options: dict[str, Any]) -> str | None:
+        """A one-line problem with the method's keywords (named as flags), or None."""
         return None
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+    @classmethod
+    def options_of(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The method's keywords among a stage script's flags."""
+        return {option.name: getattr(args, option.name) for option in cls.options}
+
+    @classmethod
+    def from_args(cls, backbone: nn.Module, num_classes: int, args: argparse.Namespace) -> "Method":
+        """The method with the flags of a stage script (its options and `--lr`)."""
+        return cls(backbone, num_classes, lr=getattr(args, "lr", None), **cls.options_of(args))
+
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int, total_epochs: int, engine) -> None:
+    def after_step(self, step: int) -> None:
+        """Called after every optimizer step; `step` is the run's count of them so far."""
+
+    def on_epoch_start(self, context: EpochContext) -> None:
         """Called before every epoch, also the first epoch after a resume."""
 
-    def on_epoch_resume(self, epoch: int, total_epochs: int, engine) -> None:
+    def on_epoch_resume(self, context: EpochContext) -> None:
         """Called instead of `on_epoch_start` when a run resumes inside an interrupted epoch;
         per-epoch work whose result is in the checkpoint must not be redone."""
-        self.on_epoch_start(epoch, total_epochs, engine)
+        self.on_epoch_start(context)
 
     def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         return None
@@ -108,10 +190,31 @@ class Method(nn.Module):
         return 0
 
     def checkpoint_state(self) -> dict:
-        raise NotImplementedError
+        """The declared keys: state dicts of modules and optimizers, tensors on the CPU."""
+        state = {}
+        for key, attribute in self.checkpoint_keys.items():
+            value = getattr(self, attribute)
+            if hasattr(value, "state_dict"):
+                value = value.state_dict()
+            elif isinstance(value, torch.Tensor):
+                value = value.cpu()
+            state[key] = value
+        return state
 
     def load_checkpoint_state(self, state: dict) -> None:
-        raise NotImplementedError
+        """Load the declared keys; an optional key missing from the file keeps its value."""
+        missing = [key for key in self.checkpoint_keys if key not in state and key not in self.optional_keys]
+        if missing:
+            raise UserError(f"the checkpoint has no {', '.join(missing)}: it was not written by {self.name} "
+                            f"(it holds {', '.join(sorted(map(str, state)))}); pass a {self.name} checkpoint")
+        for key, attribute in self.checkpoint_keys.items():
+            if key not in state:
+                continue
+            target = getattr(self, attribute)
+            if hasattr(target, "load_state_dict"):
+                target.load_state_dict(state[key])
+            else:
+                setattr(self, attribute, state[key])
 
     def score(self, metrics: dict[str, float], loss: float) -> float:
         """The CSV `score` of an epoch, from its averaged metrics."""

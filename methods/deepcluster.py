@@ -8,7 +8,6 @@ output layer also loses its stale Adam moments, and training images are augmente
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.features import extract_features
-from methods.base import Method, StepOutput
+from methods.base import EpochContext, Method, Option, StepOutput, ViewGroup
 from methods.clustering import kmeans, normalized_mutual_info, pca_whiten
 from methods.heads import accuracy_sums, backbone_and_head_adam, mlp_head
 from utils.errors import UserError
@@ -30,17 +29,29 @@ KMEANS_ITERATIONS = 30  # the original's max_iter
 
 class DeepCluster(Method):
     name = "deepcluster"
-    augmentation = "standard"
     score_name = "accuracy"
+    options = (
+        Option("num_clusters", 0, "k-means clusters (0 = 10 x classes)"),
+        Option("kmeans_restarts", 5, "k-means++ restarts per epoch, best kept"),
+        Option("deepcluster_sampling", "weighted", "weighted (class-weighted loss, as the original) or "
+                                                   "uniform (equal images per cluster, as the DeepCluster paper)"),
+    )
+    # This suite's additions: the NMI of the next epoch needs the clustering, and a run
+    # resumed inside an epoch trains on it and logs its NMI.
+    checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer",
+                       "cluster_assignments": "assignments", "cluster_nmi": "nmi"}
+    optional_keys = frozenset({"cluster_assignments", "cluster_nmi"})
 
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
-        super().__init__(backbone, num_classes, args)
-        self.num_clusters = args.num_clusters or 10 * num_classes
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, num_clusters: int = 0,
+                 kmeans_restarts: int = 5, deepcluster_sampling: str = "weighted"):
+        super().__init__(backbone, num_classes, lr, num_clusters=num_clusters, kmeans_restarts=kmeans_restarts,
+                         deepcluster_sampling=deepcluster_sampling)
+        self.num_clusters = num_clusters or 10 * num_classes
         if self.num_clusters == 0:
             raise UserError("--num_clusters: the training images have no labels, so the default "
                             "10 x classes is unknown; pass --num_clusters N")
-        self.restarts = args.kmeans_restarts
-        self.sampling = args.deepcluster_sampling
+        self.restarts = kmeans_restarts
+        self.sampling = deepcluster_sampling
         self.classifier = mlp_head(backbone.feature_size, self.num_clusters)
         self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
         # This epoch's clustering (empty before the first) and the quantities derived from it.
@@ -48,35 +59,30 @@ class DeepCluster(Method):
         self.class_weights: torch.Tensor | None = None
         self.nmi = math.nan
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--num_clusters", type=int, default=0,
-                            help="deepcluster: k-means clusters (default 0 = 10 x classes)")
-        parser.add_argument("--kmeans_restarts", type=int, default=5,
-                            help="deepcluster: k-means++ restarts per epoch, best kept (default 5)")
-        parser.add_argument("--deepcluster_sampling", default="weighted",
-                            help="deepcluster: weighted (class-weighted loss, as the original) or "
-                                 "uniform (equal images per cluster, as the DeepCluster paper)")
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        return [ViewGroup(1, "pad_crop_flip")]
 
     @classmethod
-    def check_arguments(cls, args: argparse.Namespace) -> str | None:
-        if args.num_clusters < 0:
-            return f"--num_clusters {args.num_clusters}: must be at least 1 (or 0 for 10 x classes)"
-        if args.kmeans_restarts < 1:
-            return f"--kmeans_restarts {args.kmeans_restarts}: must be at least 1"
-        if args.deepcluster_sampling not in SAMPLINGS:
-            return f"--deepcluster_sampling {args.deepcluster_sampling}: choose one of {', '.join(SAMPLINGS)}"
+    def check_options(cls, options: dict) -> str | None:
+        if options["num_clusters"] < 0:
+            return f"--num_clusters {options['num_clusters']}: must be at least 1 (or 0 for 10 x classes)"
+        if options["kmeans_restarts"] < 1:
+            return f"--kmeans_restarts {options['kmeans_restarts']}: must be at least 1"
+        if options["deepcluster_sampling"] not in SAMPLINGS:
+            return (f"--deepcluster_sampling {options['deepcluster_sampling']}: choose one of "
+                    f"{', '.join(SAMPLINGS)}")
         return None
 
-    def on_epoch_start(self, epoch: int, total_epochs: int, engine) -> None:
+    def on_epoch_start(self, context: EpochContext) -> None:
         start = time.time()
-        features = extract_features(self.backbone, engine.data, engine.device, desc="Clustering features")
+        features = extract_features(self.backbone, context.data, context.device, desc="Clustering features")
         dim = features.shape[1]
-        generator = torch.Generator(device=engine.device)
-        generator.manual_seed(derived_seed(engine.plan.seed, epoch, SeedPurpose.CLUSTERING))
+        generator = torch.Generator(device=context.device)
+        generator.manual_seed(derived_seed(context.seed, context.epoch, SeedPurpose.CLUSTERING))
         # Thousands of small ops: on a busy CPU, waiting for a second thread at each of them
         # made k-means 200x slower (20 s instead of 0.1 s for 1,000 points).
-        with single_threaded(engine.device):
+        with single_threaded(context.device):
             features = F.normalize(pca_whiten(features, dim if dim < 512 else dim // 2), dim=1)
             labels, _, inertia = kmeans(features, self.num_clusters, generator, self.restarts,
                                         KMEANS_ITERATIONS)
@@ -94,13 +100,13 @@ class DeepCluster(Method):
               f"inertia {inertia:.2f}, NMI with the previous epoch {self.nmi:.4f}, "
               f"{time.time() - start:.1f}s")
 
-    def on_epoch_resume(self, epoch: int, total_epochs: int, engine) -> None:
+    def on_epoch_resume(self, context: EpochContext) -> None:
         """Inside an interrupted epoch the clustering, the new output layer and the NMI are in
         the checkpoint: only the loss weights are derived again."""
-        self.assignments = self.assignments.to(engine.device)
+        self.assignments = self.assignments.to(context.device)
         if self.sampling == "weighted":
             counts = torch.bincount(self.assignments, minlength=self.num_clusters)
-            self.class_weights = (1.0 - counts.float() / len(self.assignments)).to(engine.device)
+            self.class_weights = (1.0 - counts.float() / len(self.assignments)).to(context.device)
 
     def _reset_output_layer(self, generator: torch.Generator) -> None:
         """New pseudo-labels mean a new output layer: N(0, 0.01) weights, zero bias and no
@@ -132,10 +138,10 @@ class DeepCluster(Method):
         order = members[first_member[slot_cluster] + slot_rank % counts[clusters][slot_cluster]]
         return order[torch.randperm(total, generator=generator)]
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
         targets = self.assignments.index_select(0, index)
-        logits = self.classifier(self.backbone(views))
+        logits = self.classifier(self.backbone(views[0]))
         loss = F.cross_entropy(logits, targets, weight=self.class_weights)
         correct, count = accuracy_sums(logits, targets)
         one = torch.ones((), device=logits.device)
@@ -144,22 +150,9 @@ class DeepCluster(Method):
             "nmi": (one * self.nmi, one),  # the same value every step: the epoch mean is the NMI
         })
 
-    def checkpoint_state(self) -> dict:
-        # This suite's additions: the NMI of the next epoch needs the clustering, and a run
-        # resumed inside an epoch trains on it and logs its NMI.
-        return {"classifier": self.classifier.state_dict(),
-                "backbone": self.backbone.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "cluster_assignments": self.assignments.cpu(),
-                "cluster_nmi": self.nmi}
-
     def load_checkpoint_state(self, state: dict) -> None:
-        stored = state["classifier"]["linear2.weight"].shape[0]
-        if stored != self.num_clusters:
-            raise UserError(f"--num_clusters: the checkpoint's head has {stored} clusters, this run "
-                            f"{self.num_clusters}; pass --num_clusters {stored}")
-        self.classifier.load_state_dict(state["classifier"])
-        self.backbone.load_state_dict(state["backbone"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.assignments = state.get("cluster_assignments", torch.empty(0, dtype=torch.long))
-        self.nmi = state.get("cluster_nmi", math.nan)
+        stored = state.get("classifier", {}).get("linear2.weight")
+        if stored is not None and stored.shape[0] != self.num_clusters:
+            raise UserError(f"--num_clusters: the checkpoint's head has {stored.shape[0]} clusters, this run "
+                            f"{self.num_clusters}; pass --num_clusters {stored.shape[0]}")
+        super().load_checkpoint_state(state)

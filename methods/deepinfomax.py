@@ -11,14 +11,13 @@ plays the paper's minimax game instead; `--dim_prior original` keeps the origina
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import Method, Option, StepOutput, ViewGroup
 from methods.heads import backbone_and_head_adam
 from methods.losses import jsd_discriminator_loss
 from utils.errors import UserError
@@ -141,68 +140,59 @@ class DIMDiscriminators(nn.Module):
 
 class DeepInfoMax(Method):
     name = "deepinfomax"
-    augmentation = "flip"
     default_lr = 1e-4  # the original: higher rates gave NaN losses
     drop_last = True   # the negatives need other images in the batch
+    min_batch_size = 2
+    options = (
+        Option("dim_alpha", 0.0, "weight of the global term"),
+        Option("dim_beta", 1.0, "weight of the local term"),
+        Option("dim_gamma", 0.1, "weight of the prior term"),
+        Option("dim_prior", "adversarial", "'adversarial' (the encoder learns to fool the prior "
+                                           "discriminator, as in the DIM paper) or 'original' (the encoder "
+                                           "minimises the discriminator's loss, as the original code)"),
+    )
+    checkpoint_keys = {"backbone": "backbone", "loss_fn": "discriminators", "optimizer": "optimizer"}
+    optional_keys = frozenset()
 
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
-        super().__init__(backbone, num_classes, args)
-        self.discriminators = DIMDiscriminators(
-            backbone.feature_size, first_layer_channels(backbone),
-            args.dim_alpha, args.dim_beta, args.dim_gamma, args.dim_prior)
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, dim_alpha: float = 0.0,
+                 dim_beta: float = 1.0, dim_gamma: float = 0.1, dim_prior: str = "adversarial"):
+        super().__init__(backbone, num_classes, lr, dim_alpha=dim_alpha, dim_beta=dim_beta, dim_gamma=dim_gamma,
+                         dim_prior=dim_prior)
+        self.discriminators = DIMDiscriminators(backbone.feature_size, first_layer_channels(backbone),
+                                                dim_alpha, dim_beta, dim_gamma, dim_prior)
         # Two groups, as the original, so its optimizer state loads.
         self.optimizer = backbone_and_head_adam(self.backbone, self.discriminators, self.lr)
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--dim_alpha", type=float, default=0.0,
-                            help="deepinfomax: weight of the global term (default 0)")
-        parser.add_argument("--dim_beta", type=float, default=1.0,
-                            help="deepinfomax: weight of the local term (default 1)")
-        parser.add_argument("--dim_gamma", type=float, default=0.1,
-                            help="deepinfomax: weight of the prior term (default 0.1)")
-        parser.add_argument("--dim_prior", default="adversarial",
-                            help="deepinfomax: 'adversarial' (default: the encoder learns to fool "
-                                 "the prior discriminator, as in the DIM paper) or 'original' "
-                                 "(the encoder minimises the discriminator's loss, as the "
-                                 "original code)")
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        return [ViewGroup(1, "flip")]
 
     @classmethod
-    def check_arguments(cls, args: argparse.Namespace) -> str | None:
-        weights = {"--dim_alpha": args.dim_alpha, "--dim_beta": args.dim_beta,
-                   "--dim_gamma": args.dim_gamma}
+    def check_options(cls, options: dict) -> str | None:
+        weights = {f"--{name}": options[name] for name in ("dim_alpha", "dim_beta", "dim_gamma")}
         for flag, value in weights.items():
             if not (math.isfinite(value) and value >= 0):
                 return f"{flag} {value}: must be a finite number >= 0"
         if not any(weights.values()):
             return "--dim_alpha, --dim_beta, --dim_gamma: all zero, deepinfomax has nothing to train"
-        if args.dim_prior not in PRIOR_MODES:
-            return f"--dim_prior {args.dim_prior}: choose one of {', '.join(PRIOR_MODES)}"
-        if args.data_size < 2:
-            return f"--data_size {args.data_size}: deepinfomax needs at least 2 images per batch"
+        if options["dim_prior"] not in PRIOR_MODES:
+            return f"--dim_prior {options['dim_prior']}: choose one of {', '.join(PRIOR_MODES)}"
         return None
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
-        y, M = self.backbone.forward_with_first_layer(views)
+        y, M = self.backbone.forward_with_first_layer(views[0])
         terms = self.discriminators(y, M, negatives(M), torch.rand_like(y))
         images = torch.full((), float(y.shape[0]), device=y.device)
         return StepOutput(loss=self.discriminators.total(terms), loss_weight=y.shape[0],
                           metrics={name: (term.detach() * images, images)
                                    for name, term in terms.items()})
 
-    def checkpoint_state(self) -> dict:
-        return {"backbone": self.backbone.state_dict(),
-                "loss_fn": self.discriminators.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
     def load_checkpoint_state(self, state: dict) -> None:
-        saved = sorted({key.split(".")[0] for key in state["loss_fn"]})
+        saved = sorted({key.split(".")[0] for key in state.get("loss_fn", {})})
         built = sorted(name for name, _ in self.discriminators.named_children())
-        if saved != built:
+        if "loss_fn" in state and saved != built:
             raise UserError(f"--dim_alpha/--dim_beta/--dim_gamma: the checkpoint holds {', '.join(saved)}, "
                             f"this run builds {', '.join(built)} (global_d needs a non-zero alpha, "
                             "local_d beta, prior_d gamma)")
-        self.backbone.load_state_dict(state["backbone"])
-        self.discriminators.load_state_dict(state["loss_fn"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        super().load_checkpoint_state(state)

@@ -7,9 +7,5 @@ from methods.base import Method
 class RandomWeights(Method):
     name = "randomweights"
     trains = False
-
-    def checkpoint_state(self) -> dict:
-        return {"backbone": self.backbone.state_dict()}
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.backbone.load_state_dict(state["backbone"])
+    checkpoint_keys = {"backbone": "backbone"}
+    view_groups: list = []

@@ -6,14 +6,13 @@ focal loss.
 """
 from __future__ import annotations
 
-import argparse
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import Method, Option, StepOutput, ViewGroup
 from methods.heads import backbone_and_head_adam, mlp_head
 from methods.losses import focal_loss
 
@@ -64,30 +63,32 @@ def aggregate(features: torch.Tensor, K: int, aggregation: str = "cat"
 
 class RelationNet(Method):
     name = "relationnet"
-    augmentation = "relationnet"
     score_name = "accuracy"
+    options = (
+        Option("K", 32, "augmented views per image"),
+        Option("aggregation", "cat", "how pairs are combined: cat, sum, mean, max"),
+    )
+    checkpoint_keys = {"backbone": "backbone", "relation": "relation_module", "optimizer": "optimizer"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
-        super().__init__(backbone, num_classes, args)
-        self.views_per_image = args.K
-        self.aggregation = args.aggregation
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
+                 K: int = 32, aggregation: str = "cat"):
+        super().__init__(backbone, num_classes, lr, K=K, aggregation=aggregation)
+        self.K = K
+        self.aggregation = aggregation
         width = backbone.feature_size * (2 if self.aggregation == "cat" else 1)
         self.relation_module = mlp_head(width, 1)
         self.optimizer = backbone_and_head_adam(self.backbone, self.relation_module, self.lr)
 
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--K", type=int, default=32,
-                            help="relationnet: augmented views per image (default 32)")
-        parser.add_argument("--aggregation", default="cat",
-                            help="relationnet: how pairs are combined: cat, sum, mean, max")
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        return [ViewGroup(self.K, "crop_color_gray")]
 
     @classmethod
-    def check_arguments(cls, args: argparse.Namespace) -> str | None:
-        if args.K < 2:
-            return f"--K {args.K}: relationnet needs at least 2 views per image"
-        if args.aggregation not in AGGREGATIONS:
-            return f"--aggregation {args.aggregation}: choose one of {', '.join(AGGREGATIONS)}"
+    def check_options(cls, options: dict) -> str | None:
+        if options["K"] < 2:
+            return f"--K {options['K']}: relationnet needs at least 2 views per image"
+        if options["aggregation"] not in AGGREGATIONS:
+            return f"--aggregation {options['aggregation']}: choose one of {', '.join(AGGREGATIONS)}"
         return None
 
     def relation_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +102,9 @@ class RelationNet(Method):
         """
         head = self.relation_module
         if self.aggregation == "max":
-            pairs, targets = aggregate(features, self.views_per_image, self.aggregation)
+            pairs, targets = aggregate(features, self.K, self.aggregation)
             return head(pairs).squeeze(1), targets
-        first, second, targets = _pair_indices(self.views_per_image, features.shape[0] // self.views_per_image,
-                                               str(features.device))
+        first, second, targets = _pair_indices(self.K, features.shape[0] // self.K, str(features.device))
         weight, bias = head.linear1.weight, head.linear1.bias
         if self.aggregation == "cat":
             weight_first, weight_second = weight.split(features.shape[1], dim=1)
@@ -120,9 +120,9 @@ class RelationNet(Method):
         activated = F.leaky_relu(head.bn1(hidden), head.relu.negative_slope, inplace=True)
         return head.linear2(activated).squeeze(1), targets
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
-        logits, targets = self.relation_logits(self.backbone(views))
+        logits, targets = self.relation_logits(self.backbone(views[0]))
         loss = focal_loss(logits, targets, gamma=2.0, alpha=0.5)
         correct = ((logits > 0).float() == targets).float()
         positives = targets.sum()
@@ -136,18 +136,6 @@ class RelationNet(Method):
     def head_step_bytes(self, batch_size: int) -> int:
         # K(K-1)B pairs, each holding its aggregated input and the 256-unit hidden layer
         # (linear, batch norm, activation) in float32, forward and backward.
-        pairs = self.views_per_image * (self.views_per_image - 1) * batch_size
+        pairs = self.K * (self.K - 1) * batch_size
         width = self.relation_module.linear1.in_features
         return pairs * (width + 3 * 256) * 4 * 2
-
-    def checkpoint_state(self) -> dict:
-        return {"backbone": self.backbone.state_dict(),
-                "relation": self.relation_module.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.backbone.load_state_dict(state["backbone"])
-        self.relation_module.load_state_dict(state["relation"])
-        # The original tolerates checkpoints without optimizer state (released archives).
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])

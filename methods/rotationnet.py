@@ -5,13 +5,11 @@ predicts which rotation it sees.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import Method, StepOutput, ViewGroup
 from methods.heads import accuracy_sums, backbone_and_head_adam
 
 
@@ -29,34 +27,26 @@ def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class RotationNet(Method):
     name = "rotationnet"
-    augmentation = "standard"
     score_name = "accuracy"
+    checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
-        super().__init__(backbone, num_classes, args)
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None):
+        super().__init__(backbone, num_classes, lr)
         self.classifier = nn.Linear(backbone.feature_size, 4)
         self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
+
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        return [ViewGroup(1, "pad_crop_flip")]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
-        rotated, targets = rotations(views)
+        rotated, targets = rotations(views[0])
         logits = self(rotated)
         loss = F.cross_entropy(logits, targets)
         correct, count = accuracy_sums(logits, targets)
         return StepOutput(loss=loss, loss_weight=targets.numel(),
                           metrics={"accuracy": (100.0 * correct, count)})
-
-    def checkpoint_state(self) -> dict:
-        return {"classifier": self.classifier.state_dict(),
-                "backbone": self.backbone.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.classifier.load_state_dict(state["classifier"])
-        self.backbone.load_state_dict(state["backbone"])
-        # The original always saves the optimizer; also accept files stripped to the weights.
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])

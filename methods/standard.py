@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, StepOutput
+from methods.base import EpochContext, Method, StepOutput, ViewGroup
 from methods.heads import accuracy_sums
 
 
@@ -38,71 +38,67 @@ def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) 
 
 class Standard(Method):
     name = "standard"
-    augmentation = "standard"
     needs_labels = True
     score_name = "accuracy"
     default_lr = 0.1
+    # The original StandardModel's three optimizers: supervised SGD (stage 1), linear
+    # evaluation and fine-tuning; `active_optimizer` is the one this stage steps.
+    checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "supervised_optimizer",
+                       "optimizer_lineval": "lineval_optimizer", "optimizer_finetune": "finetune_optimizer"}
+    optional_keys = frozenset({"optimizer", "optimizer_lineval", "optimizer_finetune"})
+    active_optimizer = "supervised_optimizer"
 
-    # Which of the three optimizers of the original StandardModel this stage steps.
-    active_optimizer = "optimizer"
-
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
-        super().__init__(backbone, num_classes, args)
-        # The original supervised STL-10 baseline trained with affine + erasing (D4).
-        if getattr(args, "dataset", None) == "stl10":
-            self.augmentation = "finetune"
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
+                 augmentation: str = "pad_crop_flip", lr_backbone: float = 1e-4, lr_classifier: float = 1e-3):
+        super().__init__(backbone, num_classes, lr)
+        self.augmentation = augmentation
         self.classifier = nn.Linear(backbone.feature_size, num_classes)
-        lr = self.lr
-        self.optimizers = {
-            "optimizer": torch.optim.SGD([
-                {"params": self.backbone.parameters(), "lr": lr, "momentum": 0.9},
-                {"params": self.classifier.parameters(), "lr": lr, "momentum": 0.9}]),
-            "optimizer_lineval": torch.optim.Adam([{"params": self.classifier.parameters(), "lr": 1e-3}]),
-            "optimizer_finetune": torch.optim.Adam([
-                {"params": self.backbone.parameters(), "weight_decay": 1e-5,
-                 "lr": getattr(args, "lr_backbone", None) or 1e-4},
-                {"params": self.classifier.parameters(), "weight_decay": 1e-5,
-                 "lr": getattr(args, "lr_classifier", None) or 1e-3}]),
-        }
+        self.supervised_optimizer = torch.optim.SGD([
+            {"params": self.backbone.parameters(), "lr": self.lr, "momentum": 0.9},
+            {"params": self.classifier.parameters(), "lr": self.lr, "momentum": 0.9}])
+        self.lineval_optimizer = torch.optim.Adam([{"params": self.classifier.parameters(), "lr": 1e-3}])
+        self.finetune_optimizer = torch.optim.Adam([
+            {"params": self.backbone.parameters(), "weight_decay": 1e-5, "lr": lr_backbone},
+            {"params": self.classifier.parameters(), "weight_decay": 1e-5, "lr": lr_classifier}])
+
+    @classmethod
+    def from_args(cls, backbone: nn.Module, num_classes: int, args: argparse.Namespace) -> "Standard":
+        # The original supervised STL-10 baseline trained with affine + erasing (D4).
+        augmentation = "flip_affine_erase" if getattr(args, "dataset", None) == "stl10" else "pad_crop_flip"
+        return cls(backbone, num_classes, lr=getattr(args, "lr", None), augmentation=augmentation,
+                   lr_backbone=getattr(args, "lr_backbone", 1e-4), lr_classifier=getattr(args, "lr_classifier", 1e-3))
+
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        return [ViewGroup(1, self.augmentation)]
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizers[self.active_optimizer]
+        return getattr(self, self.active_optimizer)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))
 
-    def on_epoch_start(self, epoch: int, total_epochs: int, engine) -> None:
-        if step_decay(self.optimizer, epoch, total_epochs):
+    def on_epoch_start(self, context: EpochContext) -> None:
+        if step_decay(self.optimizer, context.epoch, context.total_epochs):
             print("[INFO] Learning rates: " + ", ".join(f"{g['lr']:g}" for g in self.optimizer.param_groups))
 
-    def training_step(self, views: torch.Tensor, labels: torch.Tensor,
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
-        logits = self(views)
+        logits = self(views[0])
         loss = F.cross_entropy(logits, labels)
         correct, count = accuracy_sums(logits, labels)
         return StepOutput(loss=loss, loss_weight=labels.numel(),
                           metrics={"accuracy": (100.0 * correct, count)})
-
-    def checkpoint_state(self) -> dict:
-        return {"classifier": self.classifier.state_dict(),
-                "backbone": self.backbone.state_dict(),
-                **{key: opt.state_dict() for key, opt in self.optimizers.items()}}
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.classifier.load_state_dict(state["classifier"])
-        self.backbone.load_state_dict(state["backbone"])
-        for key, opt in self.optimizers.items():
-            if key in state:
-                opt.load_state_dict(state[key])
 
 
 class Finetune(Standard):
     """Stage 2 with `--finetune`: backbone and classifier trained together with Adam."""
 
     name = "finetune"
-    active_optimizer = "optimizer_finetune"
+    active_optimizer = "finetune_optimizer"
 
-    def __init__(self, backbone: nn.Module, num_classes: int, args: argparse.Namespace):
-        super().__init__(backbone, num_classes, args)
-        self.augmentation = args.augmentation
+    @classmethod
+    def from_args(cls, backbone: nn.Module, num_classes: int, args: argparse.Namespace) -> "Finetune":
+        return cls(backbone, num_classes, augmentation=args.augmentation, lr_backbone=args.lr_backbone,
+                   lr_classifier=args.lr_classifier)

@@ -21,11 +21,11 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, run_stage, stage_arguments
 
 import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
+from tests.helpers import REPO, run_stage, stage_arguments
 
 PINNED = REPO / "tests" / "golden" / "pinned_numbers.json"
 METHOD_ARGS = {

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FINE_TO_COARSE, HAS_SHARED_CIFAR10, write_cifar10
 
 from datasets import DATASETS, DatasetError, ImageSet, load_dataset
 from datasets import cifar as cifar_mod
@@ -24,6 +23,7 @@ from datasets.download import (
     md5sum,
     safe_extract_tar,
 )
+from tests.helpers import FINE_TO_COARSE, HAS_SHARED_CIFAR10, one_line, write_cifar10
 
 
 def raw_batch(path: Path) -> dict:
@@ -31,12 +31,6 @@ def raw_batch(path: Path) -> dict:
     with open(path, "rb") as f:
         d = pickle.load(f, encoding="bytes")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc)
-    assert "\n" not in text and "\r" not in text, text
-    return text
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

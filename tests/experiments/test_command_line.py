@@ -79,7 +79,7 @@ def checkpoints(tmp_path_factory):
     from backbones import build_backbone
     from methods.standard import Standard
     folder = tmp_path_factory.mktemp("checkpoints")
-    model = Standard(build_backbone("conv4"), 10, argparse.Namespace())
+    model = Standard(build_backbone("conv4"), 10)
     torch.save({"backbone": model.backbone.state_dict(), "method": "randomweights"}, folder / "stage1.tar")
     torch.save(model.checkpoint_state(), folder / "stage2.tar")
     return folder
@@ -111,3 +111,35 @@ def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, checkpoints
     assert len(err.splitlines()) == 1, err
     assert named in err, err
     assert not list(outputs.rglob("*.tar"))
+
+
+def test_a_flag_of_another_method_is_refused_in_one_line(small_cifar10_root, tmp_path, capsys):
+    import train_unsupervised as stage1
+    from tests.helpers import run_stage, stage_arguments
+    with pytest.raises(SystemExit) as stopped:
+        run_stage(stage1, stage_arguments(small_cifar10_root, tmp_path) + ["--method", "simclr", "--K", "4"])
+    error = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "\n" not in error
+    assert "--K belongs to --method relationnet, not simclr" in error
+    assert not tmp_path.joinpath("simclr").exists()
+
+
+def test_help_shows_each_method_group_with_defaults(capsys):
+    from experiments.cli import stage1_parser
+    with pytest.raises(SystemExit):
+        stage1_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for group in ("relationnet options", "simclr options", "deepcluster options", "deepinfomax options"):
+        assert group in text
+    assert "augmented views per image (default 32)" in text and "(default adversarial)" in text
+
+
+def test_every_method_flag_gets_its_default_when_not_given():
+    from experiments.cli import stage1_parser
+    from methods import METHODS
+    args = stage1_parser().parse_args(["--method", "simclr", "--temperature", "0.2"])
+    assert args.temperature == 0.2
+    for method in METHODS.values():
+        for option in method.options:
+            if option.name != "temperature":
+                assert getattr(args, option.name) == option.default

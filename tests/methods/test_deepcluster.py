@@ -1,49 +1,30 @@
 """The deepcluster method: per-epoch clustering, its head, checkpoints, real runs, stage scripts."""
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO
-from test_clustering import one_thread  # noqa: F401  (autouse: small CPU work on a shared machine)
 
 from backbones import build_backbone
 from datasets import load_dataset
-from engine.loop import Engine, TrainingPlan
-from methods import METHODS
+from methods.base import EpochContext, ViewGroup
 from methods.deepcluster import DeepCluster
+from tests.helpers import REPO, make_engine, read_log
 from utils.errors import UserError
-from utils.seeds import seed_everything
+
+pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
-def _args(**overrides):
-    values = {"lr": None, "num_clusters": 0, "kmeans_restarts": 2, "deepcluster_sampling": "weighted"}
-    values.update(overrides)
-    return argparse.Namespace(**values)
+def _options(**overrides):
+    return {"num_clusters": 0, "kmeans_restarts": 2, "deepcluster_sampling": "weighted", **overrides}
 
 
 def make_method(seed=0, num_classes=10, **overrides):
     torch.manual_seed(seed)
-    return DeepCluster(build_backbone("conv4"), num_classes, _args(**overrides))
-
-
-def make_engine(data, tmp_path, seed=1, epochs=3, batch=50, **overrides):
-    seed_everything(seed)
-    method = METHODS["deepcluster"](build_backbone("conv4"), data.num_classes, _args(**overrides))
-    plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=tmp_path / "log.csv",
-                        checkpoint_paths=lambda e: [tmp_path / f"epoch_{e}.tar"], extra_state={"seed": seed})
-    return Engine(method, data, plan, torch.device("cpu"))
-
-
-def read_log(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return DeepCluster(build_backbone("conv4"), num_classes, **_options(**overrides))
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +40,9 @@ def real_subset(cifar10_root):
     ({"deepcluster_sampling": "foo"}, "--deepcluster_sampling"),
 ])
 def test_bad_options_are_named(overrides, flag):
-    problem = DeepCluster.check_arguments(_args(**overrides))
+    problem = DeepCluster.check_options(_options(**overrides))
     assert problem and problem.startswith(flag) and "\n" not in problem
-    assert DeepCluster.check_arguments(_args()) is None
+    assert DeepCluster.check_options(_options()) is None
 
 
 def test_head_and_clusters_follow_the_original():
@@ -71,13 +52,14 @@ def test_head_and_clusters_follow_the_original():
     assert [type(m).__name__ for m in method.classifier] == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
     assert method.classifier.linear2.out_features == 100
     assert [g["lr"] for g in method.optimizer.param_groups] == [1e-3, 1e-3]
-    assert method.augmentation == "standard" and method.score_name == "accuracy"
+    assert method.view_groups == [ViewGroup(1, "pad_crop_flip")] and method.score_name == "accuracy"
 
 
 # ---------------------------------------------------------------------- one epoch start
 
-def fake_engine(data, seed=5):
-    return SimpleNamespace(data=data, device=torch.device("cpu"), plan=SimpleNamespace(seed=seed))
+def epoch_context(data, seed=5):
+    return EpochContext(epoch=0, total_epochs=3, steps_per_epoch=1, images=data.images, labels=data.labels,
+                        data=data, device=torch.device("cpu"), seed=seed)
 
 
 def test_epoch_start_clusters_resets_the_layer_and_weights_the_classes(real_subset):
@@ -87,14 +69,14 @@ def test_epoch_start_clusters_resets_the_layer_and_weights_the_classes(real_subs
     # One step so Adam holds moments for the output layer.
     method.assignments = torch.randint(0, 20, (len(data),))
     views = torch.randn(8, 3, 32, 32)
-    out = method.training_step(views, torch.zeros(8, dtype=torch.long), torch.arange(8))
+    out = method.training_step([views], torch.zeros(8, dtype=torch.long), torch.arange(8))
     out.loss.backward()
     method.optimizer.step()
     layer = method.classifier.linear2
     assert layer.weight in method.optimizer.state
     method.assignments = torch.empty(0, dtype=torch.long)  # as before the first epoch
 
-    method.on_epoch_start(0, 3, fake_engine(data))
+    method.on_epoch_start(epoch_context(data))
     labels = method.assignments
     assert labels.shape == (300,) and 0 <= labels.min() and labels.max() < 20
     assert layer.weight not in method.optimizer.state and layer.bias not in method.optimizer.state
@@ -107,7 +89,7 @@ def test_epoch_start_clusters_resets_the_layer_and_weights_the_classes(real_subs
 
     # Un-augmented images through a backbone in eval mode (BN statistics untouched) and a
     # seeded k-means: the same seed and epoch give the same clusters, hence an NMI of 1.
-    method.on_epoch_start(0, 3, fake_engine(data))
+    method.on_epoch_start(epoch_context(data))
     assert torch.equal(method.assignments, labels) and method.nmi == pytest.approx(1.0)
 
 
@@ -166,7 +148,7 @@ def test_checkpoint_round_trip_and_original_keys():
 # ---------------------------------------------------------------------- real runs
 
 def test_deepcluster_learns_its_pseudo_labels_on_real_images(real_subset, tmp_path):
-    engine = make_engine(real_subset, tmp_path, epochs=3, num_clusters=20)
+    engine = make_engine("deepcluster", real_subset, tmp_path, batch=50, kmeans_restarts=2, epochs=3, num_clusters=20)
     method = engine.method
     step_losses = []
     training_step = method.training_step
@@ -201,7 +183,7 @@ def test_same_seed_same_clusters_and_exact_resume(real_subset, tmp_path):
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
-        engine = make_engine(subset, folder, seed=3, epochs=3, num_clusters=30)
+        engine = make_engine("deepcluster", subset, folder, batch=50, kmeans_restarts=2, seed=3, epochs=3, num_clusters=30)
         engine.fit()
         runs.append((read_log(folder / "log.csv"), engine.method.assignments))
     (log_a, clusters_a), (log_b, clusters_b) = runs
@@ -213,7 +195,7 @@ def test_same_seed_same_clusters_and_exact_resume(real_subset, tmp_path):
     folder = tmp_path / "resumed"
     folder.mkdir()
     state = torch.load(tmp_path / "a" / "epoch_2.tar", weights_only=True)
-    engine = make_engine(subset, folder, seed=3, epochs=3, num_clusters=30)
+    engine = make_engine("deepcluster", subset, folder, batch=50, kmeans_restarts=2, seed=3, epochs=3, num_clusters=30)
     engine.method.load_checkpoint_state(state)
     engine.fit(start_epoch=2, resume_state=state)
     assert strip(read_log(folder / "log.csv")) == strip(log_a[2:])
@@ -222,7 +204,7 @@ def test_same_seed_same_clusters_and_exact_resume(real_subset, tmp_path):
 
 def test_uniform_sampling_trains(real_subset, tmp_path):
     subset = real_subset.balanced_subset(200, seed=0)
-    engine = make_engine(subset, tmp_path, epochs=1, num_clusters=10, deepcluster_sampling="uniform")
+    engine = make_engine("deepcluster", subset, tmp_path, batch=50, kmeans_restarts=2, epochs=1, num_clusters=10, deepcluster_sampling="uniform")
     seen = []
     training_step = engine.method.training_step
 

@@ -1,7 +1,6 @@
 """The three stage scripts end to end: file names, checkpoint keys, cross-domain, errors."""
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import socket
@@ -10,48 +9,23 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
 
 import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from backbones import build_backbone
+from experiments.cli import stage1_parser
 from experiments.stage import run_main
+from methods.base import ViewGroup
 from methods.standard import Standard
+from tests.helpers import REPO, load, run_stage, stage_arguments, views_flag
 
 ALL_BACKBONES = ["conv4", "resnet8", "resnet32", "resnet56", "resnet34"]
 
 
-def run_stage(module, argv):
-    """Run a stage in this process as its command line would (errors -> SystemExit 2)."""
-    run_main(lambda: module.main(argv))
-
-
-def common(root, out, dataset="cifar10", backbone="conv4", seed=1):
-    return ["--data_root", str(root), "--checkpoint_dir", str(out), "--dataset", dataset,
-            "--backbone", backbone, "--seed", str(seed), "--no_download", "--device", "cpu"]
-
-
-def load(path):
-    return torch.load(path, weights_only=True)
-
-
-def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args=()):
-    """One epoch of stage 1, one of linear evaluation, then test.py, with `args` common to all
-    three; returns (stage-1 file, stage-2 file, stage-1 output, test output)."""
-    run_stage(stage1, args + ["--method", method, "--epochs", "1", *stage1_args])
-    stage1_out = capsys.readouterr().out
-    folder = out / method / dataset
-    header = f"{method}_{dataset}_conv4_seed_1_epoch_1"
-    run_stage(stage2, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args])
-    capsys.readouterr()
-    run_stage(stage3, args + ["--checkpoint", str(folder / f"{header}_linear_evaluation.tar")])
-    return folder / f"{header}.tar", folder / f"{header}_linear_evaluation.tar", stage1_out, capsys.readouterr().out
-
-
 @pytest.mark.parametrize("backbone", ALL_BACKBONES)
 def test_relationnet_three_stages_on_every_backbone(small_cifar10_root, tmp_path, capsys, backbone):
-    args = common(small_cifar10_root, tmp_path, backbone=backbone)
+    args = stage_arguments(small_cifar10_root, tmp_path, backbone=backbone)
     run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--data_size", "8",
                               "--train_subset", "16", "--epochs", "1"])
     folder = tmp_path / "relationnet" / "cifar10"
@@ -89,8 +63,8 @@ STAGE1_KEYS = {
 
 @pytest.mark.parametrize("method", sorted(STAGE1_KEYS))
 def test_every_method_runs_the_three_stages_on_resnet8(small_cifar10_root, tmp_path, capsys, method):
-    args = common(small_cifar10_root, tmp_path, backbone="resnet8")
-    run_stage(stage1, args + ["--method", method, "--K", "2", "--data_size", "16",
+    args = stage_arguments(small_cifar10_root, tmp_path, backbone="resnet8")
+    run_stage(stage1, args + ["--method", method, *views_flag(method), "--data_size", "16",
                               "--train_subset", "64", "--epochs", "1"])
     folder = tmp_path / method / "cifar10"
     header = f"{method}_cifar10_resnet8_seed_1"
@@ -102,7 +76,7 @@ def test_every_method_runs_the_three_stages_on_resnet8(small_cifar10_root, tmp_p
 
 
 def test_linear_evaluation_learns_and_equals_the_test_stage(cifar10_root, tmp_path, capsys):
-    args = common(cifar10_root, tmp_path)
+    args = stage_arguments(cifar10_root, tmp_path)
     run_stage(stage1, args + ["--method", "randomweights"])
     random_file = tmp_path / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
     assert set(load(random_file)) >= {"backbone"}
@@ -118,7 +92,7 @@ def test_linear_evaluation_learns_and_equals_the_test_stage(cifar10_root, tmp_pa
 
 @pytest.mark.parametrize("backbone", ["conv4", "resnet8"])
 def test_standard_cifar100_then_supercifar100_grain(cifar100_root, tmp_path, capsys, backbone):
-    args = common(cifar100_root, tmp_path, dataset="cifar100", backbone=backbone)
+    args = stage_arguments(cifar100_root, tmp_path, dataset="cifar100", backbone=backbone)
     run_stage(stage1, args + ["--method", "standard", "--epochs", "2", "--data_size", "64"])
     out = capsys.readouterr().out
     assert "Test accuracy:" in out
@@ -129,7 +103,7 @@ def test_standard_cifar100_then_supercifar100_grain(cifar100_root, tmp_path, cap
     run_stage(stage3, args + ["--checkpoint", str(checkpoint)])
     assert "Test accuracy:" in capsys.readouterr().out
     # Grain: CIFAR-100 backbone, linear evaluation on the 20 superclasses.
-    grain = common(cifar100_root, tmp_path, dataset="supercifar100", backbone=backbone)
+    grain = stage_arguments(cifar100_root, tmp_path, dataset="supercifar100", backbone=backbone)
     run_stage(stage2, grain + ["--checkpoint", str(checkpoint), "--epochs", "1"])
     out_file = (tmp_path / "standard" / "supercifar100" /
                 f"standard_supercifar100_from_cifar100_{backbone}_seed_1_epoch_1_linear_evaluation.tar")
@@ -139,17 +113,17 @@ def test_standard_cifar100_then_supercifar100_grain(cifar100_root, tmp_path, cap
 
 
 def test_cross_domain_cifar10_backbone_on_cifar100(small_cifar10_root, cifar100_root, tmp_path):
-    run_stage(stage1, common(small_cifar10_root, tmp_path) + [
+    run_stage(stage1, stage_arguments(small_cifar10_root, tmp_path) + [
         "--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"])
     checkpoint = tmp_path / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_1.tar"
-    run_stage(stage2, common(cifar100_root, tmp_path, dataset="cifar100") + [
+    run_stage(stage2, stage_arguments(cifar100_root, tmp_path, dataset="cifar100") + [
         "--checkpoint", str(checkpoint), "--epochs", "1"])
     assert (tmp_path / "relationnet" / "cifar100" /
             "relationnet_cifar100_from_cifar10_conv4_seed_1_epoch_1_linear_evaluation.tar").exists()
 
 
 def test_finetune_gets_its_own_file_and_decays(small_cifar10_root, tmp_path, capsys):
-    args = common(small_cifar10_root, tmp_path)
+    args = stage_arguments(small_cifar10_root, tmp_path)
     run_stage(stage1, args + ["--method", "randomweights"])
     checkpoint = tmp_path / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
     run_stage(stage2, args + ["--checkpoint", str(checkpoint), "--finetune", "--epochs", "4"])
@@ -165,7 +139,7 @@ def test_same_seed_gives_identical_files(small_cifar10_root, tmp_path):
     outputs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        run_stage(stage1, common(small_cifar10_root, out) + [
+        run_stage(stage1, stage_arguments(small_cifar10_root, out) + [
             "--method", "relationnet", "--K", "3", "--epochs", "2", "--data_size", "20"])
         outputs.append(load(out / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_2.tar"))
     for key, value in outputs[0]["backbone"].items():
@@ -173,7 +147,7 @@ def test_same_seed_gives_identical_files(small_cifar10_root, tmp_path):
 
 
 def test_resume_auto_continues_and_refuses_changed_arguments(small_cifar10_root, tmp_path, capsys):
-    args = common(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--data_size", "50"]
+    args = stage_arguments(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--data_size", "50"]
     run_stage(stage1, args + ["--epochs", "2"])
     log = tmp_path / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_1.csv"
     assert len(log.read_text().splitlines()) == 3
@@ -223,12 +197,12 @@ def test_missing_data_and_wrong_checkpoints(small_cifar10_root, tmp_path, capsys
         assert len(err.splitlines()) == 1, err
         return err
 
-    missing = error(stage1, common(tmp_path / "nowhere", tmp_path))
+    missing = error(stage1, stage_arguments(tmp_path / "nowhere", tmp_path))
     assert "cifar-10-batches-py" in missing
-    args = common(small_cifar10_root, tmp_path)
+    args = stage_arguments(small_cifar10_root, tmp_path)
     run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"])
     checkpoint = tmp_path / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_1.tar"
-    other = common(small_cifar10_root, tmp_path, backbone="resnet8")
+    other = stage_arguments(small_cifar10_root, tmp_path, backbone="resnet8")
     assert "holds a conv4 backbone, not resnet8: pass --backbone conv4" in error(stage2, other + ["--checkpoint", str(checkpoint)])
     assert "run train_linear_evaluation.py" in error(stage3, args + ["--checkpoint", str(checkpoint)])
     rotation_file = tmp_path / "rotationnet.tar"  # keys of the original code's rotationnet
@@ -252,7 +226,7 @@ def test_command_line_errors_have_no_traceback(tmp_path):
 
 
 def test_a_second_run_on_the_same_files_is_refused_until_the_first_is_gone(small_cifar10_root, tmp_path, capsys):
-    args = common(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--epochs", "1",
+    args = stage_arguments(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--epochs", "1",
                                                    "--data_size", "50"]
     lock = tmp_path / "relationnet" / "cifar10" / ".relationnet_cifar10_conv4_seed_1.lock"
     lock.parent.mkdir(parents=True)
@@ -315,18 +289,18 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root,
 def test_relationnet_and_simclr_pretrain_on_supercifar100(cifar100_root, tmp_path):
     # The original could not build their multi-view loaders for the coarse labels (D10).
     for method in ("relationnet", "simclr"):
-        run_stage(stage1, common(cifar100_root, tmp_path, dataset="supercifar100") + [
-            "--method", method, "--K", "2", "--epochs", "1", "--data_size", "50"])
+        run_stage(stage1, stage_arguments(cifar100_root, tmp_path, dataset="supercifar100") + [
+            "--method", method, *views_flag(method), "--epochs", "1", "--data_size", "50"])
         assert (tmp_path / method / "supercifar100" / f"{method}_supercifar100_conv4_seed_1_epoch_1.tar").exists()
 
 
 def test_cross_domain_across_image_sizes_tiny_to_cifar10(tiny_root, small_cifar10_root, tmp_path, capsys):
-    run_stage(stage1, common(tiny_root, tmp_path, dataset="tiny") + [
+    run_stage(stage1, stage_arguments(tiny_root, tmp_path, dataset="tiny") + [
         "--method", "rotationnet", "--epochs", "1", "--data_size", "50"])
     checkpoint = tmp_path / "rotationnet" / "tiny" / "rotationnet_tiny_conv4_seed_1_epoch_1.tar"
-    run_stage(stage2, common(small_cifar10_root, tmp_path) + ["--checkpoint", str(checkpoint), "--epochs", "1"])
+    run_stage(stage2, stage_arguments(small_cifar10_root, tmp_path) + ["--checkpoint", str(checkpoint), "--epochs", "1"])
     result = tmp_path / "rotationnet" / "cifar10" / "rotationnet_cifar10_from_tiny_conv4_seed_1_epoch_1_linear_evaluation.tar"
-    run_stage(stage3, common(small_cifar10_root, tmp_path) + ["--checkpoint", str(result)])
+    run_stage(stage3, stage_arguments(small_cifar10_root, tmp_path) + ["--checkpoint", str(result)])
     assert "Test accuracy:" in capsys.readouterr().out
 
 
@@ -340,11 +314,12 @@ def test_ctrl_c_outside_training_is_one_line(capsys):
 
 
 def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tmp_path, capsys):
-    run_stage(stage1, common(stl10_root, tmp_path, dataset="stl10") + [
+    run_stage(stage1, stage_arguments(stl10_root, tmp_path, dataset="stl10") + [
         "--method", "standard", "--epochs", "1", "--data_size", "50"])
     out = capsys.readouterr().out
     assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
-    assert Standard(build_backbone("conv4"), 10, argparse.Namespace(dataset="stl10")).augmentation == "finetune"
+    stl10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "stl10"])
+    assert Standard.from_args(build_backbone("conv4"), 10, stl10_args).view_groups == [ViewGroup(1, "flip_affine_erase")]
 
 
 def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_done(small_cifar10_root, tmp_path):

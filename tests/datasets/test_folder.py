@@ -5,28 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
 from PIL import Image
-from test_datasets import one_line
-from test_pipeline import common, load, three_stages
 
 from datasets import DatasetError, load_dataset
 from experiments.cli import stage1_parser
-
-
-def pixels(path) -> torch.Tensor:
-    """A file decoded independently of the loader: uint8 (3, H, W), RGB."""
-    with Image.open(path) as img:
-        return torch.from_numpy(np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy())
-
-
-def refuse_to_decode(*args, **kwargs):
-    """Stands in for PIL.Image.open where a load must come from the cache."""
-    raise AssertionError("decoded an image although the cache is up to date")
-
-
-def first_file(folder):
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))[0]
+from tests.helpers import (
+    first_file,
+    load,
+    one_line,
+    pixels,
+    refuse_to_decode,
+    stage_arguments,
+    three_stages,
+    write_image_folder,
+)
 
 
 def test_classes_sorted_labels_and_exact_pixels(tmp_path):
@@ -200,7 +192,7 @@ def test_three_stages_on_resized_folder(tmp_path, capsys):
     root = write_image_folder(tmp_path / "tree", ["cat", "dog", "eel"], n_train=8, n_test=4,
                               sizes=((40, 30), (24, 36), (50, 50)), ext="jpg")
     out = tmp_path / "out"
-    args = common(root, out, dataset="folder") + ["--image_size", "32"]
+    args = stage_arguments(root, out, dataset="folder") + ["--image_size", "32"]
     stage1_file, stage2_file, _, test_out = three_stages(args, out, "folder", "relationnet", capsys,
                                                          stage1_args=["--K", "2", "--data_size", "8"])
     assert {"backbone", "relation"} <= set(load(stage1_file))

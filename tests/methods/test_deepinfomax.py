@@ -2,7 +2,6 @@
 game, checkpoints, real training runs and the stage scripts end to end."""
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import subprocess
@@ -10,40 +9,36 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SHARED
 
 from backbones import build_backbone
 from datasets import load_dataset
 from engine.loop import Engine, TrainingPlan
+from experiments.cli import stage1_parser
 from methods import METHODS
+from methods.base import ViewGroup
 from methods.deepinfomax import DeepInfoMax, DIMDiscriminators, negatives
 from methods.losses import jsd_discriminator_loss
+from tests.helpers import GOLDEN, REPO
 from utils.errors import UserError
 from utils.seeds import seed_everything
 
-GOLDEN = SHARED / "reference" / "golden" / "deepinfomax.pt"
-needs_golden = pytest.mark.skipif(not GOLDEN.exists(), reason="golden tensors of the original code not available")
+GOLDEN_DIM = GOLDEN / "deepinfomax.pt"
 
 
-def _args(*argv: str, lr: float | None = None, data_size: int = 8) -> argparse.Namespace:
-    """The method's flags with their real defaults, plus the stage-1 flags it reads."""
-    parser = argparse.ArgumentParser()
-    DeepInfoMax.add_arguments(parser)
-    args = parser.parse_args(list(argv))
-    args.lr, args.data_size = lr, data_size
-    return args
+def _args(*argv: str, lr: float | None = None):
+    """Stage-1 flags of deepinfomax, parsed as train_unsupervised.py does."""
+    return stage1_parser().parse_args(["--method", "deepinfomax", *argv, *(["--lr", str(lr)] if lr else [])])
 
 
 def _method(*argv: str, seed: int = 0, **kwargs) -> DeepInfoMax:
     torch.manual_seed(seed)
-    return DeepInfoMax(build_backbone("conv4"), 10, _args(*argv, **kwargs))
+    return DeepInfoMax.from_args(build_backbone("conv4"), 10, _args(*argv, **kwargs))
 
 
 # --- the original code's numbers -------------------------------------------------------------
 
-@needs_golden
 def test_terms_match_the_original_code():
-    golden = torch.load(GOLDEN, weights_only=True)
+    golden = torch.load(GOLDEN_DIM, weights_only=True)
     discriminators = DIMDiscriminators(64, 8, alpha=0.5, beta=1.0, gamma=0.1, prior_mode="original")
     discriminators.load_state_dict(golden["state_dict"])  # strict: the original key names
     terms = discriminators(golden["y"], golden["M"], golden["M_prime"], golden["prior_sample"])
@@ -61,7 +56,7 @@ def test_negatives_pair_each_image_with_the_next_as_the_original():
 def test_discriminators_exist_only_for_non_zero_weights():
     keys = DIMDiscriminators(64, 8, 0.0, 1.0, 0.1).state_dict()
     assert {key.split(".")[0] for key in keys} == {"local_d", "prior_d"}
-    assert DeepInfoMax.default_lr == 1e-4 and DeepInfoMax.drop_last and DeepInfoMax.augmentation == "flip"
+    assert DeepInfoMax.default_lr == 1e-4 and DeepInfoMax.drop_last and _method().view_groups == [ViewGroup(1, "flip")]
     assert METHODS["deepinfomax"] is DeepInfoMax
 
 
@@ -151,7 +146,7 @@ def test_training_step_gives_the_backbone_the_reversed_prior_gradient():
     images = torch.randn(3, 3, 32, 32)
     method = _method("--dim_beta", "0", seed=3)
     torch.manual_seed(9)
-    method.training_step(images, None, None).loss.backward()
+    method.training_step([images], None, None).loss.backward()
 
     manual = _method("--dim_beta", "0", seed=3)
     torch.manual_seed(9)
@@ -175,22 +170,23 @@ def test_training_step_gives_the_backbone_the_reversed_prior_gradient():
     (["--dim_prior", "foo"], "--dim_prior"),
 ])
 def test_bad_flags_are_named_on_one_line(argv, flag):
-    problem = DeepInfoMax.check_arguments(_args(*argv))
+    problem = DeepInfoMax.check_options(DeepInfoMax.options_of(_args(*argv)))
     assert problem and problem.startswith(flag) and "\n" not in problem
+    with pytest.raises(ValueError, match=flag):
+        DeepInfoMax(build_backbone("conv4"), 10, **DeepInfoMax.options_of(_args(*argv)))
 
 
 def test_default_flags_are_valid_and_a_batch_needs_two_images():
-    assert DeepInfoMax.check_arguments(_args()) is None
-    assert DeepInfoMax.check_arguments(_args(data_size=1)).startswith("--data_size 1:")
+    assert DeepInfoMax.check_options(DeepInfoMax.default_options()) is None
+    assert DeepInfoMax.min_batch_size == 2
 
 
-@needs_golden
 def test_checkpoint_keys_and_round_trip(tmp_path):
-    golden_keys = set(torch.load(GOLDEN, weights_only=True)["state_dict"])
+    golden_keys = set(torch.load(GOLDEN_DIM, weights_only=True)["state_dict"])
     method = _method("--dim_alpha", "0.5")
     assert set(method.checkpoint_state()["loss_fn"]) == golden_keys
     method = _method()
-    method.training_step(torch.randn(2, 3, 32, 32), None, None).loss.backward()
+    method.training_step([torch.randn(2, 3, 32, 32)], None, None).loss.backward()
     method.optimizer.step()
     state = method.checkpoint_state()
     assert set(state) == {"backbone", "loss_fn", "optimizer"}
@@ -206,11 +202,10 @@ def test_checkpoint_keys_and_round_trip(tmp_path):
         _method("--dim_alpha", "0.5").load_checkpoint_state(state)
 
 
-@needs_golden
 def test_loads_a_checkpoint_in_the_original_format():
     """backbone and loss_fn of the original code, and its PyTorch 1.4 Adam state (int steps)."""
-    golden = torch.load(GOLDEN, weights_only=True)["state_dict"]
-    backbone = torch.load(SHARED / "reference" / "golden" / "backbones.pt", weights_only=True)["conv4"]["state_dict"]
+    golden = torch.load(GOLDEN_DIM, weights_only=True)["state_dict"]
+    backbone = torch.load(GOLDEN / "backbones.pt", weights_only=True)["conv4"]["state_dict"]
     loss_fn = {k: v for k, v in golden.items() if not k.startswith("global_d.")}
     method = _method()
     sizes = [len(list(method.backbone.parameters())), len(list(method.discriminators.parameters()))]
@@ -221,7 +216,7 @@ def test_loads_a_checkpoint_in_the_original_format():
                            for i, p in enumerate(params)}, "param_groups": groups}
     method.load_checkpoint_state({"backbone": backbone, "loss_fn": loss_fn, "optimizer": optimizer})
     assert torch.equal(method.discriminators.local_d.c0.weight, golden["local_d.c0.weight"])
-    method.training_step(torch.randn(2, 3, 32, 32), None, None).loss.backward()
+    method.training_step([torch.randn(2, 3, 32, 32)], None, None).loss.backward()
     method.optimizer.step()  # the old state is usable
     assert int(method.optimizer.state[method.discriminators.prior_d.l2.bias]["step"]) == 8
 
@@ -230,7 +225,7 @@ def test_loads_a_checkpoint_in_the_original_format():
 
 def _fit(data, folder, seed, epochs, batch, *argv, lr=None):
     seed_everything(seed)
-    method = DeepInfoMax(build_backbone("conv4"), data.num_classes, _args(*argv, lr=lr, data_size=batch))
+    method = DeepInfoMax.from_args(build_backbone("conv4"), data.num_classes, _args(*argv, lr=lr))
     plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda e: [], extra_state={}, drop_last=method.drop_last)
     Engine(method, data, plan, torch.device("cpu")).fit()

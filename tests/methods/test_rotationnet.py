@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_simclr import build, cifar10_subset, three_stages, train
 from torch import nn
 
 from backbones import build_backbone
 from engine.checkpoint import read_checkpoint
 from methods.rotationnet import rotations
+from tests.helpers import (
+    build_method,
+    cifar10_subset,
+    three_stage_commands,
+    train_method,
+)
 
 
 def test_rotations_are_counter_clockwise_quarter_turns_rotation_major():
@@ -28,12 +33,12 @@ def test_non_square_images_are_refused():
 
 
 def test_training_step_loss_and_accuracy():
-    method = build("rotationnet")
+    method = build_method("rotationnet")
     # A head that always answers "not rotated" is right on exactly the first quarter.
     with torch.no_grad():
         method.classifier.weight.zero_()
         method.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
-    out = method.training_step(torch.randn(3, 3, 32, 32), torch.full((3,), -1), torch.arange(3))
+    out = method.training_step([torch.randn(3, 3, 32, 32)], torch.full((3,), -1), torch.arange(3))
     correct, count = out.metrics["accuracy"]
     assert (correct / count).item() == 25.0 and count.item() == 12 and out.loss_weight == 12
     expected = nn.functional.cross_entropy(torch.tensor([[5.0, 0, 0, 0]]).repeat(12, 1),
@@ -42,14 +47,14 @@ def test_training_step_loss_and_accuracy():
 
 
 def test_checkpoint_round_trip_and_original_files(tmp_path):
-    method = build("rotationnet")
-    method.training_step(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long),
+    method = build_method("rotationnet")
+    method.training_step([torch.randn(2, 3, 32, 32)], torch.zeros(2, dtype=torch.long),
                          torch.arange(2)).loss.backward()
     method.optimizer.step()
     state = method.checkpoint_state()
     assert set(state) == {"classifier", "backbone", "optimizer"}
     assert set(state["classifier"]) == {"weight", "bias"} and state["classifier"]["weight"].shape == (4, 64)
-    fresh = build("rotationnet", 2)
+    fresh = build_method("rotationnet", 2)
     fresh.load_checkpoint_state(state)
     assert all(torch.equal(value, fresh.state_dict()[key]) for key, value in method.state_dict().items())
 
@@ -70,7 +75,7 @@ def test_checkpoint_round_trip_and_original_files(tmp_path):
 
 def test_learns_rotations_on_real_images(cifar10_root, tmp_path):
     # 3 epochs x 20 steps of 32 images x 4 rotations; chance is 25%, log 4 = 1.386.
-    rows = train(build("rotationnet"), cifar10_subset(cifar10_root, 640), tmp_path, epochs=3)
+    rows = train_method(build_method("rotationnet"), cifar10_subset(cifar10_root, 640), tmp_path, epochs=3)
     losses = [float(row["loss"]) for row in rows]
     assert losses[-1] < losses[0] - 0.08, losses
     assert float(rows[-1]["accuracy"]) > 38.0, rows[-1]
@@ -79,8 +84,8 @@ def test_learns_rotations_on_real_images(cifar10_root, tmp_path):
 
 def test_same_seed_same_loss(cifar10_root, tmp_path):
     data = cifar10_subset(cifar10_root, 64)
-    methods = [build("rotationnet", 3), build("rotationnet", 3)]
-    loss_a, loss_b = [train(method, data, tmp_path / name, seed=3)[0]["loss"]
+    methods = [build_method("rotationnet", 3), build_method("rotationnet", 3)]
+    loss_a, loss_b = [train_method(method, data, tmp_path / name, seed=3)[0]["loss"]
                       for method, name in zip(methods, "ab")]
     assert loss_a == loss_b
     weights_b = methods[1].state_dict()
@@ -88,6 +93,6 @@ def test_same_seed_same_loss(cifar10_root, tmp_path):
 
 
 def test_three_stages(small_cifar10_root, tmp_path):
-    state = three_stages("rotationnet", small_cifar10_root, tmp_path)
+    state = three_stage_commands("rotationnet", small_cifar10_root, tmp_path)
     assert {"classifier", "backbone", "optimizer"} <= set(state)
     assert state["classifier"]["weight"].shape == (4, 64)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from test_engine import make_engine, read_log
 
 import train_unsupervised as stage1
 from backbones import build_backbone
@@ -14,6 +13,7 @@ from datasets import load_dataset
 from engine.precision import Precision
 from experiments.stage import run_main
 from methods.losses import focal_loss, simclr_original_loss
+from tests.helpers import make_engine, read_log
 from utils.errors import UserError
 
 

@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
 
 import reproduce
 from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
 from experiments.studies import PAPER, STUDIES, paper_value
+from tests.helpers import REPO
 
 
 def grid_argv(root, out, epochs="8"):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_image_folder, write_slim
 from PIL import Image
-from test_datasets import one_line
-from test_folder import first_file, pixels, refuse_to_decode
-from test_pipeline import common, load, three_stages
 
 from datasets import DATASETS, DatasetError, load_dataset
+from tests.helpers import (
+    first_file,
+    load,
+    one_line,
+    pixels,
+    refuse_to_decode,
+    stage_arguments,
+    three_stages,
+    write_image_folder,
+    write_slim,
+)
 
 
 def test_layout_labels_sizes_and_constants(tmp_path):
@@ -87,7 +94,7 @@ def test_wrong_images_are_refused(tmp_path, problem):
 def test_three_stages_on_slim(tmp_path, capsys):
     root = write_slim(tmp_path / "data", num_classes=3, n_train=8, n_test=4)
     out = tmp_path / "out"
-    args = common(root, out, dataset="slim")
+    args = stage_arguments(root, out, dataset="slim")
     stage1_file, stage2_file, _, test_out = three_stages(args, out, "slim", "relationnet", capsys,
                                                          stage1_args=["--K", "2", "--data_size", "8"])
     assert {"backbone", "relation"} <= set(load(stage1_file))

@@ -5,7 +5,7 @@ import csv
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import benchmark  # noqa: E402

@@ -3,82 +3,29 @@ and the three stage scripts. The helpers (build, train, three_stages) serve
 test_rotationnet.py too."""
 from __future__ import annotations
 
-import csv
 import math
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import REPO, SHARED
 from torch import nn
 
 from backbones import build_backbone
-from datasets import load_dataset
 from datasets.augment import build_augmentation
 from engine.checkpoint import read_checkpoint
-from engine.loop import Engine, TrainingPlan
-from experiments.cli import stage1_parser
-from methods import METHODS
 from methods.losses import nt_xent_loss, simclr_original_loss
 from methods.simclr import SimCLR
-from utils.seeds import seed_everything
+from tests.helpers import (
+    GOLDEN,
+    build_method,
+    cifar10_subset,
+    parse_stage1,
+    run_script,
+    three_stage_commands,
+    train_method,
+)
 
-GOLDEN = SHARED / "reference" / "golden" / "simclr.pt"
-
-
-def parse(method: str, *flags: str):
-    return stage1_parser().parse_args(["--method", method, *flags])
-
-
-def build(method_name, seed=1, *flags):
-    """A seeded method on a conv4 backbone, its flags parsed as train_unsupervised.py does."""
-    seed_everything(seed)
-    return METHODS[method_name](build_backbone("conv4"), 10, parse(method_name, *flags))
-
-
-def train(method, data, folder, seed=1, epochs=1, batch=32):
-    """Train `method` through the engine; returns the rows of its per-epoch log."""
-    plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=folder / "log.csv",
-                        checkpoint_paths=lambda epoch: [], extra_state={"seed": seed},
-                        drop_last=method.drop_last)
-    Engine(method, data, plan, torch.device("cpu")).fit()
-    with open(folder / "log.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def cifar10_subset(root, n):
-    return load_dataset("cifar10", "train", root, download=False).balanced_subset(n, seed=0)
-
-
-def run_script(script, *argv):
-    return subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-
-
-def three_stages(method, data_root, out):
-    """Stage 1 (one epoch), linear evaluation (one epoch) and test.py as command lines;
-    returns the stage-1 checkpoint."""
-    common = ["--data_root", str(data_root), "--checkpoint_dir", str(out), "--no_download",
-              "--seed", "1", "--device", "cpu"]
-    header = f"{method}_cifar10_conv4_seed_1"
-    folder = out / method / "cifar10"
-    stage1 = run_script("train_unsupervised.py", "--method", method, "--epochs", "1",
-                        "--data_size", "64", *common)
-    assert stage1.returncode == 0, stage1.stderr
-    assert {f"{header}_epoch_1.tar", f"{header}_last.tar", f"log_{header}.csv",
-            f"config_{header}.json"} <= {path.name for path in folder.iterdir()}
-    checkpoint = folder / f"{header}_epoch_1.tar"
-    stage2 = run_script("train_linear_evaluation.py", "--checkpoint", str(checkpoint),
-                        "--epochs", "1", *common)
-    assert stage2.returncode == 0, stage2.stderr
-    evaluated = folder / f"{header}_epoch_1_linear_evaluation.tar"
-    assert evaluated.exists()
-    stage3 = run_script("test.py", "--checkpoint", str(evaluated), *common)
-    assert stage3.returncode == 0, stage3.stderr
-    assert "Test accuracy:" in stage3.stdout
-    return torch.load(checkpoint, weights_only=True)
+GOLDEN_SIMCLR = GOLDEN / "simclr.pt"
 
 
 def to_view_major(interleaved: torch.Tensor) -> torch.Tensor:
@@ -134,9 +81,8 @@ def test_losses_on_hand_made_inputs(t):
         (-2 * math.log(ratio) + 2 * math.log(3)) / 4, rel=1e-6)
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason="golden tensors of the original code not available")
 def test_original_loss_equals_the_original_code():
-    golden = torch.load(GOLDEN, weights_only=True)
+    golden = torch.load(GOLDEN_SIMCLR, weights_only=True)
     interleaved, t = golden["projections_interleaved"], golden["temperature"]
     value = simclr_original_loss(to_view_major(interleaved), t)
     torch.testing.assert_close(value, golden["value"], rtol=1e-5, atol=0)
@@ -159,8 +105,8 @@ def test_training_step_uses_the_chosen_loss():
     views = torch.randn(2 * 5, 3, 32, 32)
     values = {}
     for loss in ("original", "ntxent"):
-        method = build("simclr", 1, "--simclr_loss", loss)
-        out = method.training_step(views, torch.zeros(5, dtype=torch.long), torch.arange(5))
+        method = build_method("simclr", 1, "--simclr_loss", loss)
+        out = method.training_step([views], torch.zeros(5, dtype=torch.long), torch.arange(5))
         projections = method.head(method.backbone(views))
         assert out.loss_weight == 10 and not out.metrics
         values[loss] = out.loss
@@ -174,9 +120,9 @@ def test_training_step_uses_the_chosen_loss():
     (("--temperature", "nan"), "--temperature"), (("--temperature", "inf"), "--temperature"),
     (("--simclr_loss", "infonce"), "--simclr_loss")])
 def test_bad_options_are_named(flags, flag):
-    problem = SimCLR.check_arguments(parse("simclr", *flags))
+    problem = SimCLR.check_options(SimCLR.options_of(parse_stage1("simclr", *flags)))
     assert problem and problem.startswith(flag) and "\n" not in problem
-    assert SimCLR.check_arguments(parse("simclr")) is None
+    assert SimCLR.check_options(SimCLR.default_options()) is None
 
 
 def original_head() -> nn.Sequential:
@@ -186,14 +132,14 @@ def original_head() -> nn.Sequential:
 
 
 def test_checkpoint_round_trip_and_original_files(tmp_path):
-    method = build("simclr")
-    method.training_step(torch.randn(8, 3, 32, 32), torch.zeros(4, dtype=torch.long),
+    method = build_method("simclr")
+    method.training_step([torch.randn(8, 3, 32, 32)], torch.zeros(4, dtype=torch.long),
                          torch.arange(4)).loss.backward()
     method.optimizer.step()
     state = method.checkpoint_state()
     assert set(state) == {"backbone", "head", "optimizer"}
     assert set(state["head"]) == set(original_head().state_dict())
-    fresh = build("simclr", 2)
+    fresh = build_method("simclr", 2)
     fresh.load_checkpoint_state(state)
     assert all(torch.equal(value, fresh.state_dict()[key]) for key, value in method.state_dict().items())
     assert fresh.optimizer.state_dict()["state"][0]["exp_avg"].equal(state["optimizer"]["state"][0]["exp_avg"])
@@ -225,10 +171,10 @@ def test_loss_falls_on_real_images(cifar10_root, tmp_path):
         with torch.no_grad():
             return simclr_original_loss(method.head(method.backbone(views))).item()
 
-    method = build("simclr")
+    method = build_method("simclr")
     before = fixed_loss(method)
     # 4 epochs x 20 steps of 32 images x 2 views. Chance: all 63 other rows alike, log 63 = 4.14.
-    rows = train(method, data, tmp_path, epochs=4)
+    rows = train_method(method, data, tmp_path, epochs=4)
     losses = [float(row["loss"]) for row in rows]
     assert losses[-1] < losses[0] < math.log(63), losses
     assert fixed_loss(method) < before - 0.2, (before, fixed_loss(method))
@@ -237,15 +183,15 @@ def test_loss_falls_on_real_images(cifar10_root, tmp_path):
 
 def test_same_seed_same_loss(cifar10_root, tmp_path):
     data = cifar10_subset(cifar10_root, 96)
-    runs = [(build("simclr", seed), tmp_path / name, seed) for name, seed in (("a", 3), ("b", 3), ("c", 4))]
-    (loss_a, loss_b, loss_c) = [train(method, data, folder, seed)[0]["loss"] for method, folder, seed in runs]
+    runs = [(build_method("simclr", seed), tmp_path / name, seed) for name, seed in (("a", 3), ("b", 3), ("c", 4))]
+    (loss_a, loss_b, loss_c) = [train_method(method, data, folder, seed)[0]["loss"] for method, folder, seed in runs]
     assert loss_a == loss_b != loss_c
     weights_a, weights_b = runs[0][0].state_dict(), runs[1][0].state_dict()
     assert all(torch.equal(value, weights_b[key]) for key, value in weights_a.items())
 
 
 def test_three_stages(small_cifar10_root, tmp_path):
-    state = three_stages("simclr", small_cifar10_root, tmp_path)
+    state = three_stage_commands("simclr", small_cifar10_root, tmp_path)
     assert {"backbone", "head", "optimizer"} <= set(state)
     assert set(state["head"]) == set(original_head().state_dict())
     assert state["args"]["simclr_loss"] == "original" and state["args"]["temperature"] == 0.5

@@ -8,14 +8,12 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny
 from PIL import Image
-from test_datasets import one_line
-from test_pipeline import common, three_stages
 
 import datasets.tiny as tiny_mod
 from datasets import DatasetError, load_dataset
 from datasets.download import UnsafeArchiveError, md5sum, safe_extract_zip
+from tests.helpers import one_line, stage_arguments, three_stages, views_flag, write_tiny
 
 
 def decode(path) -> torch.Tensor:
@@ -244,7 +242,7 @@ def test_corrupt_zip_is_one_line_error(tmp_path):
 @pytest.mark.parametrize("method", ["relationnet", "rotationnet"])
 def test_three_stages(tiny_root, tmp_path, capsys, method):
     _, _, stage1_out, test_out = three_stages(
-        common(tiny_root, tmp_path, dataset="tiny"), tmp_path, "tiny", method, capsys,
-        stage1_args=["--K", "2", "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
+        stage_arguments(tiny_root, tmp_path, dataset="tiny"), tmp_path, "tiny", method, capsys,
+        stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
     assert "Training images: 32 (tiny train, 64x64, 10 classes)" in stage1_out
     assert "Test accuracy:" in test_out

@@ -1,40 +1,17 @@
 """The shared engine: real short runs, seeded determinism and exact resume."""
 from __future__ import annotations
 
-import argparse
-import csv
-
 import pytest
 import torch
 
-from backbones import build_backbone
 from datasets import load_dataset
-from engine.loop import Engine, TrainingPlan
-from methods import METHODS
-from utils.seeds import seed_everything
-
-
-def make_engine(method_name, data, tmp_path, seed=1, epochs=3, batch=32, plan_options=None, **options):
-    """An engine over `data`; `options` go to the method's arguments, `plan_options` to the
-    TrainingPlan (precision, compile, channels_last)."""
-    seed_everything(seed)
-    args = argparse.Namespace(K=4, aggregation="cat", lr=None, temperature=0.5, simclr_loss="original",
-                              **options)
-    method = METHODS[method_name](build_backbone("conv4"), data.num_classes, args)
-    plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=tmp_path / "log.csv",
-                        checkpoint_paths=lambda e: [tmp_path / f"epoch_{e}.tar"],
-                        extra_state={"seed": seed}, drop_last=method.drop_last, **(plan_options or {}))
-    return Engine(method, data, plan, torch.device("cpu"))
+from methods.base import Method, StepOutput, ViewGroup
+from tests.helpers import engine_for, make_engine, read_log
 
 
 @pytest.fixture(scope="module")
 def real_subset(cifar10_root):
     return load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(960, seed=0)
-
-
-def read_log(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_relationnet_learns_on_real_images(real_subset, tmp_path):
@@ -123,3 +100,47 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(real_subset, tmp_path):
     assert (tmp_path / "epoch_3.tar").read_bytes() == before
     assert not (tmp_path / "epoch_4.tar").exists()
     assert len(read_log(tmp_path / "log.csv")) == 3
+
+
+class MultiCropProbe(Method):
+    """Two global views at 32 px and three local views at 13 px; records what it is given."""
+
+    name = "multicrop_probe"
+    checkpoint_keys = {"backbone": "backbone", "optimizer": "optimizer"}
+
+    def __init__(self, backbone, num_classes, lr=None):
+        super().__init__(backbone, num_classes, lr)
+        self.optimizer = torch.optim.SGD(backbone.parameters(), lr=0.01)
+        self.shapes, self.steps = [], []
+
+    @property
+    def view_groups(self):
+        return [ViewGroup(2, "crop_color_gray", 32), ViewGroup(3, "crop_color_gray", 13)]
+
+    def training_step(self, views, labels, index):
+        self.shapes.append([tuple(group.shape) for group in views])
+        loss = sum(self.backbone(group).square().mean() for group in views)
+        return StepOutput(loss=loss, loss_weight=len(index))
+
+    def after_step(self, step):
+        self.steps.append(step)
+
+
+def test_view_groups_of_different_sizes_arrive_in_order(real_subset, tmp_path):
+    from backbones import build_backbone
+    method = MultiCropProbe(build_backbone("conv4"), 10)
+    engine_for(method, real_subset.balanced_subset(40, seed=0), tmp_path, epochs=2, batch=16).fit()
+    # 40 images in batches of 16: steps of 16, 16 and 8 images, twice.
+    assert method.shapes[:3] == [[(32, 3, 32, 32), (48, 3, 13, 13)]] * 2 + [[(16, 3, 32, 32), (24, 3, 13, 13)]]
+    assert method.steps == [1, 2, 3, 4, 5, 6]  # after_step counts the run's optimizer steps
+
+
+def test_a_pipeline_that_keeps_the_size_refuses_another(real_subset, tmp_path):
+    from backbones import build_backbone
+
+    class Resized(MultiCropProbe):
+        view_groups = [ViewGroup(1, "pad_crop_flip", 16)]
+
+    engine = engine_for(Resized(build_backbone("conv4"), 10), real_subset.balanced_subset(20, seed=0), tmp_path)
+    with pytest.raises(ValueError, match="cannot give 16 x 16 views"):
+        engine.fit()

@@ -1,14 +1,13 @@
 """Backbones against the original's parameter counts, state-dict layout and golden outputs."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
 from backbones import BACKBONES, build_backbone
+from tests.helpers import GOLDEN
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "golden"
 SMALL = ["conv4", "resnet8", "resnet32", "resnet56"]
 PARAMS = {"conv4": 24_648, "resnet8": 77_392, "resnet32": 466_256, "resnet56": 855_120,
           "resnet34": 21_284_672}
@@ -19,12 +18,6 @@ NAMES = {"conv4": "conv4", "resnet8": "resnet", "resnet32": "resnet", "resnet56"
          "resnet34": "resnet_large"}
 
 
-def _golden_dir() -> Path:
-    if not GOLDEN_DIR.is_dir():
-        pytest.skip(f"reference data not available at {GOLDEN_DIR}")
-    return GOLDEN_DIR
-
-
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
@@ -33,7 +26,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def golden():
-    return torch.load(_golden_dir() / "backbones.pt", weights_only=True)
+    return torch.load(GOLDEN / "backbones.pt", weights_only=True)
 
 
 def test_registry_lists_all_backbones():
@@ -59,7 +52,7 @@ def test_channels_attribute(models):
 
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_state_dict_keys_and_shapes_match_original(models, name):
-    expected = json.loads((_golden_dir() / "backbone_state_dict_shapes.json").read_text())[name]
+    expected = json.loads((GOLDEN / "backbone_state_dict_shapes.json").read_text())[name]
     actual = {k: list(v.shape) for k, v in models[name].state_dict().items()}
     assert list(actual) == list(expected)
     assert actual == expected

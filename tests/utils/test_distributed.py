@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+
+from tests.helpers import REPO, views_flag
 
 # Runs stage 1 as torchrun starts it, and dumps each rank's weights after training, so the
 # test can compare what the ranks hold (only rank 0 writes checkpoints).
@@ -40,9 +41,9 @@ def torchrun(tmp_path, name, argv):
     return out, result
 
 
-def args(root, checkpoints, epochs, *extra):
+def args(root, checkpoints, epochs, *extra, method="relationnet"):
     return ["--data_root", str(root), "--checkpoint_dir", str(checkpoints), "--no_download", "--device", "cpu",
-            "--method", "relationnet", "--K", "2", "--data_size", "8", "--train_subset", "64",
+            "--method", method, *views_flag(method), "--data_size", "8", "--train_subset", "64",
             "--seed", "3", "--epochs", str(epochs), *extra]
 
 
@@ -95,8 +96,7 @@ def test_resume_under_torchrun_ends_where_the_straight_run_ends(straight_run, sm
 
 def test_simclr_gathers_negatives_from_both_ranks(small_cifar10_root, tmp_path):
     checkpoints = tmp_path / "checkpoints"
-    argv = args(small_cifar10_root, checkpoints, 1)
-    argv[argv.index("relationnet")] = "simclr"
+    argv = args(small_cifar10_root, checkpoints, 1, method="simclr")
     out, result = torchrun(tmp_path, "simclr", argv + ["--simclr_gather"])
     ranks = [load(out / f"rank{rank}.pt") for rank in (0, 1)]
     for key in ranks[0]:

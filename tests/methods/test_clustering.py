@@ -12,15 +12,8 @@ from methods.clustering import (
     normalized_mutual_info,
     pca_whiten,
 )
-from utils.runtime import single_threaded
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These are small problems; on a shared CPU a second thread only adds waiting (see the
-    method's on_epoch_start)."""
-    with single_threaded(torch.device("cpu")):
-        yield
+pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

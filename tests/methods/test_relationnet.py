@@ -1,16 +1,14 @@
 """Relation pairs, focal loss and a real training run of the relationnet method."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
-from conftest import SHARED
 
 from methods.losses import focal_loss
 from methods.relationnet import AGGREGATIONS, RelationNet, aggregate
+from tests.helpers import GOLDEN as GOLDEN_DIR
 
-GOLDEN = SHARED / "reference" / "golden" / "relationnet.pt"
+GOLDEN = GOLDEN_DIR / "relationnet.pt"
 
 
 def loop_aggregate(features: torch.Tensor, K: int, aggregation: str):
@@ -45,7 +43,6 @@ def test_pairs_equal_the_plain_loop(K, B, aggregation):
     assert torch.equal(targets, expected_targets)
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason="golden tensors of the original code not available")
 def test_pairs_and_focal_loss_match_the_original_code():
     golden = torch.load(GOLDEN, weights_only=True)
     cases = [key for key in golden if key.startswith("K")]
@@ -75,21 +72,19 @@ def test_focal_loss_on_known_values():
         torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
 
 
-def _args(**overrides):
-    values = {"K": 4, "aggregation": "cat", "lr": None}
-    values.update(overrides)
-    return argparse.Namespace(**values)
+def _options(**overrides):
+    return {"K": 4, "aggregation": "cat", **overrides}
 
 
 def test_positive_and_negative_accuracies_are_separate():
     from backbones import build_backbone
     torch.manual_seed(0)
-    method = RelationNet(build_backbone("conv4"), 10, _args())
+    method = RelationNet(build_backbone("conv4"), 10, **_options())
     # A head that always says "same image": every positive right, every negative wrong.
     with torch.no_grad():
         method.relation_module.linear2.weight.zero_()
         method.relation_module.linear2.bias.fill_(5.0)
-    out = method.training_step(torch.randn(4 * 3, 3, 32, 32), torch.zeros(3, dtype=torch.long),
+    out = method.training_step([torch.randn(4 * 3, 3, 32, 32)], torch.zeros(3, dtype=torch.long),
                                torch.arange(3))
     value = {k: (s / c).item() for k, (s, c) in out.metrics.items()}
     assert value == {"accuracy": 50.0, "accuracy_positive": 100.0, "accuracy_negative": 0.0}
@@ -98,20 +93,20 @@ def test_positive_and_negative_accuracies_are_separate():
 
 @pytest.mark.parametrize("overrides,flag", [({"K": 1}, "--K"), ({"aggregation": "prod"}, "--aggregation")])
 def test_bad_options_are_named(overrides, flag):
-    problem = RelationNet.check_arguments(_args(**overrides))
+    problem = RelationNet.check_options(_options(**overrides))
     assert problem and problem.startswith(flag) and "\n" not in problem
 
 
 def test_checkpoint_keys_are_the_original_ones():
     from backbones import build_backbone
-    method = RelationNet(build_backbone("conv4"), 10, _args())
+    method = RelationNet(build_backbone("conv4"), 10, **_options())
     state = method.checkpoint_state()
     assert set(state) == {"backbone", "relation", "optimizer"}
     assert set(state["relation"]) == {
         "linear1.weight", "linear1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
         "bn1.running_var", "bn1.num_batches_tracked", "linear2.weight", "linear2.bias"}
     released = {"backbone": state["backbone"], "relation": state["relation"]}  # no optimizer
-    RelationNet(build_backbone("conv4"), 10, _args()).load_checkpoint_state(released)
+    RelationNet(build_backbone("conv4"), 10, **_options()).load_checkpoint_state(released)
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -120,7 +115,7 @@ def test_the_head_applied_before_pairing_equals_pairing_first(aggregation):
     logits and gradients must equal those of the head on the built pairs."""
     from backbones import build_backbone
     torch.manual_seed(0)
-    model = RelationNet(build_backbone("conv4"), 10, argparse.Namespace(K=3, aggregation=aggregation, lr=None))
+    model = RelationNet(build_backbone("conv4"), 10, K=3, aggregation=aggregation)
     features = torch.randn(3 * 5, 64, requires_grad=True)
     logits, targets = model.relation_logits(features)
     pairs, expected_targets = aggregate(features, 3, aggregation)

@@ -12,10 +12,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from conftest import HAS_SHARED_STL10, REPO, write_stl10
 from PIL import Image
-from test_datasets import one_line
-from test_pipeline import common, three_stages
 
 import datasets.stl10 as stl10_mod
 from datasets import DatasetError, load_dataset, pretraining_split
@@ -27,6 +24,15 @@ from datasets.augment import (
     random_affine_params,
 )
 from datasets.download import md5sum
+from tests.helpers import (
+    HAS_SHARED_STL10,
+    REPO,
+    one_line,
+    stage_arguments,
+    three_stages,
+    views_flag,
+    write_stl10,
+)
 
 PIXELS = 96 * 96
 
@@ -166,8 +172,8 @@ def test_pretraining_split():
 @pytest.mark.parametrize("method", ["relationnet", "rotationnet"])
 def test_three_stages(stl10_root, tmp_path, capsys, method):
     _, _, stage1_out, test_out = three_stages(
-        common(stl10_root, tmp_path, dataset="stl10"), tmp_path, "stl10", method, capsys,
-        stage1_args=["--K", "2", "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
+        stage_arguments(stl10_root, tmp_path, dataset="stl10"), tmp_path, "stl10", method, capsys,
+        stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
     # Self-supervised methods pretrain on the unlabelled images, as the original code did.
     assert "Training images: 32 (stl10 unlabeled, 96x96, 10 classes)" in stage1_out
     assert "Test accuracy:" in test_out
