@@ -56,7 +56,7 @@ class TrainingPlan:
     extra_state: dict                # stored in every checkpoint (args, names, versions)
     drop_last: bool = False
     rolling_checkpoint: Path | None = None  # rewritten silently after every epoch
-    precision: str = "fp32"          # see utils/precision.py
+    precision: str = "fp32"          # see engine/precision.py
     compile: bool = False            # torch.compile the backbone
     channels_last: bool = False      # convolution weights and views in NHWC memory order
     ranks: Ranks = SINGLE            # this process's rank under torchrun

@@ -1,4 +1,4 @@
-"""Batched augmentation (utils/augment.py) against torchvision, op by op and in distribution."""
+"""Batched augmentation (datasets/augment.py) against torchvision, op by op and in distribution."""
 import math
 import pickle
 from pathlib import Path
