@@ -147,7 +147,8 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     engine = Engine(method, data, plan, device)
     if ranks.is_main:
         record_config(files.config, args, seed, device, stage="train_unsupervised",
-                      training_images=len(data), world_size=ranks.world_size)
+                      training_images=len(data), world_size=ranks.world_size,
+                      input_normalisation={"mean": list(data.mean), "std": list(data.std)})
     engine.fit(start_epoch, resume_state)
 
     if args.method == "standard" and ranks.is_main:

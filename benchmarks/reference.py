@@ -10,6 +10,7 @@ initial weights match the original's bit for bit).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -37,6 +38,16 @@ def relationnet_transform(mean: tuple, std: tuple) -> transforms.Compose:
     ])
 
 
+def relic_transforms(side: int = 32) -> tuple[transforms.Compose, transforms.Compose]:
+    """relic-pytorch's global and local view transforms (its aug.py): no normalisation."""
+    def views(size: int, scale: tuple, solarize: bool) -> transforms.Compose:
+        steps = [transforms.RandomResizedCrop(size, scale=scale), transforms.RandomHorizontalFlip(),
+                 transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+                 transforms.RandomGrayscale(p=0.2), transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1)]
+        return transforms.Compose(steps + [transforms.RandomSolarize(127, 0.2)] * solarize + [transforms.ToTensor()])
+    return views(side, (0.1, 1.0), True), views(int(side * 3 / 7), (0.05, 1.0), False)
+
+
 def lineval_transform(mean: tuple, std: tuple) -> transforms.Compose:
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
@@ -54,6 +65,23 @@ class MultiViewImages(Dataset):
         raw = self.images[i]
         picture = Image.fromarray(raw)
         return raw, [self.transform(picture.copy()) for _ in range(self.views)], int(self.labels[i])
+
+
+class GlobalLocalViews(Dataset):
+    """relic-pytorch's ViewGenerator over an image data set: (global views + local views, target)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, global_views: int, local_views: int):
+        self.images, self.labels = images_hwc, labels
+        self.counts = (global_views, local_views)
+        self.transforms = relic_transforms(images_hwc.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        picture = Image.fromarray(self.images[i])
+        views = [transform(picture) for transform, count in zip(self.transforms, self.counts) for _ in range(count)]
+        return views, int(self.labels[i])
 
 
 class SingleImages(Dataset):
@@ -152,6 +180,58 @@ def simclr_step(backbone, head, optimizer, views, device, meters):
     loss.backward()
     optimizer.step()
     meters[0].update(loss.item(), x.shape[0])
+
+
+class ReLICModel(nn.Module):
+    """relic-pytorch's ReLIC: online encoder + critic, their deep copy as the target, and the
+    learnable log-temperature and bias of 0.4.1."""
+
+    def __init__(self, encoder: nn.Module, feature_size: int):
+        super().__init__()
+        critic = nn.Sequential(nn.Linear(feature_size, 512, bias=False), nn.ReLU(), nn.Linear(512, 64, bias=False))
+        self.online_encoder = nn.Sequential(encoder, critic)
+        self.target_encoder = copy.deepcopy(self.online_encoder).requires_grad_(False)
+        self.t_prime = nn.Parameter(torch.zeros(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    @torch.no_grad()
+    def update_params(self, gamma: float) -> None:
+        online = [*self.online_encoder.parameters(), *self.online_encoder.buffers()]
+        for source, target in zip(online, [*self.target_encoder.parameters(), *self.target_encoder.buffers()]):
+            if target.dtype in (torch.float, torch.float16):
+                target.lerp_(source, 1.0 - gamma)
+
+
+def relic_pair_loss(x, x_prime, t_prime, bias, alpha: float = 1.0, max_temperature: float = 5.0):
+    """The package's relic_loss for one (online, target) pair (softmax form)."""
+    x, x_prime = F.normalize(x, p=2, dim=-1), F.normalize(x_prime, p=2, dim=-1)
+    logits = torch.mm(x, x_prime.t()) * t_prime.exp().clamp(0, max_temperature) + bias
+    loss = F.cross_entropy(logits, torch.arange(x.size(0), device=x.device))
+    invariance = F.kl_div(F.log_softmax(logits, dim=1), F.softmax(logits, dim=0).t(), reduction="batchmean")
+    return loss + alpha * invariance, invariance
+
+
+def relic_step(model, optimizer, views, global_views, device, meters, gamma: float = 0.995):
+    """One step of its train_relic: online and target projections per view, the Python loop
+    over (target, online) pairs at different positions, Adam, the EMA update, .item() reads."""
+    views = [view.to(device) for view in views]
+    online = [model.online_encoder(view) for view in views]
+    with torch.no_grad():
+        target = [model.target_encoder(view) for view in views[:global_views]]
+    loss, invariance, pairs = 0, 0, 0
+    for i_t, target_projection in enumerate(target):
+        for i_o, online_projection in enumerate(online):
+            if i_t != i_o:
+                pair_loss, pair_invariance = relic_pair_loss(online_projection, target_projection, model.t_prime,
+                                                             model.bias)
+                loss, invariance, pairs = loss + pair_loss, invariance + pair_invariance, pairs + 1
+    loss, invariance = loss / pairs, invariance / pairs
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    model.update_params(gamma)
+    meters[0].update(loss.item(), len(views[0]))
+    meters[1].update(invariance.item(), len(views[0]))
 
 
 def lineval_step(backbone, classifier, optimizer, images, target, device, meters):

@@ -8,8 +8,12 @@ passed in, which lives on the images' device, so a seeded generator reproduces a
 Pipelines are registered by what they do (`PIPELINES`); the names the original code's
 roles gave them stay valid as aliases (`ALIASES`):
 
-    crop_color_gray    random resized crop, flip, colour jitter, grayscale (relationnet, simclr;
-                       alias "relationnet"); the only one that can resize to another `size`
+    crop_color_gray    random resized crop (scale 0.08-1), flip, colour jitter, grayscale
+                       (relationnet, simclr; alias "relationnet")
+    crop_color_gray_blur_solarize   the same with crop scale 0.1-1, then Gaussian blur and
+                       solarize with p 0.2 (relic's global views)
+    crop_color_gray_blur            crop scale 0.05-1, then Gaussian blur (relic's local views)
+                       (the crop_color_gray pipelines can resize to another `size`)
     pad_crop_flip      zero-padded random crop and flip (rotationnet, deepcluster, standard;
                        alias "standard")
     flip               horizontal flip (deepinfomax)
@@ -25,7 +29,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
 
 # torchvision's rgb_to_grayscale weights, used by its ColorJitter and RandomGrayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -330,27 +333,59 @@ class CropFlip(Augmentation):
         return f"{super().__repr__()[:-1]}, padding={self.padding})"
 
 
-class RelationNetAugmentation(Augmentation):
-    """RandomResizedCrop(scale (0.08, 1)) + flip + ColorJitter(.8, .8, .8, .2) with p .8
-    in a random order per image + RandomGrayscale(.2), the original relationnet/simclr pipeline.
+def blur_kernel_size(side: int) -> int:
+    """The odd Gaussian-blur kernel of relic-pytorch for images of `side` pixels: ceil(0.1 side)
+    rounded up to odd (5 on CIFAR, 11 on STL-10)."""
+    return math.ceil(0.1 * side) // 2 * 2 + 1
 
-    All parameters of the batch are drawn first, then images are processed in chunks that
-    stay in cache on the CPU; the chunk size therefore never changes the result.
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
+    """torchvision gaussian_blur (reflect padding, separable kernel) with one sigma per image.
+
+    The kernel is small (5 to 11 taps), so each direction is a weighted sum of shifted slices
+    of the padded batch rather than a grouped convolution with a kernel per image.
+    """
+    half = (kernel_size - 1) / 2
+    taps = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (taps / sigma.to(x.dtype)[:, None]).square())
+    weights = (weights / weights.sum(dim=1, keepdim=True)).view(-1, 1, 1, 1, kernel_size)
+    pad = kernel_size // 2
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    x = sum(weights[..., k] * padded[..., k:k + width] for k in range(kernel_size))
+    padded = F.pad(x, (0, 0, pad, pad), mode="reflect")
+    return sum(weights[..., k] * padded[..., k:k + height, :] for k in range(kernel_size))
+
+
+class CropColorAugmentation(Augmentation):
+    """RandomResizedCrop(scale `crop_scale`) + flip + ColorJitter(.8, .8, .8, .2) with p .8 in
+    a random order per image + RandomGrayscale(.2): the original relationnet/simclr pipeline
+    (crop scale (0.08, 1)); with `blur`, then GaussianBlur(blur_kernel_size(input side),
+    sigma (0.1, 2)) and RandomSolarize(127, `solarize_p`): relic-pytorch's views.
+
+    All parameters of the batch are drawn first (the blur and solarize ones after the
+    others, so the pipeline without them draws what it always drew), then images are
+    processed in chunks that stay in cache on the CPU; the chunk size therefore never
+    changes the result.
     """
 
     jitter = (0.8, 0.8, 0.8, 0.2)
     jitter_p = 0.8
     grayscale_p = 0.2
+    blur_sigma = (0.1, 2.0)
+    solarize_threshold = 127 / 255
     resizes = True
 
-    def __init__(self, mean: tuple, std: tuple, chunk_size: int | None = None, size: int | None = None):
+    def __init__(self, mean: tuple, std: tuple, chunk_size: int | None = None, size: int | None = None,
+                 crop_scale: tuple = (0.08, 1.0), blur: bool = False, solarize_p: float = 0.0):
         super().__init__(mean, std, size)
         self.chunk_size = chunk_size  # None: 256 on the CPU, the whole batch elsewhere
+        self.crop_scale, self.blur, self.solarize_p = tuple(crop_scale), blur, solarize_p
 
     def augment(self, images, generator):
         n, _, height, width = images.shape
         device = images.device
-        boxes = random_resized_crop_boxes(n, height, width, generator)
+        boxes = random_resized_crop_boxes(n, height, width, generator, scale=self.crop_scale)
         u = torch.rand(n, 11, generator=generator, device=device)
         flip = u[:, 0] < 0.5
         jittered = u[:, 1] < self.jitter_p
@@ -359,6 +394,12 @@ class RelationNetAugmentation(Augmentation):
                                1 - s + 2 * s * u[:, 4], h * (2 * u[:, 5] - 1)), dim=1)
         order = u[:, 6:10].argsort(dim=1)  # a uniform random permutation of the 4 ops per image
         gray = u[:, 10] < self.grayscale_p
+        if self.blur:
+            extra = torch.rand(n, 2, generator=generator, device=device)
+            low, high = self.blur_sigma
+            sigma = low + (high - low) * extra[:, 0]
+            solarized = extra[:, 1] < self.solarize_p
+            kernel_size = blur_kernel_size(height)
 
         side = (height, width) if self.size is None else (self.size, self.size)
         out = torch.empty((n, 3, *side), dtype=torch.float32, device=device)
@@ -368,6 +409,10 @@ class RelationNetAugmentation(Augmentation):
             x = resized_crop_flip(images[part].float().div_(255), boxes[part], flip[part], self.size)
             x = self._jitter(x, jittered[part], order[part], factors[part])
             x = _apply_where(x, gray[part], _grayscale_rgb)
+            if self.blur:
+                x = gaussian_blur(x, kernel_size, sigma[part])
+                inverted = (x >= self.solarize_threshold) & solarized[part].view(-1, 1, 1, 1)
+                x = torch.where(inverted, 1.0 - x, x)
             out[part] = self.normalise_(x)
         return out
 
@@ -435,7 +480,11 @@ def _no_cutout() -> float:
 
 # name -> factory(mean, std, padding, cutout, size); see the module's docstring.
 PIPELINES: dict[str, Callable[..., Augmentation]] = {
-    "crop_color_gray": lambda mean, std, padding, cutout, size: RelationNetAugmentation(mean, std, size=size),
+    "crop_color_gray": lambda mean, std, padding, cutout, size: CropColorAugmentation(mean, std, size=size),
+    "crop_color_gray_blur_solarize": lambda mean, std, padding, cutout, size: CropColorAugmentation(
+        mean, std, size=size, crop_scale=(0.1, 1.0), blur=True, solarize_p=0.2),
+    "crop_color_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
+        mean, std, size=size, crop_scale=(0.05, 1.0), blur=True),
     "pad_crop_flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, padding, size),
     "flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, 0, size),
     "none": lambda mean, std, padding, cutout, size: Normalise(mean, std, size),

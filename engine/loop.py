@@ -75,7 +75,7 @@ class Engine:
         self.images = data.images.to(self.data_device)
         self.labels = data.labels.to(self.data_device)
         self.augmentations = [build_augmentation(group.pipeline, data.mean, data.std, data.padding,
-                                                 cutout=data.cutout, size=group.size)
+                                                 cutout=data.cutout, size=group.side(data.side))
                               for group in method.view_groups]
         self.generator = torch.Generator(device=device)
         self.optimizer_steps = 0  # of the run, set at the start of every epoch
@@ -94,8 +94,8 @@ class Engine:
         batch = min(self.plan.batch_size, len(self.images))
         views = self.method.views_per_image * batch
         channels, height, width = self.images.shape[1:]
-        pixels = sum(group.count * channels * (group.size or height) * (group.size or width)
-                     for group in self.method.view_groups)
+        sides = [(group.side(height) or height, group.side(width) or width) for group in self.method.view_groups]
+        pixels = sum(group.count * channels * h * w for group, (h, w) in zip(self.method.view_groups, sides))
         needed = batch * pixels * 4 * _ACTIVATION_FACTOR + self.method.head_step_bytes(batch)
         available = available_memory(self.device)
         if available is not None and needed > available:

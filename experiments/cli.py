@@ -80,7 +80,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def common_parser(description: str, batch_default: int, output_help: str = "output root: files go to "
+def common_parser(description: str, batch_default: int | None, output_help: str = "output root: files go to "
                   "<checkpoint_dir>/<method>/<dataset>/", parser_class: type[Parser] = Parser) -> Parser:
     from backbones import BACKBONES
     from datasets import DATASETS
@@ -90,8 +90,9 @@ def common_parser(description: str, batch_default: int, output_help: str = "outp
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
                         help="data set of this stage")
     parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES))
+    shown_default = batch_default or "the method's: 128, relic 256"
     parser.add_argument("--data_size", type=positive_int, default=batch_default,
-                        help=f"mini-batch size in images (default {batch_default})")
+                        help=f"mini-batch size in images (default {shown_default})")
     parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
                         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
     parser.add_argument("--checkpoint_dir", default="./checkpoint", help=output_help)
@@ -122,6 +123,8 @@ class Stage1Parser(Parser):
     def parse_known_args(self, args=None, namespace=None):
         from methods import METHODS
         parsed, extras = super().parse_known_args(args, namespace)
+        if parsed.data_size is None:
+            parsed.data_size = METHODS[parsed.method].default_batch_size
         for method in METHODS.values():
             for option in method.options:
                 if not hasattr(parsed, option.name):
@@ -135,7 +138,7 @@ class Stage1Parser(Parser):
 def stage1_parser() -> Parser:
     from engine.precision import PRECISIONS
     from methods import METHODS
-    parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", 128,
+    parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", None,
                            parser_class=Stage1Parser)
     parser.add_argument("--method", default="relationnet", choices=list(METHODS))
     parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")

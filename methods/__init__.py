@@ -4,6 +4,7 @@ from methods.deepcluster import DeepCluster
 from methods.deepinfomax import DeepInfoMax
 from methods.randomweights import RandomWeights
 from methods.relationnet import RelationNet
+from methods.relic import ReLIC
 from methods.rotationnet import RotationNet
 from methods.simclr import SimCLR
 from methods.standard import Standard
@@ -16,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "rotationnet": RotationNet,
     "deepinfomax": DeepInfoMax,
+    "relic": ReLIC,
 }
 
 __all__ = ["METHODS", "Method", "StepOutput"]

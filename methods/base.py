@@ -16,6 +16,7 @@ Class attributes
                     code's key names; `optional_keys` may be missing from a file.
     needs_labels    True for supervised training (the engine then refuses unlabelled data).
     default_lr      learning rate when `lr` is None.
+    default_batch_size  images per step when `--data_size` is not given.
     score_name      what the `score` column of the per-epoch CSV log holds.
     trains          False for methods that are saved untrained (randomweights).
     drop_last       skip the last, smaller batch of an epoch.
@@ -78,11 +79,20 @@ class StepOutput:
 @dataclass(frozen=True)
 class ViewGroup:
     """`count` views of every image through the augmentation `pipeline` (a name of
-    `datasets.augment.PIPELINES`), `size` pixels square (None: the images' own size)."""
+    `datasets.augment.PIPELINES`), `size` pixels square, or `size_ratio` times the images'
+    side (rounded down, as multi-crop's local views: 3/7 gives 13 px on CIFAR); neither: the
+    images' own size."""
 
     count: int
     pipeline: str
     size: int | None = None
+    size_ratio: float | None = None
+
+    def side(self, image_side: int) -> int | None:
+        """The views' side for images of `image_side` pixels (None: the images' own)."""
+        if self.size_ratio is not None:
+            return max(1, int(image_side * self.size_ratio))
+        return self.size
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,7 @@ class Option:
 
 class Method(nn.Module):
     name: str = ""
+    default_batch_size: int = 128
     options: tuple[Option, ...] = ()
     checkpoint_keys: dict[str, str] = {}
     optional_keys: frozenset[str] = frozenset({"optimizer"})
@@ -213,6 +224,9 @@ class Method(nn.Module):
             target = getattr(self, attribute)
             if hasattr(target, "load_state_dict"):
                 target.load_state_dict(state[key])
+            elif isinstance(target, nn.Parameter):  # in place: the optimizer holds it
+                with torch.no_grad():
+                    target.copy_(state[key])
             else:
                 setattr(self, attribute, state[key])
 

@@ -1,4 +1,4 @@
-"""Loss functions of the methods, as pure functions; their unit tests are in tests/test_<method>.py."""
+"""Loss functions of the methods, as pure functions; their unit tests are in tests/methods/."""
 from __future__ import annotations
 
 import functools
@@ -94,3 +94,33 @@ def jsd_discriminator_loss(positive_scores: torch.Tensor, negative_scores: torch
     gives log 0 = -inf once sigmoid saturates.
     """
     return F.softplus(-positive_scores).mean() + F.softplus(negative_scores).mean()
+
+
+@in_float32
+def relic_loss(online: torch.Tensor, target: torch.Tensor, log_temperature: torch.Tensor,
+               bias: torch.Tensor, alpha: float = 1.0, siglip: bool = False,
+               max_temperature: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ReLIC's loss of (online, target) projection pairs, as relic-pytorch computes it.
+
+    `online` and `target` are (..., n, d) projections of the same n images (any leading
+    dimensions index pairs of views); they are L2-normalised, and the logits are
+    x x'^T * clamp(exp(log_temperature), max_temperature) + bias. Per pair: instance
+    discrimination (cross-entropy with the diagonal as the class, or with `siglip` the
+    pairwise sigmoid loss -sum log sigmoid((2I - 1) * logits) / n) plus `alpha` times the
+    invariance term KL(p2 || p1) / n, p1 the row-wise log-softmax of the logits and p2 their
+    column-wise softmax, transposed. Returns (loss, invariance, logits), the first two of
+    shape (...).
+    """
+    x, x_target = F.normalize(online, dim=-1), F.normalize(target, dim=-1)
+    temperature = log_temperature.exp().clamp(max=max_temperature)
+    logits = x @ x_target.transpose(-1, -2) * temperature + bias
+    n = logits.shape[-1]
+    if siglip:
+        signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        instance = -F.logsigmoid(signs * logits).sum((-2, -1)) / n
+    else:
+        instance = -torch.diagonal(logits.log_softmax(dim=-1), dim1=-2, dim2=-1).mean(-1)
+    rows = logits.log_softmax(dim=-1)
+    columns = logits.log_softmax(dim=-2).transpose(-1, -2)
+    invariance = (columns.exp() * (columns - rows)).sum((-2, -1)) / n
+    return instance + alpha * invariance, invariance, logits

@@ -1,7 +1,6 @@
 """Batched augmentation (datasets/augment.py) against torchvision, op by op and in distribution."""
 import math
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,18 +12,20 @@ from PIL import Image
 
 from datasets.augment import (
     PIPELINES,
-    RelationNetAugmentation,
+    CropColorAugmentation,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
+    blur_kernel_size,
     build_augmentation,
+    gaussian_blur,
     random_resized_crop_boxes,
     resized_crop_flip,
 )
+from tests.helpers import SHARED_CIFAR10
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CIFAR10_BATCH = SHARED / "data" / "cifar-10-batches-py" / "data_batch_1"
+CIFAR10_BATCH = SHARED_CIFAR10 / "data_batch_1"
 MEAN, STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
 
 
@@ -71,14 +72,14 @@ def test_empty_batch():
 
 def test_chunk_size_does_not_change_output():
     images = _random_images(300, 32, 32)
-    outs = [RelationNetAugmentation(MEAN, STD, chunk_size=c)(images, _gen(3))
+    outs = [CropColorAugmentation(MEAN, STD, chunk_size=c)(images, _gen(3))
             for c in (7, 64, None, 1000)]
     for out in outs[1:]:
         assert torch.equal(outs[0], out)
 
 
 def test_unknown_kind_and_bad_input():
-    with pytest.raises(ValueError, match="crop_color_gray, pad_crop_flip, flip, none, flip_affine_erase, "
+    with pytest.raises(ValueError, match="unknown augmentation 'simclr2'; valid: crop_color_gray, .*, "
                                          "relationnet, standard, finetune"):
         build_augmentation("simclr2", MEAN, STD)
     aug = build_augmentation("standard", MEAN, STD, padding=4)
@@ -325,11 +326,11 @@ def test_relationnet_matches_pil_pipeline_in_distribution(pil_reference):
 
 def test_distribution_comparison_rejects_wrong_pipelines(pil_reference):
     source_name, source, reference = pil_reference
-    no_jitter = RelationNetAugmentation(MEAN, STD)
+    no_jitter = CropColorAugmentation(MEAN, STD)
     no_jitter.jitter_p = 0.0
     wrong = {"no colour jitter": no_jitter(source, _gen(0))}
     if source_name == "cifar10":  # random colour fields look the same under any hue shift
-        no_hue = RelationNetAugmentation(MEAN, STD)
+        no_hue = CropColorAugmentation(MEAN, STD)
         no_hue.jitter = (0.8, 0.8, 0.8, 0.0)
         wrong["no hue jitter"] = no_hue(source, _gen(0))
     # torchvision v2 on a whole batch draws one set of parameters for all its images; 2048
@@ -360,3 +361,73 @@ def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(kind, m
     monkeypatch.setattr(augment, "_computes_subsets", lambda device: False)
     blended = pipeline(images, torch.Generator().manual_seed(1))
     assert torch.allclose(subsets, blended, atol=1e-5), (subsets - blended).abs().max()
+
+
+# --- relic's views (blur, solarize) in distribution against torchvision's PIL pipeline -------
+
+def _relic_pil_pipeline(local: bool):
+    """relic-pytorch's global (32 px) or local (13 px) view transform, normalised like ours."""
+    steps = [T.RandomResizedCrop(13 if local else 32, scale=(0.05, 1.0) if local else (0.1, 1.0)),
+             T.RandomHorizontalFlip(), T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+             T.RandomGrayscale(0.2), T.GaussianBlur(blur_kernel_size(32), (0.1, 2.0))]
+    if not local:
+        steps.append(T.RandomSolarize(127, 0.2))
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def _relic_summary(x):
+    """_summary plus the sharpness blur lowers: mean |difference| of horizontal neighbours.
+
+    A known systematic difference: PIL's bilinear resize antialiases when it shrinks a crop
+    to 13 px and grid_sample does not, so our local views are about 7 % sharper (z 3.6 here,
+    before the threshold of 4); the global views differ by less than one standard error.
+    """
+    stats = _summary(x)
+    sharpness = (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3)).double()
+    stats["sharpness"] = (sharpness.mean().item(), sharpness.std().item() / math.sqrt(len(x)))
+    return stats
+
+
+@pytest.fixture(scope="module", params=[("cifar10", "global"), ("cifar10", "local")])
+def relic_pil_reference(request):
+    source_name, view = request.param
+    source = _source_images(source_name, n=1024).repeat(4, 1, 1, 1)  # 4096 samples
+    pipeline = _relic_pil_pipeline(local=view == "local")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        samples = torch.stack([pipeline(Image.fromarray(img)) for img in source.permute(0, 2, 3, 1).numpy()])
+    return view, source, _relic_summary(samples)
+
+
+def _relic_views(view, source, **changes):
+    name = "crop_color_gray_blur" if view == "local" else "crop_color_gray_blur_solarize"
+    augmentation = build_augmentation(name, MEAN, STD, size=13 if view == "local" else None)
+    for attribute, value in changes.items():
+        setattr(augmentation, attribute, value)
+    return augmentation(source, _gen(0))
+
+
+def test_relic_views_match_the_pil_pipeline_in_distribution(relic_pil_reference):
+    view, source, reference = relic_pil_reference
+    ours = _relic_summary(_relic_views(view, source))
+    print(f"\n{view} view statistic: ours / PIL (SE of the difference)")
+    for name, (value, se) in ours.items():
+        print(f"  {name}: {value:.4f} / {reference[name][0]:.4f} ({math.hypot(se, reference[name][1]):.4f})")
+    assert _disagreements(ours, reference) == {}
+
+
+def test_relic_comparison_sees_a_missing_blur_or_solarize(relic_pil_reference):
+    view, source, reference = relic_pil_reference
+    wrong = {"no blur": {"blur_sigma": (1e-6, 1e-6)}}
+    if view == "global":
+        wrong["no solarize"] = {"solarize_p": 0.0}
+    for name, changes in wrong.items():
+        assert _disagreements(_relic_summary(_relic_views(view, source, **changes)), reference), name
+
+
+def test_blur_kernel_and_gaussian_blur_match_torchvision():
+    assert [blur_kernel_size(side) for side in (32, 64, 96)] == [5, 7, 11]
+    x = torch.rand(4, 3, 13, 13, generator=_gen(1))
+    sigma = torch.tensor([0.1, 0.7, 1.3, 2.0])
+    expected = torch.stack([TF.gaussian_blur(image, [5, 5], [s.item(), s.item()]) for image, s in zip(x, sigma)])
+    torch.testing.assert_close(gaussian_blur(x, 5, sigma), expected, rtol=1e-5, atol=1e-6)

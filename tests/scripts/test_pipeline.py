@@ -58,6 +58,8 @@ STAGE1_KEYS = {
     "deepinfomax": {"backbone", "loss_fn", "optimizer"},
     "standard": {"classifier", "backbone", "optimizer", "optimizer_lineval", "optimizer_finetune"},
     "randomweights": {"backbone"},
+    "relic": {"backbone", "online_backbone", "critic", "target_critic", "log_temperature", "logit_bias",
+              "optimizer", "gamma", "momentum_steps"},
 }
 
 

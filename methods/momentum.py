@@ -1,0 +1,29 @@
+"""A momentum (EMA) target network: copied, then moved towards the online one on a cosine
+schedule, as relic-pytorch (and BYOL) update it. Pure functions over modules."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def copy_online(target: nn.Module, online: nn.Module) -> None:
+    """Every parameter and buffer of `target` set to `online`'s (the same architecture)."""
+    for to, source in zip([*target.parameters(), *target.buffers()], [*online.parameters(), *online.buffers()]):
+        to.copy_(source)
+
+
+@torch.no_grad()
+def momentum_update(target: nn.Module, online: nn.Module, gamma: float) -> None:
+    """target <- gamma target + (1 - gamma) online for every floating-point parameter and
+    buffer (batch-norm running statistics too); integer buffers (batch counts) stay."""
+    for to, source in zip([*target.parameters(), *target.buffers()], [*online.parameters(), *online.buffers()]):
+        if to.is_floating_point():
+            to.lerp_(source, 1.0 - gamma)
+
+
+def cosine_momentum(step: int, total_steps: int, initial: float) -> float:
+    """gamma_k = 1 - (1 - gamma_0) (cos(pi k / K) + 1) / 2: from `initial` at step 0 to 1 at K."""
+    return 1.0 - (1.0 - initial) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0

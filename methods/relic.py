@@ -1,0 +1,166 @@
+"""ReLIC (Mitrovic et al., ICLR 2021) as the relic-pytorch package (0.4.1) trains it.
+
+An online network (backbone + critic MLP) and its momentum copy, the target. Every image
+gives global views (full size, through both networks) and local views (3/7 of the size,
+online only). For every pair of a target view and an online view at another position, the
+loss is instance discrimination over the batch plus alpha times the invariance term (a KL
+divergence between the row and column softmax of the logits); the step's loss is the mean
+over the pairs. After each optimizer step the target is copied (first steps) or moved
+towards the online network on a cosine schedule of its momentum gamma.
+
+Differences from the package: the local views are the views after the globals (its
+defect R1 took the first views again); seeds, resume and evaluation are the suite's (R2-R4).
+Stage 2 and test.py evaluate the target backbone, saved under `backbone`, as the package
+evaluates the EMA weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from methods.base import EpochContext, Method, Option, StepOutput, ViewGroup
+from methods.losses import relic_loss
+from methods.momentum import copy_online, cosine_momentum, momentum_update
+
+# (initial log-temperature, initial bias, largest temperature) of the package's two losses.
+SOFTMAX_LOGITS = (0.0, 0.0, 5.0)
+SIGLIP_LOGITS = (math.log(10.0), -10.0, 15.0)
+LOCAL_SIZE_RATIO = 3 / 7
+
+
+def critic(features: int, hidden: int, projection: int) -> nn.Sequential:
+    """Linear(F, hidden, no bias) - ReLU - Linear(hidden, projection, no bias), no batch norm."""
+    return nn.Sequential(nn.Linear(features, hidden, bias=False), nn.ReLU(),
+                         nn.Linear(hidden, projection, bias=False))
+
+
+class ReLIC(Method):
+    name = "relic"
+    default_lr = 3e-4
+    default_batch_size = 256
+    drop_last = True  # as the package: every step contrasts a full batch
+    min_batch_size = 2
+    score_name = "accuracy"
+    options = (
+        Option("relic_alpha", 1.0, "weight of the invariance (KL) term"),
+        Option("relic_siglip", False, "the pairwise sigmoid loss of SigLIP instead of the softmax "
+                                      "cross-entropy (other initial temperature and bias)", switch=True),
+        Option("relic_global_views", 2, "full-size views per image, through the online and the target network"),
+        Option("relic_local_views", 4, "views at 3/7 of the size per image, online network only"),
+        Option("relic_gamma", 0.995, "momentum of the target at the start of its cosine schedule to 1"),
+        Option("relic_copy_steps", 1, "the target is copied from the online network until this step"),
+        Option("relic_update_every", 1, "steps between momentum updates of the target"),
+        Option("relic_weight_decay", 1e-5, "Adam weight decay"),
+        Option("relic_hidden", 512, "hidden units of the critic"),
+        Option("relic_projection", 64, "output size of the critic"),
+    )
+    # `backbone` is the target's: what stage 2 and test.py evaluate. The rest is for resume.
+    checkpoint_keys = {"backbone": "target_backbone", "online_backbone": "backbone", "critic": "critic",
+                       "target_critic": "target_critic", "log_temperature": "log_temperature",
+                       "logit_bias": "logit_bias", "optimizer": "optimizer", "gamma": "gamma",
+                       "momentum_steps": "momentum_steps"}
+    optional_keys = frozenset()
+
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, relic_alpha: float = 1.0,
+                 relic_siglip: bool = False, relic_global_views: int = 2, relic_local_views: int = 4,
+                 relic_gamma: float = 0.995, relic_copy_steps: int = 1, relic_update_every: int = 1,
+                 relic_weight_decay: float = 1e-5, relic_hidden: int = 512, relic_projection: int = 64):
+        super().__init__(backbone, num_classes, lr, relic_alpha=relic_alpha, relic_global_views=relic_global_views,
+                         relic_local_views=relic_local_views, relic_gamma=relic_gamma,
+                         relic_copy_steps=relic_copy_steps, relic_update_every=relic_update_every,
+                         relic_weight_decay=relic_weight_decay, relic_hidden=relic_hidden,
+                         relic_projection=relic_projection)
+        self.alpha, self.siglip = relic_alpha, relic_siglip
+        self.global_views, self.local_views = relic_global_views, relic_local_views
+        self.initial_gamma, self.copy_steps, self.update_every = relic_gamma, relic_copy_steps, relic_update_every
+        self.critic = critic(backbone.feature_size, relic_hidden, relic_projection)
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        log_temperature, bias, self.max_temperature = SIGLIP_LOGITS if relic_siglip else SOFTMAX_LOGITS
+        self.log_temperature = nn.Parameter(torch.tensor(log_temperature))
+        self.logit_bias = nn.Parameter(torch.tensor(bias))
+        self.optimizer = torch.optim.Adam([*self.backbone.parameters(), *self.critic.parameters(),
+                                           self.log_temperature, self.logit_bias],
+                                          lr=self.lr, weight_decay=relic_weight_decay)
+        self.gamma = relic_gamma  # the momentum of the next update; in the checkpoint
+        self.momentum_steps = 0   # optimizer steps the target has followed; in the checkpoint
+        self.total_steps = 1      # of the schedule, set at every epoch start
+
+    @classmethod
+    def check_options(cls, options: dict) -> str | None:
+        if options["relic_global_views"] < 1:
+            return f"--relic_global_views {options['relic_global_views']}: the target needs at least 1 global view"
+        if options["relic_local_views"] < 0:
+            return f"--relic_local_views {options['relic_local_views']}: must be 0 or more"
+        if options["relic_global_views"] + options["relic_local_views"] < 2:
+            return "--relic_global_views, --relic_local_views: at least 2 views in all, or no pair has two views"
+        if not 0 <= options["relic_gamma"] <= 1:
+            return f"--relic_gamma {options['relic_gamma']}: must be in [0, 1]"
+        for name in ("relic_copy_steps", "relic_weight_decay", "relic_alpha"):
+            if not (math.isfinite(options[name]) and options[name] >= 0):
+                return f"--{name} {options[name]}: must be a finite number >= 0"
+        for name in ("relic_update_every", "relic_hidden", "relic_projection"):
+            if options[name] < 1:
+                return f"--{name} {options[name]}: must be at least 1"
+        return None
+
+    @property
+    def view_groups(self) -> list[ViewGroup]:
+        groups = [ViewGroup(self.global_views, "crop_color_gray_blur_solarize")]
+        if self.local_views:
+            groups.append(ViewGroup(self.local_views, "crop_color_gray_blur", size_ratio=LOCAL_SIZE_RATIO))
+        return groups
+
+    def on_epoch_start(self, context: EpochContext) -> None:
+        # The package's schedule length: steps of (epochs + 2) epochs, less the copied steps.
+        self.total_steps = max(context.steps_per_epoch * (context.total_epochs + 2) - self.copy_steps, 1)
+
+    def project(self, views: torch.Tensor, count: int) -> torch.Tensor:
+        """Online projections (count, B, d) of `count` view-major views of B images."""
+        return self.critic(self.backbone(views)).unflatten(0, (count, -1))
+
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
+                      index: torch.Tensor) -> StepOutput:
+        online = self.project(views[0], self.global_views)
+        if self.local_views:
+            online = torch.cat([online, self.project(views[1], self.local_views)])
+        with torch.no_grad():
+            target = self.target_critic(self.target_backbone(views[0])).unflatten(0, (self.global_views, -1))
+        # Every (target view t, online view o) pair at once: (G, V, B, d) against (G, 1, B, d).
+        losses, invariances, logits = relic_loss(
+            online.unsqueeze(0).expand(self.global_views, -1, -1, -1), target.unsqueeze(1),
+            self.log_temperature, self.logit_bias, self.alpha, self.siglip, self.max_temperature)
+        other_position = ~torch.eye(self.global_views, len(online), dtype=torch.bool, device=losses.device)
+        pairs = int(other_position.sum())
+        loss = losses[other_position].mean()
+        # The package's diagnostic: online view 0 against target view 1 (or 0 with one global).
+        watched = logits[min(1, self.global_views - 1), 0 if self.global_views > 1 else 1].detach()
+        correct = (watched.argmax(dim=1) == torch.arange(len(watched), device=watched.device)).sum().float()
+        images = torch.full((), float(len(watched)), device=loss.device)
+        one = torch.ones((), device=loss.device)
+        temperature = self.log_temperature.detach().exp().clamp(max=self.max_temperature)
+        return StepOutput(loss=loss, loss_weight=len(watched) * pairs, metrics={
+            "invariance": (invariances[other_position].detach().mean() * images, images),
+            "temperature": (temperature * images, images),
+            "bias": (self.logit_bias.detach() * images, images),
+            "gamma": (one * self.gamma * images, images),
+            "accuracy": (100.0 * correct, images),
+        })
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """The package's update after its optimizer step number k = step - 1: copy while
+        k <= copy_steps, else every update_every steps move the target with gamma, then
+        advance gamma on the schedule."""
+        k = step - 1
+        if k > self.copy_steps and k % self.update_every == 0:
+            momentum_update(self.target_backbone, self.backbone, self.gamma)
+            momentum_update(self.target_critic, self.critic, self.gamma)
+            self.gamma = cosine_momentum(k, self.total_steps, self.initial_gamma)
+        if k <= self.copy_steps:
+            copy_online(self.target_backbone, self.backbone)
+            copy_online(self.target_critic, self.critic)
+        self.momentum_steps = step
