@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Stage 2: train a linear classifier on a frozen backbone (or fine-tune it with --finetune).
+"""Stage 2: train a linear classifier on a frozen backbone (or fine-tune it with --finetune, or
+solve a logistic regression on its features with --classifier logistic).
 
 Example: python train_linear_evaluation.py --dataset cifar10 --backbone conv4 --seed 1 \
              --checkpoint ./checkpoint/relationnet/cifar10/relationnet_cifar10_conv4_seed_1_epoch_3.tar
@@ -12,6 +13,8 @@ from pathlib import Path
 from utils.runtime import tune_allocator
 
 tune_allocator()
+
+import torch  # noqa: E402
 
 from backbones import build_backbone  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
@@ -27,6 +30,7 @@ from engine.checkpoint import (  # noqa: E402
 )
 from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
+from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
 from experiments.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
 from methods import METHODS  # noqa: E402
@@ -64,13 +68,19 @@ def pretraining_dataset(args, state: dict) -> str | None:
     return parents[-2] if len(parents) >= 3 and parents[-2] in DATASETS else None
 
 
-def linear_evaluation(model: Standard, train, test, args, seed: int, device, log_path: Path) -> None:
+def frozen_features(backbone, train, test, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train features, train labels, test features, test labels, on `device`."""
     start = time.time()
-    train_features = extract_features(model.backbone, train, device, desc="Train features")
-    test_features = extract_features(model.backbone, test, device, desc="Test features")
-    train_labels, test_labels = train.labels.to(device), test.labels.to(device)
+    train_features = extract_features(backbone, train, device, desc="Train features")
+    test_features = extract_features(backbone, test, device, desc="Test features")
     print(f"[INFO] Features of {len(train)} training and {len(test)} test images computed once "
           f"in {time.time() - start:.1f}s (frozen backbone, eval mode, no augmentation)")
+    return train_features, train.labels.to(device), test_features, test.labels.to(device)
+
+
+def linear_evaluation(model: Standard, features, args, seed: int, log_path: Path) -> dict:
+    """Train the classifier for --epochs; returns the checkpoint entries that describe the run."""
+    train_features, train_labels, test_features, test_labels = features
     log = CsvLog(log_path, ["epoch", "loss", "accuracy", "test_accuracy", "test_loss", "seconds"])
     optimizer = model.lineval_optimizer
     for epoch in range(args.epochs):
@@ -84,6 +94,31 @@ def linear_evaluation(model: Standard, train, test, args, seed: int, device, log
                     "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"],
                     "seconds": round(seconds, 3)})
         print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
+    return {"epoch": args.epochs}
+
+
+def logistic_regression(model: Standard, features, args, log_path: Path) -> dict:
+    """Solve for the classifier; returns the checkpoint entries that describe the solution."""
+    train_features, train_labels, test_features, test_labels = features
+    start = time.time()
+    fit = fit_logistic_regression(features=train_features, labels=train_labels,
+                                  num_classes=model.classifier.out_features, C=args.logistic_c,
+                                  max_iter=args.logistic_max_iter)
+    with torch.no_grad():
+        model.classifier.weight.copy_(fit.weight)
+        model.classifier.bias.copy_(fit.bias)
+        model.classifier.eval()
+        train_result = score_logits(model.classifier(train_features), train_labels)
+        test_result = score_logits(model.classifier(test_features), test_labels)
+    seconds = time.time() - start
+    CsvLog(log_path, ["loss", "accuracy", "test_accuracy", "test_loss", "objective", "iterations", "seconds"]).append(
+        {"loss": train_result["loss"], "accuracy": train_result["accuracy"],
+         "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"], "objective": fit.objective,
+         "iterations": fit.iterations, "seconds": round(seconds, 3)})
+    print(f"Logistic regression [{format_duration(seconds)}] C {args.logistic_c:g}, {fit.iterations} L-BFGS "
+          f"iterations, objective {fit.objective:.6f}; loss: {train_result['loss']:.4f}; "
+          f"acc: {train_result['accuracy']:.2f}%")
+    return {"classifier_kind": "logistic_regression", "objective": fit.objective, "iterations": fit.iterations}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[INFO] Cross-domain: backbone pretrained on {source_dataset}, evaluated on {args.dataset}")
     files = RunFiles(args.checkpoint_dir, method_name, args.dataset,
                      evaluation_header(method_name, args.dataset, source_dataset, args.backbone, args.seed,
-                                       args.id, args.epochs, args.finetune, args.label_fraction))
+                                       args.id, args.epochs, args.finetune, args.label_fraction, args.classifier))
     if args.resume and not args.finetune:
         raise UserError(f"--resume {args.resume}: only fine-tuning (--finetune) can be resumed; linear "
                         "evaluation takes seconds, run it again")
@@ -140,8 +175,9 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
     model = (Finetune if args.finetune else Standard).from_args(backbone, train.num_classes, args).to(device)
     source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
-    record_config(files.config, args, seed, device, stage="finetune" if args.finetune else "linear_evaluation",
-                  training_images=len(train), **source)
+    stage = "finetune" if args.finetune else {"linear": "linear_evaluation",
+                                               "logistic": "logistic_regression"}[args.classifier]
+    record_config(files.config, args, seed, device, stage=stage, training_images=len(train), **source)
 
     if args.finetune:
         plan = TrainingPlan(epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
@@ -157,9 +193,13 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
             print(f"[INFO] Resuming {resume_path} at epoch {resume_state['epoch']}")
         Engine(model, train, plan, device).fit(resume_state["epoch"] if resume_state else 0, resume_state)
     else:
-        linear_evaluation(model, train, test, args, seed, device, files.log)
+        features = frozen_features(model.backbone, train, test, device)
+        if args.classifier == "logistic":
+            described = logistic_regression(model, features, args, files.log)
+        else:
+            described = linear_evaluation(model, features, args, seed, files.log)
         save_checkpoint({**model.checkpoint_state(), "method": method_name, "backbone_name": args.backbone,
-                         "dataset": args.dataset, "seed": seed, "epoch": args.epochs, "args": vars(args),
+                         "dataset": args.dataset, "seed": seed, **described, "args": vars(args),
                          **source}, files.final)
     print(f"[INFO] Saving in: {files.final}")
     result = evaluate(model.backbone, model.classifier, test, device)

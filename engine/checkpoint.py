@@ -29,14 +29,20 @@ def run_header(method: str, dataset: str, backbone: str, seed: int, run_id: str 
 
 
 def evaluation_header(method: str, dataset: str, pretraining_dataset: str | None, backbone: str, seed: int,
-                      run_id: str, epochs: int, finetune: bool, label_fraction: float = 1.0) -> str:
+                      run_id: str, epochs: int | None, finetune: bool, label_fraction: float = 1.0,
+                      classifier: str = "linear") -> str:
     """The name of a stage-2 run. Cross-domain runs say so (`<dataset>_from_<pretraining>`),
-    and so do fine-tuning and semi-supervised runs, so none overwrites another's result."""
+    and so do fine-tuning, logistic-regression and semi-supervised runs, so none overwrites
+    another's result. Logistic regression is solved, not trained for epochs: its name has
+    no epoch count (`epochs` is None there)."""
     domain = dataset if pretraining_dataset in (None, dataset) else f"{dataset}_from_{pretraining_dataset}"
-    mode = "finetune" if finetune else "linear_evaluation"
+    if classifier == "logistic":
+        mode = "logistic_regression"
+    else:
+        mode = f"epoch_{epochs}_" + ("finetune" if finetune else "linear_evaluation")
     if label_fraction < 1:
         mode += f"_labels_{label_fraction * 100:g}pct"
-    return f"{run_header(method, domain, backbone, seed, run_id)}_epoch_{epochs}_{mode}"
+    return f"{run_header(method, domain, backbone, seed, run_id)}_{mode}"
 
 
 class RunFiles:

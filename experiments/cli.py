@@ -174,13 +174,59 @@ def stage1_parser() -> Parser:
     return parser
 
 
+class Stage2Parser(Parser):
+    """Refuses the flags that make no sense with `--classifier` (they would be ignored
+    silently), then gives the flags of each classifier their defaults."""
+
+    LINEAR_EPOCHS = 100
+    LOGISTIC_DEFAULTS = {"logistic_c": 1.0, "logistic_max_iter": 100}
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if parsed.classifier == "logistic":
+            if parsed.finetune:
+                self.error("--finetune with --classifier logistic: logistic regression fits a classifier on "
+                           "the frozen backbone; drop --finetune or --classifier logistic")
+            if parsed.resume:
+                self.error("--resume with --classifier logistic: logistic regression is solved in one go, "
+                           "so there is nothing to resume; run it again without --resume")
+            if parsed.epochs is not None:
+                self.error("--epochs with --classifier logistic: logistic regression has no epochs "
+                           "(--logistic_max_iter bounds its iterations); drop --epochs")
+        else:
+            for name in self.LOGISTIC_DEFAULTS:
+                if getattr(parsed, name) is not None:
+                    self.error(f"--{name} belongs to --classifier logistic, not {parsed.classifier}: "
+                               "drop it or pass --classifier logistic")
+            parsed.epochs = self.LINEAR_EPOCHS if parsed.epochs is None else parsed.epochs
+        for name, default in self.LOGISTIC_DEFAULTS.items():
+            if getattr(parsed, name) is None:
+                setattr(parsed, name, default)
+        return parsed, extras
+
+
 def stage2_parser() -> Parser:
     from methods import METHODS
-    parser = common_parser("Stage 2: linear evaluation (or fine-tuning) of a trained backbone.", 128)
+    parser = common_parser("Stage 2: linear evaluation (or fine-tuning, or logistic regression) of a "
+                           "trained backbone.", 128,
+                           parser_class=Stage2Parser)
     parser.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.tar)")
     parser.add_argument("--method", default=None, choices=list(METHODS),
                         help="method that trained the checkpoint (default: read from it)")
-    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--classifier", default="linear", choices=["linear", "logistic"],
+                        help="linear: a linear layer trained with Adam on mini-batches for --epochs (the "
+                             "paper's protocol, default); logistic: L2-regularised multinomial logistic "
+                             "regression on the frozen features by full-batch L-BFGS, as scikit-learn's "
+                             "LogisticRegression")
+    parser.add_argument("--logistic_c", type=positive_float, default=None,
+                        help="logistic: inverse regularisation strength C, as scikit-learn's (default "
+                             f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_c']:g})")
+    parser.add_argument("--logistic_max_iter", type=positive_int, default=None,
+                        help="logistic: at most this many L-BFGS iterations (default "
+                             f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_max_iter']})")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help=f"epochs of the linear classifier or of fine-tuning (default "
+                             f"{Stage2Parser.LINEAR_EPOCHS}; none with --classifier logistic)")
     parser.add_argument("--finetune", type=boolean, nargs="?", const=True, default=False,
                         help="train the backbone too (--finetune or --finetune true)")
     parser.add_argument("--lr_backbone", type=positive_float, default=1e-4,
