@@ -48,7 +48,7 @@ DEFAULT_DATA_ROOT = os.environ.get("SSL_DATA_ROOT", str(REPO.parent / "shared" /
 
 @dataclass(frozen=True)
 class Config:
-    kind: str                  # relationnet, simclr, lineval, or accuracy (fp32 against bf16)
+    kind: str                  # relationnet, simclr, relic, lineval, or accuracy (fp32 against bf16)
     backbone: str
     batch: int
     views: int = 1
@@ -63,13 +63,16 @@ CONFIGS = {
     "relationnet-resnet32": Config("relationnet", "resnet32", 64, 32, ("--precision", "bf16", "--compile"), 2.5,
                                    steps=4, warmup=2),
     "simclr-conv4": Config("simclr", "conv4", 128, 2),
+    # relic-pytorch's CIFAR-10 run: 2 global + 4 local views, batch 256, ResNet-18 (CIFAR stem).
+    "relic-resnet18": Config("relic", "resnet18", 256, 6, ("--precision", "bf16", "--compile", "--channels_last"),
+                             3.0, steps=3, warmup=2),
     "lineval-conv4": Config("lineval", "conv4", 128, target=20.0),
     # A short relationnet run in float32 and in bf16 + compile, each scored by linear evaluation.
     "accuracy-resnet32": Config("accuracy", "resnet32", 64, 4, ("--precision", "bf16", "--compile"), steps=100),
 }
 # --quick: the same code paths at sizes that run in seconds (a smoke test, not a measurement).
-QUICK = {"relationnet": dict(batch=16, views=4), "simclr": dict(batch=32), "lineval": dict(batch=64),
-         "accuracy": dict(batch=16, views=2)}
+QUICK = {"relationnet": dict(batch=16, views=4), "simclr": dict(batch=32), "relic": dict(batch=8),
+         "lineval": dict(batch=64), "accuracy": dict(batch=16, views=2)}
 QUICK_STEPS = dict(steps=2, warmup=1)
 
 COLUMNS = ["config", "kind", "backbone", "batch", "views", "options", "data", "steps",
@@ -196,6 +199,14 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
 
         def step(batch):
             reference.lineval_step(backbone, classifier, optimizer, batch[0], batch[1], device, meters)
+    elif config.kind == "relic":
+        dataset = reference.GlobalLocalViews(images_hwc, labels, 2, config.views - 2)
+        model = reference.ReLICModel(backbone, backbone.feature_size).to(device)
+        optimizer = torch.optim.Adam([*model.online_encoder.parameters(), model.t_prime, model.bias],
+                                     lr=3e-4, weight_decay=1e-5)
+
+        def step(batch):
+            reference.relic_step(model, optimizer, batch[0], 2, device, meters)
     else:
         transform = reference.relationnet_transform(mean, std)
         dataset = reference.MultiViewImages(images_hwc, labels, transform, config.views)
@@ -246,7 +257,7 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     flags = parser.parse_args(options)
     seed_everything(seed)
     name = config.kind if config.kind != "accuracy" else "relationnet"
-    options = {"K": config.views} if name == "relationnet" else {}
+    options = {"relationnet": {"K": config.views}, "relic": {"relic_local_views": config.views - 2}}.get(name, {})
     method = METHODS[name](build_backbone(config.backbone), data.num_classes, **options)
     plan = TrainingPlan(epochs=1, batch_size=config.batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda epoch: [], extra_state={}, precision=flags.precision,

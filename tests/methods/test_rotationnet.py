@@ -11,6 +11,7 @@ from methods.rotationnet import rotations
 from tests.helpers import (
     build_method,
     cifar10_subset,
+    save_original_checkpoint,
     three_stage_commands,
     train_method,
 )
@@ -60,17 +61,12 @@ def test_checkpoint_round_trip_and_original_files(tmp_path):
 
     # A file as the original code writes it: its own modules, two Adam groups, nothing else.
     backbone, classifier = build_backbone("conv4"), nn.Linear(64, 4)
-    optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": 1e-3},
-                                  {"params": classifier.parameters(), "lr": 1e-3}])
-    classifier(backbone(torch.randn(4, 3, 32, 32))).sum().backward()
-    optimizer.step()
     path = tmp_path / "rotationnet_cifar10_conv4_seed_1_epoch_200.tar"
-    torch.save({"classifier": classifier.state_dict(), "backbone": backbone.state_dict(),
-                "optimizer": optimizer.state_dict()}, path)
+    save_original_checkpoint(path, backbone, "classifier", classifier)
     fresh.load_checkpoint_state(read_checkpoint(path))
     assert torch.equal(fresh.classifier.weight, classifier.weight)
     assert torch.equal(fresh.backbone.state_dict()["layer1.conv.weight"], backbone.state_dict()["layer1.conv.weight"])
-    assert len(fresh.optimizer.state_dict()["state"]) == len(optimizer.state_dict()["state"])
+    assert len(fresh.optimizer.state_dict()["state"]) == len(read_checkpoint(path)["optimizer"]["state"])
 
 
 def test_learns_rotations_on_real_images(cifar10_root, tmp_path):

@@ -21,6 +21,7 @@ from tests.helpers import (
     cifar10_subset,
     parse_stage1,
     run_script,
+    save_original_checkpoint,
     three_stage_commands,
     train_method,
 )
@@ -146,18 +147,13 @@ def test_checkpoint_round_trip_and_original_files(tmp_path):
 
     # A file as the original code writes it: its own modules, two Adam groups, nothing else.
     backbone, head = build_backbone("conv4"), original_head()
-    optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": 1e-3},
-                                  {"params": head.parameters(), "lr": 1e-3}])
-    head(backbone(torch.randn(4, 3, 32, 32))).sum().backward()
-    optimizer.step()
     path = tmp_path / "simclr_cifar10_conv4_seed_1_epoch_200.tar"
-    torch.save({"backbone": backbone.state_dict(), "head": head.state_dict(),
-                "optimizer": optimizer.state_dict()}, path)
+    save_original_checkpoint(path, backbone, "head", head)
     fresh.load_checkpoint_state(read_checkpoint(path))
     assert torch.equal(fresh.head.linear2.weight, head.linear2.weight)
     assert torch.equal(fresh.head.bn1.running_mean, head.bn1.running_mean)
     assert torch.equal(fresh.backbone.state_dict()["layer1.conv.weight"], backbone.state_dict()["layer1.conv.weight"])
-    assert len(fresh.optimizer.state_dict()["state"]) == len(optimizer.state_dict()["state"])
+    assert len(fresh.optimizer.state_dict()["state"]) == len(read_checkpoint(path)["optimizer"]["state"])
 
 
 def test_loss_falls_on_real_images(cifar10_root, tmp_path):
