@@ -286,16 +286,17 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args=()):
+def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args=(), backbone="conv4"):
     """One epoch of stage 1, one of linear evaluation, then test.py, with `args` common to all
-    three; returns (stage-1 file, stage-2 file, stage-1 output, test output)."""
+    three (their `--backbone` is `backbone`); returns (stage-1 file, stage-2 file, stage-1
+    output, test output)."""
     import test as test_stage
     import train_linear_evaluation
     import train_unsupervised
     run_stage(train_unsupervised, args + ["--method", method, "--epochs", "1", *stage1_args])
     stage1_out = capsys.readouterr().out
     folder = out / method / dataset
-    header = f"{method}_{dataset}_conv4_seed_1_epoch_1"
+    header = f"{method}_{dataset}_{backbone}_seed_1_epoch_1"
     run_stage(train_linear_evaluation, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args])
     capsys.readouterr()
     run_stage(test_stage, args + ["--checkpoint", str(folder / f"{header}_linear_evaluation.tar")])
