@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.checkpoint} is a stage-1 {kind} checkpoint without a trained linear "
                         "classifier: run train_linear_evaluation.py on it and test the file that writes, "
                         "or score its backbone with --knn K or --retrieval K")
-    check_backbone(state, args.backbone, args.checkpoint)
+    stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
     check_output_folder(args.export_features)
     if args.feature_map != "none":
         from experiments.plots import require_matplotlib
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.knn > len(train):
             raise UserError(f"--knn {args.knn}: the {args.dataset} training split has only {len(train)} images")
 
-    backbone = build_backbone(args.backbone)
-    describe_backbone(args.backbone, backbone, device)
+    backbone = build_backbone(args.backbone, stem)
+    describe_backbone(args.backbone, backbone, device, stem)
     print("[INFO] Loading checkpoint...")
     backbone.load_state_dict(state["backbone"])
     backbone.to(device)

@@ -32,7 +32,7 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
 from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
-from experiments.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
+from experiments.stage import describe_backbone, record_config, resume_point, run_main, stem_entry  # noqa: E402
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_gpu_flag(args)
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
-    check_backbone(state, args.backbone, args.checkpoint)
+    stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
     method_name = pretraining_method(args, state)
     seed = resolve_seed(args.seed)
     print(f"[INFO] Setting SEED: {seed}")
@@ -153,11 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         if resume and resume[1]["seed"] != seed:  # a drawn seed (--seed -1) is the stored one
             seed = resume[1]["seed"]
             seed_everything(seed)
-        evaluate_backbone(args, state, files, method_name, source_dataset, seed, device, resume)
+        evaluate_backbone(args, state, stem, files, method_name, source_dataset, seed, device, resume)
 
 
-def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, source_dataset: str | None,
-                      seed: int, device, resume: tuple[Path, dict] | None = None) -> None:
+def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, method_name: str,
+                      source_dataset: str | None, seed: int, device, resume: tuple[Path, dict] | None = None) -> None:
     download = not args.no_download
     train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
@@ -168,8 +168,8 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
         print(f"[INFO] Semi-supervised: {len(train)} labelled images "
               f"({args.label_fraction * 100:g}% of each class)")
 
-    backbone = build_backbone(args.backbone)
-    describe_backbone(args.backbone, backbone, device)
+    backbone = build_backbone(args.backbone, stem)
+    describe_backbone(args.backbone, backbone, device, stem)
     print("[INFO] Loading checkpoint...")
     backbone.load_state_dict(state["backbone"])
     model = (Finetune if args.finetune else Standard).from_args(backbone, train.num_classes, args).to(device)
@@ -177,15 +177,15 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
     stage = "finetune" if args.finetune else {"linear": "linear_evaluation",
                                                "logistic": "logistic_regression"}[args.classifier]
-    record_config(files.config, args, seed, device, stage=stage, training_images=len(train), **source)
+    record_config(files.config, args, seed, device, stage=stage, stem=stem, training_images=len(train), **source)
 
     if args.finetune:
         plan = TrainingPlan(epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
                             checkpoint_paths=lambda e: [files.final] if e == args.epochs else [],
                             rolling_checkpoint=files.last_checkpoint,
                             extra_state={"method": method_name, "backbone_name": args.backbone,
-                                         "dataset": args.dataset, "seed": seed, "args": vars(args),
-                                         **source})
+                                         **stem_entry(stem), "dataset": args.dataset, "seed": seed,
+                                         "args": vars(args), **source})
         resume_state = None
         if resume:
             resume_path, resume_state = resume
@@ -199,8 +199,8 @@ def evaluate_backbone(args, state: dict, files: RunFiles, method_name: str, sour
         else:
             described = linear_evaluation(model, features, args, seed, files.log)
         save_checkpoint({**model.checkpoint_state(), "method": method_name, "backbone_name": args.backbone,
-                         "dataset": args.dataset, "seed": seed, **described, "args": vars(args),
-                         **source}, files.final)
+                         **stem_entry(stem), "dataset": args.dataset, "seed": seed, **described,
+                         "args": vars(args), **source}, files.final)
     print(f"[INFO] Saving in: {files.final}")
     result = evaluate(model.backbone, model.classifier, test, device)
     print(f"Test accuracy: {result['accuracy']:.2f}%")

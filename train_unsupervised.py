@@ -17,8 +17,10 @@ from utils.runtime import tune_allocator
 tune_allocator()  # before torch allocates its first large block
 
 
-from backbones import build_backbone  # noqa: E402
-from datasets import load_dataset, pretraining_split  # noqa: E402
+from torch import nn  # noqa: E402
+
+from backbones import build_backbone, refuse_stem_without_choice, resolve_stem  # noqa: E402
+from datasets import image_side, load_dataset, pretraining_split  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
     RunFiles,
     RunLock,
@@ -30,7 +32,7 @@ from engine.checkpoint import (  # noqa: E402
 from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
-from experiments.stage import describe_backbone, record_config, resume_point, run_main  # noqa: E402
+from experiments.stage import describe_backbone, record_config, resume_point, run_main, stem_entry  # noqa: E402
 from methods import METHODS  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -54,6 +56,15 @@ def saved_epochs(total: int, save_every: int) -> set[int]:
     return {e for e in epochs if e > 0}
 
 
+def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | None]:
+    """The fresh backbone of the run, built with the stem `--stem` gives images of `side` px,
+    and that stem."""
+    stem = resolve_stem(args.backbone, args.stem, side)
+    backbone = build_backbone(args.backbone, stem)
+    describe_backbone(args.backbone, backbone, device, stem)
+    return backbone, stem
+
+
 def main(argv: list[str] | None = None) -> None:
     args = stage1_parser().parse_args(argv)
     apply_gpu_flag(args)
@@ -64,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.data_size < method_class.min_batch_size:
         raise UserError(f"--data_size {args.data_size}: {args.method} needs at least "
                         f"{method_class.min_batch_size} images per batch")
+    refuse_stem_without_choice(args.backbone, args.stem)  # before the data are read
     ranks = distributed.launched_ranks()
     device = distributed.start(ranks, resolve_device(args.device))
     try:
@@ -86,18 +98,17 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     seed = resume_state["seed"] if resume_state else distributed.broadcast_object(resolve_seed(args.seed))
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
-    backbone = build_backbone(args.backbone)
-    describe_backbone(args.backbone, backbone, device)
 
     if not method_class.trains:
         if not ranks.is_main:
             return
         if files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
+        backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
         method = method_class.from_args(backbone, 0, args)
-        save_checkpoint({**method.checkpoint_state(), "method": args.method,
-                         "backbone_name": args.backbone, "seed": seed, "args": vars(args)}, files.final)
-        record_config(files.config, args, seed, device, stage="train_unsupervised")
+        save_checkpoint({**method.checkpoint_state(), "method": args.method, "backbone_name": args.backbone,
+                         **stem_entry(stem), "seed": seed, "args": vars(args)}, files.final)
+        record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem)
         print(f"Saving in: {files.final}")
         return
 
@@ -116,17 +127,18 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         print(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
         print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
+    backbone, stem = stage1_backbone(args, data.side, device)
     method = method_class.from_args(backbone, data.num_classes, args).to(device)
 
     start_epoch = 0
     if resume_state:
-        check_backbone(resume_state, args.backbone, resume_path)
+        check_backbone(resume_state, args.backbone, resume_path, stem)
         method.load_checkpoint_state(resume_state)
         start_epoch = resume_state["epoch"]
         print(f"[INFO] Resuming {resume_path} at epoch {start_epoch}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
-        check_backbone(state, args.backbone, args.checkpoint)
+        check_backbone(state, args.backbone, args.checkpoint, stem)
         print(f"Loading checkpoint: {args.checkpoint}")
         method.load_checkpoint_state(state)
         print("Loading checkpoint: Done!")
@@ -140,13 +152,13 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
         checkpoint_paths=lambda e: [files.epoch_checkpoint(e)] if e in numbered else [],
         rolling_checkpoint=files.last_checkpoint,
-        extra_state={"method": args.method, "backbone_name": args.backbone, "dataset": args.dataset,
-                     "seed": seed, "args": vars(args), "world_size": ranks.world_size},
+        extra_state={"method": args.method, "backbone_name": args.backbone, **stem_entry(stem),
+                     "dataset": args.dataset, "seed": seed, "args": vars(args), "world_size": ranks.world_size},
         drop_last=method_class.drop_last, precision=args.precision, compile=args.compile,
         channels_last=args.channels_last, ranks=ranks)
     engine = Engine(method, data, plan, device)
     if ranks.is_main:
-        record_config(files.config, args, seed, device, stage="train_unsupervised",
+        record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem,
                       training_images=len(data), world_size=ranks.world_size,
                       input_normalisation={"mean": list(data.mean), "std": list(data.std)})
     engine.fit(start_epoch, resume_state)

@@ -1,23 +1,76 @@
-"""Backbone registry: name -> zero-argument constructor of a feature extractor."""
+"""Backbone registry: name -> constructor of a feature extractor.
+
+resnet18 and resnet50 are built with a stem (`STEMS`); :func:`resolve_stem` turns the
+`--stem` flag and the image size into the stem to build with.
+"""
+from __future__ import annotations
+
 from typing import Callable
 
 from torch import nn
 
 from backbones.conv4 import Conv4
-from backbones.resnet_large import resnet34
+from backbones.resnet_large import STEMS, resnet18, resnet34, resnet50
 from backbones.resnet_small import resnet8, resnet32, resnet56
+from utils.errors import UserError
 
-BACKBONES: dict[str, Callable[[], nn.Module]] = {
+__all__ = ["BACKBONES", "CIFAR_STEM_MAX_SIDE", "STEMS", "STEM_CHOICE", "backbone_variants", "build_backbone",
+           "refuse_stem_without_choice", "resolve_stem"]
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "conv4": Conv4,
     "resnet8": resnet8,
     "resnet32": resnet32,
     "resnet56": resnet56,
+    "resnet18": resnet18,
     "resnet34": resnet34,
+    "resnet50": resnet50,
 }
 
+#: Backbones built with either stem (their constructors take `stem`); the others have one.
+STEM_CHOICE = ("resnet18", "resnet50")
 
-def build_backbone(name: str) -> nn.Module:
-    """Build a freshly initialised backbone by name."""
+#: `--stem auto` gives images up to this side the CIFAR stem, larger ones the ImageNet stem.
+CIFAR_STEM_MAX_SIDE = 32
+
+
+def backbone_variants() -> list[tuple[str, str | None]]:
+    """Every (name, stem) that can be built: each stem of the backbones with a choice, None
+    for the others."""
+    return [(name, stem) for name in BACKBONES for stem in (STEMS if name in STEM_CHOICE else (None,))]
+
+
+def refuse_stem_without_choice(name: str, stem: str | None) -> None:
+    """Refuse an explicit `--stem` for a backbone that has a single stem."""
+    if stem in STEMS and name not in STEM_CHOICE:
+        raise UserError(f"--stem {stem}: backbone {name} has a single stem; drop --stem, or pass a "
+                        f"backbone with a stem choice ({', '.join(STEM_CHOICE)})")
+
+
+def resolve_stem(name: str, stem: str = "auto", image_size: int | None = None) -> str | None:
+    """The stem backbone `name` is built with for `--stem stem` on images of `image_size`
+    pixels: None for a backbone with a single stem, an explicit stem as given, and for auto
+    the CIFAR stem up to 32 px and the ImageNet stem above."""
+    refuse_stem_without_choice(name, stem)
+    if name not in STEM_CHOICE:
+        return None
+    if stem != "auto":
+        return stem
+    if image_size is None:
+        raise UserError(f"--stem auto: the image size, which picks the stem of {name}, is unknown before "
+                        "the images are read: pass --image_size, or --stem cifar or --stem imagenet")
+    return "cifar" if image_size <= CIFAR_STEM_MAX_SIDE else "imagenet"
+
+
+def build_backbone(name: str, stem: str | None = None) -> nn.Module:
+    """A freshly initialised backbone by name; `stem` ('cifar' or 'imagenet') is required by
+    the backbones with a stem choice and refused by the others."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+    if name in STEM_CHOICE:
+        if stem not in STEMS:
+            raise ValueError(f"backbone '{name}' needs a stem, one of {', '.join(STEMS)}; got {stem!r}")
+        return BACKBONES[name](stem)
+    if stem is not None:
+        raise ValueError(f"backbone '{name}' has a single stem; got stem {stem!r}")
     return BACKBONES[name]()

@@ -1,12 +1,26 @@
 """CIFAR-style ResNet (3 stages, widths 16/32/64, no max-pool), 64-d features."""
+from __future__ import annotations
+
 import torch
 from torch import nn
 
 from backbones.init import init_weights
 
 
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    """1x1 conv + BN where a block changes stride or width (torchvision's `downsample`), else None.
+
+    Option B of the ResNet paper, not the zero-padding option A of its CIFAR models."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs plus shortcut; key names match torchvision's BasicBlock."""
+
+    expansion = 1
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
@@ -15,13 +29,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            # Projection shortcut (option B), not the zero-padding option A of the CIFAR paper.
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -30,10 +38,13 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-    """`blocks` BasicBlocks; only the first one changes stride/width."""
-    layers = [BasicBlock(in_channels, out_channels, stride)]
-    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+def make_stage(in_channels: int, width: int, blocks: int, stride: int,
+               block: type[nn.Module] = BasicBlock) -> nn.Sequential:
+    """`blocks` blocks of `width` (each outputs width x block.expansion channels); only the
+    first one changes stride/width."""
+    out_channels = width * block.expansion
+    layers = [block(in_channels, width, stride)]
+    layers += [block(out_channels, width) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 

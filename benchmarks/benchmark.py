@@ -181,15 +181,15 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
     import reference
     import torch
 
-    from backbones import build_backbone
+    from backbones import build_backbone, resolve_stem
     data, description = load_images(args.data_root, args.quick)
     device = torch.device(args.device)
     images_hwc = data.images.permute(0, 2, 3, 1).contiguous().numpy()  # torchvision's CIFAR layout
     labels = data.labels.numpy()
-    mean, std = data.mean, data.std
+    mean, std, side = data.mean, data.std, data.side
     del data
     torch.manual_seed(0)
-    backbone = build_backbone(config.backbone).to(device)
+    backbone = build_backbone(config.backbone, resolve_stem(config.backbone, "auto", side)).to(device)
     meters = [reference.Meter(), reference.Meter()]
     if config.kind == "lineval":
         dataset = reference.SingleImages(images_hwc, labels, reference.lineval_transform(mean, std))
@@ -246,7 +246,7 @@ def suite_options(config: Config, args) -> list[str]:
 
 
 def engine_for(config: Config, data, device, options: list[str], folder: Path, seed: int = 0):
-    from backbones import build_backbone
+    from backbones import build_backbone, resolve_stem
     from engine.loop import Engine, TrainingPlan
     from methods import METHODS
     from utils.seeds import seed_everything
@@ -258,7 +258,7 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     seed_everything(seed)
     name = config.kind if config.kind != "accuracy" else "relationnet"
     options = {"relationnet": {"K": config.views}, "relic": {"relic_local_views": config.views - 2}}.get(name, {})
-    method = METHODS[name](build_backbone(config.backbone), data.num_classes, **options)
+    method = METHODS[name](build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)), data.num_classes, **options)
     plan = TrainingPlan(epochs=1, batch_size=config.batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda epoch: [], extra_state={}, precision=flags.precision,
                         compile=flags.compile, channels_last=flags.channels_last)
@@ -319,9 +319,9 @@ def linear_evaluation(backbone, train, test, device, epochs: int, seed: int = 0)
 def suite_lineval(config: Config, data, description: str, device, args) -> Measurement:
     import torch
 
-    from backbones import build_backbone
+    from backbones import build_backbone, resolve_stem
     torch.manual_seed(0)
-    backbone = build_backbone(config.backbone).to(device)
+    backbone = build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)).to(device)
     epochs = 1 if args.quick else LINEVAL_EPOCHS
     start = time.perf_counter()
     linear_evaluation(backbone, data, None, device, epochs)

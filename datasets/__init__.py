@@ -17,13 +17,13 @@ import os
 from typing import Callable
 
 from .base import DatasetError, ImageSet
-from .cifar import load_cifar10, load_cifar100, load_supercifar100
+from .cifar import CIFAR_SIDE, load_cifar10, load_cifar100, load_supercifar100
 from .folder import load_folder
-from .slim import load_slim
-from .stl10 import load_stl10
-from .tiny import load_tiny
+from .slim import SLIM_SIDE, load_slim
+from .stl10 import STL10_SIDE, load_stl10
+from .tiny import TINY_SIDE, load_tiny
 
-__all__ = ["DATASETS", "SPLITS", "DEFAULT_DATA_ROOT", "DatasetError", "ImageSet", "load_dataset",
+__all__ = ["DATASETS", "SPLITS", "DEFAULT_DATA_ROOT", "DatasetError", "ImageSet", "image_side", "load_dataset",
            "pretraining_split"]
 
 #: Where data sets live unless told otherwise (relative to the working directory, as in the original code).
@@ -45,6 +45,10 @@ DATASETS: dict[str, Loader] = {
     "tiny": load_tiny,
 }
 
+#: The side of the images of every data set that is not resized (all but "folder").
+FIXED_SIDES = {"cifar10": CIFAR_SIDE, "cifar100": CIFAR_SIDE, "supercifar100": CIFAR_SIDE, "slim": SLIM_SIDE,
+               "stl10": STL10_SIDE, "tiny": TINY_SIDE}
+
 #: Data sets with an "unlabeled" split, on which self-supervised methods pretrain (the
 #: original code used STL-10's 100,000 unlabelled images for them).
 UNLABELED_SPLIT = frozenset({"stl10"})
@@ -54,6 +58,12 @@ def pretraining_split(name: str, needs_labels: bool) -> str:
     """The split stage 1 trains on: "unlabeled" where data set ``name`` has one and the
     method does not need labels, else "train"."""
     return "unlabeled" if name in UNLABELED_SPLIT and not needs_labels else "train"
+
+
+def image_side(name: str, image_size: int = 0) -> int | None:
+    """The side of the images :func:`load_dataset` gives for ``name`` and ``image_size``, known
+    without reading them; None for "folder" images kept at their own size (0)."""
+    return FIXED_SIDES.get(name, image_size or None)
 
 
 def load_dataset(

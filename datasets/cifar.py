@@ -51,8 +51,8 @@ CIFAR10_CUTOUT = 0.25
 CIFAR100_CUTOUT = 0.0625
 
 SPLITS = ("train", "test")
-_SIDE = 32
-_PIXELS = 3 * _SIDE * _SIDE
+CIFAR_SIDE = 32
+_PIXELS = 3 * CIFAR_SIDE * CIFAR_SIDE
 
 
 # --------------------------------------------------------------------------- pickles
@@ -129,7 +129,7 @@ def _parse_batch(path: Path, label_keys: tuple[str, ...], num_classes: tuple[int
 
 def _to_images(chunks: list[np.ndarray]) -> torch.Tensor:
     data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
-    data = np.ascontiguousarray(data.reshape(-1, 3, _SIDE, _SIDE))
+    data = np.ascontiguousarray(data.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE))
     if not data.flags.writeable:
         data = data.copy()
     return torch.from_numpy(data)

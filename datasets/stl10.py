@@ -35,8 +35,8 @@ STL10_PADDING = 12
 STL10_CUTOUT = 0.111
 
 SPLITS = ("train", "test", "unlabeled")
-_SIDE = 96
-IMAGE_BYTES = 3 * _SIDE * _SIDE
+STL10_SIDE = 96
+IMAGE_BYTES = 3 * STL10_SIDE * STL10_SIDE
 _CHUNK = 1024  # images per memory-mapped chunk (27 MB)
 _FILES = "train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin"
 
@@ -56,13 +56,13 @@ def read_stl10_images(path: str | os.PathLike, fix: str = "re-download the data 
         raise DatasetError(f"{path}: {size} bytes is not a whole number of 3x96x96 images "
                            f"({IMAGE_BYTES} bytes each); the file is truncated or corrupt: {fix}")
     n = size // IMAGE_BYTES
-    images = torch.empty((n, 3, _SIDE, _SIDE), dtype=torch.uint8)
+    images = torch.empty((n, 3, STL10_SIDE, STL10_SIDE), dtype=torch.uint8)
     out = images.numpy()
     for start in range(0, n, _CHUNK):
         count = min(_CHUNK, n - start)
         # A fresh map per chunk, dropped after the copy: one map of the whole file would
         # keep every page read resident in this process and double the peak memory.
-        part = np.memmap(path, np.uint8, "r", offset=start * IMAGE_BYTES, shape=(count, 3, _SIDE, _SIDE))
+        part = np.memmap(path, np.uint8, "r", offset=start * IMAGE_BYTES, shape=(count, 3, STL10_SIDE, STL10_SIDE))
         out[start:start + count] = part.transpose(0, 1, 3, 2)  # column-major channels -> (H, W)
         del part
     return images

@@ -42,7 +42,7 @@ TINY_STD = (0.25, 0.25, 0.25)
 TINY_PADDING = 8
 
 SPLITS = ("train", "test")
-_SIDE = 64
+TINY_SIDE = 64
 _SUFFIXES = (".jpeg", ".jpg", ".png")
 _EXPECTED = "wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt"
 
@@ -108,8 +108,8 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
         images = cached(cache, files, decode)["images"]
     except FileNotFoundError as exc:  # an image listed in val_annotations.txt is not there
         raise DatasetError(f"Tiny-ImageNet: {exc.filename} is missing; {fix}") from None
-    if images.shape[2] != _SIDE:
-        raise DatasetError(f"{files[0]}: Tiny-ImageNet images are {_SIDE}x{_SIDE}, these are "
+    if images.shape[2] != TINY_SIDE:
+        raise DatasetError(f"{files[0]}: Tiny-ImageNet images are {TINY_SIDE}x{TINY_SIDE}, these are "
                            f"{images.shape[2]}x{images.shape[3]}; use --dataset folder to resize other data")
     return images
 

@@ -188,33 +188,51 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 @lru_cache(maxsize=None)
-def _backbone_shapes(name: str) -> dict[str, tuple[int, ...]]:
+def _backbone_shapes(name: str, stem: str | None = None) -> dict[str, tuple[int, ...]]:
     from backbones import build_backbone
     with torch.device("meta"):
-        backbone = build_backbone(name)
+        backbone = build_backbone(name, stem)
     return {key: tuple(value.shape) for key, value in backbone.state_dict().items()}
 
 
-def identify_backbone(state_dict: dict) -> str | None:
-    """The registered backbone whose state-dict keys and shapes match, if any."""
-    from backbones import BACKBONES
+def identify_backbone(state_dict: dict) -> tuple[str, str | None] | None:
+    """The registered (backbone, stem) whose state-dict keys and shapes match, if any; the stem
+    is None for backbones with a single stem."""
+    from backbones import backbone_variants
     shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
-    for name in BACKBONES:
-        if _backbone_shapes(name) == shapes:
-            return name
+    for name, stem in backbone_variants():
+        if _backbone_shapes(name, stem) == shapes:
+            return name, stem
     return None
 
 
-def check_backbone(state: dict, backbone: str, path: str | Path) -> None:
-    """Refuse, with the fix, a checkpoint whose backbone is not `--backbone`."""
-    if _backbone_shapes(backbone) == {k: tuple(v.shape) for k, v in state["backbone"].items()}:
-        return
-    found = identify_backbone(state["backbone"])
-    if found:
-        raise UserError(f"checkpoint {path} holds a {found} backbone, not {backbone}: "
-                        f"pass --backbone {found}")
-    raise UserError(f"checkpoint {path} holds a backbone this suite does not know "
-                    f"(its weights match none of the registered backbones)")
+def _describe_variant(name: str, stem: str | None) -> str:
+    return f"{name} backbone" if stem is None else f"{name} backbone with the {stem} stem"
+
+
+def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | None = "auto") -> str | None:
+    """Refuse, with the fix, a checkpoint whose backbone is not `--backbone` or whose stem is not
+    `stem` (the stem the stage builds; 'auto' takes the checkpoint's); returns the stem it
+    holds (None for a backbone with a single stem).
+
+    The stem is read from the weights (the shape of `conv1`), which the checkpoint's `stem`
+    key records too; so a state dict converted from torchvision, without that key, works."""
+    from backbones import STEMS, refuse_stem_without_choice
+    refuse_stem_without_choice(backbone, stem)
+    held = identify_backbone(state["backbone"])
+    if held is None:
+        raise UserError(f"checkpoint {path} holds a backbone this suite does not know "
+                        f"(its weights match none of the registered backbones)")
+    name, held_stem = held
+    if name != backbone:
+        fix = f"--backbone {name}"
+        if held_stem is not None and stem in STEMS and stem != held_stem:
+            fix += f" --stem {held_stem}"
+        raise UserError(f"checkpoint {path} holds a {_describe_variant(name, held_stem)}, not {backbone}: pass {fix}")
+    if stem in STEMS and stem != held_stem:
+        raise UserError(f"checkpoint {path} holds a {_describe_variant(name, held_stem)}, not the {stem} stem: "
+                        f"pass --stem {held_stem}")
+    return held_stem
 
 
 class CsvLog:

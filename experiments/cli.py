@@ -82,7 +82,7 @@ def _seed(text: str) -> int:
 
 def common_parser(description: str, batch_default: int | None, output_help: str = "output root: files go to "
                   "<checkpoint_dir>/<method>/<dataset>/", parser_class: type[Parser] = Parser) -> Parser:
-    from backbones import BACKBONES
+    from backbones import BACKBONES, CIFAR_STEM_MAX_SIDE, STEM_CHOICE, STEMS
     from datasets import DATASETS
     parser = parser_class(description=description)
     parser.add_argument("--seed", type=_seed, default=-1,
@@ -90,6 +90,10 @@ def common_parser(description: str, batch_default: int | None, output_help: str 
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
                         help="data set of this stage")
     parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES))
+    parser.add_argument("--stem", default="auto", choices=["auto", *STEMS],
+                        help=f"stem of {' and '.join(STEM_CHOICE)}: cifar (3x3 conv, no max-pool) or imagenet "
+                             f"(7x7/2 conv and max-pool); auto: stage 1 picks cifar for images up to "
+                             f"{CIFAR_STEM_MAX_SIDE} px and imagenet above, stages 2 and 3 the checkpoint's")
     shown_default = batch_default or "the method's: 128, relic 256"
     parser.add_argument("--data_size", type=positive_int, default=batch_default,
                         help=f"mini-batch size in images (default {shown_default})")

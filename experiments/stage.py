@@ -53,16 +53,22 @@ def run_main(main: Callable[[], None]) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def describe_backbone(name: str, backbone: nn.Module, device: torch.device) -> None:
+def describe_backbone(name: str, backbone: nn.Module, device: torch.device, stem: str | None = None) -> None:
     if device.type != "cuda":
         print("[WARNING] CUDA is not available." if not torch.cuda.is_available()
               else "[INFO] Running on the CPU although CUDA is available.")
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
-    print(f"[INFO] {name} loaded in memory.")
+    print(f"[INFO] {name}{f' ({stem} stem)' if stem else ''} loaded in memory.")
     print(f"[INFO] Feature size: {backbone.feature_size}")
     print(f"[INFO] Feature extractor TOT trainable params: {trainable}")
     print(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
     print(f"[INFO] Device type: {device}")
+
+
+def stem_entry(stem: str | None) -> dict:
+    """The checkpoint's `stem` key; absent for a backbone with a single stem, so that its
+    checkpoints keep the keys of the original code."""
+    return {"stem": stem} if stem else {}
 
 
 def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch.device,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import DATASETS, DatasetError, ImageSet, load_dataset
+from datasets import DATASETS, DatasetError, ImageSet, image_side, load_dataset
 from datasets import cifar as cifar_mod
 from datasets.download import (
     DownloadError,
@@ -212,6 +212,14 @@ def test_registry_and_unknown_names(small_cifar10_root):
     assert "train" in one_line(e.value) and "test" in str(e.value)
     with pytest.raises(ValueError):  # no unlabeled split for CIFAR
         load_dataset("cifar10", "unlabeled", small_cifar10_root)
+
+
+def test_image_side_is_known_without_reading_the_images(small_cifar10_root):
+    assert image_side("cifar10") == load_dataset("cifar10", "test", small_cifar10_root, download=False).side == 32
+    assert [image_side(name) for name in ("cifar100", "supercifar100", "stl10", "tiny", "slim")] == [32, 32, 96, 64, 64]
+    assert set(DATASETS) - {"folder"} <= {name for name in DATASETS if image_side(name)}
+    assert image_side("folder", 48) == 48
+    assert image_side("folder") is None  # folder images keep their own size, unknown until read
 
 
 # ----------------------------------------------------------------------------- errors on disk

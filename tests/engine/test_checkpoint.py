@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import checkpoint
-from engine.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
+from engine.checkpoint import atomic_write_bytes, check_backbone, identify_backbone, read_checkpoint, save_checkpoint
 from utils.errors import UserError
 
 
@@ -76,3 +76,44 @@ def test_foreign_and_broken_files_give_one_line_errors(tmp_path, kind):
         read_checkpoint(path)
     message = str(error.value)
     assert "\n" not in message and str(path) in message
+
+
+def backbone_state(name: str, stem: str | None = None) -> dict:
+    """A checkpoint of backbone `name` (meta tensors: only the shapes are checked)."""
+    from backbones import build_backbone
+    with torch.device("meta"):
+        return {"backbone": build_backbone(name, stem).state_dict()}
+
+
+def refusal(*args) -> str:
+    with pytest.raises(UserError) as error:
+        check_backbone(*args)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("name,stem", [("conv4", None), ("resnet34", None), ("resnet18", "cifar"),
+                                       ("resnet18", "imagenet"), ("resnet50", "cifar"), ("resnet50", "imagenet")])
+def test_the_backbone_and_stem_of_a_checkpoint_are_told_from_its_weights(name, stem):
+    state = backbone_state(name, stem)
+    assert identify_backbone(state["backbone"]) == (name, stem)
+    assert check_backbone(state, name, "c.tar") == stem  # --stem auto takes the checkpoint's
+    assert check_backbone(state, name, "c.tar", stem) == stem
+
+
+def test_a_checkpoint_of_another_stem_or_backbone_is_refused_with_the_fix():
+    cifar = backbone_state("resnet18", "cifar")
+    assert refusal(cifar, "resnet18", "c.tar", "imagenet") == \
+        "checkpoint c.tar holds a resnet18 backbone with the cifar stem, not the imagenet stem: pass --stem cifar"
+    assert refusal(cifar, "resnet50", "c.tar") == \
+        "checkpoint c.tar holds a resnet18 backbone with the cifar stem, not resnet50: pass --backbone resnet18"
+    assert refusal(cifar, "resnet50", "c.tar", "imagenet").endswith("pass --backbone resnet18 --stem cifar")
+    assert refusal(backbone_state("conv4"), "resnet18", "c.tar", "cifar") == \
+        "checkpoint c.tar holds a conv4 backbone, not resnet18: pass --backbone conv4"
+    assert refusal(backbone_state("resnet50", "imagenet"), "resnet34", "c.tar").endswith("pass --backbone resnet50")
+
+
+def test_a_stem_for_a_single_stem_backbone_is_refused_before_the_weights_are_compared():
+    assert refusal(backbone_state("resnet34"), "resnet34", "c.tar", "imagenet").startswith(
+        "--stem imagenet: backbone resnet34 has a single stem; drop --stem")

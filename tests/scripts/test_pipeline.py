@@ -167,6 +167,8 @@ def test_resume_auto_continues_and_refuses_changed_arguments(small_cifar10_root,
 BAD_INPUTS = [
     (stage1, ["--method", "simclrr"], "--method"),
     (stage1, ["--backbone", "resnet9"], "--backbone"),
+    (stage1, ["--stem", "tiny"], "--stem"),
+    (stage1, ["--stem", "cifar"], "--stem cifar: backbone conv4 has a single stem"),
     (stage1, ["--dataset", "mnist"], "--dataset"),
     (stage1, ["--aggregation", "prod"], "--aggregation"),
     (stage1, ["--K", "1"], "--K"),
