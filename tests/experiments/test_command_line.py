@@ -38,6 +38,15 @@ BY_FLAG = {
     "--num_clusters": (["-3"], ["--method", "deepcluster"]),
     "--kmeans_restarts": (["0"], ["--method", "deepcluster"]),
     "--deepcluster_sampling": (["foo"], ["--method", "deepcluster"]),
+    "--relic_alpha": (["-1", "nan"], ["--method", "relic"]),
+    "--relic_global_views": (["0"], ["--method", "relic"]),
+    "--relic_local_views": (["-1"], ["--method", "relic"]),
+    "--relic_gamma": (["1.5", "-0.1"], ["--method", "relic"]),
+    "--relic_copy_steps": (["-1"], ["--method", "relic"]),
+    "--relic_update_every": (["0"], ["--method", "relic"]),
+    "--relic_weight_decay": (["-1", "inf"], ["--method", "relic"]),
+    "--relic_hidden": (["0"], ["--method", "relic"]),
+    "--relic_projection": (["0"], ["--method", "relic"]),
     "--device": (["tpu", "cuda:x"], []),
     "--image_size": (["-1", "48"], []),
     "--knn": (["-1", "abc", "100000"], []),
@@ -47,7 +56,8 @@ PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--expor
 # Output folders: the bad value is a file where the folder should be.
 OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features"}
 # Flags with no invalid value: a visible-GPU list and on/off switches.
-NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather"}
+NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
+                "--relic_siglip"}
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
 
 

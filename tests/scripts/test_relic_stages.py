@@ -10,8 +10,8 @@ import train_linear_evaluation as stage2
 from tests.helpers import load, run_stage, stage_arguments, three_stages
 
 
-@pytest.mark.parametrize("dataset,backbone", [("cifar10", "conv4"), ("stl10", "conv4"), ("cifar10", "resnet18"),
-                                              ("stl10", "resnet50")])
+@pytest.mark.parametrize("dataset", ["cifar10", "stl10"])
+@pytest.mark.parametrize("backbone", ["conv4", "resnet18", "resnet50"])
 def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, dataset, backbone):
     root = small_cifar10_root if dataset == "cifar10" else stl10_root
     args = stage_arguments(root, tmp_path, dataset=dataset, backbone=backbone)
