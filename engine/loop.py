@@ -57,7 +57,7 @@ class TrainingPlan:
     drop_last: bool = False
     rolling_checkpoint: Path | None = None  # rewritten silently after every epoch
     precision: str = "fp32"          # see engine/precision.py
-    compile: bool = False            # torch.compile the backbone
+    compile: bool = False            # torch.compile the method's compiled_modules (its backbones)
     channels_last: bool = False      # convolution weights and views in NHWC memory order
     ranks: Ranks = SINGLE            # this process's rank under torchrun
 
@@ -83,7 +83,8 @@ class Engine:
         if plan.channels_last:
             method.to(memory_format=torch.channels_last)
         if plan.compile:
-            method.backbone.compile()  # in place: the state dict keeps its keys
+            for name in method.compiled_modules:
+                getattr(method, name).compile()  # in place: the state dict keeps its keys
         self.parallel_step = distributed.wrap_training_step(method, plan.ranks, device)
         self.stop = StopSignals()
         self.check_step_memory()

@@ -21,6 +21,7 @@ Class attributes
     trains          False for methods that are saved untrained (randomweights).
     drop_last       skip the last, smaller batch of an epoch.
     min_batch_size  the smallest batch a step can use.
+    compiled_modules  the attributes `--compile` compiles: the networks that carry the cost.
 
 Instance interface
     view_groups               the views of each image per step, as groups (`ViewGroup`):
@@ -139,6 +140,7 @@ class Method(nn.Module):
     trains: bool = True
     drop_last: bool = False
     min_batch_size: int = 1
+    compiled_modules: tuple[str, ...] = ("backbone",)
     default_lr: float = 1e-3
 
     def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, **options):

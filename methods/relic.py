@@ -44,6 +44,7 @@ class ReLIC(Method):
     drop_last = True  # as the package: every step contrasts a full batch
     min_batch_size = 2
     score_name = "accuracy"
+    compiled_modules = ("backbone", "target_backbone")
     options = (
         Option("relic_alpha", 1.0, "weight of the invariance (KL) term"),
         Option("relic_siglip", False, "the pairwise sigmoid loss of SigLIP instead of the softmax "
