@@ -120,13 +120,15 @@ class Option:
     type: Callable | None = None
     switch: bool = False       # a flag without a value (store_true)
 
-    def add_to(self, group, default=argparse.SUPPRESS) -> None:
-        shown = f" (default {self.default})" if not self.switch else ""
+    def add_to(self, group) -> None:
+        """Register the flag on an argparse group. It has no parser default (SUPPRESS): an
+        absent flag leaves no attribute, so the parser can tell a given flag from a default
+        (experiments/cli.py refuses another method's flags, then fills the defaults in)."""
         if self.switch:
-            group.add_argument(f"--{self.name}", action="store_true", default=default, help=self.help)
+            group.add_argument(f"--{self.name}", action="store_true", default=argparse.SUPPRESS, help=self.help)
         else:
-            group.add_argument(f"--{self.name}", type=self.type or type(self.default), default=default,
-                               help=self.help + shown)
+            group.add_argument(f"--{self.name}", type=self.type or type(self.default), default=argparse.SUPPRESS,
+                               help=f"{self.help} (default {self.default})")
 
 
 class Method(nn.Module):
