@@ -7,6 +7,11 @@ concatenates the views, runs the backbone in eager float32, builds the relation 
 the Python double loop over view blocks and steps Adam; meters read `.item()` every step.
 Only the backbone modules are this suite's: they are the original architectures (their
 initial weights match the original's bit for bit).
+
+relic-pytorch's path, as `../shared/reference/relic-behaviour.md` describes it, is rebuilt
+the same way: its global and local view transforms on PIL images in the same DataLoader,
+its model (online encoder + critic, a deep-copied target), its per-pair Python loop over
+(target, online) views, Adam and the EMA update after each step.
 """
 from __future__ import annotations
 
