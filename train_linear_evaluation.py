@@ -36,10 +36,7 @@ from experiments.stage import describe_backbone, record_config, resume_point, ru
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.runtime import (
-    format_duration,  # noqa: E402
-    resolve_device,  # noqa: E402
-)
+from utils.runtime import format_duration, resolve_device  # noqa: E402
 from utils.seeds import resolve_seed, seed_everything  # noqa: E402
 
 # Arguments a resumed fine-tuning run may change: where things are, nothing that changes numbers.

@@ -115,12 +115,12 @@ def relic_loss(online: torch.Tensor, target: torch.Tensor, log_temperature: torc
     temperature = log_temperature.exp().clamp(max=max_temperature)
     logits = x @ x_target.transpose(-1, -2) * temperature + bias
     n = logits.shape[-1]
+    rows = logits.log_softmax(dim=-1)
     if siglip:
         signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
         instance = -F.logsigmoid(signs * logits).sum((-2, -1)) / n
     else:
-        instance = -torch.diagonal(logits.log_softmax(dim=-1), dim1=-2, dim2=-1).mean(-1)
-    rows = logits.log_softmax(dim=-1)
+        instance = -torch.diagonal(rows, dim1=-2, dim2=-1).mean(-1)
     columns = logits.log_softmax(dim=-2).transpose(-1, -2)
     invariance = (columns.exp() * (columns - rows)).sum((-2, -1)) / n
     return instance + alpha * invariance, invariance, logits

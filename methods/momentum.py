@@ -8,10 +8,15 @@ import torch
 from torch import nn
 
 
+def _pairs(target: nn.Module, online: nn.Module):
+    """(target tensor, online tensor) for every parameter and buffer of two equal architectures."""
+    return zip([*target.parameters(), *target.buffers()], [*online.parameters(), *online.buffers()])
+
+
 @torch.no_grad()
 def copy_online(target: nn.Module, online: nn.Module) -> None:
     """Every parameter and buffer of `target` set to `online`'s (the same architecture)."""
-    for to, source in zip([*target.parameters(), *target.buffers()], [*online.parameters(), *online.buffers()]):
+    for to, source in _pairs(target, online):
         to.copy_(source)
 
 
@@ -19,7 +24,7 @@ def copy_online(target: nn.Module, online: nn.Module) -> None:
 def momentum_update(target: nn.Module, online: nn.Module, gamma: float) -> None:
     """target <- gamma target + (1 - gamma) online for every floating-point parameter and
     buffer (batch-norm running statistics too); integer buffers (batch counts) stay."""
-    for to, source in zip([*target.parameters(), *target.buffers()], [*online.parameters(), *online.buffers()]):
+    for to, source in _pairs(target, online):
         if to.is_floating_point():
             to.lerp_(source, 1.0 - gamma)
 

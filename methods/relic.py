@@ -134,9 +134,10 @@ class ReLIC(Method):
         losses, invariances, logits = relic_loss(
             online.unsqueeze(0).expand(self.global_views, -1, -1, -1), target.unsqueeze(1),
             self.log_temperature, self.logit_bias, self.alpha, self.siglip, self.max_temperature)
-        other_position = ~torch.eye(self.global_views, len(online), dtype=torch.bool, device=losses.device)
-        pairs = int(other_position.sum())
-        loss = losses[other_position].mean()
+        # A weighted sum, not boolean indexing: selecting the pairs would wait for the GPU.
+        other_position = 1.0 - torch.eye(self.global_views, len(online), device=losses.device)
+        pairs = self.global_views * (len(online) - 1)
+        loss = (losses * other_position).sum() / pairs
         # The package's diagnostic: online view 0 against target view 1 (or 0 with one global).
         watched = logits[min(1, self.global_views - 1), 0 if self.global_views > 1 else 1].detach()
         correct = (watched.argmax(dim=1) == torch.arange(len(watched), device=watched.device)).sum().float()
@@ -144,7 +145,7 @@ class ReLIC(Method):
         one = torch.ones((), device=loss.device)
         temperature = self.log_temperature.detach().exp().clamp(max=self.max_temperature)
         return StepOutput(loss=loss, loss_weight=len(watched) * pairs, metrics={
-            "invariance": (invariances[other_position].detach().mean() * images, images),
+            "invariance": ((invariances.detach() * other_position).sum() / pairs * images, images),
             "temperature": (temperature * images, images),
             "bias": (self.logit_bias.detach() * images, images),
             "gamma": (one * self.gamma * images, images),
