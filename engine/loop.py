@@ -227,7 +227,7 @@ class Engine:
         metrics = {name: (total / count.clamp(min=1)).item() for name, (total, count) in progress.sums.items()}
         seconds = time.time() - start + progress.seconds_before
         print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.6f}"
-              + "".join(f"; {name}: {value:.2f}" for name, value in metrics.items()))
+              + "".join(f"; {name}: {value:.4g}" for name, value in metrics.items()))
         return {"epoch": epoch, "loss": loss, "score": method.score(metrics, loss), **metrics,
                 "lr": method.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
