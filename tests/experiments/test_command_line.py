@@ -29,6 +29,7 @@ BY_FLAG = {
     "--seed": (["-2", "abc", "99999999999"], []),
     "--K": (["1", "-4", "100000"], ["--method", "relationnet"]),
     "--aggregation": (["prod"], ["--method", "relationnet"]),
+    "--relation_loss": (["mse"], ["--method", "relationnet"]),
     "--temperature": (["0", "-1", "nan"], ["--method", "simclr"]),
     "--simclr_loss": (["foo"], ["--method", "simclr"]),
     "--dim_alpha": (["-1"], ["--method", "deepinfomax"]),
