@@ -87,10 +87,10 @@ def linear_evaluation(model: Standard, features, args, seed: int, log_path: Path
         model.classifier.eval()
         test_result = score_logits(model.classifier(test_features).detach(), test_labels)
         seconds = time.time() - epoch_start
-        log.append({"epoch": epoch, "loss": loss, "accuracy": accuracy,
+        log.append({"epoch": epoch + 1, "loss": loss, "accuracy": accuracy,
                     "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"],
                     "seconds": round(seconds, 3)})
-        print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
+        print(f"Epoch {epoch + 1}/{args.epochs} [{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
     return {"epoch": args.epochs}
 
 

@@ -236,17 +236,18 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
 
 
 class CsvLog:
-    """The per-epoch CSV log of a run. On resume, rows past the resumed epoch are dropped, so a
-    resumed log equals the log of a run that was never interrupted."""
+    """The per-epoch CSV log of a run; its `epoch` column counts from 1, as the checkpoint names.
+    On resume after `keep_epochs_up_to` epochs, later rows are dropped, so a resumed log equals
+    the log of a run that was never interrupted."""
 
-    def __init__(self, path: Path, columns: list[str], keep_epochs_below: int | None = None):
+    def __init__(self, path: Path, columns: list[str], keep_epochs_up_to: int | None = None):
         self.path = path
         self.columns = columns
         rows = []
-        if keep_epochs_below is not None and path.exists():
+        if keep_epochs_up_to is not None and path.exists():
             with open(path, newline="") as handle:
                 rows = [row for row in csv.DictReader(handle)
-                        if row.get("epoch", "").isdigit() and int(row["epoch"]) < keep_epochs_below]
+                        if row.get("epoch", "").isdigit() and int(row["epoch"]) <= keep_epochs_up_to]
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:

@@ -76,7 +76,7 @@ def plot_training_curves(logs: list[Path], output: Path) -> Path:
     for axis, quantity in zip(axes.flat, quantities):
         for path, columns in curves:
             if quantity in columns:
-                axis.plot([e + 1 for e in columns["epoch"]], columns[quantity], marker="o", markersize=2.5,
+                axis.plot(columns["epoch"], columns[quantity], marker="o", markersize=2.5,
                           label=path.stem.removeprefix("log_"), linewidth=1.2)
         axis.set_title(quantity)
         axis.set_xlabel("epoch")
