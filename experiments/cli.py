@@ -200,6 +200,15 @@ def stage1_parser() -> Parser:
                              "longer while it compiles)")
     parser.add_argument("--channels_last", action="store_true",
                         help="NHWC memory layout for the backbone (faster for ResNets with bf16)")
+    parser.add_argument("--eval_every", type=non_negative_int, default=0, metavar="N",
+                        help="every N epochs and after the last, log the backbone's kNN accuracy (k 200) on "
+                             "the labelled train/test split of --dataset (0 = off)")
+    parser.add_argument("--eval_images", type=non_negative_int, default=5000, metavar="N",
+                        help="--eval_every: a seeded, class-balanced subset of at most N images of each "
+                             "split (0 = all)")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write every logged quantity for TensorBoard into DIR/<run> (needs the "
+                             "tensorboard package)")
     for method in METHODS.values():
         if method.options:
             group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
