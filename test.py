@@ -26,10 +26,10 @@ from engine.checkpoint import append_csv_row, check_backbone, read_checkpoint  #
 from evaluation.linear import score_logits  # noqa: E402
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
-from experiments.stage import describe_backbone, run_main  # noqa: E402
+from experiments.stage import describe_backbone, run_main, run_seed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
-from utils.seeds import resolve_seed, seed_everything  # noqa: E402
+from utils.seeds import seed_everything  # noqa: E402
 
 COLUMNS = ["time", "dataset", "seed", "accuracy", "top5", "loss", "images", "seconds", "checkpoint",
            "knn_k", "knn_accuracy", "knn_top5", "retrieval_k", "retrieval_precision"]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.feature_map != "none":
         from experiments.plots import require_matplotlib
         require_matplotlib()
-    seed = resolve_seed(args.seed)
+    seed = run_seed(args)
     seed_everything(seed)
     download = not args.no_download
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)

@@ -33,12 +33,19 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener  # noqa: E402
-from experiments.stage import describe_backbone, record_config, resume_point, run_main, stem_entry  # noqa: E402
+from experiments.stage import (  # noqa: E402
+    describe_backbone,
+    record_config,
+    resume_point,
+    run_main,
+    run_seed,
+    stem_entry,
+)
 from methods import METHODS  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
-from utils.seeds import resolve_seed, seed_everything  # noqa: E402
+from utils.seeds import seed_everything  # noqa: E402
 
 # Arguments a resumed run may change: where things are, how long to train, how often to save.
 # Any other difference (batch, K, a method's options...) would silently mix two experiments.
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not ranks.is_main:  # rank 0 speaks for the run; errors still reach stderr
             sys.stdout = open(os.devnull, "w")
+        args.seed = distributed.broadcast_object(run_seed(args))  # every rank uses rank 0's seed
         header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
         files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
         with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
@@ -96,8 +104,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     resume_path, resume_state = resume_point(
         args, files, RESUME_MAY_CHANGE, ranks.world_size,
         without_state="use --checkpoint with --epoch_start instead") if args.resume else (None, None)
-    # Every rank uses rank 0's seed, also when it is drawn.
-    seed = resume_state["seed"] if resume_state else distributed.broadcast_object(resolve_seed(args.seed))
+    seed = args.seed
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
 

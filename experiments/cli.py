@@ -150,13 +150,16 @@ def apply_gpu_flag(args: argparse.Namespace) -> None:
 
 class Stage1Parser(Parser):
     """Refuses a flag of another method than `--method` (it would be ignored silently), then
-    gives every method's flags their defaults, so the recorded arguments list them all."""
+    gives every method's flags, the batch and the learning rate their defaults, so the recorded
+    arguments list them all with the values used."""
 
     def parse_known_args(self, args=None, namespace=None):
         from methods import METHODS
         parsed, extras = super().parse_known_args(args, namespace)
         if parsed.data_size is None:
             parsed.data_size = METHODS[parsed.method].default_batch_size
+        if parsed.lr is None:  # recorded as used, not as null
+            parsed.lr = METHODS[parsed.method].default_lr
         for method in METHODS.values():
             for option in method.options:
                 if not hasattr(parsed, option.name):
