@@ -144,14 +144,21 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
 
 
 def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path) -> None:
-    from evaluation.embedding import pca_2d, tsne_2d
+    from datasets.names import class_names
+    from evaluation.embedding import principal_components, tsne_2d
     from experiments.plots import plot_feature_map
     chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:args.map_points]
     chosen = chosen.sort().values
-    points = tsne_2d(features[chosen], seed) if args.feature_map == "tsne" else pca_2d(features[chosen])
+    if args.feature_map == "tsne":
+        points, axis_labels = tsne_2d(features[chosen], seed), ("t-SNE 1", "t-SNE 2")
+    else:
+        points, shares = principal_components(features[chosen])
+        axis_labels = tuple(f"PC {i + 1} ({share * 100:.1f}% of the variance)" for i, share in enumerate(shares))
     output = checkpoint.parent / f"{checkpoint.stem}_test_{args.feature_map}.png"
+    name = "t-SNE" if args.feature_map == "tsne" else "PCA"
     plot_feature_map(points, labels[chosen], output,
-                     f"{args.feature_map.upper()} of {len(chosen)} {args.dataset} test features: {checkpoint.name}")
+                     f"{name} of {len(chosen)} {args.dataset} test features: {checkpoint.name}",
+                     class_names(args.dataset, args.data_root, int(labels.max()) + 1), axis_labels)
     print(f"[INFO] Feature map: {output}")
 
 

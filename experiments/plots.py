@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -135,7 +136,10 @@ def plot_training_curves(logs: list[Path], output: Path) -> Path:
     return _save(training_curves_figure(logs), pyplot, output)
 
 
-def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, title: str) -> Path:
+def feature_map_figure(points: torch.Tensor, labels: torch.Tensor, title: str,
+                       class_names: list[str] | None = None, axis_labels: tuple[str, str] = ("", "")):
+    """A 2-D map of points coloured by class; the colour bar names the classes (numbers when
+    `class_names` is None), up to 20 classes."""
     pyplot = require_matplotlib()
     figure, axis = pyplot.subplots(figsize=(7, 6))
     classes = int(labels.max()) + 1
@@ -143,12 +147,22 @@ def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, t
     scatter = axis.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), s=4,
                            cmap=colours, vmin=-0.5, vmax=classes - 0.5)
     if classes <= 20:
-        figure.colorbar(scatter, ax=axis, ticks=range(classes), label="class")
-    axis.set_title(title, fontsize=9)
+        bar = figure.colorbar(scatter, ax=axis, ticks=range(classes), label="class")
+        if class_names:
+            bar.ax.set_yticklabels(class_names[:classes], fontsize=8)
+    axis.set_title(textwrap.fill(title, 70), fontsize=9)  # long checkpoint names wrap, not cut
+    axis.set_xlabel(axis_labels[0])
+    axis.set_ylabel(axis_labels[1])
     axis.set_xticks([])
     axis.set_yticks([])
     figure.tight_layout()
-    return _save(figure, pyplot, output)
+    return figure
+
+
+def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, title: str,
+                     class_names: list[str] | None = None, axis_labels: tuple[str, str] = ("", "")) -> Path:
+    """`feature_map_figure` saved as a PNG."""
+    return _save(feature_map_figure(points, labels, title, class_names, axis_labels), require_matplotlib(), output)
 
 
 def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:

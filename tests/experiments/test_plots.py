@@ -63,3 +63,23 @@ def test_one_colour_per_run_and_one_panel_per_quantity_and_family(logs):
     assert [list(line.get_xdata()) for line in knn.lines] == [[2, 3], [2, 3]]  # epoch 1 was not measured
     pyplot.close(figure)
 
+
+
+def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_whole():
+    import torch
+    from matplotlib import pyplot
+
+    from experiments.plots import feature_map_figure
+    names = ["airplane", "automobile", "bird"]
+    title = "PCA of 2000 cifar10 test features: " + "relationnet_notebook_cifar10_conv4_seed_1_epoch_10" * 2 + ".tar"
+    figure = feature_map_figure(torch.randn(30, 2), torch.arange(30) % 3, title, names,
+                                ("PC 1 (41.0% of the variance)", "PC 2 (12.5% of the variance)"))
+    axis, bar = figure.axes
+    assert [label.get_text() for label in bar.get_yticklabels()] == names
+    assert axis.get_xlabel().startswith("PC 1 (41.0%") and axis.get_ylabel().startswith("PC 2")
+    figure.canvas.draw()
+    shown = axis.title.get_window_extent()
+    shown_text = axis.title.get_text()
+    assert "\n" in shown_text and "".join(shown_text.split()) == "".join(title.split())  # wrapped, all of it
+    assert 0 <= shown.x0 and shown.x1 <= figure.bbox.width and shown.y1 <= figure.bbox.height  # not cut
+    pyplot.close(figure)
