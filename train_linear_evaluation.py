@@ -32,14 +32,7 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
 from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
-from experiments.stage import (  # noqa: E402
-    describe_backbone,
-    record_config,
-    resume_point,
-    run_main,
-    run_seed,
-    stem_entry,
-)
+from experiments.stage import describe_backbone, record_config, resume_point, run_main, run_seed, stem_entry  # noqa: E402,E501
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
 from utils.errors import UserError  # noqa: E402

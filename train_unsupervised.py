@@ -33,14 +33,7 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener  # noqa: E402
-from experiments.stage import (  # noqa: E402
-    describe_backbone,
-    record_config,
-    resume_point,
-    run_main,
-    run_seed,
-    stem_entry,
-)
+from experiments.stage import describe_backbone, record_config, resume_point, run_main, run_seed, stem_entry  # noqa: E402,E501
 from methods import METHODS  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
