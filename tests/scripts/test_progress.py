@@ -12,7 +12,8 @@ import subprocess
 import sys
 import termios
 
-from tests.helpers import REPO, load, read_log, stage_arguments
+import train_unsupervised as stage1
+from tests.helpers import REPO, load, read_log, run_stage, stage_arguments
 
 
 def stage1_command(root, out) -> list[str]:
@@ -51,12 +52,12 @@ def test_the_bar_shows_the_loss_epoch_and_time_left_on_a_terminal(small_cifar10_
     assert "Epoch 1/2 [" in screen and "Epoch 2/2 [" in screen  # the epoch lines
 
 
-def test_piped_output_has_epoch_lines_and_every_count_is_one_based(small_cifar10_root, tmp_path):
-    result = subprocess.run(stage1_command(small_cifar10_root, tmp_path), cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "loss=" not in result.stdout + result.stderr  # no bar when nobody watches
-    lines = [line for line in result.stdout.splitlines() if line.startswith("Epoch ")]
+def test_piped_output_has_epoch_lines_and_every_count_is_one_based(small_cifar10_root, tmp_path, capsys):
+    # In this process, under pytest's capture: stdout and stderr are pipes, not a terminal.
+    run_stage(stage1, stage1_command(small_cifar10_root, tmp_path)[2:])
+    shown = capsys.readouterr()
+    assert "loss=" not in shown.out + shown.err  # no bar when nobody watches
+    lines = [line for line in shown.out.splitlines() if line.startswith("Epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"] and "run left 0:00:00" in lines[1]
     folder = tmp_path / "relationnet" / "cifar10"
     rows = read_log(folder / "log_relationnet_cifar10_conv4_seed_1.csv")
