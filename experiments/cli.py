@@ -113,7 +113,7 @@ def common_parser(description: str, batch_default: int | None, output_help: str 
     from datasets import DATASETS
     parser = parser_class(description=description)
     parser.add_argument("--seed", type=_seed, default=-1,
-                        help="random seed; -1 draws one and records it in the run's config")
+                        help="random seed; -1 draws one, which names the run's files and is recorded in its config")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
                         help="data set of this stage")
     parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES),

@@ -97,9 +97,10 @@ def code_version() -> dict:
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    if not commit:
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != REPO:  # not a checkout of this code (maybe a folder inside another)
         return {}
+    commit = git("rev-parse", "HEAD")
     changes = git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit, "git_dirty": bool(changes)} if changes is not None else {"git_commit": commit}
 
