@@ -77,11 +77,17 @@ def stem_entry(stem: str | None) -> dict:
 
 def run_seed(args: argparse.Namespace) -> int:
     """The run's seed: `--seed`, or for -1 one drawn now, written back into `args` so that it
-    names the run's files and is recorded as the value used. A run started with -1 is resumed
-    with the seed it drew (its file names hold it)."""
-    if args.seed < 0 and getattr(args, "resume", None):
-        raise UserError("--resume with --seed -1: a run's files are named by the seed it drew; pass that "
+    names the run's files and is recorded as the value used. `--resume PATH` with -1 takes the
+    seed stored in the checkpoint; `--resume auto` needs the seed to find the run's files."""
+    resume = getattr(args, "resume", None)
+    if args.seed < 0 and resume == "auto":
+        raise UserError("--resume auto with --seed -1: a run's files are named by the seed it drew; pass that "
                         "--seed N (printed at the run's start and recorded in its config)")
+    if args.seed < 0 and resume:
+        stored = read_checkpoint(resume).get("seed")
+        if stored is not None:
+            args.seed = stored
+            return args.seed
     if args.seed < 0:
         args.seed = resolve_seed(args.seed)
         print(f"[INFO] --seed -1: drew seed {args.seed}, which names this run's files")

@@ -42,7 +42,12 @@ def test_a_drawn_seed_names_the_files_of_every_stage_and_a_second_run_is_not_ref
     with pytest.raises(SystemExit):
         run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--epochs", "2", "--resume", "auto"])
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "--resume with --seed -1" in error and "pass that --seed N" in error
+    assert "\n" not in error and "--resume auto with --seed -1" in error and "pass that --seed N" in error
+    # A checkpoint named by path gives its seed: the run continues under its own name.
+    last = folder / f"{header}_last.tar"
+    run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--data_size", "100", "--epochs", "2",
+                              "--resume", str(last)])
+    assert (folder / f"{header}_epoch_2.tar").exists() and "Resuming" in capsys.readouterr().out
 
 
 def test_the_config_records_resolved_defaults_and_the_code_version(small_cifar10_root, tmp_path, monkeypatch):
