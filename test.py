@@ -26,10 +26,10 @@ from engine.checkpoint import append_csv_row, check_backbone, read_checkpoint  #
 from evaluation.linear import score_logits  # noqa: E402
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
-from experiments.stage import describe_backbone, run_main  # noqa: E402
+from experiments.stage import describe_backbone, run_main, run_seed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
-from utils.seeds import resolve_seed, seed_everything  # noqa: E402
+from utils.seeds import seed_everything  # noqa: E402
 
 COLUMNS = ["time", "dataset", "seed", "accuracy", "top5", "loss", "images", "seconds", "checkpoint",
            "knn_k", "knn_accuracy", "knn_top5", "retrieval_k", "retrieval_precision"]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.feature_map != "none":
         from experiments.plots import require_matplotlib
         require_matplotlib()
-    seed = resolve_seed(args.seed)
+    seed = run_seed(args)
     seed_everything(seed)
     download = not args.no_download
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
@@ -144,14 +144,21 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
 
 
 def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path) -> None:
-    from evaluation.embedding import pca_2d, tsne_2d
+    from datasets.names import class_names
+    from evaluation.embedding import principal_components, tsne_2d
     from experiments.plots import plot_feature_map
     chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:args.map_points]
     chosen = chosen.sort().values
-    points = tsne_2d(features[chosen], seed) if args.feature_map == "tsne" else pca_2d(features[chosen])
+    if args.feature_map == "tsne":
+        points, axis_labels = tsne_2d(features[chosen], seed), ("t-SNE 1", "t-SNE 2")
+    else:
+        points, shares = principal_components(features[chosen])
+        axis_labels = tuple(f"PC {i + 1} ({share * 100:.1f}% of the variance)" for i, share in enumerate(shares))
     output = checkpoint.parent / f"{checkpoint.stem}_test_{args.feature_map}.png"
+    name = "t-SNE" if args.feature_map == "tsne" else "PCA"
     plot_feature_map(points, labels[chosen], output,
-                     f"{args.feature_map.upper()} of {len(chosen)} {args.dataset} test features: {checkpoint.name}")
+                     f"{name} of {len(chosen)} {args.dataset} test features: {checkpoint.name}",
+                     class_names(args.dataset, args.data_root, int(labels.max()) + 1), axis_labels)
     print(f"[INFO] Feature map: {output}")
 
 

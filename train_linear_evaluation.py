@@ -32,12 +32,12 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
 from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
-from experiments.stage import describe_backbone, record_config, resume_point, run_main, stem_entry  # noqa: E402
+from experiments.stage import describe_backbone, record_config, resume_point, run_main, run_seed, stem_entry  # noqa: E402,E501
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import format_duration, resolve_device  # noqa: E402
-from utils.seeds import resolve_seed, seed_everything  # noqa: E402
+from utils.seeds import seed_everything  # noqa: E402
 
 # Arguments a resumed fine-tuning run may change: where things are, nothing that changes numbers.
 FINETUNE_MAY_CHANGE = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir",
@@ -87,10 +87,10 @@ def linear_evaluation(model: Standard, features, args, seed: int, log_path: Path
         model.classifier.eval()
         test_result = score_logits(model.classifier(test_features).detach(), test_labels)
         seconds = time.time() - epoch_start
-        log.append({"epoch": epoch, "loss": loss, "accuracy": accuracy,
+        log.append({"epoch": epoch + 1, "loss": loss, "accuracy": accuracy,
                     "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"],
                     "seconds": round(seconds, 3)})
-        print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
+        print(f"Epoch {epoch + 1}/{args.epochs} [{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
     return {"epoch": args.epochs}
 
 
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
     stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
-    method_name = pretraining_method(args, state)
-    seed = resolve_seed(args.seed)
+    method_name = args.method = pretraining_method(args, state)  # recorded as resolved
+    seed = run_seed(args)
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if args.finetune:
@@ -147,9 +147,6 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"{files.directory} holds an interrupted run {files.header}: pass --resume auto "
                             "to continue it or --overwrite to start again")
         resume = resume_point(args, files, FINETUNE_MAY_CHANGE) if args.resume else None
-        if resume and resume[1]["seed"] != seed:  # a drawn seed (--seed -1) is the stored one
-            seed = resume[1]["seed"]
-            seed_everything(seed)
         evaluate_backbone(args, state, stem, files, method_name, source_dataset, seed, device, resume)
 
 

@@ -32,19 +32,21 @@ from engine.checkpoint import (  # noqa: E402
 from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
-from experiments.stage import describe_backbone, record_config, resume_point, run_main, stem_entry  # noqa: E402
+from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener  # noqa: E402
+from experiments.stage import describe_backbone, record_config, resume_point, run_main, run_seed, stem_entry  # noqa: E402,E501
 from methods import METHODS  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
-from utils.seeds import resolve_seed, seed_everything  # noqa: E402
+from utils.seeds import seed_everything  # noqa: E402
 
 # Arguments a resumed run may change: where things are, how long to train, how often to save.
 # Any other difference (batch, K, a method's options...) would silently mix two experiments.
 # --compile and --channels_last change only the speed (and float rounding, as the device does).
+# So can what is only watched: the kNN monitor and the TensorBoard copy of the log.
 RESUME_MAY_CHANGE = {"epochs", "resume", "checkpoint", "epoch_start", "device", "gpu", "num_workers",
                      "data_root", "checkpoint_dir", "save_every", "overwrite", "no_download",
-                     "compile", "channels_last"}
+                     "compile", "channels_last", "eval_every", "eval_images", "tensorboard"}
 
 
 def saved_epochs(total: int, save_every: int) -> set[int]:
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not ranks.is_main:  # rank 0 speaks for the run; errors still reach stderr
             sys.stdout = open(os.devnull, "w")
+        args.seed = distributed.broadcast_object(run_seed(args))  # every rank uses rank 0's seed
         header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
         files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
         with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
@@ -94,8 +97,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     resume_path, resume_state = resume_point(
         args, files, RESUME_MAY_CHANGE, ranks.world_size,
         without_state="use --checkpoint with --epoch_start instead") if args.resume else (None, None)
-    # Every rank uses rank 0's seed, also when it is drawn.
-    seed = resume_state["seed"] if resume_state else distributed.broadcast_object(resolve_seed(args.seed))
+    seed = args.seed
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
 
@@ -148,6 +150,10 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
                         f"{args.epochs}; raise --epochs to train longer")
 
     numbered = saved_epochs(args.epochs, args.save_every)
+    watching = ranks.is_main and args.eval_every > 0
+    monitor = knn_monitor(args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images,
+                          seed, device) if watching else None
+    listeners = [tensorboard_listener(args.tensorboard, header)] if args.tensorboard and ranks.is_main else []
     plan = TrainingPlan(
         epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
         checkpoint_paths=lambda e: [files.epoch_checkpoint(e)] if e in numbered else [],
@@ -155,7 +161,8 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         extra_state={"method": args.method, "backbone_name": args.backbone, **stem_entry(stem),
                      "dataset": args.dataset, "seed": seed, "args": vars(args), "world_size": ranks.world_size},
         drop_last=method_class.drop_last, precision=args.precision, compile=args.compile,
-        channels_last=args.channels_last, ranks=ranks)
+        channels_last=args.channels_last, ranks=ranks, monitor=monitor, monitor_every=args.eval_every,
+        monitor_columns=KNN_COLUMNS if monitor else (), row_listeners=listeners)
     engine = Engine(method, data, plan, device)
     if ranks.is_main:
         record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem,

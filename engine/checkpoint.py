@@ -236,17 +236,18 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
 
 
 class CsvLog:
-    """The per-epoch CSV log of a run. On resume, rows past the resumed epoch are dropped, so a
-    resumed log equals the log of a run that was never interrupted."""
+    """The per-epoch CSV log of a run; its `epoch` column counts from 1, as the checkpoint names.
+    On resume after `keep_epochs_up_to` epochs, later rows are dropped, so a resumed log equals
+    the log of a run that was never interrupted."""
 
-    def __init__(self, path: Path, columns: list[str], keep_epochs_below: int | None = None):
+    def __init__(self, path: Path, columns: list[str], keep_epochs_up_to: int | None = None):
         self.path = path
         self.columns = columns
         rows = []
-        if keep_epochs_below is not None and path.exists():
+        if keep_epochs_up_to is not None and path.exists():
             with open(path, newline="") as handle:
                 rows = [row for row in csv.DictReader(handle)
-                        if row.get("epoch", "").isdigit() and int(row["epoch"]) < keep_epochs_below]
+                        if row.get("epoch", "").isdigit() and int(row["epoch"]) <= keep_epochs_up_to]
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
@@ -256,12 +257,23 @@ class CsvLog:
         append_csv_row(self.path, self.columns, row)
 
 
+# Significant digits of the floats in CSV logs: enough for any float32 value and for float64
+# sums (whose last digits are noise), and no `28.000000000000004`.
+CSV_FLOAT_DIGITS = 8
+
+
+def csv_row(row: dict) -> dict:
+    """`row` with its floats written with CSV_FLOAT_DIGITS significant digits."""
+    return {key: format(value, f".{CSV_FLOAT_DIGITS}g") if isinstance(value, float) else value
+            for key, value in row.items()}
+
+
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Replace `path` atomically by a CSV of `rows` under `columns`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_row(row) for row in rows)
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
@@ -285,4 +297,4 @@ def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()
-        writer.writerow(row)
+        writer.writerow(csv_row(row))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from datasets import ImageSet
@@ -60,6 +61,13 @@ class TrainingPlan:
     compile: bool = False            # torch.compile the method's compiled_modules (its backbones)
     channels_last: bool = False      # convolution weights and views in NHWC memory order
     ranks: Ranks = SINGLE            # this process's rank under torchrun
+    # Scores of the backbone (e.g. a kNN accuracy) after every `monitor_every` epochs and the
+    # last, logged as the columns `monitor_columns` (empty in the other epochs). Evaluation
+    # lives above the engine, so the stage script passes it in.
+    monitor: Callable[[nn.Module], dict] | None = None
+    monitor_every: int = 0
+    monitor_columns: tuple[str, ...] = ()
+    row_listeners: list[Callable[[dict], None]] = field(default_factory=list)  # called with each logged row
 
 
 class Engine:
@@ -87,6 +95,8 @@ class Engine:
                 getattr(method, name).compile()  # in place: the state dict keeps its keys
         self.parallel_step = distributed.wrap_training_step(method, plan.ranks, device)
         self.stop = StopSignals()
+        self.run_started = time.time()
+        self.run_steps = 0  # steps this process has trained, for the run's remaining time
         self.check_step_memory()
 
     def check_step_memory(self) -> None:
@@ -113,7 +123,8 @@ class Engine:
         return self.steps_per_epoch(len(self.images) // self.plan.ranks.world_size)  # as distributed.shard cuts
 
     def fit(self, start_epoch: int = 0, resume_state: dict | None = None) -> dict:
-        """Train epochs `start_epoch .. epochs-1`; returns the last epoch's log row.
+        """Train the epochs after the first `start_epoch`; returns the last epoch's log row, whose
+        `epoch` is 1-based as the checkpoint names (row N is the state of `_epoch_N.tar`).
 
         SIGINT or SIGTERM ends the run after the current step with a resumable checkpoint
         (`RunInterrupted`); resuming from it continues inside the interrupted epoch.
@@ -132,8 +143,9 @@ class Engine:
                 partial = None
                 if not self.plan.ranks.is_main:
                     continue
+                row = self.monitored(row)
                 if log is None:
-                    log = CsvLog(self.plan.log_path, list(row), keep_epochs_below=start_epoch)
+                    log = CsvLog(self.plan.log_path, list(row), keep_epochs_up_to=start_epoch)
                 state = self.checkpoint(epoch + 1)
                 if self.plan.rolling_checkpoint:
                     save_checkpoint(state, self.plan.rolling_checkpoint)
@@ -141,7 +153,26 @@ class Engine:
                     save_checkpoint(state, path)
                     print(f"[INFO] Saving in: {path}")
                 log.append(row)  # after the checkpoint: a crash in between never duplicates rows
+                for listener in self.plan.row_listeners:
+                    listener(row)
         return row
+
+    def monitored(self, row: dict) -> dict:
+        """The epoch's row with the monitor's columns: its scores after every `monitor_every`
+        epochs and the last one, empty otherwise. The monitor reads the backbone in eval mode
+        and draws nothing from the training's random streams."""
+        plan = self.plan
+        if plan.monitor is None:
+            return row
+        epoch = row["epoch"]
+        scores = dict.fromkeys(plan.monitor_columns)
+        if epoch % plan.monitor_every == 0 or epoch == plan.epochs:
+            start = time.time()
+            # The backbone stage 2 evaluates: the one saved as `backbone` (relic's momentum target).
+            scores.update(plan.monitor(getattr(self.method, self.method.checkpoint_keys.get("backbone", "backbone"))))
+            print(f"Epoch {epoch}/{plan.epochs} monitor [{format_duration(time.time() - start)}] "
+                  + "; ".join(f"{name}: {value:.4g}" for name, value in scores.items()))
+        return {**row, **scores}
 
     def checkpoint(self, epochs_done: int, interrupted: dict | None = None) -> dict:
         state = {**self.method.checkpoint_state(), **self.precision.state_dict(), **self.plan.extra_state,
@@ -204,14 +235,18 @@ class Engine:
         start = time.time()
         order, progress = self.begin_epoch(epoch, partial)
         steps = self.steps_per_epoch(len(order))
-        bar = tqdm(range(progress.steps_done, steps), desc=f"Epoch {epoch}", leave=False,
+        # tqdm shows the bar on a terminal only; there `disable` stays None, not False.
+        bar = tqdm(range(progress.steps_done, steps), desc=f"Epoch {epoch + 1}/{plan.epochs}", leave=False,
                    disable=None if plan.ranks.is_main else True, dynamic_ncols=True,
                    initial=progress.steps_done, total=steps)
         for step in bar:
             out = self.train_step(self.batch_index(order, step))
             progress.add(step, out)
-            if step % LOG_EVERY == 0 and bar.disable is False:
-                bar.set_postfix(loss=f"{out.loss.item():.4f}")
+            self.run_steps += 1
+            if step % LOG_EVERY == 0 and not bar.disable:
+                steps_left = steps - step - 1 + (plan.epochs - epoch - 1) * steps
+                run_left = (time.time() - self.run_started) / self.run_steps * steps_left
+                bar.set_postfix_str(f"loss={out.loss.item():.4f}, run left {format_duration(run_left)}")
             if self.stop_requested(step):
                 bar.close()
                 self.interrupt(epoch, progress)
@@ -226,9 +261,11 @@ class Engine:
         loss = (progress.loss_sum / progress.loss_weight).item()
         metrics = {name: (total / count.clamp(min=1)).item() for name, (total, count) in progress.sums.items()}
         seconds = time.time() - start + progress.seconds_before
-        print(f"Epoch [{epoch}][{format_duration(seconds)}] loss: {loss:.6f}"
+        run_left = (time.time() - self.run_started) / max(self.run_steps, 1) * (plan.epochs - epoch - 1) * steps
+        print(f"Epoch {epoch + 1}/{plan.epochs} [{format_duration(seconds)}, run left "
+              f"{format_duration(run_left)}] loss: {loss:.6f}"
               + "".join(f"; {name}: {value:.4g}" for name, value in metrics.items()))
-        return {"epoch": epoch, "loss": loss, "score": method.score(metrics, loss), **metrics,
+        return {"epoch": epoch + 1, "loss": loss, "score": method.score(metrics, loss), **metrics,
                 "lr": method.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
     def batch_index(self, order: torch.Tensor, step: int) -> torch.Tensor:

@@ -12,14 +12,22 @@ import math
 import torch
 
 
-def pca_2d(features: torch.Tensor) -> torch.Tensor:
-    """Projection of the centred rows onto their two principal axes."""
+def principal_components(features: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Projection of the centred rows onto their two principal axes, and the share of the
+    total variance each axis explains (for labelling the axes)."""
     centred = features.double() - features.double().mean(dim=0)
-    _, _, axes = torch.linalg.svd(centred, full_matrices=False)
+    _, singular, axes = torch.linalg.svd(centred, full_matrices=False)
     # Fix each axis's sign so the map does not flip between runs or libraries.
     signs = torch.sign(axes[:2].sum(dim=1))
     signs[signs == 0] = 1
-    return (centred @ (axes[:2] * signs[:, None]).T).float()
+    variance = singular.pow(2)
+    shares = (variance[:2] / variance.sum().clamp(min=1e-300)).tolist()
+    return (centred @ (axes[:2] * signs[:, None]).T).float(), shares
+
+
+def pca_2d(features: torch.Tensor) -> torch.Tensor:
+    """Projection of the centred rows onto their two principal axes."""
+    return principal_components(features)[0]
 
 
 def _conditional_probabilities(distances: torch.Tensor, perplexity: float) -> torch.Tensor:

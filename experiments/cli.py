@@ -14,8 +14,35 @@ from typing import Callable
 DATA_ROOT_ENV = "SSL_DATA_ROOT"
 
 
+def shown_default(value) -> str:
+    """A default as `--help` shows it: switches and empty values read as off or none."""
+    if value is False:
+        return "off"
+    if value is None or value == "":
+        return "none"
+    return str(value).replace("%", "%%")  # argparse %-formats help texts
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` to every flag's help that does not already state its default
+    (`(required)` to a required one); method options (no parser default) state theirs in their help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        return f"{text} (default: {shown_default(action.default)})"
+
+
 class Parser(argparse.ArgumentParser):
-    """Reports a bad flag as one line on stderr (no usage block), exit status 2."""
+    """Reports a bad flag as one line on stderr (no usage block), exit status 2; `--help` shows
+    every flag's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -86,10 +113,11 @@ def common_parser(description: str, batch_default: int | None, output_help: str 
     from datasets import DATASETS
     parser = parser_class(description=description)
     parser.add_argument("--seed", type=_seed, default=-1,
-                        help="random seed; -1 draws one and records it in the run's config")
+                        help="random seed; -1 draws one, which names the run's files and is recorded in its config")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
                         help="data set of this stage")
-    parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES))
+    parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES),
+                        help="feature extractor (stages 2 and 3: the checkpoint's)")
     parser.add_argument("--stem", default="auto", choices=["auto", *STEMS],
                         help=f"stem of {' and '.join(STEM_CHOICE)}: cifar (3x3 conv, no max-pool) or imagenet "
                              f"(7x7/2 conv and max-pool); auto: stage 1 picks cifar for images up to "
@@ -122,13 +150,16 @@ def apply_gpu_flag(args: argparse.Namespace) -> None:
 
 class Stage1Parser(Parser):
     """Refuses a flag of another method than `--method` (it would be ignored silently), then
-    gives every method's flags their defaults, so the recorded arguments list them all."""
+    gives every method's flags, the batch and the learning rate their defaults, so the recorded
+    arguments list them all with the values used."""
 
     def parse_known_args(self, args=None, namespace=None):
         from methods import METHODS
         parsed, extras = super().parse_known_args(args, namespace)
         if parsed.data_size is None:
             parsed.data_size = METHODS[parsed.method].default_batch_size
+        if parsed.lr is None:  # recorded as used, not as null
+            parsed.lr = METHODS[parsed.method].default_lr
         for method in METHODS.values():
             for option in method.options:
                 if not hasattr(parsed, option.name):
@@ -144,7 +175,9 @@ def stage1_parser() -> Parser:
     from methods import METHODS
     parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", None,
                            parser_class=Stage1Parser)
-    parser.add_argument("--method", default="relationnet", choices=list(METHODS))
+    parser.add_argument("--method", default="relationnet", choices=list(METHODS),
+                        help="how the backbone is trained: a self-supervised method, standard (supervised) "
+                             "or randomweights (untrained)")
     parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")
     parser.add_argument("--epoch_start", type=non_negative_int, default=0,
                         help="first epoch when continuing from --checkpoint")
@@ -170,6 +203,15 @@ def stage1_parser() -> Parser:
                              "longer while it compiles)")
     parser.add_argument("--channels_last", action="store_true",
                         help="NHWC memory layout for the backbone (faster for ResNets with bf16)")
+    parser.add_argument("--eval_every", type=non_negative_int, default=0, metavar="N",
+                        help="every N epochs and after the last, log the backbone's kNN accuracy (k 200) on "
+                             "the labelled train/test split of --dataset (0 = off)")
+    parser.add_argument("--eval_images", type=non_negative_int, default=5000, metavar="N",
+                        help="--eval_every: a seeded, class-balanced subset of at most N images of each "
+                             "split (0 = all)")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also write every logged quantity for TensorBoard into DIR/<run> (needs the "
+                             "tensorboard package)")
     for method in METHODS.values():
         if method.options:
             group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
@@ -242,7 +284,8 @@ def stage2_parser() -> Parser:
     parser.add_argument("--resume", default=None, metavar="PATH|auto",
                         help="fine-tuning: continue an interrupted run exactly; auto picks its "
                              "last checkpoint")
-    parser.add_argument("--id", type=run_id, default="")
+    parser.add_argument("--id", type=run_id, default="",
+                        help="tag added to the file names (the stage-1 run's tag is not carried over)")
     parser.add_argument("--train_subset", type=non_negative_int, default=0,
                         help="use a seeded, class-balanced subset of N labelled images (0 = all)")
     parser.add_argument("--label_fraction", type=fraction, default=1.0,

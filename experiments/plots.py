@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -37,15 +38,18 @@ def require_matplotlib():
 
 
 def _read_log(path: Path) -> dict[str, list[float]]:
-    """Numeric columns of a CSV log, keyed by name (non-numeric columns are skipped)."""
+    """Numeric columns of a CSV log, keyed by name; an empty cell (an epoch a quantity was not
+    measured in, e.g. the kNN monitor's) reads as NaN; non-numeric columns are skipped."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns: dict[str, list[float]] = {}
     for name in (rows[0].keys() if rows else []):
         try:
-            columns[name] = [float(row[name]) for row in rows]
+            values = [float(row[name]) if row[name] not in ("", None) else math.nan for row in rows]
         except (TypeError, ValueError):
             continue
+        if not all(math.isnan(value) for value in values):
+            columns[name] = values
     return columns
 
 
@@ -59,37 +63,83 @@ def stage_logs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def plot_training_curves(logs: list[Path], output: Path) -> Path:
-    """One panel per logged quantity (loss, score, accuracies...) against the epoch, one line
-    per log; stage-1 and stage-2 logs go in separate rows of panels."""
+# Stage-2 logs are named after what they train; their accuracies compare across methods.
+_EVALUATION_FAMILIES = {"_linear_evaluation": "linear evaluation", "_finetune": "fine-tuning",
+                        "_logistic_regression": "logistic regression"}
+_FIRST_QUANTITIES = ["loss", "score", "accuracy", "test_accuracy", "knn_accuracy"]
+
+
+def log_family(path: Path) -> str:
+    """What a log's quantities are comparable within: the kind of stage-2 run, or the stage-1
+    method (relationnet's loss of about 0.08 and simclr's of about 5 need their own axes)."""
+    from methods import METHODS
+    header = path.stem.removeprefix("log_")
+    for suffix, family in _EVALUATION_FAMILIES.items():
+        if suffix in header:
+            return family
+    methods = [name for name in METHODS if header == name or header.startswith(name + "_")]
+    return max(methods, key=len) if methods else "other"
+
+
+def training_curves_figure(logs: list[Path]):
+    """The figure of `plot_training_curves`, for saving or inspection."""
     pyplot = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
     curves = [(path, _read_log(path)) for path in logs]
     curves = [(path, columns) for path, columns in curves if columns.get("epoch")]
     if not curves:
         raise UserError(f"no per-epoch CSV log with rows among {', '.join(map(str, logs)) or 'the paths given'}")
-    first = ["loss", "score", "accuracy", "test_accuracy"]
-    quantities = sorted({name for _, columns in curves for name in columns} - {"epoch", "seconds", "step"},
-                        key=lambda name: (first.index(name) if name in first else len(first), name))
-    width = min(4, len(quantities))
-    height = math.ceil(len(quantities) / width)
-    figure, axes = pyplot.subplots(height, width, figsize=(4.2 * width, 3.2 * height), squeeze=False)
-    for axis, quantity in zip(axes.flat, quantities):
-        for path, columns in curves:
-            if quantity in columns:
-                axis.plot([e + 1 for e in columns["epoch"]], columns[quantity], marker="o", markersize=2.5,
-                          label=path.stem.removeprefix("log_"), linewidth=1.2)
-        axis.set_title(quantity)
+    palette = pyplot.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    colour = {path: palette(i % palette.N) for i, (path, _) in enumerate(curves)}
+    panels: dict[tuple[str, str], list] = {}  # (family, quantity) -> the runs' (path, epochs, values)
+    for path, columns in curves:
+        for quantity, values in columns.items():
+            if quantity in ("epoch", "seconds", "step"):
+                continue
+            points = [(e, v) for e, v in zip(columns["epoch"], values) if not math.isnan(v)]
+            if len({v for _, v in points}) <= 1:
+                continue  # a constant (a fixed learning rate) says nothing as a curve
+            panels.setdefault((log_family(path), quantity), []).append((path, *zip(*points)))
+    if not panels:
+        raise UserError("every logged quantity is constant: there is no curve to draw")
+    order = sorted(panels, key=lambda key: (key[0], _FIRST_QUANTITIES.index(key[1])
+                                            if key[1] in _FIRST_QUANTITIES else len(_FIRST_QUANTITIES), key[1]))
+    width = min(4, len(order))
+    height = math.ceil(len(order) / width)
+    figure, axes = pyplot.subplots(height, width, figsize=(4.2 * width, 3.2 * height + 0.6), squeeze=False)
+    for axis, (family, quantity) in zip(axes.flat, order):
+        for path, epochs, values in panels[(family, quantity)]:
+            axis.plot(epochs, values, marker="o", markersize=2.5, linewidth=1.2, color=colour[path],
+                      label=path.stem.removeprefix("log_"))
+        axis.set_title(f"{quantity} ({family})", fontsize=9)
         axis.set_xlabel("epoch")
+        axis.set_ylabel(quantity)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(quantities):]:
+    for axis in list(axes.flat)[len(order):]:
         axis.axis("off")
-    if len(curves) <= 12:  # the first panel is the loss, which every log has
-        axes.flat[0].legend(fontsize=6)
-    figure.tight_layout()
-    return _save(figure, pyplot, output)
+    if len(curves) <= 20:  # one entry per run, in its colour everywhere
+        handles = [pyplot.Line2D([], [], color=colour[path], marker="o", markersize=3,
+                                 label=path.stem.removeprefix("log_")) for path, _ in curves]
+        figure.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7,
+                      bbox_to_anchor=(0.5, 0.0))
+        figure.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 3), 1, 1))
+    else:
+        figure.tight_layout()
+    return figure
 
 
-def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, title: str) -> Path:
+def plot_training_curves(logs: list[Path], output: Path) -> Path:
+    """One panel per logged quantity and family of comparable runs (`log_family`) against the
+    epoch, one colour per run across the whole figure, constant quantities left out."""
+    pyplot = require_matplotlib()
+    return _save(training_curves_figure(logs), pyplot, output)
+
+
+def feature_map_figure(points: torch.Tensor, labels: torch.Tensor, title: str,
+                       class_names: list[str] | None = None, axis_labels: tuple[str, str] = ("", "")):
+    """A 2-D map of points coloured by class; the colour bar names the classes (numbers when
+    `class_names` is None), up to 20 classes."""
     pyplot = require_matplotlib()
     figure, axis = pyplot.subplots(figsize=(7, 6))
     classes = int(labels.max()) + 1
@@ -97,12 +147,22 @@ def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, t
     scatter = axis.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), s=4,
                            cmap=colours, vmin=-0.5, vmax=classes - 0.5)
     if classes <= 20:
-        figure.colorbar(scatter, ax=axis, ticks=range(classes), label="class")
-    axis.set_title(title, fontsize=9)
+        bar = figure.colorbar(scatter, ax=axis, ticks=range(classes), label="class")
+        if class_names:
+            bar.ax.set_yticklabels(class_names[:classes], fontsize=8)
+    axis.set_title(textwrap.fill(title, 70), fontsize=9)  # long checkpoint names wrap, not cut
+    axis.set_xlabel(axis_labels[0])
+    axis.set_ylabel(axis_labels[1])
     axis.set_xticks([])
     axis.set_yticks([])
     figure.tight_layout()
-    return _save(figure, pyplot, output)
+    return figure
+
+
+def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, title: str,
+                     class_names: list[str] | None = None, axis_labels: tuple[str, str] = ("", "")) -> Path:
+    """`feature_map_figure` saved as a PNG."""
+    return _save(feature_map_figure(points, labels, title, class_names, axis_labels), require_matplotlib(), output)
 
 
 def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:

@@ -5,6 +5,7 @@ import argparse
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +17,9 @@ from torch import nn
 
 from engine.checkpoint import RunFiles, read_checkpoint, save_json
 from utils.errors import UserError
+from utils.seeds import resolve_seed
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Terminated(Exception):
@@ -71,10 +75,47 @@ def stem_entry(stem: str | None) -> dict:
     return {"stem": stem} if stem else {}
 
 
+def run_seed(args: argparse.Namespace) -> int:
+    """The run's seed: `--seed`, or for -1 one drawn now, written back into `args` so that it
+    names the run's files and is recorded as the value used. `--resume PATH` with -1 takes the
+    seed stored in the checkpoint; `--resume auto` needs the seed to find the run's files."""
+    resume = getattr(args, "resume", None)
+    if args.seed < 0 and resume == "auto":
+        raise UserError("--resume auto with --seed -1: a run's files are named by the seed it drew; pass that "
+                        "--seed N (printed at the run's start and recorded in its config)")
+    if args.seed < 0 and resume:
+        stored = read_checkpoint(resume).get("seed")
+        if stored is not None:
+            args.seed = stored
+            return args.seed
+    if args.seed < 0:
+        args.seed = resolve_seed(args.seed)
+        print(f"[INFO] --seed -1: drew seed {args.seed}, which names this run's files")
+    return args.seed
+
+
+def code_version() -> dict:
+    """The git commit of the code and whether it differs from it (tracked files), when the code
+    is a git checkout; empty otherwise."""
+    def git(*command: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(REPO), *command], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != REPO:  # not a checkout of this code (maybe a folder inside another)
+        return {}
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": bool(changes)} if changes is not None else {"git_commit": commit}
+
+
 def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch.device,
                   stage: str, **extra) -> None:
-    """Write the run's full configuration beside its checkpoint."""
-    save_json({"stage": stage, "args": vars(args), "seed_used": seed, "device": str(device),
+    """Write the run's full configuration beside its checkpoint: every argument with the value
+    used, the seed, the device, the versions of the code and of its libraries."""
+    save_json({"stage": stage, "args": vars(args), "seed_used": seed, "device": str(device), **code_version(),
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
                "python": platform.python_version(), "torch": torch.__version__,

@@ -125,7 +125,8 @@ class Option:
         absent flag leaves no attribute, so the parser can tell a given flag from a default
         (experiments/cli.py refuses another method's flags, then fills the defaults in)."""
         if self.switch:
-            group.add_argument(f"--{self.name}", action="store_true", default=argparse.SUPPRESS, help=self.help)
+            group.add_argument(f"--{self.name}", action="store_true", default=argparse.SUPPRESS,
+                               help=f"{self.help} (default off)")
         else:
             group.add_argument(f"--{self.name}", type=self.type or type(self.default), default=argparse.SUPPRESS,
                                help=f"{self.help} (default {self.default})")

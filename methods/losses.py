@@ -40,6 +40,13 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
     return loss.mean()
 
 
+@in_float32
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of logits: the relation loss of the paper's essential
+    notebook (`BCEWithLogitsLoss`), the focal loss without its modulating factor."""
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
 def cosine_similarity_matrix(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Cosine similarity of every pair of rows, dividing by max(|x_i| |x_j|, eps) as the
     original SimCLR code does (not by the product of separately clamped norms)."""

@@ -2,7 +2,7 @@
 
 K augmented views of each image go through the backbone; a relation head scores pairs of
 representations as "same image" (positive) or "different images" (negative), trained with a
-focal loss.
+focal loss (or, as the paper's essential notebook, plain binary cross-entropy).
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from torch import nn
 
 from methods.base import Method, Option, StepOutput, ViewGroup
 from methods.heads import backbone_and_head_adam, mlp_head
-from methods.losses import focal_loss
+from methods.losses import binary_cross_entropy, focal_loss
 
 AGGREGATIONS = ("cat", "sum", "mean", "max")
+# The paper's code trains with the focal loss (gamma 2, alpha 0.5); its essential notebook with BCE.
+RELATION_LOSSES = {"focal": lambda logits, targets: focal_loss(logits, targets, gamma=2.0, alpha=0.5),
+                   "bce": binary_cross_entropy}
 
 
 @lru_cache(maxsize=16)
@@ -67,14 +70,17 @@ class RelationNet(Method):
     options = (
         Option("K", 32, "augmented views per image"),
         Option("aggregation", "cat", "how pairs are combined: cat, sum, mean, max"),
+        Option("relation_loss", "focal", "loss of the relation head: focal (the paper's code) or bce (plain "
+                                         "binary cross-entropy, as the paper's essential notebook)"),
     )
     checkpoint_keys = {"backbone": "backbone", "relation": "relation_module", "optimizer": "optimizer"}
 
     def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 K: int = 32, aggregation: str = "cat"):
-        super().__init__(backbone, num_classes, lr, K=K, aggregation=aggregation)
+                 K: int = 32, aggregation: str = "cat", relation_loss: str = "focal"):
+        super().__init__(backbone, num_classes, lr, K=K, aggregation=aggregation, relation_loss=relation_loss)
         self.K = K
         self.aggregation = aggregation
+        self.relation_loss = relation_loss
         width = backbone.feature_size * (2 if self.aggregation == "cat" else 1)
         self.relation_module = mlp_head(width, 1)
         self.optimizer = backbone_and_head_adam(self.backbone, self.relation_module, self.lr)
@@ -89,6 +95,8 @@ class RelationNet(Method):
             return f"--K {options['K']}: relationnet needs at least 2 views per image"
         if options["aggregation"] not in AGGREGATIONS:
             return f"--aggregation {options['aggregation']}: choose one of {', '.join(AGGREGATIONS)}"
+        if options["relation_loss"] not in RELATION_LOSSES:
+            return f"--relation_loss {options['relation_loss']}: choose one of {', '.join(RELATION_LOSSES)}"
         return None
 
     def relation_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +131,7 @@ class RelationNet(Method):
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:
         logits, targets = self.relation_logits(self.backbone(views[0]))
-        loss = focal_loss(logits, targets, gamma=2.0, alpha=0.5)
+        loss = RELATION_LOSSES[self.relation_loss](logits, targets)
         correct = ((logits > 0).float() == targets).float()
         positives = targets.sum()
         pair_count = torch.full((), float(targets.numel()), device=logits.device)

@@ -388,3 +388,11 @@ def test_full_download_path_via_file_url(tmp_path, monkeypatch):
         load_dataset("cifar10", "test", root, download=True)
     assert "md5" in one_line(e.value)
     assert not (root / "cifar-10-batches-py").exists() and not (root / "cifar-10-python.tar.gz").exists()
+
+
+def test_class_names_come_from_the_official_files(small_cifar10_root, tmp_path):
+    from datasets.names import class_names
+    from tests.helpers import CIFAR10_CLASSES
+    assert class_names("cifar10", small_cifar10_root, 10) == CIFAR10_CLASSES
+    assert class_names("cifar10", small_cifar10_root, 20) is None  # not the data set's classes
+    assert class_names("cifar100", tmp_path, 100) is None  # no files: the plot shows numbers

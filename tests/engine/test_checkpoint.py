@@ -117,3 +117,12 @@ def test_a_checkpoint_of_another_stem_or_backbone_is_refused_with_the_fix():
 def test_a_stem_for_a_single_stem_backbone_is_refused_before_the_weights_are_compared():
     assert refusal(backbone_state("resnet34"), "resnet34", "c.tar", "imagenet").startswith(
         "--stem imagenet: backbone resnet34 has a single stem; drop --stem")
+
+
+def test_csv_logs_write_floats_with_fixed_significant_digits(tmp_path):
+    path = tmp_path / "log.csv"
+    checkpoint.append_csv_row(path, ["epoch", "accuracy", "loss"], {"epoch": 1, "accuracy": 28.000000000000004,
+                                                                    "loss": 1 / 3})
+    checkpoint.write_csv(tmp_path / "rewritten.csv", ["loss"], [{"loss": 2 / 3}, {"loss": 1e-9 / 3}])
+    assert path.read_text().splitlines()[1] == "1,28,0.33333333"
+    assert (tmp_path / "rewritten.csv").read_text().splitlines()[1:] == ["0.66666667", "3.3333333e-10"]

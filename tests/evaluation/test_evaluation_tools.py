@@ -15,7 +15,7 @@ import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from datasets import load_dataset
 from engine.checkpoint import append_csv_row
-from evaluation.embedding import pca_2d, tsne_2d
+from evaluation.embedding import pca_2d, principal_components, tsne_2d
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
 from experiments.plots import plot_training_curves, require_matplotlib
 from experiments.stage import run_main
@@ -70,6 +70,8 @@ def test_pca_gives_the_two_largest_variances_in_order():
     eigenvalues = torch.linalg.eigvalsh(centred.T @ centred / (len(features) - 1)).flip(0)
     variances = points.double().var(dim=0)
     assert torch.allclose(variances, eigenvalues[:2], rtol=1e-4)
+    _, shares = principal_components(features)  # each axis's share of the total variance
+    assert shares == pytest.approx((eigenvalues[:2] / eigenvalues.sum()).tolist(), rel=1e-4)
 
 
 def test_tsne_keeps_clusters_apart_and_is_seeded():

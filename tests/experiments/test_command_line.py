@@ -29,6 +29,7 @@ BY_FLAG = {
     "--seed": (["-2", "abc", "99999999999"], []),
     "--K": (["1", "-4", "100000"], ["--method", "relationnet"]),
     "--aggregation": (["prod"], ["--method", "relationnet"]),
+    "--relation_loss": (["mse"], ["--method", "relationnet"]),
     "--temperature": (["0", "-1", "nan"], ["--method", "simclr"]),
     "--simclr_loss": (["foo"], ["--method", "simclr"]),
     "--dim_alpha": (["-1"], ["--method", "deepinfomax"]),
@@ -52,9 +53,9 @@ BY_FLAG = {
     "--knn": (["-1", "abc", "100000"], []),
     "--retrieval": (["-1", "abc", "100000"], []),
 }
-PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features"}
+PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features", "--tensorboard"}
 # Output folders: the bad value is a file where the folder should be.
-OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features"}
+OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features", "--tensorboard"}
 # Flags with no invalid value: a visible-GPU list and on/off switches.
 NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
                 "--relic_siglip"}

@@ -161,7 +161,7 @@ def test_deepcluster_learns_its_pseudo_labels_on_real_images(real_subset, tmp_pa
     engine.fit()
 
     rows = read_log(tmp_path / "log.csv")
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     chance = 100.0 / 20
     assert float(rows[-1]["accuracy"]) > 3 * chance, rows
     assert float(rows[-1]["score"]) == float(rows[-1]["accuracy"])

@@ -241,7 +241,7 @@ def real_images(cifar10_root):
 def test_learns_on_real_images(real_images, tmp_path):
     # 6 epochs x 8 steps of 8 images; lr 1e-3 (10x the default) so that 48 steps show it.
     rows = _fit(real_images.balanced_subset(64, seed=0), tmp_path, 1, 6, 8, lr=1e-3)
-    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     local = [float(r["local"]) for r in rows]
     loss = [float(r["loss"]) for r in rows]
     assert local[0] == pytest.approx(2 * math.log(2), abs=0.1)  # untrained: scores near 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.losses import focal_loss
+from methods.losses import binary_cross_entropy, focal_loss
 from methods.relationnet import AGGREGATIONS, RelationNet, aggregate
 from tests.helpers import GOLDEN as GOLDEN_DIR
 
@@ -73,7 +73,7 @@ def test_focal_loss_on_known_values():
 
 
 def _options(**overrides):
-    return {"K": 4, "aggregation": "cat", **overrides}
+    return {"K": 4, "aggregation": "cat", "relation_loss": "focal", **overrides}
 
 
 def test_positive_and_negative_accuracies_are_separate():
@@ -91,7 +91,33 @@ def test_positive_and_negative_accuracies_are_separate():
     assert out.loss_weight == 4 * 3 * 3
 
 
-@pytest.mark.parametrize("overrides,flag", [({"K": 1}, "--K"), ({"aggregation": "prod"}, "--aggregation")])
+def test_binary_cross_entropy_on_known_values():
+    # z = 0 costs log 2 whatever the target; z = log 3 gives p = 3/4: -log(3/4) for a positive.
+    assert binary_cross_entropy(torch.zeros(4), torch.tensor([1.0, 0.0, 1.0, 0.0])).item() == pytest.approx(
+        torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+    positive = binary_cross_entropy(torch.log(torch.tensor([3.0])), torch.tensor([1.0]))
+    assert positive.item() == pytest.approx(-torch.log(torch.tensor(0.75)).item(), rel=1e-6)
+    assert binary_cross_entropy(torch.zeros(2, dtype=torch.bfloat16), torch.ones(2)).dtype == torch.float32
+
+
+def test_relation_loss_bce_trains_the_head_with_plain_cross_entropy():
+    from backbones import build_backbone
+    views, labels, index = [torch.randn(4 * 3, 3, 32, 32)], torch.zeros(3, dtype=torch.long), torch.arange(3)
+    losses = {}
+    for name in ("focal", "bce"):
+        torch.manual_seed(0)
+        method = RelationNet(build_backbone("conv4"), 10, **_options(relation_loss=name))
+        method.train()
+        losses[name] = method.training_step(views, labels, index).loss.item()
+        logits, targets = method.relation_logits(method.backbone(views[0]))
+        if name == "bce":
+            assert losses[name] == pytest.approx(binary_cross_entropy(logits, targets).item(), rel=1e-5)
+    # The focal factor (1 - p_t)^2 times alpha 0.5 makes the focal loss far smaller.
+    assert losses["focal"] < losses["bce"] / 4
+
+
+@pytest.mark.parametrize("overrides,flag", [({"K": 1}, "--K"), ({"aggregation": "prod"}, "--aggregation"),
+                                            ({"relation_loss": "mse"}, "--relation_loss")])
 def test_bad_options_are_named(overrides, flag):
     problem = RelationNet.check_options(_options(**overrides))
     assert problem and problem.startswith(flag) and "\n" not in problem

@@ -158,7 +158,7 @@ def test_resume_auto_continues_and_refuses_changed_arguments(small_cifar10_root,
     assert exit_info.value.code == 2 and "--resume auto" in capsys.readouterr().err
     run_stage(stage1, args + ["--epochs", "4", "--resume", "auto"])
     assert "Resuming" in capsys.readouterr().out
-    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["epoch", "0", "1", "2", "3"]
+    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["epoch", "1", "2", "3", "4"]
     with pytest.raises(SystemExit):
         run_stage(stage1, args[:-2] + ["--data_size", "25", "--epochs", "5", "--resume", "auto"])
     assert "--data_size 50 -> 25" in capsys.readouterr().err
@@ -254,7 +254,7 @@ def interrupt_after_first_epoch(argv, signum):
     run = subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     for line in run.stdout:
-        if line.startswith("Epoch [0]"):
+        if line.startswith("Epoch 1/"):
             break
     run.send_signal(signum)
     _, stderr = run.communicate(timeout=120)

@@ -1,0 +1,47 @@
+"""`--help` of the three stages: every flag has a help text that states its default (or that
+it is required)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from experiments import cli
+
+PARSERS = [cli.stage1_parser, cli.stage2_parser, cli.stage3_parser]
+
+
+@pytest.mark.parametrize("make_parser", PARSERS, ids=["stage1", "stage2", "stage3"])
+def test_every_flag_has_help_with_its_default(make_parser):
+    parser = make_parser()
+    formatter = parser._get_formatter()
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = formatter._expand_help(action) if action.help else ""
+        if not text.strip() or not ("default" in text or (action.required and "(required)" in text)):
+            missing.append(action.option_strings[0])
+    assert not missing, f"flags without help or default: {missing}"
+
+
+@pytest.mark.parametrize("make_parser,flag,shown", [
+    (cli.stage1_parser, "--dataset", "(default: cifar10)"),
+    (cli.stage1_parser, "--backbone", "(default: conv4)"),
+    (cli.stage1_parser, "--method", "(default: relationnet)"),
+    (cli.stage1_parser, "--seed", "(default: -1)"),
+    (cli.stage1_parser, "--id", "(default: none)"),
+    (cli.stage1_parser, "--overwrite", "(default: off)"),
+    (cli.stage1_parser, "--relation_loss", "(default focal)"),
+    (cli.stage2_parser, "--epochs", "(default 100;"),
+    (cli.stage2_parser, "--id", "(default: none)"),
+    (cli.stage2_parser, "--checkpoint", "(required)"),
+    (cli.stage3_parser, "--map_points", "(default: 2000)"),
+])
+def test_help_output_shows_the_default(make_parser, flag, shown, capsys):
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    text = text[text.index("options:"):]  # past the usage line
+    entry = text[text.index(flag + " "):]
+    assert shown in entry[:600], entry[:600]

@@ -1,0 +1,85 @@
+"""Training curves: one colour per run across the figure, one panel per quantity and family of
+comparable runs, labelled axes, integer epoch ticks, constant quantities left out."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from experiments.plots import training_curves_figure  # noqa: E402
+
+
+def write_log(path, columns, rows):
+    path.write_text(",".join(columns) + "\n" + "".join(",".join(map(str, row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def logs(tmp_path):
+    relation = ["epoch", "loss", "score", "accuracy", "lr", "seconds", "knn_accuracy"]
+    simclr = ["epoch", "loss", "score", "lr", "seconds"]
+    linear = ["epoch", "loss", "accuracy", "test_accuracy", "test_loss", "seconds"]
+    return [
+        write_log(tmp_path / "log_relationnet_cifar10_conv4_seed_1.csv", relation,
+                  [(1, 0.085, 60, 60, 0.001, 9, ""), (2, 0.08, 65, 65, 0.001, 9, 31.5), (3, 0.075, 70, 70, 0.001, 9, 33)]),
+        write_log(tmp_path / "log_relationnet_cifar10_conv4_seed_2.csv", relation,
+                  [(1, 0.086, 61, 61, 0.001, 9, ""), (2, 0.081, 64, 64, 0.001, 9, 30), (3, 0.074, 71, 71, 0.001, 9, 34)]),
+        write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1.csv", simclr,
+                  [(1, 5.2, -5.2, 0.001, 9), (2, 5.0, -5.0, 0.001, 9), (3, 4.9, -4.9, 0.001, 9)]),
+        write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1_epoch_3_linear_evaluation.csv", linear,
+                  [(1, 2.0, 30, 29, 2.1, 1), (2, 1.8, 35, 33, 1.9, 1)]),
+    ]
+
+
+def test_one_colour_per_run_and_one_panel_per_quantity_and_family(logs):
+    from matplotlib import pyplot
+    figure = training_curves_figure(logs)
+    panels = [axis for axis in figure.axes if axis.lines]
+    colours = {}
+    for axis in panels:
+        for line in axis.lines:
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    runs = [path.stem.removeprefix("log_") for path in logs]
+    assert sorted(colours) == sorted(runs)
+    assert all(len(used) == 1 for used in colours.values())  # a run keeps its colour in every panel
+    assert len({next(iter(used)) for used in colours.values()}) == len(runs)  # and no two runs share one
+    legend = figure.legends[0]
+    assert [text.get_text() for text in legend.get_texts()] == runs
+    for handle, run in zip(legend.legend_handles, runs):
+        assert handle.get_color() in colours[run]
+    titles = {axis.get_title() for axis in panels}
+    # relationnet's loss (about 0.08) and simclr's (about 5) never share an axis; the score
+    # (an accuracy for one, a negative loss for the other) neither.
+    assert {"loss (relationnet)", "loss (simclr)", "score (relationnet)", "score (simclr)",
+            "test_accuracy (linear evaluation)", "knn_accuracy (relationnet)"} <= titles
+    for axis in panels:
+        families = {line.get_label().split("_")[0] for line in axis.lines}
+        assert len(families) == 1, axis.get_title()
+        assert axis.get_xlabel() == "epoch" and axis.get_ylabel() == axis.get_title().split(" (")[0]
+        ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    assert not any(title.startswith(("lr ", "seconds")) for title in titles)  # constant, or not a curve
+    knn = next(axis for axis in panels if axis.get_title() == "knn_accuracy (relationnet)")
+    assert [list(line.get_xdata()) for line in knn.lines] == [[2, 3], [2, 3]]  # epoch 1 was not measured
+    pyplot.close(figure)
+
+
+
+def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_whole():
+    import torch
+    from matplotlib import pyplot
+
+    from experiments.plots import feature_map_figure
+    names = ["airplane", "automobile", "bird"]
+    title = "PCA of 2000 cifar10 test features: " + "relationnet_notebook_cifar10_conv4_seed_1_epoch_10" * 2 + ".tar"
+    figure = feature_map_figure(torch.randn(30, 2), torch.arange(30) % 3, title, names,
+                                ("PC 1 (41.0% of the variance)", "PC 2 (12.5% of the variance)"))
+    axis, bar = figure.axes
+    assert [label.get_text() for label in bar.get_yticklabels()] == names
+    assert axis.get_xlabel().startswith("PC 1 (41.0%") and axis.get_ylabel().startswith("PC 2")
+    figure.canvas.draw()
+    shown = axis.title.get_window_extent()
+    shown_text = axis.title.get_text()
+    assert "\n" in shown_text and "".join(shown_text.split()) == "".join(title.split())  # wrapped, all of it
+    assert 0 <= shown.x0 and shown.x1 <= figure.bbox.width and shown.y1 <= figure.bbox.height  # not cut
+    pyplot.close(figure)
