@@ -11,8 +11,8 @@ import io
 import json
 import os
 import re
+import secrets
 import socket
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -143,19 +143,50 @@ class RunLock:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over the target.
 
-    A crash or a full disk mid-write leaves the previous file untouched.
+    A crash or a full disk mid-write leaves the previous file untouched. The temporary file is
+    created with the mode a plain `open` gives (0o666 less the umask), not mkstemp's 0o600, so
+    colleagues on shared storage read results as they read any other file. Its name,
+    `.<name>.<random>.tmp`, lets the next run of the same files remove it
+    (`RunFiles.remove_temporary`) when a killed process left it behind. An error names `path`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as error:
+            error.filename = str(path)
+            raise
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _sync_folder(path.parent)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a failed write() names no file; the user needs the target's name
+            error.filename, error.filename2 = str(path), None
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable before the next file is written, so that files written one after
+    the other reach the disk in that order also on a power loss (the epoch commit relies on it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without folder handles (Windows): renames are ordered there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is done
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
