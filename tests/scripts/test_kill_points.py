@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 
 import pytest
 import torch
@@ -25,6 +26,14 @@ from engine.commit import COMMIT
 from tests.helpers import load, read_log, run_stage, stage_arguments
 
 SMALL = ["--data_size", "8", "--train_subset", "16", "--epochs", "2"]
+
+
+@pytest.fixture(autouse=True)
+def group_umask():
+    """A lab's shared-storage umask: files must come out group-readable and writable (0o664)."""
+    previous = os.umask(0o002)
+    yield
+    os.umask(previous)
 
 
 def counted_renames(monkeypatch, module, argv) -> int:
@@ -97,7 +106,8 @@ def same(a, b, where: str) -> None:
 def assert_same_files(folder, reference, point: str) -> None:
     names = sorted(path.name for path in folder.iterdir() if path.suffix != ".lock")
     assert names == sorted(path.name for path in reference.iterdir()), point  # no .tmp left
-    for name in names:
+    for name in names:  # under the umask 0o002 of `kill_everywhere`, as open() would make them
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o664, f"{point}: {name}"
         if name.endswith(".tar"):  # everything but the command line (which gained --resume)
             a, b = load(folder / name), load(reference / name)
             same({k: v for k, v in a.items() if k not in ("args", COMMIT)},
