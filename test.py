@@ -44,9 +44,9 @@ def stage1_method_by_keys(state: dict) -> str:
     return "randomweights"
 
 
-def check_output_folder(path: str | None) -> None:
+def check_output_folder(flag: str, path: str | None) -> None:
     if path and Path(path).exists() and not Path(path).is_dir():
-        raise UserError(f"--export_features {path} is a file: pass a folder (it is created when missing)")
+        raise UserError(f"{flag} {path} is a file: pass a folder (it is created when missing)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                         "classifier: run train_linear_evaluation.py on it and test the file that writes, "
                         "or score its backbone with --knn K or --retrieval K")
     stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
-    check_output_folder(args.export_features)
+    check_output_folder("--export_features", args.export_features)
+    check_output_folder("--log_dir", args.log_dir)
     if args.feature_map != "none":
         from experiments.plots import require_matplotlib
         require_matplotlib()
@@ -106,27 +107,39 @@ def main(argv: list[str] | None = None) -> None:
         result.update(knn_k=args.knn, **knn_accuracy(train_features, train.labels.to(device), test_features,
                                                      test_labels, args.knn, args.knn_temperature))
     checkpoint = Path(args.checkpoint)
+    outputs = Path(args.log_dir) if args.log_dir else checkpoint.parent
     if args.retrieval:
         neighbours = nearest_neighbours(test_features, args.retrieval).cpu()
         result.update(retrieval_k=args.retrieval,
                       retrieval_precision=round(retrieval_precision(neighbours, test.labels), 4))
-        if args.retrieval_grid:
-            queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
-            grid = checkpoint.parent / f"{checkpoint.stem}_retrieval_top{args.retrieval}.png"
-            from experiments.plots import save_retrieval_grid
-            save_retrieval_grid(test.images, test.labels, queries[:args.retrieval_grid], neighbours, grid)
-            print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
     result["seconds"] = round(time.time() - start, 3)
+    report(args, result)  # first: a folder that cannot be written loses no result
+    if args.retrieval and args.retrieval_grid:
+        queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+        grid = outputs / f"{checkpoint.stem}_retrieval_top{args.retrieval}.png"
+        from experiments.plots import save_retrieval_grid
+        save_retrieval_grid(test.images, test.labels, queries[:args.retrieval_grid], neighbours, grid)
+        print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
     if args.export_features:
         export_features(Path(args.export_features), args, test_features, test.labels,
                         train_features if train is not None else None, train)
     if args.feature_map != "none":
-        draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint)
+        draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs)
+    log_result(outputs / f"log_{checkpoint.stem}_test.csv",
+               {**result, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "seed": args.seed,
+                "checkpoint": str(checkpoint)})
 
-    log = checkpoint.parent / f"log_{checkpoint.stem}_test.csv"
-    append_csv_row(log, COLUMNS, {**result, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                  "dataset": args.dataset, "seed": args.seed, "checkpoint": str(checkpoint)})
-    report(args, result)
+
+def log_result(log: Path, row: dict) -> None:
+    """Append the result to the stage's log; a log that cannot be written is one line and exit
+    status 1 (the result is printed, but a script that reads the log must see the failure)."""
+    try:
+        append_csv_row(log, COLUMNS, row)
+    except OSError as error:
+        failure = UserError(f"could not write the log {log} ({error.strerror or error}): the result above is "
+                            "not recorded; pass --log_dir DIR to write the log elsewhere")
+        failure.exit_status = 1
+        raise failure from None
     print(f"[INFO] Result appended to {log}")
 
 
@@ -143,7 +156,8 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
     print(f"[INFO] Features saved in {folder} (train_features.npy, train_labels.npy, test_*.npy)")
 
 
-def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path) -> None:
+def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path,
+                     folder: Path) -> None:
     from datasets.names import class_names
     from evaluation.embedding import principal_components, tsne_2d
     from experiments.plots import plot_feature_map
@@ -154,7 +168,7 @@ def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tens
     else:
         points, shares = principal_components(features[chosen])
         axis_labels = tuple(f"PC {i + 1} ({share * 100:.1f}% of the variance)" for i, share in enumerate(shares))
-    output = checkpoint.parent / f"{checkpoint.stem}_test_{args.feature_map}.png"
+    output = folder / f"{checkpoint.stem}_test_{args.feature_map}.png"
     name = "t-SNE" if args.feature_map == "tsne" else "PCA"
     plot_feature_map(points, labels[chosen], output,
                      f"{name} of {len(chosen)} {args.dataset} test features: {checkpoint.name}",

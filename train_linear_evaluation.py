@@ -20,19 +20,27 @@ from backbones import build_backbone  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
 from datasets import DATASETS, load_dataset  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
-    CsvLog,
     RunFiles,
     RunLock,
     check_backbone,
     evaluation_header,
     read_checkpoint,
     save_checkpoint,
+    write_csv,
 )
 from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
 from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
-from experiments.stage import describe_backbone, record_config, resume_point, run_main, run_seed, stem_entry  # noqa: E402,E501
+from experiments.stage import (  # noqa: E402
+    ResumePoint,
+    describe_backbone,
+    record_config,
+    resume_point,
+    run_main,
+    run_seed,
+    stem_entry,
+)
 from methods import METHODS  # noqa: E402
 from methods.standard import Finetune, Standard  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -75,10 +83,11 @@ def frozen_features(backbone, train, test, device) -> tuple[torch.Tensor, torch.
     return train_features, train.labels.to(device), test_features, test.labels.to(device)
 
 
-def linear_evaluation(model: Standard, features, args, seed: int, log_path: Path) -> dict:
-    """Train the classifier for --epochs; returns the checkpoint entries that describe the run."""
+def linear_evaluation(model: Standard, features, args, seed: int) -> tuple[dict, list[dict]]:
+    """Train the classifier for --epochs; returns the checkpoint entries that describe the run
+    and the log's rows."""
     train_features, train_labels, test_features, test_labels = features
-    log = CsvLog(log_path, ["epoch", "loss", "accuracy", "test_accuracy", "test_loss", "seconds"])
+    rows = []
     optimizer = model.lineval_optimizer
     for epoch in range(args.epochs):
         epoch_start = time.time()
@@ -87,15 +96,16 @@ def linear_evaluation(model: Standard, features, args, seed: int, log_path: Path
         model.classifier.eval()
         test_result = score_logits(model.classifier(test_features).detach(), test_labels)
         seconds = time.time() - epoch_start
-        log.append({"epoch": epoch + 1, "loss": loss, "accuracy": accuracy,
-                    "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"],
-                    "seconds": round(seconds, 3)})
+        rows.append({"epoch": epoch + 1, "loss": loss, "accuracy": accuracy,
+                     "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"],
+                     "seconds": round(seconds, 3)})
         print(f"Epoch {epoch + 1}/{args.epochs} [{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
-    return {"epoch": args.epochs}
+    return {"epoch": args.epochs}, rows
 
 
-def logistic_regression(model: Standard, features, args, log_path: Path) -> dict:
-    """Solve for the classifier; returns the checkpoint entries that describe the solution."""
+def logistic_regression(model: Standard, features, args) -> tuple[dict, list[dict]]:
+    """Solve for the classifier; returns the checkpoint entries that describe the solution and
+    the log's row."""
     train_features, train_labels, test_features, test_labels = features
     start = time.time()
     fit = fit_logistic_regression(features=train_features, labels=train_labels,
@@ -108,14 +118,13 @@ def logistic_regression(model: Standard, features, args, log_path: Path) -> dict
         train_result = score_logits(model.classifier(train_features), train_labels)
         test_result = score_logits(model.classifier(test_features), test_labels)
     seconds = time.time() - start
-    CsvLog(log_path, ["loss", "accuracy", "test_accuracy", "test_loss", "objective", "iterations", "seconds"]).append(
-        {"loss": train_result["loss"], "accuracy": train_result["accuracy"],
-         "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"], "objective": fit.objective,
-         "iterations": fit.iterations, "seconds": round(seconds, 3)})
+    row = {"loss": train_result["loss"], "accuracy": train_result["accuracy"],
+           "test_accuracy": test_result["accuracy"], "test_loss": test_result["loss"], "objective": fit.objective,
+           "iterations": fit.iterations, "seconds": round(seconds, 3)}
     print(f"Logistic regression [{format_duration(seconds)}] C {args.logistic_c:g}, {fit.iterations} L-BFGS "
           f"iterations, objective {fit.objective:.6f}; loss: {train_result['loss']:.4f}; "
           f"acc: {train_result['accuracy']:.2f}%")
-    return {"classifier_kind": "logistic_regression", "objective": fit.objective, "iterations": fit.iterations}
+    return {"classifier_kind": "logistic_regression", "objective": fit.objective, "iterations": fit.iterations}, [row]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,17 +150,21 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--resume {args.resume}: only fine-tuning (--finetune) can be resumed; linear "
                         "evaluation takes seconds, run it again")
     with RunLock(files.lock):
-        if files.final.exists() and not args.overwrite:
+        files.remove_temporary()
+        resume = resume_point(args, files, FINETUNE_MAY_CHANGE) if args.resume else None
+        if resume is None and files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
-        if files.last_checkpoint.exists() and not (args.resume or args.overwrite):
+        if resume is None and files.last_checkpoint.exists() and not args.overwrite:
             raise UserError(f"{files.directory} holds an interrupted run {files.header}: pass --resume auto "
                             "to continue it or --overwrite to start again")
-        resume = resume_point(args, files, FINETUNE_MAY_CHANGE) if args.resume else None
+        if resume and resume.state["epoch"] >= args.epochs and not resume.completed:
+            raise UserError(f"nothing to resume: the run {files.header} is complete ({files.final}); pass "
+                            "--overwrite without --resume to train it again, or --id to keep both")
         evaluate_backbone(args, state, stem, files, method_name, source_dataset, seed, device, resume)
 
 
 def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, method_name: str,
-                      source_dataset: str | None, seed: int, device, resume: tuple[Path, dict] | None = None) -> None:
+                      source_dataset: str | None, seed: int, device, resume: ResumePoint | None = None) -> None:
     download = not args.no_download
     train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
@@ -171,6 +184,8 @@ def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, meth
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
     stage = "finetune" if args.finetune else {"linear": "linear_evaluation",
                                                "logistic": "logistic_regression"}[args.classifier]
+    if resume is None:
+        files.remove_outputs()  # an earlier run's (--overwrite) or a dead one's: checked above
     record_config(files.config, args, seed, device, stage=stage, stem=stem, training_images=len(train), **source)
 
     if args.finetune:
@@ -180,18 +195,20 @@ def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, meth
                             extra_state={"method": method_name, "backbone_name": args.backbone,
                                          **stem_entry(stem), "dataset": args.dataset, "seed": seed,
                                          "args": vars(args), **source})
-        resume_state = None
         if resume:
-            resume_path, resume_state = resume
-            model.load_checkpoint_state(resume_state)
-            print(f"[INFO] Resuming {resume_path} at epoch {resume_state['epoch']}")
-        Engine(model, train, plan, device).fit(resume_state["epoch"] if resume_state else 0, resume_state)
+            model.load_checkpoint_state(resume.state)
+            print(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
+        start_epoch, resume_state = (resume.state["epoch"], resume.state) if resume else (0, None)
+        Engine(model, train, plan, device).fit(start_epoch, resume_state)
     else:
         features = frozen_features(model.backbone, train, test, device)
         if args.classifier == "logistic":
-            described = logistic_regression(model, features, args, files.log)
+            described, rows = logistic_regression(model, features, args)
         else:
-            described = linear_evaluation(model, features, args, seed, files.log)
+            described, rows = linear_evaluation(model, features, args, seed)
+        # The log first, then the checkpoint, whose presence marks the run done: a run stopped
+        # before leaves no partial log, and one killed in between a log the next run replaces.
+        write_csv(files.log, list(rows[0]), rows)
         save_checkpoint({**model.checkpoint_state(), "method": method_name, "backbone_name": args.backbone,
                          **stem_entry(stem), "dataset": args.dataset, "seed": seed, **described,
                          "args": vars(args), **source}, files.final)

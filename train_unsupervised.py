@@ -67,6 +67,23 @@ def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | No
     return backbone, stem
 
 
+def refuse_to_replace(args, files: RunFiles) -> None:
+    """A new run may not take the name of a run with saved files unless --overwrite says so
+    (a config alone is the trace of a run that died before its first save)."""
+    saved = [path for path in files.outputs() if path != files.config]
+    if saved and not args.overwrite:
+        raise UserError(f"{files.directory} already holds run {files.header} ({saved[0].name}): pass "
+                        "--resume auto to continue it, --id to start a separate run, or --overwrite to replace it")
+
+
+def replace_outputs(files: RunFiles) -> None:
+    """Remove the files of the run this one replaces, just before its first write (the inputs
+    are checked by then, so a run refused for a bad input removes nothing)."""
+    removed = files.remove_outputs()
+    if removed:
+        print(f"[INFO] Removed {len(removed)} file(s) of the earlier run {files.header}, which this run replaces")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = stage1_parser().parse_args(argv)
     apply_gpu_flag(args)
@@ -94,18 +111,22 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks) -> None:
     header = files.header
-    resume_path, resume_state = resume_point(
-        args, files, RESUME_MAY_CHANGE, ranks.world_size,
-        without_state="use --checkpoint with --epoch_start instead") if args.resume else (None, None)
-    seed = args.seed
+    if ranks.is_main:
+        files.remove_temporary()
+    resume = resume_point(
+        args, files, RESUME_MAY_CHANGE, ranks.world_size, finish=ranks.is_main,
+        without_state="use --checkpoint with --epoch_start instead") if args.resume else None
+    resume_state = resume.state if resume else None
+    seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
 
+    if not resume_state:
+        refuse_to_replace(args, files)
     if not method_class.trains:
         if not ranks.is_main:
             return
-        if files.final.exists() and not args.overwrite:
-            raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
+        replace_outputs(files)
         backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
         method = method_class.from_args(backbone, 0, args)
         save_checkpoint({**method.checkpoint_state(), "method": args.method, "backbone_name": args.backbone,
@@ -114,9 +135,13 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         print(f"Saving in: {files.final}")
         return
 
-    if not resume_state and not args.overwrite and (files.last_checkpoint.exists() or files.log.exists()):
-        raise UserError(f"{files.directory} already holds run {header}: pass --resume auto to continue "
-                        "it, --id to start a separate run, or --overwrite to replace it")
+    start_epoch = resume_state["epoch"] if resume_state else args.epoch_start if args.checkpoint else 0
+    if start_epoch >= args.epochs:
+        if resume and resume.completed:
+            print(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
+            return
+        raise UserError(f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
+                        f"{args.epochs}; raise --epochs to train longer")
     split = pretraining_split(args.dataset, method_class.needs_labels)
     data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download,
                         image_size=args.image_size)
@@ -132,22 +157,16 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     backbone, stem = stage1_backbone(args, data.side, device)
     method = method_class.from_args(backbone, data.num_classes, args).to(device)
 
-    start_epoch = 0
     if resume_state:
-        check_backbone(resume_state, args.backbone, resume_path, stem)
+        check_backbone(resume_state, args.backbone, resume.path, stem)
         method.load_checkpoint_state(resume_state)
-        start_epoch = resume_state["epoch"]
-        print(f"[INFO] Resuming {resume_path} at epoch {start_epoch}")
+        print(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
         check_backbone(state, args.backbone, args.checkpoint, stem)
         print(f"Loading checkpoint: {args.checkpoint}")
         method.load_checkpoint_state(state)
         print("Loading checkpoint: Done!")
-        start_epoch = args.epoch_start
-    if start_epoch >= args.epochs:
-        raise UserError(f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
-                        f"{args.epochs}; raise --epochs to train longer")
 
     numbered = saved_epochs(args.epochs, args.save_every)
     watching = ranks.is_main and args.eval_every > 0
@@ -165,6 +184,8 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         monitor_columns=KNN_COLUMNS if monitor else (), row_listeners=listeners)
     engine = Engine(method, data, plan, device)
     if ranks.is_main:
+        if not resume_state:
+            replace_outputs(files)
         record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem,
                       training_images=len(data), world_size=ranks.world_size,
                       input_normalisation={"mean": list(data.mean), "std": list(data.std)})

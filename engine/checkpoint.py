@@ -11,8 +11,8 @@ import io
 import json
 import os
 import re
+import secrets
 import socket
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -77,19 +77,39 @@ class RunFiles:
     def config(self) -> Path:
         return self.directory / f"config_{self.header}.json"
 
-    def latest_checkpoint(self) -> Path | None:
-        """The checkpoint with the most training behind it (for `--resume auto`)."""
-        candidates = []
-        pattern = re.compile(re.escape(self.header) + r"_epoch_(\d+)\.tar$")
-        if self.directory.is_dir():
-            for path in self.directory.iterdir():
-                match = pattern.match(path.name)
-                if match:
-                    candidates.append((int(match.group(1)), 0, path))
-        if self.last_checkpoint.exists():
-            epoch = read_checkpoint(self.last_checkpoint).get("epoch", 0)
-            candidates.append((epoch, 1, self.last_checkpoint))
-        return max(candidates)[2] if candidates else None
+    def _names(self) -> re.Pattern:
+        """The names of this run's files (not those of a stage-2 run named after it)."""
+        header = re.escape(self.header)
+        return re.compile(rf"{header}(?:_epoch_\d+|_last)?\.tar|log_{header}\.csv|config_{header}\.json")
+
+    def outputs(self) -> list[Path]:
+        """This run's files in the folder now: checkpoints, rolling checkpoint, log, config."""
+        return self._matching(self._names())
+
+    def remove_temporary(self) -> list[Path]:
+        """Remove the temporary files that a killed writer of this run's files left (a run
+        calls it once it holds the run's lock, so no live process is writing them)."""
+        return self._remove(re.compile(rf"\.(?:{self._names().pattern})\.[0-9a-f]+\.tmp"))
+
+    def remove_outputs(self) -> list[Path]:
+        """Remove every file of this run (checkpoints, rolling checkpoint, log, config and their
+        temporary files), the rolling checkpoint first: a run killed midway leaves nothing that
+        `--resume auto` could continue. Called under the run's lock by a new run that replaces
+        it (`--overwrite`), once its inputs are checked."""
+        names = self._names().pattern
+        removed = self._remove(re.compile(re.escape(self.last_checkpoint.name)))
+        return removed + self._remove(re.compile(rf"{names}|\.(?:{names})\.[0-9a-f]+\.tmp"))
+
+    def _matching(self, names: re.Pattern) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(path for path in self.directory.iterdir() if names.fullmatch(path.name))
+
+    def _remove(self, names: re.Pattern) -> list[Path]:
+        removed = self._matching(names)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
 
 
 class RunLock:
@@ -143,19 +163,50 @@ class RunLock:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over the target.
 
-    A crash or a full disk mid-write leaves the previous file untouched.
+    A crash or a full disk mid-write leaves the previous file untouched. The temporary file is
+    created with the mode a plain `open` gives (0o666 less the umask), not mkstemp's 0o600, so
+    colleagues on shared storage read results as they read any other file. Its name,
+    `.<name>.<random>.tmp`, lets the next run of the same files remove it
+    (`RunFiles.remove_temporary`) when a killed process left it behind. An error names `path`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as error:
+            error.filename = str(path)
+            raise
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _sync_folder(path.parent)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a failed write() names no file; the user needs the target's name
+            error.filename, error.filename2 = str(path), None
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable before the next file is written, so that files written one after
+    the other reach the disk in that order also on a power loss (the epoch commit relies on it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without folder handles (Windows): renames are ordered there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is done
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -236,25 +287,42 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
 
 
 class CsvLog:
-    """The per-epoch CSV log of a run; its `epoch` column counts from 1, as the checkpoint names.
-    On resume after `keep_epochs_up_to` epochs, later rows are dropped, so a resumed log equals
-    the log of a run that was never interrupted."""
+    """The per-epoch CSV log of a run, rewritten atomically with each new row: whatever instant
+    the process dies, the file holds whole rows under one header. Its `epoch` column counts from
+    1, as the checkpoint names.
 
-    def __init__(self, path: Path, columns: list[str], keep_epochs_up_to: int | None = None):
+    The rows the file holds from before the first new row's epoch are kept and the later ones
+    dropped, so a resumed log equals the log of a run that was never interrupted."""
+
+    def __init__(self, path: Path):
         self.path = path
-        self.columns = columns
-        rows = []
-        if keep_epochs_up_to is not None and path.exists():
-            with open(path, newline="") as handle:
-                rows = [row for row in csv.DictReader(handle)
-                        if row.get("epoch", "").isdigit() and int(row["epoch"]) <= keep_epochs_up_to]
-        self._rewrite(rows)
-
-    def _rewrite(self, rows: list[dict]) -> None:
-        write_csv(self.path, self.columns, rows)
+        self.rows: list[dict] | None = None
+        self.columns: list[str] = []
 
     def append(self, row: dict) -> None:
-        append_csv_row(self.path, self.columns, row)
+        if self.rows is None:
+            self.columns, rows = read_csv(self.path)
+            self.rows = [kept for kept in rows if str(kept.get("epoch", "")).isdigit()
+                         and int(kept["epoch"]) < row["epoch"]]
+        self.rows.append(row)
+        self.columns = list(dict.fromkeys([*self.columns, *row]))
+        write_csv(self.path, self.columns, self.rows)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """The columns and rows of a CSV file (none when it does not exist); a file that is not
+    UTF-8 CSV text gives one line naming it and the fix."""
+    if not path.exists():
+        return [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (UnicodeDecodeError, csv.Error) as error:
+        where = f"invalid byte at offset {error.start}" if isinstance(error, UnicodeDecodeError) else str(error)
+        raise UserError(f"the log {path} is not readable CSV text ({where}): restore it, or move it "
+                        "aside to go on without its rows") from None
 
 
 # Significant digits of the floats in CSV logs: enough for any float32 value and for float64
@@ -285,12 +353,10 @@ def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     if not new:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-        if reader.fieldnames:
-            union = list(dict.fromkeys([*reader.fieldnames, *columns]))
-            if union != list(reader.fieldnames):
+        fieldnames, rows = read_csv(path)
+        if fieldnames:
+            union = list(dict.fromkeys([*fieldnames, *columns]))
+            if union != fieldnames:
                 write_csv(path, union, rows)
             columns = union
     with open(path, "a", newline="") as handle:

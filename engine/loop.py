@@ -28,6 +28,7 @@ from tqdm import tqdm
 from datasets import ImageSet
 from datasets.augment import build_augmentation
 from engine.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
+from engine.commit import commit_epoch
 from engine.precision import Precision
 from engine.signals import RunInterrupted, StopSignals
 from methods.base import EpochContext, Method, StepOutput
@@ -56,7 +57,8 @@ class TrainingPlan:
     checkpoint_paths: Callable[[int], list[Path]]
     extra_state: dict                # stored in every checkpoint (args, names, versions)
     drop_last: bool = False
-    rolling_checkpoint: Path | None = None  # rewritten silently after every epoch
+    # Rewritten after every epoch (the first step of its commit, engine/commit.py) and on a stop.
+    rolling_checkpoint: Path | None = None
     precision: str = "fp32"          # see engine/precision.py
     compile: bool = False            # torch.compile the method's compiled_modules (its backbones)
     channels_last: bool = False      # convolution weights and views in NHWC memory order
@@ -123,8 +125,10 @@ class Engine:
         return self.steps_per_epoch(len(self.images) // self.plan.ranks.world_size)  # as distributed.shard cuts
 
     def fit(self, start_epoch: int = 0, resume_state: dict | None = None) -> dict:
-        """Train the epochs after the first `start_epoch`; returns the last epoch's log row, whose
-        `epoch` is 1-based as the checkpoint names (row N is the state of `_epoch_N.tar`).
+        """Train the epochs after the first `start_epoch`, committing each epoch's files in the
+        order of `engine/commit.py`; returns the last epoch's log row, whose `epoch` is 1-based as
+        the checkpoint names (row N is the state of `_epoch_N.tar`). A `resume_state` read from a
+        rolling checkpoint needs its commit finished first (`finish_commit`, as `--resume` does).
 
         SIGINT or SIGTERM ends the run after the current step with a resumable checkpoint
         (`RunInterrupted`); resuming from it continues inside the interrupted epoch.
@@ -134,7 +138,7 @@ class Engine:
             restore_rng_states(resume_state["rng"])
             self.precision.load_state_dict(resume_state)
             partial = resume_state.get("interrupted")
-        log = None
+        log = CsvLog(self.plan.log_path)
         row: dict = {}
         with StopSignals(echo_seconds=2.0 if self.plan.ranks.distributed else 0.0) as stop:
             self.stop = stop
@@ -144,15 +148,8 @@ class Engine:
                 if not self.plan.ranks.is_main:
                     continue
                 row = self.monitored(row)
-                if log is None:
-                    log = CsvLog(self.plan.log_path, list(row), keep_epochs_up_to=start_epoch)
-                state = self.checkpoint(epoch + 1)
-                if self.plan.rolling_checkpoint:
-                    save_checkpoint(state, self.plan.rolling_checkpoint)
-                for path in self.plan.checkpoint_paths(epoch + 1):
-                    save_checkpoint(state, path)
-                    print(f"[INFO] Saving in: {path}")
-                log.append(row)  # after the checkpoint: a crash in between never duplicates rows
+                commit_epoch(self.checkpoint(epoch + 1), row, log, self.plan.checkpoint_paths(epoch + 1),
+                             self.plan.rolling_checkpoint)
                 for listener in self.plan.row_listeners:
                     listener(row)
         return row

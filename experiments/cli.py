@@ -299,8 +299,9 @@ def stage2_parser() -> Parser:
 def stage3_parser() -> Parser:
     parser = common_parser("Stage 3: score a linear-evaluation (or supervised) checkpoint on "
                            "the test split.", 256,
-                           output_help="unused here: the test log is written beside the checkpoint; "
-                                       "accepted so that one set of flags serves all three stages")
+                           output_help="unused here: the test log is written beside the checkpoint "
+                                       "or in --log_dir; accepted so that one set of flags serves all "
+                                       "three stages")
     parser.add_argument("--checkpoint", required=True,
                         help="stage-2 checkpoint, or a stage-1 checkpoint of method standard; any "
                              "backbone checkpoint when only the options below are asked for")
@@ -322,4 +323,7 @@ def stage3_parser() -> Parser:
                              "matplotlib)")
     parser.add_argument("--map_points", type=positive_int, default=2000,
                         help="feature map: at most this many test images, drawn with --seed")
+    parser.add_argument("--log_dir", default=None, metavar="DIR",
+                        help="folder of the test log (log_<checkpoint name>_test.csv), the retrieval "
+                             "grid and the feature map (default: the checkpoint's folder)")
     return parser

@@ -10,12 +10,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from engine.checkpoint import RunFiles, read_checkpoint, save_json
+from engine.commit import finish_commit
 from utils.errors import UserError
 from utils.seeds import resolve_seed
 
@@ -122,14 +123,26 @@ def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch
                "threads": torch.get_num_threads(), "pid": os.getpid(), **extra}, path)
 
 
+class ResumePoint(NamedTuple):
+    path: Path          # the checkpoint resumed from
+    state: dict         # its content
+    completed: list[Path]  # files of its epoch that the stopped run had not written, now written
+
+
 def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str], world_size: int = 1,
-                 without_state: str = "it cannot be resumed") -> tuple[Path, dict]:
+                 without_state: str = "it cannot be resumed", finish: bool = True) -> ResumePoint:
     """The checkpoint `--resume auto|PATH` names and its state, after checking that the run
-    was made with the same arguments (except `may_change`) and as many processes."""
-    path = files.latest_checkpoint() if args.resume == "auto" else Path(args.resume)
-    if path is None:
-        raise UserError(f"--resume auto: no checkpoint of {files.header} in {files.directory}; "
-                        "start the run without --resume")
+    was made with the same arguments (except `may_change`) and as many processes; then the
+    files of its epoch that the run died before writing are written (`finish_commit`; only
+    where `finish`: by the one process of a torchrun run that writes files).
+
+    `auto` is the run's rolling checkpoint, the last file every run writes after an epoch or
+    on a stop: never a numbered checkpoint, which could be another run's that used the name."""
+    path = files.last_checkpoint if args.resume == "auto" else Path(args.resume)
+    if args.resume == "auto" and not path.exists():
+        raise UserError(f"--resume auto: no {path.name} in {files.directory} (the file every run of "
+                        f"{files.header} writes after its first epoch): start the run without --resume, "
+                        "or pass --resume PATH to continue from a numbered checkpoint")
     state = read_checkpoint(path)
     if "epoch" not in state or "args" not in state:
         raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
@@ -143,4 +156,8 @@ def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str]
     if state.get("world_size", 1) != world_size:
         raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
                         f"this one has {world_size}; resume it with as many (torchrun --nproc_per_node)")
-    return path, state
+    completed = finish_commit(state, files.directory) if finish else []
+    if completed:
+        print(f"[INFO] The stopped run had saved epoch {state['epoch']} but not all its files: wrote "
+              + ", ".join(path.name for path in completed))
+    return ResumePoint(path, state, completed)

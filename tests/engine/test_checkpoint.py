@@ -4,13 +4,22 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import stat
 import zipfile
 
 import pytest
 import torch
 
 from engine import checkpoint
-from engine.checkpoint import atomic_write_bytes, check_backbone, identify_backbone, read_checkpoint, save_checkpoint
+from engine.checkpoint import (
+    atomic_write_bytes,
+    check_backbone,
+    identify_backbone,
+    read_checkpoint,
+    save_checkpoint,
+    save_json,
+    write_csv,
+)
 from utils.errors import UserError
 
 
@@ -126,3 +135,31 @@ def test_csv_logs_write_floats_with_fixed_significant_digits(tmp_path):
     checkpoint.write_csv(tmp_path / "rewritten.csv", ["loss"], [{"loss": 2 / 3}, {"loss": 1e-9 / 3}])
     assert path.read_text().splitlines()[1] == "1,28,0.33333333"
     assert (tmp_path / "rewritten.csv").read_text().splitlines()[1:] == ["0.66666667", "3.3333333e-10"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save_checkpoint({"backbone": {"w": torch.ones(3)}}, tmp_path / "run_epoch_1.tar")
+        save_json({"seed": 1}, tmp_path / "config_run.json")
+        write_csv(tmp_path / "log_run.csv", ["epoch", "loss"], [{"epoch": 0, "loss": 1.5}])
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)  # not mkstemp's 0o600
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys):
+    from experiments.stage import run_main
+    path = tmp_path / "run" / "log_run.csv"
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: write_csv(path, ["epoch"], [{"epoch": 0}]))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().endswith(f"error: No space left on device: {path}")
+    assert not path.parent.exists() or not list(path.parent.iterdir())

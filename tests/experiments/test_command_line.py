@@ -53,9 +53,10 @@ BY_FLAG = {
     "--knn": (["-1", "abc", "100000"], []),
     "--retrieval": (["-1", "abc", "100000"], []),
 }
-PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features", "--tensorboard"}
+PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features", "--tensorboard",
+         "--log_dir"}
 # Output folders: the bad value is a file where the folder should be.
-OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features", "--tensorboard"}
+OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features", "--tensorboard", "--log_dir"}
 # Flags with no invalid value: a visible-GPU list and on/off switches.
 NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
                 "--relic_siglip"}

@@ -337,6 +337,7 @@ def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_don
     assert status == 128 + signal.SIGTERM
     assert len(stderr.strip().splitlines()) == 1 and "terminated" in stderr, stderr
     assert sorted(p.name for p in checkpoint.parent.glob("*.tar")) == [checkpoint.name]
+    assert not list(checkpoint.parent.glob("log_*_linear_evaluation.csv"))  # no partial log either
 
 
 def test_an_interrupted_finetuning_resumes_to_the_same_weights(small_cifar10_root, tmp_path):

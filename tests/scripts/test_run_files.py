@@ -1,0 +1,101 @@
+"""What a stage leaves, replaces and continues: --overwrite leaves nothing of the old run that
+a resume could pick up, --resume auto continues only the run that owns the files, a log that is
+not text stops a resume in one line, and test.py prints its result before writing its log
+(--log_dir)."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+import test as stage3
+import train_unsupervised as stage1
+from engine.loop import Engine
+from tests.helpers import load, read_log, run_stage, stage_arguments
+
+RUN = ["--method", "relationnet", "--K", "2", "--data_size", "8", "--train_subset", "16"]
+HEADER = "relationnet_cifar10_conv4_seed_1"
+
+
+def error_of(module, argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(module, argv)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return exit_info.value.code, err
+
+
+def stop_at_step(monkeypatch, step: int) -> None:
+    """Ctrl-C during the given optimizer step of the run (counted from 1)."""
+    train_step, steps = Engine.train_step, []
+
+    def counting(self, index):
+        steps.append(index)
+        if len(steps) == step:
+            signal.raise_signal(signal.SIGINT)
+        return train_step(self, index)
+    monkeypatch.setattr(Engine, "train_step", counting)
+
+
+def test_overwrite_leaves_nothing_a_resume_could_mix_in(small_cifar10_root, tmp_path, monkeypatch, capsys):
+    args = stage_arguments(small_cifar10_root, tmp_path) + RUN
+    folder = tmp_path / "relationnet" / "cifar10"
+    run_stage(stage1, args + ["--epochs", "4"])  # saves epochs 1, 2, 3, 4 (25/50/75/100%)
+    old = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    code, err = error_of(stage1, args + ["--epochs", "8"], capsys)
+    assert code == 2 and "--overwrite" in err
+    code, err = error_of(stage1, args + ["--epochs", "8", "--overwrite", "--data_root", str(tmp_path / "none")], capsys)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == old  # a refused run removes nothing
+
+    stop_at_step(monkeypatch, 3)  # 2 steps per epoch: inside the second epoch
+    code, _ = error_of(stage1, args + ["--epochs", "8", "--overwrite"], capsys)
+    assert code == 128 + signal.SIGINT
+    monkeypatch.undo()
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [f"{HEADER}_last.tar", f"log_{HEADER}.csv", f"config_{HEADER}.json"])
+
+    run_stage(stage1, args + ["--epochs", "8", "--resume", "auto"])
+    epochs = [int(row["epoch"]) for row in read_log(folder / f"log_{HEADER}.csv")]
+    assert epochs == list(range(epochs[0], epochs[0] + 8))  # 8 consecutive epochs, however numbered
+    numbered = sorted(path.name for path in folder.glob(f"{HEADER}_epoch_*.tar"))
+    assert numbered == sorted(f"{HEADER}_epoch_{e}.tar" for e in (2, 4, 6, 8))
+    assert all(load(folder / name)["args"]["epochs"] == 8 for name in numbered)
+
+
+def test_resume_auto_continues_only_the_rolling_checkpoint_of_the_run(small_cifar10_root, tmp_path, capsys):
+    args = stage_arguments(small_cifar10_root, tmp_path) + RUN + ["--epochs", "1"]
+    folder = tmp_path / "relationnet" / "cifar10"
+    run_stage(stage1, args)
+    (folder / f"{HEADER}_last.tar").unlink()  # a numbered checkpoint alone may be another run's
+    code, err = error_of(stage1, args + ["--epochs", "2", "--resume", "auto"], capsys)
+    assert code == 2 and f"no {HEADER}_last.tar" in err and "--resume PATH" in err
+
+
+def test_a_log_that_is_not_text_stops_a_resume_in_one_line(small_cifar10_root, tmp_path, capsys):
+    args = stage_arguments(small_cifar10_root, tmp_path) + RUN
+    run_stage(stage1, args + ["--epochs", "1"])
+    log = tmp_path / "relationnet" / "cifar10" / f"log_{HEADER}.csv"
+    log.write_bytes(log.read_bytes() + b"\xff\xfe,\xc3\n")
+    code, err = error_of(stage1, args + ["--epochs", "2", "--resume", "auto"], capsys)
+    assert code == 2 and str(log) in err and "not readable CSV text" in err
+
+
+def test_test_py_prints_its_result_before_its_log_and_writes_it_to_log_dir(small_cifar10_root, tmp_path, capsys):
+    args = stage_arguments(small_cifar10_root, tmp_path)
+    run_stage(stage1, args + ["--method", "standard", "--data_size", "16", "--train_subset", "32", "--epochs", "1"])
+    checkpoint = tmp_path / "standard" / "cifar10" / "standard_cifar10_conv4_seed_1_epoch_1.tar"
+    capsys.readouterr()
+    blocked = checkpoint.parent / f"log_{checkpoint.stem}_test.csv"
+    blocked.mkdir()  # the log cannot be written there (a read-only folder does the same; tests run as root)
+    code, err = error_of(stage3, args + ["--checkpoint", str(checkpoint)], capsys)
+    assert code == 1 and f"could not write the log {blocked}" in err and "--log_dir" in err
+    code, err = error_of(stage3, args + ["--checkpoint", str(checkpoint), "--log_dir", str(checkpoint)], capsys)
+    assert code == 2 and f"--log_dir {checkpoint} is a file" in err
+
+    run_stage(stage3, args + ["--checkpoint", str(checkpoint), "--log_dir", str(tmp_path / "logs")])
+    out = capsys.readouterr().out
+    accuracy = [line for line in out.splitlines() if line.startswith("Test accuracy:")]
+    assert accuracy and out.index(accuracy[0]) < out.index("[INFO] Result appended to")
+    row = read_log(tmp_path / "logs" / f"log_{checkpoint.stem}_test.csv")[0]
+    assert f"Test accuracy: {float(row['accuracy']):.2f}%" == accuracy[0]
