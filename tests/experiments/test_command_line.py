@@ -15,9 +15,11 @@ from experiments.stage import run_main
 
 # Bad values per argument type; a flag whose type is not here must be listed in BY_FLAG.
 BY_TYPE = {
-    cli.positive_int: ["0", "-3", "abc", "2.5"],
-    cli.non_negative_int: ["-1", "abc"],
+    cli.positive_int: ["0", "-3", "abc", "2.5", "1000000000000"],
+    cli.non_negative_int: ["-1", "abc", "2147483648"],
     cli.positive_float: ["0", "-1", "abc", "inf", "nan"],
+    cli.knn_temperature: ["0", "1e-30", "1000", "nan"],
+    cli.gpu_list: ["abc", "0,,1", "cuda:0"],
     cli.boolean: ["maybe"],
     cli.run_id: ["a/b", "x y"],
     cli.fraction: ["0", "-0.5", "1.5", "abc"],
@@ -29,7 +31,7 @@ BY_FLAG = {
     "--seed": (["-2", "abc", "99999999999"], []),
     "--K": (["1", "-4", "100000"], ["--method", "relationnet"]),
     "--aggregation": (["prod"], ["--method", "relationnet"]),
-    "--temperature": (["0", "-1", "nan"], ["--method", "simclr"]),
+    "--temperature": (["0", "-1", "nan", "1e-30", "1000"], ["--method", "simclr"]),
     "--simclr_loss": (["foo"], ["--method", "simclr"]),
     "--dim_alpha": (["-1"], ["--method", "deepinfomax"]),
     "--dim_beta": (["-1"], ["--method", "deepinfomax"]),
@@ -47,17 +49,17 @@ BY_FLAG = {
     "--relic_weight_decay": (["-1", "inf"], ["--method", "relic"]),
     "--relic_hidden": (["0"], ["--method", "relic"]),
     "--relic_projection": (["0"], ["--method", "relic"]),
-    "--device": (["tpu", "cuda:x"], []),
-    "--image_size": (["-1", "48"], []),
+    "--device": (["tpu", "cuda:x", "cpu:5"], []),
+    "--image_size": (["-1", "48", "1", "20000"], []),
     "--knn": (["-1", "abc", "100000"], []),
     "--retrieval": (["-1", "abc", "100000"], []),
 }
 PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features"}
 # Output folders: the bad value is a file where the folder should be.
 OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features"}
-# Flags with no invalid value: a visible-GPU list and on/off switches.
-NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
-                "--relic_siglip"}
+# Flags with no invalid value: on/off switches.
+NO_BAD_VALUE = {"--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
+                "--relic_siglip", "--cross_domain"}
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
 
 
