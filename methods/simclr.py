@@ -52,11 +52,11 @@ class SimCLR(Method):
     def check_options(cls, options: dict) -> str | None:
         if options["simclr_loss"] not in SIMCLR_LOSSES:
             return f"--simclr_loss {options['simclr_loss']}: choose one of {', '.join(SIMCLR_LOSSES)}"
-        lowest = MIN_TEMPERATURE[options["simclr_loss"]]
+        loss, lowest = options["simclr_loss"], MIN_TEMPERATURE[options["simclr_loss"]]
         if not (lowest <= options["temperature"] <= MAX_TEMPERATURE):
+            why = " (exp(1/T) overflows below; ntxent takes smaller ones)" if loss == "original" else ""
             return (f"--temperature {options['temperature']}: must be between {lowest:g} and {MAX_TEMPERATURE:g} "
-                    f"with --simclr_loss {options['simclr_loss']}"
-                    + (" (exp(1/T) overflows below; ntxent takes smaller ones)" if options["simclr_loss"] == "original" else ""))
+                    f"with --simclr_loss {loss}{why}")
         return None
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,

@@ -24,7 +24,7 @@ def test_16_bit_and_float_images_are_scaled_by_their_range(tmp_path):
     ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
     Image.fromarray(ramp).save(root / "train" / "b" / "float.tif")
     data = load_dataset("folder", "train", root)
-    names = sorted(p.name for p in (root / "train" / "a").iterdir()) + sorted(p.name for p in (root / "train" / "b").iterdir())
+    names = [path.name for name in ("a", "b") for path in sorted((root / "train" / name).iterdir())]
     deep = data.images[names.index("deep.png")]
     expected = np.rint(np.asarray(Image.open(root / "train" / "a" / "deep.png"), dtype=np.float64) * 255 / 65535)
     assert torch.equal(deep[0], torch.from_numpy(expected.astype(np.uint8)))  # not clipped to {0, 255}
