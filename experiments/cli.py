@@ -157,6 +157,9 @@ class Stage1Parser(Parser):
                 elif method.name != parsed.method:
                     self.error(f"--{option.name} belongs to --method {method.name}, not {parsed.method}: "
                                f"drop it or pass --method {method.name}")
+                elif type(option.default) is int and getattr(parsed, option.name) > INTEGER_LIMIT:
+                    self.error(f"argument --{option.name}: must be at most {INTEGER_LIMIT}, got "
+                               f"{getattr(parsed, option.name)}")
         return parsed, extras
 
 
