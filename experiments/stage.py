@@ -39,7 +39,7 @@ def run_main(main: Callable[[], None]) -> None:
         try:
             main()
         finally:
-            if in_main_thread:
+            if previous_interrupt is not None:  # None: not in the main thread, or a handler set outside Python
                 signal.signal(signal.SIGINT, previous_interrupt)
     except Terminated:
         sys.stderr.write(f"{prog}: terminated; files saved before are intact (a stage-1 run "
