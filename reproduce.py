@@ -27,8 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backbones import BACKBONES
-from engine.checkpoint import (
+from utils.entry import exit_quietly_on_interrupt
+
+exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
+
+from backbones import BACKBONES  # noqa: E402
+from engine.checkpoint import (  # noqa: E402
     RunFiles,
     RunLock,
     atomic_write_bytes,
@@ -36,11 +40,11 @@ from engine.checkpoint import (
     run_header,
     save_json,
 )
-from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
-from experiments.plots import matplotlib_available, plot_training_curves, stage_logs
-from experiments.report import write_results
-from experiments.stage import run_main
-from experiments.studies import (
+from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int  # noqa: E402
+from experiments.plots import matplotlib_available, plot_training_curves, stage_logs  # noqa: E402
+from experiments.report import write_results  # noqa: E402
+from experiments.stage import run_main  # noqa: E402
+from experiments.studies import (  # noqa: E402
     ALL_METHODS,
     CONDITIONS,
     STUDIES,
@@ -49,9 +53,9 @@ from experiments.studies import (
     batch_size,
     relationnet_k,
 )
-from methods import METHODS
-from utils.errors import UserError
-from utils.runtime import resolve_device
+from methods import METHODS  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 # Settings that change the numbers of every run: a grid folder holds one value of each.

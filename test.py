@@ -11,7 +11,11 @@ import json
 import time
 from pathlib import Path
 
-from utils.runtime import tune_allocator
+from utils.entry import exit_quietly_on_interrupt
+
+exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
+
+from utils.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()
 
@@ -19,10 +23,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from backbones import build_backbone  # noqa: E402
+from backbones import build_backbone, check_image_side  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
-from datasets import load_dataset  # noqa: E402
-from engine.checkpoint import append_csv_row, check_backbone, read_checkpoint  # noqa: E402
+from datasets import DATASETS, image_side, load_dataset  # noqa: E402
+from engine.checkpoint import append_csv_row, check_backbone, read_checkpoint, stage1_method_by_keys  # noqa: E402
 from evaluation.linear import score_logits  # noqa: E402
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
@@ -35,13 +39,22 @@ COLUMNS = ["time", "dataset", "seed", "accuracy", "top5", "loss", "images", "sec
            "knn_k", "knn_accuracy", "knn_top5", "retrieval_k", "retrieval_precision"]
 
 
-def stage1_method_by_keys(state: dict) -> str:
-    """Name the method of a checkpoint of the original code from its keys (section 9)."""
-    for key, method in (("relation", "relationnet"), ("head", "simclr"), ("loss_fn", "deepinfomax"),
-                        ("classifier", "rotationnet or deepcluster")):
-        if key in state:
-            return method
-    return "randomweights"
+def refuse_other_domain(state: dict, args, linear: bool, side: int) -> None:
+    """A classifier scored on another data set's classes (CIFAR-10's on STL-10: ten classes
+    both) or a backbone fed images of another size gives a number that looks valid; refuse
+    both unless --cross_domain asks for it. Checkpoints that do not record their data set
+    (the original code's) are not refused."""
+    trained_on = state.get("dataset")
+    if trained_on is None:
+        return
+    if linear and trained_on != args.dataset:
+        raise UserError(f"the classifier in {args.checkpoint} was trained on {trained_on}, not {args.dataset}: "
+                        f"pass --dataset {trained_on}, or --cross_domain to score it on {args.dataset} anyway")
+    stored = state.get("args") if isinstance(state.get("args"), dict) else {}
+    trained_side = image_side(trained_on, stored.get("image_size", 0)) if trained_on in DATASETS else None
+    if trained_side is not None and trained_side != side:
+        raise UserError(f"{args.checkpoint} was trained on {trained_side}x{trained_side} {trained_on} images, "
+                        f"these are {side}x{side}: pass --cross_domain to score it on them anyway")
 
 
 def check_output_folder(flag: str, path: str | None) -> None:
@@ -74,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     if linear and state["classifier"]["weight"].shape[0] != test.num_classes:
         raise UserError(f"the classifier in {args.checkpoint} has {state['classifier']['weight'].shape[0]} "
                         f"classes but {args.dataset} has {test.num_classes}: pass the --dataset it was trained on")
+    if not args.cross_domain:
+        refuse_other_domain(state, args, linear, test.side)
+    check_image_side(args.backbone, stem, test.side)
     if args.retrieval >= len(test):
         raise UserError(f"--retrieval {args.retrieval}: the {args.dataset} test split has only {len(test)} "
                         "images to retrieve from")

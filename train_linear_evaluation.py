@@ -10,13 +10,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from utils.runtime import tune_allocator
+from utils.entry import exit_quietly_on_interrupt
+
+exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
+
+from utils.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()
 
 import torch  # noqa: E402
 
-from backbones import build_backbone  # noqa: E402
+from backbones import build_backbone, check_image_side  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
 from datasets import DATASETS, load_dataset  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
@@ -175,6 +179,7 @@ def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, meth
         print(f"[INFO] Semi-supervised: {len(train)} labelled images "
               f"({args.label_fraction * 100:g}% of each class)")
 
+    check_image_side(args.backbone, stem, train.side)
     backbone = build_backbone(args.backbone, stem)
     describe_backbone(args.backbone, backbone, device, stem)
     print("[INFO] Loading checkpoint...")

@@ -12,20 +12,25 @@ import contextlib
 import os
 import sys
 
-from utils.runtime import tune_allocator
+from utils.entry import exit_quietly_on_interrupt
+
+exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
+
+from utils.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()  # before torch allocates its first large block
 
 
 from torch import nn  # noqa: E402
 
-from backbones import build_backbone, refuse_stem_without_choice, resolve_stem  # noqa: E402
+from backbones import build_backbone, check_image_side, refuse_stem_without_choice, resolve_stem  # noqa: E402
 from datasets import image_side, load_dataset, pretraining_split  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
     RunFiles,
     RunLock,
     check_backbone,
     read_checkpoint,
+    refuse_other_kind,
     run_header,
     save_checkpoint,
 )
@@ -49,13 +54,11 @@ RESUME_MAY_CHANGE = {"epochs", "resume", "checkpoint", "epoch_start", "device", 
                      "compile", "channels_last", "eval_every", "eval_images", "tensorboard"}
 
 
-def saved_epochs(total: int, save_every: int) -> set[int]:
-    """Epoch counts after which a numbered checkpoint is written: 25/50/75/100% as in the
-    original code, plus every `save_every` epochs."""
-    epochs = {int(total * q) for q in (0.25, 0.5, 0.75)} | {total}
-    if save_every:
-        epochs |= set(range(save_every, total + 1, save_every))
-    return {e for e in epochs if e > 0}
+def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
+    """Whether a numbered checkpoint is written after `epoch` epochs: at 25/50/75/100% as in
+    the original code, and every `save_every` epochs (a test, not a set: --epochs may be huge)."""
+    quarters = {int(total * q) for q in (0.25, 0.5, 0.75)} | {total}
+    return epoch > 0 and (epoch in quarters or bool(save_every) and epoch % save_every == 0)
 
 
 def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | None]:
@@ -156,6 +159,8 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
     backbone, stem = stage1_backbone(args, data.side, device)
     method = method_class.from_args(backbone, data.num_classes, args).to(device)
+    for group in method.view_groups:
+        check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
 
     if resume_state:
         check_backbone(resume_state, args.backbone, resume.path, stem)
@@ -164,18 +169,19 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
         check_backbone(state, args.backbone, args.checkpoint, stem)
+        refuse_other_kind(state, args.checkpoint, args.method)
         print(f"Loading checkpoint: {args.checkpoint}")
         method.load_checkpoint_state(state)
         print("Loading checkpoint: Done!")
 
-    numbered = saved_epochs(args.epochs, args.save_every)
     watching = ranks.is_main and args.eval_every > 0
     monitor = knn_monitor(args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images,
                           seed, device) if watching else None
     listeners = [tensorboard_listener(args.tensorboard, header)] if args.tensorboard and ranks.is_main else []
     plan = TrainingPlan(
         epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
-        checkpoint_paths=lambda e: [files.epoch_checkpoint(e)] if e in numbered else [],
+        checkpoint_paths=lambda e: ([files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every)
+                                    else []),
         rolling_checkpoint=files.last_checkpoint,
         extra_state={"method": args.method, "backbone_name": args.backbone, **stem_entry(stem),
                      "dataset": args.dataset, "seed": seed, "args": vars(args), "world_size": ranks.world_size},

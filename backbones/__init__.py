@@ -5,8 +5,10 @@ resnet18 and resnet50 are built with a stem (`STEMS`); :func:`resolve_stem` turn
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
+import torch
 from torch import nn
 
 from backbones.conv4 import Conv4
@@ -15,7 +17,7 @@ from backbones.resnet_small import resnet8, resnet32, resnet56
 from utils.errors import UserError
 
 __all__ = ["BACKBONES", "CIFAR_STEM_MAX_SIDE", "STEMS", "STEM_CHOICE", "backbone_variants", "build_backbone",
-           "refuse_stem_without_choice", "resolve_stem"]
+           "check_image_side", "refuse_stem_without_choice", "resolve_stem"]
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "conv4": Conv4,
@@ -74,3 +76,28 @@ def build_backbone(name: str, stem: str | None = None) -> nn.Module:
     if stem is not None:
         raise ValueError(f"backbone '{name}' has a single stem; got stem {stem!r}")
     return BACKBONES[name]()
+
+
+@lru_cache(maxsize=None)
+def _shape_only(name: str, stem: str | None) -> nn.Module:
+    """The backbone on the meta device: it computes output shapes without memory or arithmetic."""
+    with torch.device("meta"):
+        return build_backbone(name, stem).eval()
+
+
+def _takes_side(name: str, stem: str | None, side: int) -> bool:
+    try:
+        _shape_only(name, stem)(torch.zeros(2, 3, side, side, device="meta"))
+    except RuntimeError:  # a pooling or convolution output of size 0
+        return False
+    return True
+
+
+def check_image_side(name: str, stem: str | None, side: int, what: str = "images") -> None:
+    """Refuse, in one line before any training, images (or views) of `side` pixels that
+    backbone `name` pools away to nothing (conv4 halves the side four times)."""
+    if _takes_side(name, stem, side):
+        return
+    smallest = next(s for s in range(side + 1, 4097) if _takes_side(name, stem, s))
+    raise UserError(f"{what} of {side}x{side} px are too small for backbone {name}, which needs at least "
+                    f"{smallest}x{smallest}: pass a larger --image_size (--dataset folder) or another --backbone")

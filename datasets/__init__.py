@@ -83,10 +83,14 @@ def load_dataset(
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     loader = DATASETS[name]
     if "image_size" in inspect.signature(loader).parameters:
-        return loader(data_root, split, download=download, image_size=image_size)
-    data = loader(data_root, split, download=download)
-    # Fixed-size data sets keep the size their constants (padding, published results) belong to.
-    if image_size and image_size != data.side:
-        raise DatasetError(f"--image_size {image_size}: the {name} images are {data.side}x{data.side} and are "
-                           f"not resized (only 'folder' is); use {data.side} or 0")
+        data = loader(data_root, split, download=download, image_size=image_size)
+    else:
+        data = loader(data_root, split, download=download)
+        # Fixed-size data sets keep the size their constants (padding, published results) belong to.
+        if image_size and image_size != data.side:
+            raise DatasetError(f"--image_size {image_size}: the {name} images are {data.side}x{data.side} and are "
+                               f"not resized (only 'folder' is); use {data.side} or 0")
+    if len(data) == 0:  # e.g. a CIFAR batch of 0 images, a 0-byte unlabeled_X.bin
+        raise DatasetError(f"the {name} {split} split in {os.fspath(data_root)} holds no images: its files are "
+                           "empty or truncated; replace them (delete the folder to download it again)")
     return data

@@ -115,16 +115,27 @@ def _parse_batch(path: Path, label_keys: tuple[str, ...], num_classes: tuple[int
         raw = d.get(key)
         if raw is None:
             raise DatasetError(f"{path}: {hint} (no '{key}' entry)")
+        # Checked before converting: a list of shared sub-lists pickles small and expands to
+        # gigabytes, and integers beyond int64 overflow.
+        if not _flat_integers(raw):
+            raise DatasetError(f"{path}: {hint} ('{key}' is not a flat list of integers)")
+        if len(raw) != data.shape[0]:
+            raise DatasetError(f"{path}: {hint} ({len(raw)} '{key}' for {data.shape[0]} images)")
         try:
-            lab = np.asarray(raw, dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            raise DatasetError(f"{path}: {hint} ('{key}' is not a list of integers)") from None
-        if lab.shape[0] != data.shape[0]:
-            raise DatasetError(f"{path}: {hint} ({lab.shape[0]} '{key}' for {data.shape[0]} images)")
+            lab = np.asarray(raw, dtype=np.int64)
+        except OverflowError:
+            raise DatasetError(f"{path}: {hint} ('{key}' outside 0..{classes - 1})") from None
         if lab.size and (lab.min() < 0 or lab.max() >= classes):
             raise DatasetError(f"{path}: {hint} ('{key}' outside 0..{classes - 1})")
         labels.append(lab)
     return data, labels
+
+
+def _flat_integers(raw: object) -> bool:
+    if isinstance(raw, np.ndarray):
+        return raw.ndim == 1 and raw.dtype.kind in "iu"
+    return isinstance(raw, (list, tuple)) and all(isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                                         for value in raw)
 
 
 def _to_images(chunks: list[np.ndarray]) -> torch.Tensor:

@@ -8,7 +8,9 @@ Layout (``root`` is the tree itself)::
                                         pretraining only; there is no test split)
 
 Images are files with a common extension (see :data:`IMAGE_EXTENSIONS`, any case);
-hidden files and folders are skipped, other files ignored. Everything is converted to
+hidden files and folders are skipped, other files ignored. Links are followed only inside
+the tree, once, and never into a folder that holds them or into another class (see
+:class:`_Tree`); a link not followed is named in a warning line. Everything is converted to
 RGB. With ``image_size`` the images are resized (shorter side to ``image_size``, bicubic,
 then centre crop); without it they must all be square and of one size.
 
@@ -20,12 +22,13 @@ and later stages normalise with the training statistics without decoding train a
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 from .base import DatasetError, ImageSet, check_split
-from .images import cached, decode_images
+from .images import cached, decode_images, decoded_images_problem
 
 __all__ = ["load_folder", "IMAGE_EXTENSIONS", "scan_tree", "decode_split"]
 
@@ -43,22 +46,71 @@ def _is_image(entry: os.DirEntry) -> bool:
     return entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder: Path) -> list[Path]:
+class _Tree:
+    """Where a scan of one split may go. Links are followed only inside the data set's tree,
+    never back up to a folder that holds them (`up -> ..` would read every class again, as
+    this class), never into another class's folder, and never twice into one folder."""
+
+    def __init__(self, root: Path):
+        self.root = os.path.realpath(root)
+        self.read: set[str] = set()
+        self.classes: set[str] = set()  # the real paths of the split's class folders
+
+    def _refusal(self, real: str, home: str) -> str | None:
+        def within(path: str, folder: str) -> bool:
+            return os.path.commonpath([path, folder]) == folder
+        if not within(real, self.root):
+            return "leads out of the data set's tree"
+        if within(home, real) and real != home:
+            return "leads back up to a folder that holds it"
+        if any(within(real, other) for other in self.classes - {home}):
+            return "leads into another class's folder"
+        if real in self.read:
+            return "leads to a folder already read"
+        return None
+
+    def enter(self, folder: str | os.PathLike, home: str) -> bool:
+        """Whether to read `folder` (below the class folder whose real path is `home`), which
+        is then marked as read; a link not followed is named in one warning line."""
+        real = os.path.realpath(folder)
+        refusal = self._refusal(real, home)
+        if refusal is None:
+            self.read.add(real)
+            return True
+        print(f"[WARNING] {folder}: not followed, the link {refusal}", file=sys.stderr, flush=True)
+        return False
+
+    def holds(self, file: str | os.PathLike) -> bool:
+        """Whether an image file (or what its link points to) lies inside the tree."""
+        if not os.path.islink(file):
+            return True
+        if os.path.commonpath([os.path.realpath(file), self.root]) == self.root:
+            return True
+        print(f"[WARNING] {file}: not read, the link leads out of the data set's tree", file=sys.stderr, flush=True)
+        return False
+
+
+def _images_under(folder: Path, tree: _Tree) -> list[Path]:
     """Image files anywhere below ``folder`` (like ImageFolder), in sorted path order."""
+    home = os.path.realpath(folder)
+    if not tree.enter(folder, home):
+        return []
     found = []
     for top, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends in this order
+        # os.walk descends in this order, into the folders kept
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and tree.enter(os.path.join(top, d), home)]
         found += [Path(top, f) for f in sorted(files)
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                  and tree.holds(os.path.join(top, f))]
     return found
 
 
-def _scan_split(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+def _scan_split(folder: Path, tree: _Tree) -> tuple[list[Path], list[int], list[str]]:
     """Image paths, labels and sorted class names of one split folder (no classes: labels -1)."""
     with os.scandir(folder) as it:
         entries = _visible(it)
     classes = [e.name for e in entries if e.is_dir()]
-    loose = [Path(e.path) for e in entries if _is_image(e)]
+    loose = [Path(e.path) for e in entries if _is_image(e) and tree.holds(e.path)]
     if classes and loose:
         raise DatasetError(f"{folder} holds both class folders and images ({loose[0].name}, ...); "
                            "move the images into class folders, or remove the class folders for unlabelled data")
@@ -67,8 +119,9 @@ def _scan_split(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     if not classes:
         raise DatasetError(f"{folder}: no images and no class folders; expected {LAYOUT}")
     paths, labels = [], []
+    tree.classes = {os.path.realpath(folder / name) for name in classes}
     for index, name in enumerate(classes):
-        found = _images_under(folder / name)
+        found = _images_under(folder / name, tree)
         if not found:
             raise DatasetError(f"{folder / name}: class folder without images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); "
                                "add images or delete the folder")
@@ -97,7 +150,7 @@ def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Te
     folders = {s: base / s for s in SPLITS}
     if not folders["train"].is_dir():
         raise DatasetError(f"{folders['train']} not found; expected {layout}")
-    train_paths, train_labels, classes = _scan_split(folders["train"])
+    train_paths, train_labels, classes = _scan_split(folders["train"], _Tree(base))
     if split == "train":
         return train_paths, torch.tensor(train_labels, dtype=torch.int64), classes, train_paths
     if not classes:
@@ -105,7 +158,7 @@ def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Te
                            "pretraining only: there is no test split or labels; use class folders for evaluation")
     if not folders["test"].is_dir():
         raise DatasetError(f"{folders['test']} not found; expected {layout}")
-    paths, labels, test_classes = _scan_split(folders["test"])
+    paths, labels, test_classes = _scan_split(folders["test"], _Tree(base))
     if test_classes != classes:
         raise DatasetError(_difference(classes, test_classes, folders["test"]))
     return paths, torch.tensor(labels, dtype=torch.int64), classes, train_paths
@@ -113,8 +166,8 @@ def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Te
 
 def decode_split(base: Path, split: str, paths: list[Path], size: int) -> torch.Tensor:
     """The images at ``paths`` as uint8 (N, 3, S, S), decoded once and then read from ``<base>/.cache/<split>.pt``."""
-    return cached(base / CACHE_FOLDER / f"{split}.pt", paths,
-                  lambda: {"images": decode_images(paths, size)}, key=f"size={size}")["images"]
+    return cached(base / CACHE_FOLDER / f"{split}.pt", paths, lambda: {"images": decode_images(paths, size)},
+                  key=f"size={size}", problem=lambda tensors: decoded_images_problem(tensors, paths, size))["images"]
 
 
 def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> dict[str, torch.Tensor]:
@@ -130,6 +183,16 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> dict[str, torch.T
     std = (squares / count - mean.square()).clamp_min(0).sqrt()
     # A channel without variation (e.g. blank images) would divide by zero when normalising.
     return {"mean": mean, "std": std.clamp_min(1 / 255)}
+
+
+def _stats_problem(tensors: dict) -> str | None:
+    """What is wrong with a cache of `_channel_stats`, or None."""
+    for name, low in (("mean", 0.0), ("std", 1 / 255)):
+        value = tensors.get(name)
+        if not (isinstance(value, torch.Tensor) and value.dtype == torch.float64 and value.shape == (3,)
+                and bool(((value >= low) & (value <= 1)).all())):
+            return f"its {name} is not 3 numbers in [{low:.3g}, 1]"
+    return None
 
 
 def load_folder(root: str | os.PathLike, split: str, download: bool = False, image_size: int = 0) -> ImageSet:
@@ -152,7 +215,8 @@ def load_folder(root: str | os.PathLike, split: str, download: bool = False, ima
         train_images = images if split == "train" else decode_split(base, "train", train_paths, image_size)
         return _channel_stats(train_images)
 
-    stats = cached(base / CACHE_FOLDER / "stats.pt", train_paths, train_stats, key=f"size={image_size}")
+    stats = cached(base / CACHE_FOLDER / "stats.pt", train_paths, train_stats, key=f"size={image_size}",
+                   problem=_stats_problem)
     return ImageSet(
         name="folder",
         split=split,

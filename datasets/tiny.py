@@ -27,7 +27,7 @@ import torch
 from .base import DatasetError, ImageSet, check_split
 from .download import ensure_folder
 from .folder import CACHE_FOLDER
-from .images import cached, decode_images
+from .images import cached, decode_images, decoded_images_problem
 
 __all__ = ["load_tiny"]
 
@@ -105,7 +105,8 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
         return {"images": decode_images(files)}
 
     try:
-        images = cached(cache, files, decode)["images"]
+        images = cached(cache, files, decode,
+                        problem=lambda tensors: decoded_images_problem(tensors, files, None))["images"]
     except FileNotFoundError as exc:  # an image listed in val_annotations.txt is not there
         raise DatasetError(f"Tiny-ImageNet: {exc.filename} is missing; {fix}") from None
     if images.shape[2] != TINY_SIDE:

@@ -235,7 +235,42 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "backbone" not in state:
         raise UserError(f"checkpoint {path} has no 'backbone' entry: not a checkpoint of this "
                         "suite or of the original code")
+    for key, value in state.items():
+        if key in STATE_DICT_KEYS and not _is_state_dict(value):
+            raise UserError(f"checkpoint {path}: its '{key}' entry is a {type(value).__name__}, not a state dict "
+                            "of named tensors: the file is damaged or forged; use the file the stage wrote")
     return state
+
+
+# Entries that hold a module's state dict wherever they appear (the original code's keys).
+STATE_DICT_KEYS = frozenset({"backbone", "online_backbone", "relation", "head", "classifier", "loss_fn"})
+
+
+def _is_state_dict(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def stage1_method_by_keys(state: dict) -> str:
+    """Name the method of a checkpoint of the original code from its keys (section 9)."""
+    for key, method in (("relation", "relationnet"), ("head", "simclr"), ("loss_fn", "deepinfomax"),
+                        ("classifier", "rotationnet or deepcluster")):
+        if key in state:
+            return method
+    return "randomweights"
+
+
+def refuse_other_kind(state: dict, path: str | Path, method: str) -> None:
+    """Refuse, naming what the file is and where it belongs, a checkpoint that stage 1's
+    `--method method` cannot start from: a stage-2 file or another method's checkpoint."""
+    if "pretraining_method" in state:  # recorded by every stage-2 file of this suite
+        raise UserError(f"checkpoint {path} is a stage-2 file (linear evaluation or fine-tuning of a "
+                        f"{state['pretraining_method']} backbone): "
+                        "score it with test.py --checkpoint; stage 1 starts from a stage-1 checkpoint")
+    kind = state.get("method") or stage1_method_by_keys(state)
+    if method not in str(kind).split(" or "):
+        raise UserError(f"checkpoint {path} is a stage-1 {kind} checkpoint, not {method}: pass --method "
+                        f"{str(kind).split(' or ')[0]} to continue it, or give it to train_linear_evaluation.py "
+                        "--checkpoint to evaluate it")
 
 
 @lru_cache(maxsize=None)

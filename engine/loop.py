@@ -14,7 +14,6 @@ steps.
 """
 from __future__ import annotations
 
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -117,8 +116,12 @@ class Engine:
                             f"{available / 2**30:.1f} GiB are free on {self.device}: lower --K or --data_size")
 
     def steps_per_epoch(self, images: int) -> int:
-        count = images / self.plan.batch_size
-        return math.floor(count) if self.plan.drop_last else math.ceil(count)
+        """Steps of an epoch over `images`; a last batch of a single image joins the step before
+        it (see `batch_index`): batch norm cannot normalise one image in training mode."""
+        full, rest = divmod(images, self.plan.batch_size)
+        if self.plan.drop_last or (rest == 1 and full > 0):
+            return full
+        return full + (rest > 0)
 
     def epoch_steps(self) -> int:
         """Steps of this rank in an epoch that visits every training image once."""
@@ -215,6 +218,9 @@ class Engine:
         if steps == 0:
             raise UserError(f"--data_size {plan.batch_size} is larger than the {len(order)} training "
                             f"images and {method.name} drops the last incomplete batch: lower --data_size")
+        if len(order) == 1:
+            raise UserError("a single training image: batch norm needs at least 2 images per step; "
+                            "raise --train_subset or use more images")
         rank = plan.ranks.rank
         progress = EpochProgress.start(self.device, partial, rank)
         if partial is None:
@@ -266,8 +272,12 @@ class Engine:
                 "lr": method.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
 
     def batch_index(self, order: torch.Tensor, step: int) -> torch.Tensor:
-        """The training-set positions of step `step` of an epoch visiting `order`."""
-        return order[step * self.plan.batch_size:(step + 1) * self.plan.batch_size]
+        """The training-set positions of step `step` of an epoch visiting `order`; unless the
+        method drops it, the last step takes the rest (a smaller batch, or batch + 1 images)."""
+        start = step * self.plan.batch_size
+        if not self.plan.drop_last and step == self.steps_per_epoch(len(order)) - 1:
+            return order[start:]
+        return order[start:start + self.plan.batch_size]
 
     def augment_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The views of a uint8 batch, one float tensor per view group of the method, each

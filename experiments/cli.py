@@ -49,7 +49,15 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _integer(minimum: int):
+# Every integer flag stays below 2^31: torch's index and seed arithmetic is 32-bit in places,
+# and no count here (epochs, images, iterations) sensibly reaches it.
+INTEGER_LIMIT = 2**31 - 1
+# The largest image side a resize may ask for: 16 times STL-10's 96 px. Decoding holds
+# N x 3 x side^2 bytes, so a side of 20,000 asked gigabytes per image before any check.
+MAX_IMAGE_SIZE = 1536
+
+
+def _integer(minimum: int, maximum: int = INTEGER_LIMIT):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -57,6 +65,8 @@ def _integer(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
     parse.__name__ = f"integer >= {minimum}"
     return parse
@@ -78,6 +88,8 @@ def _number(accepts: Callable[[float], bool], requirement: str):
 
 positive_float = _number(lambda value: 0 < value < float("inf"), "a positive number")
 fraction = _number(lambda value: 0 < value <= 1, "a number in (0, 1]")
+# kNN votes with exp(similarity / T) and similarities reach 1: float32's exp overflows above 88.
+knn_temperature = _number(lambda value: 0.02 <= value <= 100, "a number from 0.02 to 100")
 
 
 def boolean(text: str) -> bool:
@@ -98,13 +110,20 @@ def run_id(text: str) -> str:
 
 positive_int = _integer(1)
 non_negative_int = _integer(0)
+_seed = _integer(-1)
 
 
-def _seed(text: str) -> int:
-    value = _integer(-1)(text)
-    if value > 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"must be below 2^31, got {value}")
-    return value
+# Whether the backbone can take a side is checked when the data are known (backbones.check_image_side).
+image_size = _integer(0, MAX_IMAGE_SIZE)
+_GPU = r"(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+)"
+
+
+def gpu_list(text: str) -> str:
+    """A CUDA_VISIBLE_DEVICES value: device numbers or GPU-/MIG- identifiers, comma-separated;
+    empty or -1 hides every GPU."""
+    if text in {"", "-1"} or re.fullmatch(f"{_GPU}(,{_GPU})*", text):
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU numbers (for example 0 or 0,1)")
 
 
 def common_parser(description: str, batch_default: int | None, output_help: str = "output root: files go to "
@@ -129,16 +148,18 @@ def common_parser(description: str, batch_default: int | None, output_help: str 
                         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
     parser.add_argument("--checkpoint_dir", default="./checkpoint", help=output_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--gpu", default=None,
-                        help="value for CUDA_VISIBLE_DEVICES, as in the original scripts")
+    parser.add_argument("--gpu", type=gpu_list, default=None,
+                        help="value for CUDA_VISIBLE_DEVICES, as in the original scripts: GPU numbers, "
+                             "comma-separated (default: leave it as it is)")
     parser.add_argument("--num_workers", type=non_negative_int, default=0,
                         help="accepted for the original command lines; the in-memory data path "
                              "needs no loader workers, so it changes nothing")
     parser.add_argument("--no_download", action="store_true",
                         help="never download a missing data set")
-    parser.add_argument("--image_size", type=non_negative_int, default=0,
-                        help="square side in pixels to resize the images to; only --dataset folder "
-                             "resizes (0 = the data set's own size, which folder images must share)")
+    parser.add_argument("--image_size", type=image_size, default=0,
+                        help="square side in pixels to resize the images to, at most "
+                             f"{MAX_IMAGE_SIZE}; only --dataset folder resizes (0 = the data set's own "
+                             "size, which folder images must share; default 0)")
     return parser
 
 
@@ -167,6 +188,9 @@ class Stage1Parser(Parser):
                 elif method.name != parsed.method:
                     self.error(f"--{option.name} belongs to --method {method.name}, not {parsed.method}: "
                                f"drop it or pass --method {method.name}")
+                elif type(option.default) is int and getattr(parsed, option.name) > INTEGER_LIMIT:
+                    self.error(f"argument --{option.name}: must be at most {INTEGER_LIMIT}, got "
+                               f"{getattr(parsed, option.name)}")
         return parsed, extras
 
 
@@ -308,7 +332,7 @@ def stage3_parser() -> Parser:
     parser.add_argument("--knn", type=non_negative_int, default=0, metavar="K",
                         help="also score a weighted k-nearest-neighbour classifier (cosine, "
                              "neighbours from the labelled training split; 0 = off)")
-    parser.add_argument("--knn_temperature", type=positive_float, default=0.07,
+    parser.add_argument("--knn_temperature", type=knn_temperature, default=0.07,
                         help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)")
     parser.add_argument("--retrieval", type=non_negative_int, default=0, metavar="K",
                         help="also score top-K image retrieval on the test split: the share of "
@@ -326,4 +350,8 @@ def stage3_parser() -> Parser:
     parser.add_argument("--log_dir", default=None, metavar="DIR",
                         help="folder of the test log (log_<checkpoint name>_test.csv), the retrieval "
                              "grid and the feature map (default: the checkpoint's folder)")
+    parser.add_argument("--cross_domain", action="store_true",
+                        help="score a checkpoint on a data set other than the one it was trained on, or with "
+                             "images of another size (refused by default, as a score of the wrong classes "
+                             "would look valid)")
     return parser

@@ -17,6 +17,7 @@ from torch import nn
 
 from engine.checkpoint import RunFiles, read_checkpoint, save_json
 from engine.commit import finish_commit
+from utils.entry import INTERRUPTED
 from utils.errors import UserError
 from utils.seeds import resolve_seed
 
@@ -36,8 +37,15 @@ def run_main(main: Callable[[], None]) -> None:
     prog = Path(sys.argv[0]).name
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    # While the stage runs, Ctrl-C is Python's KeyboardInterrupt (the training loop turns it
+    # into a stop after the step); before and after, the scripts' handler (utils/entry.py).
+    previous_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main_thread else None
     try:
-        main()
+        try:
+            main()
+        finally:
+            if previous_interrupt is not None:  # None: not in the main thread, or a handler set outside Python
+                signal.signal(signal.SIGINT, previous_interrupt)
     except Terminated:
         sys.stderr.write(f"{prog}: terminated; files saved before are intact (a stage-1 run "
                          "continues with --resume auto)\n")
@@ -46,9 +54,8 @@ def run_main(main: Callable[[], None]) -> None:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
     except KeyboardInterrupt:  # outside the training loop, or a second Ctrl-C inside it
-        sys.stderr.write(f"{prog}: interrupted; files saved before are intact (a stage-1 run "
-                         "continues with --resume auto)\n")
-        sys.exit(130)
+        sys.stderr.write(f"{prog}: {INTERRUPTED}\n")
+        sys.exit(128 + signal.SIGINT)
     except OSError as error:  # a full disk, a read-only folder, a file where a folder should be
         where = f": {error.filename}" if error.filename else ""
         sys.stderr.write(f"{prog}: error: {error.strerror or error}{where}\n")

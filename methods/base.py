@@ -227,13 +227,19 @@ class Method(nn.Module):
             if key not in state:
                 continue
             target = getattr(self, attribute)
-            if hasattr(target, "load_state_dict"):
-                target.load_state_dict(state[key])
-            elif isinstance(target, nn.Parameter):  # in place: the optimizer holds it
-                with torch.no_grad():
-                    target.copy_(state[key])
-            else:
-                setattr(self, attribute, state[key])
+            try:
+                if hasattr(target, "load_state_dict"):
+                    target.load_state_dict(state[key])
+                elif isinstance(target, nn.Parameter):  # in place: the optimizer holds it
+                    with torch.no_grad():
+                        target.copy_(state[key])
+                else:
+                    setattr(self, attribute, state[key])
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+                # torch reports a mismatch over several lines; its first line names the module
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UserError(f"the checkpoint's '{key}' does not fit this {self.name} ({first[:160]}): pass a "
+                                f"{self.name} checkpoint made with the same backbone, options and data set") from None
 
     def score(self, metrics: dict[str, float], loss: float) -> float:
         """The CSV `score` of an epoch, from its averaged metrics."""

@@ -27,6 +27,11 @@ SAMPLINGS = ("weighted", "uniform")
 KMEANS_ITERATIONS = 30  # the original's max_iter
 
 
+# Bounds of typos rather than of sense: k-means holds a (images x clusters) distance matrix.
+MAX_CLUSTERS = 2**16
+MAX_RESTARTS = 1000
+
+
 class DeepCluster(Method):
     name = "deepcluster"
     score_name = "accuracy"
@@ -67,8 +72,10 @@ class DeepCluster(Method):
     def check_options(cls, options: dict) -> str | None:
         if options["num_clusters"] < 0:
             return f"--num_clusters {options['num_clusters']}: must be at least 1 (or 0 for 10 x classes)"
-        if options["kmeans_restarts"] < 1:
-            return f"--kmeans_restarts {options['kmeans_restarts']}: must be at least 1"
+        if options["num_clusters"] > MAX_CLUSTERS:
+            return f"--num_clusters {options['num_clusters']}: must be at most {MAX_CLUSTERS}"
+        if not 1 <= options["kmeans_restarts"] <= MAX_RESTARTS:
+            return f"--kmeans_restarts {options['kmeans_restarts']}: must be from 1 to {MAX_RESTARTS}"
         if options["deepcluster_sampling"] not in SAMPLINGS:
             return (f"--deepcluster_sampling {options['deepcluster_sampling']}: choose one of "
                     f"{', '.join(SAMPLINGS)}")

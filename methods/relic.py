@@ -37,6 +37,10 @@ def critic(features: int, hidden: int, projection: int) -> nn.Sequential:
                          nn.Linear(hidden, projection, bias=False))
 
 
+MAX_CRITIC_WIDTH = 2**16
+MAX_VIEWS = 64  # the package uses 6; every view is a full augmented copy of the batch
+
+
 class ReLIC(Method):
     name = "relic"
     default_lr = 3e-4
@@ -106,6 +110,11 @@ class ReLIC(Method):
         for name in ("relic_update_every", "relic_hidden", "relic_projection"):
             if options[name] < 1:
                 return f"--{name} {options[name]}: must be at least 1"
+        for name in ("relic_hidden", "relic_projection"):  # a wider critic is a typo, and asked terabytes
+            if options[name] > MAX_CRITIC_WIDTH:
+                return f"--{name} {options[name]}: must be at most {MAX_CRITIC_WIDTH}"
+        if options["relic_global_views"] + options["relic_local_views"] > MAX_VIEWS:
+            return f"--relic_global_views, --relic_local_views: at most {MAX_VIEWS} views in all"
         return None
 
     @property

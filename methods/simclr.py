@@ -5,7 +5,6 @@ pulls the two projections of an image together against those of the other images
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -17,6 +16,12 @@ from utils.distributed import gather_with_gradient
 
 # `original` is the -log(mean ratio) form of the original code, `ntxent` the usual mean of logs.
 SIMCLR_LOSSES = {"original": simclr_original_loss, "ntxent": nt_xent_loss}
+
+
+# The original loss sums exp(similarity / T) directly: exp(50) is still far from float32's limit
+# (about exp(88)), exp(1/1e-30) overflows. NT-Xent works on the logits, which stay finite far lower.
+MIN_TEMPERATURE = {"original": 0.02, "ntxent": 1e-3}
+MAX_TEMPERATURE = 100.0
 
 
 class SimCLR(Method):
@@ -45,10 +50,13 @@ class SimCLR(Method):
 
     @classmethod
     def check_options(cls, options: dict) -> str | None:
-        if not (options["temperature"] > 0 and math.isfinite(options["temperature"])):
-            return f"--temperature {options['temperature']}: must be a positive number"
         if options["simclr_loss"] not in SIMCLR_LOSSES:
             return f"--simclr_loss {options['simclr_loss']}: choose one of {', '.join(SIMCLR_LOSSES)}"
+        loss, lowest = options["simclr_loss"], MIN_TEMPERATURE[options["simclr_loss"]]
+        if not (lowest <= options["temperature"] <= MAX_TEMPERATURE):
+            why = " (exp(1/T) overflows below; ntxent takes smaller ones)" if loss == "original" else ""
+            return (f"--temperature {options['temperature']}: must be between {lowest:g} and {MAX_TEMPERATURE:g} "
+                    f"with --simclr_loss {loss}{why}")
         return None
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,

@@ -52,6 +52,8 @@ def resolve_device(name: str) -> torch.device:
             raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise UserError(f"--device {name}: the CPU is one device; use --device cpu")
     elif device.type != "cpu":
         raise UserError(f"--device {name}: unsupported device type; use auto, cpu, cuda or cuda:N")
     return device

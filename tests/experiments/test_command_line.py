@@ -15,9 +15,11 @@ from experiments.stage import run_main
 
 # Bad values per argument type; a flag whose type is not here must be listed in BY_FLAG.
 BY_TYPE = {
-    cli.positive_int: ["0", "-3", "abc", "2.5"],
-    cli.non_negative_int: ["-1", "abc"],
+    cli.positive_int: ["0", "-3", "abc", "2.5", "1000000000000"],
+    cli.non_negative_int: ["-1", "abc", "2147483648"],
     cli.positive_float: ["0", "-1", "abc", "inf", "nan"],
+    cli.knn_temperature: ["0", "1e-30", "1000", "nan"],
+    cli.gpu_list: ["abc", "0,,1", "cuda:0"],
     cli.boolean: ["maybe"],
     cli.run_id: ["a/b", "x y"],
     cli.fraction: ["0", "-0.5", "1.5", "abc"],
@@ -30,26 +32,26 @@ BY_FLAG = {
     "--K": (["1", "-4", "100000"], ["--method", "relationnet"]),
     "--aggregation": (["prod"], ["--method", "relationnet"]),
     "--relation_loss": (["mse"], ["--method", "relationnet"]),
-    "--temperature": (["0", "-1", "nan"], ["--method", "simclr"]),
+    "--temperature": (["0", "-1", "nan", "1e-30", "1000"], ["--method", "simclr"]),
     "--simclr_loss": (["foo"], ["--method", "simclr"]),
     "--dim_alpha": (["-1"], ["--method", "deepinfomax"]),
     "--dim_beta": (["-1"], ["--method", "deepinfomax"]),
     "--dim_gamma": (["-1"], ["--method", "deepinfomax"]),
     "--dim_prior": (["foo"], ["--method", "deepinfomax"]),
-    "--num_clusters": (["-3"], ["--method", "deepcluster"]),
-    "--kmeans_restarts": (["0"], ["--method", "deepcluster"]),
+    "--num_clusters": (["-3", "100000", "10000000000"], ["--method", "deepcluster"]),
+    "--kmeans_restarts": (["0", "1001"], ["--method", "deepcluster"]),
     "--deepcluster_sampling": (["foo"], ["--method", "deepcluster"]),
     "--relic_alpha": (["-1", "nan"], ["--method", "relic"]),
-    "--relic_global_views": (["0"], ["--method", "relic"]),
-    "--relic_local_views": (["-1"], ["--method", "relic"]),
+    "--relic_global_views": (["0", "100"], ["--method", "relic"]),
+    "--relic_local_views": (["-1", "100000"], ["--method", "relic"]),
     "--relic_gamma": (["1.5", "-0.1"], ["--method", "relic"]),
-    "--relic_copy_steps": (["-1"], ["--method", "relic"]),
-    "--relic_update_every": (["0"], ["--method", "relic"]),
+    "--relic_copy_steps": (["-1", "10000000000"], ["--method", "relic"]),
+    "--relic_update_every": (["0", "10000000000"], ["--method", "relic"]),
     "--relic_weight_decay": (["-1", "inf"], ["--method", "relic"]),
-    "--relic_hidden": (["0"], ["--method", "relic"]),
-    "--relic_projection": (["0"], ["--method", "relic"]),
-    "--device": (["tpu", "cuda:x"], []),
-    "--image_size": (["-1", "48"], []),
+    "--relic_hidden": (["0", "10000000000"], ["--method", "relic"]),
+    "--relic_projection": (["0", "100000"], ["--method", "relic"]),
+    "--device": (["tpu", "cuda:x", "cpu:5"], []),
+    "--image_size": (["-1", "48", "1", "20000"], []),
     "--knn": (["-1", "abc", "100000"], []),
     "--retrieval": (["-1", "abc", "100000"], []),
 }
@@ -57,9 +59,9 @@ PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--expor
          "--log_dir"}
 # Output folders: the bad value is a file where the folder should be.
 OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features", "--tensorboard", "--log_dir"}
-# Flags with no invalid value: a visible-GPU list and on/off switches.
-NO_BAD_VALUE = {"--gpu", "--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
-                "--relic_siglip"}
+# Flags with no invalid value: on/off switches.
+NO_BAD_VALUE = {"--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
+                "--relic_siglip", "--cross_domain"}
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
 
 
