@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from backbones import build_backbone
 from datasets import load_dataset
@@ -59,6 +60,34 @@ def test_discriminators_exist_only_for_non_zero_weights():
     assert DeepInfoMax.default_lr == 1e-4 and DeepInfoMax.drop_last and _method().view_groups == [ViewGroup(1, "flip")]
     assert METHODS["deepinfomax"] is DeepInfoMax
 
+
+
+def _local_scores_as_the_original(local_d, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """The original's computation: the 1x1 convs on [M, y broadcast over every position]."""
+    grid = y[:, :, None, None].expand(-1, -1, M.shape[2], M.shape[3])
+    hidden = F.relu(local_d.c0(torch.cat([M, grid], dim=1)))
+    return local_d.c2(F.relu(local_d.c1(hidden)))
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_local_scores_and_gradients_equal_the_original_computation(dtype, tolerance):
+    torch.manual_seed(0)
+    local_d = DIMDiscriminators(64, 8, 0.0, 1.0, 0.0).local_d.to(dtype)
+    y = torch.randn(6, 64, dtype=dtype, requires_grad=True)
+    M = torch.randn(6, 8, 5, 7, dtype=dtype).relu().requires_grad_()  # not square: H and W kept apart
+    results = []
+    for score in (local_d, lambda y, M: _local_scores_as_the_original(local_d, y, M)):
+        scores = score(y, M)
+        term = jsd_discriminator_loss(scores, score(y, negatives(M)))
+        inputs = (y, M, *local_d.parameters())
+        results.append((scores, term, torch.autograd.grad(term, inputs)))
+    (scores, term, gradients), (expected_scores, expected_term, expected_gradients) = results
+    assert scores.shape == expected_scores.shape == (6, 1, 5, 7)
+    torch.testing.assert_close(scores, expected_scores, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(term, expected_term, rtol=tolerance, atol=tolerance)
+    for gradient, expected in zip(gradients, expected_gradients, strict=True):
+        assert gradient.abs().sum() > 0
+        torch.testing.assert_close(gradient, expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
 # --- the loss ----------------------------------------------------------------------------------
 
