@@ -11,7 +11,11 @@ import json
 import time
 from pathlib import Path
 
-from utils.runtime import tune_allocator
+from utils.threads import configure_threads
+
+configure_threads()  # before torch loads OpenMP, which reads its variables only then
+
+from utils.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()
 

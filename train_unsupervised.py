@@ -12,7 +12,11 @@ import contextlib
 import os
 import sys
 
-from utils.runtime import tune_allocator
+from utils.threads import configure_threads
+
+configure_threads()  # before torch loads OpenMP, which reads its variables only then
+
+from utils.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()  # before torch allocates its first large block
 

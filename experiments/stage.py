@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.checkpoint import RunFiles, read_checkpoint, save_json
 from utils.errors import UserError
+from utils.threads import thread_settings
 
 
 class Terminated(Exception):
@@ -78,7 +79,7 @@ def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
                "python": platform.python_version(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "pid": os.getpid(), **extra}, path)
+               **thread_settings(), "pid": os.getpid(), **extra}, path)
 
 
 def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str], world_size: int = 1,
