@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from backbones import build_backbone
 from datasets import load_dataset
@@ -22,6 +21,9 @@ from methods.losses import jsd_discriminator_loss
 from tests.helpers import GOLDEN, REPO
 from utils.errors import UserError
 from utils.seeds import seed_everything
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import reference  # noqa: E402  the original code's computations
 
 GOLDEN_DIM = GOLDEN / "deepinfomax.pt"
 
@@ -62,25 +64,19 @@ def test_discriminators_exist_only_for_non_zero_weights():
 
 
 
-def _local_scores_as_the_original(local_d, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """The original's computation: the 1x1 convs on [M, y broadcast over every position]."""
-    grid = y[:, :, None, None].expand(-1, -1, M.shape[2], M.shape[3])
-    hidden = F.relu(local_d.c0(torch.cat([M, grid], dim=1)))
-    return local_d.c2(F.relu(local_d.c1(hidden)))
-
-
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_local_scores_and_gradients_equal_the_original_computation(dtype, tolerance):
     torch.manual_seed(0)
     local_d = DIMDiscriminators(64, 8, 0.0, 1.0, 0.0).local_d.to(dtype)
+    original = reference.LocalDiscriminator(64, 8).to(dtype)  # the original's convs on [M, y at every position]
+    original.load_state_dict(local_d.state_dict())  # strict: the same parameters
     y = torch.randn(6, 64, dtype=dtype, requires_grad=True)
     M = torch.randn(6, 8, 5, 7, dtype=dtype).relu().requires_grad_()  # not square: H and W kept apart
     results = []
-    for score in (local_d, lambda y, M: _local_scores_as_the_original(local_d, y, M)):
-        scores = score(y, M)
-        term = jsd_discriminator_loss(scores, score(y, negatives(M)))
-        inputs = (y, M, *local_d.parameters())
-        results.append((scores, term, torch.autograd.grad(term, inputs)))
+    for discriminator in (local_d, original):
+        scores = discriminator(y, M)
+        term = jsd_discriminator_loss(scores, discriminator(y, negatives(M)))
+        results.append((scores, term, torch.autograd.grad(term, (y, M, *discriminator.parameters()))))
     (scores, term, gradients), (expected_scores, expected_term, expected_gradients) = results
     assert scores.shape == expected_scores.shape == (6, 1, 5, 7)
     torch.testing.assert_close(scores, expected_scores, rtol=tolerance, atol=tolerance)
