@@ -6,8 +6,9 @@ pipeline, a DataLoader with worker processes batches them, and the training proc
 concatenates the views, runs the backbone in eager float32, builds the relation pairs with
 the Python double loop over view blocks and steps Adam; meters read `.item()` every step.
 Only the backbone modules are this suite's: they are the original architectures (their
-initial weights match the original's bit for bit). Deep InfoMax's path (section 4.4) is the
-same loader over single flipped images, its discriminators' original computation and loss.
+initial weights match the original's bit for bit), and Deep InfoMax's local discriminator's
+layers. Its path (section 4.4) is the same loader over single flipped images, that
+discriminator's original computation and the original loss.
 
 relic-pytorch's path, as `../shared/reference/relic-behaviour.md` describes it, is rebuilt
 the same way: its global and local view transforms on PIL images in the same DataLoader,
@@ -26,6 +27,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from methods import deepinfomax
 
 LOADER_WORKERS = 2
 
@@ -246,15 +249,9 @@ def relic_step(model, optimizer, views, global_views, device, meters, gamma: flo
     meters[1].update(invariance.item(), len(views[0]))
 
 
-class LocalDiscriminator(nn.Module):
-    """The original local discriminator: 1x1 convs on [M, y broadcast over every position]
-    (its state-dict keys are this suite's)."""
-
-    def __init__(self, y_size: int, m_channels: int):
-        super().__init__()
-        self.c0 = nn.Conv2d(y_size + m_channels, 256, kernel_size=1)
-        self.c1 = nn.Conv2d(256, 256, kernel_size=1)
-        self.c2 = nn.Conv2d(256, 1, kernel_size=1)
+class LocalDiscriminator(deepinfomax.LocalDiscriminator):
+    """The original local discriminator's computation, 1x1 convs on [M, y broadcast over
+    every position], with this suite's parameters (the original's layers and keys)."""
 
     def forward(self, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
         grid = y[:, :, None, None].expand(-1, -1, M.shape[2], M.shape[3])
