@@ -557,6 +557,10 @@ def compile_memory(args) -> str:
         f"{label} {main + children:,.0f} ({main:,.0f} + {children:,.0f})" for label, (main, children) in peaks.items())
 
 
+def seconds_and_ratios(times: list[float], alone: float) -> str:
+    return " and ".join(f"{t:.1f}" for t in times) + " (" + " and ".join(f"{t / alone:.2f}" for t in times) + "x alone)"
+
+
 def concurrent_runs(args) -> str:
     """Epoch time of each of two simultaneous stage-1 runs / that of one run alone, with
     OpenMP's default waiting and with the stage scripts' passive waiting."""
@@ -585,10 +589,9 @@ def concurrent_runs(args) -> str:
         except RuntimeError as error:
             return f"concurrent-runs: a run failed: {error}"
     return (f"concurrent-runs (relationnet Conv-4 K {K}, batch {batch}, {images} images; epoch s): alone "
-            f"{default_solo:.1f} with OpenMP's default waiting -> {passive_solo:.1f} passive "
-            f"({passive_solo / default_solo:.2f}x the time); two at once / alone: OpenMP's default "
-            + " and ".join(f"{t / default_solo:.2f}" for t in default_pair) + ", passive "
-            + " and ".join(f"{t / passive_solo:.2f}" for t in passive_pair) + " (2.00: they share the cores fairly)")
+            f"{default_solo:.1f} with OpenMP's default waiting, {passive_solo:.1f} passive "
+            f"({passive_solo / default_solo:.2f}x); two at once: default {seconds_and_ratios(default_pair, default_solo)}, "
+            f"passive {seconds_and_ratios(passive_pair, passive_solo)}; 2.00x alone: the two share the cores fairly")
 
 
 CHECKS = {"concurrent-runs": concurrent_runs, "compile-memory": compile_memory, "dim-ratio": dim_ratio}

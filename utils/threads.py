@@ -3,9 +3,10 @@
 Two runs side by side on the same cores (seeds of a grid, `reproduce.py --jobs`) slowed each
 other 2.5-fold: after every parallel region OpenMP's idle threads spin for about 3 ms before
 they sleep, taking the core from the other run's working threads. Passive waiting (the
-threads sleep at once) removed that, at no cost to a run alone (reference: issue 15 and the
-benchmark's concurrent-runs row). The thread count follows the CPUs this process may run on
-(`taskset`, a container's cpuset), not the machine's count.
+threads sleep at once) removed that, and a run alone was not slower with it (the benchmark's
+concurrent-runs check; on a busy machine it was 4 times faster). The thread count
+follows the CPUs this process may run on (`taskset`, a container's cpuset), not the
+machine's count.
 
 OpenMP reads its variables once, when torch loads it: `configure_threads` must run before the
 first `import torch` of the process, which is why the stage scripts call it first. A user's
