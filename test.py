@@ -15,6 +15,10 @@ from utils.entry import exit_quietly_on_interrupt
 
 exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
 
+from utils.threads import configure_threads  # noqa: E402
+
+configure_threads()  # before torch loads OpenMP, which reads its variables only then
+
 from utils.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()

@@ -11,7 +11,10 @@ suite (its Engine, methods and linear evaluation) run one after the other, each 
 subprocess. Each prints one line: images per second, seconds per CIFAR-10 epoch of 50,000
 images, peak memory, speed-up; the last line is a summary. The rows also go to a CSV
 (--csv). Timings on a shared machine are noisy: compare the ratios of one run, taken on an
-otherwise idle machine.
+otherwise idle machine. Three checks follow, a line each (not in the CSV): two stage-1 runs
+at once against one alone with OpenMP's default and passive waiting (concurrent-runs), the
+peak memory of relationnet-conv4 on the original's path, eager and compiled (compile-memory),
+and Deep InfoMax steps with the fast and the original local discriminator (dim-ratio).
 
 "images" are training images: a relationnet step of batch 64 at K 32 counts 64 images
 (2,048 views). Linear evaluation counts 100 epochs of 50,000 images: the reference runs the
@@ -48,7 +51,7 @@ DEFAULT_DATA_ROOT = os.environ.get("SSL_DATA_ROOT", str(REPO.parent / "shared" /
 
 @dataclass(frozen=True)
 class Config:
-    kind: str                  # relationnet, simclr, relic, lineval, or accuracy (fp32 against bf16)
+    kind: str                  # relationnet, simclr, relic, deepinfomax, lineval, or accuracy (fp32 against bf16)
     backbone: str
     batch: int
     views: int = 1
@@ -66,12 +69,14 @@ CONFIGS = {
     # relic-pytorch's CIFAR-10 run: 2 global + 4 local views, batch 256, ResNet-18 (CIFAR stem).
     "relic-resnet18": Config("relic", "resnet18", 256, 6, ("--precision", "bf16", "--compile", "--channels_last"),
                              3.0, steps=3, warmup=2),
+    "deepinfomax-conv4": Config("deepinfomax", "conv4", 128),
     "lineval-conv4": Config("lineval", "conv4", 128, target=20.0),
     # A short relationnet run in float32 and in bf16 + compile, each scored by linear evaluation.
     "accuracy-resnet32": Config("accuracy", "resnet32", 64, 4, ("--precision", "bf16", "--compile"), steps=100),
 }
 # --quick: the same code paths at sizes that run in seconds (a smoke test, not a measurement).
 QUICK = {"relationnet": dict(batch=16, views=4), "simclr": dict(batch=32), "relic": dict(batch=8),
+         "deepinfomax": dict(batch=16),
          "lineval": dict(batch=64), "accuracy": dict(batch=16, views=2)}
 QUICK_STEPS = dict(steps=2, warmup=1)
 
@@ -207,6 +212,16 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
 
         def step(batch):
             reference.relic_step(model, optimizer, batch[0], 2, device, meters)
+    elif config.kind == "deepinfomax":
+        from methods.deepinfomax import first_layer_channels
+        dataset = reference.SingleImages(images_hwc, labels, reference.deepinfomax_transform(mean, std))
+        model = reference.DeepInfoMaxModel(backbone, backbone.feature_size, first_layer_channels(backbone)).to(device)
+        optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": 1e-4},
+                                      {"params": [*model.local_d.parameters(), *model.prior_d.parameters()],
+                                       "lr": 1e-4}])
+
+        def step(batch):
+            reference.deepinfomax_step(model, optimizer, batch[0], device, meters)
     else:
         transform = reference.relationnet_transform(mean, std)
         dataset = reference.MultiViewImages(images_hwc, labels, transform, config.views)
@@ -363,9 +378,14 @@ def configured(name: str, quick: bool) -> Config:
 
 
 def worker_main(args) -> None:
-    if args.worker == "suite":
+    if args.worker in ("suite", "dim"):  # as every stage script does first
+        from utils.threads import configure_threads
+        configure_threads()
         from utils.runtime import tune_allocator
-        tune_allocator()  # as every stage script does first
+        tune_allocator()
+    if args.worker == "dim":
+        print(RESULT_PREFIX + json.dumps(dim_worker(args)), flush=True)
+        return
     config = configured(args.config, args.quick)
     measure = reference_worker if args.worker == "reference" else suite_worker
     children = ChildMemory()
@@ -378,7 +398,8 @@ def worker_main(args) -> None:
 # ------------------------------------------------------------------------------------------
 # The driver: runs the workers, prints a line per configuration and writes the CSV.
 
-def run_worker(side: str, name: str, args) -> tuple[Measurement | None, str]:
+def run_worker(side: str, name: str, args) -> tuple[Measurement | dict | None, str]:
+    """Run a worker in a fresh process: its Measurement (the dim worker: its result's fields)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--config", name,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
                "--data_root", args.data_root]
@@ -387,7 +408,8 @@ def run_worker(side: str, name: str, args) -> tuple[Measurement | None, str]:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     for line in reversed(result.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return Measurement(**json.loads(line[len(RESULT_PREFIX):])), ""
+            fields = json.loads(line[len(RESULT_PREFIX):])
+            return (fields if side == "dim" else Measurement(**fields)), ""
     tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
     return None, f"{side} worker failed (status {result.returncode}): {tail}"
 
@@ -473,10 +495,112 @@ def summary(rows: list[dict], seconds: float) -> str:
     return f"summary: {len(rows)} configurations in {seconds / 60:.1f} min{speed}; {verdict}"
 
 
+# ------------------------------------------------------------------------------------------
+# Throughput checks (issue 15): a line each, after the configurations.
+
+OPENMP_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# libgomp's own waiting when OMP_WAIT_POLICY is not set: spin about 3 ms, then sleep. Given
+# explicitly, it is the user's choice, which the stage scripts keep: the code before issue 15.
+OPENMP_DEFAULT_WAITING = {"GOMP_SPINCOUNT": "300000"}
+
+
+def dim_worker(args) -> dict:
+    """Deep InfoMax steps with the fast local discriminator and with the original's
+    computation of the same module, one step each in turn (both see the same load)."""
+    import types
+
+    import reference
+    import torch
+    data, description = load_images(args.data_root, args.quick)
+    config = configured("deepinfomax-conv4", args.quick)
+    seconds = {"fast": 0.0, "original": 0.0}
+    with tempfile.TemporaryDirectory() as folder:
+        engine = engine_for(config, data, torch.device(args.device), [], Path(folder))
+        local_d = engine.method.discriminators.local_d
+        forwards = {"fast": local_d.forward, "original": types.MethodType(reference.LocalDiscriminator.forward, local_d)}
+        epoch = engine.begin_epoch(0)
+        run_steps(engine, epoch, args.warmup)
+        step = args.warmup
+        for _ in range(args.steps):
+            for name, forward in forwards.items():
+                local_d.forward = forward
+                start = time.perf_counter()
+                run_steps(engine, epoch, 1, first=step)
+                seconds[name] += time.perf_counter() - start
+                step += 1
+    return {"data": description, "batch": config.batch, "steps": args.steps, **seconds}
+
+
+def dim_ratio(args) -> str:
+    measured = argparse.Namespace(**{**vars(args), "steps": args.steps or (2 if args.quick else 6),
+                                     "warmup": 1 if args.warmup is None else args.warmup})
+    result, error = run_worker("dim", "deepinfomax-conv4", measured)
+    if error:
+        return f"dim-ratio: {error}"
+    return (f"dim-ratio (deepinfomax, Conv-4, batch {result['batch']}, {result['steps']} steps each, alternating): "
+            f"{result['original'] / result['steps']:.2f} s per step with the original local discriminator's "
+            f"computation -> {result['fast'] / result['steps']:.2f} s, {result['original'] / result['fast']:.2f}x")
+
+
+def compile_memory(args) -> str:
+    """Peak memory of relationnet-conv4 (K 32) on the original's path, eager and compiled."""
+    peaks = {}
+    for label, side, compiled in (("original's path", "reference", False), ("eager", "suite", False),
+                                  ("--compile", "suite", True)):
+        measured = argparse.Namespace(**{**vars(args), "compile": compiled, "steps": args.steps or 3,
+                                         "warmup": 2 if args.warmup is None else args.warmup})
+        measurement, error = run_worker(side, "relationnet-conv4", measured)
+        if error:
+            return f"compile-memory: {error}"
+        peaks[label] = (measurement.peak_rss_mb, measurement.children_mb)
+    return "compile-memory (relationnet-conv4, peak MB, process + its child processes): " + "; ".join(
+        f"{label} {main + children:,.0f} ({main:,.0f} + {children:,.0f})" for label, (main, children) in peaks.items())
+
+
+def seconds_and_ratios(times: list[float], alone: float) -> str:
+    return " and ".join(f"{t:.1f}" for t in times) + " (" + " and ".join(f"{t / alone:.2f}" for t in times) + "x alone)"
+
+
+def concurrent_runs(args) -> str:
+    """Epoch time of each of two simultaneous stage-1 runs / that of one run alone, with
+    OpenMP's default waiting and with the stage scripts' passive waiting."""
+    if not (Path(args.data_root) / "cifar-10-batches-py").is_dir():
+        return f"concurrent-runs: skipped, it runs train_unsupervised.py on CIFAR-10 files, not found in {args.data_root}"
+    K, batch, images = (4, 16, 64) if args.quick else (32, 64, 640)
+    clean = {key: value for key, value in os.environ.items() if key not in OPENMP_VARIABLES}
+    with tempfile.TemporaryDirectory() as folder:
+        def epoch_seconds(variables: dict, runs: int) -> list[float]:
+            outs = [Path(tempfile.mkdtemp(dir=folder)) for _ in range(runs)]
+            commands = [[sys.executable, "train_unsupervised.py", "--dataset", "cifar10", "--method", "relationnet",
+                         "--backbone", "conv4", "--K", str(K), "--data_size", str(batch), "--epochs", "1",
+                         "--train_subset", str(images), "--seed", "1", "--device", "cpu", "--no_download",
+                         "--data_root", args.data_root, "--checkpoint_dir", str(out)] for out in outs]
+            children = [subprocess.Popen(command, cwd=REPO, env={**clean, **variables}, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True) for command in commands]
+            failures = [child.communicate()[1] for child in children if child.wait()]
+            if failures:
+                raise RuntimeError((failures[0].strip().splitlines() or ["no output"])[-1])
+            logs = [out / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_1.csv" for out in outs]
+            return [float(list(csv.DictReader(open(log)))[0]["seconds"]) for log in logs]
+
+        try:  # both runs alone first, then both pairs: each comparison sees the machine alike
+            default_solo, passive_solo = (epoch_seconds(variables, 1)[0] for variables in (OPENMP_DEFAULT_WAITING, {}))
+            default_pair, passive_pair = (epoch_seconds(variables, 2) for variables in (OPENMP_DEFAULT_WAITING, {}))
+        except RuntimeError as error:
+            return f"concurrent-runs: a run failed: {error}"
+    return (f"concurrent-runs (relationnet Conv-4 K {K}, batch {batch}, {images} images; epoch s): alone "
+            f"{default_solo:.1f} with OpenMP's default waiting, {passive_solo:.1f} passive "
+            f"({passive_solo / default_solo:.2f}x); two at once: default {seconds_and_ratios(default_pair, default_solo)}, "
+            f"passive {seconds_and_ratios(passive_pair, passive_solo)}; 2.00x alone: the two share the cores fairly")
+
+
+CHECKS = {"concurrent-runs": concurrent_runs, "compile-memory": compile_memory, "dim-ratio": dim_ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join([*CONFIGS, *CHECKS]),
+                        help=f"comma-separated, from: {', '.join([*CONFIGS, *CHECKS])}")
     parser.add_argument("--steps", type=int, default=None,
                         help="measured steps per side, for every configuration (default: 12, resnet32 4, "
                              "the accuracy check's training runs 100; --quick 2)")
@@ -491,7 +615,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="compile the backbone in every configuration")
     parser.add_argument("--channels_last", action="store_true", help="NHWC layout in every configuration")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks that it runs")
-    parser.add_argument("--worker", choices=["reference", "suite"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["reference", "suite", "dim"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -499,14 +623,14 @@ def main() -> None:
         return
     args.device = args.device or ("cuda" if _cuda_available() else "cpu")
     names = [name.strip() for name in args.configs.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CONFIGS]
+    unknown = [name for name in names if name not in CONFIGS and name not in CHECKS]
     if unknown:
-        parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+        parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join([*CONFIGS, *CHECKS])}")
     start = time.time()
     print(f"benchmark on {args.device} ({os.cpu_count()} CPUs, {os.environ.get('OMP_NUM_THREADS', 'default')} "
           f"OpenMP threads){': quick, tiny sizes, not a measurement' if args.quick else ''}", flush=True)
     rows = []
-    for name in names:
+    for name in [name for name in names if name in CONFIGS]:
         config = configured(name, args.quick)
         measured = argparse.Namespace(**{**vars(args), "steps": args.steps or config.steps,
                                          "warmup": config.warmup if args.warmup is None else args.warmup})
@@ -523,6 +647,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows({key: ("" if value is None else value) for key, value in row.items()} for row in rows)
     print(f"rows written to {args.csv}")
+    for name in [name for name in names if name in CHECKS]:
+        print(CHECKS[name](args), flush=True)
     print(summary(rows, time.time() - start))
 
 

@@ -6,7 +6,9 @@ pipeline, a DataLoader with worker processes batches them, and the training proc
 concatenates the views, runs the backbone in eager float32, builds the relation pairs with
 the Python double loop over view blocks and steps Adam; meters read `.item()` every step.
 Only the backbone modules are this suite's: they are the original architectures (their
-initial weights match the original's bit for bit).
+initial weights match the original's bit for bit), and Deep InfoMax's local discriminator's
+layers. Its path (section 4.4) is the same loader over single flipped images, that
+discriminator's original computation and the original loss.
 
 relic-pytorch's path, as `../shared/reference/relic-behaviour.md` describes it, is rebuilt
 the same way: its global and local view transforms on PIL images in the same DataLoader,
@@ -25,6 +27,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from methods import deepinfomax
 
 LOADER_WORKERS = 2
 
@@ -51,6 +55,12 @@ def relic_transforms(side: int = 32) -> tuple[transforms.Compose, transforms.Com
                  transforms.RandomGrayscale(p=0.2), transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1)]
         return transforms.Compose(steps + [transforms.RandomSolarize(127, 0.2)] * solarize + [transforms.ToTensor()])
     return views(side, (0.1, 1.0), True), views(int(side * 3 / 7), (0.05, 1.0), False)
+
+
+def deepinfomax_transform(mean: tuple, std: tuple) -> transforms.Compose:
+    """The original deepinfomax pipeline (section 6.4)."""
+    return transforms.Compose([transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
 
 
 def lineval_transform(mean: tuple, std: tuple) -> transforms.Compose:
@@ -237,6 +247,43 @@ def relic_step(model, optimizer, views, global_views, device, meters, gamma: flo
     model.update_params(gamma)
     meters[0].update(loss.item(), len(views[0]))
     meters[1].update(invariance.item(), len(views[0]))
+
+
+class LocalDiscriminator(deepinfomax.LocalDiscriminator):
+    """The original local discriminator's computation, 1x1 convs on [M, y broadcast over
+    every position], with this suite's parameters (the original's layers and keys)."""
+
+    def forward(self, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        grid = y[:, :, None, None].expand(-1, -1, M.shape[2], M.shape[3])
+        hidden = F.relu(self.c0(torch.cat([M, grid], dim=1)))
+        return self.c2(F.relu(self.c1(hidden)))
+
+
+class DeepInfoMaxModel(nn.Module):
+    """The original DIM as its script builds it: local (beta 1) and prior (gamma 0.1) terms."""
+
+    def __init__(self, encoder: nn.Module, y_size: int, m_channels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.local_d = LocalDiscriminator(y_size, m_channels)
+        self.prior_d = nn.Sequential(nn.Linear(y_size, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(),
+                                     nn.Linear(128, 1), nn.Sigmoid())
+
+
+def deepinfomax_step(model, optimizer, images, device, meters, beta: float = 1.0, gamma: float = 0.1):
+    """One step of its train: y and M, M' = M of the next image, the JSD local term, the
+    log-form prior term minimised jointly, Adam, `.item()`."""
+    images = images.to(device)
+    y, M = model.encoder.forward_with_first_layer(images)
+    M_prime = torch.cat((M[1:], M[0].unsqueeze(0)), dim=0)
+    local = F.softplus(model.local_d(y, M_prime)).mean() + F.softplus(-model.local_d(y, M)).mean()
+    prior = torch.rand_like(y)
+    prior_term = -(torch.log(model.prior_d(prior)).mean() + torch.log(1.0 - model.prior_d(y)).mean())
+    loss = beta * local + gamma * prior_term
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    meters[0].update(loss.item(), len(images))
 
 
 def lineval_step(backbone, classifier, optimizer, images, target, device, meters):

@@ -14,6 +14,7 @@ steps.
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,16 @@ class TrainingPlan:
     row_listeners: list[Callable[[dict], None]] = field(default_factory=list)  # called with each logged row
 
 
+def compile_in_this_process() -> None:
+    """Have torch.compile generate and build its kernels in this process, unless the user set
+    TORCHINDUCTOR_COMPILE_THREADS. Its default pool of compiler processes (one per CPU) each
+    load torch: on 2 cores they held 480-510 MB more than the training step itself (Conv-4 at
+    K 32 peaked at 1,906 MB against 1,293 MB eager), and compiling in the process was no slower."""
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        import torch._inductor.config
+        torch._inductor.config.compile_threads = 1
+
+
 class Engine:
     def __init__(self, method: Method, data: ImageSet, plan: TrainingPlan, device: torch.device):
         self.method = method.to(device)
@@ -92,6 +103,7 @@ class Engine:
         if plan.channels_last:
             method.to(memory_format=torch.channels_last)
         if plan.compile:
+            compile_in_this_process()
             for name in method.compiled_modules:
                 getattr(method, name).compile()  # in place: the state dict keeps its keys
         self.parallel_step = distributed.wrap_training_step(method, plan.ranks, device)

@@ -22,6 +22,7 @@ from utils.errors import UserError
 from utils.seeds import resolve_seed
 
 REPO = Path(__file__).resolve().parents[1]
+from utils.threads import thread_settings
 
 
 class Terminated(Exception):
@@ -127,7 +128,7 @@ def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
                "python": platform.python_version(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "pid": os.getpid(), **extra}, path)
+               **thread_settings(), "pid": os.getpid(), **extra}, path)
 
 
 class ResumePoint(NamedTuple):

@@ -70,7 +70,15 @@ class GlobalDiscriminator(nn.Module):
 
 
 class LocalDiscriminator(nn.Module):
-    """Scores y against every position of M: 1x1 convs on [M, y broadcast over H x W]."""
+    """Scores y against every position of M: 1x1 convs on [M, y broadcast over H x W].
+
+    The first conv is linear in each part of [M; y]: W [M; y] + b = W_M M + (W_y y + b), and
+    y's part is the same at every position, so it is computed once per image and added
+    (relationnet's head does the same for pairs) instead of at all H x W positions. A 1x1
+    conv is a matrix product over the channels of each position: the convs run as such on
+    the N*H*W positions' rows, without the concatenated input map. The parameters are the
+    original's convs (same state-dict keys); the scores equal theirs up to float rounding.
+    """
 
     def __init__(self, y_size: int, m_channels: int):
         super().__init__()
@@ -79,9 +87,15 @@ class LocalDiscriminator(nn.Module):
         self.c2 = nn.Conv2d(256, 1, kernel_size=1)
 
     def forward(self, y: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        grid = y[:, :, None, None].expand(-1, -1, M.shape[2], M.shape[3])
-        h = F.relu(self.c0(torch.cat([M, grid], dim=1)))
-        return self.c2(F.relu(self.c1(h)))
+        """Scores (N, 1, H, W) of each y with every position of its M."""
+        images, channels, height, width = M.shape
+        first = self.c0.weight.flatten(1)
+        of_y = torch.addmm(self.c0.bias, y, first[:, channels:].t())
+        positions = M.permute(0, 2, 3, 1).reshape(-1, channels)
+        of_map = (positions @ first[:, :channels].t()).view(images, height * width, -1)
+        hidden = (of_map + of_y[:, None]).view(images * height * width, -1).relu_()
+        hidden = torch.addmm(self.c1.bias, hidden, self.c1.weight.flatten(1).t()).relu_()
+        return torch.addmm(self.c2.bias, hidden, self.c2.weight.flatten(1).t()).view(images, 1, height, width)
 
 
 class PriorDiscriminator(nn.Module):

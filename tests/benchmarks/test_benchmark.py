@@ -30,3 +30,14 @@ def test_quick_benchmark_prints_a_line_per_configuration_and_writes_the_csv(tmp_
         assert float(row["ref_images_per_s"]) > 0 and float(row["ours_images_per_s"]) > 0
         assert float(row["ref_peak_mb"]) > float(row["ref_main_peak_mb"]) > 0  # with the loader workers
         assert float(row["ours_peak_mb"]) > 0
+
+
+def test_quick_dim_ratio_times_both_local_discriminators(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/benchmark.py", "--quick", "--configs", "dim-ratio", "--steps", "1",
+         "--csv", str(tmp_path / "results.csv")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("dim-ratio"))
+    assert "original local discriminator" in line and float(line.rsplit(", ", 1)[1].rstrip("x")) > 0, line
+    assert result.stdout.strip().splitlines()[-1].startswith("summary: 0 configurations")

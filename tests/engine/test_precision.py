@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -74,12 +76,24 @@ def test_fp16_resume_restores_the_gradient_scaler_exactly(subset, tmp_path):
         assert torch.equal(value, b["backbone"][key]), key
 
 
-def test_compile_keeps_the_checkpoint_keys_and_trains(subset, tmp_path):
-    engine = make_engine("relationnet", subset, tmp_path, epochs=1, plan_options={"compile": True})
-    keys = set(engine.method.checkpoint_state()["backbone"])
-    assert keys == set(build_backbone("conv4").state_dict())
-    engine.fit()
-    assert math.isfinite(float(read_log(tmp_path / "log.csv")[0]["loss"]))
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX): none found")
+def test_compiled_fp32_steps_equal_eager_ones_and_keep_the_checkpoint_keys(subset, tmp_path):
+    steps = {}
+    for compiled in (False, True):
+        engine = make_engine("relationnet", subset, tmp_path, epochs=1, plan_options={"compile": compiled})
+        order, _ = engine.begin_epoch(0)
+        losses = [engine.train_step(engine.batch_index(order, 0)).loss.item()]
+        gradients = {name: p.grad.clone() for name, p in engine.method.backbone.named_parameters()}
+        losses.append(engine.train_step(engine.batch_index(order, 1)).loss.item())
+        steps[compiled] = (losses, gradients, engine.method.checkpoint_state())
+    (eager_losses, eager_gradients, _), (losses, gradients, state) = steps[False], steps[True]
+    assert torch._inductor.config.compile_threads == 1  # no pool of compiler processes (their memory)
+    assert set(state["backbone"]) == set(build_backbone("conv4").state_dict())
+    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    for name, expected in eager_gradients.items():  # the first step's
+        torch.testing.assert_close(gradients[name], expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item(),
+                                   msg=name)
 
 
 def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):

@@ -22,6 +22,9 @@ from tests.helpers import GOLDEN, REPO
 from utils.errors import UserError
 from utils.seeds import seed_everything
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import reference  # noqa: E402  the original code's computations
+
 GOLDEN_DIM = GOLDEN / "deepinfomax.pt"
 
 
@@ -59,6 +62,28 @@ def test_discriminators_exist_only_for_non_zero_weights():
     assert DeepInfoMax.default_lr == 1e-4 and DeepInfoMax.drop_last and _method().view_groups == [ViewGroup(1, "flip")]
     assert METHODS["deepinfomax"] is DeepInfoMax
 
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_local_scores_and_gradients_equal_the_original_computation(dtype, tolerance):
+    torch.manual_seed(0)
+    local_d = DIMDiscriminators(64, 8, 0.0, 1.0, 0.0).local_d.to(dtype)
+    original = reference.LocalDiscriminator(64, 8).to(dtype)  # the original's convs on [M, y at every position]
+    original.load_state_dict(local_d.state_dict())  # strict: the same parameters
+    y = torch.randn(6, 64, dtype=dtype, requires_grad=True)
+    M = torch.randn(6, 8, 5, 7, dtype=dtype).relu().requires_grad_()  # not square: H and W kept apart
+    results = []
+    for discriminator in (local_d, original):
+        scores = discriminator(y, M)
+        term = jsd_discriminator_loss(scores, discriminator(y, negatives(M)))
+        results.append((scores, term, torch.autograd.grad(term, (y, M, *discriminator.parameters()))))
+    (scores, term, gradients), (expected_scores, expected_term, expected_gradients) = results
+    assert scores.shape == expected_scores.shape == (6, 1, 5, 7)
+    torch.testing.assert_close(scores, expected_scores, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(term, expected_term, rtol=tolerance, atol=tolerance)
+    for gradient, expected in zip(gradients, expected_gradients, strict=True):
+        assert gradient.abs().sum() > 0
+        torch.testing.assert_close(gradient, expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
 # --- the loss ----------------------------------------------------------------------------------
 
