@@ -473,6 +473,34 @@ def summary(rows: list[dict], seconds: float) -> str:
     return f"summary: {len(rows)} configurations in {seconds / 60:.1f} min{speed}; {verdict}"
 
 
+GRID_METHODS = ("relationnet", "simclr", "rotationnet", "randomweights", "standard")
+
+
+def grid_throughput(data_root: str) -> str:
+    """The grid row: the `cifar10` study (5 methods x 2 seeds, 1 epoch of 2,000 training images,
+    1 of linear evaluation, the test) run by reproduce.py on the CPU with --jobs 1, then --jobs 2;
+    the ratio of their wall times is what running stages side by side gains."""
+    argv = ["--study", "cifar10", "--methods", *GRID_METHODS, "--seeds", "1", "2", "--epochs", "1",
+            "--linear_epochs", "1", "--train_subset", "2000", "--K", "4", "--data_root", data_root,
+            "--device", "cpu", "--no_download"]
+    name = f"grid-cifar10 ({len(GRID_METHODS)} methods x 2 seeds, 1 epoch, 2,000 images)"
+    if not (Path(data_root) / "cifar-10-batches-py").is_dir():
+        return f"{name}: skipped, no cifar-10-batches-py in {data_root}"
+    seconds = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for jobs in (1, 2):
+            start = time.time()
+            result = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv, "--jobs", str(jobs),
+                                     "--out", str(Path(folder) / f"jobs_{jobs}")], cwd=REPO, capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                return f"{name}: --jobs {jobs} failed: {result.stderr.strip()[-300:]}"
+            seconds[jobs] = time.time() - start
+    ratio = seconds[1] / seconds[2]
+    return (f"{name}: --jobs 1 {seconds[1]:.0f} s, --jobs 2 {seconds[2]:.0f} s, throughput {ratio:.2f}x "
+            f"({'target 1.6x met' if ratio >= 1.6 else 'missed: target 1.6x'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default=",".join(CONFIGS),
@@ -491,6 +519,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="compile the backbone in every configuration")
     parser.add_argument("--channels_last", action="store_true", help="NHWC layout in every configuration")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks that it runs")
+    parser.add_argument("--grid", action="store_true",
+                        help="also measure reproduce.py's --jobs 2 / --jobs 1 throughput on the cifar10 study "
+                             "(about 5 min on 2 cores; part of a run with the default --configs)")
     parser.add_argument("--worker", choices=["reference", "suite"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -523,6 +554,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows({key: ("" if value is None else value) for key, value in row.items()} for row in rows)
     print(f"rows written to {args.csv}")
+    if args.grid or (args.configs == ",".join(CONFIGS) and not args.quick):
+        print(grid_throughput(args.data_root), flush=True)
     print(summary(rows, time.time() - start))
 
 

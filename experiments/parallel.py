@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import io
 import os
 import shutil
 import signal
@@ -129,8 +130,9 @@ def read_epoch_progress(log: Path | None) -> EpochProgress | None:
     if log is None or not log.exists():
         return None
     try:
-        with open(log, newline="", errors="replace") as handle:
-            rows = [row for row in csv.DictReader(handle) if row.get("loss")]
+        text = log.read_text(errors="replace")
+        complete = text[:text.rfind("\n") + 1]  # without a row still being appended
+        rows = [row for row in csv.DictReader(io.StringIO(complete, newline="")) if row.get("loss")]
     except (OSError, csv.Error):
         return None  # being rewritten: the next look will do
     try:
