@@ -3,13 +3,16 @@
 
 Examples:
   python reproduce.py --study table1                   # Table 1 with the paper's settings (GPU-days)
-  python reproduce.py --study cifar10 --methods relationnet,simclr,rotationnet,randomweights,standard \
-      --epochs 3 --linear_epochs 10 --K 4 --seeds 1,2,3      # a short CIFAR-10 grid on a CPU
-  python reproduce.py --study k_sweep --dry_run        # print the commands only
+  python reproduce.py --study cifar10 --methods relationnet simclr rotationnet randomweights standard \
+      --epochs 3 --linear_epochs 10 --K 4 --seeds 1 2 3      # a short CIFAR-10 grid on a CPU
+  python reproduce.py --study k_sweep --dry_run        # a summary, then each command once
+  python reproduce.py --study table1 --shard 2/4       # the second of four machines sharing --out
 
-Each run is the three stage scripts in a child process, with their output in
-<out>/logs/<run>.log. A finished run is skipped and an interrupted one resumed, so the same
-command continues a grid after a restart; Ctrl-C stops it after the current training step.
+Each run is the three stage scripts in child processes, with their output in
+<out>/logs/<run>.log; up to --jobs stages run side by side, each on its own CPUs (or GPU), a
+stage waiting for the stage-1 run it needs. A finished run is skipped and an interrupted one
+resumed, so the same command continues a grid after a restart; Ctrl-C stops it after the
+current training step.
 <out> receives results.csv (one row per run), table.md (mean ± std over seeds beside the
 paper's value), figure.png and training curves (with matplotlib).
 """
@@ -379,13 +382,14 @@ class Grid:
         elif not self.args.dry_run:
             save_json(wanted, path)
 
-    def read_timings(self) -> dict[str, float]:
+    def read_timings(self, say: bool = True) -> dict[str, float]:
         if not self.timings_path.exists():
             return {}
         timings = read_json(self.timings_path)
         if not isinstance(timings, dict) or not all(isinstance(v, (int, float)) for v in timings.values()):
-            self.live.event(f"[WARNING] {self.timings_path} cannot be read (truncated or not JSON): the wall "
-                            "times of stages run before are lost; it is written afresh")
+            if say:
+                self.live.event(f"[WARNING] {self.timings_path} cannot be read (truncated or not JSON): the wall "
+                                "times of stages run before are lost; it is written afresh")
             return {}
         return timings
 
@@ -394,7 +398,8 @@ class Grid:
         key = self.timing_key(stage)
         with open(self.out / ".timings.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.timings = {**self.read_timings(), key: self.timings.get(key, 0.0) + seconds}
+            timings = self.read_timings(say=False)  # said when the grid started
+            self.timings = {**timings, key: timings.get(key, 0.0) + seconds}
             atomic_write_bytes(self.timings_path, json.dumps(self.timings, indent=1, sort_keys=True).encode())
 
     def timing_key(self, stage: Stage) -> str:
@@ -454,8 +459,9 @@ class Grid:
         whose = f"shard {self.args.shard[0]}/{self.args.shard[1]} ({len(self.mine)} of {len(self.runs)} runs)" \
             if self.args.shard else f"{len(self.runs)} runs"
         if not tasks:
-            print(f"All {len(self.mine)} runs of the grid{' shard' if self.args.shard else ''} had finished: "
-                  "rebuilding the table only")
+            print(f"All {len(self.mine)} runs of the grid"
+                  + (f"'s shard {self.args.shard[0]}/{self.args.shard[1]}" if self.args.shard else "")
+                  + " had finished: rebuilding the table only")
             return
         print(f"Grid {self.out}, {whose}: {finished} finished before, {len(tasks)} stages to run "
               f"in {self.args.jobs} job(s)", flush=True)
@@ -621,7 +627,7 @@ class Scheduler:
         lock = RunLock(task.stage.files.lock)
         deadline = time.time() + LOCK_WAIT_SECONDS
         holder = lock.holder()
-        while holder is not None and time.time() < deadline:
+        while holder is not None and time.time() < deadline and self.stop_signal is None:
             time.sleep(0.5)
             holder = lock.holder()
         if holder is None:
