@@ -471,7 +471,8 @@ class Grid:
         stage1 = [t for t in tasks if t.stage.script == "train_unsupervised.py"]
         pretrainings = len({run.stages[0].output for run in self.mine})
         evaluation_epochs = sum(t.stage.epochs for t in tasks if t.stage.script == "train_linear_evaluation.py")
-        whose = f" (shard {self.args.shard[0]}/{self.args.shard[1]}: {len(self.mine)} of them)" if self.args.shard else ""
+        whose = (f" (shard {self.args.shard[0]}/{self.args.shard[1]}: {len(self.mine)} of them)"
+                 if self.args.shard else "")
         print(f"Grid {self.out} (study {self.args.study}): {len(self.runs)} runs{whose}, {pretrainings} distinct "
               f"pretrainings, {finished} runs finished before; {len(tasks)} stages to run ({len(stage1)} stage 1, "
               f"{sum(t.stage.script == 'train_linear_evaluation.py' for t in tasks)} stage 2, "

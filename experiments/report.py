@@ -47,8 +47,9 @@ def markdown_table(cells: list[dict], title: str, settings: str, knn: int = 200,
     """The table; `differences` say in words how the grid's protocol differs from the paper's."""
     variants = any(cell["variant"] for cell in cells)
     header = ["condition"] + (["variant"] if variants else []) + [
-        "backbone", "method", "seeds", "accuracy (%)", "paper", "difference", f"{knn}-NN (%)" if knn else "kNN",
-        f"top-{retrieval} retrieval (%)" if retrieval else "retrieval", "epochs", "wall time / run"]
+        "backbone", "method", "seeds", "accuracy (%)", "paper", "difference",
+        f"{knn}-NN (%)" if knn else "kNN", f"top-{retrieval} retrieval (%)" if retrieval else "retrieval",
+        "epochs", "wall time / run"]
     warning = ["**Not the paper's protocol**: " + "; ".join(differences) + ". The difference to the paper "
                "measures this shortened protocol as much as the methods.", ""] if differences else []
     lines = [f"# {title}", "", *warning, settings, "",
@@ -69,9 +70,11 @@ def markdown_table(cells: list[dict], title: str, settings: str, knn: int = 200,
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Accuracy: top-1 on the test split, mean ± standard deviation over the seeds (n − 1 in "
               "the denominator). Difference: this grid's mean minus the paper's. "
-              f"{knn}-NN: weighted k-nearest-neighbour accuracy on frozen features (cosine, k = {knn}). "
-              f"Retrieval: share of the {retrieval} nearest test images of the query's class. Epochs: stage 1 / evaluation. Wall time: "
-              "the three stages of one run; a stage-1 run shared by several conditions counts in each.",
+              + (f"{knn}-NN: weighted k-nearest-neighbour accuracy on frozen features (cosine, k = {knn}). "
+                 if knn else "")
+              + (f"Retrieval: share of the {retrieval} nearest test images of the query's class. " if retrieval else "")
+              + "Epochs: stage 1 / evaluation. Wall time: the three stages of one run; a stage-1 run shared "
+              "by several conditions counts in each.",
               "Paper's top-10 retrieval on CIFAR-10 (appendix B.10): " + ", ".join(
                   f"{method} {value}" for method, value in PAPER_RETRIEVAL.items()) + "."]
     return "\n".join(lines) + "\n"
@@ -83,7 +86,8 @@ def write_results(records: list[dict], folder: Path, title: str, settings: str, 
     rows = [{**record, "variant": record["variant"] or ""} for record in records]
     write_csv(folder / "results.csv", RESULT_COLUMNS, rows)
     cells = group_runs(records)
-    atomic_write_bytes(folder / "table.md", markdown_table(cells, title, settings, knn, retrieval, differences).encode())
+    table = markdown_table(cells, title, settings, knn, retrieval, differences)
+    atomic_write_bytes(folder / "table.md", table.encode())
     written = [folder / "results.csv", folder / "table.md"]
     if not matplotlib_available():
         print("[INFO] matplotlib is not installed: no figure.png (pip install matplotlib)")

@@ -36,7 +36,8 @@ def test_jobs_split_the_cpus_into_equal_shares_and_take_the_gpus_in_turn():
 
 def test_a_child_runs_on_its_share_of_the_cpus_with_its_threads(tmp_path):
     cpu = usable_cpus()[-1]
-    probe = "import os, torch; print(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), os.getsid(0) == os.getpid())"
+    probe = ("import os, torch; "
+             "print(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), os.getsid(0) == os.getpid())")
     with open(tmp_path / "log", "w") as log:
         child = start_child([sys.executable, "-c", probe], log, Slot(0, (cpu,)))
         assert child.wait(timeout=120) == 0
