@@ -153,9 +153,9 @@ class Activity:
     first_seen: EpochProgress | None = None  # epochs already done when it started (a resume)
 
     def seconds_left(self, now: float, progress: EpochProgress | None, estimate: float | None) -> float | None:
+        if self.first_seen is None:  # the first look comes right after the start
+            self.first_seen = progress or EpochProgress(0, None)
         if progress is not None and self.epochs:
-            if self.first_seen is None:
-                self.first_seen = progress
             new = progress.done - self.first_seen.done
             if new > 0:
                 return (now - self.started) / new * max(0, self.epochs - progress.done)

@@ -64,6 +64,9 @@ def test_progress_is_read_from_the_csv_log_whatever_the_epoch_numbering(tmp_path
     line = activity.line(120.0, later, 50.0, 65.0)
     assert line == ("[2/6] cifar10_relationnet_conv4_seed_1 | stage 1/3 pretraining | epoch 6/10 | loss 0.5 | "
                     "elapsed 0:00:30 | left: run ~0:00:50, grid ~0:01:05")
+    fresh = Activity("[1/6] y", "stage 1/3 pretraining", 10, log_path, started=100.0)
+    assert fresh.seconds_left(100.2, None, estimate=None) is None  # no log yet: it starts from epoch 0
+    assert fresh.seconds_left(110.0, first, estimate=None) == 5 * 8  # 2 epochs in 10 s, 8 to go
     test = Activity("[2/6] x", "stage 3/3 test", 0, None, started=100.0)
     assert test.line(103.0, None, None, None) == "[2/6] x | stage 3/3 test | elapsed 0:00:03 | left: run ?, grid ?"
 
