@@ -311,3 +311,21 @@ def test_a_truncated_grid_json_is_one_line_naming_it(small_cifar10_root, tmp_pat
         run_main(lambda: reproduce.main(grid_argv(small_cifar10_root, out)))
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and f"{out / 'grid.json'} cannot be read" in err
+
+
+def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_its_log(small_cifar10_root,
+                                                                                         tmp_path, capsys):
+    out = tmp_path / "grid"
+    planted = out / "checkpoints" / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"not a checkpoint")  # stage 1 of seed 1 looks done; its stage 2 fails on it
+    argv = ["--study", "cifar10", "--methods", "randomweights", "--seeds", "1", "2", "--linear_epochs", "1",
+            "--data_root", str(small_cifar10_root), "--out", str(out), "--no_download", "--device", "cpu",
+            "--jobs", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: reproduce.main(argv))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
+    assert "train_linear_evaluation.py failed for run cifar10_randomweights_conv4_seed_1" in err
+    assert f"{planted} cannot be read" in err and str(out / "logs") in err
+    assert not (out / "runs" / "cifar10_randomweights_conv4_seed_2.json").exists()  # nothing new started
