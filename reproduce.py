@@ -642,17 +642,19 @@ class Scheduler:
         argv = self.grid.command(task)
         log_path = self.grid.out / "logs" / f"{task.runs[0].name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        label = task.label(self.total)
+        files = task.stage.files
+        activity = Activity(label, task.stage_name, task.stage.epochs, files.log if files else None)
+        task.started = time.time()
+
+        def register(child: subprocess.Popen) -> None:
+            self.running[task] = (child, slot, activity)
         with open(log_path, "a") as log:
             log.write(f"\n$ {shlex.join(argv)}\n")
             log.flush()
-            child = start_child(argv, log, slot)
-        label = task.label(self.total)
+            start_child(argv, log, slot, register)
         self.live.event(f"{label}: {task.stage.script} {'(resumed) ' if '--resume' in argv else ''}..."
                         + (f" ({slot.describe()})" if self.grid.args.jobs > 1 else ""))
-        task.started = time.time()
-        files = task.stage.files
-        self.running[task] = (child, slot, Activity(label, task.stage_name, task.stage.epochs,
-                                                    files.log if files else None))
 
     def collect(self) -> None:
         for task, (child, slot, _) in list(self.running.items()):

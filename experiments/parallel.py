@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import torch
 
@@ -98,9 +98,14 @@ def make_slots(jobs: int, gpus: list[str], cpus: list[int]) -> list[Slot]:
     return slots
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _child_setup(parent: int, cpus: tuple[int, ...]) -> None:
     """In the child before exec: die with the grid (SIGTERM, so the stage saves a resumable
-    checkpoint after its current step) and stay on the slot's CPUs."""
+    checkpoint after its current step), stay on the slot's CPUs, and take the stop signals
+    that `start_child` held back in the grid."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the grid died before the line above
@@ -109,13 +114,18 @@ def _child_setup(parent: int, cpus: tuple[int, ...]) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def start_child(argv: list[str], log: IO, slot: Slot) -> subprocess.Popen:
+def start_child(argv: list[str], log: IO, slot: Slot, started: Callable[[subprocess.Popen], None]) -> None:
     """A stage script in its own session (a terminal's Ctrl-C reaches the grid only, which
-    forwards it once), with its output in `log`."""
+    forwards it once), with its output in `log`. SIGINT and SIGTERM wait until `started` has
+    registered the child, so a stop asked meanwhile reaches it too."""
     parent = os.getpid()
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=slot.environment(dict(os.environ)), cwd=os.getcwd(),
-                            preexec_fn=lambda: _child_setup(parent, slot.cpus))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        started(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=slot.environment(dict(os.environ)), cwd=os.getcwd(),
+                                 preexec_fn=lambda: _child_setup(parent, slot.cpus)))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @dataclass

@@ -34,14 +34,15 @@ def test_jobs_split_the_cpus_into_equal_shares_and_take_the_gpus_in_turn():
     assert 1 <= automatic_jobs([], 1) <= len(usable_cpus())
 
 
-def test_a_child_runs_on_its_share_of_the_cpus_with_its_threads(tmp_path):
+def test_a_child_runs_on_its_share_of_the_cpus_with_its_threads_in_its_own_session(tmp_path):
     cpu = usable_cpus()[-1]
-    probe = ("import os, torch; "
-             "print(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), os.getsid(0) == os.getpid())")
+    probe = ("import os, signal, torch; print(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), "
+             "os.getsid(0) == os.getpid(), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))")
+    children = []
     with open(tmp_path / "log", "w") as log:
-        child = start_child([sys.executable, "-c", probe], log, Slot(0, (cpu,)))
-        assert child.wait(timeout=120) == 0
-    assert (tmp_path / "log").read_text().split("\n")[0] == f"[{cpu}] 1 True"
+        start_child([sys.executable, "-c", probe], log, Slot(0, (cpu,)), children.append)
+    assert children[0].wait(timeout=120) == 0
+    assert (tmp_path / "log").read_text().split("\n")[0] == f"[{cpu}] 1 True False"
 
 
 def test_progress_is_read_from_the_csv_log_whatever_the_epoch_numbering(tmp_path):
