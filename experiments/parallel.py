@@ -1,9 +1,9 @@
 """Stage scripts side by side on one machine: which CPUs and GPU each child gets, children
 that die with the grid, and the live lines that show what they are doing.
 
-Two runs sharing cores slow each other down 2.5x when OpenMP's idle threads spin (issue 15's
-measurements); with explicit threads and passive waiting, two runs finish together in the
-time of one. So every child gets its own share of the CPUs the grid may use (threads and
+Two runs sharing 2 cores slow each other down 2.5x when OpenMP's idle threads spin (a Conv-4
+epoch of 4,000 images: 25 s each instead of 10 s alone); with explicit threads and passive
+waiting, two runs finish together in about the time of one (11 s). So every child gets its own share of the CPUs the grid may use (threads and
 affinity), and on CUDA its own GPU.
 """
 from __future__ import annotations
@@ -28,14 +28,14 @@ from utils.runtime import available_memory, format_duration
 # A CPU job's memory need, for the automatic --jobs: relationnet Conv-4 at K 32 peaks at
 # 1.5 GB, ResNet-32 in fp32 above 3 GB.
 MEMORY_PER_CPU_JOB = 4 * 2**30
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _LIBC = None
 if sys.platform.startswith("linux"):
     try:  # loaded here: a forked child should not load libraries before exec
         _LIBC = ctypes.CDLL(None, use_errno=True)
     except OSError:
-        _LIBC = None
+        pass
 
 
 def usable_cpus() -> list[int]:
