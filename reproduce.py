@@ -3,13 +3,16 @@
 
 Examples:
   python reproduce.py --study table1                   # Table 1 with the paper's settings (GPU-days)
-  python reproduce.py --study cifar10 --methods relationnet,simclr,rotationnet,randomweights,standard \
-      --epochs 3 --linear_epochs 10 --K 4 --seeds 1,2,3      # a short CIFAR-10 grid on a CPU
-  python reproduce.py --study k_sweep --dry_run        # print the commands only
+  python reproduce.py --study cifar10 --methods relationnet simclr rotationnet randomweights standard \
+      --epochs 3 --linear_epochs 10 --K 4 --seeds 1 2 3      # a short CIFAR-10 grid on a CPU
+  python reproduce.py --study k_sweep --dry_run        # a summary, then each command once
+  python reproduce.py --study table1 --shard 2/4       # the second of four machines sharing --out
 
-Each run is the three stage scripts in a child process, with their output in
-<out>/logs/<run>.log. A finished run is skipped and an interrupted one resumed, so the same
-command continues a grid after a restart; Ctrl-C stops it after the current training step.
+Each run is the three stage scripts in child processes, with their output in
+<out>/logs/<run>.log; up to --jobs stages run side by side, each on its own CPUs (or GPU), a
+stage waiting for the stage-1 run it needs. A finished run is skipped and an interrupted one
+resumed, so the same command continues a grid after a restart; Ctrl-C stops it after the
+current training step.
 <out> receives results.csv (one row per run), table.md (mean ± std over seeds beside the
 paper's value), figure.png and training curves (with matplotlib).
 """
@@ -17,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +46,18 @@ from engine.checkpoint import (  # noqa: E402
     save_json,
 )
 from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int  # noqa: E402
+from experiments.parallel import (  # noqa: E402
+    MEMORY_PER_CPU_JOB,
+    Activity,
+    LiveLines,
+    Slot,
+    automatic_jobs,
+    make_slots,
+    read_epoch_progress,
+    start_child,
+    usable_cpus,
+    visible_gpus,
+)
 from experiments.plots import matplotlib_available, plot_training_curves, stage_logs  # noqa: E402
 from experiments.report import write_results  # noqa: E402
 from experiments.stage import run_main  # noqa: E402
@@ -60,6 +77,9 @@ from utils.runtime import resolve_device  # noqa: E402
 REPO = Path(__file__).resolve().parent
 # Settings that change the numbers of every run: a grid folder holds one value of each.
 GRID_SETTINGS = ("study", "epochs", "linear_epochs", "train_subset", "K", "knn", "retrieval")
+# How long a stage whose lock an earlier grid's child still holds is waited for: a killed
+# grid's children stop after their current step (parent-death signal).
+LOCK_WAIT_SECONDS = 30.0
 
 
 def name_list(choices, what: str):
@@ -69,7 +89,7 @@ def name_list(choices, what: str):
         if unknown or not names:
             raise argparse.ArgumentTypeError(f"unknown {what} '{','.join(unknown) or text}'; "
                                              f"choose from {', '.join(choices)}")
-        return list(dict.fromkeys(names))
+        return names
     parse.__name__ = f"{what} list"
     return parse
 
@@ -78,10 +98,27 @@ def seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3 or 1 2 3, got '{text}'") from None
     if not seeds or any(not 0 <= seed < 2**31 for seed in seeds):
         raise argparse.ArgumentTypeError(f"expected seeds from 0 to 2^31-1 like 1,2,3, got '{text}'")
-    return list(dict.fromkeys(seeds))
+    return seeds
+
+
+class ListFlag(argparse.Action):
+    """A list given comma-separated, space-separated or both (`--seeds 1,2 3`), repeats dropped."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(dict.fromkeys(item for value in values for item in value)))
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N like 1/4, got '{text}'") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, like 1/4, got '{text}'")
+    return index, count
 
 
 def relation_k(text: str) -> int:
@@ -95,32 +132,44 @@ def parser() -> Parser:
     p = Parser(description="Run a grid of the paper's experiments through the three stages; "
                            "finished runs are skipped, interrupted ones resumed.")
     p.add_argument("--study", default="table1", choices=list(STUDIES),
-                   help="which grid: " + "; ".join(f"{name}: {s.description}" for name, s in STUDIES.items()))
-    p.add_argument("--conditions", type=name_list(list(CONDITIONS), "condition"), default=None,
-                   help="comma-separated subset of the study's conditions (default: all)")
-    p.add_argument("--methods", type=name_list(list(ALL_METHODS), "method"), default=None,
-                   help="comma-separated subset of the study's methods (default: all)")
-    p.add_argument("--backbone", type=name_list(list(BACKBONES), "backbone"), default=None,
-                   help="comma-separated backbones instead of the paper's for the study")
-    p.add_argument("--seeds", type=seed_list, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
+                   help="which grid (default table1): " + "; ".join(f"{name}: {s.description}"
+                                                               for name, s in STUDIES.items()))
+    p.add_argument("--conditions", type=name_list(list(CONDITIONS), "condition"), nargs="+", action=ListFlag,
+                   default=None, help="subset of the study's conditions, comma- or space-separated (default: all)")
+    p.add_argument("--methods", type=name_list(list(ALL_METHODS), "method"), nargs="+", action=ListFlag,
+                   default=None, help="subset of the study's methods, comma- or space-separated (default: all)")
+    p.add_argument("--backbone", type=name_list(list(BACKBONES), "backbone"), nargs="+", action=ListFlag,
+                   default=None, help="backbones instead of the paper's for the study, comma- or space-separated")
+    p.add_argument("--seeds", type=seed_list, nargs="+", action=ListFlag, default=[1, 2, 3],
+                   help="seeds, comma- or space-separated (default 1 2 3)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="stage-1 epochs instead of the paper's (200; 300 on STL-10)")
     p.add_argument("--linear_epochs", type=positive_int, default=None,
                    help="stage-2 epochs instead of the paper's (100; 20 of fine-tuning on STL-10)")
     p.add_argument("--train_subset", type=non_negative_int, default=0,
-                   help="train both stages on a seeded, class-balanced subset of N images (0 = all)")
+                   help="train both stages on a seeded, class-balanced subset of N images (default 0 = all)")
     p.add_argument("--K", type=relation_k, default=None,
                    help="relationnet views per image instead of the paper's (32; 16 tiny/slim; 25 STL-10)")
     p.add_argument("--knn", type=non_negative_int, default=200,
-                   help="k of the kNN accuracy reported beside the linear one (0 = off)")
+                   help="k of the kNN accuracy reported beside the linear one (default 200; 0 = off)")
     p.add_argument("--retrieval", type=non_negative_int, default=10,
-                   help="K of the top-K retrieval precision reported (0 = off)")
+                   help="K of the top-K retrieval precision reported (default 10; 0 = off)")
     p.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
                    help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
     p.add_argument("--out", default=None, help="grid folder (default runs/<study>)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--jobs", type=positive_int, default=None,
+                   help="stages run side by side, each on its own share of the CPUs (and its own GPU); "
+                        "default: one per visible GPU times --jobs_per_gpu, on the CPU one per usable "
+                        f"core as far as memory allows ({MEMORY_PER_CPU_JOB // 2**30} GiB each)")
+    p.add_argument("--jobs_per_gpu", type=positive_int, default=None,
+                   help="jobs sharing each GPU, for models too small to fill one (default 1)")
+    p.add_argument("--shard", type=shard, default=None, metavar="I/N",
+                   help="run the I-th of N shares of the grid (runs sharing a stage-1 run stay together), "
+                        "for N machines or GPUs writing the same --out (default: the whole grid)")
     p.add_argument("--no_download", action="store_true", help="never download a missing data set")
-    p.add_argument("--dry_run", action="store_true", help="print the commands that would run, run nothing")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print a summary and the commands that would run (each once), run nothing")
     return p
 
 
@@ -129,7 +178,9 @@ class Stage:
     script: str
     argv: list[str]
     output: Path                    # the file the stage leaves when it has finished
-    files: RunFiles | None = None   # a training run's files, to tell how to continue it
+    files: RunFiles | None = None   # a training stage's files: its lock and per-epoch log
+    resumable: bool = False         # continued from its last checkpoint after an interruption
+    epochs: int = 0                 # 0: no epochs (the test)
 
 
 @dataclass
@@ -149,6 +200,10 @@ class Run:
     def test_log(self) -> Path:
         evaluation = self.stages[1].output
         return evaluation.parent / f"log_{evaluation.stem}_test.csv"
+
+    @property
+    def record(self) -> Path:
+        return self.stages[2].output
 
 
 def plan(args) -> list[Run]:
@@ -187,7 +242,7 @@ def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, me
     evaluation_epochs = args.linear_epochs or condition.evaluation_epochs
     run_id = variant.tag if variant.stage1 else ""
     common = ["--backbone", backbone, "--seed", str(seed), "--data_root", args.data_root,
-              "--checkpoint_dir", str(checkpoints), "--device", args.device] + (
+              "--checkpoint_dir", str(checkpoints), "--device", args.child_device] + (
         ["--no_download"] if args.no_download else [])
     subset = ["--train_subset", str(args.train_subset)] if args.train_subset else []
     run_tag = ["--id", run_id] if run_id else []
@@ -198,7 +253,8 @@ def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, me
         stage1 += ["--K", str(args.K or relationnet_k(condition.name, backbone)), *variant.stage1]
     files = RunFiles(checkpoints, method, condition.pretraining,
                      run_header(method, condition.pretraining, backbone, seed, run_id))
-    pretrained = files.epoch_checkpoint(epochs) if METHODS[method].trains else files.final
+    trains = METHODS[method].trains
+    pretrained = files.epoch_checkpoint(epochs) if trains else files.final
 
     stage2 = ["--dataset", condition.evaluation, "--checkpoint", str(pretrained), "--epochs", str(evaluation_epochs),
               *common, *subset, *run_tag] + (["--finetune"] if condition.finetune else []) + (
@@ -206,59 +262,51 @@ def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, me
     evaluation_files = RunFiles(checkpoints, method, condition.evaluation, evaluation_header(
         method, condition.evaluation, condition.pretraining, backbone, seed, run_id, evaluation_epochs,
         condition.finetune, variant.label_fraction))
-    evaluated = evaluation_files.final
 
-    test = ["--dataset", condition.evaluation, "--checkpoint", str(evaluated), *common,
+    test = ["--dataset", condition.evaluation, "--checkpoint", str(evaluation_files.final), *common,
             "--knn", str(args.knn), "--retrieval", str(args.retrieval)]
     name = "_".join(filter(None, [condition.name, variant.tag, method, backbone, f"seed_{seed}"]))
-    trained_epochs = epochs if METHODS[method].trains else 0
+    trained_epochs = epochs if trains else 0
     return Run(name, order, condition, variant, method, backbone, seed, trained_epochs, evaluation_epochs, [
-        Stage("train_unsupervised.py", stage1, pretrained, files),
-        Stage("train_linear_evaluation.py", stage2, evaluated, evaluation_files if condition.finetune else None),
+        Stage("train_unsupervised.py", stage1, pretrained, files, resumable=True, epochs=trained_epochs),
+        Stage("train_linear_evaluation.py", stage2, evaluation_files.final, evaluation_files,
+              resumable=condition.finetune, epochs=evaluation_epochs),
         Stage("test.py", test, Path(args.out) / "runs" / f"{name}.json")])
 
 
 def continue_flags(stage: Stage) -> list[str]:
     """Resume an interrupted training run (stage 1, fine-tuning) from its last checkpoint;
     replace one that died before it saved any."""
-    files = stage.files
-    if files is None:
+    if not stage.resumable:
         return []
+    files = stage.files
     if files.last_checkpoint.exists():
         return ["--resume", "auto"]
     return ["--overwrite"] if files.log.exists() or files.config.exists() else []
+
+
+def shard_of(runs: list[Run], index: int, count: int) -> list[Run]:
+    """The runs of shard `index` (1-based) of `count`: runs sharing a stage-1 run stay together,
+    and the groups go in plan order, each to the shard with the fewest epochs so far; every
+    shard computes the same partition from the same plan."""
+    groups: dict[Path, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.stages[0].output, []).append(run)
+    load = [0] * count
+    chosen = []
+    for group in groups.values():
+        epochs = group[0].epochs + sum(run.evaluation_epochs for run in group) + 1
+        target = min(range(count), key=lambda shard_index: (load[shard_index], shard_index))
+        load[target] += epochs
+        if target == index - 1:
+            chosen += group
+    return chosen
 
 
 class GridStopped(UserError):
     def __init__(self, message: str, exit_status: int):
         super().__init__(message)
         self.exit_status = exit_status
-
-
-def execute(argv: list[str], log_path: Path) -> tuple[int, float, int | None]:
-    """Run a stage script as a child with its output in `log_path`; returns (status, seconds,
-    the signal that asked the grid to stop, if any). The child has its own session, so a
-    Ctrl-C reaches it once, forwarded from here, and it stops after its current step."""
-    stop = []
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {shlex.join(argv)}\n")
-        log.flush()
-        start = time.time()
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 cwd=os.getcwd())
-
-        def forward(signum, frame):
-            stop.append(signum)
-            child.send_signal(signum)
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            status = child.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    return status, time.time() - start, (stop[0] if stop else None)
 
 
 def last_error(log_path: Path) -> str:
@@ -268,7 +316,7 @@ def last_error(log_path: Path) -> str:
 
 
 def read_test_row(path: Path) -> dict:
-    with open(path, newline="") as handle:
+    with open(path, newline="", errors="replace") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise UserError(f"{path} has no result row: run the grid again")
@@ -279,19 +327,56 @@ def number(text: str | None) -> float | None:
     return round(float(text), 4) if text not in (None, "") else None
 
 
+def read_json(path: Path):
+    """The JSON in `path`, or None when it is truncated, not JSON or not text."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+@dataclass(eq=False)
+class Task:
+    """One stage to run: a stage-1 run shared by several runs is one task."""
+    stage: Stage
+    runs: list[Run]
+    number: int                     # the first run's place in the grid, 1-based
+    needs: "Task | None" = None
+    done: bool = False
+    started: float = 0.0
+
+    def label(self, total: int) -> str:
+        shared = f" (+{len(self.runs) - 1} runs)" if len(self.runs) > 1 else ""
+        return f"[{self.number}/{total}] {self.runs[0].name}{shared}"
+
+    @property
+    def stage_name(self) -> str:
+        return {"train_unsupervised.py": "stage 1/3 pretraining",
+                "train_linear_evaluation.py": "stage 2/3 " + ("fine-tuning" if self.stage.resumable
+                                                              else "linear evaluation"),
+                "test.py": "stage 3/3 test"}[self.stage.script]
+
+
 class Grid:
-    def __init__(self, args, runs: list[Run]):
+    def __init__(self, args, runs: list[Run], live: LiveLines | None = None):
         self.args = args
         self.out = Path(args.out)
         self.runs = runs
+        self.mine = shard_of(runs, *args.shard) if args.shard else runs
+        self.live = live or LiveLines()
         self.timings_path = self.out / "timings.json"
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.timings = self.read_timings()
+        self.number_of = {run.name: number_ for number_, run in enumerate(runs, 1)}
 
     def check_settings(self) -> None:
         wanted = {key: getattr(self.args, key) for key in GRID_SETTINGS}
         path = self.out / "grid.json"
         if path.exists():
-            stored = json.loads(path.read_text())
+            stored = read_json(path)
+            if not isinstance(stored, dict):
+                raise UserError(f"{path} cannot be read (truncated or not a grid's settings): delete it and run "
+                                "again with this grid's flags (each run's record is checked against them), "
+                                "or pass another --out")
             shown = {None: "(the paper's)", 0: "0"}
             changed = [f"--{key} {shown.get(stored.get(key), stored.get(key))} -> {shown.get(value, value)}"
                        for key, value in wanted.items() if stored.get(key) != value]
@@ -301,77 +386,165 @@ class Grid:
         elif not self.args.dry_run:
             save_json(wanted, path)
 
-    def run_all(self) -> None:
-        finished = 0
-        for number_, run in enumerate(self.runs, 1):
-            prefix = f"[{number_}/{len(self.runs)}] {run.name}"
-            if run.stages[2].output.exists():
-                finished += 1
-                print(f"{prefix}: finished before")
-                continue
-            for stage in run.stages:
-                if stage.script != "test.py" and stage.output.exists():
-                    print(f"{prefix}: {stage.script} done before ({stage.output.name})")
-                    continue
-                argv = [sys.executable, str(REPO / stage.script), *stage.argv, *continue_flags(stage)]
-                if self.args.dry_run:
-                    print(shlex.join(argv))
-                    continue
-                self.run_stage(prefix, run, stage, argv)
-            if not self.args.dry_run:
-                self.save_record(run)
-        if finished == len(self.runs):
-            print(f"All {finished} runs of the grid had finished: rebuilding the table only")
+    def read_timings(self, say: bool = True) -> dict[str, float]:
+        if not self.timings_path.exists():
+            return {}
+        timings = read_json(self.timings_path)
+        if not isinstance(timings, dict) or not all(isinstance(v, (int, float)) for v in timings.values()):
+            if say:
+                self.live.event(f"[WARNING] {self.timings_path} cannot be read (truncated or not JSON): the wall "
+                                "times of stages run before are lost; it is written afresh")
+            return {}
+        return timings
 
-    def run_stage(self, prefix: str, run: Run, stage: Stage, argv: list[str]) -> None:
-        print(f"{prefix}: {stage.script} {'(resumed) ' if '--resume' in argv else ''}...", flush=True)
-        log = self.out / "logs" / f"{run.name}.log"
-        status, seconds, stop = execute(argv, log)
+    def add_timing(self, stage: Stage, seconds: float) -> None:
+        """Shards share timings.json: each adds its stages' times under a lock, read, merged, written."""
         key = self.timing_key(stage)
-        self.timings[key] = self.timings.get(key, 0.0) + seconds
-        atomic_write_bytes(self.timings_path, json.dumps(self.timings, indent=1, sort_keys=True).encode())
-        if stop is not None:
-            raise GridStopped(f"grid stopped by {signal.Signals(stop).name} during {run.name} ({stage.script}); "
-                              "run the same command again to continue it: finished runs are kept and "
-                              "an interrupted training resumes from its last checkpoint", 128 + stop)
-        if status != 0:
-            raise GridStopped(f"{stage.script} failed for run {run.name} (exit status {status}): {last_error(log)} "
-                              f"[full output: {log}]; runs finished before are kept", 1)
-        print(f"{prefix}: {stage.script} finished in {seconds:.0f}s", flush=True)
+        with open(self.out / ".timings.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            timings = self.read_timings(say=False)  # said when the grid started
+            self.timings = {**timings, key: timings.get(key, 0.0) + seconds}
+            atomic_write_bytes(self.timings_path, json.dumps(self.timings, indent=1, sort_keys=True).encode())
 
     def timing_key(self, stage: Stage) -> str:
         return str(stage.output.relative_to(self.out)) if stage.output.is_relative_to(self.out) else str(stage.output)
 
+    def expected_record(self, run: Run) -> dict:
+        return {"condition": run.condition.name, "variant": run.variant.tag, "method": run.method,
+                "backbone": run.backbone, "seed": run.seed, "epochs": run.epochs,
+                "evaluation_epochs": run.evaluation_epochs, "train_subset": self.args.train_subset,
+                "knn": self.args.knn, "retrieval": self.args.retrieval}
+
+    def record_of(self, run: Run, say: bool = False) -> dict | None:
+        """The run's result record when it is readable and made with this grid's settings."""
+        if not run.record.exists():
+            return None
+        record = read_json(run.record)
+        if not isinstance(record, dict) or not isinstance(record.get("accuracy"), (int, float)):
+            problem = "cannot be read (truncated or not a run's record)"
+        else:
+            # "knn" and "retrieval" are absent from records of earlier versions
+            changed = [f"{key} {record[key]} -> {value}" for key, value in self.expected_record(run).items()
+                       if record.get(key, value) != value]
+            problem = f"was made with other settings ({'; '.join(changed)})" if changed else None
+        if problem is None:
+            return record
+        if say:
+            self.live.event(f"{run.record} {problem}: the run is not counted as done; its test runs again")
+        return None
+
+    def tasks(self) -> list[Task]:
+        """This shard's stages not done yet, in plan order; a stage waits for the one it needs."""
+        by_output: dict[Path, Task] = {}
+        tasks = []
+        for run in self.mine:
+            needs = None
+            for stage in run.stages:
+                task = by_output.get(stage.output)
+                if task is None:
+                    task = Task(stage, [], self.number_of[run.name])
+                    task.done = (self.record_of(run, say=True) is not None if stage.script == "test.py"
+                                 else stage.output.exists())
+                    by_output[stage.output] = task
+                    if not task.done:
+                        task.needs = needs
+                        tasks.append(task)
+                task.runs.append(run)
+                needs = None if task.done else task
+        return tasks
+
+    def run_all(self) -> None:
+        tasks = self.tasks()
+        finished = len(self.mine) - len({run.name for task in tasks for run in task.runs
+                                         if task.stage.script == "test.py"})
+        if self.args.dry_run:
+            self.print_plan(tasks, finished)
+            return
+        whose = f"shard {self.args.shard[0]}/{self.args.shard[1]} ({len(self.mine)} of {len(self.runs)} runs)" \
+            if self.args.shard else f"{len(self.runs)} runs"
+        if not tasks:
+            print(f"All {len(self.mine)} runs of the grid"
+                  + (f"'s shard {self.args.shard[0]}/{self.args.shard[1]}" if self.args.shard else "")
+                  + " had finished: rebuilding the table only")
+            return
+        print(f"Grid {self.out}, {whose}: {finished} finished before, {len(tasks)} stages to run "
+              f"in {self.args.jobs} job(s)", flush=True)
+        Scheduler(self, tasks).run()
+
+    def print_plan(self, tasks: list[Task], finished: int) -> None:
+        stage1 = [t for t in tasks if t.stage.script == "train_unsupervised.py"]
+        pretrainings = len({run.stages[0].output for run in self.mine})
+        evaluation_epochs = sum(t.stage.epochs for t in tasks if t.stage.script == "train_linear_evaluation.py")
+        whose = (f" (shard {self.args.shard[0]}/{self.args.shard[1]}: {len(self.mine)} of them)"
+                 if self.args.shard else "")
+        print(f"Grid {self.out} (study {self.args.study}): {len(self.runs)} runs{whose}, {pretrainings} distinct "
+              f"pretrainings, {finished} runs finished before; {len(tasks)} stages to run ({len(stage1)} stage 1, "
+              f"{sum(t.stage.script == 'train_linear_evaluation.py' for t in tasks)} stage 2, "
+              f"{sum(t.stage.script == 'test.py' for t in tasks)} test), estimated epochs: "
+              f"{sum(t.stage.epochs for t in stage1)} of stage 1 and {evaluation_epochs} of stage 2 "
+              f"(at most; a resumed run does fewer); {self.args.jobs} job(s)")
+        for task in tasks:
+            print(shlex.join(self.command(task)))
+
+    def command(self, task: Task) -> list[str]:
+        return [sys.executable, str(REPO / task.stage.script), *task.stage.argv, *continue_flags(task.stage)]
+
     def save_record(self, run: Run) -> None:
         result = read_test_row(run.test_log)
-        record = {"condition": run.condition.name, "variant": run.variant.tag, "method": run.method,
-                  "backbone": run.backbone, "seed": run.seed, "epochs": run.epochs,
-                  "evaluation_epochs": run.evaluation_epochs, "train_subset": self.args.train_subset,
+        record = {**self.expected_record(run),
                   "accuracy": number(result.get("accuracy")), "top5": number(result.get("top5")),
                   "knn_accuracy": number(result.get("knn_accuracy")),
                   "retrieval_precision": number(result.get("retrieval_precision")),
                   "wall_seconds": round(sum(self.timings.get(self.timing_key(s), 0.0) for s in run.stages), 1),
                   "stage1_checkpoint": str(run.stages[0].output), "evaluation_checkpoint": str(run.stages[1].output),
                   "order": list(run.order), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        save_json(record, run.stages[2].output)
+        save_json(record, run.record)
         accuracy = record["accuracy"]
-        print(f"  test accuracy {accuracy:.2f}%" + (f", kNN {record['knn_accuracy']:.2f}%" if record["knn_accuracy"]
-                                                   is not None else "")
-              + (f", top-{self.args.retrieval} retrieval {record['retrieval_precision']:.2f}%"
-                 if record["retrieval_precision"] is not None else ""), flush=True)
+        self.live.event(f"[{self.number_of[run.name]}/{len(self.runs)}] {run.name}: test accuracy {accuracy:.2f}%"
+                        + (f", kNN {record['knn_accuracy']:.2f}%" if record["knn_accuracy"] is not None else "")
+                        + (f", top-{self.args.retrieval} retrieval {record['retrieval_precision']:.2f}%"
+                           if record["retrieval_precision"] is not None else ""))
+
+    def protocol_differences(self) -> list[str]:
+        """How this grid's protocol differs from the paper's, in words."""
+        conditions = list(dict.fromkeys(run.condition for run in self.runs))
+        differences = []
+
+        def paper(values) -> str:
+            return " or ".join(map(str, sorted(set(values))))
+        if self.args.epochs and {c.epochs for c in conditions} != {self.args.epochs}:
+            differences.append(f"{self.args.epochs} stage-1 epochs instead of {paper(c.epochs for c in conditions)}")
+        if self.args.linear_epochs and {c.evaluation_epochs for c in conditions} != {self.args.linear_epochs}:
+            differences.append(f"{self.args.linear_epochs} evaluation epochs instead of "
+                               f"{paper(c.evaluation_epochs for c in conditions)}")
+        if self.args.train_subset:
+            differences.append(f"{self.args.train_subset} training images in both stages instead of the full "
+                               "training sets")
+        relation = [run for run in self.runs if run.method == "relationnet"]
+        paper_k = {relationnet_k(run.condition.name, run.backbone) for run in relation}
+        if self.args.K and relation and paper_k != {self.args.K}:
+            differences.append(f"relationnet K {self.args.K} instead of {paper(paper_k)}")
+        if self.args.backbone:
+            differences.append(f"backbone {', '.join(self.args.backbone)} chosen by --backbone")
+        return differences
 
     def report(self) -> None:
-        records = [json.loads(path.read_text()) for path in sorted((self.out / "runs").glob("*.json"))]
+        done = [(run, self.record_of(run)) for run in self.runs]
+        records = [record for _, record in done if record is not None]
         if not records:
             return
         records.sort(key=lambda record: record["order"])
         study = STUDIES[self.args.study]
+        missing = len(self.runs) - len(records)
         settings = (f"Grid `{self.out}`, study `{self.args.study}`: stage-1 epochs "
                     f"{self.args.epochs or 'as the paper'}, evaluation epochs {self.args.linear_epochs or 'as the paper'}, "
                     f"training images {self.args.train_subset or 'all'}, relationnet K {self.args.K or 'as the paper'}; "
-                    f"{len(records)} runs. The paper: 200 (STL-10: 300) and 100 (STL-10: 20 of fine-tuning) "
+                    f"{len(records)} of {len(self.runs)} runs done"
+                    + (f" (the other {missing} not yet: still running on another shard, or to be run)"
+                       if missing else "") + ". The paper: 200 (STL-10: 300) and 100 (STL-10: 20 of fine-tuning) "
                     "epochs on the full training sets.")
-        written = write_results(records, self.out, study.description, settings)
+        written = write_results(records, self.out, study.description, settings, knn=self.args.knn,
+                                retrieval=self.args.retrieval, differences=self.protocol_differences())
         written += self.curves()
         print((self.out / "table.md").read_text())
         print("Written: " + ", ".join(str(path) for path in written))
@@ -384,9 +557,166 @@ class Grid:
         pretraining = [log for log in logs if log not in evaluation]
         written = []
         for logs_of_stage, name in ((pretraining, "curves_pretraining.png"), (evaluation, "curves_evaluation.png")):
-            if logs_of_stage:
+            if not logs_of_stage:
+                continue
+            try:
                 written.append(plot_training_curves(logs_of_stage, self.out / name))
+            except UserError as reason:  # one-epoch runs: each quantity a single point
+                print(f"[INFO] No {name}: {reason}")
         return written
+
+
+class Scheduler:
+    """Runs a grid's tasks in `--jobs` child processes, each in its own slot of CPUs (and GPU); a
+    task starts when the one it needs has finished. A failure or SIGINT/SIGTERM stops every
+    child after its current step (they save a resumable checkpoint), and then the grid."""
+
+    def __init__(self, grid: Grid, tasks: list[Task]):
+        self.grid = grid
+        self.live = grid.live
+        self.pending = tasks
+        self.total = len(grid.runs)
+        self.free = make_slots(grid.args.jobs, grid.args.gpus, usable_cpus())
+        self.running: dict[Task, tuple[subprocess.Popen, Slot, Activity]] = {}
+        self.seconds_per_unit: dict[tuple[str, str], list[float]] = {}
+        self.stop_signal: int | None = None
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.pending or self.running:
+                if self.stop_signal is None and self.failure is None:
+                    self.start_ready()
+                self.collect()
+                if not self.running and (self.stop_signal is not None or self.failure is not None):
+                    break
+                self.show()
+                time.sleep(0.2)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.live.close()
+        if self.stop_signal is not None:
+            raise GridStopped(f"grid stopped by {signal.Signals(self.stop_signal).name}; run the same command "
+                              "again to continue it: finished runs are kept and an interrupted training "
+                              "resumes from its last checkpoint", 128 + self.stop_signal)
+        if self.failure is not None:
+            raise GridStopped(self.failure, 1)
+
+    def on_signal(self, signum, frame) -> None:
+        """Ctrl-C reaches the grid only (the children have their own sessions): pass it on, so a
+        second one stops them at once, as it would a stage run by hand."""
+        self.stop_signal = self.stop_signal or signum
+        for child, _, _ in self.running.values():
+            child.send_signal(signum)
+
+    def start_ready(self) -> None:
+        for task in list(self.pending):
+            if not self.free:
+                return
+            if task.needs is not None and not task.needs.done:
+                continue
+            self.failure = self.held_elsewhere(task)
+            if self.failure is not None:
+                self.stop_all()
+                return
+            self.pending.remove(task)
+            self.start(task)
+
+    def stop_all(self) -> None:
+        for child, _, _ in self.running.values():
+            child.send_signal(signal.SIGTERM)
+
+    def held_elsewhere(self, task: Task) -> str | None:
+        """A stage still held by a process of an earlier grid (stopping after a kill of the grid)
+        or by a run started by hand would fail on its lock: wait a little, then say whom to wait for."""
+        if task.stage.files is None:
+            return None
+        lock = RunLock(task.stage.files.lock)
+        deadline = time.time() + LOCK_WAIT_SECONDS
+        holder = lock.holder()
+        while holder is not None and time.time() < deadline and self.stop_signal is None:
+            time.sleep(0.5)
+            holder = lock.holder()
+        if holder is None:
+            return None
+        return (f"{task.stage.files.lock} is held by process {holder} (a stage of an earlier grid that is "
+                f"still stopping, or a run started by hand): wait for it to end and run the same command "
+                f"again, or end it with `kill {holder.split()[-1]}` (it saves a resumable checkpoint first)")
+
+    def start(self, task: Task) -> None:
+        slot = self.free.pop(0)
+        argv = self.grid.command(task)
+        log_path = self.grid.out / "logs" / f"{task.runs[0].name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        label = task.label(self.total)
+        files = task.stage.files
+        activity = Activity(label, task.stage_name, task.stage.epochs, files.log if files else None)
+        task.started = time.time()
+
+        def register(child: subprocess.Popen) -> None:
+            self.running[task] = (child, slot, activity)
+        with open(log_path, "a") as log:
+            log.write(f"\n$ {shlex.join(argv)}\n")
+            log.flush()
+            start_child(argv, log, slot, register)
+        self.live.event(f"{label}: {task.stage.script} {'(resumed) ' if '--resume' in argv else ''}..."
+                        + (f" ({slot.describe()})" if self.grid.args.jobs > 1 else ""))
+
+    def collect(self) -> None:
+        for task, (child, slot, _) in list(self.running.items()):
+            status = child.poll()
+            if status is None:
+                continue
+            del self.running[task]
+            self.free.append(slot)
+            self.free.sort(key=lambda s: s.index)
+            seconds = time.time() - task.started
+            self.grid.add_timing(task.stage, seconds)
+            label = task.label(self.total)
+            log = self.grid.out / "logs" / f"{task.runs[0].name}.log"
+            if status != 0:
+                if self.stop_signal is None and self.failure is None:
+                    self.failure = (f"{task.stage.script} failed for run {task.runs[0].name} (exit status {status}): "
+                                    f"{last_error(log)} [full output: {log}]; runs finished before are kept")
+                    self.stop_all()
+                continue
+            task.done = True
+            self.seconds_per_unit.setdefault((task.stage.script, task.runs[0].method), []).append(
+                seconds / max(1, task.stage.epochs))
+            self.live.event(f"{label}: {task.stage.script} finished in {seconds:.0f}s")
+            if task.stage.script == "test.py":
+                self.grid.save_record(task.runs[0])
+
+    def estimate(self, task: Task) -> float | None:
+        """Seconds a task should take, from the tasks of its script (and method) done so far."""
+        same = self.seconds_per_unit.get((task.stage.script, task.runs[0].method))
+        if not same:
+            same = [v for (script, _), values in self.seconds_per_unit.items() if script == task.stage.script
+                    for v in values]
+        return statistics.fmean(same) * max(1, task.stage.epochs) if same else None
+
+    def show(self) -> None:
+        now = time.time()
+        left = {}
+        progress = {}
+        for task, (_, _, activity) in self.running.items():
+            progress[task] = read_epoch_progress(activity.log)
+            left[task] = activity.seconds_left(now, progress[task], self.estimate(task))
+        pending = [self.estimate(task) for task in self.pending]
+        known = list(left.values()) + pending
+        grid_left = None if any(v is None for v in known) else sum(known) / self.grid.args.jobs
+        lines = []
+        for task, (_, _, activity) in self.running.items():
+            later = [self.estimate(t) for t in self.pending if t.runs[0] is task.runs[0]]
+            run_left = None if left[task] is None or None in later else left[task] + sum(later)
+            lines.append(activity.line(now, progress[task], run_left, grid_left))
+        self.live.status(lines, now)
+
+
+class GridLock(RunLock):
+    separate_run = "pass another --out for a separate grid"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -398,14 +728,22 @@ def main(argv: list[str] | None = None) -> None:
     data_root = Path(args.data_root)
     if not data_root.is_dir() and args.no_download:
         raise UserError(f"--data_root {data_root} is not a folder: pass the folder holding the data sets")
-    resolve_device(args.device)  # a bad name stops here, not in the first child
+    device = resolve_device(args.device)  # a bad name stops here, not in the first child
+    args.gpus = visible_gpus(device)
+    if args.jobs_per_gpu and not args.gpus:
+        raise UserError(f"--jobs_per_gpu: the grid runs on the CPU (--device {args.device}); use --jobs")
+    args.jobs = args.jobs or automatic_jobs(args.gpus, args.jobs_per_gpu or 1)
+    # Each child sees only its own GPU (CUDA_VISIBLE_DEVICES), as its first CUDA device.
+    args.child_device = "cuda" if args.gpus else args.device
     runs = plan(args)
     grid = Grid(args, runs)
     grid.check_settings()
     if args.dry_run:
         grid.run_all()
         return
-    with RunLock(out / ".reproduce.lock"):
+    lock = GridLock(out / (f".reproduce_shard_{args.shard[0]}_of_{args.shard[1]}.lock" if args.shard
+                           else ".reproduce.lock"))
+    with lock:
         try:
             grid.run_all()
         finally:

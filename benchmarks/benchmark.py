@@ -594,7 +594,37 @@ def concurrent_runs(args) -> str:
             f"passive {seconds_and_ratios(passive_pair, passive_solo)}; 2.00x alone: the two share the cores fairly")
 
 
-CHECKS = {"concurrent-runs": concurrent_runs, "compile-memory": compile_memory, "dim-ratio": dim_ratio}
+GRID_METHODS = ("relationnet", "simclr", "rotationnet", "randomweights", "standard")
+
+
+def grid_throughput(args) -> str:
+    """The cifar10 study (5 methods x 2 seeds, 1 epoch of 2,000 training images, 1 of linear
+    evaluation, the test) run by reproduce.py on the CPU with --jobs 1, then --jobs 2; the
+    ratio of their wall times is what running stages side by side gains."""
+    images = 200 if args.quick else 2000
+    argv = ["--study", "cifar10", "--methods", *GRID_METHODS, "--seeds", "1", "2", "--epochs", "1",
+            "--linear_epochs", "1", "--train_subset", str(images), "--K", "4", "--data_root", args.data_root,
+            "--device", "cpu", "--no_download"]
+    name = f"grid-throughput (cifar10 study, {len(GRID_METHODS)} methods x 2 seeds, 1 epoch, {images:,} images)"
+    if not (Path(args.data_root) / "cifar-10-batches-py").is_dir():
+        return f"{name}: skipped, no cifar-10-batches-py in {args.data_root}"
+    seconds = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for jobs in (1, 2):
+            start = time.time()
+            result = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv, "--jobs", str(jobs),
+                                     "--out", str(Path(folder) / f"jobs_{jobs}")], cwd=REPO, capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                return f"{name}: --jobs {jobs} failed: {result.stderr.strip()[-300:]}"
+            seconds[jobs] = time.time() - start
+    ratio = seconds[1] / seconds[2]
+    return (f"{name}: --jobs 1 {seconds[1]:.0f} s, --jobs 2 {seconds[2]:.0f} s, throughput {ratio:.2f}x "
+            f"({'target 1.6x met' if ratio >= 1.6 else 'missed: target 1.6x'})")
+
+
+CHECKS = {"concurrent-runs": concurrent_runs, "compile-memory": compile_memory, "dim-ratio": dim_ratio,
+          "grid-throughput": grid_throughput}
 
 
 def main() -> None:

@@ -118,10 +118,19 @@ class RunLock:
     The lock file holds the owner's host and pid; a lock left by a dead process on this host
     is taken over, so a killed run never blocks its own resume.
     """
+    separate_run = "use --id for a separate run"  # how the refusal says to avoid the clash
 
     def __init__(self, path: Path):
         self.path = path
         self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+    def holder(self) -> str | None:
+        """'<host> <pid>' of the live process holding the lock, or None when it is free or stale."""
+        try:
+            owner = self.path.read_text().strip()
+        except OSError:
+            return None
+        return owner if self._owner_alive() else None
 
     def _owner_alive(self) -> bool:
         try:
@@ -147,7 +156,7 @@ class RunLock:
                 if self._owner_alive():
                     raise UserError(f"another run ({self.path.read_text().strip()}) is writing "
                                     f"{self.path.parent}/{self.path.name[1:-5]}: wait for it to end, "
-                                    f"or use --id for a separate run (delete {self.path} if no run "
+                                    f"or {self.separate_run} (delete {self.path} if no run "
                                     "is active)") from None
                 self.path.unlink(missing_ok=True)
                 continue
