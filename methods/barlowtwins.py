@@ -9,8 +9,6 @@ views, as the Barlow Twins paper uses them.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -28,8 +26,6 @@ class BarlowTwins(TwoViewMethod):
         Option("barlowtwins_scale", 0.1, "factor of the whole loss (solo-learn's scale_loss)"),
         *training_options("barlowtwins", hidden=2048, projection=2048, weight_decay=1e-4),
     )
-    checkpoint_keys = {"backbone": "backbone", "projector": "projector", "optimizer": "optimizer", "steps": "steps"}
-    optional_keys = frozenset()
 
     def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
                  barlowtwins_lambda: float = 0.0051, barlowtwins_scale: float = 0.1, barlowtwins_hidden: int = 2048,
@@ -48,10 +44,7 @@ class BarlowTwins(TwoViewMethod):
 
     @classmethod
     def check_options(cls, options: dict) -> str | None:
-        for name in ("barlowtwins_lambda", "barlowtwins_scale"):
-            if not (math.isfinite(options[name]) and options[name] >= 0):
-                return f"--{name} {options[name]}: must be a finite number >= 0"
-        return check_training_options("barlowtwins", options)
+        return check_training_options("barlowtwins", options, non_negative=("barlowtwins_lambda", "barlowtwins_scale"))
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

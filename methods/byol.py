@@ -29,9 +29,8 @@ class BYOL(TwoViewMethod):
         Option("byol_predictor_hidden", 4096, "hidden units of the predictor"),
         *training_options("byol", hidden=4096, projection=256, weight_decay=1e-5),
     )
-    checkpoint_keys = {"backbone": "backbone", "projector": "projector", "predictor": "predictor",
-                       "target": "target", "optimizer": "optimizer", "momentum": "momentum", "steps": "steps"}
-    optional_keys = frozenset()
+    checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor", "target": "target",
+                       "momentum": "momentum"}
 
     def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, byol_momentum: float = 0.99,
                  byol_predictor_hidden: int = 4096, byol_hidden: int = 4096, byol_projection: int = 256,
@@ -57,9 +56,7 @@ class BYOL(TwoViewMethod):
     def check_options(cls, options: dict) -> str | None:
         if not 0 <= options["byol_momentum"] <= 1:
             return f"--byol_momentum {options['byol_momentum']}: must be in [0, 1]"
-        if options["byol_predictor_hidden"] < 1:
-            return f"--byol_predictor_hidden {options['byol_predictor_hidden']}: must be at least 1"
-        return check_training_options("byol", options)
+        return check_training_options("byol", options, positive=("byol_predictor_hidden",))
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

@@ -33,14 +33,23 @@ def training_options(prefix: str, hidden: int, projection: int, weight_decay: fl
     )
 
 
-def check_training_options(prefix: str, options: dict) -> str | None:
-    for name in (f"{prefix}_hidden", f"{prefix}_projection"):
+def check_options_of(options: dict, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()
+                     ) -> str | None:
+    """The first of the named options out of its range, as a one-line problem, or None."""
+    for name in positive:
         if options[name] < 1:
             return f"--{name} {options[name]}: must be at least 1"
-    for name in (f"{prefix}_weight_decay", f"{prefix}_warmup_epochs"):
+    for name in non_negative:
         if not (math.isfinite(options[name]) and options[name] >= 0):
             return f"--{name} {options[name]}: must be a finite number >= 0"
     return None
+
+
+def check_training_options(prefix: str, options: dict, positive: tuple[str, ...] = (),
+                           non_negative: tuple[str, ...] = ()) -> str | None:
+    """`check_options_of` for the options of `training_options` and the method's own."""
+    return check_options_of(options, (f"{prefix}_hidden", f"{prefix}_projection", *positive),
+                            (f"{prefix}_weight_decay", f"{prefix}_warmup_epochs", *non_negative))
 
 
 def feature_spread(projections: torch.Tensor) -> torch.Tensor:
@@ -56,6 +65,8 @@ class TwoViewMethod(Method):
     drop_last = True     # as solo-learn's loader; the batch statistics need full batches
     min_batch_size = 2
     lars = True          # LARS (byol, barlowtwins, vicreg) or SGD (simsiam)
+    checkpoint_keys = {"backbone": "backbone", "projector": "projector", "optimizer": "optimizer", "steps": "steps"}
+    optional_keys = frozenset()
     view_groups = list(BYOL_VIEWS)
 
     def set_optimizer(self, groups: list[dict], weight_decay: float, warmup_epochs: float) -> None:

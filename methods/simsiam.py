@@ -27,9 +27,7 @@ class SimSiam(TwoViewMethod):
         Option("simsiam_predictor_hidden", 512, "hidden units of the predictor"),
         *training_options("simsiam", hidden=2048, projection=2048, weight_decay=1e-5),
     )
-    checkpoint_keys = {"backbone": "backbone", "projector": "projector", "predictor": "predictor",
-                       "optimizer": "optimizer", "steps": "steps"}
-    optional_keys = frozenset()
+    checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor"}
 
     def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
                  simsiam_predictor_hidden: int = 512, simsiam_hidden: int = 2048, simsiam_projection: int = 2048,
@@ -47,9 +45,7 @@ class SimSiam(TwoViewMethod):
 
     @classmethod
     def check_options(cls, options: dict) -> str | None:
-        if options["simsiam_predictor_hidden"] < 1:
-            return f"--simsiam_predictor_hidden {options['simsiam_predictor_hidden']}: must be at least 1"
-        return check_training_options("simsiam", options)
+        return check_training_options("simsiam", options, positive=("simsiam_predictor_hidden",))
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

@@ -8,8 +8,6 @@ squared off-diagonal covariances, 1). No predictor, no momentum network. LARS, l
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -28,8 +26,6 @@ class VICReg(TwoViewMethod):
         Option("vicreg_covariance", 1.0, "weight of the covariance term"),
         *training_options("vicreg", hidden=2048, projection=2048, weight_decay=1e-4),
     )
-    checkpoint_keys = {"backbone": "backbone", "projector": "projector", "optimizer": "optimizer", "steps": "steps"}
-    optional_keys = frozenset()
 
     def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
                  vicreg_invariance: float = 25.0, vicreg_variance: float = 25.0, vicreg_covariance: float = 1.0,
@@ -46,10 +42,8 @@ class VICReg(TwoViewMethod):
 
     @classmethod
     def check_options(cls, options: dict) -> str | None:
-        for name in ("vicreg_invariance", "vicreg_variance", "vicreg_covariance"):
-            if not (math.isfinite(options[name]) and options[name] >= 0):
-                return f"--{name} {options[name]}: must be a finite number >= 0"
-        return check_training_options("vicreg", options)
+        return check_training_options("vicreg", options,
+                                      non_negative=("vicreg_invariance", "vicreg_variance", "vicreg_covariance"))
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))
