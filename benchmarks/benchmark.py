@@ -51,7 +51,7 @@ DEFAULT_DATA_ROOT = os.environ.get("SSL_DATA_ROOT", str(REPO.parent / "shared" /
 
 @dataclass(frozen=True)
 class Config:
-    kind: str                  # relationnet, simclr, relic, deepinfomax, lineval, or accuracy (fp32 against bf16)
+    kind: str                  # relationnet, simclr, relic, deepinfomax, a two-view baseline, lineval, or accuracy (fp32 against bf16)
     backbone: str
     batch: int
     views: int = 1
@@ -61,6 +61,7 @@ class Config:
     warmup: int = 3            # unmeasured steps first (compiling happens there)
 
 
+TWO_VIEW_BASELINES = ("byol", "simsiam", "barlowtwins", "vicreg")
 CONFIGS = {
     "relationnet-conv4": Config("relationnet", "conv4", 64, 32, target=2.5),
     "relationnet-resnet32": Config("relationnet", "resnet32", 64, 32, ("--precision", "bf16", "--compile"), 2.5,
@@ -70,6 +71,8 @@ CONFIGS = {
     "relic-resnet18": Config("relic", "resnet18", 256, 6, ("--precision", "bf16", "--compile", "--channels_last"),
                              3.0, steps=3, warmup=2),
     "deepinfomax-conv4": Config("deepinfomax", "conv4", 128),
+    # The two-view baselines with solo-learn's CIFAR settings (batch 256, ResNet-18 with the CIFAR stem).
+    **{f"{method}-resnet18": Config(method, "resnet18", 256, 2, steps=3, warmup=2) for method in TWO_VIEW_BASELINES},
     "lineval-conv4": Config("lineval", "conv4", 128, target=20.0),
     # A short relationnet run in float32 and in bf16 + compile, each scored by linear evaluation.
     "accuracy-resnet32": Config("accuracy", "resnet32", 64, 4, ("--precision", "bf16", "--compile"), steps=100),
@@ -77,7 +80,8 @@ CONFIGS = {
 # --quick: the same code paths at sizes that run in seconds (a smoke test, not a measurement).
 QUICK = {"relationnet": dict(batch=16, views=4), "simclr": dict(batch=32), "relic": dict(batch=8),
          "deepinfomax": dict(batch=16),
-         "lineval": dict(batch=64), "accuracy": dict(batch=16, views=2)}
+         "lineval": dict(batch=64), "accuracy": dict(batch=16, views=2),
+         **{method: dict(batch=8) for method in TWO_VIEW_BASELINES}}
 QUICK_STEPS = dict(steps=2, warmup=1)
 
 COLUMNS = ["config", "kind", "backbone", "batch", "views", "options", "data", "steps",
@@ -222,6 +226,16 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
 
         def step(batch):
             reference.deepinfomax_step(model, optimizer, batch[0], device, meters)
+    elif config.kind in TWO_VIEW_BASELINES:
+        from methods import METHODS
+        dataset = reference.TwoViewImages(images_hwc, labels, reference.two_view_transforms(config.kind, mean, std, side))
+        method = METHODS[config.kind](backbone, 10).to(device)
+        method.total_steps = args.warmup + args.steps  # the schedule's length, as on_epoch_start sets it
+        steps_done = []
+
+        def step(batch):
+            steps_done.append(1)
+            reference.two_view_step(method, batch[0], device, meters, len(steps_done))
     else:
         transform = reference.relationnet_transform(mean, std)
         dataset = reference.MultiViewImages(images_hwc, labels, transform, config.views)

@@ -14,6 +14,11 @@ relic-pytorch's path, as `../shared/reference/relic-behaviour.md` describes it, 
 the same way: its global and local view transforms on PIL images in the same DataLoader,
 its model (online encoder + critic, a deep-copied target), its per-pair Python loop over
 (target, online) views, Adam and the EMA update after each step.
+
+For the two-view baselines (byol, simsiam, barlowtwins, vicreg) the reference is solo-learn's
+data path: each view's torchvision pipeline on PIL images in the same DataLoader, and a loss
+read with `.item()` every step; the step itself is this suite's method module (its heads,
+loss, optimizer and target update), so their rows measure the data path.
 """
 from __future__ import annotations
 
@@ -63,6 +68,22 @@ def deepinfomax_transform(mean: tuple, std: tuple) -> transforms.Compose:
                                transforms.Normalize(mean, std)])
 
 
+def two_view_transforms(method: str, mean: tuple, std: tuple, side: int = 32
+                        ) -> tuple[transforms.Compose, transforms.Compose]:
+    """The two views as solo-learn builds them with torchvision: BYOL's (blur p 1 / 0.1,
+    solarize p 0 / 0.2; also barlowtwins' and vicreg's here) or simsiam's (both blurred with p 0.5)."""
+    def view(jitter: tuple, blur_p: float, solarize_p: float) -> transforms.Compose:
+        return transforms.Compose([
+            transforms.RandomResizedCrop(side, scale=(0.08, 1.0)), transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(*jitter)], p=0.8), transforms.RandomGrayscale(p=0.2),
+            transforms.RandomApply([transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1, (0.1, 2.0))], p=blur_p),
+            transforms.RandomSolarize(127, p=solarize_p), transforms.ToTensor(), transforms.Normalize(mean, std)])
+    if method == "simsiam":
+        both = view((0.4, 0.4, 0.4, 0.1), 0.5, 0.0)
+        return both, both
+    return view((0.4, 0.4, 0.2, 0.1), 1.0, 0.0), view((0.4, 0.4, 0.2, 0.1), 0.1, 0.2)
+
+
 def lineval_transform(mean: tuple, std: tuple) -> transforms.Compose:
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
@@ -97,6 +118,20 @@ class GlobalLocalViews(Dataset):
         picture = Image.fromarray(self.images[i])
         views = [transform(picture) for transform, count in zip(self.transforms, self.counts) for _ in range(count)]
         return views, int(self.labels[i])
+
+
+class TwoViewImages(Dataset):
+    """solo-learn's NCropAugmentation over an image data set: ([first view, second view], target)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, view_transforms):
+        self.images, self.labels, self.view_transforms = images_hwc, labels, view_transforms
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        picture = Image.fromarray(self.images[i])
+        return [transform(picture) for transform in self.view_transforms], int(self.labels[i])
 
 
 class SingleImages(Dataset):
@@ -299,3 +334,14 @@ def lineval_step(backbone, classifier, optimizer, images, target, device, meters
     accuracy = 100.0 * (logits.argmax(1) == target).sum() / float(len(target))
     meters[0].update(loss.item(), len(target))
     meters[1].update(accuracy.item(), len(target))
+
+
+def two_view_step(method, views, device, meters, step: int) -> None:
+    """One step of a two-view baseline module on loader views, its loss read every step."""
+    views = [view.to(device) for view in views]
+    loss = method.training_step(views, None, None).loss
+    method.optimizer.zero_grad()
+    loss.backward()
+    method.optimizer.step()
+    method.after_step(step)
+    meters[0].update(loss.item(), views[0].shape[0])

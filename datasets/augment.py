@@ -13,6 +13,12 @@ roles gave them stay valid as aliases (`ALIASES`):
     crop_color_gray_blur_solarize   the same with crop scale 0.1-1, then Gaussian blur and
                        solarize with p 0.2 (relic's global views)
     crop_color_gray_blur            crop scale 0.05-1, then Gaussian blur (relic's local views)
+    crop_softcolor_gray_blur        crop scale 0.08-1, the milder colour jitter of BYOL
+                       (0.4, 0.4, 0.2, 0.1), Gaussian blur always (BYOL's first view; also
+                       barlowtwins' and vicreg's)
+    crop_softcolor_gray_blur_solarize   the same with blur p 0.1 and solarize p 0.2 (BYOL's
+                       second view)
+    crop_softcolor_gray_halfblur    jitter (0.4, 0.4, 0.4, 0.1), blur p 0.5 (simsiam, both views)
                        (the crop_color_gray pipelines can resize to another `size`)
     pad_crop_flip      zero-padded random crop and flip (rotationnet, deepcluster, standard;
                        alias "standard")
@@ -358,18 +364,19 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> tor
 
 
 class CropColorAugmentation(Augmentation):
-    """RandomResizedCrop(scale `crop_scale`) + flip + ColorJitter(.8, .8, .8, .2) with p .8 in
-    a random order per image + RandomGrayscale(.2): the original relationnet/simclr pipeline
-    (crop scale (0.08, 1)); with `blur`, then GaussianBlur(blur_kernel_size(input side),
-    sigma (0.1, 2)) and RandomSolarize(127, `solarize_p`): relic-pytorch's views.
+    """RandomResizedCrop(scale `crop_scale`) + flip + ColorJitter(`jitter`, default .8, .8, .8,
+    .2) with p .8 in a random order per image + RandomGrayscale(.2): the original
+    relationnet/simclr pipeline (crop scale (0.08, 1)); with `blur`, then
+    RandomApply(GaussianBlur(blur_kernel_size(input side), sigma (0.1, 2)), `blur_p`) and
+    RandomSolarize(127, `solarize_p`): relic-pytorch's views (blur p 1), BYOL's (p 1 and 0.1).
 
     All parameters of the batch are drawn first (the blur and solarize ones after the
-    others, so the pipeline without them draws what it always drew), then images are
+    others, and the draw of which images are blurred only when blur_p < 1, so each pipeline
+    draws what it drew before the options that it does not use existed), then images are
     processed in chunks that stay in cache on the CPU; the chunk size therefore never
     changes the result.
     """
 
-    jitter = (0.8, 0.8, 0.8, 0.2)
     jitter_p = 0.8
     grayscale_p = 0.2
     blur_sigma = (0.1, 2.0)
@@ -377,10 +384,12 @@ class CropColorAugmentation(Augmentation):
     resizes = True
 
     def __init__(self, mean: tuple, std: tuple, chunk_size: int | None = None, size: int | None = None,
-                 crop_scale: tuple = (0.08, 1.0), blur: bool = False, solarize_p: float = 0.0):
+                 crop_scale: tuple = (0.08, 1.0), blur: bool = False, solarize_p: float = 0.0,
+                 jitter: tuple = (0.8, 0.8, 0.8, 0.2), blur_p: float = 1.0):
         super().__init__(mean, std, size)
         self.chunk_size = chunk_size  # None: 256 on the CPU, the whole batch elsewhere
         self.crop_scale, self.blur, self.solarize_p = tuple(crop_scale), blur, solarize_p
+        self.jitter, self.blur_p = tuple(jitter), blur_p
 
     def augment(self, images, generator):
         n, _, height, width = images.shape
@@ -399,6 +408,7 @@ class CropColorAugmentation(Augmentation):
             low, high = self.blur_sigma
             sigma = low + (high - low) * extra[:, 0]
             solarized = extra[:, 1] < self.solarize_p
+            blurred = torch.rand(n, generator=generator, device=device) < self.blur_p if self.blur_p < 1 else None
             kernel_size = blur_kernel_size(height)
 
         side = (height, width) if self.size is None else (self.size, self.size)
@@ -410,7 +420,11 @@ class CropColorAugmentation(Augmentation):
             x = self._jitter(x, jittered[part], order[part], factors[part])
             x = _apply_where(x, gray[part], _grayscale_rgb)
             if self.blur:
-                x = gaussian_blur(x, kernel_size, sigma[part])
+                if blurred is None:
+                    x = gaussian_blur(x, kernel_size, sigma[part])
+                else:
+                    x = _apply_where(x, blurred[part], lambda images, s: gaussian_blur(images, kernel_size, s),
+                                     sigma[part])
                 inverted = (x >= self.solarize_threshold) & solarized[part].view(-1, 1, 1, 1)
                 x = torch.where(inverted, 1.0 - x, x)
             out[part] = self.normalise_(x)
@@ -478,6 +492,8 @@ def _no_cutout() -> float:
                      "this data set defines none (the original code has none for tiny and slim)")
 
 
+# BYOL's colour jitter (brightness, contrast, saturation, hue), milder than SimCLR's (0.8, 0.8, 0.8, 0.2).
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 # name -> factory(mean, std, padding, cutout, size); see the module's docstring.
 PIPELINES: dict[str, Callable[..., Augmentation]] = {
     "crop_color_gray": lambda mean, std, padding, cutout, size: CropColorAugmentation(mean, std, size=size),
@@ -485,6 +501,12 @@ PIPELINES: dict[str, Callable[..., Augmentation]] = {
         mean, std, size=size, crop_scale=(0.1, 1.0), blur=True, solarize_p=0.2),
     "crop_color_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
         mean, std, size=size, crop_scale=(0.05, 1.0), blur=True),
+    "crop_softcolor_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
+        mean, std, size=size, jitter=BYOL_JITTER, blur=True),
+    "crop_softcolor_gray_blur_solarize": lambda mean, std, padding, cutout, size: CropColorAugmentation(
+        mean, std, size=size, jitter=BYOL_JITTER, blur=True, blur_p=0.1, solarize_p=0.2),
+    "crop_softcolor_gray_halfblur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
+        mean, std, size=size, jitter=(0.4, 0.4, 0.4, 0.1), blur=True, blur_p=0.5),
     "pad_crop_flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, padding, size),
     "flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, 0, size),
     "none": lambda mean, std, padding, cutout, size: Normalise(mean, std, size),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.checkpoint import atomic_write_bytes, write_csv
 from experiments.plots import matplotlib_available, plot_grid_results
-from experiments.studies import CONDITIONS, PAPER_RETRIEVAL, paper_value
+from experiments.studies import CONDITIONS, PAPER_RETRIEVAL, SOURCES, paper_value, published_value
 from utils.runtime import format_duration
 
 RESULT_COLUMNS = ["condition", "variant", "method", "backbone", "seed", "epochs", "evaluation_epochs",
@@ -28,7 +28,8 @@ def group_runs(records: list[dict]) -> list[dict]:
         cell.update(seeds=[r["seed"] for r in runs], epochs=sorted({r["epochs"] for r in runs}),
                     evaluation_epochs=sorted({r["evaluation_epochs"] for r in runs}),
                     wall_seconds=statistics.fmean(r["wall_seconds"] for r in runs),
-                    paper=paper_value(cell["condition"], cell["method"], cell["backbone"], cell["variant"]))
+                    paper=paper_value(cell["condition"], cell["method"], cell["backbone"], cell["variant"]),
+                    published=published_value(cell["condition"], cell["method"], cell["backbone"]))
         for name in ("accuracy", "knn_accuracy", "retrieval_precision"):
             values = [r[name] for r in runs if r.get(name) is not None]
             cell[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) \
@@ -46,9 +47,10 @@ def markdown_table(cells: list[dict], title: str, settings: str, knn: int = 200,
                    differences: list[str] = ()) -> str:
     """The table; `differences` say in words how the grid's protocol differs from the paper's."""
     variants = any(cell["variant"] for cell in cells)
+    sources = sorted({cell["published"][1] for cell in cells if cell["published"]})
     header = ["condition"] + (["variant"] if variants else []) + [
-        "backbone", "method", "seeds", "accuracy (%)", "paper", "difference",
-        f"{knn}-NN (%)" if knn else "kNN", f"top-{retrieval} retrieval (%)" if retrieval else "retrieval",
+        "backbone", "method", "seeds", "accuracy (%)", "paper"] + (["published (source)"] if sources else []) + [
+        "difference", f"{knn}-NN (%)" if knn else "kNN", f"top-{retrieval} retrieval (%)" if retrieval else "retrieval",
         "epochs", "wall time / run"]
     warning = ["**Not the paper's protocol**: " + "; ".join(differences) + ". The difference to the paper "
                "measures this shortened protocol as much as the methods.", ""] if differences else []
@@ -59,17 +61,21 @@ def markdown_table(cells: list[dict], title: str, settings: str, knn: int = 200,
         paper = cell["paper"]
         paper_text = "–" if paper is None else (f"{paper[0]:.2f} ± {paper[1]:.2f}" if paper[1] is not None
                                                 else f"{paper[0]:.2f}")
-        difference = "–" if paper is None or cell["accuracy"] is None else f"{cell['accuracy'][0] - paper[0]:+.2f}"
+        anchor = paper or cell["published"]
+        difference = "–" if anchor is None or cell["accuracy"] is None else f"{cell['accuracy'][0] - anchor[0]:+.2f}"
         label = CONDITIONS[cell["condition"]].label if cell["condition"] in CONDITIONS else cell["condition"]
         row = [label] + ([cell["variant"] or "–"] if variants else []) + [
             cell["backbone"], cell["method"], ", ".join(map(str, cell["seeds"])),
-            _mean_std(cell["accuracy"], seeds), paper_text, difference,
+            _mean_std(cell["accuracy"], seeds), paper_text] + (
+            [f"{cell['published'][0]:.2f} ({cell['published'][1]})" if cell["published"] else "–"] if sources else []) + [
+            difference,
             _mean_std(cell["knn_accuracy"], seeds), _mean_std(cell["retrieval_precision"], seeds),
             " / ".join(f"{'/'.join(map(str, cell[k]))}" for k in ("epochs", "evaluation_epochs")),
             format_duration(round(cell["wall_seconds"]))]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Accuracy: top-1 on the test split, mean ± standard deviation over the seeds (n − 1 in "
-              "the denominator). Difference: this grid's mean minus the paper's. "
+              "the denominator). Difference: this grid's mean minus the paper's (or, where the paper has "
+              "none, the published reference's). "
               + (f"{knn}-NN: weighted k-nearest-neighbour accuracy on frozen features (cosine, k = {knn}). "
                  if knn else "")
               + (f"Retrieval: share of the {retrieval} nearest test images of the query's class. " if retrieval else "")
@@ -77,6 +83,7 @@ def markdown_table(cells: list[dict], title: str, settings: str, knn: int = 200,
               "by several conditions counts in each.",
               "Paper's top-10 retrieval on CIFAR-10 (appendix B.10): " + ", ".join(
                   f"{method} {value}" for method, value in PAPER_RETRIEVAL.items()) + "."]
+    lines += [f"Published ({source}): {SOURCES[source]}." for source in sources]
     return "\n".join(lines) + "\n"
 
 

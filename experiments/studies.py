@@ -9,14 +9,18 @@ Protocol (original-behaviour.md section 12, paper-results.md): 200 epochs of sta
 training split, 100 epochs of linear evaluation on frozen features; STL-10: 300 epochs on
 the unlabelled split, 20 epochs of fine-tuning on the 5K labelled images. Mini-batch 64 for
 relational reasoning (K = 16 for ResNet-32 on tiny-ImageNet, 25 for ResNet-34 on STL-10,
-32 otherwise), 128 for the other methods.
+32 otherwise), 128 for the other methods of the paper, 256 for the later baselines (the
+batch of the reference each follows). `PUBLISHED` holds the numbers those references report.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ALL_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard",
-               "randomweights")
+PAPER_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard",
+                 "randomweights")
+# Methods after the paper, each trained with the settings of the reference it follows.
+BASELINE_METHODS = ("relic", "byol", "simsiam", "barlowtwins", "vicreg")
+ALL_METHODS = PAPER_METHODS + BASELINE_METHODS  # also the order of a grid's rows
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Study:
     description: str
     conditions: tuple[str, ...]
     backbones: tuple[str, ...]
-    methods: tuple[str, ...] = ALL_METHODS
+    methods: tuple[str, ...] = PAPER_METHODS
     variants: tuple[Variant, ...] = (Variant(),)
     backbone_of: dict = field(default_factory=dict)  # condition -> backbone the paper used there
 
@@ -81,6 +85,10 @@ STUDIES = {
                                  for p in (1, 10, 25, 50, 100))),
     "slim": Study("SlimageNet64 (appendix; ResNet-34)", ("slim",), ("resnet34",),
                   ("relationnet", "simclr", "rotationnet")),
+    "baselines": Study("Today's baselines under the paper's protocol: CIFAR-10 and CIFAR-100, ResNet-18 "
+                       "(CIFAR stem), linear evaluation", ("cifar10", "cifar100"), ("resnet18",),
+                       ("relationnet", "simclr", "relic", "byol", "simsiam", "barlowtwins", "vicreg", "standard",
+                        "randomweights")),
 }
 
 
@@ -94,7 +102,9 @@ def relationnet_k(condition: str, backbone: str) -> int:
 
 
 def batch_size(method: str) -> int:
-    return 64 if method == "relationnet" else 128
+    if method == "relationnet":
+        return 64
+    return 256 if method in BASELINE_METHODS else 128
 
 
 _TABLE1 = {  # method -> values in the order of the table's columns
@@ -141,3 +151,29 @@ def paper_value(condition: str, method: str, backbone: str, variant: str) -> tup
     if variant not in ("", "K32", "cat", "labels_100pct"):
         return None
     return PAPER.get((condition, method, backbone))
+
+
+# Published top-1 accuracies of the references the later baselines follow, ResNet-18 with the
+# CIFAR stem, for the `baselines` study: (condition, method) -> (accuracy, source key).
+SOURCES = {
+    "solo-learn": "solo-learn (da Costa et al., JMLR 2022), README, CIFAR tables: its "
+                  "scripts/pretrain/cifar/*.yaml, 1000 epochs, batch 256; accuracy of the online linear "
+                  "classifier trained during pretraining on augmented views (here: 100 epochs of Adam on "
+                  "frozen features of un-augmented images after --epochs of stage 1)",
+    "relic-pytorch": "relic-pytorch 0.4.1 README: 100 epochs, batch 256, one run; scikit-learn logistic "
+                     "regression on the target encoder's features (here: the linear layer of the paper; "
+                     "`train_linear_evaluation.py --classifier logistic` gives the package's protocol)",
+}
+PUBLISHED = {
+    ("cifar10", "simclr"): (90.74, "solo-learn"), ("cifar100", "simclr"): (65.78, "solo-learn"),
+    ("cifar10", "byol"): (92.58, "solo-learn"), ("cifar100", "byol"): (70.46, "solo-learn"),
+    ("cifar10", "simsiam"): (90.51, "solo-learn"), ("cifar100", "simsiam"): (66.04, "solo-learn"),
+    ("cifar10", "barlowtwins"): (92.10, "solo-learn"), ("cifar100", "barlowtwins"): (70.90, "solo-learn"),
+    ("cifar10", "vicreg"): (92.07, "solo-learn"), ("cifar100", "vicreg"): (68.54, "solo-learn"),
+    ("cifar10", "relic"): (82.53, "relic-pytorch"),
+}
+
+
+def published_value(condition: str, method: str, backbone: str) -> tuple[float, str] | None:
+    """(accuracy, source key of SOURCES) a later baseline's reference reports for this cell."""
+    return PUBLISHED.get((condition, method)) if backbone == "resnet18" else None

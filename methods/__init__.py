@@ -1,5 +1,7 @@
 """Registry of training methods: adding one is a new file and one line here."""
+from methods.barlowtwins import BarlowTwins
 from methods.base import Method, StepOutput
+from methods.byol import BYOL
 from methods.deepcluster import DeepCluster
 from methods.deepinfomax import DeepInfoMax
 from methods.randomweights import RandomWeights
@@ -7,7 +9,9 @@ from methods.relationnet import RelationNet
 from methods.relic import ReLIC
 from methods.rotationnet import RotationNet
 from methods.simclr import SimCLR
+from methods.simsiam import SimSiam
 from methods.standard import Standard
+from methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
     "relationnet": RelationNet,
@@ -18,6 +22,10 @@ METHODS: dict[str, type[Method]] = {
     "rotationnet": RotationNet,
     "deepinfomax": DeepInfoMax,
     "relic": ReLIC,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "barlowtwins": BarlowTwins,
+    "vicreg": VICReg,
 }
 
 __all__ = ["METHODS", "Method", "StepOutput"]

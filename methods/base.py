@@ -61,6 +61,10 @@ from torch import nn
 from datasets import ImageSet
 from utils.errors import UserError
 
+# The widest hidden or output layer a method's option may ask for: a wider one is a typo, and
+# its weights alone would take gigabytes (the methods use 64 to 8,192).
+MAX_LAYER_WIDTH = 2**16
+
 
 @dataclass
 class StepOutput:

@@ -29,3 +29,17 @@ def accuracy_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     """(number correct as float, count) for arg-max predictions, without a host sync."""
     correct = (logits.argmax(dim=1) == target).sum().float()
     return correct, torch.full((), float(target.numel()), device=logits.device)
+
+
+def projection_mlp(sizes: list[int], hidden_bias: bool = True, output_norm: bool = False) -> nn.Sequential:
+    """Linear - BatchNorm1d - ReLU for each hidden size of `sizes` (input, hidden..., output),
+    then a Linear to the output: the projectors and predictors of BYOL, SimSiam, Barlow Twins
+    and VICReg. `output_norm`: the last Linear has no bias and is followed by a batch norm
+    without affine parameters (SimSiam's projector; a bias before it would cancel)."""
+    layers: list[nn.Module] = []
+    for inputs, outputs in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(inputs, outputs, bias=hidden_bias), nn.BatchNorm1d(outputs), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1], bias=not output_norm))
+    if output_norm:
+        layers.append(nn.BatchNorm1d(sizes[-1], affine=False))
+    return nn.Sequential(*layers)

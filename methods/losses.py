@@ -131,3 +131,64 @@ def relic_loss(online: torch.Tensor, target: torch.Tensor, log_temperature: torc
     columns = logits.log_softmax(dim=-2).transpose(-1, -2)
     invariance = (columns.exp() * (columns - rows)).sum((-2, -1)) / n
     return instance + alpha * invariance, invariance, logits
+
+
+@in_float32
+def negative_cosine_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SimSiam's loss (Chen and He 2021): -cos(prediction, target) averaged over the rows, the
+    target without gradient (the stop-gradient that keeps SimSiam from collapsing)."""
+    return -F.cosine_similarity(prediction, target.detach(), dim=-1).mean()
+
+
+def normalised_mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss (Grill et al. 2020): the squared distance of the L2-normalised rows,
+    |p/|p| - z/|z||^2 = 2 - 2 cos(p, z), averaged over the rows, the target without gradient."""
+    return 2 + 2 * negative_cosine_loss(prediction, target)
+
+
+def _off_diagonal_square_sum(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix.square().sum() - matrix.diagonal().square().sum()
+
+
+@in_float32
+def barlow_twins_loss(first: torch.Tensor, second: torch.Tensor, off_diagonal_weight: float = 0.0051,
+                      scale: float = 0.1, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Barlow Twins' loss (Zbontar et al. 2021) of the (n, d) projections of two views.
+
+    Each view is batch-normalised per dimension (mean 0, biased variance 1, as BatchNorm1d
+    without affine parameters in training mode), C = first^T second / n is their (d, d)
+    cross-correlation, and the loss is scale * (sum_i (1 - C_ii)^2 + off_diagonal_weight *
+    sum_{i != j} C_ij^2), solo-learn's form (`scale` 0.1 in its CIFAR configuration).
+    Returns (loss, on-diagonal sum, off-diagonal sum).
+    """
+    n = first.shape[0]
+    first = F.batch_norm(first, None, None, training=True, eps=eps)
+    second = F.batch_norm(second, None, None, training=True, eps=eps)
+    correlation = first.t() @ second / n
+    on_diagonal = (correlation.diagonal() - 1).square().sum()
+    off_diagonal = _off_diagonal_square_sum(correlation)
+    return scale * (on_diagonal + off_diagonal_weight * off_diagonal), on_diagonal, off_diagonal
+
+
+@in_float32
+def vicreg_loss(first: torch.Tensor, second: torch.Tensor, invariance_weight: float = 25.0,
+                variance_weight: float = 25.0, covariance_weight: float = 1.0,
+                eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VICReg's loss (Bardes et al. 2022) of the (n, d) projections of two views.
+
+    invariance: mean squared error between the views; variance: for each view, the mean over
+    dimensions of max(0, 1 - sqrt(Var + eps)) (unbiased variance over the batch); covariance:
+    for each view, the sum of the squared off-diagonal entries of its covariance matrix
+    (n - 1 in the denominator) over d. Returns (weighted sum, invariance, variance,
+    covariance), the terms summed over both views as solo-learn and the paper's code do.
+    """
+    d = first.shape[1]
+    invariance = F.mse_loss(first, second)
+    variance = first.new_zeros(())
+    covariance = first.new_zeros(())
+    for view in (first, second):
+        variance = variance + F.relu(1 - torch.sqrt(view.var(dim=0) + eps)).mean()
+        centred = view - view.mean(dim=0)
+        covariance = covariance + _off_diagonal_square_sum(centred.t() @ centred / (view.shape[0] - 1)) / d
+    loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
+    return loss, invariance, variance, covariance

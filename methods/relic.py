@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from methods.base import EpochContext, Method, Option, StepOutput, ViewGroup
+from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, Option, StepOutput, ViewGroup
 from methods.losses import relic_loss
 from methods.momentum import copy_online, cosine_momentum, momentum_update
 
@@ -37,7 +37,6 @@ def critic(features: int, hidden: int, projection: int) -> nn.Sequential:
                          nn.Linear(hidden, projection, bias=False))
 
 
-MAX_CRITIC_WIDTH = 2**16
 MAX_VIEWS = 64  # the package uses 6; every view is a full augmented copy of the batch
 
 
@@ -110,9 +109,9 @@ class ReLIC(Method):
         for name in ("relic_update_every", "relic_hidden", "relic_projection"):
             if options[name] < 1:
                 return f"--{name} {options[name]}: must be at least 1"
-        for name in ("relic_hidden", "relic_projection"):  # a wider critic is a typo, and asked terabytes
-            if options[name] > MAX_CRITIC_WIDTH:
-                return f"--{name} {options[name]}: must be at most {MAX_CRITIC_WIDTH}"
+        for name in ("relic_hidden", "relic_projection"):
+            if options[name] > MAX_LAYER_WIDTH:
+                return f"--{name} {options[name]}: must be at most {MAX_LAYER_WIDTH}"
         if options["relic_global_views"] + options["relic_local_views"] > MAX_VIEWS:
             return f"--relic_global_views, --relic_local_views: at most {MAX_VIEWS} views in all"
         return None

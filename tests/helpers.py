@@ -8,7 +8,8 @@ reference tensors, stage runs in-process and a small engine over a data set.
 * :data:`GOLDEN`: `tests/golden`, tensors of the original code and relic-pytorch.
 * :func:`run_stage`, :func:`stage_arguments`, :func:`three_stages`: stage scripts run as their
   command lines would; :func:`load` reads a checkpoint.
-* :func:`make_engine`, :func:`read_log`: an engine over a data set, and its CSV log.
+* :func:`make_engine`, :func:`read_log`: an engine over a data set, and its CSV log;
+  :func:`interrupt_at` stops an engine inside an epoch (for resume tests).
 
 The pytest fixtures built from these are in `tests/conftest.py`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +277,17 @@ def engine_for(method, data, folder, seed=1, epochs=3, batch=32, plan_options=No
                         checkpoint_paths=lambda e: [folder / f"epoch_{e}.tar"] if checkpoints else [],
                         extra_state={"seed": seed}, drop_last=method.drop_last, **(plan_options or {}))
     return Engine(method, data, plan, torch.device("cpu"))
+
+
+def interrupt_at(engine, stop_step: int) -> None:
+    """Make the engine receive SIGINT after step `stop_step` of its first epoch."""
+    requested = engine.stop_requested
+
+    def stop_requested(step):
+        if step == stop_step and not engine.stop.received:
+            engine.stop.received = signal.SIGINT
+        return requested(step)
+    engine.stop_requested = stop_requested
 
 
 def read_log(path) -> list[dict]:

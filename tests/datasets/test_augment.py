@@ -431,3 +431,13 @@ def test_blur_kernel_and_gaussian_blur_match_torchvision():
     sigma = torch.tensor([0.1, 0.7, 1.3, 2.0])
     expected = torch.stack([TF.gaussian_blur(image, [5, 5], [s.item(), s.item()]) for image, s in zip(x, sigma)])
     torch.testing.assert_close(gaussian_blur(x, 5, sigma), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_blur_probability_blurs_that_share_of_the_images():
+    """BYOL's views blur with p 1 and 0.1: with p 0 the pipeline gives the unblurred views
+    (the blur draws come after every other one), with p 0.5 about half of them change."""
+    images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    plain = CropColorAugmentation(MEAN, STD)(images, _gen(0))
+    assert torch.equal(CropColorAugmentation(MEAN, STD, blur=True, blur_p=0.0)(images, _gen(0)), plain)
+    half = CropColorAugmentation(MEAN, STD, blur=True, blur_p=0.5)(images, _gen(0))
+    assert 0.35 < (half != plain).flatten(1).any(dim=1).float().mean() < 0.65

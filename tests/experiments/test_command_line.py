@@ -50,6 +50,18 @@ BY_FLAG = {
     "--relic_weight_decay": (["-1", "inf"], ["--method", "relic"]),
     "--relic_hidden": (["0", "10000000000"], ["--method", "relic"]),
     "--relic_projection": (["0", "100000"], ["--method", "relic"]),
+    "--byol_momentum": (["1.5", "nan"], ["--method", "byol"]),
+    "--byol_predictor_hidden": (["0", "100000"], ["--method", "byol"]),
+    "--simsiam_predictor_hidden": (["0", "100000"], ["--method", "simsiam"]),
+    "--barlowtwins_lambda": (["-1"], ["--method", "barlowtwins"]),
+    "--barlowtwins_scale": (["nan"], ["--method", "barlowtwins"]),
+    "--vicreg_invariance": (["-1"], ["--method", "vicreg"]),
+    "--vicreg_variance": (["inf"], ["--method", "vicreg"]),
+    "--vicreg_covariance": (["-1"], ["--method", "vicreg"]),
+    **{f"--{method}_{option}": (values, ["--method", method])
+       for method in ("byol", "simsiam", "barlowtwins", "vicreg")
+       for option, values in (("hidden", ["0", "100000"]), ("projection", ["0", "10000000000"]),
+                              ("weight_decay", ["-1"]), ("warmup_epochs", ["-1"]))},
     "--device": (["tpu", "cuda:x", "cpu:5"], []),
     "--image_size": (["-1", "48", "1", "20000"], []),
     "--knn": (["-1", "abc", "100000"], []),

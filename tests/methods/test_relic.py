@@ -2,8 +2,6 @@
 momentum target through the engine, exact resume inside an epoch, and learning."""
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 from torch import nn
@@ -16,7 +14,7 @@ from methods.base import ViewGroup
 from methods.losses import relic_loss
 from methods.momentum import copy_online, cosine_momentum, momentum_update
 from methods.relic import ReLIC
-from tests.helpers import GOLDEN, engine_for, load, read_log
+from tests.helpers import GOLDEN, engine_for, interrupt_at, load, read_log
 
 RELIC = torch.load(GOLDEN / "relic.pt", weights_only=True)
 
@@ -176,17 +174,6 @@ def test_the_target_is_copied_then_follows_the_schedule():
 @pytest.fixture(scope="module")
 def real_subset(cifar10_root):
     return load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(640, seed=0)
-
-
-def interrupt_at(engine, stop_step: int) -> None:
-    """Make the engine receive SIGINT after step `stop_step` of its first epoch."""
-    requested = engine.stop_requested
-
-    def stop_requested(step):
-        if step == stop_step and not engine.stop.received:
-            engine.stop.received = signal.SIGINT
-        return requested(step)
-    engine.stop_requested = stop_requested
 
 
 def test_resume_inside_an_epoch_is_exact(real_subset, tmp_path):

@@ -1,0 +1,77 @@
+"""BYOL (Grill et al. 2020) with solo-learn's CIFAR configuration (scripts/pretrain/cifar/byol.yaml).
+
+An online network (backbone, projector F -> 4096 -> 256, predictor 256 -> 4096 -> 256) predicts
+the projection that a momentum copy of backbone and projector, the target, gives the other
+view; the loss is the normalised MSE of both directions. The views are asymmetric: blur
+always in the first, with p 0.1 and solarize with p 0.2 in the second. After every step the
+target moves towards the online network with momentum tau, which follows a cosine from
+`byol_momentum` (0.99) to 1 over the run. LARS, learning rate 1.0, weight decay 1e-5, batch 256.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from methods.base import Option, StepOutput
+from methods.heads import projection_mlp
+from methods.losses import normalised_mse_loss
+from methods.momentum import cosine_momentum, momentum_update
+from methods.siamese import TwoViewMethod, check_training_options, training_options
+
+
+class BYOL(TwoViewMethod):
+    name = "byol"
+    default_lr = 1.0
+    options = (
+        Option("byol_momentum", 0.99, "momentum of the target at the start of its cosine schedule to 1"),
+        Option("byol_predictor_hidden", 4096, "hidden units of the predictor"),
+        *training_options("byol", hidden=4096, projection=256, weight_decay=1e-5),
+    )
+    checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor", "target": "target",
+                       "momentum": "momentum"}
+
+    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, byol_momentum: float = 0.99,
+                 byol_predictor_hidden: int = 4096, byol_hidden: int = 4096, byol_projection: int = 256,
+                 byol_weight_decay: float = 1e-5, byol_warmup_epochs: float = 10):
+        super().__init__(backbone, num_classes, lr, byol_momentum=byol_momentum,
+                         byol_predictor_hidden=byol_predictor_hidden, byol_hidden=byol_hidden,
+                         byol_projection=byol_projection, byol_weight_decay=byol_weight_decay,
+                         byol_warmup_epochs=byol_warmup_epochs)
+        self.initial_momentum = byol_momentum
+        self.momentum = byol_momentum  # of the next target update; in the checkpoint
+        self.projector = projection_mlp([backbone.feature_size, byol_hidden, byol_projection])
+        self.predictor = projection_mlp([byol_projection, byol_predictor_hidden, byol_projection])
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.set_optimizer([{"params": [*self.online.parameters(), *self.predictor.parameters()]}],
+                           byol_weight_decay, byol_warmup_epochs)
+
+    @property
+    def online(self) -> nn.Sequential:
+        """Backbone and projector: the network the target follows."""
+        return nn.Sequential(self.backbone, self.projector)
+
+    @classmethod
+    def check_options(cls, options: dict) -> str | None:
+        if not 0 <= options["byol_momentum"] <= 1:
+            return f"--byol_momentum {options['byol_momentum']}: must be in [0, 1]"
+        return check_training_options("byol", options, positive=("byol_predictor_hidden",))
+
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
+        first, second = (self.projector(features) for features in self.two_views(views))
+        with torch.no_grad():
+            target_first, target_second = self.target(views[0]), self.target(views[1])
+        loss = (normalised_mse_loss(self.predictor(first), target_second)
+                + normalised_mse_loss(self.predictor(second), target_first))
+        momentum = torch.full((), self.momentum, device=loss.device)
+        return StepOutput(loss=loss, loss_weight=views[0].shape[0],
+                          metrics=self.batch_metrics(first, second, momentum=momentum))
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Move the target with the current momentum, then advance the momentum on its schedule
+        (solo-learn's order)."""
+        super().after_step(step)
+        momentum_update(self.target, self.online, self.momentum)
+        self.momentum = cosine_momentum(min(step, self.total_steps), self.total_steps, self.initial_momentum)

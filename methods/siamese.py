@@ -1,0 +1,108 @@
+"""What the four two-view baselines share (byol, simsiam, barlowtwins, vicreg), as solo-learn
+trains them on CIFAR (its scripts/pretrain/cifar/*.yaml): two views of every image, each
+through the backbone on its own (so batch-norm statistics are per view), a projector, and
+SGD or LARS (momentum 0.9) whose learning rate warms up linearly for `warmup_epochs` (10)
+and then follows a cosine to 0, set before every optimizer step.
+
+Stage 2 and test.py evaluate the online backbone, saved under `backbone`, as solo-learn's
+linear evaluation does. The optimizer step count is in the checkpoint (`steps`), so the
+schedule resumes exactly, also inside an epoch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, Option, ViewGroup
+from methods.optimizers import LARS, warmup_cosine_lr
+
+# BYOL's asymmetric views (blur p 1 / 0.1, solarize p 0 / 0.2), which Barlow Twins and VICReg adopt.
+BYOL_VIEWS = (ViewGroup(1, "crop_softcolor_gray_blur"), ViewGroup(1, "crop_softcolor_gray_blur_solarize"))
+
+
+def training_options(prefix: str, hidden: int, projection: int, weight_decay: float) -> tuple[Option, ...]:
+    """The options every two-view baseline has, named `<prefix>_...`."""
+    return (
+        Option(f"{prefix}_hidden", hidden, "hidden units of the projector"),
+        Option(f"{prefix}_projection", projection, "output size of the projector"),
+        Option(f"{prefix}_weight_decay", weight_decay, "weight decay of the optimizer"),
+        Option(f"{prefix}_warmup_epochs", 10, "epochs of linear learning-rate warm-up from 3e-5, then a "
+                                              "cosine to 0 (short runs: lower it, or the run is all warm-up)"),
+    )
+
+
+def check_options_of(options: dict, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()
+                     ) -> str | None:
+    """The first of the named options out of its range, as a one-line problem, or None."""
+    for name in positive:
+        if not 1 <= options[name] <= MAX_LAYER_WIDTH:
+            return f"--{name} {options[name]}: must be from 1 to {MAX_LAYER_WIDTH}"
+    for name in non_negative:
+        if not (math.isfinite(options[name]) and options[name] >= 0):
+            return f"--{name} {options[name]}: must be a finite number >= 0"
+    return None
+
+
+def check_training_options(prefix: str, options: dict, positive: tuple[str, ...] = (),
+                           non_negative: tuple[str, ...] = ()) -> str | None:
+    """`check_options_of` for the options of `training_options` and the method's own."""
+    return check_options_of(options, (f"{prefix}_hidden", f"{prefix}_projection", *positive),
+                            (f"{prefix}_weight_decay", f"{prefix}_warmup_epochs", *non_negative))
+
+
+def feature_spread(projections: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the batch standard deviation of L2-normalised rows: 0 for a
+    collapsed batch, about 1/sqrt(d) for well-spread features (solo-learn's `z_std`)."""
+    return F.normalize(projections.detach().float(), dim=-1).std(dim=0).mean()
+
+
+class TwoViewMethod(Method):
+    """The shared part; a subclass builds its heads, then calls `set_optimizer`."""
+
+    default_batch_size = 256
+    drop_last = True     # as solo-learn's loader; the batch statistics need full batches
+    min_batch_size = 2
+    lars = True          # LARS (byol, barlowtwins, vicreg) or SGD (simsiam)
+    checkpoint_keys = {"backbone": "backbone", "projector": "projector", "optimizer": "optimizer", "steps": "steps"}
+    optional_keys = frozenset()
+    view_groups = list(BYOL_VIEWS)
+
+    def set_optimizer(self, groups: list[dict], weight_decay: float, warmup_epochs: float) -> None:
+        """`groups`: parameter groups; one with `static_lr` keeps the base learning rate."""
+        optimizer = LARS if self.lars else torch.optim.SGD
+        self.optimizer = optimizer(groups, lr=self.lr, momentum=0.9, weight_decay=weight_decay)
+        self.warmup_epochs = warmup_epochs
+        self.steps = 0           # optimizer steps done; in the checkpoint
+        self.total_steps = 1     # of the schedule, set at every epoch start
+        self.warmup_steps = 0
+
+    def on_epoch_start(self, context: EpochContext) -> None:
+        self.total_steps = context.total_epochs * context.steps_per_epoch
+        self.warmup_steps = self.warmup_epochs * context.steps_per_epoch
+        self.schedule_learning_rate()
+
+    def after_step(self, step: int) -> None:
+        self.steps = step
+        self.schedule_learning_rate()
+
+    def schedule_learning_rate(self) -> None:
+        """Set the learning rate of the next optimizer step."""
+        lr = warmup_cosine_lr(self.steps, self.total_steps, self.warmup_steps, self.lr)
+        for group in self.optimizer.param_groups:
+            if not group.get("static_lr"):
+                group["lr"] = lr
+
+    def two_views(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's features of each view, computed view by view."""
+        return self.backbone(views[0]), self.backbone(views[1])
+
+    @staticmethod
+    def batch_metrics(first: torch.Tensor, second: torch.Tensor, **values: torch.Tensor
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Metrics of a step for the log, each counted once per image: `feature_std`, the
+        spread of the two views' projections `first` and `second`, and `values`."""
+        images = torch.full((), float(first.shape[0]), device=first.device)
+        values["feature_std"] = (feature_spread(first) + feature_spread(second)) / 2
+        return {name: (value.detach() * images, images) for name, value in values.items()}
