@@ -55,7 +55,6 @@ from experiments.parallel import (  # noqa: E402
     make_slots,
     read_epoch_progress,
     start_child,
-    usable_cpus,
     visible_gpus,
 )
 from experiments.plots import matplotlib_available, plot_training_curves, stage_logs  # noqa: E402
@@ -73,6 +72,7 @@ from experiments.studies import (  # noqa: E402
 from methods import METHODS  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
+from utils.threads import usable_cpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 # Settings that change the numbers of every run: a grid folder holds one value of each.

@@ -1,10 +1,10 @@
 """Stage scripts side by side on one machine: which CPUs and GPU each child gets, children
 that die with the grid, and the live lines that show what they are doing.
 
-Two runs sharing 2 cores slow each other down 2.5x when OpenMP's idle threads spin (a Conv-4
-epoch of 4,000 images: 25 s each instead of 10 s alone); with explicit threads and passive
-waiting, two runs finish together in about the time of one (11 s). So every child gets its own share of the CPUs the grid may use (threads and
-affinity), and on CUDA its own GPU.
+Two runs sharing 2 cores slow each other down when OpenMP's idle threads spin (a Conv-4
+epoch of 4,000 images: 25 s each instead of 10 s alone). So every child gets its own share
+of the CPUs the grid may use (threads and affinity, which no other child uses, so its threads'
+waiting takes nothing from another), and on CUDA its own GPU.
 """
 from __future__ import annotations
 
@@ -24,23 +24,18 @@ from typing import IO, Callable
 import torch
 
 from utils.runtime import available_memory, format_duration
+from utils.threads import THREAD_VARIABLES, usable_cpus
 
 # A CPU job's memory need, for the automatic --jobs: relationnet Conv-4 at K 32 peaks at
 # 1.5 GB, ResNet-32 in fp32 above 3 GB.
 MEMORY_PER_CPU_JOB = 4 * 2**30
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _LIBC = None
 if sys.platform.startswith("linux"):
     try:  # loaded here: a forked child should not load libraries before exec
         _LIBC = ctypes.CDLL(None, use_errno=True)
     except OSError:
         pass
-
-
-def usable_cpus() -> list[int]:
-    """The CPUs this process may run on (a job scheduler's or taskset's share, not the machine's)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
 def visible_gpus(device) -> list[str]:
@@ -79,7 +74,6 @@ class Slot:
         env = dict(base)
         for name in THREAD_VARIABLES:
             env[name] = str(len(self.cpus))
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         return env

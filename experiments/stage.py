@@ -20,9 +20,9 @@ from engine.commit import finish_commit
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
 from utils.seeds import resolve_seed
+from utils.threads import thread_settings
 
 REPO = Path(__file__).resolve().parents[1]
-from utils.threads import thread_settings
 
 
 class Terminated(Exception):

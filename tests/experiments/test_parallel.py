@@ -16,9 +16,9 @@ from experiments.parallel import (
     make_slots,
     read_epoch_progress,
     start_child,
-    usable_cpus,
     visible_gpus,
 )
+from utils.threads import usable_cpus
 
 
 def test_jobs_split_the_cpus_into_equal_shares_and_take_the_gpus_in_turn():
@@ -27,8 +27,7 @@ def test_jobs_split_the_cpus_into_equal_shares_and_take_the_gpus_in_turn():
     slots = make_slots(3, ["4", "7"], [0, 1])  # more jobs than CPUs: one CPU each, shared
     assert [(slot.cpus, slot.gpu) for slot in slots] == [((0,), "4"), ((1,), "7"), ((0,), "4")]
     env = Slot(0, (2, 3), "7").environment({"OMP_NUM_THREADS": "16", "PATH": "/bin"})
-    assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
-                   "CUDA_VISIBLE_DEVICES": "7", "PATH": "/bin"}
+    assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": "7", "PATH": "/bin"}
     assert visible_gpus(torch.device("cpu")) == []
     assert automatic_jobs(["0", "1"], 3) == 6
     assert 1 <= automatic_jobs([], 1) <= len(usable_cpus())

@@ -1,5 +1,5 @@
-"""Threads of the stage scripts: one per usable CPU and passive OpenMP waiting, set before
-torch loads OpenMP, unless the user's variables say otherwise; recorded in the config."""
+"""Threads of the stage scripts: one per usable CPU and a short OpenMP spin, set before torch
+loads OpenMP, unless the user's variables say otherwise; recorded in the config."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.helpers import REPO, stage_arguments
+from utils.threads import SPIN_COUNT
 
 OPENMP_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -30,10 +31,11 @@ def _imported_modules(importtime_report: str) -> list[str]:
             if line.startswith("import time:") and "|" in line]
 
 
-def test_a_stage_uses_its_usable_cpus_and_passive_waiting_set_before_torch(tmp_path):
+def test_a_stage_uses_its_usable_cpus_and_a_short_spin_set_before_torch(tmp_path):
     first_cpu = min(os.sched_getaffinity(0))
     config, report = _randomweights_config(tmp_path, {first_cpu})
-    assert (config["threads"], config["usable_cpus"], config["omp_wait_policy"]) == (1, 1, "PASSIVE")
+    assert (config["threads"], config["usable_cpus"], config["gomp_spincount"]) == (1, 1, str(SPIN_COUNT))
+    assert config["omp_wait_policy"] == "OpenMP's default"
     modules = _imported_modules(report)
     assert modules.index("utils.threads") < modules.index("torch")  # OpenMP reads its variables at load
 
@@ -41,5 +43,5 @@ def test_a_stage_uses_its_usable_cpus_and_passive_waiting_set_before_torch(tmp_p
 def test_the_users_openmp_variables_are_kept(tmp_path):
     config, _ = _randomweights_config(tmp_path, os.sched_getaffinity(0), OMP_NUM_THREADS="1",
                                       OMP_WAIT_POLICY="ACTIVE")
-    assert (config["threads"], config["omp_wait_policy"]) == (1, "ACTIVE")
+    assert (config["threads"], config["omp_wait_policy"], config["gomp_spincount"]) == (1, "ACTIVE", "libgomp's default")
     assert config["usable_cpus"] == len(os.sched_getaffinity(0))
