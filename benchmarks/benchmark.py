@@ -19,8 +19,10 @@ discriminator (dim-ratio), and reproduce.py's cifar10 study with --jobs 1 and 2
 (grid-throughput).
 
 "images" are training images: a relationnet step of batch 64 at K 32 counts 64 images
-(2,048 views). Linear evaluation counts 100 epochs of 50,000 images: the reference runs the
-frozen backbone on every batch of every epoch; this suite computes the features once.
+(2,048 views). deepcluster-conv4 times whole epochs over a subset, as its clustering comes
+once per epoch, and counts their images; its reference needs scikit-learn (skipped without).
+Linear evaluation counts 100 epochs of 50,000 images: the reference runs the frozen backbone
+on every batch of every epoch; this suite computes the features once.
 Peak memory is the training process's peak resident set (ru_maxrss) plus the largest
 private memory its child processes held together (the reference's two loader workers;
 torch.compile's compiler workers): forked children share the parent's pages, which count once.
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
+import itertools
 import json
 import math
 import os
@@ -39,6 +43,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +64,10 @@ class Config:
     views: int = 1
     options: tuple = ()        # this suite's flags for this configuration
     target: float = 0.0        # speed-up the issue asks for (0: none)
-    steps: int = 12            # measured steps per side (accuracy: training steps of each run)
+    steps: int = 12            # measured steps per side (accuracy: training steps of each run; deepcluster: epochs)
     warmup: int = 3            # unmeasured steps first (compiling happens there)
+    images: int = 0            # deepcluster: the balanced subset whose whole epochs are timed
+    clusters: int = 0          # deepcluster: k-means clusters
 
 
 TWO_VIEW_BASELINES = ("byol", "simsiam", "barlowtwins", "vicreg")
@@ -73,6 +80,9 @@ CONFIGS = {
     "relic-resnet18": Config("relic", "resnet18", 256, 6, ("--precision", "bf16", "--compile", "--channels_last"),
                              3.0, steps=3, warmup=2),
     "deepinfomax-conv4": Config("deepinfomax", "conv4", 128),
+    # DeepCluster's clustering (feature pass, PCA, k-means) costs per epoch, not per step:
+    # it times one epoch over a subset, after one, with 10 x CIFAR-10's classes as clusters.
+    "deepcluster-conv4": Config("deepcluster", "conv4", 128, steps=1, warmup=1, images=2560, clusters=100),
     # The two-view baselines with solo-learn's CIFAR settings (batch 256, ResNet-18 with the CIFAR stem).
     **{f"{method}-resnet18": Config(method, "resnet18", 256, 2, steps=3, warmup=2) for method in TWO_VIEW_BASELINES},
     "lineval-conv4": Config("lineval", "conv4", 128, target=20.0),
@@ -81,16 +91,16 @@ CONFIGS = {
 }
 # --quick: the same code paths at sizes that run in seconds (a smoke test, not a measurement).
 QUICK = {"relationnet": dict(batch=16, views=4), "simclr": dict(batch=32), "relic": dict(batch=8),
-         "deepinfomax": dict(batch=16),
+         "deepinfomax": dict(batch=16), "deepcluster": dict(batch=32, images=256, clusters=10, steps=1),
          "lineval": dict(batch=64), "accuracy": dict(batch=16, views=2),
          **{method: dict(batch=8) for method in TWO_VIEW_BASELINES}}
 QUICK_STEPS = dict(steps=2, warmup=1)
 
-COLUMNS = ["config", "kind", "backbone", "batch", "views", "options", "data", "steps",
+COLUMNS = ["config", "kind", "backbone", "batch", "views", "options", "data", "steps", "epoch_images", "clusters",
            "ref_images_per_s", "ours_images_per_s", "speedup", "target_speedup",
            "ref_epoch_s", "ours_epoch_s", "ref_peak_mb", "ours_peak_mb",
            "ref_main_peak_mb", "ours_main_peak_mb", "ref_children_mb", "ours_children_mb",
-           "ref_gpu_peak_mb", "ours_gpu_peak_mb", "fp32_accuracy", "ours_accuracy", "error"]
+           "ref_gpu_peak_mb", "ours_gpu_peak_mb", "fp32_accuracy", "ours_accuracy", "skipped", "error"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,6 +115,7 @@ class Measurement:
     children_mb: float = 0.0   # the most private memory its child processes held together
     gpu_peak_mb: float | None = None
     accuracies: dict = field(default_factory=dict)
+    skipped: str = ""          # why this side did not run, when it could not
 
 
 def peak_rss_mb() -> float:
@@ -157,8 +168,9 @@ def private_kib(pid: int) -> int:
         return 0
 
 
-def load_images(data_root: str, quick: bool):
-    """CIFAR-10's training split, or random CIFAR-sized images when it is not there."""
+def load_images(data_root: str, quick: bool, subset: int = 0):
+    """CIFAR-10's training split, or random CIFAR-sized images when it is not there; a
+    balanced `subset` of it when given."""
     import torch
 
     from datasets import DatasetError, ImageSet, load_dataset
@@ -174,7 +186,14 @@ def load_images(data_root: str, quick: bool):
         description = f"random uint8 images ({count}, 3, 32, 32): CIFAR-10 not found in {data_root}"
     if quick:
         data = data.balanced_subset(512, seed=0)
+    if subset:
+        data = data.balanced_subset(subset, seed=0)
     return data, description
+
+
+def images_per_unit(config: Config, data) -> int:
+    """Training images of one timed unit: a step's batch, or deepcluster's whole epoch."""
+    return len(data) if config.kind == "deepcluster" else config.batch
 
 
 def synchronize(device) -> None:
@@ -189,15 +208,19 @@ def gpu_peak_mb(device) -> float | None:
 
 
 def reference_worker(config: Config, args, children: ChildMemory) -> Measurement:
+    if config.kind == "deepcluster" and importlib.util.find_spec("sklearn") is None:
+        # Its PCA and k-means are scikit-learn's, which this suite does not require.
+        return Measurement("", skipped="needs scikit-learn (pip install scikit-learn)")
     import reference
     import torch
 
     from backbones import build_backbone, resolve_stem
-    data, description = load_images(args.data_root, args.quick)
+    from methods.heads import backbone_and_head_adam, mlp_head
+    data, description = load_images(args.data_root, args.quick, config.images)
     device = torch.device(args.device)
     images_hwc = data.images.permute(0, 2, 3, 1).contiguous().numpy()  # torchvision's CIFAR layout
     labels = data.labels.numpy()
-    mean, std, side = data.mean, data.std, data.side
+    mean, std, side, padding, unit = data.mean, data.std, data.side, data.padding, images_per_unit(config, data)
     del data
     torch.manual_seed(0)
     backbone = build_backbone(config.backbone, resolve_stem(config.backbone, "auto", side)).to(device)
@@ -228,6 +251,15 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
 
         def step(batch):
             reference.deepinfomax_step(model, optimizer, batch[0], device, meters)
+    elif config.kind == "deepcluster":
+        dataset = reference.SingleImages(images_hwc, labels, reference.crop_flip_transform(mean, std, side, padding))
+        classifier = mlp_head(backbone.feature_size, config.clusters).to(device)
+        optimizer = backbone_and_head_adam(backbone, classifier, 1e-3)
+        batches = itertools.count(1)  # a "step" is a whole epoch; its index seeds k-means: repeatable runs
+
+        def step(epoch):
+            reference.deepcluster_epoch(backbone, classifier, optimizer, dataset, config.clusters, config.batch,
+                                        device, meters, seed=epoch)
     elif config.kind in TWO_VIEW_BASELINES:
         from methods import METHODS
         dataset = reference.TwoViewImages(images_hwc, labels, reference.two_view_transforms(config.kind, mean, std, side))
@@ -242,15 +274,14 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
         transform = reference.relationnet_transform(mean, std)
         dataset = reference.MultiViewImages(images_hwc, labels, transform, config.views)
         head = (reference.relation_head(backbone.feature_size) if config.kind == "relationnet"
-                else torch.nn.Sequential(torch.nn.Linear(backbone.feature_size, 256), torch.nn.BatchNorm1d(256),
-                                         torch.nn.LeakyReLU(), torch.nn.Linear(256, 64))).to(device)
-        optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": 1e-3},
-                                      {"params": head.parameters(), "lr": 1e-3}])
+                else mlp_head(backbone.feature_size, 64)).to(device)
+        optimizer = backbone_and_head_adam(backbone, head, 1e-3)
         train_step = reference.relationnet_step if config.kind == "relationnet" else reference.simclr_step
 
         def step(batch):
             train_step(backbone, head, optimizer, batch[1], device, meters)
-    batches = iter(reference.loader(dataset, config.batch, device))
+    if config.kind != "deepcluster":  # the others time steps of one epoch of the loader
+        batches = iter(reference.loader(dataset, config.batch, device))
     for _ in range(args.warmup):
         step(next(batches))
     synchronize(device)
@@ -260,8 +291,7 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
     synchronize(device)
     seconds = time.perf_counter() - start
     children.sample()  # while the loader workers still live, however short the run
-    return Measurement(description, seconds, args.steps * config.batch, peak_rss_mb(),
-                       gpu_peak_mb=gpu_peak_mb(device))
+    return Measurement(description, seconds, args.steps * unit, peak_rss_mb(), gpu_peak_mb=gpu_peak_mb(device))
 
 
 def suite_options(config: Config, args) -> list[str]:
@@ -288,7 +318,8 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     flags = parser.parse_args(options)
     seed_everything(seed)
     name = config.kind if config.kind != "accuracy" else "relationnet"
-    options = {"relationnet": {"K": config.views}, "relic": {"relic_local_views": config.views - 2}}.get(name, {})
+    options = {"relationnet": {"K": config.views}, "relic": {"relic_local_views": config.views - 2},
+               "deepcluster": {"num_clusters": config.clusters}}.get(name, {})
     method = METHODS[name](build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)), data.num_classes, **options)
     plan = TrainingPlan(epochs=1, batch_size=config.batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda epoch: [], extra_state={}, precision=flags.precision,
@@ -307,9 +338,16 @@ def run_steps(engine, epoch, count: int, first: int = 0) -> None:
     torch.isfinite(progress.loss_sum).item()  # waits for the device, like the end of an epoch
 
 
+def run_epochs(engine, count: int, first: int = 0) -> None:
+    """`count` whole epochs of the engine from epoch `first`: each begins with the method's
+    epoch hook (deepcluster's clustering) and ends reading its sums."""
+    for epoch in range(first, first + count):
+        engine.run_epoch(epoch)
+
+
 def suite_worker(config: Config, args, children: ChildMemory) -> Measurement:
     import torch
-    data, description = load_images(args.data_root, args.quick)
+    data, description = load_images(args.data_root, args.quick, config.images)
     device = torch.device(args.device)
     options = suite_options(config, args)
     with tempfile.TemporaryDirectory() as folder:
@@ -318,12 +356,13 @@ def suite_worker(config: Config, args, children: ChildMemory) -> Measurement:
         if config.kind == "accuracy":
             return suite_accuracy(config, data, description, device, options, Path(folder), args)
         engine = engine_for(config, data, device, options, Path(folder))
-        epoch = engine.begin_epoch(0)
-        run_steps(engine, epoch, args.warmup)  # includes compiling, with --compile
+        run = (partial(run_epochs, engine) if config.kind == "deepcluster"
+               else partial(run_steps, engine, engine.begin_epoch(0)))
+        run(args.warmup)  # includes compiling, with --compile
         start = time.perf_counter()
-        run_steps(engine, epoch, args.steps, first=args.warmup)
+        run(args.steps, first=args.warmup)
         seconds = time.perf_counter() - start
-    return Measurement(description, seconds, args.steps * config.batch, peak_rss_mb(),
+    return Measurement(description, seconds, args.steps * images_per_unit(config, data), peak_rss_mb(),
                        gpu_peak_mb=gpu_peak_mb(device))
 
 
@@ -390,7 +429,7 @@ def suite_accuracy(config: Config, data, description: str, device, options: list
 
 def configured(name: str, quick: bool) -> Config:
     config = CONFIGS[name]
-    return Config(**{**asdict(config), **QUICK[config.kind], **QUICK_STEPS}) if quick else config
+    return Config(**{**asdict(config), **QUICK_STEPS, **QUICK[config.kind]}) if quick else config
 
 
 def worker_main(args) -> None:
@@ -443,11 +482,15 @@ def epoch_seconds(images_per_second: float | None) -> float | None:
 
 def row_for(name: str, config: Config, options: list[str], steps: int, reference: Measurement | None,
             ours: Measurement | None, error: str) -> dict:
+    skipped = f"reference skipped: {reference.skipped}" if reference and reference.skipped else ""
+    if skipped:
+        reference = None  # it measured nothing
     ref_rate, our_rate = rate(reference), rate(ours)
     speedup = our_rate / ref_rate if ref_rate and our_rate else None
     data = (ours or reference).data if (ours or reference) else ""
     return {"config": name, "kind": config.kind, "backbone": config.backbone, "batch": config.batch,
             "views": config.views, "options": " ".join(options) or "defaults", "data": data, "steps": steps,
+            "epoch_images": config.images or None, "clusters": config.clusters or None,
             "ref_images_per_s": ref_rate, "ours_images_per_s": our_rate, "speedup": speedup,
             "target_speedup": config.target or None,
             "ref_epoch_s": epoch_seconds(ref_rate), "ours_epoch_s": epoch_seconds(our_rate),
@@ -460,7 +503,8 @@ def row_for(name: str, config: Config, options: list[str], steps: int, reference
             "ref_gpu_peak_mb": reference.gpu_peak_mb if reference else None,
             "ours_gpu_peak_mb": ours.gpu_peak_mb if ours else None,
             "fp32_accuracy": ours.accuracies.get("fp32") if ours else None,
-            "ours_accuracy": ours.accuracies.get("ours") if ours else None, "error": error}
+            "ours_accuracy": ours.accuracies.get("ours") if ours else None,
+            "skipped": skipped, "error": error}
 
 
 def number(value, digits: int = 1) -> str:
@@ -468,7 +512,10 @@ def number(value, digits: int = 1) -> str:
 
 
 def describe(row: dict) -> str:
-    name = f"{row['config']} (batch {row['batch']}" + (f", K {row['views']}" if row["views"] > 2 else "") + ")"
+    name = f"{row['config']} (batch {row['batch']}" + (f", K {row['views']}" if row["views"] > 2 else "")
+    if row["epoch_images"]:
+        name += f", {row['clusters']} clusters, epochs of {row['epoch_images']:,} images"
+    name += ")"
     if row["error"]:
         return f"{name}: {row['error']}"
     if row["kind"] == "accuracy":
@@ -479,10 +526,11 @@ def describe(row: dict) -> str:
                 f"({row['ours_accuracy'] - row['fp32_accuracy']:+.2f} points); "
                 f"peak memory {number(row['ours_peak_mb'], 0)} MB")
     epoch = "100-epoch protocol / 100" if row["kind"] == "lineval" else "CIFAR-10 epoch"
+    skipped = f"; {row['skipped']}" if row["skipped"] else ""
     return (f"{name}: {number(row['ref_images_per_s'])} -> {number(row['ours_images_per_s'])} images/s, "
             f"{number(row['speedup'], 2)}x; s per {epoch} {number(row['ref_epoch_s'])} -> "
             f"{number(row['ours_epoch_s'])}; peak memory {number(row['ref_peak_mb'], 0)} -> "
-            f"{number(row['ours_peak_mb'], 0)} MB; ours: {row['options']}")
+            f"{number(row['ours_peak_mb'], 0)} MB; ours: {row['options']}{skipped}")
 
 
 def misses(row: dict) -> list[str]:
@@ -496,7 +544,7 @@ def misses(row: dict) -> list[str]:
         return found
     if row["target_speedup"] and row["speedup"] < row["target_speedup"]:
         found.append(f"{row['config']} {row['speedup']:.2f}x < {row['target_speedup']}x")
-    if row["ours_peak_mb"] > row["ref_peak_mb"]:
+    if row["ref_peak_mb"] is not None and row["ours_peak_mb"] > row["ref_peak_mb"]:
         found.append(f"{row['config']} peak {row['ours_peak_mb']:.0f} > {row['ref_peak_mb']:.0f} MB")
     return found
 
@@ -654,9 +702,11 @@ def main() -> None:
                         help=f"comma-separated, from: {', '.join([*CONFIGS, *CHECKS])}")
     parser.add_argument("--steps", type=int, default=None,
                         help="measured steps per side, for every configuration (default: 12, resnet32 4, "
-                             "the accuracy check's training runs 100; --quick 2)")
+                             "the accuracy check's training runs 100; --quick 2); deepcluster: whole epochs "
+                             "(default 1)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="unmeasured steps first (default 3, resnet32 2; --quick 1)")
+                        help="unmeasured steps first (default 3, resnet32 2; --quick 1); deepcluster: "
+                             "epochs (default 1)")
     parser.add_argument("--csv", default=str(REPO / "benchmarks" / "results.csv"), help="where the rows go")
     parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT,
                         help="folder holding cifar-10-batches-py (random images when missing)")

@@ -15,6 +15,10 @@ the same way: its global and local view transforms on PIL images in the same Dat
 its model (online encoder + critic, a deep-copied target), its per-pair Python loop over
 (target, online) views, Adam and the EMA update after each step.
 
+DeepCluster's path (section 4.3) is a whole epoch: the training transform's images through
+the same DataLoader, the backbone's features collected as NumPy, scikit-learn's PCA-whitening
+and k-means, the original's class weights, then a training pass with the weighted loss.
+
 For the two-view baselines (byol, simsiam, barlowtwins, vicreg) the reference is solo-learn's
 data path: each view's torchvision pipeline on PIL images in the same DataLoader, and a loss
 read with `.item()` every step; the step itself is this suite's method module (its heads,
@@ -66,6 +70,12 @@ def deepinfomax_transform(mean: tuple, std: tuple) -> transforms.Compose:
     """The original deepinfomax pipeline (section 6.4)."""
     return transforms.Compose([transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(),
                                transforms.Normalize(mean, std)])
+
+
+def crop_flip_transform(mean: tuple, std: tuple, side: int, padding: int) -> transforms.Compose:
+    """The original standard/rotationnet/deepcluster pipeline (section 6.4): zero padding."""
+    return transforms.Compose([transforms.RandomCrop(side, padding=padding), transforms.RandomHorizontalFlip(0.5),
+                               transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 def two_view_transforms(method: str, mean: tuple, std: tuple, side: int = 32
@@ -324,10 +334,14 @@ def deepinfomax_step(model, optimizer, images, device, meters, beta: float = 1.0
 def lineval_step(backbone, classifier, optimizer, images, target, device, meters):
     """StandardModel.linear_evaluation: backbone in eval mode, its output detached (not under
     no_grad, as the original), Adam on the linear layer only."""
+    classification_step(lambda x: classifier(backbone(x).detach()), optimizer, images, target, device, meters)
+
+
+def classification_step(forward, optimizer, images, target, device, meters, criterion=F.cross_entropy):
+    """A step on the cross-entropy of `forward(images)`; loss and accuracy read with `.item()`."""
     images, target = images.to(device), target.to(device)
-    features = backbone(images).detach()
-    logits = classifier(features)
-    loss = F.cross_entropy(logits, target)
+    logits = forward(images)
+    loss = criterion(logits, target)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -345,3 +359,38 @@ def two_view_step(method, views, device, meters, step: int) -> None:
     method.optimizer.step()
     method.after_step(step)
     meters[0].update(loss.item(), views[0].shape[0])
+
+
+def deepcluster_epoch(backbone, classifier, optimizer, dataset: SingleImages, clusters: int, batch_size: int,
+                      device, meters, seed: int) -> None:
+    """One epoch of its train (section 4.3). Its wall-clock k-means seed becomes `seed`, for
+    repeatable runs, and scikit-learn >= 1.0 has no `n_jobs` (defect D3): KMeans uses every
+    core through OpenMP instead. The loaders have LOADER_WORKERS, not its 8, as every row here."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    output = classifier[-1]
+    with torch.no_grad():  # a new output layer; its Adam moments are kept, as the original's
+        output.weight.normal_(0.0, 0.01)
+        output.bias.zero_()
+    backbone.eval()
+    features = []
+    with torch.no_grad():  # on augmented images: the dataset carries the training transform
+        for images, _ in DataLoader(dataset, batch_size, shuffle=False, num_workers=LOADER_WORKERS,
+                                    pin_memory=device.type == "cuda"):
+            features.append(backbone(images.to(device)).cpu().numpy())
+    features = np.concatenate(features).astype("float32")
+    dim = features.shape[1]
+    features = PCA(n_components=dim if dim < 512 else dim // 2, whiten=True).fit_transform(features)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    kmeans = KMeans(clusters, init="k-means++", n_init=5, max_iter=30, random_state=seed).fit(features)
+    pseudo_labels = kmeans.labels_.astype(np.int64)
+    weights = 1.0 - np.bincount(pseudo_labels, minlength=clusters) / len(pseudo_labels)
+    criterion = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).float().to(device))
+    backbone.train()
+    # Its ReassignedDataset augments the already augmented and normalised tensors a second
+    # time through to_pil_image (defect D3); here each image is augmented once, which costs
+    # a little less than the original's pass.
+    reassigned = SingleImages(dataset.images, pseudo_labels, dataset.transform)
+    for images, target in loader(reassigned, batch_size, device):
+        classification_step(lambda x: classifier(backbone(x)), optimizer, images, target, device, meters,
+                            criterion)

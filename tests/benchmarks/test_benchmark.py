@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import subprocess
 import sys
 
@@ -41,3 +42,25 @@ def test_quick_dim_ratio_times_both_local_discriminators(tmp_path):
     line = next(line for line in result.stdout.splitlines() if line.startswith("dim-ratio"))
     assert "original local discriminator" in line and float(line.rsplit(", ", 1)[1].rstrip("x")) > 0, line
     assert result.stdout.strip().splitlines()[-1].startswith("summary: 0 configurations")
+
+
+def test_quick_deepcluster_times_whole_epochs_and_skips_the_reference_without_scikit_learn(tmp_path):
+    """Either side's epochs (clustering included) run; without scikit-learn the row still
+    has this suite's side and says in its line why the reference's is missing."""
+    table = tmp_path / "results.csv"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/benchmark.py", "--quick", "--configs", "deepcluster-conv4", "--device", "cpu",
+         "--csv", str(table)],  # --device: no process started to ask torch for a GPU, the cost of the test
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("deepcluster-conv4 ("))
+    with open(table, newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert not row["error"], row["error"]
+    assert row["epoch_images"] == "256" and row["clusters"] == "10"
+    assert float(row["ours_images_per_s"]) > 0
+    if importlib.util.find_spec("sklearn") is None:
+        assert row["skipped"] == "reference skipped: needs scikit-learn (pip install scikit-learn)"
+        assert line.endswith("; " + row["skipped"]) and not row["ref_images_per_s"], line
+    else:
+        assert not row["skipped"] and float(row["ref_images_per_s"]) > 0, line
