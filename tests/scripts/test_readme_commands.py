@@ -1,5 +1,6 @@
-"""Every stage command printed in the README's shell blocks (quick start, released checkpoints,
-the essential notebook, relic's runs...) is accepted by that stage's parser as it stands."""
+"""Every stage and grid command printed in the README's shell blocks (quick start, released
+checkpoints, the essential notebook, relic's runs, reproduce.py's grids...) is accepted by that
+script's parser as it stands."""
 from __future__ import annotations
 
 import re
@@ -7,11 +8,13 @@ import shlex
 
 import pytest
 
+import reproduce
 from experiments import cli
 from tests.helpers import REPO
 
-PARSERS = {"train_unsupervised.py": cli.stage1_parser, "train_linear_evaluation.py": cli.stage2_parser,
-           "test.py": cli.stage3_parser}
+STAGE_PARSERS = {"train_unsupervised.py": cli.stage1_parser, "train_linear_evaluation.py": cli.stage2_parser,
+                 "test.py": cli.stage3_parser}
+PARSERS = {**STAGE_PARSERS, "reproduce.py": reproduce.parser}
 
 
 def readme_commands() -> list[list[str]]:
@@ -27,7 +30,8 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_shows_the_stages_commands():
     scripts = [command[0] for command in readme_commands()]
-    assert all(scripts.count(script) >= 4 for script in PARSERS), scripts
+    assert all(scripts.count(script) >= 4 for script in STAGE_PARSERS), scripts
+    assert scripts.count("reproduce.py") >= 2, scripts
 
 
 @pytest.mark.parametrize("command", readme_commands(), ids=lambda command: " ".join(command)[:80])
