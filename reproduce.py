@@ -512,10 +512,13 @@ class Grid:
 
         def paper(values) -> str:
             return " or ".join(map(str, sorted(set(values))))
+
+        def epochs(count: int, stage: str) -> str:
+            return f"{count} {stage} epoch{'' if count == 1 else 's'}"
         if self.args.epochs and {c.epochs for c in conditions} != {self.args.epochs}:
-            differences.append(f"{self.args.epochs} stage-1 epochs instead of {paper(c.epochs for c in conditions)}")
+            differences.append(f"{epochs(self.args.epochs, 'stage-1')} instead of {paper(c.epochs for c in conditions)}")
         if self.args.linear_epochs and {c.evaluation_epochs for c in conditions} != {self.args.linear_epochs}:
-            differences.append(f"{self.args.linear_epochs} evaluation epochs instead of "
+            differences.append(f"{epochs(self.args.linear_epochs, 'evaluation')} instead of "
                                f"{paper(c.evaluation_epochs for c in conditions)}")
         if self.args.train_subset:
             differences.append(f"{self.args.train_subset} training images in both stages instead of the full "
