@@ -178,6 +178,19 @@ class Activity:
         return " | ".join(parts)
 
 
+def fit(line: str, width: int) -> str:
+    """`line` in at most `width` characters: its first field (the run's name) shortened in the
+    middle first, so that the epoch, loss and times at its end stay on a narrow terminal."""
+    excess = len(line) - width
+    if excess <= 0:
+        return line
+    label, separator, rest = line.partition(" | ")
+    if separator and len(label) - excess - 1 >= 8:
+        keep = len(label) - excess - 1
+        return label[:keep - keep // 2] + "…" + label[len(label) - keep // 2:] + separator + rest
+    return line[:width]
+
+
 class LiveLines:
     """Events as plain lines, and under them one line per running stage: redrawn in place on a
     terminal, printed every `interval` seconds otherwise (a log file stays readable)."""
@@ -207,7 +220,7 @@ class LiveLines:
         self._erase()
         width = shutil.get_terminal_size().columns - 1
         for line in lines:
-            self.stream.write((line[:width] if self.tty else line) + "\n")
+            self.stream.write((fit(line, width) if self.tty else line) + "\n")
         self.drawn = len(lines) if self.tty else 0
         self.stream.flush()
 

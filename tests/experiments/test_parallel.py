@@ -11,6 +11,7 @@ from engine.checkpoint import CsvLog
 from experiments.parallel import (
     Activity,
     LiveLines,
+    fit,
     Slot,
     automatic_jobs,
     make_slots,
@@ -92,3 +93,12 @@ def test_live_lines_redraw_in_place_on_a_terminal_and_are_rationed_on_a_pipe():
     live.event("done")
     assert pipe.getvalue() == "a 100\na 131\ndone\n"
 
+
+
+def test_a_live_line_too_wide_for_the_terminal_shortens_the_run_name_first():
+    line = "[1/4] cifar10_relationnet_conv4_seed_1 | stage 1/3 pretraining | epoch 2/3 | left: run ~0:01:05"
+    assert fit(line, len(line)) == line
+    short = fit(line, 80)
+    assert len(short) == 80 and short.endswith("| stage 1/3 pretraining | epoch 2/3 | left: run ~0:01:05")
+    assert short.startswith("[1/4] cifar") and "…" in short
+    assert fit(line, 40) == line[:40]  # no room for a name: the end is cut
