@@ -180,14 +180,16 @@ class Activity:
 
 def fit(line: str, width: int) -> str:
     """`line` in at most `width` characters: its first field (the run's name) shortened in the
-    middle first, so that the epoch, loss and times at its end stay on a narrow terminal."""
-    excess = len(line) - width
-    if excess <= 0:
+    middle first, down to its number (`[3/10]`, which ties the line to the events above), so
+    that the epoch, loss and times after it stay on a narrow terminal; then the end is cut."""
+    if len(line) <= width:
         return line
     label, separator, rest = line.partition(" | ")
-    if separator and len(label) - excess - 1 >= 8:
-        keep = len(label) - excess - 1
-        return label[:keep - keep // 2] + "…" + label[len(label) - keep // 2:] + separator + rest
+    number = label.split(" ", 1)[0]
+    keep = max(width - len(separator) - len(rest) - 1, len(number) + 1)  # label characters besides "…"
+    if separator and keep < len(label):
+        head = max(keep - keep // 2, len(number) + 1)
+        line = label[:head] + "…" + label[len(label) - (keep - head):] + separator + rest
     return line[:width]
 
 
