@@ -19,12 +19,12 @@ from utils.errors import UserError
 
 KNN_COLUMNS = ("knn_accuracy", "knn_top5")
 KNN_NEIGHBOURS = 200
-KNN_TEMPERATURE = 0.07
 
 
 def knn_monitor(dataset: str, data_root: str, download: bool, image_size: int, images: int, seed: int,
                 device: torch.device) -> Callable[[nn.Module], dict]:
-    """Scores a backbone by the weighted kNN accuracy (k 200, T 0.07, as `test.py --knn`) of the
+    """Scores a backbone by the weighted kNN accuracy (k 200, knn_accuracy's temperature 0.07, as
+    `test.py --knn`) of the
     labelled test split against the labelled training split of `dataset`, each a seeded,
     class-balanced subset of at most `images` images (0 = all), read once here."""
     train = load_dataset(dataset, "train", data_root, download=download, image_size=image_size)
@@ -40,7 +40,7 @@ def knn_monitor(dataset: str, data_root: str, download: bool, image_size: int, i
     def score(backbone: nn.Module) -> dict:
         train_features = extract_features(backbone, train, device, desc="kNN train features")
         test_features = extract_features(backbone, test, device, desc="kNN test features")
-        return knn_accuracy(train_features, train_labels, test_features, test_labels, neighbours, KNN_TEMPERATURE)
+        return knn_accuracy(train_features, train_labels, test_features, test_labels, neighbours)
     return score
 
 

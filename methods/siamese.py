@@ -33,23 +33,18 @@ def training_options(prefix: str, hidden: int, projection: int, weight_decay: fl
     )
 
 
-def check_options_of(options: dict, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()
-                     ) -> str | None:
-    """The first of the named options out of its range, as a one-line problem, or None."""
-    for name in positive:
+def check_training_options(prefix: str, options: dict, positive: tuple[str, ...] = (),
+                           non_negative: tuple[str, ...] = ()) -> str | None:
+    """The first option out of its range, as a one-line problem, or None: the layer widths of
+    `training_options` and `positive` from 1 to MAX_LAYER_WIDTH, its weight decay and warm-up
+    and `non_negative` finite and >= 0."""
+    for name in (f"{prefix}_hidden", f"{prefix}_projection", *positive):
         if not 1 <= options[name] <= MAX_LAYER_WIDTH:
             return f"--{name} {options[name]}: must be from 1 to {MAX_LAYER_WIDTH}"
-    for name in non_negative:
+    for name in (f"{prefix}_weight_decay", f"{prefix}_warmup_epochs", *non_negative):
         if not (math.isfinite(options[name]) and options[name] >= 0):
             return f"--{name} {options[name]}: must be a finite number >= 0"
     return None
-
-
-def check_training_options(prefix: str, options: dict, positive: tuple[str, ...] = (),
-                           non_negative: tuple[str, ...] = ()) -> str | None:
-    """`check_options_of` for the options of `training_options` and the method's own."""
-    return check_options_of(options, (f"{prefix}_hidden", f"{prefix}_projection", *positive),
-                            (f"{prefix}_weight_decay", f"{prefix}_warmup_epochs", *non_negative))
 
 
 def feature_spread(projections: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ pulls the two projections of an image together against those of the other images
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
