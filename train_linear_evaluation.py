@@ -33,6 +33,7 @@ from engine.checkpoint import (  # noqa: E402
     check_backbone,
     evaluation_header,
     read_checkpoint,
+    refuse_other_than_finetuning,
     save_checkpoint,
     write_csv,
 )
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                         "evaluation takes seconds, run it again")
     with RunLock(files.lock):
         files.remove_temporary()
-        resume = resume_point(args, files, FINETUNE_MAY_CHANGE) if args.resume else None
+        resume = resume_point(args, files, FINETUNE_MAY_CHANGE, check_kind=refuse_other_than_finetuning) if args.resume else None
         if resume is None and files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
         if resume is None and files.last_checkpoint.exists() and not args.overwrite:

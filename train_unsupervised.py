@@ -122,7 +122,8 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         files.remove_temporary()
     resume = resume_point(
         args, files, RESUME_MAY_CHANGE, ranks.world_size, finish=ranks.is_main,
-        without_state="use --checkpoint with --epoch_start instead") if args.resume else None
+        without_state="use --checkpoint with --epoch_start instead",
+        check_kind=lambda state, path: refuse_other_kind(state, path, args.method)) if args.resume else None
     resume_state = resume.state if resume else None
     seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
     print(f"[INFO] Setting SEED: {seed}")

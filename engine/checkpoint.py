@@ -282,6 +282,18 @@ def refuse_other_kind(state: dict, path: str | Path, method: str) -> None:
                         "--checkpoint to evaluate it")
 
 
+def refuse_other_than_finetuning(state: dict, path: str | Path) -> None:
+    """Refuse, naming what the file is, a checkpoint that a fine-tuning run cannot resume: any
+    file but a fine-tuning run's (a stage-1 checkpoint, a linear classifier)."""
+    args = state.get("args")
+    if "pretraining_method" not in state:
+        raise UserError(f"checkpoint {path} is not a stage-2 file: a fine-tuning run resumes from its own "
+                        "_last.tar; to fine-tune a stage-1 checkpoint, pass it as --checkpoint without --resume")
+    if not isinstance(args, dict) or args.get("finetune") is not True:
+        raise UserError(f"checkpoint {path} is not a fine-tuning run's file (a linear classifier is saved "
+                        "once, whole): run the linear evaluation again without --resume")
+
+
 @lru_cache(maxsize=None)
 def _backbone_shapes(name: str, stem: str | None = None) -> dict[str, tuple[int, ...]]:
     from backbones import build_backbone

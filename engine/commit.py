@@ -18,21 +18,22 @@ the same numbers (seeded by epoch).
 """
 from __future__ import annotations
 
-import os
+import re
 from pathlib import Path
 
-from engine.checkpoint import CsvLog, read_csv, save_checkpoint
+from engine.checkpoint import CsvLog, RunFiles, read_csv, save_checkpoint
+from utils.errors import UserError
 
 #: The key of the rolling checkpoint that holds the pending steps of its epoch's commit.
 COMMIT = "epoch_commit"
 
 
 def commit_epoch(state: dict, row: dict, log: CsvLog, checkpoints: list[Path], rolling: Path | None) -> None:
-    """Write the files of an epoch (`state` after it, its log `row`) in the order above."""
+    """Write the files of an epoch (`state` after it, its log `row`) in the order above. The
+    rolling checkpoint records the files of steps 2 and 3 by their names alone: they lie in its
+    folder, and a resume accepts only the names of its own run there (`finish_commit`)."""
     if rolling is not None:
-        folder = rolling.parent
-        pending = {"log": os.path.relpath(log.path, folder), "row": row,
-                   "checkpoints": [os.path.relpath(path, folder) for path in checkpoints]}
+        pending = {"log": log.path.name, "row": row, "checkpoints": [path.name for path in checkpoints]}
         save_checkpoint({**state, COMMIT: pending}, rolling)
     for path in checkpoints:
         save_checkpoint(state, path)
@@ -40,22 +41,61 @@ def commit_epoch(state: dict, row: dict, log: CsvLog, checkpoints: list[Path], r
     log.append(row)
 
 
-def finish_commit(state: dict, folder: Path) -> list[Path]:
-    """Complete the commit that a rolling checkpoint's `state` (read from `folder`) began;
-    returns the files written, none when the commit was whole (or `state` is not the rolling
-    checkpoint of an epoch's end: an interrupted epoch's, or a numbered checkpoint)."""
+# A log column: a name as the engine and the methods write them (letters, digits, underscores).
+_COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def pending_commit(state: dict, files: RunFiles, path: Path) -> tuple[dict, list[Path]] | None:
+    """The log row and checkpoint paths of the commit that the rolling checkpoint `state` (read
+    from `path`) holds, checked as data: the paths are the run's own files (its log, the
+    numbered checkpoint of the state's epoch, its final file) inside `files.directory`, found by
+    the run's name and never by a name the file supplies, and the row holds numbers under
+    column names. Anything else is refused in one line before any file is written. None when
+    the state holds no commit (an interrupted epoch's, or a numbered checkpoint)."""
     pending = state.get(COMMIT)
     if pending is None:
-        return []
-    log_path = folder / pending["log"]
-    checkpoints = [folder / name for name in pending["checkpoints"]]
+        return None
+
+    def refuse(problem: str) -> UserError:
+        return UserError(f"--resume {path}: its '{COMMIT}' entry {problem}: the file is damaged or was not "
+                         f"written for the run {files.header}; resume from the run's own _last.tar, or start "
+                         "the run again")
+
+    if not isinstance(pending, dict) or set(pending) != {"log", "row", "checkpoints"}:
+        raise refuse("is not the record of an epoch's files")
+    epoch = state.get("epoch")
+    if type(epoch) is not int or epoch < 1:
+        raise refuse(f"belongs to a state whose epoch is {epoch!r}, not a positive whole number")
+    if pending["log"] != files.log.name:
+        raise refuse(f"names the log {str(pending['log'])[:80]!r}, not the run's {files.log.name}")
+    names = pending["checkpoints"]
+    own = {files.epoch_checkpoint(epoch).name: files.epoch_checkpoint(epoch), files.final.name: files.final}
+    if not isinstance(names, list) or not all(isinstance(name, str) and name in own for name in names):
+        raise refuse(f"names files other than the run's checkpoints of epoch {epoch} ({', '.join(own)})")
     row = pending["row"]
-    _, rows = read_csv(log_path)
+    if not isinstance(row, dict) or row.get("epoch") != epoch:
+        raise refuse(f"holds no log row of epoch {epoch}")
+    for column, value in row.items():
+        if not isinstance(column, str) or not _COLUMN.fullmatch(column) \
+                or not (value is None or type(value) in (int, float, bool)):
+            raise refuse(f"holds a log entry that is not a number under a column name ({str(column)[:40]!r})")
+    return row, [own[name] for name in dict.fromkeys(names)]
+
+
+def finish_commit(state: dict, files: RunFiles, path: Path) -> list[Path]:
+    """Complete the commit that a rolling checkpoint's `state` (read from `path`) began, writing
+    only the files of the run `files` names (see `pending_commit`); returns the files written,
+    none when the commit was whole or `state` holds none."""
+    pending = pending_commit(state, files, path)
+    if pending is None:
+        return []
+    row, checkpoints = pending
+    _, rows = read_csv(files.log)
     logged = any(logged_row.get("epoch") == str(row["epoch"]) for logged_row in rows)
-    if logged and all(path.exists() for path in checkpoints):
+    if logged and all(checkpoint.exists() for checkpoint in checkpoints):
         return []
     saved = {key: value for key, value in state.items() if key != COMMIT}
-    for path in checkpoints:
-        save_checkpoint(saved, path)
-    CsvLog(log_path).append(row)
-    return [*checkpoints, log_path]
+    for checkpoint in checkpoints:
+        save_checkpoint(saved, checkpoint)
+    CsvLog(files.log).append(row)
+    return [*checkpoints, files.log]

@@ -17,6 +17,7 @@ from torch import nn
 
 from engine.checkpoint import RunFiles, read_checkpoint, save_json
 from engine.commit import finish_commit
+from experiments.cli import INTEGER_LIMIT
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
 from utils.seeds import resolve_seed
@@ -138,11 +139,14 @@ class ResumePoint(NamedTuple):
 
 
 def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str], world_size: int = 1,
-                 without_state: str = "it cannot be resumed", finish: bool = True) -> ResumePoint:
-    """The checkpoint `--resume auto|PATH` names and its state, after checking that the run
-    was made with the same arguments (except `may_change`) and as many processes; then the
-    files of its epoch that the run died before writing are written (`finish_commit`; only
-    where `finish`: by the one process of a torchrun run that writes files).
+                 without_state: str = "it cannot be resumed", finish: bool = True,
+                 check_kind: Callable[[dict, Path], None] | None = None) -> ResumePoint:
+    """The checkpoint `--resume auto|PATH` names and its state, after checking that it is a
+    file of this stage (`check_kind`), that the run was made with the same arguments (except
+    `may_change`; an argument the file does not record is a difference) and as many processes;
+    then the files of its epoch that the run died before writing are written (`finish_commit`;
+    only where `finish`: by the one process of a torchrun run that writes files). Every check
+    comes before the first write.
 
     `auto` is the run's rolling checkpoint, the last file every run writes after an epoch or
     on a stop: never a numbered checkpoint, which could be another run's that used the name."""
@@ -155,16 +159,31 @@ def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str]
     if "epoch" not in state or "args" not in state:
         raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
                         f"stored); {without_state}")
+    if check_kind is not None:
+        check_kind(state, path)
     stored = state["args"]
+    if not isinstance(stored, dict) or not all(isinstance(key, str) for key in stored):
+        raise UserError(f"--resume {path}: its 'args' entry is a {type(stored).__name__}, not the record of a "
+                        "run's arguments: the file is damaged or forged; resume from the file the run wrote")
+    epoch = state["epoch"]
+    if type(epoch) is not int or not 0 <= epoch <= INTEGER_LIMIT:
+        raise UserError(f"--resume {path}: its epoch {epoch!r} is not a whole number from 0 to {INTEGER_LIMIT}: "
+                        "the file is damaged or forged; resume from the file the run wrote")
+    missing = sorted(key for key in vars(args) if key not in may_change and key not in stored)
+    if missing:
+        raise UserError(f"--resume {path}: the file does not record the run's "
+                        f"{', '.join('--' + key for key in missing[:5])}{' ...' if len(missing) > 5 else ''}, so "
+                        "it cannot be shown to be this run: start a new run, or continue its weights with "
+                        "--checkpoint PATH")
     changed = [f"--{k} {stored[k]!r} -> {value!r}" for k, value in sorted(vars(args).items())
-               if k not in may_change and k in stored and stored[k] != value]
+               if k not in may_change and stored[k] != value]
     if changed:
         raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
                         "repeat its arguments or start a new run with --id")
     if state.get("world_size", 1) != world_size:
         raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
                         f"this one has {world_size}; resume it with as many (torchrun --nproc_per_node)")
-    completed = finish_commit(state, files.directory) if finish else []
+    completed = finish_commit(state, files, path) if finish else []
     if completed:
         print(f"[INFO] The stopped run had saved epoch {state['epoch']} but not all its files: wrote "
               + ", ".join(path.name for path in completed))

@@ -11,21 +11,82 @@ from tests.helpers import load, one_line
 from utils.errors import UserError
 
 
-def test_a_commit_stopped_after_its_rolling_checkpoint_is_completed_from_it(tmp_path):
-    log = CsvLog(tmp_path / "log.csv")
-    state = {"backbone": {"w": torch.arange(3.0)}, "epoch": 1}
-    commit_epoch(state, {"epoch": 0, "loss": 0.5}, log, [tmp_path / "run_epoch_1.tar"], tmp_path / "run_last.tar")
-    (tmp_path / "run_epoch_1.tar").unlink()  # as if the process died before writing it and the log
-    (tmp_path / "log.csv").unlink()
-    journal = load(tmp_path / "run_last.tar")
-    assert journal[COMMIT] == {"log": "log.csv", "row": {"epoch": 0, "loss": 0.5}, "checkpoints": ["run_epoch_1.tar"]}
+HEADER = "relationnet_cifar10_conv4_seed_1"
 
-    assert finish_commit(journal, tmp_path) == [tmp_path / "run_epoch_1.tar", tmp_path / "log.csv"]
-    assert load(tmp_path / "run_epoch_1.tar").keys() == state.keys()  # the journal entry stays in _last.tar
-    assert torch.equal(load(tmp_path / "run_epoch_1.tar")["backbone"]["w"], state["backbone"]["w"])
-    assert read_csv(tmp_path / "log.csv") == (["epoch", "loss"], [{"epoch": "0", "loss": "0.5"}])
-    assert finish_commit(journal, tmp_path) == []  # whole now: nothing to write
-    assert finish_commit({"epoch": 1, "interrupted": {}}, tmp_path) == []  # a stop inside an epoch
+
+def run_files(tmp_path) -> RunFiles:
+    files = RunFiles(tmp_path, "relationnet", "cifar10", HEADER)
+    files.directory.mkdir(parents=True)
+    return files
+
+
+def journal_of(files: RunFiles, epoch: int = 1) -> dict:
+    """The rolling checkpoint of a commit stopped after its first step."""
+    state = {"backbone": {"w": torch.arange(3.0)}, "epoch": epoch}
+    commit_epoch(state, {"epoch": epoch, "loss": 0.5}, CsvLog(files.log), [files.epoch_checkpoint(epoch)],
+                 files.last_checkpoint)
+    files.epoch_checkpoint(epoch).unlink()  # as if the process died before writing it and the log
+    files.log.unlink()
+    return load(files.last_checkpoint)
+
+
+def test_a_commit_stopped_after_its_rolling_checkpoint_is_completed_from_it(tmp_path):
+    files = run_files(tmp_path)
+    journal = journal_of(files)
+    assert journal[COMMIT] == {"log": files.log.name, "row": {"epoch": 1, "loss": 0.5},
+                               "checkpoints": [files.epoch_checkpoint(1).name]}
+
+    assert finish_commit(journal, files, files.last_checkpoint) == [files.epoch_checkpoint(1), files.log]
+    saved = load(files.epoch_checkpoint(1))
+    assert saved.keys() == {"backbone", "epoch"}  # the journal entry stays in _last.tar
+    assert torch.equal(saved["backbone"]["w"], torch.arange(3.0))
+    assert read_csv(files.log) == (["epoch", "loss"], [{"epoch": "1", "loss": "0.5"}])
+    assert finish_commit(journal, files, files.last_checkpoint) == []  # whole now: nothing to write
+    assert finish_commit({"epoch": 1, "interrupted": {}}, files, files.last_checkpoint) == []  # a stop inside an epoch
+
+
+FORGED = {
+    "an absolute log path": lambda pending, victim: {**pending, "log": str(victim / "rc")},
+    "a log path out of the folder": lambda pending, victim: {**pending, "log": "../../../victim/rc"},
+    "another run's log": lambda pending, victim: {**pending, "log": "log_simclr_cifar10_conv4_seed_1.csv"},
+    "an absolute checkpoint path": lambda pending, victim: {**pending, "checkpoints": [str(victim / "important.txt")]},
+    "a checkpoint path out of the folder": lambda pending, victim: {**pending, "checkpoints": ["../x.tar"]},
+    "another epoch's checkpoint": lambda pending, victim: {**pending, "checkpoints": [f"{HEADER}_epoch_7.tar"]},
+    "a checkpoints string": lambda pending, victim: {**pending, "checkpoints": f"{HEADER}.tar"},
+    "a text in the row": lambda pending, victim: {**pending, "row": {"epoch": 1, "x": "x;touch PWNED;"}},
+    "a column that is no name": lambda pending, victim: {**pending, "row": {"epoch": 1, "a,b\nc": 1.0}},
+    "a row of another epoch": lambda pending, victim: {**pending, "row": {"epoch": 2, "loss": 0.5}},
+    "a row that is a list": lambda pending, victim: {**pending, "row": [1, 2]},
+    "an extra key": lambda pending, victim: {**pending, "run": "rm -rf"},
+    "a string": lambda pending, victim: "x",
+    "a log that is a number": lambda pending, victim: {**pending, "log": 5},
+}
+
+
+@pytest.mark.parametrize("forgery", FORGED)
+def test_a_forged_commit_is_refused_before_anything_is_written(tmp_path, forgery):
+    files = run_files(tmp_path / "out")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("keep me")
+    journal = journal_of(files)
+    journal[COMMIT] = FORGED[forgery](journal[COMMIT], victim)
+    before = sorted(path.name for path in files.directory.iterdir())
+    with pytest.raises(UserError) as error:
+        finish_commit(journal, files, files.last_checkpoint)
+    assert "epoch_commit" in one_line(error.value) and str(files.last_checkpoint) in str(error.value)
+    assert sorted(path.name for path in files.directory.iterdir()) == before
+    assert sorted(path.name for path in victim.iterdir()) == ["important.txt"]
+    assert (victim / "important.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("epoch", [0, -5, "1", 1.0, None])
+def test_a_commit_of_a_state_without_a_whole_epoch_is_refused(tmp_path, epoch):
+    files = run_files(tmp_path)
+    journal = journal_of(files)
+    with pytest.raises(UserError):
+        finish_commit({**journal, "epoch": epoch}, files, files.last_checkpoint)
+    assert not files.log.exists()
 
 
 def test_the_log_keeps_the_rows_before_the_first_new_epoch_and_no_later_ones(tmp_path):

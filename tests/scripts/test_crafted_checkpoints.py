@@ -1,0 +1,115 @@
+"""Checkpoints crafted or damaged by hand, through the stage scripts' --resume: a file is data.
+Names it holds never choose where anything is written, its arguments must show it is the run
+being resumed, and every check comes before the first write."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import train_linear_evaluation as stage2
+import train_unsupervised as stage1
+from engine.commit import COMMIT
+from engine.checkpoint import save_checkpoint
+from tests.helpers import load, run_stage, stage_arguments
+
+RUN = ["--method", "relationnet", "--K", "2", "--data_size", "8", "--train_subset", "16"]
+HEADER = "relationnet_cifar10_conv4_seed_1"
+
+
+def refused(module, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(module, argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def folder_bytes(folder) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def victim(tmp_path):
+    folder = tmp_path / "victim"
+    folder.mkdir()
+    (folder / "important.txt").write_text("keep me")
+    return folder
+
+
+@pytest.fixture
+def trained_run(small_cifar10_root, tmp_path):
+    """A stage-1 run of 2 epochs: its arguments and its folder."""
+    args = stage_arguments(small_cifar10_root, tmp_path / "out") + RUN
+    run_stage(stage1, args + ["--epochs", "2"])
+    return args, tmp_path / "out" / "relationnet" / "cifar10"
+
+
+def plant_escape(state: dict, victim) -> dict:
+    """The rolling checkpoint `state` with a commit that names files outside its run folder."""
+    return {**state, COMMIT: {"log": str(victim / "rc"), "row": {"epoch": state["epoch"], "x": "x;touch PWNED;"},
+                              "checkpoints": [str(victim / "important.txt")]}}
+
+
+@pytest.mark.parametrize("how", ["path", "auto"])
+def test_a_commit_naming_files_outside_the_run_writes_nothing(trained_run, victim, tmp_path, capsys, how):
+    args, folder = trained_run
+    crafted = plant_escape(load(folder / f"{HEADER}_last.tar"), victim)
+    path = folder / f"{HEADER}_last.tar" if how == "auto" else tmp_path / "crafted_last.tar"
+    save_checkpoint(crafted, path)
+    before = folder_bytes(folder)
+
+    err = refused(stage1, args + ["--epochs", "3", "--resume", "auto" if how == "auto" else str(path)], capsys)
+    assert COMMIT in err and str(path) in err
+    assert folder_bytes(victim) == {"important.txt": b"keep me"}
+    assert folder_bytes(folder) == before
+
+
+def test_a_checkpoint_without_the_runs_arguments_is_not_resumed(trained_run, victim, tmp_path, capsys):
+    args, folder = trained_run
+    path = tmp_path / "crafted_last.tar"
+    save_checkpoint({**plant_escape(load(folder / f"{HEADER}_last.tar"), victim), "args": {}}, path)
+    before = folder_bytes(folder)
+    err = refused(stage1, args + ["--epochs", "3", "--resume", str(path)], capsys)
+    assert "does not record the run's" in err and "--checkpoint" in err
+    assert folder_bytes(folder) == before and folder_bytes(victim) == {"important.txt": b"keep me"}
+
+    state = load(folder / f"{HEADER}_last.tar")
+    del state["args"]["K"]  # one argument missing is enough to doubt the run
+    save_checkpoint(state, path)
+    assert "--K" in refused(stage1, args + ["--epochs", "3", "--resume", str(path)], capsys)
+
+
+@pytest.mark.parametrize("field, value", [("args", "x"), ("args", 5), ("args", torch.zeros(2)),
+                                          ("epoch", "1"), ("epoch", -5), ("epoch", 2.0)])
+def test_malformed_fields_of_a_resumed_checkpoint_are_one_line(trained_run, tmp_path, capsys, field, value):
+    args, folder = trained_run
+    path = tmp_path / "crafted_last.tar"
+    save_checkpoint({**load(folder / f"{HEADER}_last.tar"), field: value}, path)
+    before = folder_bytes(folder)
+    err = refused(stage1, args + ["--epochs", "3", "--resume", str(path)], capsys)
+    assert str(path) in err and field in err
+    assert folder_bytes(folder) == before
+
+
+def test_a_finetuning_file_given_to_stage_1_is_refused_before_writing(trained_run, tmp_path, capsys):
+    args, folder = trained_run
+    stage1_file = folder / f"{HEADER}_epoch_2.tar"
+    tuned = ["--checkpoint", str(stage1_file), "--finetune", "--epochs", "2", "--data_size", "8",
+             "--train_subset", "16"]
+    run_stage(stage2, args[:-len(RUN)] + tuned)
+    capsys.readouterr()
+    tuning_last = folder / f"{HEADER}_epoch_2_finetune_last.tar"
+    assert COMMIT in load(tuning_last)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = elsewhere / "finetune_last.tar"
+    planted.write_bytes(tuning_last.read_bytes())
+    before = folder_bytes(folder)
+    err = refused(stage1, args + ["--epochs", "3", "--resume", str(planted)], capsys)
+    assert "stage-2 file" in err
+    assert folder_bytes(folder) == before
+
+    err = refused(stage2, args[:-len(RUN)] + tuned + ["--resume", str(folder / f"{HEADER}_last.tar")],
+                  capsys)
+    assert "not a stage-2 file" in err
+    assert folder_bytes(folder) == before
