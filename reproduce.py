@@ -40,7 +40,9 @@ from backbones import BACKBONES  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
     RunFiles,
     RunLock,
+    TEXT_ENCODING,
     atomic_write_bytes,
+    encode_text,
     evaluation_header,
     run_header,
     save_json,
@@ -404,7 +406,7 @@ class Grid:
             fcntl.flock(lock, fcntl.LOCK_EX)
             timings = self.read_timings(say=False)  # said when the grid started
             self.timings = {**timings, key: timings.get(key, 0.0) + seconds}
-            atomic_write_bytes(self.timings_path, json.dumps(self.timings, indent=1, sort_keys=True).encode())
+            atomic_write_bytes(self.timings_path, encode_text(json.dumps(self.timings, indent=1, sort_keys=True)))
 
     def timing_key(self, stage: Stage) -> str:
         return str(stage.output.relative_to(self.out)) if stage.output.is_relative_to(self.out) else str(stage.output)
@@ -660,7 +662,7 @@ class Scheduler:
 
         def register(child: subprocess.Popen) -> None:
             self.running[task] = (child, slot, activity)
-        with open(log_path, "a") as log:
+        with open(log_path, "a", **TEXT_ENCODING) as log:
             log.write(f"\n$ {shlex.join(argv)}\n")
             log.flush()
             start_child(argv, log, slot, register)

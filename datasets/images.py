@@ -114,7 +114,7 @@ def _fingerprint(sources: Sequence[Path], key: str) -> str:
     h = hashlib.sha256(f"v{_CACHE_VERSION}\0{key}\0".encode())
     for path in sources:
         st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(os.fsencode(os.path.abspath(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 

@@ -21,6 +21,15 @@ import torch
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
+# The text files this suite writes are UTF-8. A path may hold bytes that are not UTF-8, which
+# Python holds as lone surrogates (os.fsdecode); they are written as backslash escapes
+# (`\\udcff`), so a file naming such a path is written whole and stays UTF-8 text.
+TEXT_ENCODING = {"encoding": "utf-8", "errors": "backslashreplace"}
+
+
+def encode_text(text: str) -> bytes:
+    """`text` as the bytes of a text file of this suite (see TEXT_ENCODING)."""
+    return text.encode(**TEXT_ENCODING)
 
 
 def run_header(method: str, dataset: str, backbone: str, seed: int, run_id: str = "") -> str:
@@ -225,7 +234,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def save_json(data: dict, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(path, encode_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -398,7 +407,7 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(csv_row(row) for row in rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, encode_text(buffer.getvalue()))
 
 
 def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
@@ -415,7 +424,7 @@ def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
             if union != fieldnames:
                 write_csv(path, union, rows)
             columns = union
-    with open(path, "a", newline="") as handle:
+    with open(path, "a", newline="", **TEXT_ENCODING) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()

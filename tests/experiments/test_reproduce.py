@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import reproduce
+from experiments.parallel import LiveLines
 from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
 from experiments.studies import PAPER, STUDIES, paper_value
@@ -329,3 +331,16 @@ def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_
     assert "train_linear_evaluation.py failed for run cifar10_randomweights_conv4_seed_1" in err
     assert f"{planted} cannot be read" in err and str(out / "logs") in err
     assert not (out / "runs" / "cifar10_randomweights_conv4_seed_2.json").exists()  # nothing new started
+
+
+def test_a_grid_folder_whose_name_is_not_utf8_is_logged_with_an_escape(small_cifar10_root, tmp_path, monkeypatch):
+    out = tmp_path / os.fsdecode(b"grid\xff")  # how Python holds such a name from the command line
+    args = reproduce.parser().parse_args(["--study", "cifar10", "--methods", "randomweights", "--seeds", "1",
+                                          "--data_root", str(small_cifar10_root), "--out", str(out)])
+    args.child_device, args.gpus, args.jobs = "cpu", [], 1
+    grid = reproduce.Grid(args, reproduce.plan(args), live=LiveLines(io.StringIO()))
+    scheduler = reproduce.Scheduler(grid, grid.tasks())
+    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started: None)
+    scheduler.start(scheduler.pending[0])
+    logged = (out / "logs" / "cifar10_randomweights_conv4_seed_1.log").read_text(encoding="utf-8")
+    assert "--checkpoint_dir" in logged and str(out / "checkpoints").replace("\udcff", "\\udcff") in logged

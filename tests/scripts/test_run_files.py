@@ -4,6 +4,7 @@ not text stops a resume in one line, and test.py prints its result before writin
 (--log_dir)."""
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -99,3 +100,16 @@ def test_test_py_prints_its_result_before_its_log_and_writes_it_to_log_dir(small
     assert accuracy and out.index(accuracy[0]) < out.index("[INFO] Result appended to")
     row = read_log(tmp_path / "logs" / f"log_{checkpoint.stem}_test.csv")[0]
     assert f"Test accuracy: {float(row['accuracy']):.2f}%" == accuracy[0]
+
+
+def test_paths_with_bytes_that_are_not_utf8_are_written_as_escapes(small_cifar10_root, tmp_path, capsys):
+    out = tmp_path / os.fsdecode(b"out\xff")  # how Python holds such a name from the command line
+    args = stage_arguments(small_cifar10_root, out)
+    run_stage(stage1, args + ["--method", "standard", "--data_size", "16", "--train_subset", "32", "--epochs", "1"])
+    checkpoint = out / "standard" / "cifar10" / "standard_cifar10_conv4_seed_1_epoch_1.tar"
+    logs = tmp_path / os.fsdecode(b"logs\xfe")
+    for _ in range(2):  # the second run reads the first one's log back
+        run_stage(stage3, args + ["--checkpoint", str(checkpoint), "--log_dir", str(logs)])
+    assert "[INFO] Result appended to" in capsys.readouterr().out
+    rows = read_log(logs / f"log_{checkpoint.stem}_test.csv")
+    assert [row["checkpoint"] for row in rows] == [str(checkpoint).replace("\udcff", "\\udcff")] * 2
