@@ -23,7 +23,7 @@ from utils.errors import UserError
 FORMAT_VERSION = 1
 # The text files this suite writes are UTF-8. A path may hold bytes that are not UTF-8, which
 # Python holds as lone surrogates (os.fsdecode); they are written as backslash escapes
-# (`\\udcff`), so a file naming such a path is written whole and stays UTF-8 text.
+# (`\udcff` for byte 0xff), so a file naming such a path is written whole and stays UTF-8 text.
 TEXT_ENCODING = {"encoding": "utf-8", "errors": "backslashreplace"}
 
 
