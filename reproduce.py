@@ -48,6 +48,7 @@ from engine.checkpoint import (  # noqa: E402
     save_json,
 )
 from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int  # noqa: E402
+from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file  # noqa: E402
 from experiments.parallel import (  # noqa: E402
     MEMORY_PER_CPU_JOB,
     Activity,
@@ -78,7 +79,7 @@ from utils.threads import usable_cpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 # Settings that change the numbers of every run: a grid folder holds one value of each.
-GRID_SETTINGS = ("study", "epochs", "linear_epochs", "train_subset", "K", "knn", "retrieval")
+GRID_SETTINGS = tuple(SETTINGS.fields)
 # How long a stage whose lock an earlier grid's child still holds is waited for: a killed
 # grid's children stop after their current step (parent-death signal).
 LOCK_WAIT_SECONDS = 30.0
@@ -329,14 +330,6 @@ def number(text: str | None) -> float | None:
     return round(float(text), 4) if text not in (None, "") else None
 
 
-def read_json(path: Path):
-    """The JSON in `path`, or None when it is truncated, not JSON or not text."""
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 @dataclass(eq=False)
 class Task:
     """One stage to run: a stage-1 run shared by several runs is one task."""
@@ -374,9 +367,9 @@ class Grid:
         wanted = {key: getattr(self.args, key) for key in GRID_SETTINGS}
         path = self.out / "grid.json"
         if path.exists():
-            stored = read_json(path)
-            if not isinstance(stored, dict):
-                raise UserError(f"{path} cannot be read (truncated or not a grid's settings): delete it and run "
+            stored, problem = read_grid_file(path, SETTINGS)
+            if problem:
+                raise UserError(f"{path} cannot be read ({problem}): delete it and run "
                                 "again with this grid's flags (each run's record is checked against them), "
                                 "or pass another --out")
             shown = {None: "(the paper's)", 0: "0"}
@@ -391,10 +384,10 @@ class Grid:
     def read_timings(self, say: bool = True) -> dict[str, float]:
         if not self.timings_path.exists():
             return {}
-        timings = read_json(self.timings_path)
-        if not isinstance(timings, dict) or not all(isinstance(v, (int, float)) for v in timings.values()):
+        timings, problem = read_grid_file(self.timings_path, TIMINGS)
+        if problem:
             if say:
-                self.live.event(f"[WARNING] {self.timings_path} cannot be read (truncated or not JSON): the wall "
+                self.live.event(f"[WARNING] {self.timings_path} cannot be read ({problem}): the wall "
                                 "times of stages run before are lost; it is written afresh")
             return {}
         return timings
@@ -421,9 +414,9 @@ class Grid:
         """The run's result record when it is readable and made with this grid's settings."""
         if not run.record.exists():
             return None
-        record = read_json(run.record)
-        if not isinstance(record, dict) or not isinstance(record.get("accuracy"), (int, float)):
-            problem = "cannot be read (truncated or not a run's record)"
+        record, unreadable = read_grid_file(run.record, RECORD)
+        if unreadable:
+            problem = f"cannot be read ({unreadable})"
         else:
             # "knn" and "retrieval" are absent from records of earlier versions
             changed = [f"{key} {record[key]} -> {value}" for key, value in self.expected_record(run).items()

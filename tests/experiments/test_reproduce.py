@@ -21,7 +21,7 @@ from experiments.parallel import LiveLines
 from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
 from experiments.studies import PAPER, STUDIES, paper_value
-from tests.helpers import REPO
+from tests.helpers import REPO, one_line
 
 
 def grid_argv(root, out, epochs="8"):
@@ -333,14 +333,55 @@ def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_
     assert not (out / "runs" / "cifar10_randomweights_conv4_seed_2.json").exists()  # nothing new started
 
 
+def planned_grid(root, out, *flags) -> reproduce.Grid:
+    """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
+    args = reproduce.parser().parse_args(["--study", "cifar10", "--methods", "randomweights", "--seeds", "1",
+                                          "--data_root", str(root), "--out", str(out), *flags])
+    args.child_device, args.gpus, args.jobs = "cpu", [], 1
+    return reproduce.Grid(args, reproduce.plan(args), live=LiveLines(io.StringIO()))
+
+
 def test_a_grid_folder_whose_name_is_not_utf8_is_logged_with_an_escape(small_cifar10_root, tmp_path, monkeypatch):
     out = tmp_path / os.fsdecode(b"grid\xff")  # how Python holds such a name from the command line
-    args = reproduce.parser().parse_args(["--study", "cifar10", "--methods", "randomweights", "--seeds", "1",
-                                          "--data_root", str(small_cifar10_root), "--out", str(out)])
-    args.child_device, args.gpus, args.jobs = "cpu", [], 1
-    grid = reproduce.Grid(args, reproduce.plan(args), live=LiveLines(io.StringIO()))
+    grid = planned_grid(small_cifar10_root, out)
     scheduler = reproduce.Scheduler(grid, grid.tasks())
     monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started: None)
     scheduler.start(scheduler.pending[0])
     logged = (out / "logs" / "cifar10_randomweights_conv4_seed_1.log").read_text(encoding="utf-8")
     assert "--checkpoint_dir" in logged and str(out / "checkpoints").replace("\udcff", "\\udcff") in logged
+
+
+NESTED = "[" * 100_000 + "]" * 100_000  # json.loads recurses once per level
+
+
+@pytest.mark.parametrize("content", [NESTED, '{"knn": [[1]]}'], ids=["nested", "wrong_type"])
+def test_grid_json_of_another_shape_is_one_line_naming_it(small_cifar10_root, tmp_path, content):
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "grid.json").write_text(content)
+    grid = planned_grid(small_cifar10_root, out)
+    with pytest.raises(reproduce.UserError) as refused:
+        grid.check_settings()
+    assert f"{out / 'grid.json'} cannot be read" in one_line(refused.value)
+
+
+def test_timings_and_records_of_another_shape_are_said_and_not_used(small_cifar10_root, tmp_path):
+    out = tmp_path / "grid"
+    (out / "runs").mkdir(parents=True)
+    (out / "timings.json").write_text(NESTED)
+    grid = planned_grid(small_cifar10_root, out)
+    assert grid.timings == {} and "timings.json cannot be read (nested too deep)" in grid.live.stream.getvalue()
+    run = grid.runs[0]
+    record = {**grid.expected_record(run), "accuracy": 50.0, "top5": None, "knn_accuracy": None,
+              "retrieval_precision": None, "wall_seconds": 1.0, "stage1_checkpoint": "a", "evaluation_checkpoint": "b",
+              "order": list(run.order), "finished": "2024-01-01 00:00:00"}
+    run.record.write_text(json.dumps(record))
+    assert grid.record_of(run) == record
+    for planted, said in ((NESTED, "nested too deep"), (json.dumps({**record, "order": None}), "'order' is None"),
+                          (json.dumps({k: v for k, v in record.items() if k != "order"}), "without 'order'"),
+                          (json.dumps({**record, "accuracy": float("nan")}), "'accuracy' is nan")):
+        run.record.write_text(planted)
+        assert grid.record_of(run, say=True) is None
+        assert f"{run.record} cannot be read" in grid.live.stream.getvalue().splitlines()[-1]
+        assert said in grid.live.stream.getvalue().splitlines()[-1]
+        grid.report()  # the table is built without it
