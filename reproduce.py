@@ -357,6 +357,9 @@ class Grid:
         self.args = args
         self.out = Path(args.out)
         self.runs = runs
+        if args.shard and args.shard[1] > len(runs):  # shard_of keeps a load per shard
+            raise UserError(f"--shard {args.shard[0]}/{args.shard[1]}: the grid has {len(runs)} runs, so at most "
+                            f"{len(runs)} shards; pass N from 1 to {len(runs)}")
         self.mine = shard_of(runs, *args.shard) if args.shard else runs
         self.live = live or LiveLines()
         self.timings_path = self.out / "timings.json"

@@ -185,7 +185,7 @@ BAD_VALUES = {
     "--linear_epochs": ["0", "abc"], "--train_subset": ["-1", "abc"], "--K": ["1", "0", "abc"],
     "--knn": ["-1", "abc"], "--retrieval": ["-1", "abc"], "--data_root": ["PATH"], "--out": ["FILE"],
     "--device": ["tpu", "cuda:x"], "--jobs": ["0", "abc"], "--jobs_per_gpu": ["0", "2"],
-    "--shard": ["0/2", "3/2", "1", "a/b"],
+    "--shard": ["0/2", "3/2", "1", "a/b", "1/1000000000000", "1/100000000000000000000000"],
 }
 SWITCHES = {"--no_download", "--dry_run"}
 
