@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from engine.checkpoint import atomic_write_bytes
 from utils.errors import UserError
 
 
@@ -205,9 +207,12 @@ def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
 
 
 def _save(figure, pyplot, output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    """Render in memory, then write atomically: a full disk names the file and keeps the
+    previous figure whole."""
+    rendered = io.BytesIO()
+    figure.savefig(rendered, format=output.suffix[1:].lower() or "png", dpi=120)  # as savefig(output) picks
     pyplot.close(figure)
+    atomic_write_bytes(output, rendered.getvalue())
     return output
 
 
@@ -230,8 +235,9 @@ def save_retrieval_grid(images: torch.Tensor, labels: torch.Tensor, queries: tor
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
             tile = Image.fromarray(images[index].permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
             mosaic.paste(tile, (x + frame, y + frame))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    mosaic.save(output)
+    png = io.BytesIO()
+    mosaic.save(png, format="png")
+    atomic_write_bytes(output, png.getvalue())
     return output
 
 

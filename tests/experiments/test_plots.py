@@ -2,6 +2,8 @@
 comparable runs, labelled axes, integer epoch ticks, constant quantities left out."""
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -83,3 +85,21 @@ def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_who
     assert "\n" in shown_text and "".join(shown_text.split()) == "".join(title.split())  # wrapped, all of it
     assert 0 <= shown.x0 and shown.x1 <= figure.bbox.width and shown.y1 <= figure.bbox.height  # not cut
     pyplot.close(figure)
+
+
+def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    from engine import checkpoint
+    from experiments.plots import plot_grid_results
+    from experiments.stage import run_main
+    groups = [{"label": "CIFAR-10 conv4", "bars": [{"method": "relationnet", "mean": 60.0, "std": 1.0, "paper": 61.0}]}]
+    figure = plot_grid_results(groups, tmp_path / "figure.png", "grid")
+    before = figure.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: plot_grid_results(groups, figure, "another grid"))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().endswith(f"error: No space left on device: {figure}")
+    assert figure.read_bytes() == before and [path.name for path in tmp_path.iterdir()] == ["figure.png"]
