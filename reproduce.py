@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -38,6 +39,7 @@ exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, 
 
 from backbones import BACKBONES  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
+    GRID_ENVIRONMENT,
     RunFiles,
     RunLock,
     TEXT_ENCODING,
@@ -661,7 +663,7 @@ class Scheduler:
         with open(log_path, "a", **TEXT_ENCODING) as log:
             log.write(f"\n$ {shlex.join(argv)}\n")
             log.flush()
-            start_child(argv, log, slot, register)
+            start_child(argv, log, slot, register, {GRID_ENVIRONMENT: str(self.grid.out)})
         self.live.event(f"{label}: {task.stage.script} {'(resumed) ' if '--resume' in argv else ''}..."
                         + (f" ({slot.describe()})" if self.grid.args.jobs > 1 else ""))
 
@@ -717,7 +719,37 @@ class Scheduler:
 
 
 class GridLock(RunLock):
+    """One grid's claim on its --out folder, so that no two grids write the same run's log.
+
+    The lock is `.reproduce_<plan>_<I>_of_<N>.lock`: <plan> a digest of the names of the plan's
+    runs, I/N the shard (1/1 unsharded, as `--shard 1/1`, which runs the same runs). The shards
+    of one plan split its runs, so each holds its own file and they run side by side, also from
+    several machines on shared storage. Any other grid on the folder (an unsharded grid beside
+    a shard, shards of another N or of another plan) could run a run of this one: once it holds
+    its own file, a grid that finds such a grid's live lock lets go and is refused (two grids
+    starting at once may both be refused; neither writes)."""
     separate_run = "pass another --out for a separate grid"
+    PATTERN = ".reproduce*.lock"  # also the `.reproduce.lock` of earlier versions
+
+    def __init__(self, out: Path, runs: list[Run], shard: tuple[int, int] | None):
+        index, count = shard or (1, 1)
+        digest = hashlib.sha256("\n".join(run.name for run in runs).encode()).hexdigest()[:12]
+        self.plan = f".reproduce_{digest}_"
+        super().__init__(out / f"{self.plan}{index}_of_{count}.lock")
+        self.count = count
+
+    def __enter__(self) -> "GridLock":
+        super().__enter__()
+        for path in sorted(self.path.parent.glob(self.PATTERN)):
+            same_plan = path.name.startswith(self.plan) and path.name.endswith(f"_of_{self.count}.lock")
+            holder = None if same_plan else RunLock(path).holder()
+            if holder is None:
+                continue
+            self.__exit__()
+            raise UserError(f"{self.path.parent} is being written by another grid (process {holder}, {path.name}) "
+                            "whose runs may be this one's: wait for it to end, run the same --shard I/N and "
+                            f"run selection as it, or {self.separate_run}")
+        return self
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -742,9 +774,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         grid.run_all()
         return
-    lock = GridLock(out / (f".reproduce_shard_{args.shard[0]}_of_{args.shard[1]}.lock" if args.shard
-                           else ".reproduce.lock"))
-    with lock:
+    with GridLock(out, runs, args.shard):
         try:
             grid.run_all()
         finally:

@@ -121,13 +121,22 @@ class RunFiles:
         return removed
 
 
+# Set by reproduce.py in the environment of the stages it runs (the grid's --out).
+GRID_ENVIRONMENT = "REPRODUCE_GRID_OUT"
+
+
 class RunLock:
     """Refuses a second run writing the same files while the first is alive.
 
     The lock file holds the owner's host and pid; a lock left by a dead process on this host
     is taken over, so a killed run never blocks its own resume.
     """
-    separate_run = "use --id for a separate run"  # how the refusal says to avoid the clash
+
+    @property
+    def separate_run(self) -> str:
+        """How the refusal says to avoid the clash: a stage run by a grid has no --id of its own."""
+        return "pass another --out for a separate grid" if GRID_ENVIRONMENT in os.environ else \
+            "use --id for a separate run"
 
     def __init__(self, path: Path):
         self.path = path

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import reproduce
+from engine.checkpoint import GRID_ENVIRONMENT, RunLock
 from experiments.parallel import LiveLines
 from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
@@ -345,7 +346,7 @@ def test_a_grid_folder_whose_name_is_not_utf8_is_logged_with_an_escape(small_cif
     out = tmp_path / os.fsdecode(b"grid\xff")  # how Python holds such a name from the command line
     grid = planned_grid(small_cifar10_root, out)
     scheduler = reproduce.Scheduler(grid, grid.tasks())
-    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started: None)
+    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started, variables: None)
     scheduler.start(scheduler.pending[0])
     logged = (out / "logs" / "cifar10_randomweights_conv4_seed_1.log").read_text(encoding="utf-8")
     assert "--checkpoint_dir" in logged and str(out / "checkpoints").replace("\udcff", "\\udcff") in logged
@@ -385,3 +386,36 @@ def test_timings_and_records_of_another_shape_are_said_and_not_used(small_cifar1
         assert f"{run.record} cannot be read" in grid.live.stream.getvalue().splitlines()[-1]
         assert said in grid.live.stream.getvalue().splitlines()[-1]
         grid.report()  # the table is built without it
+
+
+def test_one_grid_lock_per_out_folder_shared_only_by_the_shards_of_one_plan(small_cifar10_root, tmp_path, capsys):
+    out = tmp_path / "grid"
+    runs = planned_grid(small_cifar10_root, out, "--seeds", "1", "2").runs
+    other_plan = planned_grid(small_cifar10_root, out, "--seeds", "3", "4").runs
+    with reproduce.GridLock(out, runs, (1, 2)), reproduce.GridLock(out, runs, (2, 2)):
+        for clashing, shard in ((runs, None), (runs, (1, 3)), (other_plan, (2, 2))):
+            with pytest.raises(reproduce.UserError) as refused:
+                reproduce.GridLock(out, clashing, shard).__enter__()
+            assert "is being written by another grid" in one_line(refused.value)
+            assert "pass another --out" in str(refused.value) and "--id" not in str(refused.value)
+    assert not list(out.iterdir())  # every lock let go, the refused ones' too
+    argv = ["--study", "cifar10", "--methods", "randomweights", "--seeds", "1", "--data_root", str(small_cifar10_root),
+            "--out", str(out), "--no_download", "--device", "cpu"]
+    with reproduce.GridLock(out, planned_grid(small_cifar10_root, out).runs, None):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(lambda: reproduce.main(argv + ["--shard", "1/1"]))  # the same runs as the unsharded grid
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "pass another --out" in err, err
+    assert not (out / "logs").exists()
+
+
+def test_a_stage_run_by_a_grid_is_not_told_to_use_id(tmp_path, monkeypatch):
+    lock = tmp_path / ".run.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    for grid_out, advice in ((None, "use --id"), (str(tmp_path), "pass another --out")):
+        if grid_out:
+            monkeypatch.setenv(GRID_ENVIRONMENT, grid_out)
+        with pytest.raises(reproduce.UserError) as refused:
+            RunLock(lock).__enter__()
+        assert advice in str(refused.value)
+    assert "--id" not in str(refused.value)
