@@ -19,7 +19,6 @@ paper's value), figure.png and training curves (with matplotlib).
 from __future__ import annotations
 
 import argparse
-import csv
 import fcntl
 import hashlib
 import json
@@ -50,7 +49,7 @@ from engine.checkpoint import (  # noqa: E402
     save_json,
 )
 from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int  # noqa: E402
-from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file  # noqa: E402
+from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_test_result  # noqa: E402
 from experiments.parallel import (  # noqa: E402
     MEMORY_PER_CPU_JOB,
     Activity,
@@ -320,18 +319,6 @@ def last_error(log_path: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
-def read_test_row(path: Path) -> dict:
-    with open(path, newline="", errors="replace") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise UserError(f"{path} has no result row: run the grid again")
-    return rows[-1]
-
-
-def number(text: str | None) -> float | None:
-    return round(float(text), 4) if text not in (None, "") else None
-
-
 @dataclass(eq=False)
 class Task:
     """One stage to run: a stage-1 run shared by several runs is one task."""
@@ -490,11 +477,17 @@ class Grid:
         return [sys.executable, str(REPO / task.stage.script), *task.stage.argv, *continue_flags(task.stage)]
 
     def save_record(self, run: Run) -> None:
-        result = read_test_row(run.test_log)
+        """The run's record, from the last row of the test log its test.py has just appended to."""
+        measured = ["accuracy", "top5"] + (["knn_accuracy"] if self.args.knn else []) + (
+            ["retrieval_precision"] if self.args.retrieval else [])
+        result, problem = read_test_result(run.test_log, measured)
+        if problem:
+            raise UserError(f"{run.test_log} cannot be read ({problem}): delete it and run the same command "
+                            f"again, which tests run {run.name} again")
         record = {**self.expected_record(run),
-                  "accuracy": number(result.get("accuracy")), "top5": number(result.get("top5")),
-                  "knn_accuracy": number(result.get("knn_accuracy")),
-                  "retrieval_precision": number(result.get("retrieval_precision")),
+                  "accuracy": result["accuracy"], "top5": result["top5"],
+                  "knn_accuracy": result.get("knn_accuracy"),
+                  "retrieval_precision": result.get("retrieval_precision"),
                   "wall_seconds": round(sum(self.timings.get(self.timing_key(s), 0.0) for s in run.stages), 1),
                   "stage1_checkpoint": str(run.stages[0].output), "evaluation_checkpoint": str(run.stages[1].output),
                   "order": list(run.order), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -690,7 +683,11 @@ class Scheduler:
                 seconds / max(1, task.stage.epochs))
             self.live.event(f"{label}: {task.stage.script} finished in {seconds:.0f}s")
             if task.stage.script == "test.py":
-                self.grid.save_record(task.runs[0])
+                try:
+                    self.grid.save_record(task.runs[0])
+                except UserError as unreadable:
+                    self.failure = self.failure or f"{unreadable}; runs finished before are kept"
+                    self.stop_all()
 
     def estimate(self, task: Task) -> float | None:
         """Seconds a task should take, from the tasks of its script (and method) done so far."""

@@ -1,8 +1,10 @@
-"""The JSON files a grid keeps in its folder (grid.json, timings.json, runs/<run>.json), read
-back as data to validate: a file truncated, edited by hand or planted must give one line naming
-it, not a traceback nor a table built from values of the wrong type."""
+"""The files a grid reads back, as data to validate: the JSON files it keeps in its folder
+(grid.json, timings.json, runs/<run>.json) and test.py's logs, which its records are built from.
+A file truncated, edited by hand or planted must give one line naming it, not a traceback nor a
+table built from values of the wrong type."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -84,3 +86,31 @@ def read_grid_file(path: Path, schema: Schema) -> tuple[dict | None, str | None]
         return None, "nested too deep" if isinstance(error, RecursionError) else "truncated or not JSON text"
     problem = problem_of(data, schema)
     return (None, problem) if problem else (data, None)
+
+
+def read_test_result(path: Path, columns: list[str]) -> tuple[dict | None, str | None]:
+    """({column: percentage}, None) when the last row of `path`, a test log of test.py, holds each
+    of `columns` as a percentage; (None, why not) otherwise. test.py appends its row, so an
+    earlier row left open (an unclosed quote) swallows it and leaves another row last."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        return None, error.strerror or str(error)
+    except csv.Error as error:
+        return None, f"not CSV: {error}"
+    if not rows:
+        return None, "no result row"
+    result = {}
+    for column in columns:
+        text = rows[-1].get(column)
+        if not text:
+            return None, f"its last row has no '{column}'"
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if not is_percent(value):
+            return None, f"its last row's '{column}' is {text[:40]!r}, not a percentage"
+        result[column] = round(value, 4)
+    return result, None

@@ -419,3 +419,42 @@ def test_a_stage_run_by_a_grid_is_not_told_to_use_id(tmp_path, monkeypatch):
             RunLock(lock).__enter__()
         assert advice in str(refused.value)
     assert "--id" not in str(refused.value)
+
+
+class FinishedChild:
+    """A child process that has already exited with status 0."""
+
+    def poll(self) -> int:
+        return 0
+
+    def send_signal(self, signum) -> None:
+        pass
+
+
+TEST_LOG_HEADER = "time,dataset,seed,accuracy,top5,loss,images,seconds,checkpoint,knn_k,knn_accuracy,knn_top5," \
+                  "retrieval_k,retrieval_precision\n"
+
+
+@pytest.mark.parametrize("last_row, said", [
+    ("t,cifar10,1,abc,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is 'abc'"),
+    ("t,cifar10,1,1e9,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is '1e9'"),
+    ("t,cifar10,1,50,nan,1.0,100,1.0,c,200,40,80,10,30", "'top5' is 'nan'"),
+    ("t,cifar10,1,50,90,1.0,100,1.0,c,200,-inf,80,10,30", "'knn_accuracy' is '-inf'"),
+    ("t,cifar10,1,50,90,1.0,100,1.0,c", "no 'knn_accuracy'"),
+    ('t,cifar10,1,"50', "no 'top5'"),  # an unclosed quote swallows the rows after it
+], ids=["text", "out_of_range", "nan", "inf", "missing_columns", "unclosed_quote"])
+def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_again(small_cifar10_root, tmp_path,
+                                                                                     monkeypatch, last_row, said):
+    out = tmp_path / "grid"
+    grid = planned_grid(small_cifar10_root, out)
+    run = grid.runs[0]
+    run.test_log.parent.mkdir(parents=True)
+    run.test_log.write_text(TEST_LOG_HEADER + last_row + "\n")
+    scheduler = reproduce.Scheduler(grid, [reproduce.Task(run.stages[2], [run], 1)])
+    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started, variables: started(FinishedChild()))
+    with pytest.raises(reproduce.GridStopped) as stopped:
+        scheduler.run()
+    message = one_line(stopped.value)
+    assert stopped.value.exit_status == 1 and f"{run.test_log} cannot be read" in message and said in message
+    assert "delete it" in message and not run.record.exists()
+    assert [task.stage.script for task in grid.tasks()][-1] == "test.py"  # the next call tests the run again
