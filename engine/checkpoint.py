@@ -187,6 +187,15 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
 
+# The longest file name, in bytes, that the usual file systems (ext4, XFS, Btrfs, APFS) accept.
+MAX_NAME_BYTES = 255
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh name for `atomic_write_bytes`' temporary file of `path`: `.<name>.<random>.tmp`."""
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over the target.
 
@@ -198,7 +207,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = temporary_path(path)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             break
