@@ -9,7 +9,6 @@ Training curves from the command line:
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
 import io
 import math
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from engine.checkpoint import atomic_write_bytes
+from engine.checkpoint import atomic_write_bytes, read_csv
 from utils.errors import UserError
 
 
@@ -39,17 +38,24 @@ def require_matplotlib():
     return pyplot
 
 
+# The largest magnitude a stage logs (its quantities are float32 tensors); matplotlib cannot
+# scale an axis to values near float64's limit.
+_LARGEST_LOGGED = torch.finfo(torch.float32).max
+
+
 def _read_log(path: Path) -> dict[str, list[float]]:
     """Numeric columns of a CSV log, keyed by name; an empty cell (an epoch a quantity was not
-    measured in, e.g. the kNN monitor's) reads as NaN; non-numeric columns are skipped."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    measured in, e.g. the kNN monitor's) reads as NaN, and so does a value that is not finite or
+    past float32's range; non-numeric columns are skipped. A file that is not UTF-8 CSV text is
+    one line naming it."""
+    _, rows = read_csv(path)
     columns: dict[str, list[float]] = {}
     for name in (rows[0].keys() if rows else []):
         try:
             values = [float(row[name]) if row[name] not in ("", None) else math.nan for row in rows]
         except (TypeError, ValueError):
             continue
+        values = [value if abs(value) <= _LARGEST_LOGGED else math.nan for value in values]
         if not all(math.isnan(value) for value in values):
             columns[name] = values
     return columns

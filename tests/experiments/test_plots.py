@@ -103,3 +103,18 @@ def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().endswith(f"error: No space left on device: {figure}")
     assert figure.read_bytes() == before and [path.name for path in tmp_path.iterdir()] == ["figure.png"]
+
+
+def test_values_past_float32_and_logs_that_are_not_csv_text_are_not_a_traceback(tmp_path):
+    from utils.errors import UserError
+    huge = write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1.csv", ["epoch", "loss"],
+                     [(1, 5.2), (2, 1e308), (3, -1e308), (4, "inf"), (5, 4.9)])
+    figure = training_curves_figure([huge])
+    assert list(figure.axes[0].lines[0].get_ydata()) == [5.2, 4.9]  # the others are not points of a curve
+    not_text = tmp_path / "log_simclr_cifar10_conv4_seed_2.csv"
+    not_text.write_bytes(b"epoch,loss\n1,5.\xff2\n")
+    too_long = write_log(tmp_path / "log_simclr_cifar10_conv4_seed_3.csv", ["epoch", "loss"], [(1, "1" * 200_000)])
+    for log in (not_text, too_long):
+        with pytest.raises(UserError) as refused:
+            training_curves_figure([huge, log])
+        assert f"the log {log} is not readable CSV text" in str(refused.value)
