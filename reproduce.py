@@ -19,8 +19,8 @@ paper's value), figure.png and training curves (with matplotlib).
 from __future__ import annotations
 
 import argparse
-import csv
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -38,14 +38,18 @@ exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, 
 
 from backbones import BACKBONES  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
+    GRID_ENVIRONMENT,
     RunFiles,
     RunLock,
+    TEXT_ENCODING,
     atomic_write_bytes,
+    encode_text,
     evaluation_header,
     run_header,
     save_json,
 )
 from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int  # noqa: E402
+from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_test_result  # noqa: E402
 from experiments.parallel import (  # noqa: E402
     MEMORY_PER_CPU_JOB,
     Activity,
@@ -76,7 +80,7 @@ from utils.threads import usable_cpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 # Settings that change the numbers of every run: a grid folder holds one value of each.
-GRID_SETTINGS = ("study", "epochs", "linear_epochs", "train_subset", "K", "knn", "retrieval")
+GRID_SETTINGS = tuple(SETTINGS.fields)
 # How long a stage whose lock an earlier grid's child still holds is waited for: a killed
 # grid's children stop after their current step (parent-death signal).
 LOCK_WAIT_SECONDS = 30.0
@@ -315,26 +319,6 @@ def last_error(log_path: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
-def read_test_row(path: Path) -> dict:
-    with open(path, newline="", errors="replace") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise UserError(f"{path} has no result row: run the grid again")
-    return rows[-1]
-
-
-def number(text: str | None) -> float | None:
-    return round(float(text), 4) if text not in (None, "") else None
-
-
-def read_json(path: Path):
-    """The JSON in `path`, or None when it is truncated, not JSON or not text."""
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 @dataclass(eq=False)
 class Task:
     """One stage to run: a stage-1 run shared by several runs is one task."""
@@ -362,6 +346,9 @@ class Grid:
         self.args = args
         self.out = Path(args.out)
         self.runs = runs
+        if args.shard and args.shard[1] > len(runs):  # shard_of keeps a load per shard
+            raise UserError(f"--shard {args.shard[0]}/{args.shard[1]}: the grid has {len(runs)} runs, so at most "
+                            f"{len(runs)} shards; pass N from 1 to {len(runs)}")
         self.mine = shard_of(runs, *args.shard) if args.shard else runs
         self.live = live or LiveLines()
         self.timings_path = self.out / "timings.json"
@@ -372,9 +359,9 @@ class Grid:
         wanted = {key: getattr(self.args, key) for key in GRID_SETTINGS}
         path = self.out / "grid.json"
         if path.exists():
-            stored = read_json(path)
-            if not isinstance(stored, dict):
-                raise UserError(f"{path} cannot be read (truncated or not a grid's settings): delete it and run "
+            stored, problem = read_grid_file(path, SETTINGS)
+            if problem:
+                raise UserError(f"{path} cannot be read ({problem}): delete it and run "
                                 "again with this grid's flags (each run's record is checked against them), "
                                 "or pass another --out")
             shown = {None: "(the paper's)", 0: "0"}
@@ -389,10 +376,10 @@ class Grid:
     def read_timings(self, say: bool = True) -> dict[str, float]:
         if not self.timings_path.exists():
             return {}
-        timings = read_json(self.timings_path)
-        if not isinstance(timings, dict) or not all(isinstance(v, (int, float)) for v in timings.values()):
+        timings, problem = read_grid_file(self.timings_path, TIMINGS)
+        if problem:
             if say:
-                self.live.event(f"[WARNING] {self.timings_path} cannot be read (truncated or not JSON): the wall "
+                self.live.event(f"[WARNING] {self.timings_path} cannot be read ({problem}): the wall "
                                 "times of stages run before are lost; it is written afresh")
             return {}
         return timings
@@ -404,7 +391,7 @@ class Grid:
             fcntl.flock(lock, fcntl.LOCK_EX)
             timings = self.read_timings(say=False)  # said when the grid started
             self.timings = {**timings, key: timings.get(key, 0.0) + seconds}
-            atomic_write_bytes(self.timings_path, json.dumps(self.timings, indent=1, sort_keys=True).encode())
+            atomic_write_bytes(self.timings_path, encode_text(json.dumps(self.timings, indent=1, sort_keys=True)))
 
     def timing_key(self, stage: Stage) -> str:
         return str(stage.output.relative_to(self.out)) if stage.output.is_relative_to(self.out) else str(stage.output)
@@ -419,9 +406,9 @@ class Grid:
         """The run's result record when it is readable and made with this grid's settings."""
         if not run.record.exists():
             return None
-        record = read_json(run.record)
-        if not isinstance(record, dict) or not isinstance(record.get("accuracy"), (int, float)):
-            problem = "cannot be read (truncated or not a run's record)"
+        record, unreadable = read_grid_file(run.record, RECORD)
+        if unreadable:
+            problem = f"cannot be read ({unreadable})"
         else:
             # "knn" and "retrieval" are absent from records of earlier versions
             changed = [f"{key} {record[key]} -> {value}" for key, value in self.expected_record(run).items()
@@ -490,11 +477,17 @@ class Grid:
         return [sys.executable, str(REPO / task.stage.script), *task.stage.argv, *continue_flags(task.stage)]
 
     def save_record(self, run: Run) -> None:
-        result = read_test_row(run.test_log)
+        """The run's record, from the last row of the test log its test.py has just appended to."""
+        measured = ["accuracy", "top5"] + (["knn_accuracy"] if self.args.knn else []) + (
+            ["retrieval_precision"] if self.args.retrieval else [])
+        result, problem = read_test_result(run.test_log, measured)
+        if problem:
+            raise UserError(f"{run.test_log} cannot be read ({problem}): delete it and run the same command "
+                            f"again, which tests run {run.name} again")
         record = {**self.expected_record(run),
-                  "accuracy": number(result.get("accuracy")), "top5": number(result.get("top5")),
-                  "knn_accuracy": number(result.get("knn_accuracy")),
-                  "retrieval_precision": number(result.get("retrieval_precision")),
+                  "accuracy": result["accuracy"], "top5": result["top5"],
+                  "knn_accuracy": result.get("knn_accuracy"),
+                  "retrieval_precision": result.get("retrieval_precision"),
                   "wall_seconds": round(sum(self.timings.get(self.timing_key(s), 0.0) for s in run.stages), 1),
                   "stage1_checkpoint": str(run.stages[0].output), "evaluation_checkpoint": str(run.stages[1].output),
                   "order": list(run.order), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -660,10 +653,10 @@ class Scheduler:
 
         def register(child: subprocess.Popen) -> None:
             self.running[task] = (child, slot, activity)
-        with open(log_path, "a") as log:
+        with open(log_path, "a", **TEXT_ENCODING) as log:
             log.write(f"\n$ {shlex.join(argv)}\n")
             log.flush()
-            start_child(argv, log, slot, register)
+            start_child(argv, log, slot, register, {GRID_ENVIRONMENT: str(self.grid.out)})
         self.live.event(f"{label}: {task.stage.script} {'(resumed) ' if '--resume' in argv else ''}..."
                         + (f" ({slot.describe()})" if self.grid.args.jobs > 1 else ""))
 
@@ -690,7 +683,11 @@ class Scheduler:
                 seconds / max(1, task.stage.epochs))
             self.live.event(f"{label}: {task.stage.script} finished in {seconds:.0f}s")
             if task.stage.script == "test.py":
-                self.grid.save_record(task.runs[0])
+                try:
+                    self.grid.save_record(task.runs[0])
+                except UserError as unreadable:
+                    self.failure = self.failure or f"{unreadable}; runs finished before are kept"
+                    self.stop_all()
 
     def estimate(self, task: Task) -> float | None:
         """Seconds a task should take, from the tasks of its script (and method) done so far."""
@@ -719,7 +716,37 @@ class Scheduler:
 
 
 class GridLock(RunLock):
+    """One grid's claim on its --out folder, so that no two grids write the same run's log.
+
+    The lock is `.reproduce_<plan>_<I>_of_<N>.lock`: <plan> a digest of the names of the plan's
+    runs, I/N the shard (1/1 unsharded, as `--shard 1/1`, which runs the same runs). The shards
+    of one plan split its runs, so each holds its own file and they run side by side, also from
+    several machines on shared storage. Any other grid on the folder (an unsharded grid beside
+    a shard, shards of another N or of another plan) could run a run of this one: once it holds
+    its own file, a grid that finds such a grid's live lock lets go and is refused (two grids
+    starting at once may both be refused; neither writes)."""
     separate_run = "pass another --out for a separate grid"
+    PATTERN = ".reproduce*.lock"  # also the `.reproduce.lock` of earlier versions
+
+    def __init__(self, out: Path, runs: list[Run], shard: tuple[int, int] | None):
+        index, count = shard or (1, 1)
+        digest = hashlib.sha256("\n".join(run.name for run in runs).encode()).hexdigest()[:12]
+        self.plan = f".reproduce_{digest}_"
+        super().__init__(out / f"{self.plan}{index}_of_{count}.lock")
+        self.count = count
+
+    def __enter__(self) -> "GridLock":
+        super().__enter__()
+        for path in sorted(self.path.parent.glob(self.PATTERN)):
+            same_plan = path.name.startswith(self.plan) and path.name.endswith(f"_of_{self.count}.lock")
+            holder = None if same_plan else RunLock(path).holder()
+            if holder is None:
+                continue
+            self.__exit__()
+            raise UserError(f"{self.path.parent} is being written by another grid (process {holder}, {path.name}) "
+                            "whose runs may be this one's: wait for it to end, run the same --shard I/N and "
+                            f"run selection as it, or {self.separate_run}")
+        return self
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -744,9 +771,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         grid.run_all()
         return
-    lock = GridLock(out / (f".reproduce_shard_{args.shard[0]}_of_{args.shard[1]}.lock" if args.shard
-                           else ".reproduce.lock"))
-    with lock:
+    with GridLock(out, runs, args.shard):
         try:
             grid.run_all()
         finally:

@@ -8,6 +8,7 @@ Example: python test.py --dataset cifar10 --backbone conv4 --seed 1 --knn 200 --
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +31,14 @@ from torch import nn  # noqa: E402
 from backbones import build_backbone, check_image_side  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
 from datasets import DATASETS, image_side, load_dataset  # noqa: E402
-from engine.checkpoint import append_csv_row, check_backbone, read_checkpoint, stage1_method_by_keys  # noqa: E402
+from engine.checkpoint import (  # noqa: E402
+    MAX_NAME_BYTES,
+    append_csv_row,
+    check_backbone,
+    read_checkpoint,
+    stage1_method_by_keys,
+    temporary_path,
+)
 from evaluation.linear import score_logits  # noqa: E402
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
@@ -61,6 +69,31 @@ def refuse_other_domain(state: dict, args, linear: bool, side: int) -> None:
                         f"these are {side}x{side}: pass --cross_domain to score it on them anyway")
 
 
+def output_names(args) -> dict[str, str]:
+    """The files this test writes, named after its checkpoint: the log, and the retrieval grid
+    and the feature map when asked for."""
+    stem = Path(args.checkpoint).stem
+    names = {"log": f"log_{stem}_test.csv"}
+    if args.retrieval and args.retrieval_grid:
+        names["retrieval_grid"] = f"{stem}_retrieval_top{args.retrieval}.png"
+    if args.feature_map != "none":
+        names["feature_map"] = f"{stem}_test_{args.feature_map}.png"
+    return names
+
+
+def check_output_names(checkpoint: str, names: dict[str, str]) -> None:
+    """A name over the file system's limit would fail only once the test has run ('File name
+    too long'); refuse the checkpoint's name first. Each file may be written through a longer
+    temporary name, which is what must fit."""
+    longest = max(len(os.fsencode(temporary_path(Path(name)).name)) for name in names.values())
+    if longest > MAX_NAME_BYTES:
+        allowed = len(os.fsencode(Path(checkpoint).stem)) - (longest - MAX_NAME_BYTES)
+        raise UserError(f"--checkpoint {checkpoint}: its name is too long for the files named after it ({longest} "
+                        f"bytes, over the file system's {MAX_NAME_BYTES}); rename the checkpoint so that its name "
+                        f"without the extension has at most {allowed} bytes (--log_dir changes the folder, not the "
+                        "names)")
+
+
 def check_output_folder(flag: str, path: str | None) -> None:
     if path and Path(path).exists() and not Path(path).is_dir():
         raise UserError(f"{flag} {path} is a file: pass a folder (it is created when missing)")
@@ -68,6 +101,8 @@ def check_output_folder(flag: str, path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = stage3_parser().parse_args(argv)
+    names = output_names(args)
+    check_output_names(args.checkpoint, names)
     apply_gpu_flag(args)
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
@@ -136,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     report(args, result)  # first: a folder that cannot be written loses no result
     if args.retrieval and args.retrieval_grid:
         queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
-        grid = outputs / f"{checkpoint.stem}_retrieval_top{args.retrieval}.png"
+        grid = outputs / names["retrieval_grid"]
         from experiments.plots import save_retrieval_grid
         save_retrieval_grid(test.images, test.labels, queries[:args.retrieval_grid], neighbours, grid)
         print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
@@ -144,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         export_features(Path(args.export_features), args, test_features, test.labels,
                         train_features if train is not None else None, train)
     if args.feature_map != "none":
-        draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs)
-    log_result(outputs / f"log_{checkpoint.stem}_test.csv",
+        draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs / names["feature_map"])
+    log_result(outputs / names["log"],
                {**result, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "seed": args.seed,
                 "checkpoint": str(checkpoint)})
 
@@ -177,7 +212,7 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
 
 
 def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path,
-                     folder: Path) -> None:
+                     output: Path) -> None:
     from datasets.names import class_names
     from evaluation.embedding import principal_components, tsne_2d
     from experiments.plots import plot_feature_map
@@ -188,7 +223,6 @@ def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tens
     else:
         points, shares = principal_components(features[chosen])
         axis_labels = tuple(f"PC {i + 1} ({share * 100:.1f}% of the variance)" for i, share in enumerate(shares))
-    output = folder / f"{checkpoint.stem}_test_{args.feature_map}.png"
     name = "t-SNE" if args.feature_map == "tsne" else "PCA"
     plot_feature_map(points, labels[chosen], output,
                      f"{name} of {len(chosen)} {args.dataset} test features: {checkpoint.name}",

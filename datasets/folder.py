@@ -164,9 +164,13 @@ def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Te
     return paths, torch.tensor(labels, dtype=torch.int64), classes, train_paths
 
 
-def decode_split(base: Path, split: str, paths: list[Path], size: int) -> torch.Tensor:
+# How images of several sizes are made one (see decode_images' size_fix).
+RESIZE_FIX = "give a size to resize to (--image_size)"
+
+
+def decode_split(base: Path, split: str, paths: list[Path], size: int, size_fix: str = RESIZE_FIX) -> torch.Tensor:
     """The images at ``paths`` as uint8 (N, 3, S, S), decoded once and then read from ``<base>/.cache/<split>.pt``."""
-    return cached(base / CACHE_FOLDER / f"{split}.pt", paths, lambda: {"images": decode_images(paths, size)},
+    return cached(base / CACHE_FOLDER / f"{split}.pt", paths, lambda: {"images": decode_images(paths, size, size_fix)},
                   key=f"size={size}", problem=lambda tensors: decoded_images_problem(tensors, paths, size))["images"]
 
 

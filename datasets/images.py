@@ -72,13 +72,15 @@ def _open_rgb(path: Path, size: int | None) -> np.ndarray:
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def decode_images(paths: Sequence[str | os.PathLike], size: int | None = None, workers: int | None = None) -> torch.Tensor:
+def decode_images(paths: Sequence[str | os.PathLike], size: int | None, size_fix: str,
+                  workers: int | None = None) -> torch.Tensor:
     """Decode ``paths`` (in order) into a uint8 tensor (N, 3, S, S).
 
     With ``size`` every image is resized (shorter side to ``size``, bicubic, then centre
     crop) to ``size`` x ``size``; without it (None or 0) all images must already be square
     and of one size. A file that cannot be decoded, or that has the wrong size, raises
-    :class:`DatasetError` naming it. ``workers`` threads (default: up to 8, one per CPU).
+    :class:`DatasetError` naming it and, for the size, ``size_fix`` (the data set's remedy).
+    ``workers`` threads (default: up to 8, one per CPU).
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -88,7 +90,7 @@ def decode_images(paths: Sequence[str | os.PathLike], size: int | None = None, w
     first = _open_rgb(paths[0], size)
     side = first.shape[1]
     if first.shape[1] != first.shape[2]:
-        raise DatasetError(f"{paths[0]}: the image is {first.shape[2]}x{first.shape[1]}, not square; give a size to resize to (--image_size)")
+        raise DatasetError(f"{paths[0]}: the image is {first.shape[2]}x{first.shape[1]}, not square; {size_fix}")
     out = np.empty((len(paths), 3, side, side), dtype=np.uint8)
     out[0] = first
 
@@ -97,7 +99,7 @@ def decode_images(paths: Sequence[str | os.PathLike], size: int | None = None, w
         if img.shape[1:] != (side, side):
             raise DatasetError(
                 f"{paths[i]}: the image is {img.shape[2]}x{img.shape[1]} but {paths[0]} is {side}x{side}; "
-                "all images must share one square size unless a size to resize to is given (--image_size)"
+                f"all images must share one square size: {size_fix}"
             )
         out[i] = img
 
@@ -114,7 +116,7 @@ def _fingerprint(sources: Sequence[Path], key: str) -> str:
     h = hashlib.sha256(f"v{_CACHE_VERSION}\0{key}\0".encode())
     for path in sources:
         st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(os.fsencode(os.path.abspath(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 

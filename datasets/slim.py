@@ -43,7 +43,8 @@ def load_slim(root: str | os.PathLike, split: str, download: bool = False) -> Im
     paths, labels, classes, _ = scan_tree(base, split, layout)
     if not classes:
         raise DatasetError(f"{base}/train holds images but no class folders; expected {layout}")
-    images = decode_split(base, split, paths, 0)
+    images = decode_split(base, split, paths, 0, size_fix=f"SlimageNet64's images are all {SLIM_SIDE}x{SLIM_SIDE}: "
+                          "replace the file; for other images use --dataset folder with --image_size")
     if images.shape[2] != SLIM_SIDE:
         raise DatasetError(f"{paths[0]}: SlimageNet64 images are {SLIM_SIDE}x{SLIM_SIDE}, these are "
                            f"{images.shape[2]}x{images.shape[2]}; use --dataset folder with --image_size to resize other data")

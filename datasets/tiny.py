@@ -102,7 +102,9 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
     def decode() -> dict[str, torch.Tensor]:
         why = "again: its cache is out of date or damaged" if os.path.exists(cache) else "once"
         print(f"[INFO] Tiny-ImageNet: decoding the {len(files)} {split} images {why} ({cache})", flush=True)
-        return {"images": decode_images(files)}
+        size_fix = (f"Tiny-ImageNet's images are all {TINY_SIDE}x{TINY_SIDE}, so {fix}; for other images use "
+                    "--dataset folder with --image_size")
+        return {"images": decode_images(files, None, size_fix)}
 
     try:
         images = cached(cache, files, decode,

@@ -21,6 +21,15 @@ import torch
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
+# The text files this suite writes are UTF-8. A path may hold bytes that are not UTF-8, which
+# Python holds as lone surrogates (os.fsdecode); they are written as backslash escapes
+# (`\udcff` for byte 0xff), so a file naming such a path is written whole and stays UTF-8 text.
+TEXT_ENCODING = {"encoding": "utf-8", "errors": "backslashreplace"}
+
+
+def encode_text(text: str) -> bytes:
+    """`text` as the bytes of a text file of this suite (see TEXT_ENCODING)."""
+    return text.encode(**TEXT_ENCODING)
 
 
 def run_header(method: str, dataset: str, backbone: str, seed: int, run_id: str = "") -> str:
@@ -112,13 +121,22 @@ class RunFiles:
         return removed
 
 
+# Set by reproduce.py in the environment of the stages it runs (the grid's --out).
+GRID_ENVIRONMENT = "REPRODUCE_GRID_OUT"
+
+
 class RunLock:
     """Refuses a second run writing the same files while the first is alive.
 
     The lock file holds the owner's host and pid; a lock left by a dead process on this host
     is taken over, so a killed run never blocks its own resume.
     """
-    separate_run = "use --id for a separate run"  # how the refusal says to avoid the clash
+
+    @property
+    def separate_run(self) -> str:
+        """How the refusal says to avoid the clash: a stage run by a grid has no --id of its own."""
+        return "pass another --out for a separate grid" if GRID_ENVIRONMENT in os.environ else \
+            "use --id for a separate run"
 
     def __init__(self, path: Path):
         self.path = path
@@ -169,6 +187,15 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
 
+# The longest file name, in bytes, that the usual file systems (ext4, XFS, Btrfs, APFS) accept.
+MAX_NAME_BYTES = 255
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh name for `atomic_write_bytes`' temporary file of `path`: `.<name>.<random>.tmp`."""
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over the target.
 
@@ -180,7 +207,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = temporary_path(path)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             break
@@ -225,7 +252,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def save_json(data: dict, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(path, encode_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -398,7 +425,7 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(csv_row(row) for row in rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, encode_text(buffer.getvalue()))
 
 
 def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
@@ -415,7 +442,7 @@ def append_csv_row(path: Path, columns: list[str], row: dict) -> None:
             if union != fieldnames:
                 write_csv(path, union, rows)
             columns = union
-    with open(path, "a", newline="") as handle:
+    with open(path, "a", newline="", **TEXT_ENCODING) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()

@@ -102,9 +102,20 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
+# The longest --id. A file name holds at most 255 bytes, and the longest name of a run's files
+# takes 165 besides its id: the temporary file of test.py's retrieval grid of a stage-2 run whose
+# other name-forming values (method, data sets, backbone, seed, epochs, label fraction,
+# --retrieval K) are all at their longest (tests/experiments/test_command_line.py builds it).
+# So 90 would fit; 64 leaves room for longer method and data set names.
+MAX_ID_LENGTH = 64
+
+
 def run_id(text: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9._-]*", text) is None:
         raise argparse.ArgumentTypeError(f"'{text}' may only hold letters, digits, '-', '_' and '.'")
+    if len(text) > MAX_ID_LENGTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_ID_LENGTH} characters, so that the run's file names fit the "
+                                         f"file system's 255 bytes; got {len(text)}")
     return text
 
 

@@ -6,6 +6,10 @@ does not depend on evaluation or on TensorBoard.
 """
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -45,18 +49,40 @@ def knn_monitor(dataset: str, data_root: str, download: bool, image_size: int, i
 
 
 def tensorboard_listener(folder: str | Path, run: str) -> Callable[[dict], None]:
-    """Writes every number of each logged row as a TensorBoard scalar at its epoch, in
-    `<folder>/<run>`; refused in one line when the tensorboard package is missing."""
+    """Writes every number of each logged row as a TensorBoard scalar at its epoch, into an event
+    file in `<folder>/<run>`; refused in one line when the tensorboard package is missing.
+
+    The events are appended here, in the training's thread, not by tensorboard's SummaryWriter:
+    its writer thread prints a traceback of a failed write (a full disk) and hands the error on
+    without the file's name. Here the error names the event file, and the run stops in one line
+    after the epoch it has saved."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+        from torch.utils.tensorboard import summary
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package, which is not installed: "
                         "pip install tensorboard (or leave out --tensorboard)") from None
-    writer = SummaryWriter(log_dir=str(Path(folder) / run))
+    # TensorBoard reads every file of the folder named so; the random part keeps runs of one second apart
+    path = Path(folder) / run / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                                 f"{os.getpid()}.{secrets.token_hex(4)}")
+
+    def append(events: list) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as handle:
+                records = RecordWriter(handle)
+                for event in events:
+                    records.write(event.SerializeToString())
+        except OSError as error:  # said by run_main as `error: <reason>: <file>`
+            error.filename, error.filename2 = str(path), None
+            raise
+
+    append([Event(wall_time=time.time(), file_version="brain.Event:2")])
 
     def write(row: dict) -> None:
-        for name, value in row.items():
-            if name != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                writer.add_scalar(name, value, row["epoch"])
-        writer.flush()
+        now = time.time()
+        append([Event(wall_time=now, step=row["epoch"], summary=summary.scalar(name, value))
+                for name, value in row.items()
+                if name != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)])
     return write

@@ -108,15 +108,17 @@ def _child_setup(parent: int, cpus: tuple[int, ...]) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def start_child(argv: list[str], log: IO, slot: Slot, started: Callable[[subprocess.Popen], None]) -> None:
+def start_child(argv: list[str], log: IO, slot: Slot, started: Callable[[subprocess.Popen], None],
+                variables: dict[str, str]) -> None:
     """A stage script in its own session (a terminal's Ctrl-C reaches the grid only, which
-    forwards it once), with its output in `log`. SIGINT and SIGTERM wait until `started` has
-    registered the child, so a stop asked meanwhile reaches it too."""
+    forwards it once), with its output in `log` and `variables` added to its environment.
+    SIGINT and SIGTERM wait until `started` has registered the child, so a stop asked
+    meanwhile reaches it too."""
     parent = os.getpid()
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         started(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=slot.environment(dict(os.environ)), cwd=os.getcwd(),
+                                 env=slot.environment({**os.environ, **variables}), cwd=os.getcwd(),
                                  preexec_fn=lambda: _child_setup(parent, slot.cpus)))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -9,8 +9,8 @@ Training curves from the command line:
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from engine.checkpoint import atomic_write_bytes, read_csv
 from utils.errors import UserError
 
 
@@ -37,17 +38,24 @@ def require_matplotlib():
     return pyplot
 
 
+# The largest magnitude a stage logs (its quantities are float32 tensors); matplotlib cannot
+# scale an axis to values near float64's limit.
+_LARGEST_LOGGED = torch.finfo(torch.float32).max
+
+
 def _read_log(path: Path) -> dict[str, list[float]]:
     """Numeric columns of a CSV log, keyed by name; an empty cell (an epoch a quantity was not
-    measured in, e.g. the kNN monitor's) reads as NaN; non-numeric columns are skipped."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    measured in, e.g. the kNN monitor's) reads as NaN, and so does a value that is not finite or
+    past float32's range; non-numeric columns are skipped. A file that is not UTF-8 CSV text is
+    one line naming it."""
+    _, rows = read_csv(path)
     columns: dict[str, list[float]] = {}
     for name in (rows[0].keys() if rows else []):
         try:
             values = [float(row[name]) if row[name] not in ("", None) else math.nan for row in rows]
         except (TypeError, ValueError):
             continue
+        values = [value if abs(value) <= _LARGEST_LOGGED else math.nan for value in values]
         if not all(math.isnan(value) for value in values):
             columns[name] = values
     return columns
@@ -205,9 +213,12 @@ def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
 
 
 def _save(figure, pyplot, output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    """Render in memory, then write atomically: a full disk names the file and keeps the
+    previous figure whole."""
+    rendered = io.BytesIO()
+    figure.savefig(rendered, format=output.suffix[1:].lower() or "png", dpi=120)  # as savefig(output) picks
     pyplot.close(figure)
+    atomic_write_bytes(output, rendered.getvalue())
     return output
 
 
@@ -230,8 +241,9 @@ def save_retrieval_grid(images: torch.Tensor, labels: torch.Tensor, queries: tor
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
             tile = Image.fromarray(images[index].permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
             mosaic.paste(tile, (x + frame, y + frame))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    mosaic.save(output)
+    png = io.BytesIO()
+    mosaic.save(png, format="png")
+    atomic_write_bytes(output, png.getvalue())
     return output
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from engine.checkpoint import atomic_write_bytes, write_csv
+from engine.checkpoint import atomic_write_bytes, encode_text, write_csv
 from experiments.plots import matplotlib_available, plot_grid_results
 from experiments.studies import CONDITIONS, PAPER_RETRIEVAL, SOURCES, paper_value, published_value
 from utils.runtime import format_duration
@@ -94,7 +94,7 @@ def write_results(records: list[dict], folder: Path, title: str, settings: str, 
     write_csv(folder / "results.csv", RESULT_COLUMNS, rows)
     cells = group_runs(records)
     table = markdown_table(cells, title, settings, knn, retrieval, differences)
-    atomic_write_bytes(folder / "table.md", table.encode())
+    atomic_write_bytes(folder / "table.md", encode_text(table))
     written = [folder / "results.csv", folder / "table.md"]
     if not matplotlib_available():
         print("[INFO] matplotlib is not installed: no figure.png (pip install matplotlib)")

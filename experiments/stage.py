@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import signal
@@ -15,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from engine.checkpoint import RunFiles, read_checkpoint, save_json
+from engine.checkpoint import TEXT_ENCODING, RunFiles, read_checkpoint, save_json
 from engine.commit import finish_commit
 from experiments.cli import INTEGER_LIMIT
 from utils.entry import INTERRUPTED
@@ -37,6 +38,9 @@ def _terminate(signum, frame) -> None:
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage; a problem the user can fix becomes one line on stderr and exit status 2."""
     prog = Path(sys.argv[0]).name
+    for stream in (sys.stdout, sys.stderr):  # printed paths as the files name them (TEXT_ENCODING)
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=TEXT_ENCODING["errors"])
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     # While the stage runs, Ctrl-C is Python's KeyboardInterrupt (the training loop turns it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +200,8 @@ def test_three_stages_on_resized_folder(tmp_path, capsys):
     assert {"backbone", "relation"} <= set(load(stage1_file))
     assert load(stage2_file)["classifier"]["weight"].shape[0] == 3
     assert "Test accuracy:" in test_out
+
+
+def test_a_data_root_whose_name_is_not_utf8_loads(tmp_path):
+    root = write_image_folder(tmp_path / os.fsdecode(b"data\xff"), ["a", "b"], n_train=2)
+    assert len(load_dataset("folder", "train", root, download=False)) == 4

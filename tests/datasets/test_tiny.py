@@ -246,3 +246,16 @@ def test_three_stages(tiny_root, tmp_path, capsys, method):
         stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
     assert "Training images: 32 (tiny train, 64x64, 10 classes)" in stage1_out
     assert "Test accuracy:" in test_out
+
+
+@pytest.mark.parametrize("side", [(32, 32), (64, 48)], ids=["smaller", "not_square"])
+def test_an_image_of_another_size_names_a_fix_that_applies_to_tiny(tmp_path, side):
+    write_tiny(tmp_path, classes=2, per_class_train=3, per_class_val=2)
+    images = sorted((tmp_path / "tiny-imagenet-200" / "val" / "images").iterdir())
+    odd = images[0] if side[0] != side[1] else images[1]  # the first image sets the side the others must have
+    Image.new("RGB", side).save(odd, format="JPEG")
+    with pytest.raises(DatasetError) as e:
+        load_dataset("tiny", "test", tmp_path, download=False)
+    message = one_line(e.value)
+    assert str(odd) in message and "Tiny-ImageNet's images are all 64x64, so the folder is incomplete" in message
+    assert "(--image_size)" not in message and "--dataset folder with --image_size" in message

@@ -21,7 +21,7 @@ BY_TYPE = {
     cli.knn_temperature: ["0", "1e-30", "1000", "nan"],
     cli.gpu_list: ["abc", "0,,1", "cuda:0"],
     cli.boolean: ["maybe"],
-    cli.run_id: ["a/b", "x y"],
+    cli.run_id: ["a/b", "x y", "x" * (cli.MAX_ID_LENGTH + 1), "x" * 300],
     cli.fraction: ["0", "-0.5", "1.5", "abc"],
     int: ["abc", "1.5"],
     float: ["abc"],
@@ -96,7 +96,7 @@ def cases():
                 assert action.type in BY_TYPE, f"no bad value known for {flag}: add it to this test"
                 values = BY_TYPE[action.type]
             for value in values:
-                yield pytest.param(module, flag, value, extra, id=f"{module.__name__}{flag}={value}")
+                yield pytest.param(module, flag, value, extra, id=f"{module.__name__}{flag}={value[:20]}")
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +169,18 @@ def test_every_method_flag_gets_its_default_when_not_given():
         for option in method.options:
             if option.name != "temperature":
                 assert getattr(args, option.name) == option.default
+
+
+def test_the_longest_id_keeps_every_file_name_within_255_bytes():
+    from backbones import BACKBONES
+    from datasets import DATASETS
+    from engine.checkpoint import evaluation_header
+    from methods import METHODS
+    longest = max(METHODS, key=len), max(DATASETS, key=len), max(BACKBONES, key=len)
+    pretraining = max((name for name in DATASETS if name != longest[1]), key=len)  # named as <dataset>_from_<it>
+    limit = cli.INTEGER_LIMIT
+    stem = evaluation_header(longest[0], longest[1], pretraining, longest[2], limit, "x" * cli.MAX_ID_LENGTH, limit,
+                             finetune=False, label_fraction=1.23456789e-05)
+    names = [f"{stem}_last.tar", f"log_{stem}_test.csv", f"{stem}_retrieval_top{limit}.png", f"{stem}_test_tsne.png"]
+    temporary = [f".{name}.{'f' * 8}.tmp" for name in names]  # atomic_write_bytes' temporary files
+    assert max(len(name.encode()) for name in names + temporary) <= 255

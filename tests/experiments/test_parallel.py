@@ -40,7 +40,7 @@ def test_a_child_runs_on_its_share_of_the_cpus_with_its_threads_in_its_own_sessi
              "os.getsid(0) == os.getpid(), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))")
     children = []
     with open(tmp_path / "log", "w") as log:
-        start_child([sys.executable, "-c", probe], log, Slot(0, (cpu,)), children.append)
+        start_child([sys.executable, "-c", probe], log, Slot(0, (cpu,)), children.append, {})
     assert children[0].wait(timeout=120) == 0
     assert (tmp_path / "log").read_text().split("\n")[0] == f"[{cpu}] 1 True False"
 

@@ -2,6 +2,8 @@
 comparable runs, labelled axes, integer epoch ticks, constant quantities left out."""
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -83,3 +85,36 @@ def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_who
     assert "\n" in shown_text and "".join(shown_text.split()) == "".join(title.split())  # wrapped, all of it
     assert 0 <= shown.x0 and shown.x1 <= figure.bbox.width and shown.y1 <= figure.bbox.height  # not cut
     pyplot.close(figure)
+
+
+def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    from engine import checkpoint
+    from experiments.plots import plot_grid_results
+    from experiments.stage import run_main
+    groups = [{"label": "CIFAR-10 conv4", "bars": [{"method": "relationnet", "mean": 60.0, "std": 1.0, "paper": 61.0}]}]
+    figure = plot_grid_results(groups, tmp_path / "figure.png", "grid")
+    before = figure.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: plot_grid_results(groups, figure, "another grid"))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().endswith(f"error: No space left on device: {figure}")
+    assert figure.read_bytes() == before and [path.name for path in tmp_path.iterdir()] == ["figure.png"]
+
+
+def test_values_past_float32_and_logs_that_are_not_csv_text_are_not_a_traceback(tmp_path):
+    from utils.errors import UserError
+    huge = write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1.csv", ["epoch", "loss"],
+                     [(1, 5.2), (2, 1e308), (3, -1e308), (4, "inf"), (5, 4.9)])
+    figure = training_curves_figure([huge])
+    assert list(figure.axes[0].lines[0].get_ydata()) == [5.2, 4.9]  # the others are not points of a curve
+    not_text = tmp_path / "log_simclr_cifar10_conv4_seed_2.csv"
+    not_text.write_bytes(b"epoch,loss\n1,5.\xff2\n")
+    too_long = write_log(tmp_path / "log_simclr_cifar10_conv4_seed_3.csv", ["epoch", "loss"], [(1, "1" * 200_000)])
+    for log in (not_text, too_long):
+        with pytest.raises(UserError) as refused:
+            training_curves_figure([huge, log])
+        assert f"the log {log} is not readable CSV text" in str(refused.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import signal
@@ -16,10 +17,12 @@ from pathlib import Path
 import pytest
 
 import reproduce
+from engine.checkpoint import GRID_ENVIRONMENT, RunLock
+from experiments.parallel import LiveLines
 from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
 from experiments.studies import PAPER, STUDIES, paper_value
-from tests.helpers import REPO
+from tests.helpers import REPO, one_line
 
 
 def grid_argv(root, out, epochs="8"):
@@ -183,7 +186,7 @@ BAD_VALUES = {
     "--linear_epochs": ["0", "abc"], "--train_subset": ["-1", "abc"], "--K": ["1", "0", "abc"],
     "--knn": ["-1", "abc"], "--retrieval": ["-1", "abc"], "--data_root": ["PATH"], "--out": ["FILE"],
     "--device": ["tpu", "cuda:x"], "--jobs": ["0", "abc"], "--jobs_per_gpu": ["0", "2"],
-    "--shard": ["0/2", "3/2", "1", "a/b"],
+    "--shard": ["0/2", "3/2", "1", "a/b", "1/1000000000000", "1/100000000000000000000000"],
 }
 SWITCHES = {"--no_download", "--dry_run"}
 
@@ -329,3 +332,129 @@ def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_
     assert "train_linear_evaluation.py failed for run cifar10_randomweights_conv4_seed_1" in err
     assert f"{planted} cannot be read" in err and str(out / "logs") in err
     assert not (out / "runs" / "cifar10_randomweights_conv4_seed_2.json").exists()  # nothing new started
+
+
+def planned_grid(root, out, *flags) -> reproduce.Grid:
+    """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
+    args = reproduce.parser().parse_args(["--study", "cifar10", "--methods", "randomweights", "--seeds", "1",
+                                          "--data_root", str(root), "--out", str(out), *flags])
+    args.child_device, args.gpus, args.jobs = "cpu", [], 1
+    return reproduce.Grid(args, reproduce.plan(args), live=LiveLines(io.StringIO()))
+
+
+def test_a_grid_folder_whose_name_is_not_utf8_is_logged_with_an_escape(small_cifar10_root, tmp_path, monkeypatch):
+    out = tmp_path / os.fsdecode(b"grid\xff")  # how Python holds such a name from the command line
+    grid = planned_grid(small_cifar10_root, out)
+    scheduler = reproduce.Scheduler(grid, grid.tasks())
+    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started, variables: None)
+    scheduler.start(scheduler.pending[0])
+    logged = (out / "logs" / "cifar10_randomweights_conv4_seed_1.log").read_text(encoding="utf-8")
+    assert "--checkpoint_dir" in logged and str(out / "checkpoints").replace("\udcff", "\\udcff") in logged
+
+
+NESTED = "[" * 100_000 + "]" * 100_000  # json.loads recurses once per level
+
+
+@pytest.mark.parametrize("content", [NESTED, '{"knn": [[1]]}'], ids=["nested", "wrong_type"])
+def test_grid_json_of_another_shape_is_one_line_naming_it(small_cifar10_root, tmp_path, content):
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "grid.json").write_text(content)
+    grid = planned_grid(small_cifar10_root, out)
+    with pytest.raises(reproduce.UserError) as refused:
+        grid.check_settings()
+    assert f"{out / 'grid.json'} cannot be read" in one_line(refused.value)
+
+
+def test_timings_and_records_of_another_shape_are_said_and_not_used(small_cifar10_root, tmp_path):
+    out = tmp_path / "grid"
+    (out / "runs").mkdir(parents=True)
+    (out / "timings.json").write_text(NESTED)
+    grid = planned_grid(small_cifar10_root, out)
+    assert grid.timings == {} and "timings.json cannot be read (nested too deep)" in grid.live.stream.getvalue()
+    run = grid.runs[0]
+    record = {**grid.expected_record(run), "accuracy": 50.0, "top5": None, "knn_accuracy": None,
+              "retrieval_precision": None, "wall_seconds": 1.0, "stage1_checkpoint": "a", "evaluation_checkpoint": "b",
+              "order": list(run.order), "finished": "2024-01-01 00:00:00"}
+    run.record.write_text(json.dumps(record))
+    assert grid.record_of(run) == record
+    for planted, said in ((NESTED, "nested too deep"), (json.dumps({**record, "order": None}), "'order' is None"),
+                          (json.dumps({k: v for k, v in record.items() if k != "order"}), "without 'order'"),
+                          (json.dumps({**record, "accuracy": float("nan")}), "'accuracy' is nan")):
+        run.record.write_text(planted)
+        assert grid.record_of(run, say=True) is None
+        assert f"{run.record} cannot be read" in grid.live.stream.getvalue().splitlines()[-1]
+        assert said in grid.live.stream.getvalue().splitlines()[-1]
+        grid.report()  # the table is built without it
+
+
+def test_one_grid_lock_per_out_folder_shared_only_by_the_shards_of_one_plan(small_cifar10_root, tmp_path, capsys):
+    out = tmp_path / "grid"
+    runs = planned_grid(small_cifar10_root, out, "--seeds", "1", "2").runs
+    other_plan = planned_grid(small_cifar10_root, out, "--seeds", "3", "4").runs
+    with reproduce.GridLock(out, runs, (1, 2)), reproduce.GridLock(out, runs, (2, 2)):
+        for clashing, shard in ((runs, None), (runs, (1, 3)), (other_plan, (2, 2))):
+            with pytest.raises(reproduce.UserError) as refused:
+                reproduce.GridLock(out, clashing, shard).__enter__()
+            assert "is being written by another grid" in one_line(refused.value)
+            assert "pass another --out" in str(refused.value) and "--id" not in str(refused.value)
+    assert not list(out.iterdir())  # every lock let go, the refused ones' too
+    argv = ["--study", "cifar10", "--methods", "randomweights", "--seeds", "1", "--data_root", str(small_cifar10_root),
+            "--out", str(out), "--no_download", "--device", "cpu"]
+    with reproduce.GridLock(out, planned_grid(small_cifar10_root, out).runs, None):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(lambda: reproduce.main(argv + ["--shard", "1/1"]))  # the same runs as the unsharded grid
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "pass another --out" in err, err
+    assert not (out / "logs").exists()
+
+
+def test_a_stage_run_by_a_grid_is_not_told_to_use_id(tmp_path, monkeypatch):
+    lock = tmp_path / ".run.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    for grid_out, advice in ((None, "use --id"), (str(tmp_path), "pass another --out")):
+        if grid_out:
+            monkeypatch.setenv(GRID_ENVIRONMENT, grid_out)
+        with pytest.raises(reproduce.UserError) as refused:
+            RunLock(lock).__enter__()
+        assert advice in str(refused.value)
+    assert "--id" not in str(refused.value)
+
+
+class FinishedChild:
+    """A child process that has already exited with status 0."""
+
+    def poll(self) -> int:
+        return 0
+
+    def send_signal(self, signum) -> None:
+        pass
+
+
+TEST_LOG_HEADER = "time,dataset,seed,accuracy,top5,loss,images,seconds,checkpoint,knn_k,knn_accuracy,knn_top5," \
+                  "retrieval_k,retrieval_precision\n"
+
+
+@pytest.mark.parametrize("last_row, said", [
+    ("t,cifar10,1,abc,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is 'abc'"),
+    ("t,cifar10,1,1e9,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is '1e9'"),
+    ("t,cifar10,1,50,nan,1.0,100,1.0,c,200,40,80,10,30", "'top5' is 'nan'"),
+    ("t,cifar10,1,50,90,1.0,100,1.0,c,200,-inf,80,10,30", "'knn_accuracy' is '-inf'"),
+    ("t,cifar10,1,50,90,1.0,100,1.0,c", "no 'knn_accuracy'"),
+    ('t,cifar10,1,"50', "no 'top5'"),  # an unclosed quote swallows the rows after it
+], ids=["text", "out_of_range", "nan", "inf", "missing_columns", "unclosed_quote"])
+def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_again(small_cifar10_root, tmp_path,
+                                                                                     monkeypatch, last_row, said):
+    out = tmp_path / "grid"
+    grid = planned_grid(small_cifar10_root, out)
+    run = grid.runs[0]
+    run.test_log.parent.mkdir(parents=True)
+    run.test_log.write_text(TEST_LOG_HEADER + last_row + "\n")
+    scheduler = reproduce.Scheduler(grid, [reproduce.Task(run.stages[2], [run], 1)])
+    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started, variables: started(FinishedChild()))
+    with pytest.raises(reproduce.GridStopped) as stopped:
+        scheduler.run()
+    message = one_line(stopped.value)
+    assert stopped.value.exit_status == 1 and f"{run.test_log} cannot be read" in message and said in message
+    assert "delete it" in message and not run.record.exists()
+    assert [task.stage.script for task in grid.tasks()][-1] == "test.py"  # the next call tests the run again

@@ -2,6 +2,7 @@
 the training, and `--tensorboard` writes every logged quantity for TensorBoard."""
 from __future__ import annotations
 
+import errno
 import importlib.util
 import sys
 
@@ -56,3 +57,25 @@ def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
         tensorboard_listener(tmp_path, "run")
     assert "pip install tensorboard" in one_line(refused.value)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
+@pytest.mark.parametrize("full_from", [1, 2], ids=["at_start", "after_epoch_1"])
+def test_a_full_disk_under_tensorboard_is_one_line_naming_its_file(small_cifar10_root, tmp_path, monkeypatch, capsys,
+                                                                   full_from):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    writes = []
+
+    def disk_full(self, data):  # the full_from-th append (the first: the file's version event) fails
+        writes.append(data)
+        if len(writes) >= full_from:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(RecordWriter, "write", disk_full)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        train(small_cifar10_root, out, "--tensorboard", str(tmp_path / "tensorboard"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
+    assert f"error: No space left on device: {tmp_path / 'tensorboard' / HEADER}/events.out.tfevents." in err
+    saved = read_log(out / "relationnet" / "cifar10" / f"log_{HEADER}.csv") if full_from > 1 else []
+    assert [row["epoch"] for row in saved] == ["1"][:len(saved)] and len(saved) == full_from - 1

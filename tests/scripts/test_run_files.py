@@ -1,9 +1,12 @@
 """What a stage leaves, replaces and continues: --overwrite leaves nothing of the old run that
 a resume could pick up, --resume auto continues only the run that owns the files, a log that is
-not text stops a resume in one line, and test.py prints its result before writing its log
-(--log_dir)."""
+not text stops a resume in one line, test.py prints its result before writing its log
+(--log_dir), and a checkpoint named too long for test.py's files is refused before it runs."""
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
 import signal
 
 import pytest
@@ -99,3 +102,45 @@ def test_test_py_prints_its_result_before_its_log_and_writes_it_to_log_dir(small
     assert accuracy and out.index(accuracy[0]) < out.index("[INFO] Result appended to")
     row = read_log(tmp_path / "logs" / f"log_{checkpoint.stem}_test.csv")[0]
     assert f"Test accuracy: {float(row['accuracy']):.2f}%" == accuracy[0]
+
+
+def test_paths_with_bytes_that_are_not_utf8_are_written_as_escapes(small_cifar10_root, tmp_path, capsys):
+    out = tmp_path / os.fsdecode(b"out\xff")  # how Python holds such a name from the command line
+    args = stage_arguments(small_cifar10_root, out)
+    run_stage(stage1, args + ["--method", "standard", "--data_size", "16", "--train_subset", "32", "--epochs", "1"])
+    checkpoint = out / "standard" / "cifar10" / "standard_cifar10_conv4_seed_1_epoch_1.tar"
+    logs = tmp_path / os.fsdecode(b"logs\xfe")
+    for _ in range(2):  # the second run reads the first one's log back
+        run_stage(stage3, args + ["--checkpoint", str(checkpoint), "--log_dir", str(logs)])
+    assert "[INFO] Result appended to" in capsys.readouterr().out
+    rows = read_log(logs / f"log_{checkpoint.stem}_test.csv")
+    assert [row["checkpoint"] for row in rows] == [str(checkpoint).replace("\udcff", "\\udcff")] * 2
+
+
+def test_a_checkpoint_named_too_long_for_the_test_log_is_refused_before_the_test(small_cifar10_root, tmp_path,
+                                                                                  capsys):
+    args = stage_arguments(small_cifar10_root, tmp_path)
+    run_stage(stage1, args + ["--method", "standard", "--data_size", "16", "--train_subset", "32", "--epochs", "1"])
+    trained = tmp_path / "standard" / "cifar10" / "standard_cifar10_conv4_seed_1_epoch_1.tar"
+    folder = tmp_path / "long"
+    folder.mkdir()
+    checkpoint = folder / f"{'x' * 246}.tar"  # a name the file system takes; log_<it>_test.csv is 259 bytes
+    shutil.copy(trained, checkpoint)
+    capsys.readouterr()
+    code, err = error_of(stage3, args + ["--checkpoint", str(checkpoint)], capsys)
+    assert code == 2 and f"--checkpoint {checkpoint}: its name is too long" in err, err
+    assert "at most 228 bytes" in err and "--log_dir changes the folder, not the names" in err
+    assert os.listdir(folder) == [checkpoint.name]
+
+
+@pytest.mark.parametrize("flags, longest_stem", [({}, 228), ({"retrieval": 10}, 221), ({"feature_map": "tsne"}, 227)],
+                         ids=["log", "retrieval_grid", "feature_map"])
+def test_the_longest_checkpoint_name_test_py_takes_keeps_every_file_it_writes_within_255_bytes(flags, longest_stem):
+    def names(stem_bytes: int) -> dict[str, str]:
+        args = argparse.Namespace(**{"checkpoint": f"{'x' * stem_bytes}.tar", "retrieval": 0, "retrieval_grid": 8,
+                                     "feature_map": "none", **flags})
+        return stage3.output_names(args)
+    stage3.check_output_names(f"{'x' * longest_stem}.tar", names(longest_stem))
+    with pytest.raises(stage3.UserError) as refused:
+        stage3.check_output_names(f"{'x' * (longest_stem + 1)}.tar", names(longest_stem + 1))
+    assert f"at most {longest_stem} bytes" in str(refused.value)
