@@ -373,8 +373,8 @@ class CropColorAugmentation(Augmentation):
     All parameters of the batch are drawn first (the blur and solarize ones after the
     others, and the draw of which images are blurred only when blur_p < 1, so each pipeline
     draws what it drew before the options that it does not use existed), then images are
-    processed in chunks that stay in cache on the CPU; the chunk size therefore never
-    changes the result.
+    processed in chunks that stay in cache on the CPU; the chunk size therefore changes the
+    result by float rounding at most (a kernel may vectorise batches of other sizes otherwise).
     """
 
     jitter_p = 0.8

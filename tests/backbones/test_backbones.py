@@ -93,8 +93,13 @@ def test_golden_output(golden, name):
 def test_seeded_init_reproduces_original_init(golden, name):
     torch.manual_seed(0)
     state = build_backbone(name).state_dict()
+    # The same random stream, not the same bits: normal_ takes log and cos from vectorised or
+    # scalar code by CPU (ATEN_CPU_CAPABILITY=default moves weights here by up to 4 ulps of
+    # the largest value). 8 such ulps are allowed; another seed or order of draws moves values by
+    # about the std itself.
     for key, value in golden[name]["state_dict"].items():
-        assert torch.equal(state[key], value), key
+        atol = 8 * torch.finfo(value.dtype).eps * value.abs().max().item() if value.is_floating_point() else 0
+        torch.testing.assert_close(state[key], value, rtol=0, atol=atol, msg=key)
 
 
 def test_init_is_he_fan_out_and_bn_identity(models):
