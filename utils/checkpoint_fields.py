@@ -39,6 +39,8 @@ def check_tensor(value: object, expected: torch.Tensor, path: str | Path | None,
     if value.shape != expected.shape:
         raise field_error(path, key, f"has the shape {_shape(value)} where this run builds {_shape(expected)}",
                           OTHER_RUN)
+    if value.is_meta:
+        raise field_error(path, key, "is a tensor without values (on the meta device)")
     if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
         raise field_error(path, key, "holds non-finite values (NaN or inf)", DIVERGED)
 
