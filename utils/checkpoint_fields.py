@@ -87,14 +87,15 @@ def check_optimizer_state(entry: object, optimizer: torch.optim.Optimizer, path:
             isinstance(group, dict) and isinstance(group.get("params"), list)
             and len(group["params"]) == len(built_group["params"])
             and all(type(index) is int for index in group["params"])
-            for group, built_group in zip(groups, built["param_groups"])):
+            for group, built_group in zip(groups, built["param_groups"], strict=True)):
         raise field_error(path, key, "holds other parameter groups than this run's optimizer", OTHER_RUN)
     parameters = {}
-    for group, built_group, group_parameters in zip(groups, built["param_groups"], optimizer.param_groups):
+    for group, built_group, group_parameters in zip(groups, built["param_groups"], optimizer.param_groups,
+                                                        strict=True):
         for name, value in group.items():
             if name != "params" and name in built_group:
                 _check_hyperparameter(value, built_group[name], path, f"{key}.{name}")
-        parameters.update(zip(group["params"], group_parameters["params"]))
+        parameters.update(zip(group["params"], group_parameters["params"], strict=True))
     for index, values in entry["state"].items():
         if index not in parameters or not isinstance(values, dict):
             raise field_error(path, key, f"holds the state of a parameter {str(index)[:20]!r} that none of its "
