@@ -43,6 +43,7 @@ from evaluation.linear import score_logits  # noqa: E402
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
 from experiments.stage import describe_backbone, run_main, run_seed  # noqa: E402
+from utils.checkpoint_fields import check_module_entry  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 from utils.seeds import seed_everything  # noqa: E402
@@ -123,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(seed)
     download = not args.no_download
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
-    if linear and state["classifier"]["weight"].shape[0] != test.num_classes:
-        raise UserError(f"the classifier in {args.checkpoint} has {state['classifier']['weight'].shape[0]} "
-                        f"classes but {args.dataset} has {test.num_classes}: pass the --dataset it was trained on")
+    weight = state.get("classifier", {}).get("weight")
+    if linear and isinstance(weight, torch.Tensor) and weight.dim() == 2 and len(weight) != test.num_classes:
+        raise UserError(f"the classifier in {args.checkpoint} has {len(weight)} classes but {args.dataset} has "
+                        f"{test.num_classes}: pass the --dataset it was trained on")
     if not args.cross_domain:
         refuse_other_domain(state, args, linear, test.side)
     check_image_side(args.backbone, stem, test.side)
@@ -142,26 +144,30 @@ def main(argv: list[str] | None = None) -> None:
 
     backbone = build_backbone(args.backbone, stem)
     describe_backbone(args.backbone, backbone, device, stem)
+    classifier = None
+    if linear:
+        classifier = nn.Linear(backbone.feature_size, test.num_classes)
+        check_module_entry(state.get("classifier"), classifier, args.checkpoint, "classifier")
     print("[INFO] Loading checkpoint...")
     backbone.load_state_dict(state["backbone"])
     backbone.to(device)
     print("[INFO] Loading checkpoint: done!")
     print("Testing...")
     start = time.time()
-    test_features = extract_features(backbone, test, device, args.data_size, desc="Test")
+    checkpoint = Path(args.checkpoint)
+    test_features = extract_features(backbone, test, device, args.data_size, desc="Test", checkpoint=checkpoint)
     test_labels = test.labels.to(device)
     result = {"images": len(test)}
     if linear:
-        classifier = nn.Linear(backbone.feature_size, test.num_classes)
         classifier.load_state_dict(state["classifier"])
         with torch.no_grad():
             result.update(score_logits(classifier.to(device).eval()(test_features), test_labels))
     if train is not None:
-        train_features = extract_features(backbone, train, device, args.data_size, desc="Train features")
+        train_features = extract_features(backbone, train, device, args.data_size, desc="Train features",
+                                          checkpoint=checkpoint)
     if args.knn:
         result.update(knn_k=args.knn, **knn_accuracy(train_features, train.labels.to(device), test_features,
                                                      test_labels, args.knn, args.knn_temperature))
-    checkpoint = Path(args.checkpoint)
     outputs = Path(args.log_dir) if args.log_dir else checkpoint.parent
     if args.retrieval:
         neighbours = nearest_neighbours(test_features, args.retrieval).cpu()

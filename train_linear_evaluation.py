@@ -82,11 +82,13 @@ def pretraining_dataset(args, state: dict) -> str | None:
     return parents[-2] if len(parents) >= 3 and parents[-2] in DATASETS else None
 
 
-def frozen_features(backbone, train, test, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Train features, train labels, test features, test labels, on `device`."""
+def frozen_features(backbone, train, test, device, checkpoint) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    """Train features, train labels, test features, test labels, on `device`; features that are
+    not finite are refused naming the `checkpoint` of the backbone."""
     start = time.time()
-    train_features = extract_features(backbone, train, device, desc="Train features")
-    test_features = extract_features(backbone, test, device, desc="Test features")
+    train_features = extract_features(backbone, train, device, desc="Train features", checkpoint=checkpoint)
+    test_features = extract_features(backbone, test, device, desc="Test features", checkpoint=checkpoint)
     print(f"[INFO] Features of {len(train)} training and {len(test)} test images computed once "
           f"in {time.time() - start:.1f}s (frozen backbone, eval mode, no augmentation)")
     return train_features, train.labels.to(device), test_features, test.labels.to(device)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         if resume is None and files.last_checkpoint.exists() and not args.overwrite:
             raise UserError(f"{files.directory} holds an interrupted run {files.header}: pass --resume auto "
                             "to continue it or --overwrite to start again")
-        if resume and resume.state["epoch"] >= args.epochs and not resume.completed:
+        if resume and resume.state["epoch"] >= args.epochs and not resume.unfinished:
             raise UserError(f"nothing to resume: the run {files.header} is complete ({files.final}); pass "
                             "--overwrite without --resume to train it again, or --id to keep both")
         evaluate_backbone(args, state, stem, files, method_name, source_dataset, seed, device, resume)
@@ -194,6 +196,11 @@ def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, meth
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
     stage = "finetune" if args.finetune else {"linear": "linear_evaluation",
                                                "logistic": "logistic_regression"}[args.classifier]
+    # Whatever can refuse the input comes before the first write: the resumed state, the features.
+    if resume:
+        model.load_checkpoint_state(resume.state, resume.path)
+        resume.finish()
+    features = None if args.finetune else frozen_features(model.backbone, train, test, device, args.checkpoint)
     if resume is None:
         files.remove_outputs()  # an earlier run's (--overwrite) or a dead one's: checked above
     record_config(files.config, args, seed, device, stage=stage, stem=stem, training_images=len(train), **source)
@@ -206,12 +213,10 @@ def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, meth
                                          **stem_entry(stem), "dataset": args.dataset, "seed": seed,
                                          "args": vars(args), **source})
         if resume:
-            model.load_checkpoint_state(resume.state)
             print(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
         start_epoch, resume_state = (resume.state["epoch"], resume.state) if resume else (0, None)
         Engine(model, train, plan, device).fit(start_epoch, resume_state)
     else:
-        features = frozen_features(model.backbone, train, test, device)
         if args.classifier == "logistic":
             described, rows = logistic_regression(model, features, args)
         else:

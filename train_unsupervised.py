@@ -121,7 +121,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     if ranks.is_main:
         files.remove_temporary()
     resume = resume_point(
-        args, files, RESUME_MAY_CHANGE, ranks.world_size, finish=ranks.is_main,
+        args, files, RESUME_MAY_CHANGE, ranks.world_size,
         without_state="use --checkpoint with --epoch_start instead",
         check_kind=lambda state, path: refuse_other_kind(state, path, args.method)) if args.resume else None
     resume_state = resume.state if resume else None
@@ -144,10 +144,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
         return
 
     start_epoch = resume_state["epoch"] if resume_state else args.epoch_start if args.checkpoint else 0
-    if start_epoch >= args.epochs:
-        if resume and resume.completed:
-            print(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
-            return
+    if start_epoch >= args.epochs and not (resume and resume.unfinished):
         raise UserError(f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
                         f"{args.epochs}; raise --epochs to train longer")
     split = pretraining_split(args.dataset, method_class.needs_labels)
@@ -169,14 +166,19 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
 
     if resume_state:
         check_backbone(resume_state, args.backbone, resume.path, stem)
-        method.load_checkpoint_state(resume_state)
+        method.load_checkpoint_state(resume_state, resume.path)
+        if ranks.is_main:
+            resume.finish()
+        if start_epoch >= args.epochs:
+            print(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
+            return
         print(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
         check_backbone(state, args.backbone, args.checkpoint, stem)
         refuse_other_kind(state, args.checkpoint, args.method)
         print(f"Loading checkpoint: {args.checkpoint}")
-        method.load_checkpoint_state(state)
+        method.load_checkpoint_state(state, args.checkpoint)
         print("Loading checkpoint: Done!")
 
     watching = ranks.is_main and args.eval_every > 0

@@ -1,18 +1,23 @@
 """A backbone's features of a whole data set: what evaluation and deepcluster's clustering use."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from datasets import ImageSet
 from datasets.augment import build_augmentation
+from utils.errors import UserError
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, data: ImageSet, device: torch.device,
-                     batch_size: int = 256, desc: str = "Features") -> torch.Tensor:
-    """Backbone features (N, F) of the un-augmented, normalised images, in eval mode."""
+def extract_features(backbone: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 256,
+                     desc: str = "Features", checkpoint: str | Path | None = None) -> torch.Tensor:
+    """Backbone features (N, F) of the un-augmented, normalised images, in eval mode. With the
+    `checkpoint` the weights come from, features that are not finite are refused naming it:
+    every score computed from them would be chance."""
     was_training = backbone.training
     backbone.eval()
     normalise = build_augmentation("none", data.mean, data.std)
@@ -22,4 +27,9 @@ def extract_features(backbone: nn.Module, data: ImageSet, device: torch.device,
         images = data.images[start:start + batch_size].to(device)
         chunks.append(backbone(normalise(images, generator)).float())
     backbone.train(was_training)
-    return torch.cat(chunks)
+    features = torch.cat(chunks)
+    if checkpoint is not None and not bool(torch.isfinite(features).all()):
+        raise UserError(f"checkpoint {checkpoint}: its backbone gives non-finite features (NaN or inf) on "
+                        f"the {data.split} images: its weights are too large for them; use an earlier "
+                        "checkpoint of the run that wrote it")
+    return features

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.cli import INTEGER_LIMIT
+from utils.checkpoint_fields import check_number, check_state_dict, field_error
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
@@ -273,9 +275,23 @@ def read_checkpoint(path: str | Path) -> dict:
                         "suite or of the original code")
     for key, value in state.items():
         if key in STATE_DICT_KEYS and not _is_state_dict(value):
-            raise UserError(f"checkpoint {path}: its '{key}' entry is a {type(value).__name__}, not a state dict "
-                            "of named tensors: the file is damaged or forged; use the file the stage wrote")
+            raise field_error(path, key, f"is a {type(value).__name__}, not a state dict of named tensors")
+    _check_record(state, path)
     return state
+
+
+def _check_record(state: dict, path: Path) -> None:
+    """The entries of the suite's record of a run that the stages read, where the file holds
+    them (the original code's files hold none): whole numbers in bounds, and names of the
+    suite's methods and data sets (a data set's name becomes part of stage 2's file names)."""
+    from datasets import DATASETS
+    from methods import METHODS
+    for key, low in (("epoch", 0), ("seed", 0), ("world_size", 1)):
+        if key in state:
+            check_number(state[key], 0, low, INTEGER_LIMIT, path, key)
+    for key, names, kind in (("method", METHODS, "methods"), ("dataset", DATASETS, "data sets")):
+        if key in state and not (isinstance(state[key], str) and state[key] in names):
+            raise field_error(path, key, f"is {str(state[key])[:40]!r}, not one of the suite's {kind}")
 
 
 # Entries that hold a module's state dict wherever they appear (the original code's keys).
@@ -322,11 +338,15 @@ def refuse_other_than_finetuning(state: dict, path: str | Path) -> None:
 
 
 @lru_cache(maxsize=None)
-def _backbone_shapes(name: str, stem: str | None = None) -> dict[str, tuple[int, ...]]:
+def _backbone_state(name: str, stem: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of a backbone built on the meta device: names, shapes and dtypes only."""
     from backbones import build_backbone
     with torch.device("meta"):
-        backbone = build_backbone(name, stem)
-    return {key: tuple(value.shape) for key, value in backbone.state_dict().items()}
+        return build_backbone(name, stem).state_dict()
+
+
+def _backbone_shapes(name: str, stem: str | None = None) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in _backbone_state(name, stem).items()}
 
 
 def identify_backbone(state_dict: dict) -> tuple[str, str | None] | None:
@@ -350,7 +370,9 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
     holds (None for a backbone with a single stem).
 
     The stem is read from the weights (the shape of `conv1`), which the checkpoint's `stem`
-    key records too; so a state dict converted from torchvision, without that key, works."""
+    key records too; so a state dict converted from torchvision, without that key, works.
+    Weights of another dtype (which loading would cast silently) or that are not finite (a
+    diverged run's: every result from them would be chance) are refused too."""
     from backbones import STEMS, refuse_stem_without_choice
     refuse_stem_without_choice(backbone, stem)
     held = identify_backbone(state["backbone"])
@@ -366,6 +388,7 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
     if stem in STEMS and stem != held_stem:
         raise UserError(f"checkpoint {path} holds a {_describe_variant(name, held_stem)}, not the {stem} stem: "
                         f"pass --stem {held_stem}")
+    check_state_dict(state["backbone"], _backbone_state(name, held_stem), path, "backbone")
     return held_stem
 
 

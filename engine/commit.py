@@ -10,9 +10,10 @@ The order, each step an atomic write (`engine/checkpoint.py`):
    same state without `COMMIT`;
 3. the log, with the epoch's row: the last step, which marks the epoch done.
 
-A resume (`--resume auto` reads the rolling checkpoint) calls `finish_commit` first: when the
-rolling checkpoint's epoch has no row in the log or a checkpoint of step 2 is missing, the
-run died inside the commit, and steps 2 and 3 are written from it. A run killed before step 1
+A resume (`--resume auto` reads the rolling checkpoint) calls `finish_commit` once the state is
+checked against the built method, before it trains: when the rolling checkpoint's epoch has no
+row in the log or a checkpoint of step 2 is missing, the run died inside the commit, and steps
+2 and 3 are written from it. A run killed before step 1
 resumes from the previous epoch's rolling checkpoint and trains the epoch again, which gives
 the same numbers (seeded by epoch).
 """
@@ -82,18 +83,26 @@ def pending_commit(state: dict, files: RunFiles, path: Path) -> tuple[dict, list
     return row, [own[name] for name in dict.fromkeys(names)]
 
 
+def unfinished_commit(state: dict, files: RunFiles, path: Path) -> tuple[dict, list[Path]] | None:
+    """The commit of `pending_commit` when the stopped run had not written all its files; None
+    when it was whole or `state` holds none. Writes nothing."""
+    pending = pending_commit(state, files, path)
+    if pending is None:
+        return None
+    row, checkpoints = pending
+    _, rows = read_csv(files.log)
+    logged = any(logged_row.get("epoch") == str(row["epoch"]) for logged_row in rows)
+    return None if logged and all(checkpoint.exists() for checkpoint in checkpoints) else pending
+
+
 def finish_commit(state: dict, files: RunFiles, path: Path) -> list[Path]:
     """Complete the commit that a rolling checkpoint's `state` (read from `path`) began, writing
     only the files of the run `files` names (see `pending_commit`); returns the files written,
     none when the commit was whole or `state` holds none."""
-    pending = pending_commit(state, files, path)
+    pending = unfinished_commit(state, files, path)
     if pending is None:
         return []
     row, checkpoints = pending
-    _, rows = read_csv(files.log)
-    logged = any(logged_row.get("epoch") == str(row["epoch"]) for logged_row in rows)
-    if logged and all(checkpoint.exists() for checkpoint in checkpoints):
-        return []
     saved = {key: value for key, value in state.items() if key != COMMIT}
     for checkpoint in checkpoints:
         save_checkpoint(saved, checkpoint)

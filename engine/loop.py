@@ -14,6 +14,7 @@ steps.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -34,9 +35,10 @@ from engine.signals import RunInterrupted, StopSignals
 from methods.base import EpochContext, Method, StepOutput
 from utils import distributed
 from utils.distributed import SINGLE, Ranks
+from utils.checkpoint_fields import check_number, field_error
 from utils.errors import UserError
 from utils.runtime import available_memory, format_duration
-from utils.seeds import SeedPurpose, derived_seed, restore_rng_states, rng_states
+from utils.seeds import SeedPurpose, derived_seed, restore_rng_states, rng_problem, rng_states
 
 # Steps between reads of the loss for the progress bar: each read waits for the device.
 LOG_EVERY = 20
@@ -80,6 +82,23 @@ def compile_in_this_process() -> None:
     if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
         import torch._inductor.config
         torch._inductor.config.compile_threads = 1
+
+
+def check_resume_fields(state: dict, world_size: int, path: Path) -> None:
+    """Refuse in one line, naming the file and the entry, a resumed `state` whose entries that
+    `Engine.fit` reads could not be restored: the generator states, the gradient scaler's, and
+    the sums of an interrupted epoch (one set per process). Called before anything is written."""
+    problem = rng_problem(state.get("rng"))
+    if problem:
+        raise field_error(path, "rng", problem)
+    if "grad_scaler" in state:
+        saved, reference = state["grad_scaler"], torch.amp.GradScaler("cpu").state_dict()
+        if not isinstance(saved, dict) or not set(reference) <= set(saved):
+            raise field_error(path, "grad_scaler", "is not a gradient scaler's state")
+        for name, value in reference.items():
+            check_number(saved[name], value, 0, math.inf, path, f"grad_scaler.{name}")
+    if "interrupted" in state:
+        EpochProgress.check_saved(state["interrupted"], world_size, path)
 
 
 class Engine:
@@ -386,6 +405,35 @@ class EpochProgress:
         never = torch.iinfo(self.first_bad_step.dtype).max
         earliest = distributed.min_over_ranks(torch.where(self.first_bad_step < 0, never, self.first_bad_step))
         self.first_bad_step = torch.where(earliest == never, -1, earliest)
+
+    @staticmethod
+    def check_saved(partial: object, world_size: int, path: Path) -> None:
+        """`partial` is what `state` saves for `world_size` processes (see `check_resume_fields`)."""
+        key = "interrupted"
+        if not isinstance(partial, dict) or not {"steps_done", "seconds", "ranks"} <= set(partial):
+            raise field_error(path, key, "is not the record of an interrupted epoch")
+        check_number(partial["steps_done"], 0, 0, math.inf, path, f"{key}.steps_done")
+        check_number(partial["seconds"], 0.0, 0, math.inf, path, f"{key}.seconds")
+        ranks = partial["ranks"]
+        if not isinstance(ranks, list) or len(ranks) != world_size:
+            raise field_error(path, f"{key}.ranks", f"does not hold the sums of {world_size} process(es)")
+        for mine in ranks:
+            if not isinstance(mine, dict) or not {"generator", "loss_sum", "loss_weight", "first_bad_step",
+                                                  "sums"} <= set(mine):
+                raise field_error(path, f"{key}.ranks", "is not the record of each process's sums")
+            generator = mine["generator"]  # its size depends on the device that drew it
+            if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.dim() != 1:
+                raise field_error(path, f"{key}.ranks.generator", "is not a generator state")
+            check_number(mine["loss_weight"], 0, 0, math.inf, path, f"{key}.ranks.loss_weight")
+            sums = mine["sums"]
+            tensors = {"loss_sum": mine["loss_sum"], "first_bad_step": mine["first_bad_step"]}
+            if not isinstance(sums, dict) or not all(isinstance(pair, list) and len(pair) == 2
+                                                     for pair in sums.values()):
+                raise field_error(path, f"{key}.ranks.sums", "is not a set of (sum, count) pairs")
+            tensors.update({f"sums.{name}": value for name, pair in sums.items() for value in pair})
+            for name, value in tensors.items():
+                if not isinstance(value, torch.Tensor) or value.dim() != 0:
+                    raise field_error(path, f"{key}.ranks.{name}", "is not a single number as a tensor")
 
     def state(self, generator: torch.Generator) -> dict:
         """The partial epoch to save, with every rank's own sums and augmentation generator

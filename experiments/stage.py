@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from engine.checkpoint import TEXT_ENCODING, RunFiles, read_checkpoint, save_json
-from engine.commit import finish_commit
-from experiments.cli import INTEGER_LIMIT
+from engine.commit import finish_commit, unfinished_commit
+from engine.loop import check_resume_fields
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
 from utils.seeds import resolve_seed
@@ -139,18 +139,29 @@ def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch
 class ResumePoint(NamedTuple):
     path: Path          # the checkpoint resumed from
     state: dict         # its content
-    completed: list[Path]  # files of its epoch that the stopped run had not written, now written
+    files: RunFiles     # the files of the run it continues
+    unfinished: bool    # the stopped run had not written all the files of its last epoch
+
+    def finish(self) -> None:
+        """Write the files of the last epoch that the stopped run had not written
+        (`finish_commit`). Called once the state is checked against the built method too, so
+        a refused file writes nothing, and only by the one process of a torchrun run that
+        writes files."""
+        completed = finish_commit(self.state, self.files, self.path)
+        if completed:
+            print(f"[INFO] The stopped run had saved epoch {self.state['epoch']} but not all its files: wrote "
+                  + ", ".join(path.name for path in completed))
 
 
 def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str], world_size: int = 1,
-                 without_state: str = "it cannot be resumed", finish: bool = True,
+                 without_state: str = "it cannot be resumed",
                  check_kind: Callable[[dict, Path], None] | None = None) -> ResumePoint:
     """The checkpoint `--resume auto|PATH` names and its state, after checking that it is a
     file of this stage (`check_kind`), that the run was made with the same arguments (except
-    `may_change`; an argument the file does not record is a difference) and as many processes;
-    then the files of its epoch that the run died before writing are written (`finish_commit`;
-    only where `finish`: by the one process of a torchrun run that writes files). Every check
-    comes before the first write.
+    `may_change`; an argument the file does not record is a difference) and as many processes,
+    that the entries the engine restores fit (`check_resume_fields`) and its epoch's commit names
+    the run's own files. Writes nothing: `ResumePoint.finish` completes that commit once the
+    stage has checked the rest of the state against the method it built.
 
     `auto` is the run's rolling checkpoint, the last file every run writes after an epoch or
     on a stop: never a numbered checkpoint, which could be another run's that used the name."""
@@ -169,10 +180,6 @@ def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str]
     if not isinstance(stored, dict) or not all(isinstance(key, str) for key in stored):
         raise UserError(f"--resume {path}: its 'args' entry is a {type(stored).__name__}, not the record of a "
                         "run's arguments: the file is damaged or forged; resume from the file the run wrote")
-    epoch = state["epoch"]
-    if type(epoch) is not int or not 0 <= epoch <= INTEGER_LIMIT:
-        raise UserError(f"--resume {path}: its epoch {epoch!r} is not a whole number from 0 to {INTEGER_LIMIT}: "
-                        "the file is damaged or forged; resume from the file the run wrote")
     missing = sorted(key for key in vars(args) if key not in may_change and key not in stored)
     if missing:
         raise UserError(f"--resume {path}: the file does not record the run's "
@@ -180,15 +187,12 @@ def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str]
                         "it cannot be shown to be this run: start a new run, or continue its weights with "
                         "--checkpoint PATH")
     changed = [f"--{k} {stored[k]!r} -> {value!r}" for k, value in sorted(vars(args).items())
-               if k not in may_change and stored[k] != value]
+               if k not in may_change and (type(stored[k]) is not type(value) or stored[k] != value)]
     if changed:
         raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
                         "repeat its arguments or start a new run with --id")
     if state.get("world_size", 1) != world_size:
         raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
                         f"this one has {world_size}; resume it with as many (torchrun --nproc_per_node)")
-    completed = finish_commit(state, files, path) if finish else []
-    if completed:
-        print(f"[INFO] The stopped run had saved epoch {state['epoch']} but not all its files: wrote "
-              + ", ".join(path.name for path in completed))
-    return ResumePoint(path, state, completed)
+    check_resume_fields(state, world_size, path)
+    return ResumePoint(path, state, files, unfinished_commit(state, files, path) is not None)

@@ -45,6 +45,9 @@ Instance interface
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
         visits the training images; None (default) lets the engine draw a permutation.
     head_step_bytes(batch_size)   memory of the head in one step, when it is large.
+    checkpoint_ranges()       the bounds of the numbers under `checkpoint_keys`, which a loaded
+                              state is checked against with everything else it holds
+                              (`check_checkpoint_state`) before any of it is loaded.
 
 Method classes never override `nn.Module.train`; the engine calls `method.train()` and
 `method.eval()` with their usual meaning.
@@ -52,13 +55,22 @@ Method classes never override `nn.Module.train`; the engine calls `method.train(
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from datasets import ImageSet
+from utils.checkpoint_fields import (
+    check_data_tensor,
+    check_module_entry,
+    check_number,
+    check_optimizer_state,
+    check_tensor,
+)
 from utils.errors import UserError
 
 # The widest hidden or output layer a method's option may ask for: a wider one is a typo, and
@@ -221,29 +233,55 @@ class Method(nn.Module):
             state[key] = value
         return state
 
-    def load_checkpoint_state(self, state: dict) -> None:
-        """Load the declared keys; an optional key missing from the file keeps its value."""
+    def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
+        """The bounds of the numbers, and of the values of plain tensors, kept under checkpoint
+        keys (a momentum in [0, 1], a step count >= 0), which a loaded state must respect; a
+        float key without bounds may hold NaN (a quantity not known yet)."""
+        return {}
+
+    def check_checkpoint_state(self, state: dict, path: str | Path | None = None) -> None:
+        """Refuse in one line, naming the file `path` and the entry, a state whose declared keys
+        this method could not load unchanged: a required key missing, a module's or an
+        optimizer's state that differs in names, shapes or dtypes from what this method built
+        or holds non-finite values, a number of another kind or out of its bounds."""
         missing = [key for key in self.checkpoint_keys if key not in state and key not in self.optional_keys]
         if missing:
-            raise UserError(f"the checkpoint has no {', '.join(missing)}: it was not written by {self.name} "
-                            f"(it holds {', '.join(sorted(map(str, state)))}); pass a {self.name} checkpoint")
+            raise UserError(f"{'checkpoint ' + str(path) if path else 'the checkpoint'} has no "
+                            f"{', '.join(missing)}: it was not written by {self.name} (it holds "
+                            f"{', '.join(sorted(map(str, state)))}); pass a {self.name} checkpoint")
+        ranges = self.checkpoint_ranges()
+        for key, attribute in self.checkpoint_keys.items():
+            if key not in state:
+                continue
+            target, value = getattr(self, attribute), state[key]
+            low, high = ranges.get(key, (-math.inf, math.inf))
+            if isinstance(target, nn.Module):
+                check_module_entry(value, target, path, key)
+            elif isinstance(target, torch.optim.Optimizer):
+                check_optimizer_state(value, target, path, key)
+            elif isinstance(target, nn.Parameter):
+                check_tensor(value, target.detach(), path, key)
+            elif isinstance(target, torch.Tensor):
+                check_data_tensor(value, target, low, high, path, key)
+            else:
+                check_number(value, target, low, high, path, key)
+
+    def load_checkpoint_state(self, state: dict, path: str | Path | None = None) -> None:
+        """Load the declared keys once all are checked (`check_checkpoint_state`; `path` names
+        the file in a refusal), so a refused state leaves the method as it was; an optional key
+        missing from the file keeps its value."""
+        self.check_checkpoint_state(state, path)
         for key, attribute in self.checkpoint_keys.items():
             if key not in state:
                 continue
             target = getattr(self, attribute)
-            try:
-                if hasattr(target, "load_state_dict"):
-                    target.load_state_dict(state[key])
-                elif isinstance(target, nn.Parameter):  # in place: the optimizer holds it
-                    with torch.no_grad():
-                        target.copy_(state[key])
-                else:
-                    setattr(self, attribute, state[key])
-            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
-                # torch reports a mismatch over several lines; its first line names the module
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise UserError(f"the checkpoint's '{key}' does not fit this {self.name} ({first[:160]}): pass a "
-                                f"{self.name} checkpoint made with the same backbone, options and data set") from None
+            if hasattr(target, "load_state_dict"):
+                target.load_state_dict(state[key])
+            elif isinstance(target, nn.Parameter):  # in place: the optimizer holds it
+                with torch.no_grad():
+                    target.copy_(state[key])
+            else:
+                setattr(self, attribute, state[key])
 
     def score(self, metrics: dict[str, float], loss: float) -> float:
         """The CSV `score` of an epoch, from its averaged metrics."""

@@ -52,6 +52,9 @@ class BYOL(TwoViewMethod):
         """Backbone and projector: the network the target follows."""
         return nn.Sequential(self.backbone, self.projector)
 
+    def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
+        return {**super().checkpoint_ranges(), "momentum": (0, 1)}
+
     @classmethod
     def check_options(cls, options: dict) -> str | None:
         if not 0 <= options["byol_momentum"] <= 1:

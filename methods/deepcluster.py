@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -157,9 +158,12 @@ class DeepCluster(Method):
             "nmi": (one * self.nmi, one),  # the same value every step: the epoch mean is the NMI
         })
 
-    def load_checkpoint_state(self, state: dict) -> None:
+    def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
+        return {"cluster_assignments": (0, self.num_clusters - 1)}
+
+    def check_checkpoint_state(self, state: dict, path: str | Path | None = None) -> None:
         stored = state.get("classifier", {}).get("linear2.weight")
-        if stored is not None and stored.shape[0] != self.num_clusters:
+        if isinstance(stored, torch.Tensor) and stored.dim() == 2 and stored.shape[0] != self.num_clusters:
             raise UserError(f"--num_clusters: the checkpoint's head has {stored.shape[0]} clusters, this run "
                             f"{self.num_clusters}; pass --num_clusters {stored.shape[0]}")
-        super().load_checkpoint_state(state)
+        super().check_checkpoint_state(state, path)

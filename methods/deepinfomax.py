@@ -12,6 +12,7 @@ plays the paper's minimax game instead; `--dim_prior original` keeps the origina
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -202,11 +203,11 @@ class DeepInfoMax(Method):
                           metrics={name: (term.detach() * images, images)
                                    for name, term in terms.items()})
 
-    def load_checkpoint_state(self, state: dict) -> None:
+    def check_checkpoint_state(self, state: dict, path: str | Path | None = None) -> None:
         saved = sorted({key.split(".")[0] for key in state.get("loss_fn", {})})
         built = sorted(name for name, _ in self.discriminators.named_children())
         if "loss_fn" in state and saved != built:
             raise UserError(f"--dim_alpha/--dim_beta/--dim_gamma: the checkpoint holds {', '.join(saved)}, "
                             f"this run builds {', '.join(built)} (global_d needs a non-zero alpha, "
                             "local_d beta, prior_d gamma)")
-        super().load_checkpoint_state(state)
+        super().check_checkpoint_state(state, path)

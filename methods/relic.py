@@ -123,6 +123,9 @@ class ReLIC(Method):
             groups.append(ViewGroup(self.local_views, "crop_color_gray_blur", size_ratio=LOCAL_SIZE_RATIO))
         return groups
 
+    def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
+        return {"gamma": (0, 1), "momentum_steps": (0, math.inf)}
+
     def on_epoch_start(self, context: EpochContext) -> None:
         # The package's schedule length: steps of (epochs + 2) epochs, less the copied steps.
         self.total_steps = max(context.steps_per_epoch * (context.total_epochs + 2) - self.copy_steps, 1)

@@ -73,6 +73,9 @@ class TwoViewMethod(Method):
         self.total_steps = 1     # of the schedule, set at every epoch start
         self.warmup_steps = 0
 
+    def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
+        return {"steps": (0, math.inf)}
+
     def on_epoch_start(self, context: EpochContext) -> None:
         self.total_steps = context.total_epochs * context.steps_per_epoch
         self.warmup_steps = self.warmup_epochs * context.steps_per_epoch

@@ -50,9 +50,31 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(state: dict) -> None:
-    random.setstate(state["python"])
-    key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    _restore_into(state, random, np.random, torch.default_generator)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _restore_into(state: dict, python, numpy, generator: torch.Generator) -> None:
+    """Set the CPU states of `rng_states` into the given Python, NumPy and torch generators."""
+    python.setstate(state["python"])
+    key, pos, has_gauss, cached = state["numpy"]
+    numpy.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    generator.set_state(state["torch"])
+
+
+def rng_problem(state: object) -> str | None:
+    """What keeps `state` from being restored by `restore_rng_states`, or None: it is set into
+    fresh generators, which check it as the global ones would, and which are then dropped."""
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+        return "is not the record of the Python, NumPy and torch generator states"
+    if "cuda" in state and not (isinstance(state["cuda"], list)
+                                and all(isinstance(one, torch.Tensor) and one.dtype == torch.uint8
+                                        for one in state["cuda"])):
+        return "holds CUDA generator states that are not byte tensors"
+    try:
+        _restore_into(state, random.Random(), np.random.RandomState(), torch.Generator())
+    except Exception as error:  # the three libraries raise many types for a malformed state
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"holds generator states that cannot be restored ({reason[:100]})"
+    return None

@@ -88,10 +88,9 @@ def test_foreign_and_broken_files_give_one_line_errors(tmp_path, kind):
 
 
 def backbone_state(name: str, stem: str | None = None) -> dict:
-    """A checkpoint of backbone `name` (meta tensors: only the shapes are checked)."""
+    """A checkpoint of backbone `name`, freshly initialised."""
     from backbones import build_backbone
-    with torch.device("meta"):
-        return {"backbone": build_backbone(name, stem).state_dict()}
+    return {"backbone": build_backbone(name, stem).state_dict()}
 
 
 def refusal(*args) -> str:
@@ -109,6 +108,18 @@ def test_the_backbone_and_stem_of_a_checkpoint_are_told_from_its_weights(name, s
     assert identify_backbone(state["backbone"]) == (name, stem)
     assert check_backbone(state, name, "c.tar") == stem  # --stem auto takes the checkpoint's
     assert check_backbone(state, name, "c.tar", stem) == stem
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda weight: weight.long(), "is a torch.int64 tensor where this run holds torch.float32"),
+    (lambda weight: torch.full_like(weight, float("nan")), "non-finite values"),
+    (lambda weight: torch.full_like(weight, float("-inf")), "non-finite values"),
+    (lambda weight: weight.to("meta"), "without values")])
+def test_backbone_weights_that_loading_would_cast_or_that_are_not_finite_are_refused(damage, words):
+    state = backbone_state("conv4")
+    state["backbone"]["layer2.conv.weight"] = damage(state["backbone"]["layer2.conv.weight"])
+    message = refusal(state, "conv4", "c.tar")
+    assert message.startswith("checkpoint c.tar: its 'backbone.layer2.conv.weight' entry ") and words in message
 
 
 def test_a_checkpoint_of_another_stem_or_backbone_is_refused_with_the_fix():

@@ -35,7 +35,7 @@ def _stage2_file(path, dataset: str = "cifar10", pretraining_method: str = "rela
     ("standard", {"method"}, "deepinfomax", "is a stage-1 standard checkpoint, not deepinfomax"),
     # the original code's files name no method: told by their keys, or by the weights that do not fit
     ("relationnet", set(), "simclr", "is a stage-1 relationnet checkpoint, not simclr"),
-    ("deepcluster", set(), "rotationnet", "the checkpoint's 'classifier' does not fit this rotationnet"),
+    ("deepcluster", set(), "rotationnet", "its 'classifier' entry holds 'linear1.weight', which this run's classifier"),
     ("stage2", {"method"}, "standard", "is a stage-2 file (linear evaluation or fine-tuning of a relationnet"),
 ])
 def test_stage1_names_a_checkpoint_of_another_method_or_stage(small_cifar10_root, tmp_path, capsys, written_by, keys,
