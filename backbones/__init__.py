@@ -1,6 +1,6 @@
 """Backbone registry: name -> constructor of a feature extractor.
 
-resnet18 and resnet50 are built with a stem (`STEMS`); :func:`resolve_stem` turns the
+resnet18 and resnet50 are built with a stem (`STEMS`); `resolve_stem` turns the
 `--stem` flag and the image size into the stem to build with.
 """
 from __future__ import annotations

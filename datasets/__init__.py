@@ -1,13 +1,13 @@
-"""Data sets: a registry of loaders that each return one split as an :class:`ImageSet`.
+"""Data sets: a registry of loaders that each return one split as an `ImageSet`.
 
 Usage::
 
     from datasets import load_dataset
     train = load_dataset("cifar10", "train", "./data")   # ImageSet, uint8 (N, 3, 32, 32)
 
-Adding a data set: write ``datasets/<name>.py`` with a loader
-``load_<name>(root, split, download=True) -> ImageSet`` and add one line to
-:data:`DATASETS`.
+Adding a data set: write `datasets/<name>.py` with a loader
+`load_<name>(root, split, download=True) -> ImageSet` and add one line to
+`DATASETS`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import inspect
 import os
 from typing import Callable
 
-from .base import DatasetError, ImageSet
-from .cifar import CIFAR_SIDE, load_cifar10, load_cifar100, load_supercifar100
-from .folder import load_folder
-from .slim import SLIM_SIDE, load_slim
+from datasets.base import DatasetError, ImageSet
+from datasets.cifar import CIFAR_SIDE, load_cifar10, load_cifar100, load_supercifar100
+from datasets.folder import load_folder
+from datasets.slim import SLIM_SIDE, load_slim
+from datasets.tiny import TINY_SIDE, load_tiny
+
 from .stl10 import STL10_SIDE, load_stl10
-from .tiny import TINY_SIDE, load_tiny
 
 __all__ = ["DATASETS", "SPLITS", "DEFAULT_DATA_ROOT", "DatasetError", "ImageSet", "image_side", "load_dataset",
            "pretraining_split"]
@@ -55,13 +56,13 @@ UNLABELED_SPLIT = frozenset({"stl10"})
 
 
 def pretraining_split(name: str, needs_labels: bool) -> str:
-    """The split stage 1 trains on: "unlabeled" where data set ``name`` has one and the
+    """The split stage 1 trains on: "unlabeled" where data set `name` has one and the
     method does not need labels, else "train"."""
     return "unlabeled" if name in UNLABELED_SPLIT and not needs_labels else "train"
 
 
 def image_side(name: str, image_size: int = 0) -> int | None:
-    """The side of the images :func:`load_dataset` gives for ``name`` and ``image_size``, known
+    """The side of the images `load_dataset` gives for `name` and `image_size`, known
     without reading them; None for "folder" images kept at their own size (0)."""
     return FIXED_SIDES.get(name, image_size or None)
 
@@ -70,12 +71,12 @@ def load_dataset(
     name: str, split: str, data_root: str | os.PathLike = DEFAULT_DATA_ROOT, download: bool = True,
     image_size: int = 0,
 ) -> ImageSet:
-    """Load split ``split`` of data set ``name`` from ``data_root``.
+    """Load split `split` of data set `name` from `data_root`.
 
-    ``image_size`` (0 = the data set's own size) is passed to loaders that take it (only
-    ``folder`` resizes); for any other data set it must be 0 or its native side, else
-    :class:`DatasetError`. Raises ``ValueError`` (one line listing the valid choices) for an
-    unknown name or split and :class:`DatasetError` for missing, incomplete or corrupt files.
+    `image_size` (0 = the data set's own size) is passed to loaders that take it (only
+    `folder` resizes); for any other data set it must be 0 or its native side, else
+    `DatasetError`. Raises `ValueError` (one line listing the valid choices) for an
+    unknown name or split and `DatasetError` for missing, incomplete or corrupt files.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASETS))}")

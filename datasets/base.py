@@ -1,9 +1,9 @@
-"""Common types of the data-set loaders: :class:`ImageSet` and :class:`DatasetError`.
+"""Common types of the data-set loaders: `ImageSet` and `DatasetError`.
 
-Every loader in this package returns a whole split as one :class:`ImageSet`: all images
-as a single ``uint8`` tensor of shape (N, 3, H, W) plus int64 labels, together with the
+Every loader in this package returns a whole split as one `ImageSet`: all images
+as a single `uint8` tensor of shape (N, 3, H, W) plus int64 labels, together with the
 per-data-set constants of the original code (normalisation mean/std, the padding of the
-``RandomCrop`` of the 'standard' augmentation and the cutout scale of the 'finetune'
+`RandomCrop` of the 'standard' augmentation and the cutout scale of the 'finetune'
 augmentation). Transforms, multi-view wrappers and data loaders live elsewhere and work
 on this object.
 """
@@ -24,7 +24,7 @@ __all__ = ["DatasetError", "ImageSet", "check_split"]
 class DatasetError(UserError):
     """A user-facing problem with data on disk (missing, incomplete, corrupt, not downloadable).
 
-    ``str()`` is always ONE line that names the file or folder concerned and says how to
+    `str()` is always ONE line that names the file or folder concerned and says how to
     fix the problem; line breaks in the message (e.g. from a wrapped OS error) are folded
     into spaces.
     """
@@ -34,7 +34,7 @@ class DatasetError(UserError):
 
 
 def check_split(dataset: str, split: str, valid: Iterable[str]) -> None:
-    """Raise ``ValueError`` (one line listing the valid splits) if ``split`` is not in ``valid``."""
+    """Raise `ValueError` (one line listing the valid splits) if `split` is not in `valid`."""
     valid = tuple(valid)
     if split not in valid:
         raise ValueError(
@@ -47,14 +47,14 @@ class ImageSet:
     """One split of a data set held in memory.
 
     Attributes:
-        name: registry name, e.g. ``"cifar10"``.
-        split: ``"train"``, ``"test"`` (or ``"unlabeled"`` for data sets that have one).
-        images: ``uint8`` tensor (N, 3, H, W), contiguous, on the CPU.
-        labels: ``int64`` tensor (N,), ``-1`` where an image is unlabelled.
+        name: registry name, e.g. `"cifar10"`.
+        split: `"train"`, `"test"` (or `"unlabeled"` for data sets that have one).
+        images: `uint8` tensor (N, 3, H, W), contiguous, on the CPU.
+        labels: `int64` tensor (N,), `-1` where an image is unlabelled.
         num_classes: number of classes of the data set (not of this subset).
         mean, std: per-channel normalisation constants (pixel values in [0, 1]).
-        padding: ``RandomCrop`` padding of the 'standard' training augmentation.
-        cutout: ``RandomErasing`` scale of the 'finetune' augmentation, ``None`` where the
+        padding: `RandomCrop` padding of the 'standard' training augmentation.
+        cutout: `RandomErasing` scale of the 'finetune' augmentation, `None` where the
             original code defines none.
     """
 
@@ -99,21 +99,21 @@ class ImageSet:
         )
 
     def subset(self, indices: torch.Tensor) -> "ImageSet":
-        """The images (and labels) at ``indices`` (int64 indices or a boolean mask), in that order."""
+        """The images (and labels) at `indices` (int64 indices or a boolean mask), in that order."""
         indices = torch.as_tensor(indices)
         if indices.dtype != torch.bool:
             indices = indices.long()
         return replace(self, images=self.images[indices].contiguous(), labels=self.labels[indices].contiguous())
 
     def balanced_subset(self, n: int, seed: int) -> "ImageSet":
-        """A seeded, class-balanced subset of ``n`` images, in their original order.
+        """A seeded, class-balanced subset of `n` images, in their original order.
 
-        Every class gets ``n // C`` images (C = classes present); the remaining ``n % C``
+        Every class gets `n // C` images (C = classes present); the remaining `n % C`
         go one each to the lowest class indices. A class with fewer images than its share
         gives all of them and its shortfall is spread over the others in the same way, so
         the counts are always as equal as the data allow. Which images of a class are
-        taken is drawn with ``torch.Generator().manual_seed(seed)``. ``n == 0`` or
-        ``n >= len(self)`` returns ``self`` unchanged. Unlabelled images (label -1) are
+        taken is drawn with `torch.Generator().manual_seed(seed)`. `n == 0` or
+        `n >= len(self)` returns `self` unchanged. Unlabelled images (label -1) are
         never chosen when any image is labelled; a fully unlabelled set gives a seeded
         uniform sample.
         """
@@ -147,9 +147,9 @@ class ImageSet:
     def labelled_fraction(self, fraction: float, seed: int) -> "ImageSet":
         """A seeded, stratified share of the labelled images, in their original order.
 
-        Each class keeps ``round(fraction * its count)`` images, at least one, so the class
+        Each class keeps `round(fraction * its count)` images, at least one, so the class
         proportions of the split are kept (semi-supervised evaluation with a label budget).
-        Which images are kept is drawn with ``torch.Generator().manual_seed(seed)``.
+        Which images are kept is drawn with `torch.Generator().manual_seed(seed)`.
         """
         if not 0 < fraction <= 1:
             raise ValueError(f"labelled_fraction: fraction must be in (0, 1], got {fraction}")
@@ -164,13 +164,13 @@ class ImageSet:
         return self.subset(torch.sort(torch.cat(chosen)).values)
 
     def class_counts(self) -> torch.Tensor:
-        """Number of images per class (length ``num_classes``; unlabelled images not counted)."""
+        """Number of images per class (length `num_classes`; unlabelled images not counted)."""
         lab = self.labels[self.labels >= 0]
         return torch.bincount(lab, minlength=self.num_classes)
 
 
 def _water_fill(counts: list[int], n: int) -> list[int]:
-    """Split ``n`` over bins of capacity ``counts`` as evenly as possible (extras to low indices)."""
+    """Split `n` over bins of capacity `counts` as evenly as possible (extras to low indices)."""
     # Largest level L with sum(min(c, L)) <= n; then one extra each to the first bins with c > L.
     lo, hi = 0, max(counts)
     while lo < hi:

@@ -3,16 +3,16 @@
 The official python-pickle batches are read directly (no torchvision, no checksums of
 the extracted files, so re-encoded samples such as the shared test sample load too):
 
-* ``<root>/cifar-10-batches-py/``: ``data_batch_1`` .. ``data_batch_5``, ``test_batch``
-* ``<root>/cifar-100-python/``: ``train``, ``test`` (``fine_labels`` and ``coarse_labels``)
+* `<root>/cifar-10-batches-py/`: `data_batch_1` .. `data_batch_5`, `test_batch`
+* `<root>/cifar-100-python/`: `train`, `test` (`fine_labels` and `coarse_labels`)
 
-Each batch is a protocol-2 pickle of a dict whose ``data`` entry is a ``uint8`` array of
+Each batch is a protocol-2 pickle of a dict whose `data` entry is a `uint8` array of
 shape (N, 3072): 1024 red, 1024 green, then 1024 blue values of a 32x32 image in
 row-major order. Pickles are read with a restricted unpickler that only resolves the
 few globals a numpy array needs, so a tampered file cannot run code.
 
 When the folder is missing it is downloaded from the official site (see
-:mod:`datasets.download`) if ``download`` is True.
+`datasets.download`) if `download` is True.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetError, ImageSet, check_split
-from .download import ensure_folder, folder_path
+from datasets.base import DatasetError, ImageSet, check_split
+from datasets.download import ensure_folder, folder_path
 
 __all__ = ["load_cifar10", "load_cifar100", "load_supercifar100", "read_cifar_batch"]
 
@@ -84,7 +84,7 @@ def _key(value: object) -> object:
 
 
 def read_cifar_batch(path: str | os.PathLike) -> dict:
-    """Read one CIFAR python batch into a dict with ``str`` keys (bytes keys are decoded)."""
+    """Read one CIFAR python batch into a dict with `str` keys (bytes keys are decoded)."""
     path = Path(path)
     hint = "re-download the data set (delete the folder and run again with downloading on)"
     try:
@@ -179,10 +179,10 @@ _BATCH_RE = re.compile(r"data_batch_(\d+)")
 
 
 def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
-    """CIFAR-10 from ``<root>/cifar-10-batches-py``: train = every ``data_batch_<n>`` present, test = ``test_batch``.
+    """CIFAR-10 from `<root>/cifar-10-batches-py`: train = every `data_batch_<n>` present, test = `test_batch`.
 
     Fewer than the official 5 training batches (e.g. the 2-batch shared sample) load with
-    one ``[WARNING]`` line on stderr.
+    one `[WARNING]` line on stderr.
     """
     check_split("cifar10", split, SPLITS)
     title = "CIFAR-10"
@@ -229,10 +229,10 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
 
 
 def load_cifar100(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
-    """CIFAR-100 (100 fine labels) from ``<root>/cifar-100-python/{train,test}``."""
+    """CIFAR-100 (100 fine labels) from `<root>/cifar-100-python/{train,test}`."""
     return _cifar100(root, split, download, coarse=False, name="cifar100")
 
 
 def load_supercifar100(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
-    """CIFAR-100 images with the 20 official superclass labels (``coarse_labels`` of the same files)."""
+    """CIFAR-100 images with the 20 official superclass labels (`coarse_labels` of the same files)."""
     return _cifar100(root, split, download, coarse=True, name="supercifar100")

@@ -4,7 +4,7 @@ Standard library only (urllib, hashlib, tarfile, zipfile) plus tqdm for the prog
 bar. A download goes to a temporary file next to its destination and is renamed into
 place only after its md5 checksum has passed, so an interrupted or corrupted download
 never leaves a file that looks complete. Extraction (tar or zip) refuses archive members
-that would land outside the destination folder (absolute paths, ``..``), links and
+that would land outside the destination folder (absolute paths, `..`), links and
 device files.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
 
-from .base import DatasetError
+from datasets.base import DatasetError
 
 __all__ = [
     "DownloadError",
@@ -67,7 +67,7 @@ def md5sum(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
 
 
 def check_md5(path: str | os.PathLike, expected: str) -> None:
-    """Raise :class:`DownloadError` unless the md5 of ``path`` equals ``expected``."""
+    """Raise `DownloadError` unless the md5 of `path` equals `expected`."""
     actual = md5sum(path)
     if actual.lower() != expected.lower():
         raise DownloadError(f"{path}: md5 checksum mismatch (got {actual}, expected {expected}); the file is corrupt or not the official one")
@@ -95,11 +95,11 @@ def download_file(
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
 ) -> Path:
-    """Download ``url`` to ``dest`` (a file path) and return ``dest``.
+    """Download `url` to `dest` (a file path) and return `dest`.
 
-    The data go to a temporary ``<dest>.*.part`` file in the same folder; when ``md5``
-    is given it is checked before the file is renamed to ``dest``. On any failure the
-    temporary file is removed and :class:`DownloadError` is raised with a one-line reason.
+    The data go to a temporary `<dest>.*.part` file in the same folder; when `md5`
+    is given it is checked before the file is renamed to `dest`. On any failure the
+    temporary file is removed and `DownloadError` is raised with a one-line reason.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def download_file(
 
 
 def _check_member(name: str, regular: bool, dest_real: Path, archive: Path) -> None:
-    """Refuse member ``name`` unless it is a plain file or folder that stays inside ``dest_real``."""
+    """Refuse member `name` unless it is a plain file or folder that stays inside `dest_real`."""
     posix = PurePosixPath(name)
     bad = None
     if not name or posix.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
@@ -162,7 +162,7 @@ def _check_member(name: str, regular: bool, dest_real: Path, archive: Path) -> N
 
 
 def _extract(archive: Path, dest: Path, extract_all) -> list[str]:
-    """Run ``extract_all(dest_real) -> member names`` and map a damaged archive to DatasetError."""
+    """Run `extract_all(dest_real) -> member names` and map a damaged archive to DatasetError."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         names = extract_all(dest.resolve())
@@ -176,11 +176,11 @@ def _extract(archive: Path, dest: Path, extract_all) -> list[str]:
 
 
 def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """Extract a (possibly compressed) tar archive into ``dest``; return its top-level names.
+    """Extract a (possibly compressed) tar archive into `dest`; return its top-level names.
 
-    Every member is checked before anything is written: absolute paths, ``..``
-    components, paths resolving outside ``dest``, links and device files raise
-    :class:`UnsafeArchiveError`. A corrupt archive raises :class:`DatasetError`.
+    Every member is checked before anything is written: absolute paths, `..`
+    components, paths resolving outside `dest`, links and device files raise
+    `UnsafeArchiveError`. A corrupt archive raises `DatasetError`.
     """
     archive = Path(archive)
 
@@ -197,7 +197,7 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> lis
 
 
 def safe_extract_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """Extract a zip archive into ``dest`` with the checks of :func:`safe_extract_tar`.
+    """Extract a zip archive into `dest` with the checks of `safe_extract_tar`.
 
     A member's type comes from the Unix mode in its external attributes; archives made
     on Windows have none (0) and hold only plain files and folders.
@@ -218,7 +218,7 @@ def safe_extract_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> lis
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """:func:`safe_extract_zip` for a ``.zip`` file, else :func:`safe_extract_tar`."""
+    """`safe_extract_zip` for a `.zip` file, else `safe_extract_tar`."""
     if Path(archive).suffix.lower() == ".zip":
         return safe_extract_zip(archive, dest)
     return safe_extract_tar(archive, dest)
@@ -232,13 +232,13 @@ def fetch_and_extract(
     download: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
-    """Make ``<root>/<folder>`` exist by extracting the archive (tar or zip) at ``url`` into ``root``.
+    """Make `<root>/<folder>` exist by extracting the archive (tar or zip) at `url` into `root`.
 
-    The archive is kept as ``<root>/<basename of url>``. If it is already there with the
-    right checksum it is used without touching the network (even when ``download`` is
-    False); otherwise it is downloaded when ``download`` is True. Extraction happens in a
-    temporary folder inside ``root``, and ``folder`` is moved into place only when
-    complete. Raises :class:`DownloadError` (network / checksum) or :class:`DatasetError`.
+    The archive is kept as `<root>/<basename of url>`. If it is already there with the
+    right checksum it is used without touching the network (even when `download` is
+    False); otherwise it is downloaded when `download` is True. Extraction happens in a
+    temporary folder inside `root`, and `folder` is moved into place only when
+    complete. Raises `DownloadError` (network / checksum) or `DatasetError`.
     """
     root = Path(root)
     archive = root / PurePosixPath(url.split("?", 1)[0]).name
@@ -270,7 +270,7 @@ def folder_path(root: str | os.PathLike, folder: str) -> str:
 def ensure_folder(
     root: str | os.PathLike, folder: str, title: str, expected: str, url: str, md5: str, download: bool
 ) -> Path:
-    """Return ``<root>/<folder>``; download and extract the archive first if the folder is missing."""
+    """Return `<root>/<folder>`; download and extract the archive first if the folder is missing."""
     path = Path(folder_path(root, folder))
     if path.is_dir():
         return path

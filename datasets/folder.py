@@ -1,20 +1,20 @@
-"""Any ImageFolder-style tree of image files (data set ``folder``); also the reader behind ``slim``.
+"""Any ImageFolder-style tree of image files (data set `folder`); also the reader behind `slim`.
 
-Layout (``root`` is the tree itself)::
+Layout (`root` is the tree itself)::
 
     <root>/train/<class>/**/<image>     labelled: one folder per class, sorted names -> 0, 1, ...
     <root>/test/<class>/**/<image>      same classes as train
     <root>/train/<image>                or unlabelled: images directly in train/ (labels -1,
                                         pretraining only; there is no test split)
 
-Images are files with a common extension (see :data:`IMAGE_EXTENSIONS`, any case);
+Images are files with a common extension (see `IMAGE_EXTENSIONS`, any case);
 hidden files and folders are skipped, other files ignored. Links are followed only inside
 the tree, once, and never into a folder that holds them or into another class (see
-:class:`_Tree`); a link not followed is named in a warning line. Everything is converted to
-RGB. With ``image_size`` the images are resized (shorter side to ``image_size``, bicubic,
+`_Tree`); a link not followed is named in a warning line. Everything is converted to
+RGB. With `image_size` the images are resized (shorter side to `image_size`, bicubic,
 then centre crop); without it they must all be square and of one size.
 
-Decoded splits are cached in ``<root>/.cache/`` (see :func:`datasets.images.cached`)
+Decoded splits are cached in `<root>/.cache/` (see `datasets.images.cached`)
 together with the per-channel mean/std of the training images, so that the test split
 and later stages normalise with the training statistics without decoding train again.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .base import DatasetError, ImageSet, check_split
-from .images import cached, decode_images, decoded_images_problem
+from datasets.base import DatasetError, ImageSet, check_split
+from datasets.images import cached, decode_images, decoded_images_problem
 
 __all__ = ["load_folder", "IMAGE_EXTENSIONS", "scan_tree", "decode_split"]
 
@@ -91,7 +91,7 @@ class _Tree:
 
 
 def _images_under(folder: Path, tree: _Tree) -> list[Path]:
-    """Image files anywhere below ``folder`` (like ImageFolder), in sorted path order."""
+    """Image files anywhere below `folder` (like ImageFolder), in sorted path order."""
     home = os.path.realpath(folder)
     if not tree.enter(folder, home):
         return []
@@ -142,10 +142,10 @@ def _difference(train: list[str], test: list[str], test_folder: Path) -> str:
 
 
 def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Tensor, list[str], list[Path]]:
-    """Paths and labels of ``split`` of the tree at ``base``, the class names, and the training paths.
+    """Paths and labels of `split` of the tree at `base`, the class names, and the training paths.
 
-    The classes are those of ``train``; ``test`` must have the same ones. Missing folders
-    raise a one-line :class:`DatasetError` that names ``layout``.
+    The classes are those of `train`; `test` must have the same ones. Missing folders
+    raise a one-line `DatasetError` that names `layout`.
     """
     folders = {s: base / s for s in SPLITS}
     if not folders["train"].is_dir():
@@ -169,7 +169,7 @@ RESIZE_FIX = "give a size to resize to (--image_size)"
 
 
 def decode_split(base: Path, split: str, paths: list[Path], size: int, size_fix: str = RESIZE_FIX) -> torch.Tensor:
-    """The images at ``paths`` as uint8 (N, 3, S, S), decoded once and then read from ``<base>/.cache/<split>.pt``."""
+    """The images at `paths` as uint8 (N, 3, S, S), decoded once and then read from `<base>/.cache/<split>.pt`."""
     return cached(base / CACHE_FOLDER / f"{split}.pt", paths, lambda: {"images": decode_images(paths, size, size_fix)},
                   key=f"size={size}", problem=lambda tensors: decoded_images_problem(tensors, paths, size))["images"]
 
@@ -200,13 +200,13 @@ def _stats_problem(tensors: dict) -> str | None:
 
 
 def load_folder(root: str | os.PathLike, split: str, download: bool = False, image_size: int = 0) -> ImageSet:
-    """Split ``train`` or ``test`` of the image tree at ``root`` (see the module docstring).
+    """Split `train` or `test` of the image tree at `root` (see the module docstring).
 
-    ``image_size`` > 0 resizes every image to that square side; 0 keeps the native size,
+    `image_size` > 0 resizes every image to that square side; 0 keeps the native size,
     which must then be square and shared by all images. mean/std are those of the
     training images at that size; padding is side // 8, the ratio of every data set of
     the original code (4 for 32 px, 8 for 64 px, 12 for 96 px); no cutout is defined.
-    ``download`` is ignored: there is nothing to download.
+    `download` is ignored: there is nothing to download.
     """
     check_split("folder", split, SPLITS)
     base = Path(root)

@@ -1,14 +1,14 @@
 """Decoding image files into one uint8 tensor, and caching decoded tensors next to the data.
 
-* :func:`decode_images` opens every file with PIL in a thread pool (PIL releases the GIL
+* `decode_images` opens every file with PIL in a thread pool (PIL releases the GIL
   while decoding), converts it to RGB (grayscale is repeated, an alpha channel is
-  dropped; 16-bit and float pixels are scaled from their range, see :func:`_rgb`) and
+  dropped; 16-bit and float pixels are scaled from their range, see `_rgb`) and
   optionally resizes it to a square side.
-* :func:`cached` keeps the result of an expensive ``build()`` (e.g. decoding 100K files)
-  in a ``torch.save`` file and returns it without rebuilding while the source files are
+* `cached` keeps the result of an expensive `build()` (e.g. decoding 100K files)
+  in a `torch.save` file and returns it without rebuilding while the source files are
   unchanged. Unchanged means the same absolute paths, sizes and modification times
   (reading every file's content on each load would cost as much as decoding it) and the
-  same ``key`` (e.g. the resize side). Each stored tensor carries a CRC32 of its bytes,
+  same `key` (e.g. the resize side). Each stored tensor carries a CRC32 of its bytes,
   and the caller says what the content must be (count, shape, dtype, range), so a damaged
   or forged cache is rebuilt instead of silently used.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import DatasetError
+from datasets.base import DatasetError
 
 __all__ = ["decode_images", "cached", "decoded_images_problem"]
 
@@ -53,7 +53,7 @@ def _rgb(img: Image.Image, path: Path) -> Image.Image:
 
 
 def _open_rgb(path: Path, size: int | None) -> np.ndarray:
-    """One image as a uint8 (3, H, W) array; resized to (3, size, size) when ``size`` is given."""
+    """One image as a uint8 (3, H, W) array; resized to (3, size, size) when `size` is given."""
     try:
         with Image.open(path) as img:
             img = _rgb(img, path)  # forces the full decode, so truncated files fail here
@@ -74,13 +74,13 @@ def _open_rgb(path: Path, size: int | None) -> np.ndarray:
 
 def decode_images(paths: Sequence[str | os.PathLike], size: int | None, size_fix: str,
                   workers: int | None = None) -> torch.Tensor:
-    """Decode ``paths`` (in order) into a uint8 tensor (N, 3, S, S).
+    """Decode `paths` (in order) into a uint8 tensor (N, 3, S, S).
 
-    With ``size`` every image is resized (shorter side to ``size``, bicubic, then centre
-    crop) to ``size`` x ``size``; without it (None or 0) all images must already be square
+    With `size` every image is resized (shorter side to `size`, bicubic, then centre
+    crop) to `size` x `size`; without it (None or 0) all images must already be square
     and of one size. A file that cannot be decoded, or that has the wrong size, raises
-    :class:`DatasetError` naming it and, for the size, ``size_fix`` (the data set's remedy).
-    ``workers`` threads (default: up to 8, one per CPU).
+    `DatasetError` naming it and, for the size, `size_fix` (the data set's remedy).
+    `workers` threads (default: up to 8, one per CPU).
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -125,7 +125,7 @@ def _crc(t: torch.Tensor) -> int:
 
 
 def _read(path: Path, fingerprint: str) -> dict[str, torch.Tensor] | None:
-    """The tensors stored at ``path`` if it is an intact cache for ``fingerprint``, else None."""
+    """The tensors stored at `path` if it is an intact cache for `fingerprint`, else None."""
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if stored["fingerprint"] != fingerprint:
@@ -140,7 +140,7 @@ def _read(path: Path, fingerprint: str) -> dict[str, torch.Tensor] | None:
 
 
 def decoded_images_problem(tensors: dict, paths: Sequence[str | os.PathLike], size: int | None) -> str | None:
-    """What is wrong with ``tensors["images"]`` as the decoding of ``paths`` (at ``size``), or None.
+    """What is wrong with `tensors["images"]` as the decoding of `paths` (at `size`), or None.
 
     Checked without decoding anything: uint8 (N, 3, S, S), N the number of files, S the size
     asked for. (Pixels are only checked by the CRCs: a cache forged with CRCs of its own
@@ -169,14 +169,14 @@ def cached(
     key: str = "",
     problem: Callable[[dict[str, torch.Tensor]], str | None] = lambda tensors: None,
 ) -> dict[str, torch.Tensor]:
-    """``build()``'s dict of CPU tensors, read from the cache file ``path`` when it is up to date.
+    """`build()`'s dict of CPU tensors, read from the cache file `path` when it is up to date.
 
-    The cache is up to date when ``sources`` (same order, sizes and modification times)
-    and ``key`` are those it was built from, its tensors pass their CRC check, and their
-    content is what those sources promise: ``problem(tensors)`` (count, shape, dtype, range,
-    sample contents) says what is wrong, or None. Otherwise ``build()`` runs and the cache
+    The cache is up to date when `sources` (same order, sizes and modification times)
+    and `key` are those it was built from, its tensors pass their CRC check, and their
+    content is what those sources promise: `problem(tensors)` (count, shape, dtype, range,
+    sample contents) says what is wrong, or None. Otherwise `build()` runs and the cache
     is rewritten atomically; a cache whose content is wrong is named in one warning line. A
-    cache that cannot be written (read-only data folder) only costs a ``[WARNING]`` line.
+    cache that cannot be written (read-only data folder) only costs a `[WARNING]` line.
     """
     path = Path(path)
     fingerprint = _fingerprint([Path(s) for s in sources], key)

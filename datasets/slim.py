@@ -1,17 +1,17 @@
-"""SlimageNet64 (data set ``slim``): 64x64 ImageNet images, 1000 classes of 160 images each.
+"""SlimageNet64 (data set `slim`): 64x64 ImageNet images, 1000 classes of 160 images each.
 
 There is no automatic download: the data come from Zenodo record 3672132
 (https://zenodo.org/record/3672132) without a layout or checksum this loader could rely
 on, and the original code, too, asks the user to arrange them by hand. Expected layout,
-as read by the original ``ImageFolder``::
+as read by the original `ImageFolder`::
 
     <root>/SlimageNet64/train/<class>/<image>.png|jpg|...
     <root>/SlimageNet64/test/<class>/<image>.png|jpg|...
 
-Classes are the sorted folder names of ``train``; ``test`` must have the same folders.
+Classes are the sorted folder names of `train`; `test` must have the same folders.
 Images must be 64x64 (they are not resized). The number of classes is the number of
 folders (1000 for the full data set). Decoded splits are cached in
-``<root>/SlimageNet64/.cache/``.
+`<root>/SlimageNet64/.cache/`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import DatasetError, ImageSet, check_split
-from .folder import SPLITS, decode_split, scan_tree
+from datasets.base import DatasetError, ImageSet, check_split
+from datasets.folder import SPLITS, decode_split, scan_tree
 
 __all__ = ["load_slim"]
 
@@ -35,7 +35,7 @@ SLIM_SIDE = 64
 
 
 def load_slim(root: str | os.PathLike, split: str, download: bool = False) -> ImageSet:
-    """Split ``train`` or ``test`` of SlimageNet64 from ``<root>/SlimageNet64`` (``download`` is ignored: there is none)."""
+    """Split `train` or `test` of SlimageNet64 from `<root>/SlimageNet64` (`download` is ignored: there is none)."""
     check_split("slim", split, SPLITS)
     base = Path(root) / FOLDER
     layout = (f"{base}/train/<class>/*.png and {base}/test/<class>/*.png (64x64 images, one folder per class, "

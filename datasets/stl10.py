@@ -1,14 +1,14 @@
-"""STL-10 from the official binary files in ``<root>/stl10_binary/``.
+"""STL-10 from the official binary files in `<root>/stl10_binary/`.
 
-* ``train_X.bin`` / ``train_y.bin``: 5,000 labelled images, ``test_X.bin`` / ``test_y.bin``:
-  8,000, ``unlabeled_X.bin``: 100,000 images without labels (label -1 here).
-* ``*_X.bin``: raw ``uint8``, 3x96x96 per image, each channel stored column-major.
-* ``*_y.bin``: one ``uint8`` label per image, 1..10 on disk (0..9 here).
+* `train_X.bin` / `train_y.bin`: 5,000 labelled images, `test_X.bin` / `test_y.bin`:
+  8,000, `unlabeled_X.bin`: 100,000 images without labels (label -1 here).
+* `*_X.bin`: raw `uint8`, 3x96x96 per image, each channel stored column-major.
+* `*_y.bin`: one `uint8` label per image, 1..10 on disk (0..9 here).
 
-``unlabeled_X.bin`` is 2.7 GB, so images are read chunk by chunk through memory maps
+`unlabeled_X.bin` is 2.7 GB, so images are read chunk by chunk through memory maps
 straight into the one output tensor: loading needs the size of the split plus ~30 MB.
 When the folder is missing it is downloaded from the official site (see
-:mod:`datasets.download`) if ``download`` is True.
+`datasets.download`) if `download` is True.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import os
 import numpy as np
 import torch
 
-from .base import DatasetError, ImageSet, check_split
-from .download import ensure_folder
+from datasets.base import DatasetError, ImageSet, check_split
+from datasets.download import ensure_folder
 
 __all__ = ["load_stl10", "read_stl10_images", "read_stl10_labels"]
 
@@ -49,7 +49,7 @@ def _size(path: str, fix: str) -> int:
 
 
 def read_stl10_images(path: str | os.PathLike, fix: str = "re-download the data set") -> torch.Tensor:
-    """All images of one ``*_X.bin`` file as a contiguous uint8 tensor (N, 3, 96, 96)."""
+    """All images of one `*_X.bin` file as a contiguous uint8 tensor (N, 3, 96, 96)."""
     path = os.fspath(path)
     size = _size(path, fix)
     if size % IMAGE_BYTES:
@@ -69,7 +69,7 @@ def read_stl10_images(path: str | os.PathLike, fix: str = "re-download the data 
 
 
 def read_stl10_labels(path: str | os.PathLike, count: int, fix: str = "re-download the data set") -> torch.Tensor:
-    """The labels of one ``*_y.bin`` file (1..10 on disk) as int64 0..9; ``count`` = images."""
+    """The labels of one `*_y.bin` file (1..10 on disk) as int64 0..9; `count` = images."""
     path = os.fspath(path)
     size = _size(path, fix)
     if size != count:
@@ -81,7 +81,7 @@ def read_stl10_labels(path: str | os.PathLike, count: int, fix: str = "re-downlo
 
 
 def load_stl10(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
-    """STL-10 split ``train``, ``test`` or ``unlabeled`` (labels -1) from ``<root>/stl10_binary``."""
+    """STL-10 split `train`, `test` or `unlabeled` (labels -1) from `<root>/stl10_binary`."""
     check_split("stl10", split, SPLITS)
     ensure_folder(root, STL10_FOLDER, "STL-10", _FILES, STL10_URL, STL10_MD5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.

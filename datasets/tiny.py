@@ -1,21 +1,21 @@
-"""Tiny-ImageNet from the official ``<root>/tiny-imagenet-200/`` folder, as unpacked.
+"""Tiny-ImageNet from the official `<root>/tiny-imagenet-200/` folder, as unpacked.
 
-* ``wnids.txt``: the class ids; class index = position in the *sorted* ids (as the
+* `wnids.txt`: the class ids; class index = position in the *sorted* ids (as the
   original code's ImageFolder numbered its class folders).
-* train: ``train/<wnid>/images/*.JPEG``.
-* test: the official validation set, ``val/images/*.JPEG``, labelled by
-  ``val/val_annotations.txt`` (tab-separated: file, wnid, box). No re-organisation of
+* train: `train/<wnid>/images/*.JPEG`.
+* test: the official validation set, `val/images/*.JPEG`, labelled by
+  `val/val_annotations.txt` (tab-separated: file, wnid, box). No re-organisation of
   the folder is needed.
 
 Images are 64x64 JPEGs, some grayscale (converted to RGB). Decoding 100,000 JPEGs takes
 minutes, so each split is decoded once (by a thread pool) into a uint8 cache
-``tiny-imagenet-200/.cache/<split>.pt``, shared with the ``slim`` and ``folder`` loaders'
-mechanism (:func:`datasets.images.cached`): it is rebuilt, with one line saying so, when
+`tiny-imagenet-200/.cache/<split>.pt`, shared with the `slim` and `folder` loaders'
+mechanism (`datasets.images.cached`): it is rebuilt, with one line saying so, when
 the image files change or the cache is damaged, and skipped with one warning where the
 folder cannot be written.
 
 When the folder is missing it is downloaded from the official site (a zip, see
-:mod:`datasets.download`) if ``download`` is True.
+`datasets.download`) if `download` is True.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import os
 
 import torch
 
-from .base import DatasetError, ImageSet, check_split
-from .download import ensure_folder
-from .folder import CACHE_FOLDER
-from .images import cached, decode_images, decoded_images_problem
+from datasets.base import DatasetError, ImageSet, check_split
+from datasets.download import ensure_folder
+from datasets.folder import CACHE_FOLDER
+from datasets.images import cached, decode_images, decoded_images_problem
 
 __all__ = ["load_tiny"]
 
@@ -96,7 +96,7 @@ def _val_files(folder: str, wnids: list[str], fix: str) -> tuple[list[str], list
 
 
 def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tensor:
-    """The images at ``files``, decoded once and then read from the cache (see :func:`datasets.images.cached`)."""
+    """The images at `files`, decoded once and then read from the cache (see `datasets.images.cached`)."""
     cache = os.path.join(folder, CACHE_FOLDER, f"{split}.pt")
 
     def decode() -> dict[str, torch.Tensor]:
@@ -118,7 +118,7 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
 
 
 def load_tiny(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
-    """Tiny-ImageNet split ``train`` or ``test`` (the official validation images)."""
+    """Tiny-ImageNet split `train` or `test` (the official validation images)."""
     check_split("tiny", split, SPLITS)
     ensure_folder(root, TINY_FOLDER, "Tiny-ImageNet", _EXPECTED, TINY_URL, TINY_MD5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import torch
 
-from experiments.cli import INTEGER_LIMIT
-from utils.checkpoint_fields import check_number, check_state_dict, field_error
+from utils.checkpoint_fields import (
+    INTEGER_LIMIT,
+    check_number,
+    check_state_dict,
+    field_error,
+)
 from utils.errors import UserError
 
 FORMAT_VERSION = 1

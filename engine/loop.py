@@ -34,11 +34,17 @@ from engine.precision import Precision
 from engine.signals import RunInterrupted, StopSignals
 from methods.base import EpochContext, Method, StepOutput
 from utils import distributed
-from utils.distributed import SINGLE, Ranks
 from utils.checkpoint_fields import check_number, field_error
+from utils.distributed import SINGLE, Ranks
 from utils.errors import UserError
 from utils.runtime import available_memory, format_duration
-from utils.seeds import SeedPurpose, derived_seed, restore_rng_states, rng_problem, rng_states
+from utils.seeds import (
+    SeedPurpose,
+    derived_seed,
+    restore_rng_states,
+    rng_problem,
+    rng_states,
+)
 
 # Steps between reads of the loss for the progress bar: each read waits for the device.
 LOG_EVERY = 20

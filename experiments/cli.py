@@ -11,6 +11,8 @@ import re
 import sys
 from typing import Callable
 
+from utils.checkpoint_fields import INTEGER_LIMIT
+
 DATA_ROOT_ENV = "SSL_DATA_ROOT"
 
 
@@ -49,9 +51,6 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# Every integer flag stays below 2^31: torch's index and seed arithmetic is 32-bit in places,
-# and no count here (epochs, images, iterations) sensibly reaches it.
-INTEGER_LIMIT = 2**31 - 1
 # The largest image side a resize may ask for: 16 times STL-10's 96 px. Decoding holds
 # N x 3 x side^2 bytes, so a side of 20,000 asked gigabytes per image before any check.
 MAX_IMAGE_SIZE = 1536

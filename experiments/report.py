@@ -7,7 +7,13 @@ from pathlib import Path
 
 from engine.checkpoint import atomic_write_bytes, encode_text, write_csv
 from experiments.plots import matplotlib_available, plot_grid_results
-from experiments.studies import CONDITIONS, PAPER_RETRIEVAL, SOURCES, paper_value, published_value
+from experiments.studies import (
+    CONDITIONS,
+    PAPER_RETRIEVAL,
+    SOURCES,
+    paper_value,
+    published_value,
+)
 from utils.runtime import format_duration
 
 RESULT_COLUMNS = ["condition", "variant", "method", "backbone", "seed", "epochs", "evaluation_epochs",

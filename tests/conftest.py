@@ -23,7 +23,7 @@ from tests.helpers import (
 
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
-    """A data root with ``cifar-10-batches-py``: the shared real sample if present, else written data."""
+    """A data root with `cifar-10-batches-py`: the shared real sample if present, else written data."""
     root = tmp_path_factory.mktemp("cifar10_root")
     if HAS_SHARED_CIFAR10:
         return linked_shared_root(root, SHARED_CIFAR10)
@@ -52,7 +52,7 @@ def shared_cifar10_root(cifar10_root) -> Path:
 
 @pytest.fixture(scope="session")
 def stl10_root(tmp_path_factory) -> Path:
-    """A data root with ``stl10_binary``: the shared sample (500 train / 200 test / 500
+    """A data root with `stl10_binary`: the shared sample (500 train / 200 test / 500
     unlabeled) if present, else written files with the same counts."""
     root = tmp_path_factory.mktemp("stl10_root")
     if HAS_SHARED_STL10:
@@ -62,7 +62,7 @@ def stl10_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
-    """A data root with ``tiny-imagenet-200``: a copy of the shared sample (10 classes, 50
+    """A data root with `tiny-imagenet-200`: a copy of the shared sample (10 classes, 50
     train and 10 val images each) if present, else written files with the same counts.
 
     A copy, not a link: the loader writes its cache into the folder.

@@ -1,15 +1,15 @@
 """Helpers every test module shares: data written in the official on-disk formats, the
 reference tensors, stage runs in-process and a small engine over a data set.
 
-* :func:`write_cifar10` / :func:`write_cifar100` (and the STL-10, tiny-ImageNet, SlimageNet
+* `write_cifar10` / `write_cifar100` (and the STL-10, tiny-ImageNet, SlimageNet
   and image-folder writers) write real-format files whose images are learnable (each class
   has its own colour and stripe pattern, plus noise), so a classifier trained on them beats
   chance.
-* :data:`GOLDEN`: `tests/golden`, tensors of the original code and relic-pytorch.
-* :func:`run_stage`, :func:`stage_arguments`, :func:`three_stages`: stage scripts run as their
-  command lines would; :func:`load` reads a checkpoint.
-* :func:`make_engine`, :func:`read_log`: an engine over a data set, and its CSV log;
-  :func:`interrupt_at` stops an engine inside an epoch (for resume tests).
+* `GOLDEN`: `tests/golden`, tensors of the original code and relic-pytorch.
+* `run_stage`, `stage_arguments`, `three_stages`: stage scripts run as their
+  command lines would; `load` reads a checkpoint.
+* `make_engine`, `read_log`: an engine over a data set, and its CSV log;
+  `interrupt_at` stops an engine inside an epoch (for resume tests).
 
 The pytest fixtures built from these are in `tests/conftest.py`.
 """
@@ -42,8 +42,8 @@ _SIDE = 32
 def class_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator, side: int = _SIDE) -> np.ndarray:
     """uint8 (N, 3, side, side) images: per-class colour + per-class stripes + Gaussian noise.
 
-    The class appearance depends only on the class index (not on ``rng``), so train and
-    test images of a class look alike; ``rng`` only draws the noise.
+    The class appearance depends only on the class index (not on `rng`), so train and
+    test images of a class look alike; `rng` only draws the noise.
     """
     k = np.arange(num_classes)
     palette = np.random.default_rng(12345).uniform(40, 215, size=(num_classes, 3))
@@ -57,7 +57,7 @@ def class_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator,
 
 
 def balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` labels, as equal per class as possible, shuffled."""
+    """`n` labels, as equal per class as possible, shuffled."""
     return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
@@ -67,12 +67,12 @@ def _dump(obj: dict, path: Path) -> None:
 
 
 def write_cifar10(root, n_train_per_batch: int, n_test: int, batches: int = 5, seed: int = 0) -> Path:
-    """Write ``<root>/cifar-10-batches-py`` in the official python-pickle format; return ``root``.
+    """Write `<root>/cifar-10-batches-py` in the official python-pickle format; return `root`.
 
-    Files: ``data_batch_1..<batches>`` (``n_train_per_batch`` images each), ``test_batch``
-    (``n_test``), ``batches.meta``. Each batch is a protocol-2 dict with ``batch_label``,
-    ``labels`` (list of int), ``data`` (uint8 (N, 3072), R then G then B planes) and
-    ``filenames``.
+    Files: `data_batch_1..<batches>` (`n_train_per_batch` images each), `test_batch`
+    (`n_test`), `batches.meta`. Each batch is a protocol-2 dict with `batch_label`,
+    `labels` (list of int), `data` (uint8 (N, 3072), R then G then B planes) and
+    `filenames`.
     """
     root = Path(root)
     folder = root / "cifar-10-batches-py"
@@ -93,16 +93,16 @@ def write_cifar10(root, n_train_per_batch: int, n_test: int, batches: int = 5, s
 
 
 #: A fixed fine -> coarse mapping for written CIFAR-100 data (5 fine classes per superclass,
-#: deliberately not ``fine // 5`` so that tests can tell the two label sets apart).
+#: deliberately not `fine // 5` so that tests can tell the two label sets apart).
 FINE_TO_COARSE = np.random.default_rng(7).permutation(100) % 20
 
 
 def write_cifar100(root, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """Write ``<root>/cifar-100-python/{train,test,meta}`` in the official format; return ``root``.
+    """Write `<root>/cifar-100-python/{train,test,meta}` in the official format; return `root`.
 
-    ``train``/``test`` are protocol-2 dicts with ``filenames``, ``batch_label``,
-    ``fine_labels``, ``coarse_labels`` and ``data``; ``meta`` has ``fine_label_names`` and
-    ``coarse_label_names``. Coarse labels follow :data:`FINE_TO_COARSE`.
+    `train`/`test` are protocol-2 dicts with `filenames`, `batch_label`,
+    `fine_labels`, `coarse_labels` and `data`; `meta` has `fine_label_names` and
+    `coarse_label_names`. Coarse labels follow `FINE_TO_COARSE`.
     """
     root = Path(root)
     folder = root / "cifar-100-python"
@@ -156,13 +156,13 @@ def linked_shared_root(root: Path, shared_folder: Path) -> Path:
 
 def write_image_folder(root, classes, n_train: int, n_test: int = 0, sizes=((32, 32),), ext: str = "png",
                        modes=("RGB",), seed: int = 0) -> Path:
-    """Write an ImageFolder tree of real image files; return ``root``.
+    """Write an ImageFolder tree of real image files; return `root`.
 
-    ``<root>/train/<class>/<class>_<i>.<ext>`` (``n_train`` per class) and
-    ``<root>/test/<class>/...`` (``n_test`` per class, none when 0); with ``classes=None``
-    the ``n_train`` images go directly into ``<root>/train/`` (unlabelled). Images follow
-    :func:`class_images` (colour by position in ``classes``, so learnable); image ``i``
-    of a class has size ``sizes[i % len(sizes)]`` (w, h) and PIL mode ``modes[i % len(modes)]``.
+    `<root>/train/<class>/<class>_<i>.<ext>` (`n_train` per class) and
+    `<root>/test/<class>/...` (`n_test` per class, none when 0); with `classes=None`
+    the `n_train` images go directly into `<root>/train/` (unlabelled). Images follow
+    `class_images` (colour by position in `classes`, so learnable); image `i`
+    of a class has size `sizes[i % len(sizes)]` (w, h) and PIL mode `modes[i % len(modes)]`.
     """
     from PIL import Image
 
@@ -183,7 +183,7 @@ def write_image_folder(root, classes, n_train: int, n_test: int = 0, sizes=((32,
 
 
 def write_slim(root, num_classes: int = 4, n_train: int = 8, n_test: int = 4, seed: int = 0) -> Path:
-    """Write ``<root>/SlimageNet64/{train,test}/<wnid>/*.png`` (64x64, ImageNet-style class ids); return ``root``."""
+    """Write `<root>/SlimageNet64/{train,test}/<wnid>/*.png` (64x64, ImageNet-style class ids); return `root`."""
     wnids = [f"n{1440764 + 97 * c:08d}" for c in range(num_classes)]
     write_image_folder(Path(root) / "SlimageNet64", wnids, n_train, n_test, sizes=((64, 64),), seed=seed)
     return Path(root)
@@ -196,11 +196,11 @@ HAS_SHARED_TINY = (SHARED_TINY / "val" / "val_annotations.txt").is_file()
 
 
 def write_stl10(root, n_train: int, n_test: int, n_unlabeled: int, seed: int = 0) -> Path:
-    """Write ``<root>/stl10_binary`` in the official binary format; return ``root``.
+    """Write `<root>/stl10_binary` in the official binary format; return `root`.
 
-    ``{train,test,unlabeled}_X.bin``: raw uint8 images, 3x96x96 each, every channel stored
-    column-major; ``{train,test}_y.bin``: one uint8 label 1..10 per image;
-    ``class_names.txt``. Images follow :func:`class_images` (learnable); the unlabelled
+    `{train,test,unlabeled}_X.bin`: raw uint8 images, 3x96x96 each, every channel stored
+    column-major; `{train,test}_y.bin`: one uint8 label 1..10 per image;
+    `class_names.txt`. Images follow `class_images` (learnable); the unlabelled
     ones are drawn from random classes.
     """
     root = Path(root)
@@ -218,13 +218,13 @@ def write_stl10(root, n_train: int, n_test: int, n_unlabeled: int, seed: int = 0
 
 
 def write_tiny(root, classes: int, per_class_train: int, per_class_val: int, seed: int = 0) -> Path:
-    """Write ``<root>/tiny-imagenet-200`` in the official layout; return ``root``.
+    """Write `<root>/tiny-imagenet-200` in the official layout; return `root`.
 
-    ``wnids.txt`` lists ``classes`` ImageNet-style ids in shuffled order (the label of a
-    class is its position among the *sorted* ids); ``train/<wnid>/images/<wnid>_<i>.JPEG``
-    plus ``<wnid>_boxes.txt``; ``val/images/val_<i>.JPEG`` (all classes mixed) listed in
-    ``val/val_annotations.txt`` (file, wnid, box; tab-separated). Images are 64x64 JPEGs
-    following :func:`class_images`; every 4th one (train and val) is a grayscale JPEG.
+    `wnids.txt` lists `classes` ImageNet-style ids in shuffled order (the label of a
+    class is its position among the *sorted* ids); `train/<wnid>/images/<wnid>_<i>.JPEG`
+    plus `<wnid>_boxes.txt`; `val/images/val_<i>.JPEG` (all classes mixed) listed in
+    `val/val_annotations.txt` (file, wnid, box; tab-separated). Images are 64x64 JPEGs
+    following `class_images`; every 4th one (train and val) is a grayscale JPEG.
     """
     from PIL import Image
 

@@ -14,6 +14,10 @@ from torch import nn
 
 from utils.errors import UserError
 
+# The largest whole number a flag or a checkpoint entry holds: torch's index and seed arithmetic
+# is 32-bit in places, and no count here (epochs, images, iterations) sensibly reaches it.
+INTEGER_LIMIT = 2**31 - 1
+
 DAMAGED = "the file is damaged or forged; use the file the stage wrote"
 OTHER_RUN = ("it was made by another method or with another backbone or options; pass a checkpoint of a run "
              "like this one")

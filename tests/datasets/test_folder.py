@@ -1,4 +1,4 @@
-"""Tests of datasets/folder.py (data set ``folder``), datasets/images.py and the --image_size flag."""
+"""Tests of datasets/folder.py (data set `folder`), datasets/images.py and the --image_size flag."""
 
 from __future__ import annotations
 

@@ -277,7 +277,7 @@ def _stl_images(stl10_root, n=150):
 
 
 def _summary(out: torch.Tensor, source: torch.Tensor, side: int) -> dict:
-    """{statistic: (value, standard error)} of finetune outputs of ``source`` (normalised with 0.5/0.5)."""
+    """{statistic: (value, standard error)} of finetune outputs of `source` (normalised with 0.5/0.5)."""
     plain = build_augmentation("none", MEAN, STD)(source, torch.Generator())
     zero = (out == 0).all(1)  # erased pixels: exact 0 after Normalize, which uint8 values never give
     erased = zero.flatten(1).sum(1) >= side * side
