@@ -3,8 +3,9 @@
 A method is an `nn.Module` holding a backbone, its own head(s) and its optimizer, built from
 its configuration (`RelationNet(backbone, num_classes, RelationNet.Config(K=4))`; without one,
 the defaults), so it drops into any Python loop. The engine owns everything else: the data
-order, augmentation on the device, precision, the loop, logging, checkpoints and resume. A method therefore only declares what it needs and says
-how one step turns augmented views into a loss:
+order, augmentation on the device, precision, the loop, logging, checkpoints and resume. A
+method therefore only declares what it needs and says how one step turns augmented views
+into a loss:
 
 Class attributes
     name            registry name, also the first part of every output file name.
