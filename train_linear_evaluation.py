@@ -41,6 +41,7 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
 from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402
+from experiments.options import stage2_model  # noqa: E402
 from experiments.stage import (  # noqa: E402
     ResumePoint,
     describe_backbone,
@@ -51,15 +52,10 @@ from experiments.stage import (  # noqa: E402
     stem_entry,
 )
 from methods import METHODS  # noqa: E402
-from methods.standard import Finetune, Standard  # noqa: E402
+from methods.standard import Standard  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import format_duration, resolve_device  # noqa: E402
 from utils.seeds import seed_everything  # noqa: E402
-
-# Arguments a resumed fine-tuning run may change: where things are, nothing that changes numbers.
-FINETUNE_MAY_CHANGE = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir",
-                       "overwrite", "no_download"}
-
 
 def pretraining_method(args, state: dict) -> str:
     """The stage-1 method names this stage's files; read it from the checkpoint or its path
@@ -139,7 +135,8 @@ def logistic_regression(model: Standard, features, args) -> tuple[dict, list[dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage2_parser().parse_args(argv)
+    parser = stage2_parser()
+    args = parser.parse_args(argv)
     apply_gpu_flag(args)
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
@@ -162,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                         "evaluation takes seconds, run it again")
     with RunLock(files.lock):
         files.remove_temporary()
-        resume = resume_point(args, files, FINETUNE_MAY_CHANGE, check_kind=refuse_other_than_finetuning) if args.resume else None
+        resume = resume_point(args, files, parser.may_change_on_resume, check_kind=refuse_other_than_finetuning) if args.resume else None
         if resume is None and files.final.exists() and not args.overwrite:
             raise UserError(f"{files.final} exists: pass --overwrite to replace it or --id to keep both")
         if resume is None and files.last_checkpoint.exists() and not args.overwrite:
@@ -191,7 +188,7 @@ def evaluate_backbone(args, state: dict, stem: str | None, files: RunFiles, meth
     describe_backbone(args.backbone, backbone, device, stem)
     print("[INFO] Loading checkpoint...")
     backbone.load_state_dict(state["backbone"])
-    model = (Finetune if args.finetune else Standard).from_args(backbone, train.num_classes, args).to(device)
+    model = stage2_model(backbone, train.num_classes, args).to(device)
     source = {"source_checkpoint": str(args.checkpoint), "pretraining_method": method_name,
               "pretraining_dataset": source_dataset, "pretraining_epochs": state.get("epoch")}
     stage = "finetune" if args.finetune else {"linear": "linear_evaluation",

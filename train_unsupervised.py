@@ -42,21 +42,14 @@ from engine.loop import Engine, TrainingPlan  # noqa: E402
 from evaluation.linear import evaluate  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener  # noqa: E402
+from experiments.options import stage1_config  # noqa: E402
 from experiments.stage import describe_backbone, record_config, resume_point, run_main, run_seed, stem_entry  # noqa: E402,E501
 from methods import METHODS  # noqa: E402
+from methods.config import MethodConfig  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 from utils.seeds import seed_everything  # noqa: E402
-
-# Arguments a resumed run may change: where things are, how long to train, how often to save.
-# Any other difference (batch, K, a method's options...) would silently mix two experiments.
-# --compile and --channels_last change only the speed (and float rounding, as the device does).
-# So can what is only watched: the kNN monitor and the TensorBoard copy of the log.
-RESUME_MAY_CHANGE = {"epochs", "resume", "checkpoint", "epoch_start", "device", "gpu", "num_workers",
-                     "data_root", "checkpoint_dir", "save_every", "overwrite", "no_download",
-                     "compile", "channels_last", "eval_every", "eval_images", "tensorboard"}
-
 
 def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
     """Whether a numbered checkpoint is written after `epoch` epochs: at 25/50/75/100% as in
@@ -92,12 +85,11 @@ def replace_outputs(files: RunFiles) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage1_parser().parse_args(argv)
+    parser = stage1_parser()
+    args = parser.parse_args(argv)
     apply_gpu_flag(args)
     method_class = METHODS[args.method]
-    problem = method_class.check_options(method_class.options_of(args))
-    if problem:
-        raise UserError(problem)
+    config = stage1_config(method_class, args)
     if args.data_size < method_class.min_batch_size:
         raise UserError(f"--data_size {args.data_size}: {args.method} needs at least "
                         f"{method_class.min_batch_size} images per batch")
@@ -111,17 +103,19 @@ def main(argv: list[str] | None = None) -> None:
         header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
         files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
         with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
-            train(args, files, method_class, device, ranks)
+            train(args, files, method_class, config, device, ranks, parser.may_change_on_resume)
     finally:
         distributed.stop()
 
 
-def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks) -> None:
+def train(args, files: RunFiles, method_class, config: MethodConfig, device, ranks: distributed.Ranks,
+          may_change: set[str]) -> None:
+    """Train the run; `may_change`: the arguments a resumed run may change."""
     header = files.header
     if ranks.is_main:
         files.remove_temporary()
     resume = resume_point(
-        args, files, RESUME_MAY_CHANGE, ranks.world_size,
+        args, files, may_change, ranks.world_size,
         without_state="use --checkpoint with --epoch_start instead",
         check_kind=lambda state, path: refuse_other_kind(state, path, args.method)) if args.resume else None
     resume_state = resume.state if resume else None
@@ -136,7 +130,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
             return
         replace_outputs(files)
         backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
-        method = method_class.from_args(backbone, 0, args)
+        method = method_class(backbone, 0, config, lr=args.lr)
         save_checkpoint({**method.checkpoint_state(), "method": args.method, "backbone_name": args.backbone,
                          **stem_entry(stem), "seed": seed, "args": vars(args)}, files.final)
         record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem)
@@ -160,7 +154,7 @@ def train(args, files: RunFiles, method_class, device, ranks: distributed.Ranks)
     if args.precision == "fp16" and device.type == "cpu":
         print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
     backbone, stem = stage1_backbone(args, data.side, device)
-    method = method_class.from_args(backbone, data.num_classes, args).to(device)
+    method = method_class(backbone, data.num_classes, config, lr=args.lr).to(device)
     for group in method.view_groups:
         check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
 

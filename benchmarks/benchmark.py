@@ -318,9 +318,11 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     flags = parser.parse_args(options)
     seed_everything(seed)
     name = config.kind if config.kind != "accuracy" else "relationnet"
-    options = {"relationnet": {"K": config.views}, "relic": {"relic_local_views": config.views - 2},
+    options = {"relationnet": {"K": config.views}, "relic": {"local_views": config.views - 2},
                "deepcluster": {"num_clusters": config.clusters}}.get(name, {})
-    method = METHODS[name](build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)), data.num_classes, **options)
+    method_class = METHODS[name]
+    method = method_class(build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)),
+                          data.num_classes, method_class.Config(**options))
     plan = TrainingPlan(epochs=1, batch_size=config.batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda epoch: [], extra_state={}, precision=flags.precision,
                         compile=flags.compile, channels_last=flags.channels_last)

@@ -40,11 +40,19 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """Reports a bad flag as one line on stderr (no usage block), exit status 2; `--help` shows
-    every flag's default."""
+    every flag's default. `may_change_on_resume` holds the arguments whose flags were declared
+    with `may_change_on_resume=True`: a run resumed with other values of them is the same run."""
 
     def __init__(self, *args, **kwargs):
+        self.may_change_on_resume: set[str] = set()
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, may_change_on_resume: bool = False, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if may_change_on_resume:
+            self.may_change_on_resume.add(action.dest)
+        return action
 
     def error(self, message: str) -> None:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -154,17 +162,18 @@ def common_parser(description: str, batch_default: int | None, output_help: str 
     shown_default = batch_default or "the method's: 128, relic 256"
     parser.add_argument("--data_size", type=positive_int, default=batch_default,
                         help=f"mini-batch size in images (default {shown_default})")
-    parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
+    # A resumed run may change where things are and what only runs the code (devices, workers).
+    parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"), may_change_on_resume=True,
                         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
-    parser.add_argument("--checkpoint_dir", default="./checkpoint", help=output_help)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--gpu", type=gpu_list, default=None,
+    parser.add_argument("--checkpoint_dir", default="./checkpoint", help=output_help, may_change_on_resume=True)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N", may_change_on_resume=True)
+    parser.add_argument("--gpu", type=gpu_list, default=None, may_change_on_resume=True,
                         help="value for CUDA_VISIBLE_DEVICES, as in the original scripts: GPU numbers, "
                              "comma-separated (default: leave it as it is)")
-    parser.add_argument("--num_workers", type=non_negative_int, default=0,
+    parser.add_argument("--num_workers", type=non_negative_int, default=0, may_change_on_resume=True,
                         help="accepted for the original command lines; the in-memory data path "
                              "needs no loader workers, so it changes nothing")
-    parser.add_argument("--no_download", action="store_true",
+    parser.add_argument("--no_download", action="store_true", may_change_on_resume=True,
                         help="never download a missing data set")
     parser.add_argument("--image_size", type=image_size, default=0,
                         help="square side in pixels to resize the images to, at most "
@@ -185,6 +194,7 @@ class Stage1Parser(Parser):
     arguments list them all with the values used."""
 
     def parse_known_args(self, args=None, namespace=None):
+        from experiments.options import fill_option_defaults
         from methods import METHODS
         parsed, extras = super().parse_known_args(args, namespace)
         if parsed.data_size is None:
@@ -192,32 +202,31 @@ class Stage1Parser(Parser):
         if parsed.lr is None:  # recorded as used, not as null
             parsed.lr = METHODS[parsed.method].default_lr
         for method in METHODS.values():
-            for option in method.options:
-                if not hasattr(parsed, option.name):
-                    setattr(parsed, option.name, option.default)
-                elif method.name != parsed.method:
-                    self.error(f"--{option.name} belongs to --method {method.name}, not {parsed.method}: "
-                               f"drop it or pass --method {method.name}")
-                elif type(option.default) is int and getattr(parsed, option.name) > INTEGER_LIMIT:
-                    self.error(f"argument --{option.name}: must be at most {INTEGER_LIMIT}, got "
-                               f"{getattr(parsed, option.name)}")
+            given = fill_option_defaults(parsed, method.Config, stage=1)
+            if given and method.name != parsed.method:
+                self.error(f"--{given[0]} belongs to --method {method.name}, not {parsed.method}: "
+                           f"drop it or pass --method {method.name}")
         return parsed, extras
 
 
 def stage1_parser() -> Parser:
     from engine.precision import PRECISIONS
+    from experiments.options import add_option_flags, stage_fields
     from methods import METHODS
     parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", None,
                            parser_class=Stage1Parser)
     parser.add_argument("--method", default="relationnet", choices=list(METHODS),
                         help="how the backbone is trained: a self-supervised method, standard (supervised) "
                              "or randomweights (untrained)")
-    parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)")
-    parser.add_argument("--epoch_start", type=non_negative_int, default=0,
+    # A resumed run may also train longer, save more often, and change what only sets the speed
+    # (and float rounding, as the device does) or is only watched (the kNN monitor, TensorBoard).
+    parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)",
+                        may_change_on_resume=True)
+    parser.add_argument("--epoch_start", type=non_negative_int, default=0, may_change_on_resume=True,
                         help="first epoch when continuing from --checkpoint")
-    parser.add_argument("--checkpoint", default="",
+    parser.add_argument("--checkpoint", default="", may_change_on_resume=True,
                         help="checkpoint to load before training (weights and optimizer)")
-    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+    parser.add_argument("--resume", default=None, metavar="PATH|auto", may_change_on_resume=True,
                         help="continue a run exactly from a checkpoint of this suite; auto "
                              "picks this run's latest")
     parser.add_argument("--id", type=run_id, default="", help="tag added to the file names")
@@ -225,32 +234,31 @@ def stage1_parser() -> Parser:
                         help="learning rate (default: the method's, as in the paper)")
     parser.add_argument("--train_subset", type=non_negative_int, default=0,
                         help="train on a seeded, class-balanced subset of N images (0 = all)")
-    parser.add_argument("--save_every", type=non_negative_int, default=0,
+    parser.add_argument("--save_every", type=non_negative_int, default=0, may_change_on_resume=True,
                         help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)")
-    parser.add_argument("--overwrite", action="store_true",
+    parser.add_argument("--overwrite", action="store_true", may_change_on_resume=True,
                         help="replace the outputs of an earlier run with the same name")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="arithmetic of the training step: fp32 (default), bf16 or fp16 "
                              "autocast (fp16 with a gradient scaler)")
-    parser.add_argument("--compile", action="store_true",
+    parser.add_argument("--compile", action="store_true", may_change_on_resume=True,
                         help="compile the backbone with torch.compile (the first steps take "
                              "longer while it compiles)")
-    parser.add_argument("--channels_last", action="store_true",
+    parser.add_argument("--channels_last", action="store_true", may_change_on_resume=True,
                         help="NHWC memory layout for the backbone (faster for ResNets with bf16)")
-    parser.add_argument("--eval_every", type=non_negative_int, default=0, metavar="N",
+    parser.add_argument("--eval_every", type=non_negative_int, default=0, metavar="N", may_change_on_resume=True,
                         help="every N epochs and after the last, log the backbone's kNN accuracy (k 200) on "
                              "the labelled train/test split of --dataset (0 = off)")
-    parser.add_argument("--eval_images", type=non_negative_int, default=5000, metavar="N",
+    parser.add_argument("--eval_images", type=non_negative_int, default=5000, metavar="N", may_change_on_resume=True,
                         help="--eval_every: a seeded, class-balanced subset of at most N images of each "
                              "split (0 = all)")
-    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+    parser.add_argument("--tensorboard", default=None, metavar="DIR", may_change_on_resume=True,
                         help="also write every logged quantity for TensorBoard into DIR/<run> (needs the "
                              "tensorboard package)")
     for method in METHODS.values():
-        if method.options:
+        if stage_fields(method.Config, stage=1):
             group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
-            for option in method.options:
-                option.add_to(group)
+            add_option_flags(parser, group, method.Config, stage=1)
     return parser
 
 
@@ -262,7 +270,10 @@ class Stage2Parser(Parser):
     LOGISTIC_DEFAULTS = {"logistic_c": 1.0, "logistic_max_iter": 100}
 
     def parse_known_args(self, args=None, namespace=None):
+        from experiments.options import fill_option_defaults
+        from methods.standard import Standard
         parsed, extras = super().parse_known_args(args, namespace)
+        fill_option_defaults(parsed, Standard.Config, stage=2)
         if parsed.classifier == "logistic":
             if parsed.finetune:
                 self.error("--finetune with --classifier logistic: logistic regression fits a classifier on "
@@ -286,7 +297,9 @@ class Stage2Parser(Parser):
 
 
 def stage2_parser() -> Parser:
+    from experiments.options import add_option_flags
     from methods import METHODS
+    from methods.standard import Standard
     parser = common_parser("Stage 2: linear evaluation (or fine-tuning, or logistic regression) of a "
                            "trained backbone.", 128,
                            parser_class=Stage2Parser)
@@ -309,13 +322,10 @@ def stage2_parser() -> Parser:
                              f"{Stage2Parser.LINEAR_EPOCHS}; none with --classifier logistic)")
     parser.add_argument("--finetune", type=boolean, nargs="?", const=True, default=False,
                         help="train the backbone too (--finetune or --finetune true)")
-    parser.add_argument("--lr_backbone", type=positive_float, default=1e-4,
-                        help="fine-tuning: backbone learning rate (default 1e-4)")
-    parser.add_argument("--lr_classifier", type=positive_float, default=1e-3,
-                        help="fine-tuning: classifier learning rate (default 1e-3)")
+    add_option_flags(parser, parser, Standard.Config, stage=2)
     parser.add_argument("--augmentation", default="none", choices=["none", "standard"],
                         help="fine-tuning: augmentation of the training images (default none)")
-    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+    parser.add_argument("--resume", default=None, metavar="PATH|auto", may_change_on_resume=True,
                         help="fine-tuning: continue an interrupted run exactly; auto picks its "
                              "last checkpoint")
     parser.add_argument("--id", type=run_id, default="",
@@ -325,7 +335,7 @@ def stage2_parser() -> Parser:
     parser.add_argument("--label_fraction", type=fraction, default=1.0,
                         help="semi-supervised: train on this share of the labelled images, the "
                              "same share of every class, drawn with --seed (default 1 = all)")
-    parser.add_argument("--overwrite", action="store_true",
+    parser.add_argument("--overwrite", action="store_true", may_change_on_resume=True,
                         help="replace the outputs of an earlier run with the same name")
     return parser
 

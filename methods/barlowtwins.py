@@ -9,42 +9,36 @@ views, as the Barlow Twins paper uses them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from methods.base import Option, StepOutput
+from methods.base import StepOutput
+from methods.config import option
 from methods.heads import projection_mlp
 from methods.losses import barlow_twins_loss
-from methods.siamese import TwoViewMethod, check_training_options, training_options
+from methods.siamese import TwoViewMethod
 
 
 class BarlowTwins(TwoViewMethod):
     name = "barlowtwins"
     default_lr = 0.3
-    options = (
-        Option("barlowtwins_lambda", 0.0051, "weight of the off-diagonal terms of the cross-correlation"),
-        Option("barlowtwins_scale", 0.1, "factor of the whole loss (solo-learn's scale_loss)"),
-        *training_options("barlowtwins", hidden=2048, projection=2048, weight_decay=1e-4),
-    )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 barlowtwins_lambda: float = 0.0051, barlowtwins_scale: float = 0.1, barlowtwins_hidden: int = 2048,
-                 barlowtwins_projection: int = 2048, barlowtwins_weight_decay: float = 1e-4,
-                 barlowtwins_warmup_epochs: float = 10):
-        super().__init__(backbone, num_classes, lr, barlowtwins_lambda=barlowtwins_lambda,
-                         barlowtwins_scale=barlowtwins_scale, barlowtwins_hidden=barlowtwins_hidden,
-                         barlowtwins_projection=barlowtwins_projection,
-                         barlowtwins_weight_decay=barlowtwins_weight_decay,
-                         barlowtwins_warmup_epochs=barlowtwins_warmup_epochs)
-        self.off_diagonal_weight, self.scale = barlowtwins_lambda, barlowtwins_scale
-        self.projector = projection_mlp([backbone.feature_size, barlowtwins_hidden, barlowtwins_hidden,
-                                         barlowtwins_projection])
-        self.set_optimizer([{"params": [*backbone.parameters(), *self.projector.parameters()]}],
-                           barlowtwins_weight_decay, barlowtwins_warmup_epochs)
+    @dataclass(frozen=True)
+    class Config(TwoViewMethod.Config):
+        flag_prefix = "barlowtwins_"
+        off_diagonal_weight: float = option(0.0051, "weight of the off-diagonal terms of the cross-correlation",
+                                            at_least=0, flag="barlowtwins_lambda")
+        scale: float = option(0.1, "factor of the whole loss (solo-learn's scale_loss)", at_least=0)
 
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        return check_training_options("barlowtwins", options, non_negative=("barlowtwins_lambda", "barlowtwins_scale"))
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        config = self.config
+        self.off_diagonal_weight, self.scale = config.off_diagonal_weight, config.scale
+        self.projector = projection_mlp([backbone.feature_size, config.hidden, config.hidden, config.projection])
+        self.set_optimizer([{"params": [*backbone.parameters(), *self.projector.parameters()]}])
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

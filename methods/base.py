@@ -1,21 +1,24 @@
 """The contract between a training method and the shared engine (`engine/loop.py`).
 
 A method is an `nn.Module` holding a backbone, its own head(s) and its optimizer, built from
-keywords (`RelationNet(backbone, num_classes, K=32, aggregation="cat", lr=None)`), so it
-drops into any Python loop; `from_args` builds it from a stage script's flags. The engine
-owns everything else: the data order, augmentation on the device, precision, the loop,
-logging, checkpoints and resume. A method therefore only declares what it needs and says
-how one step turns augmented views into a loss:
+its configuration (`RelationNet(backbone, num_classes, RelationNet.Config(K=4))`; without one,
+the defaults), so it drops into any Python loop. The engine owns everything else: the data
+order, augmentation on the device, precision, the loop, logging, checkpoints and resume. A
+method therefore only declares what it needs and says how one step turns augmented views
+into a loss:
 
 Class attributes
     name            registry name, also the first part of every output file name.
-    options         its keywords, which are also its stage-1 flags (`Option`); shown in
-                    `--help` under the method's name, refused with any other `--method`.
+    Config          its options: a frozen dataclass derived from `MethodConfig` whose fields
+                    (`methods.config.option`) carry default, help, bounds and choices; the
+                    stage-1 flags are made from them (shown in `--help` under the method's
+                    name, refused with any other `--method`). The built method keeps it as
+                    `config`.
     checkpoint_keys checkpoint key -> attribute saved under it (modules and optimizers by
                     their state dicts, tensors and numbers as they are), in the original
                     code's key names; `optional_keys` may be missing from a file.
     needs_labels    True for supervised training (the engine then refuses unlabelled data).
-    default_lr      learning rate when `lr` is None.
+    default_lr      learning rate when the keyword `lr` is None (the stage-1 flag `--lr`).
     default_batch_size  images per step when `--data_size` is not given.
     score_name      what the `score` column of the per-epoch CSV log holds.
     trains          False for methods that are saved untrained (randomweights).
@@ -54,11 +57,9 @@ Method classes never override `nn.Module.train`; the engine calls `method.train(
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -71,6 +72,7 @@ from utils.checkpoint_fields import (
     check_optimizer_state,
     check_tensor,
 )
+from methods.config import MethodConfig
 from utils.errors import UserError
 
 # The widest hidden or output layer a method's option may ask for: a wider one is a typo, and
@@ -126,32 +128,10 @@ class EpochContext:
     seed: int                  # the run's seed
 
 
-@dataclass(frozen=True)
-class Option:
-    """A keyword of a method and the stage-1 flag `--<name>` that sets it."""
-
-    name: str
-    default: Any
-    help: str
-    type: Callable | None = None
-    switch: bool = False       # a flag without a value (store_true)
-
-    def add_to(self, group) -> None:
-        """Register the flag on an argparse group. It has no parser default (SUPPRESS): an
-        absent flag leaves no attribute, so the parser can tell a given flag from a default
-        (experiments/cli.py refuses another method's flags, then fills the defaults in)."""
-        if self.switch:
-            group.add_argument(f"--{self.name}", action="store_true", default=argparse.SUPPRESS,
-                               help=f"{self.help} (default off)")
-        else:
-            group.add_argument(f"--{self.name}", type=self.type or type(self.default), default=argparse.SUPPRESS,
-                               help=f"{self.help} (default {self.default})")
-
-
 class Method(nn.Module):
     name: str = ""
     default_batch_size: int = 128
-    options: tuple[Option, ...] = ()
+    Config: type[MethodConfig] = MethodConfig
     checkpoint_keys: dict[str, str] = {}
     optional_keys: frozenset[str] = frozenset({"optimizer"})
     needs_labels: bool = False
@@ -162,11 +142,12 @@ class Method(nn.Module):
     compiled_modules: tuple[str, ...] = ("backbone",)
     default_lr: float = 1e-3
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, **options):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: MethodConfig | None = None, *,
+                 lr: float | None = None):
         super().__init__()
-        problem = self.check_options({**self.default_options(), **options})
-        if problem:
-            raise ValueError(problem)
+        if config is not None and type(config) is not self.Config:
+            raise TypeError(f"{self.name} takes a {type(self).__name__}.Config, not a {type(config).__qualname__}")
+        self.config = self.Config() if config is None else config
         self.backbone = backbone
         self.num_classes = num_classes
         self.lr = lr or self.default_lr
@@ -178,25 +159,6 @@ class Method(nn.Module):
     @property
     def views_per_image(self) -> int:
         return sum(group.count for group in self.view_groups)
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {option.name: option.default for option in cls.options}
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> str | None:
-        """A one-line problem with the method's keywords (named as flags), or None."""
-        return None
-
-    @classmethod
-    def options_of(cls, args: argparse.Namespace) -> dict[str, Any]:
-        """The method's keywords among a stage script's flags."""
-        return {option.name: getattr(args, option.name) for option in cls.options}
-
-    @classmethod
-    def from_args(cls, backbone: nn.Module, num_classes: int, args: argparse.Namespace) -> "Method":
-        """The method with the flags of a stage script (its options and `--lr`)."""
-        return cls(backbone, num_classes, lr=getattr(args, "lr", None), **cls.options_of(args))
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:

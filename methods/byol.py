@@ -10,42 +10,45 @@ target moves towards the online network with momentum tau, which follows a cosin
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from methods.base import Option, StepOutput
+from methods.base import MAX_LAYER_WIDTH, StepOutput
+from methods.config import option, with_default
 from methods.heads import projection_mlp
 from methods.losses import normalised_mse_loss
 from methods.momentum import cosine_momentum, momentum_update
-from methods.siamese import TwoViewMethod, check_training_options, training_options
+from methods.siamese import TwoViewMethod
 
 
 class BYOL(TwoViewMethod):
     name = "byol"
     default_lr = 1.0
-    options = (
-        Option("byol_momentum", 0.99, "momentum of the target at the start of its cosine schedule to 1"),
-        Option("byol_predictor_hidden", 4096, "hidden units of the predictor"),
-        *training_options("byol", hidden=4096, projection=256, weight_decay=1e-5),
-    )
     checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor", "target": "target",
                        "momentum": "momentum"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, byol_momentum: float = 0.99,
-                 byol_predictor_hidden: int = 4096, byol_hidden: int = 4096, byol_projection: int = 256,
-                 byol_weight_decay: float = 1e-5, byol_warmup_epochs: float = 10):
-        super().__init__(backbone, num_classes, lr, byol_momentum=byol_momentum,
-                         byol_predictor_hidden=byol_predictor_hidden, byol_hidden=byol_hidden,
-                         byol_projection=byol_projection, byol_weight_decay=byol_weight_decay,
-                         byol_warmup_epochs=byol_warmup_epochs)
-        self.initial_momentum = byol_momentum
-        self.momentum = byol_momentum  # of the next target update; in the checkpoint
-        self.projector = projection_mlp([backbone.feature_size, byol_hidden, byol_projection])
-        self.predictor = projection_mlp([byol_projection, byol_predictor_hidden, byol_projection])
+    @dataclass(frozen=True)
+    class Config(TwoViewMethod.Config):
+        flag_prefix = "byol_"
+        hidden: int = with_default(TwoViewMethod.Config, "hidden", 4096)
+        projection: int = with_default(TwoViewMethod.Config, "projection", 256)
+        weight_decay: float = with_default(TwoViewMethod.Config, "weight_decay", 1e-5)
+        momentum: float = option(0.99, "momentum of the target at the start of its cosine schedule to 1",
+                                 at_least=0, at_most=1)
+        predictor_hidden: int = option(4096, "hidden units of the predictor", at_least=1, at_most=MAX_LAYER_WIDTH)
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        config = self.config
+        self.initial_momentum = config.momentum
+        self.momentum = config.momentum  # of the next target update; in the checkpoint
+        self.projector = projection_mlp([backbone.feature_size, config.hidden, config.projection])
+        self.predictor = projection_mlp([config.projection, config.predictor_hidden, config.projection])
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.set_optimizer([{"params": [*self.online.parameters(), *self.predictor.parameters()]}],
-                           byol_weight_decay, byol_warmup_epochs)
+        self.set_optimizer([{"params": [*self.online.parameters(), *self.predictor.parameters()]}])
 
     @property
     def online(self) -> nn.Sequential:
@@ -54,12 +57,6 @@ class BYOL(TwoViewMethod):
 
     def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
         return {**super().checkpoint_ranges(), "momentum": (0, 1)}
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        if not 0 <= options["byol_momentum"] <= 1:
-            return f"--byol_momentum {options['byol_momentum']}: must be in [0, 1]"
-        return check_training_options("byol", options, positive=("byol_predictor_hidden",))
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones.features import extract_features
-from methods.base import EpochContext, Method, Option, StepOutput, ViewGroup
+from methods.base import EpochContext, Method, StepOutput, ViewGroup
 from methods.clustering import kmeans, normalized_mutual_info, pca_whiten
+from methods.config import MethodConfig, option
 from methods.heads import accuracy_sums, backbone_and_head_adam, mlp_head
 from utils.errors import UserError
 from utils.runtime import single_threaded
 from utils.seeds import SeedPurpose, derived_seed
 
-SAMPLINGS = ("weighted", "uniform")
 KMEANS_ITERATIONS = 30  # the original's max_iter
 
 
@@ -36,28 +38,30 @@ MAX_RESTARTS = 1000
 class DeepCluster(Method):
     name = "deepcluster"
     score_name = "accuracy"
-    options = (
-        Option("num_clusters", 0, "k-means clusters (0 = 10 x classes)"),
-        Option("kmeans_restarts", 5, "k-means++ restarts per epoch, best kept"),
-        Option("deepcluster_sampling", "weighted", "weighted (class-weighted loss, as the original) or "
-                                                   "uniform (equal images per cluster, as the DeepCluster paper)"),
-    )
+
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        num_clusters: int = option(0, "k-means clusters (0 = 10 x classes)", at_least=0, at_most=MAX_CLUSTERS)
+        kmeans_restarts: int = option(5, "k-means++ restarts per epoch, best kept", at_least=1, at_most=MAX_RESTARTS)
+        sampling: Literal["weighted", "uniform"] = option(
+            "weighted", "weighted (class-weighted loss, as the original) or uniform (equal images per cluster, as "
+            "the DeepCluster paper)", flag="deepcluster_sampling")
+
     # This suite's additions: the NMI of the next epoch needs the clustering, and a run
     # resumed inside an epoch trains on it and logs its NMI.
     checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer",
                        "cluster_assignments": "assignments", "cluster_nmi": "nmi"}
     optional_keys = frozenset({"cluster_assignments", "cluster_nmi"})
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, num_clusters: int = 0,
-                 kmeans_restarts: int = 5, deepcluster_sampling: str = "weighted"):
-        super().__init__(backbone, num_classes, lr, num_clusters=num_clusters, kmeans_restarts=kmeans_restarts,
-                         deepcluster_sampling=deepcluster_sampling)
-        self.num_clusters = num_clusters or 10 * num_classes
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        self.num_clusters = self.config.num_clusters or 10 * num_classes
         if self.num_clusters == 0:
             raise UserError("--num_clusters: the training images have no labels, so the default "
                             "10 x classes is unknown; pass --num_clusters N")
-        self.restarts = kmeans_restarts
-        self.sampling = deepcluster_sampling
+        self.restarts = self.config.kmeans_restarts
+        self.sampling = self.config.sampling
         self.classifier = mlp_head(backbone.feature_size, self.num_clusters)
         self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
         # This epoch's clustering (empty before the first) and the quantities derived from it.
@@ -68,19 +72,6 @@ class DeepCluster(Method):
     @property
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(1, "pad_crop_flip")]
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        if options["num_clusters"] < 0:
-            return f"--num_clusters {options['num_clusters']}: must be at least 1 (or 0 for 10 x classes)"
-        if options["num_clusters"] > MAX_CLUSTERS:
-            return f"--num_clusters {options['num_clusters']}: must be at most {MAX_CLUSTERS}"
-        if not 1 <= options["kmeans_restarts"] <= MAX_RESTARTS:
-            return f"--kmeans_restarts {options['kmeans_restarts']}: must be from 1 to {MAX_RESTARTS}"
-        if options["deepcluster_sampling"] not in SAMPLINGS:
-            return (f"--deepcluster_sampling {options['deepcluster_sampling']}: choose one of "
-                    f"{', '.join(SAMPLINGS)}")
-        return None
 
     def on_epoch_start(self, context: EpochContext) -> None:
         start = time.time()

@@ -11,19 +11,21 @@ plays the paper's minimax game instead; `--dim_prior original` keeps the origina
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, Option, StepOutput, ViewGroup
+from methods.base import Method, StepOutput, ViewGroup
+from methods.config import ConfigError, MethodConfig, option
 from methods.heads import backbone_and_head_adam
 from methods.losses import jsd_discriminator_loss
 from utils.errors import UserError
 
-PRIOR_MODES = ("adversarial", "original")
+PriorMode = Literal["adversarial", "original"]
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -117,7 +119,7 @@ class DIMDiscriminators(nn.Module):
     so the state dict (global_d.*, local_d.*, prior_d.*) equals the original's."""
 
     def __init__(self, y_size: int, m_channels: int, alpha: float, beta: float, gamma: float,
-                 prior_mode: str = "adversarial"):
+                 prior_mode: PriorMode = "adversarial"):
         super().__init__()
         self.weights = {"global": alpha, "local": beta, "prior": gamma}
         self.prior_mode = prior_mode
@@ -158,41 +160,36 @@ class DeepInfoMax(Method):
     default_lr = 1e-4  # the original: higher rates gave NaN losses
     drop_last = True   # the negatives need other images in the batch
     min_batch_size = 2
-    options = (
-        Option("dim_alpha", 0.0, "weight of the global term"),
-        Option("dim_beta", 1.0, "weight of the local term"),
-        Option("dim_gamma", 0.1, "weight of the prior term"),
-        Option("dim_prior", "adversarial", "'adversarial' (the encoder learns to fool the prior "
-                                           "discriminator, as in the DIM paper) or 'original' (the encoder "
-                                           "minimises the discriminator's loss, as the original code)"),
-    )
     checkpoint_keys = {"backbone": "backbone", "loss_fn": "discriminators", "optimizer": "optimizer"}
     optional_keys = frozenset()
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, dim_alpha: float = 0.0,
-                 dim_beta: float = 1.0, dim_gamma: float = 0.1, dim_prior: str = "adversarial"):
-        super().__init__(backbone, num_classes, lr, dim_alpha=dim_alpha, dim_beta=dim_beta, dim_gamma=dim_gamma,
-                         dim_prior=dim_prior)
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        flag_prefix = "dim_"
+        alpha: float = option(0.0, "weight of the global term", at_least=0)
+        beta: float = option(1.0, "weight of the local term", at_least=0)
+        gamma: float = option(0.1, "weight of the prior term", at_least=0)
+        prior: PriorMode = option(
+            "adversarial", "'adversarial' (the encoder learns to fool the prior discriminator, as in the DIM paper) "
+            "or 'original' (the encoder minimises the discriminator's loss, as the original code)")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not (self.alpha or self.beta or self.gamma):
+                raise ConfigError(("alpha", "beta", "gamma"), "all zero, deepinfomax has nothing to train")
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
         self.discriminators = DIMDiscriminators(backbone.feature_size, first_layer_channels(backbone),
-                                                dim_alpha, dim_beta, dim_gamma, dim_prior)
+                                                self.config.alpha, self.config.beta, self.config.gamma,
+                                                self.config.prior)
         # Two groups, as the original, so its optimizer state loads.
         self.optimizer = backbone_and_head_adam(self.backbone, self.discriminators, self.lr)
 
     @property
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(1, "flip")]
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        weights = {f"--{name}": options[name] for name in ("dim_alpha", "dim_beta", "dim_gamma")}
-        for flag, value in weights.items():
-            if not (math.isfinite(value) and value >= 0):
-                return f"{flag} {value}: must be a finite number >= 0"
-        if not any(weights.values()):
-            return "--dim_alpha, --dim_beta, --dim_gamma: all zero, deepinfomax has nothing to train"
-        if options["dim_prior"] not in PRIOR_MODES:
-            return f"--dim_prior {options['dim_prior']}: choose one of {', '.join(PRIOR_MODES)}"
-        return None
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:

@@ -6,17 +6,22 @@ focal loss (or, as the paper's essential notebook, plain binary cross-entropy).
 """
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, Option, StepOutput, ViewGroup
+from methods.base import Method, StepOutput, ViewGroup
+from methods.config import MethodConfig, option
 from methods.heads import backbone_and_head_adam, mlp_head
 from methods.losses import binary_cross_entropy, focal_loss
 
-AGGREGATIONS = ("cat", "sum", "mean", "max")
+Aggregation = Literal["cat", "sum", "mean", "max"]
+AGGREGATIONS = typing.get_args(Aggregation)
 # The paper's code trains with the focal loss (gamma 2, alpha 0.5); its essential notebook with BCE.
 RELATION_LOSSES = {"focal": lambda logits, targets: focal_loss(logits, targets, gamma=2.0, alpha=0.5),
                    "bce": binary_cross_entropy}
@@ -44,7 +49,7 @@ def _pair_indices(K: int, B: int, device: str) -> tuple[torch.Tensor, torch.Tens
     return first.reshape(-1).to(device), second.reshape(-1).to(device), targets.to(device)
 
 
-def aggregate(features: torch.Tensor, K: int, aggregation: str = "cat"
+def aggregate(features: torch.Tensor, K: int, aggregation: Aggregation = "cat"
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """All K(K-1)B relation pairs and their targets from view-major features (K*B, F)."""
     B = features.shape[0] // K
@@ -67,20 +72,22 @@ def aggregate(features: torch.Tensor, K: int, aggregation: str = "cat"
 class RelationNet(Method):
     name = "relationnet"
     score_name = "accuracy"
-    options = (
-        Option("K", 32, "augmented views per image"),
-        Option("aggregation", "cat", "how pairs are combined: cat, sum, mean, max"),
-        Option("relation_loss", "focal", "loss of the relation head: focal (the paper's code) or bce (plain "
-                                         "binary cross-entropy, as the paper's essential notebook)"),
-    )
     checkpoint_keys = {"backbone": "backbone", "relation": "relation_module", "optimizer": "optimizer"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 K: int = 32, aggregation: str = "cat", relation_loss: str = "focal"):
-        super().__init__(backbone, num_classes, lr, K=K, aggregation=aggregation, relation_loss=relation_loss)
-        self.K = K
-        self.aggregation = aggregation
-        self.relation_loss = relation_loss
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        K: int = option(32, "augmented views per image", at_least=2)
+        aggregation: Aggregation = option("cat", "how pairs are combined: cat, sum, mean, max")
+        relation_loss: Literal["focal", "bce"] = option(
+            "focal", "loss of the relation head: focal (the paper's code) or bce (plain binary cross-entropy, "
+            "as the paper's essential notebook)")
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        self.K = self.config.K
+        self.aggregation = self.config.aggregation
+        self.relation_loss = self.config.relation_loss
         width = backbone.feature_size * (2 if self.aggregation == "cat" else 1)
         self.relation_module = mlp_head(width, 1)
         self.optimizer = backbone_and_head_adam(self.backbone, self.relation_module, self.lr)
@@ -88,16 +95,6 @@ class RelationNet(Method):
     @property
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(self.K, "crop_color_gray")]
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        if options["K"] < 2:
-            return f"--K {options['K']}: relationnet needs at least 2 views per image"
-        if options["aggregation"] not in AGGREGATIONS:
-            return f"--aggregation {options['aggregation']}: choose one of {', '.join(AGGREGATIONS)}"
-        if options["relation_loss"] not in RELATION_LOSSES:
-            return f"--relation_loss {options['relation_loss']}: choose one of {', '.join(RELATION_LOSSES)}"
-        return None
 
     def relation_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's scores of all K(K-1)B pairs of view-major features, and their targets.

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, Option, StepOutput, ViewGroup
+from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, StepOutput, ViewGroup
+from methods.config import ConfigError, MethodConfig, option
 from methods.losses import relic_loss
 from methods.momentum import copy_online, cosine_momentum, momentum_update
 
@@ -48,19 +50,6 @@ class ReLIC(Method):
     min_batch_size = 2
     score_name = "accuracy"
     compiled_modules = ("backbone", "target_backbone")
-    options = (
-        Option("relic_alpha", 1.0, "weight of the invariance (KL) term"),
-        Option("relic_siglip", False, "the pairwise sigmoid loss of SigLIP instead of the softmax "
-                                      "cross-entropy (other initial temperature and bias)", switch=True),
-        Option("relic_global_views", 2, "full-size views per image, through the online and the target network"),
-        Option("relic_local_views", 4, "views at 3/7 of the size per image, online network only"),
-        Option("relic_gamma", 0.995, "momentum of the target at the start of its cosine schedule to 1"),
-        Option("relic_copy_steps", 1, "the target is copied from the online network until this step"),
-        Option("relic_update_every", 1, "steps between momentum updates of the target"),
-        Option("relic_weight_decay", 1e-5, "Adam weight decay"),
-        Option("relic_hidden", 512, "hidden units of the critic"),
-        Option("relic_projection", 64, "output size of the critic"),
-    )
     # `backbone` is the target's: what stage 2 and test.py evaluate. The rest is for resume.
     checkpoint_keys = {"backbone": "target_backbone", "online_backbone": "backbone", "critic": "critic",
                        "target_critic": "target_critic", "log_temperature": "log_temperature",
@@ -68,53 +57,51 @@ class ReLIC(Method):
                        "momentum_steps": "momentum_steps"}
     optional_keys = frozenset()
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None, relic_alpha: float = 1.0,
-                 relic_siglip: bool = False, relic_global_views: int = 2, relic_local_views: int = 4,
-                 relic_gamma: float = 0.995, relic_copy_steps: int = 1, relic_update_every: int = 1,
-                 relic_weight_decay: float = 1e-5, relic_hidden: int = 512, relic_projection: int = 64):
-        super().__init__(backbone, num_classes, lr, relic_alpha=relic_alpha, relic_global_views=relic_global_views,
-                         relic_local_views=relic_local_views, relic_gamma=relic_gamma,
-                         relic_copy_steps=relic_copy_steps, relic_update_every=relic_update_every,
-                         relic_weight_decay=relic_weight_decay, relic_hidden=relic_hidden,
-                         relic_projection=relic_projection)
-        self.alpha, self.siglip = relic_alpha, relic_siglip
-        self.global_views, self.local_views = relic_global_views, relic_local_views
-        self.initial_gamma, self.copy_steps, self.update_every = relic_gamma, relic_copy_steps, relic_update_every
-        self.critic = critic(backbone.feature_size, relic_hidden, relic_projection)
+
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        flag_prefix = "relic_"
+        alpha: float = option(1.0, "weight of the invariance (KL) term", at_least=0)
+        siglip: bool = option(False, "the pairwise sigmoid loss of SigLIP instead of the softmax cross-entropy "
+                                     "(other initial temperature and bias)")
+        global_views: int = option(2, "full-size views per image, through the online and the target network",
+                                   at_least=1, at_most=MAX_VIEWS)
+        local_views: int = option(4, "views at 3/7 of the size per image, online network only",
+                                  at_least=0, at_most=MAX_VIEWS)
+        gamma: float = option(0.995, "momentum of the target at the start of its cosine schedule to 1",
+                              at_least=0, at_most=1)
+        copy_steps: int = option(1, "the target is copied from the online network until this step", at_least=0)
+        update_every: int = option(1, "steps between momentum updates of the target", at_least=1)
+        weight_decay: float = option(1e-5, "Adam weight decay", at_least=0)
+        hidden: int = option(512, "hidden units of the critic", at_least=1, at_most=MAX_LAYER_WIDTH)
+        projection: int = option(64, "output size of the critic", at_least=1, at_most=MAX_LAYER_WIDTH)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            views = self.global_views + self.local_views
+            if not 2 <= views <= MAX_VIEWS:
+                raise ConfigError(("global_views", "local_views"), f"{views} views in all, must be from 2 (fewer "
+                                  f"give no pair of views) to {MAX_VIEWS}")
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        config = self.config
+        self.alpha, self.siglip = config.alpha, config.siglip
+        self.global_views, self.local_views = config.global_views, config.local_views
+        self.initial_gamma, self.copy_steps, self.update_every = config.gamma, config.copy_steps, config.update_every
+        self.critic = critic(backbone.feature_size, config.hidden, config.projection)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        log_temperature, bias, self.max_temperature = SIGLIP_LOGITS if relic_siglip else SOFTMAX_LOGITS
+        log_temperature, bias, self.max_temperature = SIGLIP_LOGITS if config.siglip else SOFTMAX_LOGITS
         self.log_temperature = nn.Parameter(torch.tensor(log_temperature))
         self.logit_bias = nn.Parameter(torch.tensor(bias))
         self.optimizer = torch.optim.Adam([*self.backbone.parameters(), *self.critic.parameters(),
                                            self.log_temperature, self.logit_bias],
-                                          lr=self.lr, weight_decay=relic_weight_decay)
-        self.gamma = relic_gamma  # the momentum of the next update; in the checkpoint
+                                          lr=self.lr, weight_decay=config.weight_decay)
+        self.gamma = config.gamma  # the momentum of the next update; in the checkpoint
         self.momentum_steps = 0   # optimizer steps the target has followed; in the checkpoint
         self.total_steps = 1      # of the schedule, set at every epoch start
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        if options["relic_global_views"] < 1:
-            return f"--relic_global_views {options['relic_global_views']}: the target needs at least 1 global view"
-        if options["relic_local_views"] < 0:
-            return f"--relic_local_views {options['relic_local_views']}: must be 0 or more"
-        if options["relic_global_views"] + options["relic_local_views"] < 2:
-            return "--relic_global_views, --relic_local_views: at least 2 views in all, or no pair has two views"
-        if not 0 <= options["relic_gamma"] <= 1:
-            return f"--relic_gamma {options['relic_gamma']}: must be in [0, 1]"
-        for name in ("relic_copy_steps", "relic_weight_decay", "relic_alpha"):
-            if not (math.isfinite(options[name]) and options[name] >= 0):
-                return f"--{name} {options[name]}: must be a finite number >= 0"
-        for name in ("relic_update_every", "relic_hidden", "relic_projection"):
-            if options[name] < 1:
-                return f"--{name} {options[name]}: must be at least 1"
-        for name in ("relic_hidden", "relic_projection"):
-            if options[name] > MAX_LAYER_WIDTH:
-                return f"--{name} {options[name]}: must be at most {MAX_LAYER_WIDTH}"
-        if options["relic_global_views"] + options["relic_local_views"] > MAX_VIEWS:
-            return f"--relic_global_views, --relic_local_views: at most {MAX_VIEWS} views in all"
-        return None
 
     @property
     def view_groups(self) -> list[ViewGroup]:

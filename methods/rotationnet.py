@@ -30,8 +30,9 @@ class RotationNet(Method):
     score_name = "accuracy"
     checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None):
-        super().__init__(backbone, num_classes, lr)
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Method.Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
         self.classifier = nn.Linear(backbone.feature_size, 4)
         self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
 

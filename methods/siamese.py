@@ -11,40 +11,17 @@ schedule resumes exactly, also inside an epoch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, Option, ViewGroup
+from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, ViewGroup
+from methods.config import MethodConfig, option
 from methods.optimizers import LARS, warmup_cosine_lr
 
 # BYOL's asymmetric views (blur p 1 / 0.1, solarize p 0 / 0.2), which Barlow Twins and VICReg adopt.
 BYOL_VIEWS = (ViewGroup(1, "crop_softcolor_gray_blur"), ViewGroup(1, "crop_softcolor_gray_blur_solarize"))
-
-
-def training_options(prefix: str, hidden: int, projection: int, weight_decay: float) -> tuple[Option, ...]:
-    """The options every two-view baseline has, named `<prefix>_...`."""
-    return (
-        Option(f"{prefix}_hidden", hidden, "hidden units of the projector"),
-        Option(f"{prefix}_projection", projection, "output size of the projector"),
-        Option(f"{prefix}_weight_decay", weight_decay, "weight decay of the optimizer"),
-        Option(f"{prefix}_warmup_epochs", 10, "epochs of linear learning-rate warm-up from 3e-5, then a "
-                                              "cosine to 0 (short runs: lower it, or the run is all warm-up)"),
-    )
-
-
-def check_training_options(prefix: str, options: dict, positive: tuple[str, ...] = (),
-                           non_negative: tuple[str, ...] = ()) -> str | None:
-    """The first option out of its range, as a one-line problem, or None: the layer widths of
-    `training_options` and `positive` from 1 to MAX_LAYER_WIDTH, its weight decay and warm-up
-    and `non_negative` finite and >= 0."""
-    for name in (f"{prefix}_hidden", f"{prefix}_projection", *positive):
-        if not 1 <= options[name] <= MAX_LAYER_WIDTH:
-            return f"--{name} {options[name]}: must be from 1 to {MAX_LAYER_WIDTH}"
-    for name in (f"{prefix}_weight_decay", f"{prefix}_warmup_epochs", *non_negative):
-        if not (math.isfinite(options[name]) and options[name] >= 0):
-            return f"--{name} {options[name]}: must be a finite number >= 0"
-    return None
 
 
 def feature_spread(projections: torch.Tensor) -> torch.Tensor:
@@ -64,11 +41,22 @@ class TwoViewMethod(Method):
     optional_keys = frozenset()
     view_groups = list(BYOL_VIEWS)
 
-    def set_optimizer(self, groups: list[dict], weight_decay: float, warmup_epochs: float) -> None:
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        """The options every two-view baseline has; a subclass's config sets `flag_prefix` and
+        may change their defaults (`methods.config.with_default`)."""
+
+        hidden: int = option(2048, "hidden units of the projector", at_least=1, at_most=MAX_LAYER_WIDTH)
+        projection: int = option(2048, "output size of the projector", at_least=1, at_most=MAX_LAYER_WIDTH)
+        weight_decay: float = option(1e-4, "weight decay of the optimizer", at_least=0)
+        warmup_epochs: int = option(10, "epochs of linear learning-rate warm-up from 3e-5, then a cosine to 0 "
+                                        "(short runs: lower it, or the run is all warm-up)", at_least=0)
+
+    def set_optimizer(self, groups: list[dict]) -> None:
         """`groups`: parameter groups; one with `static_lr` keeps the base learning rate."""
         optimizer = LARS if self.lars else torch.optim.SGD
-        self.optimizer = optimizer(groups, lr=self.lr, momentum=0.9, weight_decay=weight_decay)
-        self.warmup_epochs = warmup_epochs
+        self.optimizer = optimizer(groups, lr=self.lr, momentum=0.9, weight_decay=self.config.weight_decay)
+        self.warmup_epochs = self.config.warmup_epochs
         self.steps = 0           # optimizer steps done; in the checkpoint
         self.total_steps = 1     # of the schedule, set at every epoch start
         self.warmup_steps = 0

@@ -5,10 +5,14 @@ pulls the two projections of an image together against those of the other images
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
-from methods.base import Method, Option, StepOutput, ViewGroup
+from methods.base import Method, StepOutput, ViewGroup
+from methods.config import ConfigError, MethodConfig, option
 from methods.heads import backbone_and_head_adam, mlp_head
 from methods.losses import nt_xent_loss, simclr_original_loss
 from utils.distributed import gather_with_gradient
@@ -25,38 +29,38 @@ MAX_TEMPERATURE = 100.0
 
 class SimCLR(Method):
     name = "simclr"
-    options = (
-        Option("temperature", 0.5, "softmax temperature of the loss"),
-        Option("simclr_loss", "original", "'original' (-log of the mean ratio, as the original code) "
-                                          "or 'ntxent' (mean of -log ratios)"),
-        Option("simclr_gather", False, "under torchrun: contrast each image with the images of all "
-                                       "ranks, not only those of its own rank's batch", switch=True),
-    )
     checkpoint_keys = {"backbone": "backbone", "head": "head", "optimizer": "optimizer"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 temperature: float = 0.5, simclr_loss: str = "original", simclr_gather: bool = False):
-        super().__init__(backbone, num_classes, lr, temperature=temperature, simclr_loss=simclr_loss)
-        self.temperature = temperature
-        self.loss_function = SIMCLR_LOSSES[simclr_loss]
-        self.gather = simclr_gather
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        temperature: float = option(0.5, "softmax temperature of the loss", at_least=MIN_TEMPERATURE["ntxent"],
+                                    at_most=MAX_TEMPERATURE)
+        loss: Literal["original", "ntxent"] = option(
+            "original", "'original' (-log of the mean ratio, as the original code) or 'ntxent' (mean of -log "
+            "ratios)", flag="simclr_loss")
+        gather: bool = option(False, "under torchrun: contrast each image with the images of all ranks, not only "
+                                     "those of its own rank's batch", flag="simclr_gather")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            lowest = MIN_TEMPERATURE[self.loss]
+            if self.temperature < lowest:
+                why = " (exp(1/T) overflows below; ntxent takes smaller ones)" if self.loss == "original" else ""
+                raise ConfigError(("temperature", "loss"), f"a temperature of {self.temperature} is below "
+                                  f"{lowest:g}, the least with the {self.loss} loss{why}")
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        self.temperature = self.config.temperature
+        self.loss_function = SIMCLR_LOSSES[self.config.loss]
+        self.gather = self.config.gather
         self.head = mlp_head(backbone.feature_size, 64)
         self.optimizer = backbone_and_head_adam(self.backbone, self.head, self.lr)
 
     @property
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(2, "crop_color_gray")]  # the original's simclr pipeline is relationnet's
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        if options["simclr_loss"] not in SIMCLR_LOSSES:
-            return f"--simclr_loss {options['simclr_loss']}: choose one of {', '.join(SIMCLR_LOSSES)}"
-        loss, lowest = options["simclr_loss"], MIN_TEMPERATURE[options["simclr_loss"]]
-        if not (lowest <= options["temperature"] <= MAX_TEMPERATURE):
-            why = " (exp(1/T) overflows below; ntxent takes smaller ones)" if loss == "original" else ""
-            return (f"--temperature {options['temperature']}: must be between {lowest:g} and {MAX_TEMPERATURE:g} "
-                    f"with --simclr_loss {loss}{why}")
-        return None
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
                       index: torch.Tensor) -> StepOutput:

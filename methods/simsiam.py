@@ -9,13 +9,16 @@ kept fixed, not scheduled), weight decay 1e-5, batch 256; both views with colour
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from methods.base import Option, StepOutput, ViewGroup
+from methods.base import MAX_LAYER_WIDTH, StepOutput, ViewGroup
+from methods.config import option, with_default
 from methods.heads import projection_mlp
 from methods.losses import negative_cosine_loss
-from methods.siamese import TwoViewMethod, check_training_options, training_options
+from methods.siamese import TwoViewMethod
 
 
 class SimSiam(TwoViewMethod):
@@ -23,29 +26,24 @@ class SimSiam(TwoViewMethod):
     default_lr = 0.5
     lars = False
     view_groups = [ViewGroup(1, "crop_softcolor_gray_halfblur"), ViewGroup(1, "crop_softcolor_gray_halfblur")]
-    options = (
-        Option("simsiam_predictor_hidden", 512, "hidden units of the predictor"),
-        *training_options("simsiam", hidden=2048, projection=2048, weight_decay=1e-5),
-    )
     checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 simsiam_predictor_hidden: int = 512, simsiam_hidden: int = 2048, simsiam_projection: int = 2048,
-                 simsiam_weight_decay: float = 1e-5, simsiam_warmup_epochs: float = 10):
-        super().__init__(backbone, num_classes, lr, simsiam_predictor_hidden=simsiam_predictor_hidden,
-                         simsiam_hidden=simsiam_hidden, simsiam_projection=simsiam_projection,
-                         simsiam_weight_decay=simsiam_weight_decay, simsiam_warmup_epochs=simsiam_warmup_epochs)
-        self.projector = projection_mlp([backbone.feature_size, simsiam_hidden, simsiam_hidden, simsiam_projection],
+    @dataclass(frozen=True)
+    class Config(TwoViewMethod.Config):
+        flag_prefix = "simsiam_"
+        weight_decay: float = with_default(TwoViewMethod.Config, "weight_decay", 1e-5)
+        predictor_hidden: int = option(512, "hidden units of the predictor", at_least=1, at_most=MAX_LAYER_WIDTH)
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        config = self.config
+        self.projector = projection_mlp([backbone.feature_size, config.hidden, config.hidden, config.projection],
                                         hidden_bias=False, output_norm=True)
-        self.predictor = projection_mlp([simsiam_projection, simsiam_predictor_hidden, simsiam_projection],
+        self.predictor = projection_mlp([config.projection, config.predictor_hidden, config.projection],
                                         hidden_bias=False)
         self.set_optimizer([{"params": [*backbone.parameters(), *self.projector.parameters()]},
-                            {"params": self.predictor.parameters(), "static_lr": True}],
-                           simsiam_weight_decay, simsiam_warmup_epochs)
-
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        return check_training_options("simsiam", options, positive=("simsiam_predictor_hidden",))
+                            {"params": self.predictor.parameters(), "static_lr": True}])
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

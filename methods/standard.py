@@ -6,13 +6,14 @@ and what `test.py` scores, as in the original code.
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods.base import EpochContext, Method, StepOutput, ViewGroup
+from methods.config import MethodConfig, option
 from methods.heads import accuracy_sums
 
 
@@ -48,25 +49,25 @@ class Standard(Method):
     optional_keys = frozenset({"optimizer", "optimizer_lineval", "optimizer_finetune"})
     active_optimizer = "supervised_optimizer"
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 augmentation: str = "pad_crop_flip", lr_backbone: float = 1e-4, lr_classifier: float = 1e-3):
-        super().__init__(backbone, num_classes, lr)
-        self.augmentation = augmentation
+    @dataclass(frozen=True)
+    class Config(MethodConfig):
+        augmentation: str = option("pad_crop_flip", "augmentation pipeline of the training images (stage 1: by "
+                                   "data set; stage 2: --augmentation)", stage=None)
+        lr_backbone: float = option(1e-4, "fine-tuning: backbone learning rate", above=0, stage=2)
+        lr_classifier: float = option(1e-3, "fine-tuning: classifier learning rate", above=0, stage=2)
+
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        self.augmentation = self.config.augmentation
         self.classifier = nn.Linear(backbone.feature_size, num_classes)
         self.supervised_optimizer = torch.optim.SGD([
             {"params": self.backbone.parameters(), "lr": self.lr, "momentum": 0.9},
             {"params": self.classifier.parameters(), "lr": self.lr, "momentum": 0.9}])
         self.lineval_optimizer = torch.optim.Adam([{"params": self.classifier.parameters(), "lr": 1e-3}])
         self.finetune_optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "weight_decay": 1e-5, "lr": lr_backbone},
-            {"params": self.classifier.parameters(), "weight_decay": 1e-5, "lr": lr_classifier}])
-
-    @classmethod
-    def from_args(cls, backbone: nn.Module, num_classes: int, args: argparse.Namespace) -> "Standard":
-        # The original supervised STL-10 baseline trained with affine + erasing (D4).
-        augmentation = "flip_affine_erase" if getattr(args, "dataset", None) == "stl10" else "pad_crop_flip"
-        return cls(backbone, num_classes, lr=getattr(args, "lr", None), augmentation=augmentation,
-                   lr_backbone=getattr(args, "lr_backbone", 1e-4), lr_classifier=getattr(args, "lr_classifier", 1e-3))
+            {"params": self.backbone.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_backbone},
+            {"params": self.classifier.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_classifier}])
 
     @property
     def view_groups(self) -> list[ViewGroup]:
@@ -97,8 +98,3 @@ class Finetune(Standard):
 
     name = "finetune"
     active_optimizer = "finetune_optimizer"
-
-    @classmethod
-    def from_args(cls, backbone: nn.Module, num_classes: int, args: argparse.Namespace) -> "Finetune":
-        return cls(backbone, num_classes, augmentation=args.augmentation, lr_backbone=args.lr_backbone,
-                   lr_classifier=args.lr_classifier)

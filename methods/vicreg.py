@@ -8,42 +8,36 @@ squared off-diagonal covariances, 1). No predictor, no momentum network. LARS, l
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from methods.base import Option, StepOutput
+from methods.base import StepOutput
+from methods.config import option
 from methods.heads import projection_mlp
 from methods.losses import vicreg_loss
-from methods.siamese import TwoViewMethod, check_training_options, training_options
+from methods.siamese import TwoViewMethod
 
 
 class VICReg(TwoViewMethod):
     name = "vicreg"
     default_lr = 0.3
-    options = (
-        Option("vicreg_invariance", 25.0, "weight of the invariance (mean squared error) term"),
-        Option("vicreg_variance", 25.0, "weight of the variance (standard-deviation hinge) term"),
-        Option("vicreg_covariance", 1.0, "weight of the covariance term"),
-        *training_options("vicreg", hidden=2048, projection=2048, weight_decay=1e-4),
-    )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lr: float | None = None,
-                 vicreg_invariance: float = 25.0, vicreg_variance: float = 25.0, vicreg_covariance: float = 1.0,
-                 vicreg_hidden: int = 2048, vicreg_projection: int = 2048, vicreg_weight_decay: float = 1e-4,
-                 vicreg_warmup_epochs: float = 10):
-        super().__init__(backbone, num_classes, lr, vicreg_invariance=vicreg_invariance,
-                         vicreg_variance=vicreg_variance, vicreg_covariance=vicreg_covariance,
-                         vicreg_hidden=vicreg_hidden, vicreg_projection=vicreg_projection,
-                         vicreg_weight_decay=vicreg_weight_decay, vicreg_warmup_epochs=vicreg_warmup_epochs)
-        self.weights = (vicreg_invariance, vicreg_variance, vicreg_covariance)
-        self.projector = projection_mlp([backbone.feature_size, vicreg_hidden, vicreg_hidden, vicreg_projection])
-        self.set_optimizer([{"params": [*backbone.parameters(), *self.projector.parameters()]}],
-                           vicreg_weight_decay, vicreg_warmup_epochs)
+    @dataclass(frozen=True)
+    class Config(TwoViewMethod.Config):
+        flag_prefix = "vicreg_"
+        invariance: float = option(25.0, "weight of the invariance (mean squared error) term", at_least=0)
+        variance: float = option(25.0, "weight of the variance (standard-deviation hinge) term", at_least=0)
+        covariance: float = option(1.0, "weight of the covariance term", at_least=0)
 
-    @classmethod
-    def check_options(cls, options: dict) -> str | None:
-        return check_training_options("vicreg", options,
-                                      non_negative=("vicreg_invariance", "vicreg_variance", "vicreg_covariance"))
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
+                 lr: float | None = None):
+        super().__init__(backbone, num_classes, config, lr=lr)
+        config = self.config
+        self.weights = (config.invariance, config.variance, config.covariance)
+        self.projector = projection_mlp([backbone.feature_size, config.hidden, config.hidden, config.projection])
+        self.set_optimizer([{"params": [*backbone.parameters(), *self.projector.parameters()]}])
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))

@@ -257,8 +257,8 @@ def write_tiny(root, classes: int, per_class_train: int, per_class_val: int, see
 
 
 def make_engine(method_name, data, folder, seed=1, epochs=3, batch=32, plan_options=None, **options):
-    """An engine training method `method_name` (keywords `options`; relationnet with K 4
-    unless given) on Conv-4 over `data`, logging to `folder/log.csv` and saving
+    """An engine training method `method_name` (its config's fields `options`; relationnet with
+    K 4 unless given) on Conv-4 over `data`, logging to `folder/log.csv` and saving
     `folder/epoch_<E>.tar`; `plan_options` go to the TrainingPlan (precision, compile, ...)."""
     from backbones import build_backbone
     from methods import METHODS
@@ -266,7 +266,8 @@ def make_engine(method_name, data, folder, seed=1, epochs=3, batch=32, plan_opti
     seed_everything(seed)
     if method_name == "relationnet":
         options = {"K": 4, **options}
-    method = METHODS[method_name](build_backbone("conv4"), data.num_classes, **options)
+    method_class = METHODS[method_name]
+    method = method_class(build_backbone("conv4"), data.num_classes, method_class.Config(**options))
     return engine_for(method, data, folder, seed, epochs, batch, plan_options)
 
 
@@ -346,10 +347,13 @@ def parse_stage1(method: str, *flags: str):
 def build_method(method_name, seed=1, *flags):
     """A seeded method on a conv4 backbone, its flags parsed as train_unsupervised.py does."""
     from backbones import build_backbone
+    from experiments.options import stage1_config
     from methods import METHODS
     from utils.seeds import seed_everything
     seed_everything(seed)
-    return METHODS[method_name].from_args(build_backbone("conv4"), 10, parse_stage1(method_name, *flags))
+    args = parse_stage1(method_name, *flags)
+    method_class = METHODS[method_name]
+    return method_class(build_backbone("conv4"), 10, stage1_config(method_class, args), lr=args.lr)
 
 
 def train_method(method, data, folder, seed=1, epochs=1, batch=32):

@@ -162,13 +162,14 @@ def test_help_shows_each_method_group_with_defaults(capsys):
 
 def test_every_method_flag_gets_its_default_when_not_given():
     from experiments.cli import stage1_parser
+    from experiments.options import option_flag, stage_fields
     from methods import METHODS
     args = stage1_parser().parse_args(["--method", "simclr", "--temperature", "0.2"])
     assert args.temperature == 0.2
     for method in METHODS.values():
-        for option in method.options:
-            if option.name != "temperature":
-                assert getattr(args, option.name) == option.default
+        for name, _, default in stage_fields(method.Config, stage=1):
+            if name != "temperature":
+                assert getattr(args, option_flag(method.Config, name)) == default
 
 
 def test_the_longest_id_keeps_every_file_name_within_255_bytes():
@@ -184,3 +185,25 @@ def test_the_longest_id_keeps_every_file_name_within_255_bytes():
     names = [f"{stem}_last.tar", f"log_{stem}_test.csv", f"{stem}_retrieval_top{limit}.png", f"{stem}_test_tsne.png"]
     temporary = [f".{name}.{'f' * 8}.tmp" for name in names]  # atomic_write_bytes' temporary files
     assert max(len(name.encode()) for name in names + temporary) <= 255
+
+
+def test_the_arguments_a_resumed_run_may_change_are_declared_with_their_flags():
+    from dataclasses import dataclass
+
+    from experiments.options import add_option_flags
+    from methods.config import MethodConfig, option
+
+    @dataclass(frozen=True)
+    class Watched(MethodConfig):
+        flag_prefix = "watched_"
+        every: int = option(1, "steps between looks", at_least=1, may_change_on_resume=True)
+        width: int = option(8, "units", at_least=1)
+
+    parser = cli.Parser()
+    add_option_flags(parser, parser, Watched, stage=1)
+    assert parser.may_change_on_resume == {"watched_every"}
+    where = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir", "overwrite", "no_download"}
+    assert cli.stage2_parser().may_change_on_resume == where
+    assert cli.stage1_parser().may_change_on_resume == where | {
+        "epochs", "checkpoint", "epoch_start", "save_every", "compile", "channels_last", "eval_every",
+        "eval_images", "tensorboard"}

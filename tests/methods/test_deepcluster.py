@@ -11,6 +11,7 @@ import torch
 from backbones import build_backbone
 from datasets import load_dataset
 from methods.base import EpochContext, ViewGroup
+from methods.config import ConfigError
 from methods.deepcluster import DeepCluster
 from tests.helpers import REPO, make_engine, read_log
 from utils.errors import UserError
@@ -19,12 +20,12 @@ pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
 def _options(**overrides):
-    return {"num_clusters": 0, "kmeans_restarts": 2, "deepcluster_sampling": "weighted", **overrides}
+    return {"num_clusters": 0, "kmeans_restarts": 2, "sampling": "weighted", **overrides}
 
 
 def make_method(seed=0, num_classes=10, **overrides):
     torch.manual_seed(seed)
-    return DeepCluster(build_backbone("conv4"), num_classes, **_options(**overrides))
+    return DeepCluster(build_backbone("conv4"), num_classes, DeepCluster.Config(**_options(**overrides)))
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +35,13 @@ def real_subset(cifar10_root):
 
 # ---------------------------------------------------------------------- flags and head
 
-@pytest.mark.parametrize("overrides,flag", [
-    ({"num_clusters": -3}, "--num_clusters"),
-    ({"kmeans_restarts": 0}, "--kmeans_restarts"),
-    ({"deepcluster_sampling": "foo"}, "--deepcluster_sampling"),
-])
-def test_bad_options_are_named(overrides, flag):
-    problem = DeepCluster.check_options(_options(**overrides))
-    assert problem and problem.startswith(flag) and "\n" not in problem
-    assert DeepCluster.check_options(_options()) is None
+@pytest.mark.parametrize("overrides", [{"num_clusters": -3}, {"kmeans_restarts": 0}, {"sampling": "foo"}])
+def test_bad_options_are_named(overrides):
+    with pytest.raises(ConfigError) as raised:
+        DeepCluster.Config(**_options(**overrides))
+    assert raised.value.fields == tuple(overrides) and str(raised.value).startswith(f"{next(iter(overrides))} ")
+    assert "\n" not in str(raised.value)
+    DeepCluster.Config(**_options())
 
 
 def test_head_and_clusters_follow_the_original():
@@ -94,7 +93,7 @@ def test_epoch_start_clusters_resets_the_layer_and_weights_the_classes(real_subs
 
 
 def test_uniform_sampling_gives_each_cluster_equal_turns():
-    method = make_method(num_clusters=8, deepcluster_sampling="uniform")
+    method = make_method(num_clusters=8, sampling="uniform")
     # Clusters of 150, 40, 7 and 3 images; clusters 1, 4, 5 and 6 are empty.
     method.assignments = torch.cat([torch.full((150,), 0), torch.full((40,), 2), torch.full((7,), 3),
                                     torch.full((3,), 7)])[torch.randperm(200)]
@@ -204,7 +203,7 @@ def test_same_seed_same_clusters_and_exact_resume(real_subset, tmp_path):
 
 def test_uniform_sampling_trains(real_subset, tmp_path):
     subset = real_subset.balanced_subset(200, seed=0)
-    engine = make_engine("deepcluster", subset, tmp_path, batch=50, kmeans_restarts=2, epochs=1, num_clusters=10, deepcluster_sampling="uniform")
+    engine = make_engine("deepcluster", subset, tmp_path, batch=50, kmeans_restarts=2, epochs=1, num_clusters=10, sampling="uniform")
     seen = []
     training_step = engine.method.training_step
 

@@ -14,8 +14,10 @@ from backbones import build_backbone
 from datasets import load_dataset
 from engine.loop import Engine, TrainingPlan
 from experiments.cli import stage1_parser
+from experiments.options import stage1_config
 from methods import METHODS
 from methods.base import ViewGroup
+from methods.config import ConfigError
 from methods.deepinfomax import DeepInfoMax, DIMDiscriminators, negatives
 from methods.losses import jsd_discriminator_loss
 from tests.helpers import GOLDEN, REPO
@@ -33,9 +35,15 @@ def _args(*argv: str, lr: float | None = None):
     return stage1_parser().parse_args(["--method", "deepinfomax", *argv, *(["--lr", str(lr)] if lr else [])])
 
 
+def _from_flags(num_classes: int, *argv: str, lr: float | None = None) -> DeepInfoMax:
+    """Deepinfomax on Conv-4 with stage-1 flags, built as train_unsupervised.py builds it."""
+    args = _args(*argv, lr=lr)
+    return DeepInfoMax(build_backbone("conv4"), num_classes, stage1_config(DeepInfoMax, args), lr=args.lr)
+
+
 def _method(*argv: str, seed: int = 0, **kwargs) -> DeepInfoMax:
     torch.manual_seed(seed)
-    return DeepInfoMax.from_args(build_backbone("conv4"), 10, _args(*argv, **kwargs))
+    return _from_flags(10, *argv, **kwargs)
 
 
 # --- the original code's numbers -------------------------------------------------------------
@@ -194,15 +202,17 @@ def test_training_step_gives_the_backbone_the_reversed_prior_gradient():
     (["--dim_beta", "0", "--dim_gamma", "0"], "--dim_alpha"),
     (["--dim_prior", "foo"], "--dim_prior"),
 ])
-def test_bad_flags_are_named_on_one_line(argv, flag):
-    problem = DeepInfoMax.check_options(DeepInfoMax.options_of(_args(*argv)))
-    assert problem and problem.startswith(flag) and "\n" not in problem
-    with pytest.raises(ValueError, match=flag):
-        DeepInfoMax(build_backbone("conv4"), 10, **DeepInfoMax.options_of(_args(*argv)))
+def test_bad_flags_are_named_on_one_line(argv, flag, capsys):
+    with pytest.raises((SystemExit, UserError)) as raised:  # bounds when parsed, rules between flags after
+        stage1_config(DeepInfoMax, _args(*argv))
+    problem = str(raised.value) if isinstance(raised.value, UserError) else capsys.readouterr().err.strip()
+    assert flag in problem and "\n" not in problem
 
 
-def test_default_flags_are_valid_and_a_batch_needs_two_images():
-    assert DeepInfoMax.check_options(DeepInfoMax.default_options()) is None
+def test_default_config_is_valid_and_a_batch_needs_two_images():
+    with pytest.raises(ConfigError, match="^alpha, beta, gamma: all zero"):
+        DeepInfoMax.Config(beta=0, gamma=0)
+    assert DeepInfoMax.Config() == stage1_config(DeepInfoMax, _args())
     assert DeepInfoMax.min_batch_size == 2
 
 
@@ -250,7 +260,7 @@ def test_loads_a_checkpoint_in_the_original_format():
 
 def _fit(data, folder, seed, epochs, batch, *argv, lr=None):
     seed_everything(seed)
-    method = DeepInfoMax.from_args(build_backbone("conv4"), data.num_classes, _args(*argv, lr=lr))
+    method = _from_flags(data.num_classes, *argv, lr=lr)
     plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=folder / "log.csv",
                         checkpoint_paths=lambda e: [], extra_state={}, drop_last=method.drop_last)
     Engine(method, data, plan, torch.device("cpu")).fit()
@@ -331,5 +341,5 @@ def test_bad_flag_is_one_line_exit_2(small_cifar10_root, tmp_path):
     run = _stage("train_unsupervised.py", small_cifar10_root, tmp_path, "--method", "deepinfomax",
                  "--dim_prior", "foo")
     assert run.returncode == 2
-    assert run.stderr.count("\n") == 1 and "--dim_prior foo" in run.stderr
+    assert run.stderr.count("\n") == 1 and "argument --dim_prior: invalid choice: 'foo'" in run.stderr
     assert "Traceback" not in run.stderr

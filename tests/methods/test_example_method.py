@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from datasets import load_dataset
 from methods import METHODS
+from methods.config import ConfigError
 from tests.helpers import REPO, engine_for, load, read_log, run_stage, stage_arguments
 
 
@@ -25,8 +27,10 @@ def example(tmp_path_factory):
     path.write_text(code)
     spec = importlib.util.spec_from_file_location("momentum_example", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does: dataclasses read the module's names
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +39,18 @@ def data(small_cifar10_root):
 
 
 def build(example, seed=1, **options):
+    """The example method on Conv-4; `options` are fields of its config."""
     from backbones import build_backbone
     torch.manual_seed(seed)
-    return example.MomentumExample(build_backbone("conv4"), 10, **options)
+    return example.MomentumExample(build_backbone("conv4"), 10, example.MomentumExample.Config(**options))
 
 
-def test_keywords_view_groups_and_bad_options(example):
+def test_config_view_groups_and_bad_options(example):
     method = build(example, momentum=0.9)
-    assert method.momentum == 0.9 and len(method.view_groups) == 2
+    assert method.momentum == 0.9 and len(method.view_groups) == 2 and method.lr == 1e-3
+    assert example.MomentumExample(method.backbone, 10).momentum == 0.99  # the field's default
     assert example.normalised_mse(torch.ones(3, 4), torch.ones(3, 4)).item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="--momentum 2"):
+    with pytest.raises(ConfigError, match="^momentum 2: must be a finite number >= 0 and <= 1$"):
         build(example, momentum=2)
 
 
@@ -83,3 +89,5 @@ def test_one_registry_line_gives_the_stages(example, small_cifar10_root, tmp_pat
     assert (folder / "momentum_example_cifar10_conv4_seed_1_epoch_1_linear_evaluation.tar").exists()
     with pytest.raises(SystemExit):  # its flag belongs to it alone
         run_stage(stage1, args + ["--method", "simclr", "--momentum", "0.95", "--epochs", "1"])
+    with pytest.raises(SystemExit):  # and is checked when parsed
+        run_stage(stage1, args + ["--method", "momentum_example", "--momentum", "2", "--epochs", "1"])

@@ -11,6 +11,7 @@ from datasets import load_dataset
 from engine.signals import RunInterrupted
 from methods import METHODS
 from methods.base import ViewGroup
+from methods.config import ConfigError
 from methods.losses import relic_loss
 from methods.momentum import copy_online, cosine_momentum, momentum_update
 from methods.relic import ReLIC
@@ -20,8 +21,9 @@ RELIC = torch.load(GOLDEN / "relic.pt", weights_only=True)
 
 
 def build(seed=0, **options):
+    """A seeded ReLIC on Conv-4; `options` are fields of its config."""
     torch.manual_seed(seed)
-    return ReLIC(build_backbone("conv4"), 10, **options)
+    return ReLIC(build_backbone("conv4"), 10, ReLIC.Config(**options))
 
 
 # --- the package's numbers ---------------------------------------------------------------------
@@ -127,27 +129,27 @@ def test_defaults_views_and_checkpoint_keys():
     assert [m.bias for m in method.critic if isinstance(m, nn.Linear)] == [None, None]
     assert method.critic[0].out_features == 512 and method.critic[2].out_features == 64
     assert (method.log_temperature.item(), method.logit_bias.item(), method.max_temperature) == (0.0, 0.0, 5.0)
-    siglip = build(relic_siglip=True)
+    siglip = build(siglip=True)
     assert siglip.log_temperature.item() == pytest.approx(2.302585) and siglip.logit_bias.item() == -10.0
     assert method.view_groups == [ViewGroup(2, "crop_color_gray_blur_solarize"),
                                   ViewGroup(4, "crop_color_gray_blur", size_ratio=3 / 7)]
     assert [group.side(32) for group in method.view_groups] == [None, 13]
     assert method.view_groups[1].side(96) == 41
-    assert build(relic_local_views=0).view_groups == [ViewGroup(2, "crop_color_gray_blur_solarize")]
+    assert build(local_views=0).view_groups == [ViewGroup(2, "crop_color_gray_blur_solarize")]
     assert {"backbone", "online_backbone", "critic", "target_critic", "log_temperature", "logit_bias",
             "optimizer", "gamma", "momentum_steps"} == set(method.checkpoint_state())
 
 
-@pytest.mark.parametrize("options,flag", [
-    ({"relic_global_views": 0}, "--relic_global_views"), ({"relic_local_views": -1}, "--relic_local_views"),
-    ({"relic_global_views": 1, "relic_local_views": 0}, "--relic_global_views"),
-    ({"relic_gamma": 1.5}, "--relic_gamma"), ({"relic_alpha": float("nan")}, "--relic_alpha"),
-    ({"relic_update_every": 0}, "--relic_update_every")])
-def test_bad_options_are_named(options, flag):
-    problem = ReLIC.check_options({**ReLIC.default_options(), **options})
-    assert problem and problem.startswith(flag) and "\n" not in problem
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("options,fields", [
+    ({"global_views": 0}, ("global_views",)), ({"local_views": -1}, ("local_views",)),
+    ({"global_views": 1, "local_views": 0}, ("global_views", "local_views")),
+    ({"global_views": 40, "local_views": 40}, ("global_views", "local_views")),
+    ({"gamma": 1.5}, ("gamma",)), ({"alpha": float("nan")}, ("alpha",)), ({"update_every": 0}, ("update_every",)),
+    ({"hidden": 2**17}, ("hidden",))])
+def test_bad_options_are_named(options, fields):
+    with pytest.raises(ConfigError) as raised:
         build(**options)
+    assert raised.value.fields == fields and str(raised.value).startswith(fields[0]) and "\n" not in str(raised.value)
 
 
 def test_every_target_online_pair_of_other_positions_counts_once():
@@ -167,7 +169,7 @@ def test_every_target_online_pair_of_other_positions_counts_once():
 
 
 def test_the_target_is_copied_then_follows_the_schedule():
-    method = build(relic_gamma=0.9)
+    method = build(gamma=0.9)
     method.total_steps = 10
     for step in (1, 2):  # the package's steps k = 0, 1 copy (k <= 1)
         with torch.no_grad():
@@ -193,7 +195,7 @@ def real_subset(cifar10_root):
 
 def test_resume_inside_an_epoch_is_exact(real_subset, tmp_path):
     data = real_subset.balanced_subset(96, seed=0)
-    options = {"relic_local_views": 2}
+    options = {"local_views": 2}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir(), resumed.mkdir()
     reference = build(seed=1, **options)
@@ -222,7 +224,7 @@ def test_learns_on_real_images(real_subset, tmp_path):
     loss falls and instance discrimination of the batch rises far above chance (1 / 32 =
     3.1 %; 11.7 % here after 12 epochs). At temperature ~1 the logits span only [-1 - b,
     1 + b], so the cross-entropy cannot fall far below log 32 = 3.47 this early."""
-    method = build(seed=1, relic_local_views=2, relic_gamma=0.99)
+    method = build(seed=1, local_views=2, gamma=0.99)
     engine_for(method, real_subset, tmp_path, epochs=12, batch=32).fit()
     rows = read_log(tmp_path / "log.csv")
     losses = [float(row["loss"]) for row in rows]

@@ -13,6 +13,8 @@ from torch import nn
 from backbones import build_backbone
 from datasets.augment import build_augmentation
 from engine.checkpoint import read_checkpoint
+from experiments.options import stage1_config
+from methods.config import ConfigError
 from methods.losses import nt_xent_loss, simclr_original_loss
 from methods.simclr import SimCLR
 from tests.helpers import (
@@ -25,6 +27,7 @@ from tests.helpers import (
     three_stage_commands,
     train_method,
 )
+from utils.errors import UserError
 
 GOLDEN_SIMCLR = GOLDEN / "simclr.pt"
 
@@ -116,14 +119,21 @@ def test_training_step_uses_the_chosen_loss():
     assert values["original"].item() != pytest.approx(values["ntxent"].item())
 
 
-@pytest.mark.parametrize("flags,flag", [
-    (("--temperature", "0"), "--temperature"), (("--temperature", "-1"), "--temperature"),
-    (("--temperature", "nan"), "--temperature"), (("--temperature", "inf"), "--temperature"),
-    (("--simclr_loss", "infonce"), "--simclr_loss")])
-def test_bad_options_are_named(flags, flag):
-    problem = SimCLR.check_options(SimCLR.options_of(parse_stage1("simclr", *flags)))
-    assert problem and problem.startswith(flag) and "\n" not in problem
-    assert SimCLR.check_options(SimCLR.default_options()) is None
+@pytest.mark.parametrize("options,fields", [
+    ({"temperature": 0}, ("temperature",)), ({"temperature": -1}, ("temperature",)),
+    ({"temperature": float("nan")}, ("temperature",)), ({"temperature": float("inf")}, ("temperature",)),
+    ({"temperature": 0.01}, ("temperature", "loss")), ({"loss": "infonce"}, ("loss",))])
+def test_bad_options_are_named(options, fields):
+    with pytest.raises(ConfigError) as raised:
+        SimCLR.Config(**options)
+    assert raised.value.fields == fields and str(raised.value).startswith(fields[0]) and "\n" not in str(raised.value)
+    assert SimCLR.Config(temperature=0.01, loss="ntxent").temperature == 0.01
+
+
+def test_a_temperature_too_low_for_the_loss_names_both_flags():
+    args = parse_stage1("simclr", "--temperature", "0.01")
+    with pytest.raises(UserError, match="^--temperature, --simclr_loss: a temperature of 0.01 is below 0.02"):
+        stage1_config(SimCLR, args)
 
 
 def original_head() -> nn.Sequential:

@@ -15,6 +15,7 @@ import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from backbones import build_backbone
 from experiments.cli import stage1_parser
+from experiments.options import stage1_config
 from experiments.stage import run_main
 from methods.base import ViewGroup
 from methods.standard import Standard
@@ -323,7 +324,8 @@ def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tm
     out = capsys.readouterr().out
     assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
     stl10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "stl10"])
-    assert Standard.from_args(build_backbone("conv4"), 10, stl10_args).view_groups == [ViewGroup(1, "flip_affine_erase")]
+    standard = Standard(build_backbone("conv4"), 10, stage1_config(Standard, stl10_args))
+    assert standard.view_groups == [ViewGroup(1, "flip_affine_erase")]
 
 
 def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_done(small_cifar10_root, tmp_path):
