@@ -16,6 +16,7 @@ current training step.
 <out> receives results.csv (one row per run), table.md (mean ± std over seeds beside the
 paper's value), figure.png and training curves (with matplotlib).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,9 @@ exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, 
 from backbones import BACKBONES  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
     GRID_ENVIRONMENT,
+    TEXT_ENCODING,
     RunFiles,
     RunLock,
-    TEXT_ENCODING,
     atomic_write_bytes,
     encode_text,
     evaluation_header,
@@ -91,9 +92,11 @@ def name_list(choices, what: str):
         names = [name for name in text.split(",") if name]
         unknown = [name for name in names if name not in choices]
         if unknown or not names:
-            raise argparse.ArgumentTypeError(f"unknown {what} '{','.join(unknown) or text}'; "
-                                             f"choose from {', '.join(choices)}")
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} '{','.join(unknown) or text}'; choose from {', '.join(choices)}"
+            )
         return names
+
     parse.__name__ = f"{what} list"
     return parse
 
@@ -133,47 +136,116 @@ def relation_k(text: str) -> int:
 
 
 def parser() -> Parser:
-    p = Parser(description="Run a grid of the paper's experiments through the three stages; "
-                           "finished runs are skipped, interrupted ones resumed.")
-    p.add_argument("--study", default="table1", choices=list(STUDIES),
-                   help="which grid (default table1): " + "; ".join(f"{name}: {s.description}"
-                                                               for name, s in STUDIES.items()))
-    p.add_argument("--conditions", type=name_list(list(CONDITIONS), "condition"), nargs="+", action=ListFlag,
-                   default=None, help="subset of the study's conditions, comma- or space-separated (default: all)")
-    p.add_argument("--methods", type=name_list(list(ALL_METHODS), "method"), nargs="+", action=ListFlag,
-                   default=None, help="subset of the study's methods, comma- or space-separated (default: all)")
-    p.add_argument("--backbone", type=name_list(list(BACKBONES), "backbone"), nargs="+", action=ListFlag,
-                   default=None, help="backbones instead of the paper's for the study, comma- or space-separated")
-    p.add_argument("--seeds", type=seed_list, nargs="+", action=ListFlag, default=[1, 2, 3],
-                   help="seeds, comma- or space-separated (default 1 2 3)")
-    p.add_argument("--epochs", type=positive_int, default=None,
-                   help="stage-1 epochs instead of the paper's (200; 300 on STL-10)")
-    p.add_argument("--linear_epochs", type=positive_int, default=None,
-                   help="stage-2 epochs instead of the paper's (100; 20 of fine-tuning on STL-10)")
-    p.add_argument("--train_subset", type=non_negative_int, default=0,
-                   help="train both stages on a seeded, class-balanced subset of N images (default 0 = all)")
-    p.add_argument("--K", type=relation_k, default=None,
-                   help="relationnet views per image instead of the paper's (32; 16 tiny/slim; 25 STL-10)")
-    p.add_argument("--knn", type=non_negative_int, default=200,
-                   help="k of the kNN accuracy reported beside the linear one (default 200; 0 = off)")
-    p.add_argument("--retrieval", type=non_negative_int, default=10,
-                   help="K of the top-K retrieval precision reported (default 10; 0 = off)")
-    p.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"),
-                   help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
+    p = Parser(
+        description="Run a grid of the paper's experiments through the three stages; "
+        "finished runs are skipped, interrupted ones resumed."
+    )
+    p.add_argument(
+        "--study",
+        default="table1",
+        choices=list(STUDIES),
+        help="which grid (default table1): " + "; ".join(f"{name}: {s.description}" for name, s in STUDIES.items()),
+    )
+    p.add_argument(
+        "--conditions",
+        type=name_list(list(CONDITIONS), "condition"),
+        nargs="+",
+        action=ListFlag,
+        default=None,
+        help="subset of the study's conditions, comma- or space-separated (default: all)",
+    )
+    p.add_argument(
+        "--methods",
+        type=name_list(list(ALL_METHODS), "method"),
+        nargs="+",
+        action=ListFlag,
+        default=None,
+        help="subset of the study's methods, comma- or space-separated (default: all)",
+    )
+    p.add_argument(
+        "--backbone",
+        type=name_list(list(BACKBONES), "backbone"),
+        nargs="+",
+        action=ListFlag,
+        default=None,
+        help="backbones instead of the paper's for the study, comma- or space-separated",
+    )
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        nargs="+",
+        action=ListFlag,
+        default=[1, 2, 3],
+        help="seeds, comma- or space-separated (default 1 2 3)",
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, default=None, help="stage-1 epochs instead of the paper's (200; 300 on STL-10)"
+    )
+    p.add_argument(
+        "--linear_epochs",
+        type=positive_int,
+        default=None,
+        help="stage-2 epochs instead of the paper's (100; 20 of fine-tuning on STL-10)",
+    )
+    p.add_argument(
+        "--train_subset",
+        type=non_negative_int,
+        default=0,
+        help="train both stages on a seeded, class-balanced subset of N images (default 0 = all)",
+    )
+    p.add_argument(
+        "--K",
+        type=relation_k,
+        default=None,
+        help="relationnet views per image instead of the paper's (32; 16 tiny/slim; 25 STL-10)",
+    )
+    p.add_argument(
+        "--knn",
+        type=non_negative_int,
+        default=200,
+        help="k of the kNN accuracy reported beside the linear one (default 200; 0 = off)",
+    )
+    p.add_argument(
+        "--retrieval",
+        type=non_negative_int,
+        default=10,
+        help="K of the top-K retrieval precision reported (default 10; 0 = off)",
+    )
+    p.add_argument(
+        "--data_root",
+        default=os.environ.get(DATA_ROOT_ENV, "./data"),
+        help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)",
+    )
     p.add_argument("--out", default=None, help="grid folder (default runs/<study>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--jobs", type=positive_int, default=None,
-                   help="stages run side by side, each on its own share of the CPUs (and its own GPU); "
-                        "default: one per visible GPU times --jobs_per_gpu, on the CPU one per usable "
-                        f"core as far as memory allows ({MEMORY_PER_CPU_JOB // 2**30} GiB each)")
-    p.add_argument("--jobs_per_gpu", type=positive_int, default=None,
-                   help="jobs sharing each GPU, for models too small to fill one (default 1)")
-    p.add_argument("--shard", type=shard, default=None, metavar="I/N",
-                   help="run the I-th of N shares of the grid (runs sharing a stage-1 run stay together), "
-                        "for N machines or GPUs writing the same --out (default: the whole grid)")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help="stages run side by side, each on its own share of the CPUs (and its own GPU); "
+        "default: one per visible GPU times --jobs_per_gpu, on the CPU one per usable "
+        f"core as far as memory allows ({MEMORY_PER_CPU_JOB // 2**30} GiB each)",
+    )
+    p.add_argument(
+        "--jobs_per_gpu",
+        type=positive_int,
+        default=None,
+        help="jobs sharing each GPU, for models too small to fill one (default 1)",
+    )
+    p.add_argument(
+        "--shard",
+        type=shard,
+        default=None,
+        metavar="I/N",
+        help="run the I-th of N shares of the grid (runs sharing a stage-1 run stay together), "
+        "for N machines or GPUs writing the same --out (default: the whole grid)",
+    )
     p.add_argument("--no_download", action="store_true", help="never download a missing data set")
-    p.add_argument("--dry_run", action="store_true",
-                   help="print a summary and the commands that would run (each once), run nothing")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print a summary and the commands that would run (each once), run nothing",
+    )
     return p
 
 
@@ -181,10 +253,10 @@ def parser() -> Parser:
 class Stage:
     script: str
     argv: list[str]
-    output: Path                    # the file the stage leaves when it has finished
-    files: RunFiles | None = None   # a training stage's files: its lock and per-epoch log
-    resumable: bool = False         # continued from its last checkpoint after an interruption
-    epochs: int = 0                 # 0: no epochs (the test)
+    output: Path  # the file the stage leaves when it has finished
+    files: RunFiles | None = None  # a training stage's files: its lock and per-epoch log
+    resumable: bool = False  # continued from its last checkpoint after an interruption
+    epochs: int = 0  # 0: no epochs (the test)
 
 
 @dataclass
@@ -214,7 +286,10 @@ def plan(args) -> list[Run]:
     study = STUDIES[args.study]
     conditions = args.conditions or list(study.conditions)
     methods = args.methods or list(study.methods)
-    for flag, chosen, allowed in (("--conditions", conditions, study.conditions), ("--methods", methods, study.methods)):
+    for flag, chosen, allowed in (
+        ("--conditions", conditions, study.conditions),
+        ("--methods", methods, study.methods),
+    ):
         outside = [name for name in chosen if name not in allowed]
         if outside:
             raise UserError(f"{flag} {','.join(outside)}: study {args.study} has {', '.join(allowed)}")
@@ -234,48 +309,131 @@ def plan(args) -> list[Run]:
             for b, backbone in enumerate(backbones):
                 for method in sorted(methods, key=ALL_METHODS.index):
                     for seed in args.seeds:
-                        runs.append(make_run(args, checkpoints, condition, variant, method, backbone, seed,
-                                             (study.conditions.index(condition_name), v, b,
-                                              ALL_METHODS.index(method), seed)))
+                        runs.append(
+                            make_run(
+                                args,
+                                checkpoints,
+                                condition,
+                                variant,
+                                method,
+                                backbone,
+                                seed,
+                                (study.conditions.index(condition_name), v, b, ALL_METHODS.index(method), seed),
+                            )
+                        )
     return runs
 
 
-def make_run(args, checkpoints: Path, condition: Condition, variant: Variant, method: str, backbone: str,
-             seed: int, order: tuple) -> Run:
+def make_run(
+    args, checkpoints: Path, condition: Condition, variant: Variant, method: str, backbone: str, seed: int, order: tuple
+) -> Run:
     epochs = args.epochs or condition.epochs
     evaluation_epochs = args.linear_epochs or condition.evaluation_epochs
     run_id = variant.tag if variant.stage1 else ""
-    common = ["--backbone", backbone, "--seed", str(seed), "--data_root", args.data_root,
-              "--checkpoint_dir", str(checkpoints), "--device", args.child_device] + (
-        ["--no_download"] if args.no_download else [])
+    common = [
+        "--backbone",
+        backbone,
+        "--seed",
+        str(seed),
+        "--data_root",
+        args.data_root,
+        "--checkpoint_dir",
+        str(checkpoints),
+        "--device",
+        args.child_device,
+    ] + (["--no_download"] if args.no_download else [])
     subset = ["--train_subset", str(args.train_subset)] if args.train_subset else []
     run_tag = ["--id", run_id] if run_id else []
 
-    stage1 = ["--dataset", condition.pretraining, "--method", method, "--epochs", str(epochs),
-              "--data_size", str(batch_size(method)), *common, *subset, *run_tag]
+    stage1 = [
+        "--dataset",
+        condition.pretraining,
+        "--method",
+        method,
+        "--epochs",
+        str(epochs),
+        "--data_size",
+        str(batch_size(method)),
+        *common,
+        *subset,
+        *run_tag,
+    ]
     if method == "relationnet":
         stage1 += ["--K", str(args.K or relationnet_k(condition.name, backbone)), *variant.stage1]
-    files = RunFiles(checkpoints, method, condition.pretraining,
-                     run_header(method, condition.pretraining, backbone, seed, run_id))
+    files = RunFiles(
+        checkpoints, method, condition.pretraining, run_header(method, condition.pretraining, backbone, seed, run_id)
+    )
     trains = METHODS[method].trains
     pretrained = files.epoch_checkpoint(epochs) if trains else files.final
 
-    stage2 = ["--dataset", condition.evaluation, "--checkpoint", str(pretrained), "--epochs", str(evaluation_epochs),
-              *common, *subset, *run_tag] + (["--finetune"] if condition.finetune else []) + (
-        ["--label_fraction", str(variant.label_fraction)] if variant.label_fraction < 1 else [])
-    evaluation_files = RunFiles(checkpoints, method, condition.evaluation, evaluation_header(
-        method, condition.evaluation, condition.pretraining, backbone, seed, run_id, evaluation_epochs,
-        condition.finetune, variant.label_fraction))
+    stage2 = (
+        [
+            "--dataset",
+            condition.evaluation,
+            "--checkpoint",
+            str(pretrained),
+            "--epochs",
+            str(evaluation_epochs),
+            *common,
+            *subset,
+            *run_tag,
+        ]
+        + (["--finetune"] if condition.finetune else [])
+        + (["--label_fraction", str(variant.label_fraction)] if variant.label_fraction < 1 else [])
+    )
+    evaluation_files = RunFiles(
+        checkpoints,
+        method,
+        condition.evaluation,
+        evaluation_header(
+            method,
+            condition.evaluation,
+            condition.pretraining,
+            backbone,
+            seed,
+            run_id,
+            evaluation_epochs,
+            condition.finetune,
+            variant.label_fraction,
+        ),
+    )
 
-    test = ["--dataset", condition.evaluation, "--checkpoint", str(evaluation_files.final), *common,
-            "--knn", str(args.knn), "--retrieval", str(args.retrieval)]
+    test = [
+        "--dataset",
+        condition.evaluation,
+        "--checkpoint",
+        str(evaluation_files.final),
+        *common,
+        "--knn",
+        str(args.knn),
+        "--retrieval",
+        str(args.retrieval),
+    ]
     name = "_".join(filter(None, [condition.name, variant.tag, method, backbone, f"seed_{seed}"]))
     trained_epochs = epochs if trains else 0
-    return Run(name, order, condition, variant, method, backbone, seed, trained_epochs, evaluation_epochs, [
-        Stage("train_unsupervised.py", stage1, pretrained, files, resumable=True, epochs=trained_epochs),
-        Stage("train_linear_evaluation.py", stage2, evaluation_files.final, evaluation_files,
-              resumable=condition.finetune, epochs=evaluation_epochs),
-        Stage("test.py", test, Path(args.out) / "runs" / f"{name}.json")])
+    return Run(
+        name,
+        order,
+        condition,
+        variant,
+        method,
+        backbone,
+        seed,
+        trained_epochs,
+        evaluation_epochs,
+        [
+            Stage("train_unsupervised.py", stage1, pretrained, files, resumable=True, epochs=trained_epochs),
+            Stage(
+                "train_linear_evaluation.py",
+                stage2,
+                evaluation_files.final,
+                evaluation_files,
+                resumable=condition.finetune,
+                epochs=evaluation_epochs,
+            ),
+            Stage("test.py", test, Path(args.out) / "runs" / f"{name}.json"),
+        ],
+    )
 
 
 def continue_flags(stage: Stage) -> list[str]:
@@ -322,9 +480,10 @@ def last_error(log_path: Path) -> str:
 @dataclass(eq=False)
 class Task:
     """One stage to run: a stage-1 run shared by several runs is one task."""
+
     stage: Stage
     runs: list[Run]
-    number: int                     # the first run's place in the grid, 1-based
+    number: int  # the first run's place in the grid, 1-based
     needs: "Task | None" = None
     done: bool = False
     started: float = 0.0
@@ -335,10 +494,12 @@ class Task:
 
     @property
     def stage_name(self) -> str:
-        return {"train_unsupervised.py": "stage 1/3 pretraining",
-                "train_linear_evaluation.py": "stage 2/3 " + ("fine-tuning" if self.stage.resumable
-                                                              else "linear evaluation"),
-                "test.py": "stage 3/3 test"}[self.stage.script]
+        return {
+            "train_unsupervised.py": "stage 1/3 pretraining",
+            "train_linear_evaluation.py": "stage 2/3 "
+            + ("fine-tuning" if self.stage.resumable else "linear evaluation"),
+            "test.py": "stage 3/3 test",
+        }[self.stage.script]
 
 
 class Grid:
@@ -347,8 +508,10 @@ class Grid:
         self.out = Path(args.out)
         self.runs = runs
         if args.shard and args.shard[1] > len(runs):  # shard_of keeps a load per shard
-            raise UserError(f"--shard {args.shard[0]}/{args.shard[1]}: the grid has {len(runs)} runs, so at most "
-                            f"{len(runs)} shards; pass N from 1 to {len(runs)}")
+            raise UserError(
+                f"--shard {args.shard[0]}/{args.shard[1]}: the grid has {len(runs)} runs, so at most "
+                f"{len(runs)} shards; pass N from 1 to {len(runs)}"
+            )
         self.mine = shard_of(runs, *args.shard) if args.shard else runs
         self.live = live or LiveLines()
         self.timings_path = self.out / "timings.json"
@@ -361,15 +524,22 @@ class Grid:
         if path.exists():
             stored, problem = read_grid_file(path, SETTINGS)
             if problem:
-                raise UserError(f"{path} cannot be read ({problem}): delete it and run "
-                                "again with this grid's flags (each run's record is checked against them), "
-                                "or pass another --out")
+                raise UserError(
+                    f"{path} cannot be read ({problem}): delete it and run "
+                    "again with this grid's flags (each run's record is checked against them), "
+                    "or pass another --out"
+                )
             shown = {None: "(the paper's)", 0: "0"}
-            changed = [f"--{key} {shown.get(stored.get(key), stored.get(key))} -> {shown.get(value, value)}"
-                       for key, value in wanted.items() if stored.get(key) != value]
+            changed = [
+                f"--{key} {shown.get(stored.get(key), stored.get(key))} -> {shown.get(value, value)}"
+                for key, value in wanted.items()
+                if stored.get(key) != value
+            ]
             if changed:
-                raise UserError(f"{self.out} holds a grid made with other settings ({'; '.join(changed)}): "
-                                "repeat them, or pass another --out")
+                raise UserError(
+                    f"{self.out} holds a grid made with other settings ({'; '.join(changed)}): "
+                    "repeat them, or pass another --out"
+                )
         elif not self.args.dry_run:
             save_json(wanted, path)
 
@@ -379,8 +549,10 @@ class Grid:
         timings, problem = read_grid_file(self.timings_path, TIMINGS)
         if problem:
             if say:
-                self.live.event(f"[WARNING] {self.timings_path} cannot be read ({problem}): the wall "
-                                "times of stages run before are lost; it is written afresh")
+                self.live.event(
+                    f"[WARNING] {self.timings_path} cannot be read ({problem}): the wall "
+                    "times of stages run before are lost; it is written afresh"
+                )
             return {}
         return timings
 
@@ -397,10 +569,18 @@ class Grid:
         return str(stage.output.relative_to(self.out)) if stage.output.is_relative_to(self.out) else str(stage.output)
 
     def expected_record(self, run: Run) -> dict:
-        return {"condition": run.condition.name, "variant": run.variant.tag, "method": run.method,
-                "backbone": run.backbone, "seed": run.seed, "epochs": run.epochs,
-                "evaluation_epochs": run.evaluation_epochs, "train_subset": self.args.train_subset,
-                "knn": self.args.knn, "retrieval": self.args.retrieval}
+        return {
+            "condition": run.condition.name,
+            "variant": run.variant.tag,
+            "method": run.method,
+            "backbone": run.backbone,
+            "seed": run.seed,
+            "epochs": run.epochs,
+            "evaluation_epochs": run.evaluation_epochs,
+            "train_subset": self.args.train_subset,
+            "knn": self.args.knn,
+            "retrieval": self.args.retrieval,
+        }
 
     def record_of(self, run: Run, say: bool = False) -> dict | None:
         """The run's result record when it is readable and made with this grid's settings."""
@@ -411,8 +591,11 @@ class Grid:
             problem = f"cannot be read ({unreadable})"
         else:
             # "knn" and "retrieval" are absent from records of earlier versions
-            changed = [f"{key} {record[key]} -> {value}" for key, value in self.expected_record(run).items()
-                       if record.get(key, value) != value]
+            changed = [
+                f"{key} {record[key]} -> {value}"
+                for key, value in self.expected_record(run).items()
+                if record.get(key, value) != value
+            ]
             problem = f"was made with other settings ({'; '.join(changed)})" if changed else None
         if problem is None:
             return record
@@ -430,8 +613,11 @@ class Grid:
                 task = by_output.get(stage.output)
                 if task is None:
                     task = Task(stage, [], self.number_of[run.name])
-                    task.done = (self.record_of(run, say=True) is not None if stage.script == "test.py"
-                                 else stage.output.exists())
+                    task.done = (
+                        self.record_of(run, say=True) is not None
+                        if stage.script == "test.py"
+                        else stage.output.exists()
+                    )
                     by_output[stage.output] = task
                     if not task.done:
                         task.needs = needs
@@ -442,34 +628,46 @@ class Grid:
 
     def run_all(self) -> None:
         tasks = self.tasks()
-        finished = len(self.mine) - len({run.name for task in tasks for run in task.runs
-                                         if task.stage.script == "test.py"})
+        finished = len(self.mine) - len(
+            {run.name for task in tasks for run in task.runs if task.stage.script == "test.py"}
+        )
         if self.args.dry_run:
             self.print_plan(tasks, finished)
             return
-        whose = f"shard {self.args.shard[0]}/{self.args.shard[1]} ({len(self.mine)} of {len(self.runs)} runs)" \
-            if self.args.shard else f"{len(self.runs)} runs"
+        whose = (
+            f"shard {self.args.shard[0]}/{self.args.shard[1]} ({len(self.mine)} of {len(self.runs)} runs)"
+            if self.args.shard
+            else f"{len(self.runs)} runs"
+        )
         if not tasks:
-            print(f"All {len(self.mine)} runs of the grid"
-                  + (f"'s shard {self.args.shard[0]}/{self.args.shard[1]}" if self.args.shard else "")
-                  + " had finished: rebuilding the table only")
+            print(
+                f"All {len(self.mine)} runs of the grid"
+                + (f"'s shard {self.args.shard[0]}/{self.args.shard[1]}" if self.args.shard else "")
+                + " had finished: rebuilding the table only"
+            )
             return
-        print(f"Grid {self.out}, {whose}: {finished} finished before, {len(tasks)} stages to run "
-              f"in {self.args.jobs} job(s)", flush=True)
+        print(
+            f"Grid {self.out}, {whose}: {finished} finished before, {len(tasks)} stages to run "
+            f"in {self.args.jobs} job(s)",
+            flush=True,
+        )
         Scheduler(self, tasks).run()
 
     def print_plan(self, tasks: list[Task], finished: int) -> None:
         stage1 = [t for t in tasks if t.stage.script == "train_unsupervised.py"]
         pretrainings = len({run.stages[0].output for run in self.mine})
         evaluation_epochs = sum(t.stage.epochs for t in tasks if t.stage.script == "train_linear_evaluation.py")
-        whose = (f" (shard {self.args.shard[0]}/{self.args.shard[1]}: {len(self.mine)} of them)"
-                 if self.args.shard else "")
-        print(f"Grid {self.out} (study {self.args.study}): {len(self.runs)} runs{whose}, {pretrainings} distinct "
-              f"pretrainings, {finished} runs finished before; {len(tasks)} stages to run ({len(stage1)} stage 1, "
-              f"{sum(t.stage.script == 'train_linear_evaluation.py' for t in tasks)} stage 2, "
-              f"{sum(t.stage.script == 'test.py' for t in tasks)} test), estimated epochs: "
-              f"{sum(t.stage.epochs for t in stage1)} of stage 1 and {evaluation_epochs} of stage 2 "
-              f"(at most; a resumed run does fewer); {self.args.jobs} job(s)")
+        whose = (
+            f" (shard {self.args.shard[0]}/{self.args.shard[1]}: {len(self.mine)} of them)" if self.args.shard else ""
+        )
+        print(
+            f"Grid {self.out} (study {self.args.study}): {len(self.runs)} runs{whose}, {pretrainings} distinct "
+            f"pretrainings, {finished} runs finished before; {len(tasks)} stages to run ({len(stage1)} stage 1, "
+            f"{sum(t.stage.script == 'train_linear_evaluation.py' for t in tasks)} stage 2, "
+            f"{sum(t.stage.script == 'test.py' for t in tasks)} test), estimated epochs: "
+            f"{sum(t.stage.epochs for t in stage1)} of stage 1 and {evaluation_epochs} of stage 2 "
+            f"(at most; a resumed run does fewer); {self.args.jobs} job(s)"
+        )
         for task in tasks:
             print(shlex.join(self.command(task)))
 
@@ -478,25 +676,40 @@ class Grid:
 
     def save_record(self, run: Run) -> None:
         """The run's record, from the last row of the test log its test.py has just appended to."""
-        measured = ["accuracy", "top5"] + (["knn_accuracy"] if self.args.knn else []) + (
-            ["retrieval_precision"] if self.args.retrieval else [])
+        measured = (
+            ["accuracy", "top5"]
+            + (["knn_accuracy"] if self.args.knn else [])
+            + (["retrieval_precision"] if self.args.retrieval else [])
+        )
         result, problem = read_test_result(run.test_log, measured)
         if problem:
-            raise UserError(f"{run.test_log} cannot be read ({problem}): delete it and run the same command "
-                            f"again, which tests run {run.name} again")
-        record = {**self.expected_record(run),
-                  "accuracy": result["accuracy"], "top5": result["top5"],
-                  "knn_accuracy": result.get("knn_accuracy"),
-                  "retrieval_precision": result.get("retrieval_precision"),
-                  "wall_seconds": round(sum(self.timings.get(self.timing_key(s), 0.0) for s in run.stages), 1),
-                  "stage1_checkpoint": str(run.stages[0].output), "evaluation_checkpoint": str(run.stages[1].output),
-                  "order": list(run.order), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            raise UserError(
+                f"{run.test_log} cannot be read ({problem}): delete it and run the same command "
+                f"again, which tests run {run.name} again"
+            )
+        record = {
+            **self.expected_record(run),
+            "accuracy": result["accuracy"],
+            "top5": result["top5"],
+            "knn_accuracy": result.get("knn_accuracy"),
+            "retrieval_precision": result.get("retrieval_precision"),
+            "wall_seconds": round(sum(self.timings.get(self.timing_key(s), 0.0) for s in run.stages), 1),
+            "stage1_checkpoint": str(run.stages[0].output),
+            "evaluation_checkpoint": str(run.stages[1].output),
+            "order": list(run.order),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         save_json(record, run.record)
         accuracy = record["accuracy"]
-        self.live.event(f"[{self.number_of[run.name]}/{len(self.runs)}] {run.name}: test accuracy {accuracy:.2f}%"
-                        + (f", kNN {record['knn_accuracy']:.2f}%" if record["knn_accuracy"] is not None else "")
-                        + (f", top-{self.args.retrieval} retrieval {record['retrieval_precision']:.2f}%"
-                           if record["retrieval_precision"] is not None else ""))
+        self.live.event(
+            f"[{self.number_of[run.name]}/{len(self.runs)}] {run.name}: test accuracy {accuracy:.2f}%"
+            + (f", kNN {record['knn_accuracy']:.2f}%" if record["knn_accuracy"] is not None else "")
+            + (
+                f", top-{self.args.retrieval} retrieval {record['retrieval_precision']:.2f}%"
+                if record["retrieval_precision"] is not None
+                else ""
+            )
+        )
 
     def protocol_differences(self) -> list[str]:
         """How this grid's protocol differs from the paper's, in words."""
@@ -508,14 +721,20 @@ class Grid:
 
         def epochs(count: int, stage: str) -> str:
             return f"{count} {stage} epoch{'' if count == 1 else 's'}"
+
         if self.args.epochs and {c.epochs for c in conditions} != {self.args.epochs}:
-            differences.append(f"{epochs(self.args.epochs, 'stage-1')} instead of {paper(c.epochs for c in conditions)}")
+            differences.append(
+                f"{epochs(self.args.epochs, 'stage-1')} instead of {paper(c.epochs for c in conditions)}"
+            )
         if self.args.linear_epochs and {c.evaluation_epochs for c in conditions} != {self.args.linear_epochs}:
-            differences.append(f"{epochs(self.args.linear_epochs, 'evaluation')} instead of "
-                               f"{paper(c.evaluation_epochs for c in conditions)}")
+            differences.append(
+                f"{epochs(self.args.linear_epochs, 'evaluation')} instead of "
+                f"{paper(c.evaluation_epochs for c in conditions)}"
+            )
         if self.args.train_subset:
-            differences.append(f"{self.args.train_subset} training images in both stages instead of the full "
-                               "training sets")
+            differences.append(
+                f"{self.args.train_subset} training images in both stages instead of the full training sets"
+            )
         relation = [run for run in self.runs if run.method == "relationnet"]
         paper_k = {relationnet_k(run.condition.name, run.backbone) for run in relation}
         if self.args.K and relation and paper_k != {self.args.K}:
@@ -532,15 +751,24 @@ class Grid:
         records.sort(key=lambda record: record["order"])
         study = STUDIES[self.args.study]
         missing = len(self.runs) - len(records)
-        settings = (f"Grid `{self.out}`, study `{self.args.study}`: stage-1 epochs "
-                    f"{self.args.epochs or 'as the paper'}, evaluation epochs {self.args.linear_epochs or 'as the paper'}, "
-                    f"training images {self.args.train_subset or 'all'}, relationnet K {self.args.K or 'as the paper'}; "
-                    f"{len(records)} of {len(self.runs)} runs done"
-                    + (f" (the other {missing} not yet: still running on another shard, or to be run)"
-                       if missing else "") + ". The paper: 200 (STL-10: 300) and 100 (STL-10: 20 of fine-tuning) "
-                    "epochs on the full training sets.")
-        written = write_results(records, self.out, study.description, settings, knn=self.args.knn,
-                                retrieval=self.args.retrieval, differences=self.protocol_differences())
+        settings = (
+            f"Grid `{self.out}`, study `{self.args.study}`: stage-1 epochs "
+            f"{self.args.epochs or 'as the paper'}, evaluation epochs {self.args.linear_epochs or 'as the paper'}, "
+            f"training images {self.args.train_subset or 'all'}, relationnet K {self.args.K or 'as the paper'}; "
+            f"{len(records)} of {len(self.runs)} runs done"
+            + (f" (the other {missing} not yet: still running on another shard, or to be run)" if missing else "")
+            + ". The paper: 200 (STL-10: 300) and 100 (STL-10: 20 of fine-tuning) "
+            "epochs on the full training sets."
+        )
+        written = write_results(
+            records,
+            self.out,
+            study.description,
+            settings,
+            knn=self.args.knn,
+            retrieval=self.args.retrieval,
+            differences=self.protocol_differences(),
+        )
         written += self.curves()
         print((self.out / "table.md").read_text())
         print("Written: " + ", ".join(str(path) for path in written))
@@ -549,7 +777,9 @@ class Grid:
         if not matplotlib_available():
             return []
         logs = stage_logs([self.out / "checkpoints"]) if (self.out / "checkpoints").exists() else []
-        evaluation = [log for log in logs if log.stem.endswith(("linear_evaluation", "finetune")) or "_labels_" in log.stem]
+        evaluation = [
+            log for log in logs if log.stem.endswith(("linear_evaluation", "finetune")) or "_labels_" in log.stem
+        ]
         pretraining = [log for log in logs if log not in evaluation]
         written = []
         for logs_of_stage, name in ((pretraining, "curves_pretraining.png"), (evaluation, "curves_evaluation.png")):
@@ -594,9 +824,12 @@ class Scheduler:
                 signal.signal(s, handler)
             self.live.close()
         if self.stop_signal is not None:
-            raise GridStopped(f"grid stopped by {signal.Signals(self.stop_signal).name}; run the same command "
-                              "again to continue it: finished runs are kept and an interrupted training "
-                              "resumes from its last checkpoint", 128 + self.stop_signal)
+            raise GridStopped(
+                f"grid stopped by {signal.Signals(self.stop_signal).name}; run the same command "
+                "again to continue it: finished runs are kept and an interrupted training "
+                "resumes from its last checkpoint",
+                128 + self.stop_signal,
+            )
         if self.failure is not None:
             raise GridStopped(self.failure, 1)
 
@@ -637,9 +870,11 @@ class Scheduler:
             holder = lock.holder()
         if holder is None:
             return None
-        return (f"{task.stage.files.lock} is held by process {holder} (a stage of an earlier grid that is "
-                f"still stopping, or a run started by hand): wait for it to end and run the same command "
-                f"again, or end it with `kill {holder.split()[-1]}` (it saves a resumable checkpoint first)")
+        return (
+            f"{task.stage.files.lock} is held by process {holder} (a stage of an earlier grid that is "
+            f"still stopping, or a run started by hand): wait for it to end and run the same command "
+            f"again, or end it with `kill {holder.split()[-1]}` (it saves a resumable checkpoint first)"
+        )
 
     def start(self, task: Task) -> None:
         slot = self.free.pop(0)
@@ -653,12 +888,15 @@ class Scheduler:
 
         def register(child: subprocess.Popen) -> None:
             self.running[task] = (child, slot, activity)
+
         with open(log_path, "a", **TEXT_ENCODING) as log:
             log.write(f"\n$ {shlex.join(argv)}\n")
             log.flush()
             start_child(argv, log, slot, register, {GRID_ENVIRONMENT: str(self.grid.out)})
-        self.live.event(f"{label}: {task.stage.script} {'(resumed) ' if '--resume' in argv else ''}..."
-                        + (f" ({slot.describe()})" if self.grid.args.jobs > 1 else ""))
+        self.live.event(
+            f"{label}: {task.stage.script} {'(resumed) ' if '--resume' in argv else ''}..."
+            + (f" ({slot.describe()})" if self.grid.args.jobs > 1 else "")
+        )
 
     def collect(self) -> None:
         for task, (child, slot, _) in list(self.running.items()):
@@ -674,13 +912,16 @@ class Scheduler:
             log = self.grid.out / "logs" / f"{task.runs[0].name}.log"
             if status != 0:
                 if self.stop_signal is None and self.failure is None:
-                    self.failure = (f"{task.stage.script} failed for run {task.runs[0].name} (exit status {status}): "
-                                    f"{last_error(log)} [full output: {log}]; runs finished before are kept")
+                    self.failure = (
+                        f"{task.stage.script} failed for run {task.runs[0].name} (exit status {status}): "
+                        f"{last_error(log)} [full output: {log}]; runs finished before are kept"
+                    )
                     self.stop_all()
                 continue
             task.done = True
             self.seconds_per_unit.setdefault((task.stage.script, task.runs[0].method), []).append(
-                seconds / max(1, task.stage.epochs))
+                seconds / max(1, task.stage.epochs)
+            )
             self.live.event(f"{label}: {task.stage.script} finished in {seconds:.0f}s")
             if task.stage.script == "test.py":
                 try:
@@ -693,8 +934,12 @@ class Scheduler:
         """Seconds a task should take, from the tasks of its script (and method) done so far."""
         same = self.seconds_per_unit.get((task.stage.script, task.runs[0].method))
         if not same:
-            same = [v for (script, _), values in self.seconds_per_unit.items() if script == task.stage.script
-                    for v in values]
+            same = [
+                v
+                for (script, _), values in self.seconds_per_unit.items()
+                if script == task.stage.script
+                for v in values
+            ]
         return statistics.fmean(same) * max(1, task.stage.epochs) if same else None
 
     def show(self) -> None:
@@ -725,6 +970,7 @@ class GridLock(RunLock):
     a shard, shards of another N or of another plan) could run a run of this one: once it holds
     its own file, a grid that finds such a grid's live lock lets go and is refused (two grids
     starting at once may both be refused; neither writes)."""
+
     separate_run = "pass another --out for a separate grid"
     PATTERN = ".reproduce*.lock"  # also the `.reproduce.lock` of earlier versions
 
@@ -743,9 +989,11 @@ class GridLock(RunLock):
             if holder is None:
                 continue
             self.__exit__()
-            raise UserError(f"{self.path.parent} is being written by another grid (process {holder}, {path.name}) "
-                            "whose runs may be this one's: wait for it to end, run the same --shard I/N and "
-                            f"run selection as it, or {self.separate_run}")
+            raise UserError(
+                f"{self.path.parent} is being written by another grid (process {holder}, {path.name}) "
+                "whose runs may be this one's: wait for it to end, run the same --shard I/N and "
+                f"run selection as it, or {self.separate_run}"
+            )
         return self
 
 

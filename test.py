@@ -5,6 +5,7 @@ and, from any backbone checkpoint, kNN accuracy, top-k retrieval, feature export
 Example: python test.py --dataset cifar10 --backbone conv4 --seed 1 --knn 200 --retrieval 10 \
   --checkpoint ./checkpoint/relationnet/cifar10/relationnet_cifar10_conv4_seed_1_epoch_100_linear_evaluation.tar
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,22 @@ from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 from utils.seeds import seed_everything  # noqa: E402
 
-COLUMNS = ["time", "dataset", "seed", "accuracy", "top5", "loss", "images", "seconds", "checkpoint",
-           "knn_k", "knn_accuracy", "knn_top5", "retrieval_k", "retrieval_precision"]
+COLUMNS = [
+    "time",
+    "dataset",
+    "seed",
+    "accuracy",
+    "top5",
+    "loss",
+    "images",
+    "seconds",
+    "checkpoint",
+    "knn_k",
+    "knn_accuracy",
+    "knn_top5",
+    "retrieval_k",
+    "retrieval_precision",
+]
 
 
 def refuse_other_domain(state: dict, args, linear: bool, side: int) -> None:
@@ -61,13 +76,17 @@ def refuse_other_domain(state: dict, args, linear: bool, side: int) -> None:
     if trained_on is None:
         return
     if linear and trained_on != args.dataset:
-        raise UserError(f"the classifier in {args.checkpoint} was trained on {trained_on}, not {args.dataset}: "
-                        f"pass --dataset {trained_on}, or --cross_domain to score it on {args.dataset} anyway")
+        raise UserError(
+            f"the classifier in {args.checkpoint} was trained on {trained_on}, not {args.dataset}: "
+            f"pass --dataset {trained_on}, or --cross_domain to score it on {args.dataset} anyway"
+        )
     stored = state.get("args") if isinstance(state.get("args"), dict) else {}
     trained_side = image_side(trained_on, stored.get("image_size", 0)) if trained_on in DATASETS else None
     if trained_side is not None and trained_side != side:
-        raise UserError(f"{args.checkpoint} was trained on {trained_side}x{trained_side} {trained_on} images, "
-                        f"these are {side}x{side}: pass --cross_domain to score it on them anyway")
+        raise UserError(
+            f"{args.checkpoint} was trained on {trained_side}x{trained_side} {trained_on} images, "
+            f"these are {side}x{side}: pass --cross_domain to score it on them anyway"
+        )
 
 
 def output_names(args) -> dict[str, str]:
@@ -89,10 +108,12 @@ def check_output_names(checkpoint: str, names: dict[str, str]) -> None:
     longest = max(len(os.fsencode(temporary_path(Path(name)).name)) for name in names.values())
     if longest > MAX_NAME_BYTES:
         allowed = len(os.fsencode(Path(checkpoint).stem)) - (longest - MAX_NAME_BYTES)
-        raise UserError(f"--checkpoint {checkpoint}: its name is too long for the files named after it ({longest} "
-                        f"bytes, over the file system's {MAX_NAME_BYTES}); rename the checkpoint so that its name "
-                        f"without the extension has at most {allowed} bytes (--log_dir changes the folder, not the "
-                        "names)")
+        raise UserError(
+            f"--checkpoint {checkpoint}: its name is too long for the files named after it ({longest} "
+            f"bytes, over the file system's {MAX_NAME_BYTES}); rename the checkpoint so that its name "
+            f"without the extension has at most {allowed} bytes (--log_dir changes the folder, not the "
+            "names)"
+        )
 
 
 def check_output_folder(flag: str, path: str | None) -> None:
@@ -111,14 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     backbone_only = args.knn or args.retrieval or args.export_features or args.feature_map != "none"
     if not linear and not backbone_only:
         kind = state.get("method") or stage1_method_by_keys(state)
-        raise UserError(f"{args.checkpoint} is a stage-1 {kind} checkpoint without a trained linear "
-                        "classifier: run train_linear_evaluation.py on it and test the file that writes, "
-                        "or score its backbone with --knn K or --retrieval K")
+        raise UserError(
+            f"{args.checkpoint} is a stage-1 {kind} checkpoint without a trained linear "
+            "classifier: run train_linear_evaluation.py on it and test the file that writes, "
+            "or score its backbone with --knn K or --retrieval K"
+        )
     stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
     check_output_folder("--export_features", args.export_features)
     check_output_folder("--log_dir", args.log_dir)
     if args.feature_map != "none":
         from experiments.plots import require_matplotlib
+
         require_matplotlib()
     seed = run_seed(args)
     seed_everything(seed)
@@ -126,14 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
     weight = state.get("classifier", {}).get("weight")
     if linear and isinstance(weight, torch.Tensor) and weight.dim() == 2 and len(weight) != test.num_classes:
-        raise UserError(f"the classifier in {args.checkpoint} has {len(weight)} classes but {args.dataset} has "
-                        f"{test.num_classes}: pass the --dataset it was trained on")
+        raise UserError(
+            f"the classifier in {args.checkpoint} has {len(weight)} classes but {args.dataset} has "
+            f"{test.num_classes}: pass the --dataset it was trained on"
+        )
     if not args.cross_domain:
         refuse_other_domain(state, args, linear, test.side)
     check_image_side(args.backbone, stem, test.side)
     if args.retrieval >= len(test):
-        raise UserError(f"--retrieval {args.retrieval}: the {args.dataset} test split has only {len(test)} "
-                        "images to retrieve from")
+        raise UserError(
+            f"--retrieval {args.retrieval}: the {args.dataset} test split has only {len(test)} images to retrieve from"
+        )
     train = None
     if args.knn or args.export_features:
         train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
@@ -163,32 +190,52 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             result.update(score_logits(classifier.to(device).eval()(test_features), test_labels))
     if train is not None:
-        train_features = extract_features(backbone, train, device, args.data_size, desc="Train features",
-                                          checkpoint=checkpoint)
+        train_features = extract_features(
+            backbone, train, device, args.data_size, desc="Train features", checkpoint=checkpoint
+        )
     if args.knn:
-        result.update(knn_k=args.knn, **knn_accuracy(train_features, train.labels.to(device), test_features,
-                                                     test_labels, args.knn, args.knn_temperature))
+        result.update(
+            knn_k=args.knn,
+            **knn_accuracy(
+                train_features, train.labels.to(device), test_features, test_labels, args.knn, args.knn_temperature
+            ),
+        )
     outputs = Path(args.log_dir) if args.log_dir else checkpoint.parent
     if args.retrieval:
         neighbours = nearest_neighbours(test_features, args.retrieval).cpu()
-        result.update(retrieval_k=args.retrieval,
-                      retrieval_precision=round(retrieval_precision(neighbours, test.labels), 4))
+        result.update(
+            retrieval_k=args.retrieval, retrieval_precision=round(retrieval_precision(neighbours, test.labels), 4)
+        )
     result["seconds"] = round(time.time() - start, 3)
     report(args, result)  # first: a folder that cannot be written loses no result
     if args.retrieval and args.retrieval_grid:
         queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
         grid = outputs / names["retrieval_grid"]
         from experiments.plots import save_retrieval_grid
-        save_retrieval_grid(test.images, test.labels, queries[:args.retrieval_grid], neighbours, grid)
+
+        save_retrieval_grid(test.images, test.labels, queries[: args.retrieval_grid], neighbours, grid)
         print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
     if args.export_features:
-        export_features(Path(args.export_features), args, test_features, test.labels,
-                        train_features if train is not None else None, train)
+        export_features(
+            Path(args.export_features),
+            args,
+            test_features,
+            test.labels,
+            train_features if train is not None else None,
+            train,
+        )
     if args.feature_map != "none":
         draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs / names["feature_map"])
-    log_result(outputs / names["log"],
-               {**result, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "seed": args.seed,
-                "checkpoint": str(checkpoint)})
+    log_result(
+        outputs / names["log"],
+        {
+            **result,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "dataset": args.dataset,
+            "seed": args.seed,
+            "checkpoint": str(checkpoint),
+        },
+    )
 
 
 def log_result(log: Path, row: dict) -> None:
@@ -197,8 +244,10 @@ def log_result(log: Path, row: dict) -> None:
     try:
         append_csv_row(log, COLUMNS, row)
     except OSError as error:
-        failure = UserError(f"could not write the log {log} ({error.strerror or error}): the result above is "
-                            "not recorded; pass --log_dir DIR to write the log elsewhere")
+        failure = UserError(
+            f"could not write the log {log} ({error.strerror or error}): the result above is "
+            "not recorded; pass --log_dir DIR to write the log elsewhere"
+        )
         failure.exit_status = 1
         raise failure from None
     print(f"[INFO] Result appended to {log}")
@@ -206,23 +255,38 @@ def log_result(log: Path, row: dict) -> None:
 
 def export_features(folder: Path, args, test_features, test_labels, train_features, train) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"test_features": test_features, "test_labels": test_labels,
-              "train_features": train_features, "train_labels": None if train is None else train.labels}
+    arrays = {
+        "test_features": test_features,
+        "test_labels": test_labels,
+        "train_features": train_features,
+        "train_labels": None if train is None else train.labels,
+    }
     for name, tensor in arrays.items():
         np.save(folder / f"{name}.npy", tensor.cpu().numpy())
-    (folder / "features.json").write_text(json.dumps(
-        {"checkpoint": str(args.checkpoint), "backbone": args.backbone, "dataset": args.dataset,
-         "features": "frozen backbone in eval mode, un-augmented normalised images",
-         "shapes": {name: list(tensor.shape) for name, tensor in arrays.items()}}, indent=2) + "\n")
+    (folder / "features.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": str(args.checkpoint),
+                "backbone": args.backbone,
+                "dataset": args.dataset,
+                "features": "frozen backbone in eval mode, un-augmented normalised images",
+                "shapes": {name: list(tensor.shape) for name, tensor in arrays.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"[INFO] Features saved in {folder} (train_features.npy, train_labels.npy, test_*.npy)")
 
 
-def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path,
-                     output: Path) -> None:
+def draw_feature_map(
+    args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path, output: Path
+) -> None:
     from datasets.names import class_names
     from evaluation.embedding import principal_components, tsne_2d
     from experiments.plots import plot_feature_map
-    chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:args.map_points]
+
+    chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[: args.map_points]
     chosen = chosen.sort().values
     if args.feature_map == "tsne":
         points, axis_labels = tsne_2d(features[chosen], seed), ("t-SNE 1", "t-SNE 2")
@@ -230,9 +294,14 @@ def draw_feature_map(args, seed: int, features: torch.Tensor, labels: torch.Tens
         points, shares = principal_components(features[chosen])
         axis_labels = tuple(f"PC {i + 1} ({share * 100:.1f}% of the variance)" for i, share in enumerate(shares))
     name = "t-SNE" if args.feature_map == "tsne" else "PCA"
-    plot_feature_map(points, labels[chosen], output,
-                     f"{name} of {len(chosen)} {args.dataset} test features: {checkpoint.name}",
-                     class_names(args.dataset, args.data_root, int(labels.max()) + 1), axis_labels)
+    plot_feature_map(
+        points,
+        labels[chosen],
+        output,
+        f"{name} of {len(chosen)} {args.dataset} test features: {checkpoint.name}",
+        class_names(args.dataset, args.data_root, int(labels.max()) + 1),
+        axis_labels,
+    )
     print(f"[INFO] Feature map: {output}")
 
 
@@ -244,8 +313,10 @@ def report(args, result: dict) -> None:
         print(f"Test top-5 accuracy: {result['top5']:.2f}%")
         print(f"Test accuracy: {result['accuracy']:.2f}%")
     if "knn_accuracy" in result:
-        print(f"kNN accuracy (k {args.knn}, cosine, weighted): {result['knn_accuracy']:.2f}% "
-              f"(top-5 {result['knn_top5']:.2f}%)")
+        print(
+            f"kNN accuracy (k {args.knn}, cosine, weighted): {result['knn_accuracy']:.2f}% "
+            f"(top-5 {result['knn_top5']:.2f}%)"
+        )
     if "retrieval_precision" in result:
         print(f"Top-{args.retrieval} retrieval precision: {result['retrieval_precision']:.2f}%")
     print("===========================")

@@ -6,6 +6,7 @@ Example: python train_unsupervised.py --dataset cifar10 --method relationnet --b
 On several GPUs or processes: torchrun --nproc_per_node N train_unsupervised.py ... (see
 utils/distributed.py); --data_size is then the batch of each process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 from utils.seeds import seed_everything  # noqa: E402
 
+
 def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
     """Whether a numbered checkpoint is written after `epoch` epochs: at 25/50/75/100% as in
     the original code, and every `save_every` epochs (a test, not a set: --epochs may be huge)."""
@@ -72,8 +74,10 @@ def refuse_to_replace(args, files: RunFiles) -> None:
     (a config alone is the trace of a run that died before its first save)."""
     saved = [path for path in files.outputs() if path != files.config]
     if saved and not args.overwrite:
-        raise UserError(f"{files.directory} already holds run {files.header} ({saved[0].name}): pass "
-                        "--resume auto to continue it, --id to start a separate run, or --overwrite to replace it")
+        raise UserError(
+            f"{files.directory} already holds run {files.header} ({saved[0].name}): pass "
+            "--resume auto to continue it, --id to start a separate run, or --overwrite to replace it"
+        )
 
 
 def replace_outputs(files: RunFiles) -> None:
@@ -91,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     method_class = METHODS[args.method]
     config = stage1_config(method_class, args)
     if args.data_size < method_class.min_batch_size:
-        raise UserError(f"--data_size {args.data_size}: {args.method} needs at least "
-                        f"{method_class.min_batch_size} images per batch")
+        raise UserError(
+            f"--data_size {args.data_size}: {args.method} needs at least {method_class.min_batch_size} images per batch"
+        )
     refuse_stem_without_choice(args.backbone, args.stem)  # before the data are read
     ranks = distributed.launched_ranks()
     device = distributed.start(ranks, resolve_device(args.device))
@@ -108,16 +113,25 @@ def main(argv: list[str] | None = None) -> None:
         distributed.stop()
 
 
-def train(args, files: RunFiles, method_class, config: MethodConfig, device, ranks: distributed.Ranks,
-          may_change: set[str]) -> None:
+def train(
+    args, files: RunFiles, method_class, config: MethodConfig, device, ranks: distributed.Ranks, may_change: set[str]
+) -> None:
     """Train the run; `may_change`: the arguments a resumed run may change."""
     header = files.header
     if ranks.is_main:
         files.remove_temporary()
-    resume = resume_point(
-        args, files, may_change, ranks.world_size,
-        without_state="use --checkpoint with --epoch_start instead",
-        check_kind=lambda state, path: refuse_other_kind(state, path, args.method)) if args.resume else None
+    resume = (
+        resume_point(
+            args,
+            files,
+            may_change,
+            ranks.world_size,
+            without_state="use --checkpoint with --epoch_start instead",
+            check_kind=lambda state, path: refuse_other_kind(state, path, args.method),
+        )
+        if args.resume
+        else None
+    )
     resume_state = resume.state if resume else None
     seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
     print(f"[INFO] Setting SEED: {seed}")
@@ -131,24 +145,36 @@ def train(args, files: RunFiles, method_class, config: MethodConfig, device, ran
         replace_outputs(files)
         backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
         method = method_class(backbone, 0, config, lr=args.lr)
-        save_checkpoint({**method.checkpoint_state(), "method": args.method, "backbone_name": args.backbone,
-                         **stem_entry(stem), "seed": seed, "args": vars(args)}, files.final)
+        save_checkpoint(
+            {
+                **method.checkpoint_state(),
+                "method": args.method,
+                "backbone_name": args.backbone,
+                **stem_entry(stem),
+                "seed": seed,
+                "args": vars(args),
+            },
+            files.final,
+        )
         record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem)
         print(f"Saving in: {files.final}")
         return
 
     start_epoch = resume_state["epoch"] if resume_state else args.epoch_start if args.checkpoint else 0
     if start_epoch >= args.epochs and not (resume and resume.unfinished):
-        raise UserError(f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
-                        f"{args.epochs}; raise --epochs to train longer")
+        raise UserError(
+            f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
+            f"{args.epochs}; raise --epochs to train longer"
+        )
     split = pretraining_split(args.dataset, method_class.needs_labels)
-    data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download,
-                        image_size=args.image_size)
+    data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
     data = data.balanced_subset(args.train_subset, seed)
-    print(f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
-          f"{data.side}x{data.side}, {data.num_classes} classes)")
+    print(
+        f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
+        f"{data.side}x{data.side}, {data.num_classes} classes)"
+    )
     if ranks.distributed:
         print(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
@@ -176,31 +202,61 @@ def train(args, files: RunFiles, method_class, config: MethodConfig, device, ran
         print("Loading checkpoint: Done!")
 
     watching = ranks.is_main and args.eval_every > 0
-    monitor = knn_monitor(args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images,
-                          seed, device) if watching else None
+    monitor = (
+        knn_monitor(args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, seed, device)
+        if watching
+        else None
+    )
     listeners = [tensorboard_listener(args.tensorboard, header)] if args.tensorboard and ranks.is_main else []
     plan = TrainingPlan(
-        epochs=args.epochs, batch_size=args.data_size, seed=seed, log_path=files.log,
-        checkpoint_paths=lambda e: ([files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every)
-                                    else []),
+        epochs=args.epochs,
+        batch_size=args.data_size,
+        seed=seed,
+        log_path=files.log,
+        checkpoint_paths=lambda e: (
+            [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every) else []
+        ),
         rolling_checkpoint=files.last_checkpoint,
-        extra_state={"method": args.method, "backbone_name": args.backbone, **stem_entry(stem),
-                     "dataset": args.dataset, "seed": seed, "args": vars(args), "world_size": ranks.world_size},
-        drop_last=method_class.drop_last, precision=args.precision, compile=args.compile,
-        channels_last=args.channels_last, ranks=ranks, monitor=monitor, monitor_every=args.eval_every,
-        monitor_columns=KNN_COLUMNS if monitor else (), row_listeners=listeners)
+        extra_state={
+            "method": args.method,
+            "backbone_name": args.backbone,
+            **stem_entry(stem),
+            "dataset": args.dataset,
+            "seed": seed,
+            "args": vars(args),
+            "world_size": ranks.world_size,
+        },
+        drop_last=method_class.drop_last,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        ranks=ranks,
+        monitor=monitor,
+        monitor_every=args.eval_every,
+        monitor_columns=KNN_COLUMNS if monitor else (),
+        row_listeners=listeners,
+    )
     engine = Engine(method, data, plan, device)
     if ranks.is_main:
         if not resume_state:
             replace_outputs(files)
-        record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem,
-                      training_images=len(data), world_size=ranks.world_size,
-                      input_normalisation={"mean": list(data.mean), "std": list(data.std)})
+        record_config(
+            files.config,
+            args,
+            seed,
+            device,
+            stage="train_unsupervised",
+            stem=stem,
+            training_images=len(data),
+            world_size=ranks.world_size,
+            input_normalisation={"mean": list(data.mean), "std": list(data.std)},
+        )
     engine.fit(start_epoch, resume_state)
 
     if args.method == "standard" and ranks.is_main:
-        test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download,
-                            image_size=args.image_size)
+        test = load_dataset(
+            args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size
+        )
         result = evaluate(method.backbone, method.classifier, test, device)
         print(f"Test loss: {result['loss']:.4f}")
         print(f"Test accuracy: {result['accuracy']:.2f}%")

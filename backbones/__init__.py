@@ -3,6 +3,7 @@
 resnet18 and resnet50 are built with a stem (`STEMS`); `resolve_stem` turns the
 `--stem` flag and the image size into the stem to build with.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -16,8 +17,17 @@ from backbones.resnet_large import STEMS, resnet18, resnet34, resnet50
 from backbones.resnet_small import resnet8, resnet32, resnet56
 from utils.errors import UserError
 
-__all__ = ["BACKBONES", "CIFAR_STEM_MAX_SIDE", "STEMS", "STEM_CHOICE", "backbone_variants", "build_backbone",
-           "check_image_side", "refuse_stem_without_choice", "resolve_stem"]
+__all__ = [
+    "BACKBONES",
+    "CIFAR_STEM_MAX_SIDE",
+    "STEMS",
+    "STEM_CHOICE",
+    "backbone_variants",
+    "build_backbone",
+    "check_image_side",
+    "refuse_stem_without_choice",
+    "resolve_stem",
+]
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "conv4": Conv4,
@@ -45,8 +55,10 @@ def backbone_variants() -> list[tuple[str, str | None]]:
 def refuse_stem_without_choice(name: str, stem: str | None) -> None:
     """Refuse an explicit `--stem` for a backbone that has a single stem."""
     if stem in STEMS and name not in STEM_CHOICE:
-        raise UserError(f"--stem {stem}: backbone {name} has a single stem; drop --stem, or pass a "
-                        f"backbone with a stem choice ({', '.join(STEM_CHOICE)})")
+        raise UserError(
+            f"--stem {stem}: backbone {name} has a single stem; drop --stem, or pass a "
+            f"backbone with a stem choice ({', '.join(STEM_CHOICE)})"
+        )
 
 
 def resolve_stem(name: str, stem: str = "auto", image_size: int | None = None) -> str | None:
@@ -59,8 +71,10 @@ def resolve_stem(name: str, stem: str = "auto", image_size: int | None = None) -
     if stem != "auto":
         return stem
     if image_size is None:
-        raise UserError(f"--stem auto: the image size, which picks the stem of {name}, is unknown before "
-                        "the images are read: pass --image_size, or --stem cifar or --stem imagenet")
+        raise UserError(
+            f"--stem auto: the image size, which picks the stem of {name}, is unknown before "
+            "the images are read: pass --image_size, or --stem cifar or --stem imagenet"
+        )
     return "cifar" if image_size <= CIFAR_STEM_MAX_SIDE else "imagenet"
 
 
@@ -99,5 +113,7 @@ def check_image_side(name: str, stem: str | None, side: int, what: str = "images
     if _takes_side(name, stem, side):
         return
     smallest = next(s for s in range(side + 1, 4097) if _takes_side(name, stem, s))
-    raise UserError(f"{what} of {side}x{side} px are too small for backbone {name}, which needs at least "
-                    f"{smallest}x{smallest}: pass a larger --image_size (--dataset folder) or another --backbone")
+    raise UserError(
+        f"{what} of {side}x{side} px are too small for backbone {name}, which needs at least "
+        f"{smallest}x{smallest}: pass a larger --image_size (--dataset folder) or another --backbone"
+    )

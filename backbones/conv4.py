@@ -1,4 +1,5 @@
 """Conv4: four conv-BN-ReLU-pool blocks (3->8->16->32->64 channels), 64-d features."""
+
 from collections import OrderedDict
 
 import torch
@@ -10,12 +11,16 @@ from backbones.init import init_weights
 def _block(in_channels: int, out_channels: int, pool: str) -> nn.Sequential:
     # `pool` doubles as the sub-module name ("avgpool" / "glbpool") to keep the original layout.
     pooling = nn.AvgPool2d(2, stride=2) if pool == "avgpool" else nn.AdaptiveAvgPool2d(1)
-    return nn.Sequential(OrderedDict([
-        ("conv", nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False)),
-        ("bn", nn.BatchNorm2d(out_channels)),
-        ("relu", nn.ReLU(inplace=True)),
-        (pool, pooling),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv", nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False)),
+                ("bn", nn.BatchNorm2d(out_channels)),
+                ("relu", nn.ReLU(inplace=True)),
+                (pool, pooling),
+            ]
+        )
+    )
 
 
 class Conv4(nn.Module):

@@ -1,4 +1,5 @@
 """The initialisation every backbone of the paper's code shares."""
+
 from torch import nn
 
 

@@ -3,6 +3,7 @@
 ResNet-18 and ResNet-50 come with either stem (`STEMS`): torchvision's ImageNet stem or the
 CIFAR stem of relic-pytorch. ResNet-34 is the paper's and keeps the ImageNet stem only.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """CIFAR-style ResNet (3 stages, widths 16/32/64, no max-pool), 64-d features."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.
     Option B of the ResNet paper, not the zero-padding option A of its CIFAR models."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                         nn.BatchNorm2d(out_channels))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+    )
 
 
 class BasicBlock(nn.Module):
@@ -38,8 +40,9 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_stage(in_channels: int, width: int, blocks: int, stride: int,
-               block: type[nn.Module] = BasicBlock) -> nn.Sequential:
+def make_stage(
+    in_channels: int, width: int, blocks: int, stride: int, block: type[nn.Module] = BasicBlock
+) -> nn.Sequential:
     """`blocks` blocks of `width` (each outputs width x block.expansion channels); only the
     first one changes stride/width."""
     out_channels = width * block.expansion

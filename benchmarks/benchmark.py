@@ -27,6 +27,7 @@ Peak memory is the training process's peak resident set (ru_maxrss) plus the lar
 private memory its child processes held together (the reference's two loader workers;
 torch.compile's compiler workers): forked children share the parent's pages, which count once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,27 +59,29 @@ DEFAULT_DATA_ROOT = os.environ.get("SSL_DATA_ROOT", str(REPO.parent / "shared" /
 
 @dataclass(frozen=True)
 class Config:
-    kind: str                  # relationnet, simclr, relic, deepinfomax, a two-view baseline, lineval, or accuracy (fp32 against bf16)
+    kind: str  # relationnet, simclr, relic, deepinfomax, a two-view baseline, lineval, or accuracy (fp32 against bf16)
     backbone: str
     batch: int
     views: int = 1
-    options: tuple = ()        # this suite's flags for this configuration
-    target: float = 0.0        # speed-up the issue asks for (0: none)
-    steps: int = 12            # measured steps per side (accuracy: training steps of each run; deepcluster: epochs)
-    warmup: int = 3            # unmeasured steps first (compiling happens there)
-    images: int = 0            # deepcluster: the balanced subset whose whole epochs are timed
-    clusters: int = 0          # deepcluster: k-means clusters
+    options: tuple = ()  # this suite's flags for this configuration
+    target: float = 0.0  # speed-up the issue asks for (0: none)
+    steps: int = 12  # measured steps per side (accuracy: training steps of each run; deepcluster: epochs)
+    warmup: int = 3  # unmeasured steps first (compiling happens there)
+    images: int = 0  # deepcluster: the balanced subset whose whole epochs are timed
+    clusters: int = 0  # deepcluster: k-means clusters
 
 
 TWO_VIEW_BASELINES = ("byol", "simsiam", "barlowtwins", "vicreg")
 CONFIGS = {
     "relationnet-conv4": Config("relationnet", "conv4", 64, 32, target=2.5),
-    "relationnet-resnet32": Config("relationnet", "resnet32", 64, 32, ("--precision", "bf16", "--compile"), 2.5,
-                                   steps=4, warmup=2),
+    "relationnet-resnet32": Config(
+        "relationnet", "resnet32", 64, 32, ("--precision", "bf16", "--compile"), 2.5, steps=4, warmup=2
+    ),
     "simclr-conv4": Config("simclr", "conv4", 128, 2),
     # relic-pytorch's CIFAR-10 run: 2 global + 4 local views, batch 256, ResNet-18 (CIFAR stem).
-    "relic-resnet18": Config("relic", "resnet18", 256, 6, ("--precision", "bf16", "--compile", "--channels_last"),
-                             3.0, steps=3, warmup=2),
+    "relic-resnet18": Config(
+        "relic", "resnet18", 256, 6, ("--precision", "bf16", "--compile", "--channels_last"), 3.0, steps=3, warmup=2
+    ),
     "deepinfomax-conv4": Config("deepinfomax", "conv4", 128),
     # DeepCluster's clustering (feature pass, PCA, k-means) costs per epoch, not per step:
     # it times one epoch over a subset, after one, with 10 x CIFAR-10's classes as clusters.
@@ -90,32 +93,64 @@ CONFIGS = {
     "accuracy-resnet32": Config("accuracy", "resnet32", 64, 4, ("--precision", "bf16", "--compile"), steps=100),
 }
 # --quick: the same code paths at sizes that run in seconds (a smoke test, not a measurement).
-QUICK = {"relationnet": dict(batch=16, views=4), "simclr": dict(batch=32), "relic": dict(batch=8),
-         "deepinfomax": dict(batch=16), "deepcluster": dict(batch=32, images=256, clusters=10, steps=1),
-         "lineval": dict(batch=64), "accuracy": dict(batch=16, views=2),
-         **{method: dict(batch=8) for method in TWO_VIEW_BASELINES}}
+QUICK = {
+    "relationnet": dict(batch=16, views=4),
+    "simclr": dict(batch=32),
+    "relic": dict(batch=8),
+    "deepinfomax": dict(batch=16),
+    "deepcluster": dict(batch=32, images=256, clusters=10, steps=1),
+    "lineval": dict(batch=64),
+    "accuracy": dict(batch=16, views=2),
+    **{method: dict(batch=8) for method in TWO_VIEW_BASELINES},
+}
 QUICK_STEPS = dict(steps=2, warmup=1)
 
-COLUMNS = ["config", "kind", "backbone", "batch", "views", "options", "data", "steps", "epoch_images", "clusters",
-           "ref_images_per_s", "ours_images_per_s", "speedup", "target_speedup",
-           "ref_epoch_s", "ours_epoch_s", "ref_peak_mb", "ours_peak_mb",
-           "ref_main_peak_mb", "ours_main_peak_mb", "ref_children_mb", "ours_children_mb",
-           "ref_gpu_peak_mb", "ours_gpu_peak_mb", "fp32_accuracy", "ours_accuracy", "skipped", "error"]
+COLUMNS = [
+    "config",
+    "kind",
+    "backbone",
+    "batch",
+    "views",
+    "options",
+    "data",
+    "steps",
+    "epoch_images",
+    "clusters",
+    "ref_images_per_s",
+    "ours_images_per_s",
+    "speedup",
+    "target_speedup",
+    "ref_epoch_s",
+    "ours_epoch_s",
+    "ref_peak_mb",
+    "ours_peak_mb",
+    "ref_main_peak_mb",
+    "ours_main_peak_mb",
+    "ref_children_mb",
+    "ours_children_mb",
+    "ref_gpu_peak_mb",
+    "ours_gpu_peak_mb",
+    "fp32_accuracy",
+    "ours_accuracy",
+    "skipped",
+    "error",
+]
 
 
 # ------------------------------------------------------------------------------------------
 # Workers: one side of one configuration, in a fresh process.
 
+
 @dataclass
 class Measurement:
     data: str
-    seconds: float = 0.0       # for `images` training images (or the 100-epoch protocol)
+    seconds: float = 0.0  # for `images` training images (or the 100-epoch protocol)
     images: int = 0
-    peak_rss_mb: float = 0.0   # the measuring process's own peak
-    children_mb: float = 0.0   # the most private memory its child processes held together
+    peak_rss_mb: float = 0.0  # the measuring process's own peak
+    children_mb: float = 0.0  # the most private memory its child processes held together
     gpu_peak_mb: float | None = None
     accuracies: dict = field(default_factory=dict)
-    skipped: str = ""          # why this side did not run, when it could not
+    skipped: str = ""  # why this side did not run, when it could not
 
 
 def peak_rss_mb() -> float:
@@ -174,15 +209,26 @@ def load_images(data_root: str, quick: bool, subset: int = 0):
     import torch
 
     from datasets import DatasetError, ImageSet, load_dataset
+
     try:
         data = load_dataset("cifar10", "train", data_root, download=False)
         description = f"CIFAR-10 train from {data_root} ({len(data)} images)"
     except (DatasetError, OSError):
         count = 2048 if quick else CIFAR10_EPOCH
-        images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8,
-                               generator=torch.Generator().manual_seed(0))
-        data = ImageSet("cifar10", "train", images, torch.arange(count) % 10, 10,
-                        (0.491, 0.482, 0.447), (0.247, 0.243, 0.262), 4, 0.25)
+        images = torch.randint(
+            0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        )
+        data = ImageSet(
+            "cifar10",
+            "train",
+            images,
+            torch.arange(count) % 10,
+            10,
+            (0.491, 0.482, 0.447),
+            (0.247, 0.243, 0.262),
+            4,
+            0.25,
+        )
         description = f"random uint8 images ({count}, 3, 32, 32): CIFAR-10 not found in {data_root}"
     if quick:
         data = data.balanced_subset(512, seed=0)
@@ -198,12 +244,14 @@ def images_per_unit(config: Config, data) -> int:
 
 def synchronize(device) -> None:
     import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def gpu_peak_mb(device) -> float | None:
     import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
@@ -216,6 +264,7 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
 
     from backbones import build_backbone, resolve_stem
     from methods.heads import backbone_and_head_adam, mlp_head
+
     data, description = load_images(args.data_root, args.quick, config.images)
     device = torch.device(args.device)
     images_hwc = data.images.permute(0, 2, 3, 1).contiguous().numpy()  # torchvision's CIFAR layout
@@ -236,18 +285,23 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
     elif config.kind == "relic":
         dataset = reference.GlobalLocalViews(images_hwc, labels, 2, config.views - 2)
         model = reference.ReLICModel(backbone, backbone.feature_size).to(device)
-        optimizer = torch.optim.Adam([*model.online_encoder.parameters(), model.t_prime, model.bias],
-                                     lr=3e-4, weight_decay=1e-5)
+        optimizer = torch.optim.Adam(
+            [*model.online_encoder.parameters(), model.t_prime, model.bias], lr=3e-4, weight_decay=1e-5
+        )
 
         def step(batch):
             reference.relic_step(model, optimizer, batch[0], 2, device, meters)
     elif config.kind == "deepinfomax":
         from methods.deepinfomax import first_layer_channels
+
         dataset = reference.SingleImages(images_hwc, labels, reference.deepinfomax_transform(mean, std))
         model = reference.DeepInfoMaxModel(backbone, backbone.feature_size, first_layer_channels(backbone)).to(device)
-        optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": 1e-4},
-                                      {"params": [*model.local_d.parameters(), *model.prior_d.parameters()],
-                                       "lr": 1e-4}])
+        optimizer = torch.optim.Adam(
+            [
+                {"params": backbone.parameters(), "lr": 1e-4},
+                {"params": [*model.local_d.parameters(), *model.prior_d.parameters()], "lr": 1e-4},
+            ]
+        )
 
         def step(batch):
             reference.deepinfomax_step(model, optimizer, batch[0], device, meters)
@@ -258,11 +312,15 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
         batches = itertools.count(1)  # a "step" is a whole epoch; its index seeds k-means: repeatable runs
 
         def step(epoch):
-            reference.deepcluster_epoch(backbone, classifier, optimizer, dataset, config.clusters, config.batch,
-                                        device, meters, seed=epoch)
+            reference.deepcluster_epoch(
+                backbone, classifier, optimizer, dataset, config.clusters, config.batch, device, meters, seed=epoch
+            )
     elif config.kind in TWO_VIEW_BASELINES:
         from methods import METHODS
-        dataset = reference.TwoViewImages(images_hwc, labels, reference.two_view_transforms(config.kind, mean, std, side))
+
+        dataset = reference.TwoViewImages(
+            images_hwc, labels, reference.two_view_transforms(config.kind, mean, std, side)
+        )
         method = METHODS[config.kind](backbone, 10).to(device)
         method.total_steps = args.warmup + args.steps  # the schedule's length, as on_epoch_start sets it
         steps_done = []
@@ -273,13 +331,17 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
     else:
         transform = reference.relationnet_transform(mean, std)
         dataset = reference.MultiViewImages(images_hwc, labels, transform, config.views)
-        head = (reference.relation_head(backbone.feature_size) if config.kind == "relationnet"
-                else mlp_head(backbone.feature_size, 64)).to(device)
+        head = (
+            reference.relation_head(backbone.feature_size)
+            if config.kind == "relationnet"
+            else mlp_head(backbone.feature_size, 64)
+        ).to(device)
         optimizer = backbone_and_head_adam(backbone, head, 1e-3)
         train_step = reference.relationnet_step if config.kind == "relationnet" else reference.simclr_step
 
         def step(batch):
             train_step(backbone, head, optimizer, batch[1], device, meters)
+
     if config.kind != "deepcluster":  # the others time steps of one epoch of the loader
         batches = iter(reference.loader(dataset, config.batch, device))
     for _ in range(args.warmup):
@@ -311,6 +373,7 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     from engine.loop import Engine, TrainingPlan
     from methods import METHODS
     from utils.seeds import seed_everything
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--compile", action="store_true")
@@ -318,14 +381,28 @@ def engine_for(config: Config, data, device, options: list[str], folder: Path, s
     flags = parser.parse_args(options)
     seed_everything(seed)
     name = config.kind if config.kind != "accuracy" else "relationnet"
-    options = {"relationnet": {"K": config.views}, "relic": {"local_views": config.views - 2},
-               "deepcluster": {"num_clusters": config.clusters}}.get(name, {})
+    options = {
+        "relationnet": {"K": config.views},
+        "relic": {"local_views": config.views - 2},
+        "deepcluster": {"num_clusters": config.clusters},
+    }.get(name, {})
     method_class = METHODS[name]
-    method = method_class(build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)),
-                          data.num_classes, method_class.Config(**options))
-    plan = TrainingPlan(epochs=1, batch_size=config.batch, seed=seed, log_path=folder / "log.csv",
-                        checkpoint_paths=lambda epoch: [], extra_state={}, precision=flags.precision,
-                        compile=flags.compile, channels_last=flags.channels_last)
+    method = method_class(
+        build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)),
+        data.num_classes,
+        method_class.Config(**options),
+    )
+    plan = TrainingPlan(
+        epochs=1,
+        batch_size=config.batch,
+        seed=seed,
+        log_path=folder / "log.csv",
+        checkpoint_paths=lambda epoch: [],
+        extra_state={},
+        precision=flags.precision,
+        compile=flags.compile,
+        channels_last=flags.channels_last,
+    )
     return Engine(method, data, plan, device)
 
 
@@ -333,6 +410,7 @@ def run_steps(engine, epoch, count: int, first: int = 0) -> None:
     """`count` steps of the engine's loop (train_step and the metric sums), from step `first`
     of an epoch begun with `engine.begin_epoch`, wrapping around its order."""
     import torch
+
     order, progress = epoch
     steps = engine.steps_per_epoch(len(order))
     for step in range(first, first + count):
@@ -349,6 +427,7 @@ def run_epochs(engine, count: int, first: int = 0) -> None:
 
 def suite_worker(config: Config, args, children: ChildMemory) -> Measurement:
     import torch
+
     data, description = load_images(args.data_root, args.quick, config.images)
     device = torch.device(args.device)
     options = suite_options(config, args)
@@ -358,14 +437,18 @@ def suite_worker(config: Config, args, children: ChildMemory) -> Measurement:
         if config.kind == "accuracy":
             return suite_accuracy(config, data, description, device, options, Path(folder), args)
         engine = engine_for(config, data, device, options, Path(folder))
-        run = (partial(run_epochs, engine) if config.kind == "deepcluster"
-               else partial(run_steps, engine, engine.begin_epoch(0)))
+        run = (
+            partial(run_epochs, engine)
+            if config.kind == "deepcluster"
+            else partial(run_steps, engine, engine.begin_epoch(0))
+        )
         run(args.warmup)  # includes compiling, with --compile
         start = time.perf_counter()
         run(args.steps, first=args.warmup)
         seconds = time.perf_counter() - start
-    return Measurement(description, seconds, args.steps * images_per_unit(config, data), peak_rss_mb(),
-                       gpu_peak_mb=gpu_peak_mb(device))
+    return Measurement(
+        description, seconds, args.steps * images_per_unit(config, data), peak_rss_mb(), gpu_peak_mb=gpu_peak_mb(device)
+    )
 
 
 def linear_evaluation(backbone, train, test, device, epochs: int, seed: int = 0) -> float:
@@ -374,6 +457,7 @@ def linear_evaluation(backbone, train, test, device, epochs: int, seed: int = 0)
 
     from backbones.features import extract_features
     from evaluation.linear import score_logits, train_linear_epoch
+
     features = extract_features(backbone, train, device)
     classifier = torch.nn.Linear(features.shape[1], train.num_classes).to(device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
@@ -392,6 +476,7 @@ def suite_lineval(config: Config, data, description: str, device, args) -> Measu
     import torch
 
     from backbones import build_backbone, resolve_stem
+
     torch.manual_seed(0)
     backbone = build_backbone(config.backbone, resolve_stem(config.backbone, "auto", data.side)).to(device)
     epochs = 1 if args.quick else LINEVAL_EPOCHS
@@ -401,15 +486,22 @@ def suite_lineval(config: Config, data, description: str, device, args) -> Measu
     seconds = time.perf_counter() - start
     # Both parts scale with the number of images: report the protocol's time for 50,000.
     per_image = seconds / len(data) / epochs
-    return Measurement(description, per_image * CIFAR10_EPOCH * LINEVAL_EPOCHS, CIFAR10_EPOCH * LINEVAL_EPOCHS,
-                       peak_rss_mb(), gpu_peak_mb=gpu_peak_mb(device))
+    return Measurement(
+        description,
+        per_image * CIFAR10_EPOCH * LINEVAL_EPOCHS,
+        CIFAR10_EPOCH * LINEVAL_EPOCHS,
+        peak_rss_mb(),
+        gpu_peak_mb=gpu_peak_mb(device),
+    )
 
 
-def suite_accuracy(config: Config, data, description: str, device, options: list[str], folder: Path,
-                   args) -> Measurement:
+def suite_accuracy(
+    config: Config, data, description: str, device, options: list[str], folder: Path, args
+) -> Measurement:
     """Train the same short relationnet run in float32 and with `options`, then score each
     backbone by linear evaluation: reduced precision must not cost accuracy."""
     from datasets import DatasetError, load_dataset
+
     try:
         test = load_dataset("cifar10", "test", args.data_root, download=False)
     except (DatasetError, OSError):
@@ -422,11 +514,15 @@ def suite_accuracy(config: Config, data, description: str, device, options: list
     for name, flags in (("fp32", []), ("ours", options)):
         engine = engine_for(config, data, device, flags, folder, seed=1)
         run_steps(engine, engine.begin_epoch(0), steps)
-        accuracies[name] = linear_evaluation(engine.method.backbone, train, test, device,
-                                             2 if args.quick else LINEVAL_EPOCHS)
-    return Measurement(f"{description}; {steps} steps of batch {config.batch} at K {config.views}, "
-                       f"linear evaluation on {len(train)} training and {len(test)} test images",
-                       peak_rss_mb=peak_rss_mb(), accuracies=accuracies)
+        accuracies[name] = linear_evaluation(
+            engine.method.backbone, train, test, device, 2 if args.quick else LINEVAL_EPOCHS
+        )
+    return Measurement(
+        f"{description}; {steps} steps of batch {config.batch} at K {config.views}, "
+        f"linear evaluation on {len(train)} training and {len(test)} test images",
+        peak_rss_mb=peak_rss_mb(),
+        accuracies=accuracies,
+    )
 
 
 def configured(name: str, quick: bool) -> Config:
@@ -437,8 +533,10 @@ def configured(name: str, quick: bool) -> Config:
 def worker_main(args) -> None:
     if args.worker in ("suite", "dim"):  # as every stage script does first
         from utils.threads import configure_threads
+
         configure_threads()
         from utils.runtime import tune_allocator
+
         tune_allocator()
     if args.worker == "dim":
         print(RESULT_PREFIX + json.dumps(dim_worker(args)), flush=True)
@@ -455,17 +553,31 @@ def worker_main(args) -> None:
 # ------------------------------------------------------------------------------------------
 # The driver: runs the workers, prints a line per configuration and writes the CSV.
 
+
 def run_worker(side: str, name: str, args) -> tuple[Measurement | dict | None, str]:
     """Run a worker in a fresh process: its Measurement (the dim worker: its result's fields)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--config", name,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-               "--data_root", args.data_root]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        side,
+        "--config",
+        name,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--data_root",
+        args.data_root,
+    ]
     command += ["--precision", args.precision] if args.precision else []
     command += ["--compile"] * args.compile + ["--channels_last"] * args.channels_last + ["--quick"] * args.quick
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     for line in reversed(result.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            fields = json.loads(line[len(RESULT_PREFIX):])
+            fields = json.loads(line[len(RESULT_PREFIX) :])
             return (fields if side == "dim" else Measurement(**fields)), ""
     tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
     return None, f"{side} worker failed (status {result.returncode}): {tail}"
@@ -482,31 +594,51 @@ def epoch_seconds(images_per_second: float | None) -> float | None:
     return CIFAR10_EPOCH / images_per_second if images_per_second else None
 
 
-def row_for(name: str, config: Config, options: list[str], steps: int, reference: Measurement | None,
-            ours: Measurement | None, error: str) -> dict:
+def row_for(
+    name: str,
+    config: Config,
+    options: list[str],
+    steps: int,
+    reference: Measurement | None,
+    ours: Measurement | None,
+    error: str,
+) -> dict:
     skipped = f"reference skipped: {reference.skipped}" if reference and reference.skipped else ""
     if skipped:
         reference = None  # it measured nothing
     ref_rate, our_rate = rate(reference), rate(ours)
     speedup = our_rate / ref_rate if ref_rate and our_rate else None
     data = (ours or reference).data if (ours or reference) else ""
-    return {"config": name, "kind": config.kind, "backbone": config.backbone, "batch": config.batch,
-            "views": config.views, "options": " ".join(options) or "defaults", "data": data, "steps": steps,
-            "epoch_images": config.images or None, "clusters": config.clusters or None,
-            "ref_images_per_s": ref_rate, "ours_images_per_s": our_rate, "speedup": speedup,
-            "target_speedup": config.target or None,
-            "ref_epoch_s": epoch_seconds(ref_rate), "ours_epoch_s": epoch_seconds(our_rate),
-            "ref_peak_mb": reference.peak_rss_mb + reference.children_mb if reference else None,
-            "ours_peak_mb": ours.peak_rss_mb + ours.children_mb if ours else None,
-            "ref_main_peak_mb": reference.peak_rss_mb if reference else None,
-            "ours_main_peak_mb": ours.peak_rss_mb if ours else None,
-            "ref_children_mb": reference.children_mb if reference else None,
-            "ours_children_mb": ours.children_mb if ours else None,
-            "ref_gpu_peak_mb": reference.gpu_peak_mb if reference else None,
-            "ours_gpu_peak_mb": ours.gpu_peak_mb if ours else None,
-            "fp32_accuracy": ours.accuracies.get("fp32") if ours else None,
-            "ours_accuracy": ours.accuracies.get("ours") if ours else None,
-            "skipped": skipped, "error": error}
+    return {
+        "config": name,
+        "kind": config.kind,
+        "backbone": config.backbone,
+        "batch": config.batch,
+        "views": config.views,
+        "options": " ".join(options) or "defaults",
+        "data": data,
+        "steps": steps,
+        "epoch_images": config.images or None,
+        "clusters": config.clusters or None,
+        "ref_images_per_s": ref_rate,
+        "ours_images_per_s": our_rate,
+        "speedup": speedup,
+        "target_speedup": config.target or None,
+        "ref_epoch_s": epoch_seconds(ref_rate),
+        "ours_epoch_s": epoch_seconds(our_rate),
+        "ref_peak_mb": reference.peak_rss_mb + reference.children_mb if reference else None,
+        "ours_peak_mb": ours.peak_rss_mb + ours.children_mb if ours else None,
+        "ref_main_peak_mb": reference.peak_rss_mb if reference else None,
+        "ours_main_peak_mb": ours.peak_rss_mb if ours else None,
+        "ref_children_mb": reference.children_mb if reference else None,
+        "ours_children_mb": ours.children_mb if ours else None,
+        "ref_gpu_peak_mb": reference.gpu_peak_mb if reference else None,
+        "ours_gpu_peak_mb": ours.gpu_peak_mb if ours else None,
+        "fp32_accuracy": ours.accuracies.get("fp32") if ours else None,
+        "ours_accuracy": ours.accuracies.get("ours") if ours else None,
+        "skipped": skipped,
+        "error": error,
+    }
 
 
 def number(value, digits: int = 1) -> str:
@@ -523,16 +655,20 @@ def describe(row: dict) -> str:
     if row["kind"] == "accuracy":
         if row["fp32_accuracy"] is None:
             return f"{name}: {row['data']}"
-        return (f"{name}: after {row['steps']} training steps, linear-evaluation accuracy fp32 "
-                f"{row['fp32_accuracy']:.2f}%, {row['options']} {row['ours_accuracy']:.2f}% "
-                f"({row['ours_accuracy'] - row['fp32_accuracy']:+.2f} points); "
-                f"peak memory {number(row['ours_peak_mb'], 0)} MB")
+        return (
+            f"{name}: after {row['steps']} training steps, linear-evaluation accuracy fp32 "
+            f"{row['fp32_accuracy']:.2f}%, {row['options']} {row['ours_accuracy']:.2f}% "
+            f"({row['ours_accuracy'] - row['fp32_accuracy']:+.2f} points); "
+            f"peak memory {number(row['ours_peak_mb'], 0)} MB"
+        )
     epoch = "100-epoch protocol / 100" if row["kind"] == "lineval" else "CIFAR-10 epoch"
     skipped = f"; {row['skipped']}" if row["skipped"] else ""
-    return (f"{name}: {number(row['ref_images_per_s'])} -> {number(row['ours_images_per_s'])} images/s, "
-            f"{number(row['speedup'], 2)}x; s per {epoch} {number(row['ref_epoch_s'])} -> "
-            f"{number(row['ours_epoch_s'])}; peak memory {number(row['ref_peak_mb'], 0)} -> "
-            f"{number(row['ours_peak_mb'], 0)} MB; ours: {row['options']}{skipped}")
+    return (
+        f"{name}: {number(row['ref_images_per_s'])} -> {number(row['ours_images_per_s'])} images/s, "
+        f"{number(row['speedup'], 2)}x; s per {epoch} {number(row['ref_epoch_s'])} -> "
+        f"{number(row['ours_epoch_s'])}; peak memory {number(row['ref_peak_mb'], 0)} -> "
+        f"{number(row['ours_peak_mb'], 0)} MB; ours: {row['options']}{skipped}"
+    )
 
 
 def misses(row: dict) -> list[str]:
@@ -556,8 +692,7 @@ def summary(rows: list[dict], seconds: float) -> str:
     mean = math.exp(sum(map(math.log, speedups)) / len(speedups)) if speedups else None
     missed = [miss for row in rows for miss in misses(row)]
     verdict = "every target met" if not missed else "missed: " + "; ".join(missed)
-    speed = (f", speed-up {min(speedups):.2f}x to {max(speedups):.2f}x (geometric mean {mean:.2f}x)"
-             if speedups else "")
+    speed = f", speed-up {min(speedups):.2f}x to {max(speedups):.2f}x (geometric mean {mean:.2f}x)" if speedups else ""
     return f"summary: {len(rows)} configurations in {seconds / 60:.1f} min{speed}; {verdict}"
 
 
@@ -577,13 +712,17 @@ def dim_worker(args) -> dict:
 
     import reference
     import torch
+
     data, description = load_images(args.data_root, args.quick)
     config = configured("deepinfomax-conv4", args.quick)
     seconds = {"fast": 0.0, "original": 0.0}
     with tempfile.TemporaryDirectory() as folder:
         engine = engine_for(config, data, torch.device(args.device), [], Path(folder))
         local_d = engine.method.discriminators.local_d
-        forwards = {"fast": local_d.forward, "original": types.MethodType(reference.LocalDiscriminator.forward, local_d)}
+        forwards = {
+            "fast": local_d.forward,
+            "original": types.MethodType(reference.LocalDiscriminator.forward, local_d),
+        }
         epoch = engine.begin_epoch(0)
         run_steps(engine, epoch, args.warmup)
         step = args.warmup
@@ -598,29 +737,46 @@ def dim_worker(args) -> dict:
 
 
 def dim_ratio(args) -> str:
-    measured = argparse.Namespace(**{**vars(args), "steps": args.steps or (2 if args.quick else 6),
-                                     "warmup": 1 if args.warmup is None else args.warmup})
+    measured = argparse.Namespace(
+        **{
+            **vars(args),
+            "steps": args.steps or (2 if args.quick else 6),
+            "warmup": 1 if args.warmup is None else args.warmup,
+        }
+    )
     result, error = run_worker("dim", "deepinfomax-conv4", measured)
     if error:
         return f"dim-ratio: {error}"
-    return (f"dim-ratio (deepinfomax, Conv-4, batch {result['batch']}, {result['steps']} steps each, alternating): "
-            f"{result['original'] / result['steps']:.2f} s per step with the original local discriminator's "
-            f"computation -> {result['fast'] / result['steps']:.2f} s, {result['original'] / result['fast']:.2f}x")
+    return (
+        f"dim-ratio (deepinfomax, Conv-4, batch {result['batch']}, {result['steps']} steps each, alternating): "
+        f"{result['original'] / result['steps']:.2f} s per step with the original local discriminator's "
+        f"computation -> {result['fast'] / result['steps']:.2f} s, {result['original'] / result['fast']:.2f}x"
+    )
 
 
 def compile_memory(args) -> str:
     """Peak memory of relationnet-conv4 (K 32) on the original's path, eager and compiled."""
     peaks = {}
-    for label, side, compiled in (("original's path", "reference", False), ("eager", "suite", False),
-                                  ("--compile", "suite", True)):
-        measured = argparse.Namespace(**{**vars(args), "compile": compiled, "steps": args.steps or 3,
-                                         "warmup": 2 if args.warmup is None else args.warmup})
+    for label, side, compiled in (
+        ("original's path", "reference", False),
+        ("eager", "suite", False),
+        ("--compile", "suite", True),
+    ):
+        measured = argparse.Namespace(
+            **{
+                **vars(args),
+                "compile": compiled,
+                "steps": args.steps or 3,
+                "warmup": 2 if args.warmup is None else args.warmup,
+            }
+        )
         measurement, error = run_worker(side, "relationnet-conv4", measured)
         if error:
             return f"compile-memory: {error}"
         peaks[label] = (measurement.peak_rss_mb, measurement.children_mb)
     return "compile-memory (relationnet-conv4, peak MB, process + its child processes): " + "; ".join(
-        f"{label} {main + children:,.0f} ({main:,.0f} + {children:,.0f})" for label, (main, children) in peaks.items())
+        f"{label} {main + children:,.0f} ({main:,.0f} + {children:,.0f})" for label, (main, children) in peaks.items()
+    )
 
 
 def seconds_and_ratios(times: list[float], alone: float) -> str:
@@ -633,18 +789,56 @@ def concurrent_runs(args) -> str:
     runs alone alternate twice and the faster of each is kept, as a run alone is what noise
     distorts most."""
     if not (Path(args.data_root) / "cifar-10-batches-py").is_dir():
-        return f"concurrent-runs: skipped, it runs train_unsupervised.py on CIFAR-10 files, not found in {args.data_root}"
+        return (
+            f"concurrent-runs: skipped, it runs train_unsupervised.py on CIFAR-10 files, not found in {args.data_root}"
+        )
     K, batch, images = (4, 16, 64) if args.quick else (32, 64, 1280)
     clean = {key: value for key, value in os.environ.items() if key not in OPENMP_VARIABLES}
     with tempfile.TemporaryDirectory() as folder:
+
         def epoch_seconds(variables: dict, runs: int) -> list[float]:
             outs = [Path(tempfile.mkdtemp(dir=folder)) for _ in range(runs)]
-            commands = [[sys.executable, "train_unsupervised.py", "--dataset", "cifar10", "--method", "relationnet",
-                         "--backbone", "conv4", "--K", str(K), "--data_size", str(batch), "--epochs", "1",
-                         "--train_subset", str(images), "--seed", "1", "--device", "cpu", "--no_download",
-                         "--data_root", args.data_root, "--checkpoint_dir", str(out)] for out in outs]
-            children = [subprocess.Popen(command, cwd=REPO, env={**clean, **variables}, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True) for command in commands]
+            commands = [
+                [
+                    sys.executable,
+                    "train_unsupervised.py",
+                    "--dataset",
+                    "cifar10",
+                    "--method",
+                    "relationnet",
+                    "--backbone",
+                    "conv4",
+                    "--K",
+                    str(K),
+                    "--data_size",
+                    str(batch),
+                    "--epochs",
+                    "1",
+                    "--train_subset",
+                    str(images),
+                    "--seed",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--no_download",
+                    "--data_root",
+                    args.data_root,
+                    "--checkpoint_dir",
+                    str(out),
+                ]
+                for out in outs
+            ]
+            children = [
+                subprocess.Popen(
+                    command,
+                    cwd=REPO,
+                    env={**clean, **variables},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for command in commands
+            ]
             failures = [child.communicate()[1] for child in children if child.wait()]
             if failures:
                 raise RuntimeError((failures[0].strip().splitlines() or ["no output"])[-1])
@@ -658,11 +852,13 @@ def concurrent_runs(args) -> str:
             default_pair, ours_pair = (epoch_seconds(variables, 2) for variables in waitings)
         except RuntimeError as error:
             return f"concurrent-runs: a run failed: {error}"
-    return (f"concurrent-runs (relationnet Conv-4 K {K}, batch {batch}, {images:,} images; epoch s): alone "
-            f"{default_solo:.1f} with libgomp's default waiting, {ours_solo:.1f} with the stage scripts' "
-            f"({ours_solo / default_solo:.2f}x); two at once: default {seconds_and_ratios(default_pair, default_solo)}, "
-            f"the stage scripts' {seconds_and_ratios(ours_pair, ours_solo)}; 2.00x alone: the two share the cores "
-            "fairly")
+    return (
+        f"concurrent-runs (relationnet Conv-4 K {K}, batch {batch}, {images:,} images; epoch s): alone "
+        f"{default_solo:.1f} with libgomp's default waiting, {ours_solo:.1f} with the stage scripts' "
+        f"({ours_solo / default_solo:.2f}x); two at once: default {seconds_and_ratios(default_pair, default_solo)}, "
+        f"the stage scripts' {seconds_and_ratios(ours_pair, ours_solo)}; 2.00x alone: the two share the cores "
+        "fairly"
+    )
 
 
 GRID_METHODS = ("relationnet", "simclr", "rotationnet", "randomweights", "standard")
@@ -673,9 +869,28 @@ def grid_throughput(args) -> str:
     evaluation, the test) run by reproduce.py on the CPU with --jobs 1, then --jobs 2; the
     ratio of their wall times is what running stages side by side gains."""
     images = 200 if args.quick else 2000
-    argv = ["--study", "cifar10", "--methods", *GRID_METHODS, "--seeds", "1", "2", "--epochs", "1",
-            "--linear_epochs", "1", "--train_subset", str(images), "--K", "4", "--data_root", args.data_root,
-            "--device", "cpu", "--no_download"]
+    argv = [
+        "--study",
+        "cifar10",
+        "--methods",
+        *GRID_METHODS,
+        "--seeds",
+        "1",
+        "2",
+        "--epochs",
+        "1",
+        "--linear_epochs",
+        "1",
+        "--train_subset",
+        str(images),
+        "--K",
+        "4",
+        "--data_root",
+        args.data_root,
+        "--device",
+        "cpu",
+        "--no_download",
+    ]
     name = f"grid-throughput (cifar10 study, {len(GRID_METHODS)} methods x 2 seeds, 1 epoch, {images:,} images)"
     if not (Path(args.data_root) / "cifar-10-batches-py").is_dir():
         return f"{name}: skipped, no cifar-10-batches-py in {args.data_root}"
@@ -683,38 +898,70 @@ def grid_throughput(args) -> str:
     with tempfile.TemporaryDirectory() as folder:
         for jobs in (1, 2):
             start = time.time()
-            result = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv, "--jobs", str(jobs),
-                                     "--out", str(Path(folder) / f"jobs_{jobs}")], cwd=REPO, capture_output=True,
-                                    text=True)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "reproduce.py"),
+                    *argv,
+                    "--jobs",
+                    str(jobs),
+                    "--out",
+                    str(Path(folder) / f"jobs_{jobs}"),
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 return f"{name}: --jobs {jobs} failed: {result.stderr.strip()[-300:]}"
             seconds[jobs] = time.time() - start
     ratio = seconds[1] / seconds[2]
-    return (f"{name}: --jobs 1 {seconds[1]:.0f} s, --jobs 2 {seconds[2]:.0f} s, throughput {ratio:.2f}x "
-            f"({'target 1.6x met' if ratio >= 1.6 else 'missed: target 1.6x'})")
+    return (
+        f"{name}: --jobs 1 {seconds[1]:.0f} s, --jobs 2 {seconds[2]:.0f} s, throughput {ratio:.2f}x "
+        f"({'target 1.6x met' if ratio >= 1.6 else 'missed: target 1.6x'})"
+    )
 
 
-CHECKS = {"concurrent-runs": concurrent_runs, "compile-memory": compile_memory, "dim-ratio": dim_ratio,
-          "grid-throughput": grid_throughput}
+CHECKS = {
+    "concurrent-runs": concurrent_runs,
+    "compile-memory": compile_memory,
+    "dim-ratio": dim_ratio,
+    "grid-throughput": grid_throughput,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default=",".join([*CONFIGS, *CHECKS]),
-                        help=f"comma-separated, from: {', '.join([*CONFIGS, *CHECKS])}")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="measured steps per side, for every configuration (default: 12, resnet32 4, "
-                             "the accuracy check's training runs 100; --quick 2); deepcluster: whole epochs "
-                             "(default 1)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="unmeasured steps first (default 3, resnet32 2; --quick 1); deepcluster: "
-                             "epochs (default 1)")
+    parser.add_argument(
+        "--configs",
+        default=",".join([*CONFIGS, *CHECKS]),
+        help=f"comma-separated, from: {', '.join([*CONFIGS, *CHECKS])}",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="measured steps per side, for every configuration (default: 12, resnet32 4, "
+        "the accuracy check's training runs 100; --quick 2); deepcluster: whole epochs "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="unmeasured steps first (default 3, resnet32 2; --quick 1); deepcluster: epochs (default 1)",
+    )
     parser.add_argument("--csv", default=str(REPO / "benchmarks" / "results.csv"), help="where the rows go")
-    parser.add_argument("--data_root", default=DEFAULT_DATA_ROOT,
-                        help="folder holding cifar-10-batches-py (random images when missing)")
+    parser.add_argument(
+        "--data_root", default=DEFAULT_DATA_ROOT, help="folder holding cifar-10-batches-py (random images when missing)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                        help="this suite's precision for every configuration (default: per configuration)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="this suite's precision for every configuration (default: per configuration)",
+    )
     parser.add_argument("--compile", action="store_true", help="compile the backbone in every configuration")
     parser.add_argument("--channels_last", action="store_true", help="NHWC layout in every configuration")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks that it runs")
@@ -730,17 +977,34 @@ def main() -> None:
     if unknown:
         parser.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join([*CONFIGS, *CHECKS])}")
     start = time.time()
-    print(f"benchmark on {args.device} ({os.cpu_count()} CPUs, {os.environ.get('OMP_NUM_THREADS', 'default')} "
-          f"OpenMP threads){': quick, tiny sizes, not a measurement' if args.quick else ''}", flush=True)
+    print(
+        f"benchmark on {args.device} ({os.cpu_count()} CPUs, {os.environ.get('OMP_NUM_THREADS', 'default')} "
+        f"OpenMP threads){': quick, tiny sizes, not a measurement' if args.quick else ''}",
+        flush=True,
+    )
     rows = []
     for name in [name for name in names if name in CONFIGS]:
         config = configured(name, args.quick)
-        measured = argparse.Namespace(**{**vars(args), "steps": args.steps or config.steps,
-                                         "warmup": config.warmup if args.warmup is None else args.warmup})
+        measured = argparse.Namespace(
+            **{
+                **vars(args),
+                "steps": args.steps or config.steps,
+                "warmup": config.warmup if args.warmup is None else args.warmup,
+            }
+        )
         reference, error = (None, "") if config.kind == "accuracy" else run_worker("reference", name, measured)
         ours, our_error = run_worker("suite", name, measured)
-        rows.append(row_for(name, config, suite_options(config, args), measured.steps, reference, ours,
-                            "; ".join(e for e in (error, our_error) if e)))
+        rows.append(
+            row_for(
+                name,
+                config,
+                suite_options(config, args),
+                measured.steps,
+                reference,
+                ours,
+                "; ".join(e for e in (error, our_error) if e),
+            )
+        )
         if len(rows) == 1:
             print(f"data: {rows[0]['data']}", flush=True)
         print(describe(rows[-1]), flush=True)
@@ -757,8 +1021,9 @@ def main() -> None:
 
 def _cuda_available() -> bool:
     """Asked in a subprocess, so the driver itself never loads torch."""
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True
+    )
     return probe.stdout.strip() == "True"
 
 

@@ -24,6 +24,7 @@ data path: each view's torchvision pipeline on PIL images in the same DataLoader
 read with `.item()` every step; the step itself is this suite's method module (its heads,
 loss, optimizer and target update), so their rows measure the data path.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,49 +46,77 @@ LOADER_WORKERS = 2
 def relationnet_transform(mean: tuple, std: tuple) -> transforms.Compose:
     """The original relationnet/simclr pipeline (section 6.4)."""
     side = 32
-    return transforms.Compose([
-        transforms.RandomResizedCrop(side, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BILINEAR),
-        transforms.RandomHorizontalFlip(p=0.5),
-        transforms.RandomApply([transforms.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)],
-                               p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(side, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.RandomHorizontalFlip(p=0.5),
+            transforms.RandomApply(
+                [transforms.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)], p=0.8
+            ),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
 
 
 def relic_transforms(side: int = 32) -> tuple[transforms.Compose, transforms.Compose]:
     """relic-pytorch's global and local view transforms (its aug.py): no normalisation."""
+
     def views(size: int, scale: tuple, solarize: bool) -> transforms.Compose:
-        steps = [transforms.RandomResizedCrop(size, scale=scale), transforms.RandomHorizontalFlip(),
-                 transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-                 transforms.RandomGrayscale(p=0.2), transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1)]
+        steps = [
+            transforms.RandomResizedCrop(size, scale=scale),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1),
+        ]
         return transforms.Compose(steps + [transforms.RandomSolarize(127, 0.2)] * solarize + [transforms.ToTensor()])
+
     return views(side, (0.1, 1.0), True), views(int(side * 3 / 7), (0.05, 1.0), False)
 
 
 def deepinfomax_transform(mean: tuple, std: tuple) -> transforms.Compose:
     """The original deepinfomax pipeline (section 6.4)."""
-    return transforms.Compose([transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(),
-                               transforms.Normalize(mean, std)])
+    return transforms.Compose(
+        [transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
 
 
 def crop_flip_transform(mean: tuple, std: tuple, side: int, padding: int) -> transforms.Compose:
     """The original standard/rotationnet/deepcluster pipeline (section 6.4): zero padding."""
-    return transforms.Compose([transforms.RandomCrop(side, padding=padding), transforms.RandomHorizontalFlip(0.5),
-                               transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return transforms.Compose(
+        [
+            transforms.RandomCrop(side, padding=padding),
+            transforms.RandomHorizontalFlip(0.5),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
 
 
-def two_view_transforms(method: str, mean: tuple, std: tuple, side: int = 32
-                        ) -> tuple[transforms.Compose, transforms.Compose]:
+def two_view_transforms(
+    method: str, mean: tuple, std: tuple, side: int = 32
+) -> tuple[transforms.Compose, transforms.Compose]:
     """The two views as solo-learn builds them with torchvision: BYOL's (blur p 1 / 0.1,
     solarize p 0 / 0.2; also barlowtwins' and vicreg's here) or simsiam's (both blurred with p 0.5)."""
+
     def view(jitter: tuple, blur_p: float, solarize_p: float) -> transforms.Compose:
-        return transforms.Compose([
-            transforms.RandomResizedCrop(side, scale=(0.08, 1.0)), transforms.RandomHorizontalFlip(),
-            transforms.RandomApply([transforms.ColorJitter(*jitter)], p=0.8), transforms.RandomGrayscale(p=0.2),
-            transforms.RandomApply([transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1, (0.1, 2.0))], p=blur_p),
-            transforms.RandomSolarize(127, p=solarize_p), transforms.ToTensor(), transforms.Normalize(mean, std)])
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(side, scale=(0.08, 1.0)),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomApply([transforms.ColorJitter(*jitter)], p=0.8),
+                transforms.RandomGrayscale(p=0.2),
+                transforms.RandomApply(
+                    [transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1, (0.1, 2.0))], p=blur_p
+                ),
+                transforms.RandomSolarize(127, p=solarize_p),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
+
     if method == "simsiam":
         both = view((0.4, 0.4, 0.4, 0.1), 0.5, 0.0)
         return both, both
@@ -159,13 +188,18 @@ class SingleImages(Dataset):
 
 def loader(dataset: Dataset, batch_size: int, device: torch.device) -> DataLoader:
     """The original get_train_loader: shuffled, pinned memory (on a GPU), no drop_last."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=LOADER_WORKERS,
-                      pin_memory=device.type == "cuda", drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=LOADER_WORKERS,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+    )
 
 
 def relation_head(feature_size: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(feature_size * 2, 256), nn.BatchNorm1d(256), nn.LeakyReLU(),
-                         nn.Linear(256, 1))
+    return nn.Sequential(nn.Linear(feature_size * 2, 256), nn.BatchNorm1d(256), nn.LeakyReLU(), nn.Linear(256, 1))
 
 
 def loop_aggregate(features: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +209,7 @@ def loop_aggregate(features: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.
     shift = 1
     for first in range(0, size * K, size):
         for second in range(first + size, size * K, size):
-            a, b = features[first:first + size], features[second:second + size]
+            a, b = features[first : first + size], features[second : second + size]
             pairs.append(torch.cat([a, b], 1))
             pairs.append(torch.cat([a, torch.roll(b, shifts=shift, dims=0)], 1))
             targets.append(torch.ones(size, dtype=torch.float32))
@@ -282,8 +316,9 @@ def relic_step(model, optimizer, views, global_views, device, meters, gamma: flo
     for i_t, target_projection in enumerate(target):
         for i_o, online_projection in enumerate(online):
             if i_t != i_o:
-                pair_loss, pair_invariance = relic_pair_loss(online_projection, target_projection, model.t_prime,
-                                                             model.bias)
+                pair_loss, pair_invariance = relic_pair_loss(
+                    online_projection, target_projection, model.t_prime, model.bias
+                )
                 loss, invariance, pairs = loss + pair_loss, invariance + pair_invariance, pairs + 1
     loss, invariance = loss / pairs, invariance / pairs
     optimizer.zero_grad()
@@ -311,8 +346,9 @@ class DeepInfoMaxModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.local_d = LocalDiscriminator(y_size, m_channels)
-        self.prior_d = nn.Sequential(nn.Linear(y_size, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(),
-                                     nn.Linear(128, 1), nn.Sigmoid())
+        self.prior_d = nn.Sequential(
+            nn.Linear(y_size, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 1), nn.Sigmoid()
+        )
 
 
 def deepinfomax_step(model, optimizer, images, device, meters, beta: float = 1.0, gamma: float = 0.1):
@@ -361,13 +397,15 @@ def two_view_step(method, views, device, meters, step: int) -> None:
     meters[0].update(loss.item(), views[0].shape[0])
 
 
-def deepcluster_epoch(backbone, classifier, optimizer, dataset: SingleImages, clusters: int, batch_size: int,
-                      device, meters, seed: int) -> None:
+def deepcluster_epoch(
+    backbone, classifier, optimizer, dataset: SingleImages, clusters: int, batch_size: int, device, meters, seed: int
+) -> None:
     """One epoch of its train (section 4.3). Its wall-clock k-means seed becomes `seed`, for
     repeatable runs, and scikit-learn >= 1.0 has no `n_jobs` (defect D3): KMeans uses every
     core through OpenMP instead. The loaders have LOADER_WORKERS, not its 8, as every row here."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
+
     output = classifier[-1]
     with torch.no_grad():  # a new output layer; its Adam moments are kept, as the original's
         output.weight.normal_(0.0, 0.01)
@@ -375,8 +413,9 @@ def deepcluster_epoch(backbone, classifier, optimizer, dataset: SingleImages, cl
     backbone.eval()
     features = []
     with torch.no_grad():  # on augmented images: the dataset carries the training transform
-        for images, _ in DataLoader(dataset, batch_size, shuffle=False, num_workers=LOADER_WORKERS,
-                                    pin_memory=device.type == "cuda"):
+        for images, _ in DataLoader(
+            dataset, batch_size, shuffle=False, num_workers=LOADER_WORKERS, pin_memory=device.type == "cuda"
+        ):
             features.append(backbone(images.to(device)).cpu().numpy())
     features = np.concatenate(features).astype("float32")
     dim = features.shape[1]
@@ -392,5 +431,4 @@ def deepcluster_epoch(backbone, classifier, optimizer, dataset: SingleImages, cl
     # a little less than the original's pass.
     reassigned = SingleImages(dataset.images, pseudo_labels, dataset.transform)
     for images, target in loader(reassigned, batch_size, device):
-        classification_step(lambda x: classifier(backbone(x)), optimizer, images, target, device, meters,
-                            criterion)
+        classification_step(lambda x: classifier(backbone(x)), optimizer, images, target, device, meters, criterion)

@@ -20,12 +20,19 @@ from datasets.base import DatasetError, ImageSet
 from datasets.cifar import CIFAR_SIDE, load_cifar10, load_cifar100, load_supercifar100
 from datasets.folder import load_folder
 from datasets.slim import SLIM_SIDE, load_slim
+from datasets.stl10 import STL10_SIDE, load_stl10
 from datasets.tiny import TINY_SIDE, load_tiny
 
-from .stl10 import STL10_SIDE, load_stl10
-
-__all__ = ["DATASETS", "SPLITS", "DEFAULT_DATA_ROOT", "DatasetError", "ImageSet", "image_side", "load_dataset",
-           "pretraining_split"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DEFAULT_DATA_ROOT",
+    "DatasetError",
+    "ImageSet",
+    "image_side",
+    "load_dataset",
+    "pretraining_split",
+]
 
 #: Where data sets live unless told otherwise (relative to the working directory, as in the original code).
 DEFAULT_DATA_ROOT = "./data"
@@ -47,8 +54,14 @@ DATASETS: dict[str, Loader] = {
 }
 
 #: The side of the images of every data set that is not resized (all but "folder").
-FIXED_SIDES = {"cifar10": CIFAR_SIDE, "cifar100": CIFAR_SIDE, "supercifar100": CIFAR_SIDE, "slim": SLIM_SIDE,
-               "stl10": STL10_SIDE, "tiny": TINY_SIDE}
+FIXED_SIDES = {
+    "cifar10": CIFAR_SIDE,
+    "cifar100": CIFAR_SIDE,
+    "supercifar100": CIFAR_SIDE,
+    "slim": SLIM_SIDE,
+    "stl10": STL10_SIDE,
+    "tiny": TINY_SIDE,
+}
 
 #: Data sets with an "unlabeled" split, on which self-supervised methods pretrain (the
 #: original code used STL-10's 100,000 unlabelled images for them).
@@ -68,7 +81,10 @@ def image_side(name: str, image_size: int = 0) -> int | None:
 
 
 def load_dataset(
-    name: str, split: str, data_root: str | os.PathLike = DEFAULT_DATA_ROOT, download: bool = True,
+    name: str,
+    split: str,
+    data_root: str | os.PathLike = DEFAULT_DATA_ROOT,
+    download: bool = True,
     image_size: int = 0,
 ) -> ImageSet:
     """Load split `split` of data set `name` from `data_root`.
@@ -89,9 +105,13 @@ def load_dataset(
         data = loader(data_root, split, download=download)
         # Fixed-size data sets keep the size their constants (padding, published results) belong to.
         if image_size and image_size != data.side:
-            raise DatasetError(f"--image_size {image_size}: the {name} images are {data.side}x{data.side} and are "
-                               f"not resized (only 'folder' is); use {data.side} or 0")
+            raise DatasetError(
+                f"--image_size {image_size}: the {name} images are {data.side}x{data.side} and are "
+                f"not resized (only 'folder' is); use {data.side} or 0"
+            )
     if len(data) == 0:  # e.g. a CIFAR batch of 0 images, a 0-byte unlabeled_X.bin
-        raise DatasetError(f"the {name} {split} split in {os.fspath(data_root)} holds no images: its files are "
-                           "empty or truncated; replace them (delete the folder to download it again)")
+        raise DatasetError(
+            f"the {name} {split} split in {os.fspath(data_root)} holds no images: its files are "
+            "empty or truncated; replace them (delete the folder to download it again)"
+        )
     return data

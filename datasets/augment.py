@@ -27,6 +27,7 @@ roles gave them stay valid as aliases (`ALIASES`):
     flip_affine_erase  flip, random affine, random erasing with the data set's cutout scale
                        (the original supervised STL-10 baseline; alias "finetune")
 """
+
 from __future__ import annotations
 
 import functools
@@ -78,12 +79,12 @@ def _per_image(factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision adjust_brightness with one factor per image; float input in [0, 1]."""
+    """Torchvision adjust_brightness with one factor per image; float input in [0, 1]."""
     return x.mul(_per_image(factor)).clamp_(0.0, 1.0)
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision adjust_contrast (blend with the mean luma) with one factor per image."""
+    """Torchvision adjust_contrast (blend with the mean luma) with one factor per image."""
     # The mean luma is linear in the channel means, which are much cheaper to reduce.
     luma = x.mean(dim=(2, 3)) @ _constant(_LUMA, x.device, x.dtype)
     factor = _per_image(factor)
@@ -91,7 +92,7 @@ def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision adjust_saturation (blend with the per-pixel luma) with one factor per image."""
+    """Torchvision adjust_saturation (blend with the per-pixel luma) with one factor per image."""
     factor = _per_image(factor)
     return x.mul(factor).add_(_grayscale(x).mul_(1.0 - factor)).clamp_(0.0, 1.0)
 
@@ -101,7 +102,7 @@ _HUE_OFFSETS = (0.0 - 3.0, 4.0 - 3.0, 2.0 - 3.0)
 
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision adjust_hue with one factor in [-0.5, 0.5] per image; float input in [0, 1].
+    """Torchvision adjust_hue with one factor in [-0.5, 0.5] per image; float input in [0, 1].
 
     A closed form of RGB -> HSV -> shift -> RGB: with chroma c = max - min and the shifted
     hue H in sextants, channel k is min + c * clamp(|(H + o_k) mod 6 - 3| - 1, 0, 1) with
@@ -128,9 +129,14 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return wave.mul_(chroma.unsqueeze(1).neg()).add_(maxc.unsqueeze(1))
 
 
-def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
-                              scale: tuple = (0.08, 1.0),
-                              ratio: tuple = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple = (0.08, 1.0),
+    ratio: tuple = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """Boxes (n, 4) int64 as (top, left, h, w), torchvision RandomResizedCrop.get_params per image.
 
     Each image gets 10 tries of (area, log-aspect); the first try that fits is used, else
@@ -166,8 +172,9 @@ def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.
     return torch.stack((top, left, h, w), dim=1).long()
 
 
-def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
-                      size: int | None = None) -> torch.Tensor:
+def resized_crop_flip(
+    x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int | None = None
+) -> torch.Tensor:
     """Crop boxes (top, left, h, w) of float images, resize each to `size` x `size` (None:
     back to (H, W)), mirror if flip.
 
@@ -193,14 +200,22 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
         return torch.clamp(coords, lo[:, None], hi[:, None])
 
     xs, ys = axis(left, w, width, out_width, flip), axis(top, h, height, out_height)
-    grid = torch.stack((xs[:, None, :].expand(n, out_height, out_width),
-                        ys[:, :, None].expand(n, out_height, out_width)), dim=3)
+    grid = torch.stack(
+        (xs[:, None, :].expand(n, out_height, out_width), ys[:, :, None].expand(n, out_height, out_width)), dim=3
+    )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_affine_params(n: int, height: int, width: int, generator: torch.Generator,
-                         degrees: float = 18.0, translate: tuple = (0.1, 0.1),
-                         scale: tuple = (0.9, 1.1), shear: float = 10.0) -> torch.Tensor:
+def random_affine_params(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    degrees: float = 18.0,
+    translate: tuple = (0.1, 0.1),
+    scale: tuple = (0.9, 1.1),
+    shear: float = 10.0,
+) -> torch.Tensor:
     """(n, 5) float64 rows (angle, tx, ty, scale, shear_x), RandomAffine.get_params per image.
 
     As torchvision draws them for `degrees` and `shear` given as single numbers: angle in
@@ -250,8 +265,13 @@ def affine(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     to_normalised = torch.cat((half[None, :] / half[:, None], 1 / half[:, None]), dim=1)
     theta = (matrices * to_normalised).to(x.dtype)
     grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
-    warped = F.grid_sample(torch.cat((x, x.new_ones(n, 1, height, width)), dim=1), grid,
-                           mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = F.grid_sample(
+        torch.cat((x, x.new_ones(n, 1, height, width)), dim=1),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     return warped[:, :-1] * warped[:, -1:]
 
 
@@ -281,16 +301,25 @@ class Augmentation:
         self.size = size
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 \
-                or images.dim() != 4 or images.shape[1] != 3:
-            desc = (f"{images.dtype} tensor of shape {tuple(images.shape)}"
-                    if isinstance(images, torch.Tensor) else type(images).__name__)
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or images.dim() != 4
+            or images.shape[1] != 3
+        ):
+            desc = (
+                f"{images.dtype} tensor of shape {tuple(images.shape)}"
+                if isinstance(images, torch.Tensor)
+                else type(images).__name__
+            )
             raise ValueError(f"expected a uint8 tensor (N, 3, H, W), got {desc}")
         if generator.device.type != images.device.type:
             raise ValueError(f"generator is on {generator.device}, images on {images.device}")
         if self.size is not None and not self.resizes and images.shape[-2:] != (self.size, self.size):
-            raise ValueError(f"{type(self).__name__} keeps the images' size {tuple(images.shape[-2:])}; "
-                             f"it cannot give {self.size} x {self.size} views")
+            raise ValueError(
+                f"{type(self).__name__} keeps the images' size {tuple(images.shape[-2:])}; "
+                f"it cannot give {self.size} x {self.size} views"
+            )
         return self.augment(images, generator)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -346,7 +375,7 @@ def blur_kernel_size(side: int) -> int:
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
-    """torchvision gaussian_blur (reflect padding, separable kernel) with one sigma per image.
+    """Torchvision gaussian_blur (reflect padding, separable kernel) with one sigma per image.
 
     The kernel is small (5 to 11 taps), so each direction is a weighted sum of shifted slices
     of the padded batch rather than a grouped convolution with a kernel per image.
@@ -358,9 +387,9 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> tor
     pad = kernel_size // 2
     height, width = x.shape[-2:]
     padded = F.pad(x, (pad, pad, 0, 0), mode="reflect")
-    x = sum(weights[..., k] * padded[..., k:k + width] for k in range(kernel_size))
+    x = sum(weights[..., k] * padded[..., k : k + width] for k in range(kernel_size))
     padded = F.pad(x, (0, 0, pad, pad), mode="reflect")
-    return sum(weights[..., k] * padded[..., k:k + height, :] for k in range(kernel_size))
+    return sum(weights[..., k] * padded[..., k : k + height, :] for k in range(kernel_size))
 
 
 class CropColorAugmentation(Augmentation):
@@ -383,9 +412,18 @@ class CropColorAugmentation(Augmentation):
     solarize_threshold = 127 / 255
     resizes = True
 
-    def __init__(self, mean: tuple, std: tuple, chunk_size: int | None = None, size: int | None = None,
-                 crop_scale: tuple = (0.08, 1.0), blur: bool = False, solarize_p: float = 0.0,
-                 jitter: tuple = (0.8, 0.8, 0.8, 0.2), blur_p: float = 1.0):
+    def __init__(
+        self,
+        mean: tuple,
+        std: tuple,
+        chunk_size: int | None = None,
+        size: int | None = None,
+        crop_scale: tuple = (0.08, 1.0),
+        blur: bool = False,
+        solarize_p: float = 0.0,
+        jitter: tuple = (0.8, 0.8, 0.8, 0.2),
+        blur_p: float = 1.0,
+    ):
         super().__init__(mean, std, size)
         self.chunk_size = chunk_size  # None: 256 on the CPU, the whole batch elsewhere
         self.crop_scale, self.blur, self.solarize_p = tuple(crop_scale), blur, solarize_p
@@ -399,8 +437,9 @@ class CropColorAugmentation(Augmentation):
         flip = u[:, 0] < 0.5
         jittered = u[:, 1] < self.jitter_p
         b, c, s, h = self.jitter
-        factors = torch.stack((1 - b + 2 * b * u[:, 2], 1 - c + 2 * c * u[:, 3],
-                               1 - s + 2 * s * u[:, 4], h * (2 * u[:, 5] - 1)), dim=1)
+        factors = torch.stack(
+            (1 - b + 2 * b * u[:, 2], 1 - c + 2 * c * u[:, 3], 1 - s + 2 * s * u[:, 4], h * (2 * u[:, 5] - 1)), dim=1
+        )
         order = u[:, 6:10].argsort(dim=1)  # a uniform random permutation of the 4 ops per image
         gray = u[:, 10] < self.grayscale_p
         if self.blur:
@@ -423,8 +462,9 @@ class CropColorAugmentation(Augmentation):
                 if blurred is None:
                     x = gaussian_blur(x, kernel_size, sigma[part])
                 else:
-                    x = _apply_where(x, blurred[part], lambda images, s: gaussian_blur(images, kernel_size, s),
-                                     sigma[part])
+                    x = _apply_where(
+                        x, blurred[part], lambda images, s: gaussian_blur(images, kernel_size, s), sigma[part]
+                    )
                 inverted = (x >= self.solarize_threshold) & solarized[part].view(-1, 1, 1, 1)
                 x = torch.where(inverted, 1.0 - x, x)
             out[part] = self.normalise_(x)
@@ -467,8 +507,7 @@ class FinetuneAugmentation(Augmentation):
         device = images.device
         u = torch.rand(n, 5, generator=generator, device=device)
         flip, warp, erase = u[:, 0] < 0.5, u[:, 1] < self.affine_p, u[:, 2] < self.erasing_p
-        params = random_affine_params(n, height, width, generator, self.degrees, self.translate,
-                                      self.scale, self.shear)
+        params = random_affine_params(n, height, width, generator, self.degrees, self.translate, self.scale, self.shear)
         x = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images).float().div_(255)
         x = _apply_where(x, warp, affine, params)
         self.normalise_(x)
@@ -488,8 +527,10 @@ class FinetuneAugmentation(Augmentation):
 
 
 def _no_cutout() -> float:
-    raise ValueError("the flip_affine_erase (finetune) augmentation needs the data set's cutout scale, and "
-                     "this data set defines none (the original code has none for tiny and slim)")
+    raise ValueError(
+        "the flip_affine_erase (finetune) augmentation needs the data set's cutout scale, and "
+        "this data set defines none (the original code has none for tiny and slim)"
+    )
 
 
 # BYOL's colour jitter (brightness, contrast, saturation, hue), milder than SimCLR's (0.8, 0.8, 0.8, 0.2).
@@ -498,20 +539,26 @@ BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 PIPELINES: dict[str, Callable[..., Augmentation]] = {
     "crop_color_gray": lambda mean, std, padding, cutout, size: CropColorAugmentation(mean, std, size=size),
     "crop_color_gray_blur_solarize": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, crop_scale=(0.1, 1.0), blur=True, solarize_p=0.2),
+        mean, std, size=size, crop_scale=(0.1, 1.0), blur=True, solarize_p=0.2
+    ),
     "crop_color_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, crop_scale=(0.05, 1.0), blur=True),
+        mean, std, size=size, crop_scale=(0.05, 1.0), blur=True
+    ),
     "crop_softcolor_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, jitter=BYOL_JITTER, blur=True),
+        mean, std, size=size, jitter=BYOL_JITTER, blur=True
+    ),
     "crop_softcolor_gray_blur_solarize": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, jitter=BYOL_JITTER, blur=True, blur_p=0.1, solarize_p=0.2),
+        mean, std, size=size, jitter=BYOL_JITTER, blur=True, blur_p=0.1, solarize_p=0.2
+    ),
     "crop_softcolor_gray_halfblur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, jitter=(0.4, 0.4, 0.4, 0.1), blur=True, blur_p=0.5),
+        mean, std, size=size, jitter=(0.4, 0.4, 0.4, 0.1), blur=True, blur_p=0.5
+    ),
     "pad_crop_flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, padding, size),
     "flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, 0, size),
     "none": lambda mean, std, padding, cutout, size: Normalise(mean, std, size),
     "flip_affine_erase": lambda mean, std, padding, cutout, size: FinetuneAugmentation(
-        mean, std, _no_cutout() if cutout is None else cutout, size),
+        mean, std, _no_cutout() if cutout is None else cutout, size
+    ),
 }
 ALIASES = {"relationnet": "crop_color_gray", "standard": "pad_crop_flip", "finetune": "flip_affine_erase"}
 
@@ -524,8 +571,9 @@ def pipeline_name(name: str) -> str:
     return resolved
 
 
-def build_augmentation(name: str, mean: tuple, std: tuple, padding: int = 0, *,
-                       cutout: float | None = None, size: int | None = None) -> Augmentation:
+def build_augmentation(
+    name: str, mean: tuple, std: tuple, padding: int = 0, *, cutout: float | None = None, size: int | None = None
+) -> Augmentation:
     """The batch augmentation `name` (a key of PIPELINES or ALIASES); `padding` is used by
     pad_crop_flip, `cutout` (the data set's RandomErasing scale) by flip_affine_erase, and
     `size` is the side of the views (None: the images' own)."""

@@ -37,9 +37,7 @@ def check_split(dataset: str, split: str, valid: Iterable[str]) -> None:
     """Raise `ValueError` (one line listing the valid splits) if `split` is not in `valid`."""
     valid = tuple(valid)
     if split not in valid:
-        raise ValueError(
-            f"unknown split {split!r} for data set {dataset!r}; valid splits: {', '.join(valid)}"
-        )
+        raise ValueError(f"unknown split {split!r} for data set {dataset!r}; valid splits: {', '.join(valid)}")
 
 
 @dataclass

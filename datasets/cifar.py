@@ -101,7 +101,9 @@ def read_cifar_batch(path: str | os.PathLike) -> dict:
     return {_key(k): v for k, v in obj.items()}
 
 
-def _parse_batch(path: Path, label_keys: tuple[str, ...], num_classes: tuple[int, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _parse_batch(
+    path: Path, label_keys: tuple[str, ...], num_classes: tuple[int, ...]
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Validate one batch and return its (N, 3072) uint8 data and one int64 array per label key."""
     d = read_cifar_batch(path)
     hint = "not a CIFAR python batch (truncated or corrupt); re-download the data set"
@@ -134,8 +136,9 @@ def _parse_batch(path: Path, label_keys: tuple[str, ...], num_classes: tuple[int
 def _flat_integers(raw: object) -> bool:
     if isinstance(raw, np.ndarray):
         return raw.ndim == 1 and raw.dtype.kind in "iu"
-    return isinstance(raw, (list, tuple)) and all(isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-                                         for value in raw)
+    return isinstance(raw, (list, tuple)) and all(
+        isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in raw
+    )
 
 
 def _to_images(chunks: list[np.ndarray]) -> torch.Tensor:
@@ -148,6 +151,7 @@ def _to_images(chunks: list[np.ndarray]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- folders
 
+
 def _missing(shown: str, title: str, fix: str) -> DatasetError:
     return DatasetError(f"{title}: {shown} is missing; {fix}")
 
@@ -158,8 +162,12 @@ def _cifar100(root, split: str, download: bool, coarse: bool, name: str) -> Imag
     folder = ensure_folder(root, CIFAR100_FOLDER, title, "train and test", CIFAR100_URL, CIFAR100_MD5, download)
     path = folder / split
     if not path.is_file():
-        raise _missing(folder_path(folder_path(root, CIFAR100_FOLDER), split), title,
-                       f"the folder is incomplete: delete it to re-download, or extract cifar-100-python.tar.gz from {CIFAR100_URL} into {os.fspath(root)}")
+        raise _missing(
+            folder_path(folder_path(root, CIFAR100_FOLDER), split),
+            title,
+            "the folder is incomplete: delete it to re-download, or extract cifar-100-python.tar.gz from "
+            f"{CIFAR100_URL} into {os.fspath(root)}",
+        )
     data, (fine, coarse_labels) = _parse_batch(path, ("fine_labels", "coarse_labels"), (100, 20))
     labels = coarse_labels if coarse else fine
     return ImageSet(
@@ -186,9 +194,14 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
     """
     check_split("cifar10", split, SPLITS)
     title = "CIFAR-10"
-    folder = ensure_folder(root, CIFAR10_FOLDER, title, "data_batch_1..5 and test_batch", CIFAR10_URL, CIFAR10_MD5, download)
+    folder = ensure_folder(
+        root, CIFAR10_FOLDER, title, "data_batch_1..5 and test_batch", CIFAR10_URL, CIFAR10_MD5, download
+    )
     shown_folder = folder_path(root, CIFAR10_FOLDER)
-    fix = f"the folder is incomplete: delete it to re-download, or extract cifar-10-python.tar.gz from {CIFAR10_URL} into {os.fspath(root)}"
+    fix = (
+        "the folder is incomplete: delete it to re-download, or extract cifar-10-python.tar.gz from "
+        f"{CIFAR10_URL} into {os.fspath(root)}"
+    )
     if split == "test":
         paths = [folder / "test_batch"]
         if not paths[0].is_file():
@@ -200,15 +213,15 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
             if m and entry.is_file():
                 numbered.append((int(m.group(1)), entry))
         if not numbered:
-            raise _missing(folder_path(shown_folder, "data_batch_1"), title,
-                           f"no data_batch_<n> files; {fix}")
+            raise _missing(folder_path(shown_folder, "data_batch_1"), title, f"no data_batch_<n> files; {fix}")
         numbered.sort()
         paths = [p for _, p in numbered]
         if len(paths) < CIFAR10_TRAIN_BATCHES:
             print(
                 f"[WARNING] CIFAR-10: only {len(paths)} of the official {CIFAR10_TRAIN_BATCHES} training batches in "
                 f"{shown_folder} ({', '.join(p.name for p in paths)}); training on a partial data set",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
     datas, labels = [], []
     for p in paths:

@@ -70,7 +70,10 @@ def check_md5(path: str | os.PathLike, expected: str) -> None:
     """Raise `DownloadError` unless the md5 of `path` equals `expected`."""
     actual = md5sum(path)
     if actual.lower() != expected.lower():
-        raise DownloadError(f"{path}: md5 checksum mismatch (got {actual}, expected {expected}); the file is corrupt or not the official one")
+        raise DownloadError(
+            f"{path}: md5 checksum mismatch (got {actual}, expected {expected}); "
+            "the file is corrupt or not the official one"
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -114,8 +117,13 @@ def download_file(
                     total = int(length) if length and length.isdigit() else None
                     received = 0
                     with tqdm(
-                        total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=dest.name, disable=not progress, leave=False,
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        disable=not progress,
+                        leave=False,
                     ) as bar:
                         while True:
                             block = response.read(_CHUNK)
@@ -170,7 +178,8 @@ def _extract(archive: Path, dest: Path, extract_all) -> list[str]:
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(
-            f"{archive}: cannot extract ({_reason(exc)}); the archive is truncated or corrupt, delete it and download it again"
+            f"{archive}: cannot extract ({_reason(exc)}); "
+            "the archive is truncated or corrupt, delete it and download it again"
         ) from exc
     return sorted({PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts})
 
@@ -281,8 +290,14 @@ def ensure_folder(
         fetch_and_extract(url, md5, root, folder, download=download)
     except DownloadError as exc:
         if not download:
-            raise DatasetError(f"{title} not found in {shown} (expected {expected}) and download is disabled: {fix}") from None
-        raise DatasetError(f"{title} not found in {shown} (expected {expected}) and the download failed ({exc}): {fix}") from exc
+            raise DatasetError(
+                f"{title} not found in {shown} (expected {expected}) and download is disabled: {fix}"
+            ) from None
+        raise DatasetError(
+            f"{title} not found in {shown} (expected {expected}) and the download failed ({exc}): {fix}"
+        ) from exc
     except (DatasetError, OSError) as exc:
-        raise DatasetError(f"{title} not found in {shown} (expected {expected}) and installing it failed ({exc}): {fix}") from exc
+        raise DatasetError(
+            f"{title} not found in {shown} (expected {expected}) and installing it failed ({exc}): {fix}"
+        ) from exc
     return path

@@ -59,6 +59,7 @@ class _Tree:
     def _refusal(self, real: str, home: str) -> str | None:
         def within(path: str, folder: str) -> bool:
             return os.path.commonpath([path, folder]) == folder
+
         if not within(real, self.root):
             return "leads out of the data set's tree"
         if within(home, real) and real != home:
@@ -99,9 +100,13 @@ def _images_under(folder: Path, tree: _Tree) -> list[Path]:
     for top, dirs, files in os.walk(folder, followlinks=True):
         # os.walk descends in this order, into the folders kept
         dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and tree.enter(os.path.join(top, d), home)]
-        found += [Path(top, f) for f in sorted(files)
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-                  and tree.holds(os.path.join(top, f))]
+        found += [
+            Path(top, f)
+            for f in sorted(files)
+            if not f.startswith(".")
+            and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+            and tree.holds(os.path.join(top, f))
+        ]
     return found
 
 
@@ -112,8 +117,10 @@ def _scan_split(folder: Path, tree: _Tree) -> tuple[list[Path], list[int], list[
     classes = [e.name for e in entries if e.is_dir()]
     loose = [Path(e.path) for e in entries if _is_image(e) and tree.holds(e.path)]
     if classes and loose:
-        raise DatasetError(f"{folder} holds both class folders and images ({loose[0].name}, ...); "
-                           "move the images into class folders, or remove the class folders for unlabelled data")
+        raise DatasetError(
+            f"{folder} holds both class folders and images ({loose[0].name}, ...); "
+            "move the images into class folders, or remove the class folders for unlabelled data"
+        )
     if loose:
         return loose, [-1] * len(loose), []
     if not classes:
@@ -123,8 +130,10 @@ def _scan_split(folder: Path, tree: _Tree) -> tuple[list[Path], list[int], list[
     for index, name in enumerate(classes):
         found = _images_under(folder / name, tree)
         if not found:
-            raise DatasetError(f"{folder / name}: class folder without images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                               "add images or delete the folder")
+            raise DatasetError(
+                f"{folder / name}: class folder without images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "add images or delete the folder"
+            )
         paths += found
         labels += [index] * len(found)
     return paths, labels, classes
@@ -133,12 +142,16 @@ def _scan_split(folder: Path, tree: _Tree) -> tuple[list[Path], list[int], list[
 def _difference(train: list[str], test: list[str], test_folder: Path) -> str:
     def some(names):
         return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
     parts = []
     if missing := sorted(set(train) - set(test)):
         parts.append(f"missing from test: {some(missing)}")
     if extra := sorted(set(test) - set(train)):
         parts.append(f"not in train: {some(extra)}")
-    return f"{test_folder}: the class folders of test differ from those of train ({'; '.join(parts)}); both splits need the same classes"
+    return (
+        f"{test_folder}: the class folders of test differ from those of train ({'; '.join(parts)}); "
+        "both splits need the same classes"
+    )
 
 
 def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Tensor, list[str], list[Path]]:
@@ -154,8 +167,10 @@ def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Te
     if split == "train":
         return train_paths, torch.tensor(train_labels, dtype=torch.int64), classes, train_paths
     if not classes:
-        raise DatasetError(f"{folders['train']} holds unlabelled images (no class folders), which serve "
-                           "pretraining only: there is no test split or labels; use class folders for evaluation")
+        raise DatasetError(
+            f"{folders['train']} holds unlabelled images (no class folders), which serve "
+            "pretraining only: there is no test split or labels; use class folders for evaluation"
+        )
     if not folders["test"].is_dir():
         raise DatasetError(f"{folders['test']} not found; expected {layout}")
     paths, labels, test_classes = _scan_split(folders["test"], _Tree(base))
@@ -170,8 +185,13 @@ RESIZE_FIX = "give a size to resize to (--image_size)"
 
 def decode_split(base: Path, split: str, paths: list[Path], size: int, size_fix: str = RESIZE_FIX) -> torch.Tensor:
     """The images at `paths` as uint8 (N, 3, S, S), decoded once and then read from `<base>/.cache/<split>.pt`."""
-    return cached(base / CACHE_FOLDER / f"{split}.pt", paths, lambda: {"images": decode_images(paths, size, size_fix)},
-                  key=f"size={size}", problem=lambda tensors: decoded_images_problem(tensors, paths, size))["images"]
+    return cached(
+        base / CACHE_FOLDER / f"{split}.pt",
+        paths,
+        lambda: {"images": decode_images(paths, size, size_fix)},
+        key=f"size={size}",
+        problem=lambda tensors: decoded_images_problem(tensors, paths, size),
+    )["images"]
 
 
 def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> dict[str, torch.Tensor]:
@@ -179,7 +199,7 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> dict[str, torch.T
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to(torch.float64).div_(255.0)
+        x = images[start : start + chunk].to(torch.float64).div_(255.0)
         total += x.sum(dim=(0, 2, 3))
         squares += x.square().sum(dim=(0, 2, 3))
     count = images.numel() // 3
@@ -193,8 +213,12 @@ def _stats_problem(tensors: dict) -> str | None:
     """What is wrong with a cache of `_channel_stats`, or None."""
     for name, low in (("mean", 0.0), ("std", 1 / 255)):
         value = tensors.get(name)
-        if not (isinstance(value, torch.Tensor) and value.dtype == torch.float64 and value.shape == (3,)
-                and bool(((value >= low) & (value <= 1)).all())):
+        if not (
+            isinstance(value, torch.Tensor)
+            and value.dtype == torch.float64
+            and value.shape == (3,)
+            and bool(((value >= low) & (value <= 1)).all())
+        ):
             return f"its {name} is not 3 numbers in [{low:.3g}, 1]"
     return None
 
@@ -219,8 +243,9 @@ def load_folder(root: str | os.PathLike, split: str, download: bool = False, ima
         train_images = images if split == "train" else decode_split(base, "train", train_paths, image_size)
         return _channel_stats(train_images)
 
-    stats = cached(base / CACHE_FOLDER / "stats.pt", train_paths, train_stats, key=f"size={image_size}",
-                   problem=_stats_problem)
+    stats = cached(
+        base / CACHE_FOLDER / "stats.pt", train_paths, train_stats, key=f"size={image_size}", problem=_stats_problem
+    )
     return ImageSet(
         name="folder",
         split=split,

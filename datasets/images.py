@@ -47,8 +47,10 @@ def _rgb(img: Image.Image, path: Path) -> Image.Image:
     top = 1.0 if img.mode == "F" else 65535.0
     if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= top):
         kind = "floating-point" if img.mode == "F" else "integer"
-        raise DatasetError(f"{path}: {kind} pixels from {low:g} to {high:g}, outside 0..{top:g}, have no known "
-                           "brightness: save the image with 8 or 16 bits per channel")
+        raise DatasetError(
+            f"{path}: {kind} pixels from {low:g} to {high:g}, outside 0..{top:g}, have no known "
+            "brightness: save the image with 8 or 16 bits per channel"
+        )
     return Image.fromarray(np.rint(values * (255 / top)).astype(np.uint8), "L").convert("RGB")
 
 
@@ -60,7 +62,9 @@ def _open_rgb(path: Path, size: int | None) -> np.ndarray:
     except DatasetError:
         raise
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
-        raise DatasetError(f"{path}: cannot decode the image ({type(exc).__name__}: {exc}); replace or delete the file") from exc
+        raise DatasetError(
+            f"{path}: cannot decode the image ({type(exc).__name__}: {exc}); replace or delete the file"
+        ) from exc
     if size is not None and img.size != (size, size):
         # Shorter side to `size`, then the centre square (torchvision's Resize + CenterCrop).
         w, h = img.size
@@ -72,8 +76,9 @@ def _open_rgb(path: Path, size: int | None) -> np.ndarray:
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def decode_images(paths: Sequence[str | os.PathLike], size: int | None, size_fix: str,
-                  workers: int | None = None) -> torch.Tensor:
+def decode_images(
+    paths: Sequence[str | os.PathLike], size: int | None, size_fix: str, workers: int | None = None
+) -> torch.Tensor:
     """Decode `paths` (in order) into a uint8 tensor (N, 3, S, S).
 
     With `size` every image is resized (shorter side to `size`, bicubic, then centre
@@ -131,8 +136,9 @@ def _read(path: Path, fingerprint: str) -> dict[str, torch.Tensor] | None:
         if stored["fingerprint"] != fingerprint:
             return None
         tensors = stored["tensors"]
-        if not isinstance(tensors, dict) or any(not isinstance(t, torch.Tensor) or _crc(t) != stored["crc"][name]
-                                                for name, t in tensors.items()):
+        if not isinstance(tensors, dict) or any(
+            not isinstance(t, torch.Tensor) or _crc(t) != stored["crc"][name] for name, t in tensors.items()
+        ):
             return None
         return tensors
     except Exception:  # missing, truncated, or not a cache of this version: rebuild
@@ -146,8 +152,13 @@ def decoded_images_problem(tensors: dict, paths: Sequence[str | os.PathLike], si
     asked for. (Pixels are only checked by the CRCs: a cache forged with CRCs of its own
     passes; a loaded cache decodes no file.)"""
     images = tensors.get("images")
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-            or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dtype != torch.uint8
+        or images.dim() != 4
+        or images.shape[1] != 3
+        or images.shape[2] != images.shape[3]
+    ):
         return f"it holds {_described(images)}, not uint8 images of shape (N, 3, S, S)"
     if len(images) != len(paths):
         return f"it holds {len(images)} images for {len(paths)} files"
@@ -185,8 +196,9 @@ def cached(
         wrong = problem(tensors)
         if wrong is None:
             return tensors
-        print(f"[WARNING] the cache {path} does not match its files ({wrong}): rebuilding it",
-              file=sys.stderr, flush=True)
+        print(
+            f"[WARNING] the cache {path} does not match its files ({wrong}): rebuilding it", file=sys.stderr, flush=True
+        )
     tensors = {name: t.cpu().contiguous() for name, t in build().items()}
     stored = {"fingerprint": fingerprint, "tensors": tensors, "crc": {name: _crc(t) for name, t in tensors.items()}}
     try:
@@ -200,6 +212,9 @@ def cached(
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        print(f"[WARNING] cannot write the cache {path} ({exc}); the data will be decoded again next time",
-              file=sys.stderr, flush=True)
+        print(
+            f"[WARNING] cannot write the cache {path} ({exc}); the data will be decoded again next time",
+            file=sys.stderr,
+            flush=True,
+        )
     return tensors

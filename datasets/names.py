@@ -1,5 +1,6 @@
 """Class names of a data set, read from its official files (for labelling plots); class i is
 the i-th name, as the loaders number the classes."""
+
 from __future__ import annotations
 
 import os

@@ -38,16 +38,26 @@ def load_slim(root: str | os.PathLike, split: str, download: bool = False) -> Im
     """Split `train` or `test` of SlimageNet64 from `<root>/SlimageNet64` (`download` is ignored: there is none)."""
     check_split("slim", split, SPLITS)
     base = Path(root) / FOLDER
-    layout = (f"{base}/train/<class>/*.png and {base}/test/<class>/*.png (64x64 images, one folder per class, "
-              f"same classes in both); download SlimageNet64 from {URL} and arrange it so (there is no automatic download)")
+    layout = (
+        f"{base}/train/<class>/*.png and {base}/test/<class>/*.png (64x64 images, one folder per class, "
+        f"same classes in both); download SlimageNet64 from {URL} and arrange it so (there is no automatic download)"
+    )
     paths, labels, classes, _ = scan_tree(base, split, layout)
     if not classes:
         raise DatasetError(f"{base}/train holds images but no class folders; expected {layout}")
-    images = decode_split(base, split, paths, 0, size_fix=f"SlimageNet64's images are all {SLIM_SIDE}x{SLIM_SIDE}: "
-                          "replace the file; for other images use --dataset folder with --image_size")
+    images = decode_split(
+        base,
+        split,
+        paths,
+        0,
+        size_fix=f"SlimageNet64's images are all {SLIM_SIDE}x{SLIM_SIDE}: "
+        "replace the file; for other images use --dataset folder with --image_size",
+    )
     if images.shape[2] != SLIM_SIDE:
-        raise DatasetError(f"{paths[0]}: SlimageNet64 images are {SLIM_SIDE}x{SLIM_SIDE}, these are "
-                           f"{images.shape[2]}x{images.shape[2]}; use --dataset folder with --image_size to resize other data")
+        raise DatasetError(
+            f"{paths[0]}: SlimageNet64 images are {SLIM_SIDE}x{SLIM_SIDE}, these are "
+            f"{images.shape[2]}x{images.shape[2]}; use --dataset folder with --image_size to resize other data"
+        )
     return ImageSet(
         name="slim",
         split=split,

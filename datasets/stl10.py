@@ -53,8 +53,10 @@ def read_stl10_images(path: str | os.PathLike, fix: str = "re-download the data 
     path = os.fspath(path)
     size = _size(path, fix)
     if size % IMAGE_BYTES:
-        raise DatasetError(f"{path}: {size} bytes is not a whole number of 3x96x96 images "
-                           f"({IMAGE_BYTES} bytes each); the file is truncated or corrupt: {fix}")
+        raise DatasetError(
+            f"{path}: {size} bytes is not a whole number of 3x96x96 images "
+            f"({IMAGE_BYTES} bytes each); the file is truncated or corrupt: {fix}"
+        )
     n = size // IMAGE_BYTES
     images = torch.empty((n, 3, STL10_SIDE, STL10_SIDE), dtype=torch.uint8)
     out = images.numpy()
@@ -63,7 +65,7 @@ def read_stl10_images(path: str | os.PathLike, fix: str = "re-download the data 
         # A fresh map per chunk, dropped after the copy: one map of the whole file would
         # keep every page read resident in this process and double the peak memory.
         part = np.memmap(path, np.uint8, "r", offset=start * IMAGE_BYTES, shape=(count, 3, STL10_SIDE, STL10_SIDE))
-        out[start:start + count] = part.transpose(0, 1, 3, 2)  # column-major channels -> (H, W)
+        out[start : start + count] = part.transpose(0, 1, 3, 2)  # column-major channels -> (H, W)
         del part
     return images
 
@@ -86,8 +88,10 @@ def load_stl10(root: str | os.PathLike, split: str, download: bool = True) -> Im
     ensure_folder(root, STL10_FOLDER, "STL-10", _FILES, STL10_URL, STL10_MD5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
     folder = os.path.join(os.fspath(root), STL10_FOLDER)
-    fix = (f"the folder is incomplete or damaged: delete it to re-download it, or extract "
-           f"stl10_binary.tar.gz from {STL10_URL} into {os.fspath(root)}")
+    fix = (
+        f"the folder is incomplete or damaged: delete it to re-download it, or extract "
+        f"stl10_binary.tar.gz from {STL10_URL} into {os.fspath(root)}"
+    )
     images = read_stl10_images(os.path.join(folder, f"{split}_X.bin"), fix)
     if split == "unlabeled":
         labels = torch.full((len(images),), -1, dtype=torch.int64)

@@ -102,18 +102,23 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
     def decode() -> dict[str, torch.Tensor]:
         why = "again: its cache is out of date or damaged" if os.path.exists(cache) else "once"
         print(f"[INFO] Tiny-ImageNet: decoding the {len(files)} {split} images {why} ({cache})", flush=True)
-        size_fix = (f"Tiny-ImageNet's images are all {TINY_SIDE}x{TINY_SIDE}, so {fix}; for other images use "
-                    "--dataset folder with --image_size")
+        size_fix = (
+            f"Tiny-ImageNet's images are all {TINY_SIDE}x{TINY_SIDE}, so {fix}; for other images use "
+            "--dataset folder with --image_size"
+        )
         return {"images": decode_images(files, None, size_fix)}
 
     try:
-        images = cached(cache, files, decode,
-                        problem=lambda tensors: decoded_images_problem(tensors, files, None))["images"]
+        images = cached(cache, files, decode, problem=lambda tensors: decoded_images_problem(tensors, files, None))[
+            "images"
+        ]
     except FileNotFoundError as exc:  # an image listed in val_annotations.txt is not there
         raise DatasetError(f"Tiny-ImageNet: {exc.filename} is missing; {fix}") from None
     if images.shape[2] != TINY_SIDE:
-        raise DatasetError(f"{files[0]}: Tiny-ImageNet images are {TINY_SIDE}x{TINY_SIDE}, these are "
-                           f"{images.shape[2]}x{images.shape[3]}; use --dataset folder to resize other data")
+        raise DatasetError(
+            f"{files[0]}: Tiny-ImageNet images are {TINY_SIDE}x{TINY_SIDE}, these are "
+            f"{images.shape[2]}x{images.shape[3]}; use --dataset folder to resize other data"
+        )
     return images
 
 
@@ -123,8 +128,10 @@ def load_tiny(root: str | os.PathLike, split: str, download: bool = True) -> Ima
     ensure_folder(root, TINY_FOLDER, "Tiny-ImageNet", _EXPECTED, TINY_URL, TINY_MD5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
     folder = os.path.join(os.fspath(root), TINY_FOLDER)
-    fix = (f"the folder is incomplete or damaged: delete it to re-download it, or extract "
-           f"tiny-imagenet-200.zip from {TINY_URL} into {os.fspath(root)}")
+    fix = (
+        f"the folder is incomplete or damaged: delete it to re-download it, or extract "
+        f"tiny-imagenet-200.zip from {TINY_URL} into {os.fspath(root)}"
+    )
     wnids = _read_wnids(folder, fix)
     files, labels = (_train_files if split == "train" else _val_files)(folder, wnids, fix)
     return ImageSet(

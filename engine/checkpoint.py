@@ -4,6 +4,7 @@ File names follow the original code so that scripts written for it keep working:
 `<checkpoint_dir>/<method>/<dataset>/<header>_epoch_<N>.tar` with
 `header = <method>[_<id>]_<dataset>_<backbone>_seed_<seed>`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,9 +44,18 @@ def run_header(method: str, dataset: str, backbone: str, seed: int, run_id: str 
     return "_".join(parts)
 
 
-def evaluation_header(method: str, dataset: str, pretraining_dataset: str | None, backbone: str, seed: int,
-                      run_id: str, epochs: int | None, finetune: bool, label_fraction: float = 1.0,
-                      classifier: str = "linear") -> str:
+def evaluation_header(
+    method: str,
+    dataset: str,
+    pretraining_dataset: str | None,
+    backbone: str,
+    seed: int,
+    run_id: str,
+    epochs: int | None,
+    finetune: bool,
+    label_fraction: float = 1.0,
+    classifier: str = "linear",
+) -> str:
     """The name of a stage-2 run. Cross-domain runs say so (`<dataset>_from_<pretraining>`),
     and so do fine-tuning, logistic-regression and semi-supervised runs, so none overwrites
     another's result. Logistic regression is solved, not trained for epochs: its name has
@@ -141,8 +151,11 @@ class RunLock:
     @property
     def separate_run(self) -> str:
         """How the refusal says to avoid the clash: a stage run by a grid has no --id of its own."""
-        return "pass another --out for a separate grid" if GRID_ENVIRONMENT in os.environ else \
-            "use --id for a separate run"
+        return (
+            "pass another --out for a separate grid"
+            if GRID_ENVIRONMENT in os.environ
+            else "use --id for a separate run"
+        )
 
     def __init__(self, path: Path):
         self.path = path
@@ -178,10 +191,12 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if self._owner_alive():
-                    raise UserError(f"another run ({self.path.read_text().strip()}) is writing "
-                                    f"{self.path.parent}/{self.path.name[1:-5]}: wait for it to end, "
-                                    f"or {self.separate_run} (delete {self.path} if no run "
-                                    "is active)") from None
+                    raise UserError(
+                        f"another run ({self.path.read_text().strip()}) is writing "
+                        f"{self.path.parent}/{self.path.name[1:-5]}: wait for it to end, "
+                        f"or {self.separate_run} (delete {self.path} if no run "
+                        "is active)"
+                    ) from None
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:
@@ -272,11 +287,13 @@ def read_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"checkpoint {path} cannot be read ({reason[:160]}): "
-                        "it is truncated, corrupt or not a PyTorch checkpoint") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read ({reason[:160]}): it is truncated, corrupt or not a PyTorch checkpoint"
+        ) from None
     if not isinstance(state, dict) or "backbone" not in state:
-        raise UserError(f"checkpoint {path} has no 'backbone' entry: not a checkpoint of this "
-                        "suite or of the original code")
+        raise UserError(
+            f"checkpoint {path} has no 'backbone' entry: not a checkpoint of this suite or of the original code"
+        )
     for key, value in state.items():
         if key in STATE_DICT_KEYS and not _is_state_dict(value):
             raise field_error(path, key, f"is a {type(value).__name__}, not a state dict of named tensors")
@@ -290,6 +307,7 @@ def _check_record(state: dict, path: Path) -> None:
     suite's methods and data sets (a data set's name becomes part of stage 2's file names)."""
     from datasets import DATASETS
     from methods import METHODS
+
     for key, low in (("epoch", 0), ("seed", 0), ("world_size", 1)):
         if key in state:
             check_number(state[key], 0, low, INTEGER_LIMIT, path, key)
@@ -308,8 +326,12 @@ def _is_state_dict(value: object) -> bool:
 
 def stage1_method_by_keys(state: dict) -> str:
     """Name the method of a checkpoint of the original code from its keys (section 9)."""
-    for key, method in (("relation", "relationnet"), ("head", "simclr"), ("loss_fn", "deepinfomax"),
-                        ("classifier", "rotationnet or deepcluster")):
+    for key, method in (
+        ("relation", "relationnet"),
+        ("head", "simclr"),
+        ("loss_fn", "deepinfomax"),
+        ("classifier", "rotationnet or deepcluster"),
+    ):
         if key in state:
             return method
     return "randomweights"
@@ -319,14 +341,18 @@ def refuse_other_kind(state: dict, path: str | Path, method: str) -> None:
     """Refuse, naming what the file is and where it belongs, a checkpoint that stage 1's
     `--method method` cannot start from: a stage-2 file or another method's checkpoint."""
     if "pretraining_method" in state:  # recorded by every stage-2 file of this suite
-        raise UserError(f"checkpoint {path} is a stage-2 file (linear evaluation or fine-tuning of a "
-                        f"{state['pretraining_method']} backbone): "
-                        "score it with test.py --checkpoint; stage 1 starts from a stage-1 checkpoint")
+        raise UserError(
+            f"checkpoint {path} is a stage-2 file (linear evaluation or fine-tuning of a "
+            f"{state['pretraining_method']} backbone): "
+            "score it with test.py --checkpoint; stage 1 starts from a stage-1 checkpoint"
+        )
     kind = state.get("method") or stage1_method_by_keys(state)
     if method not in str(kind).split(" or "):
-        raise UserError(f"checkpoint {path} is a stage-1 {kind} checkpoint, not {method}: pass --method "
-                        f"{str(kind).split(' or ')[0]} to continue it, or give it to train_linear_evaluation.py "
-                        "--checkpoint to evaluate it")
+        raise UserError(
+            f"checkpoint {path} is a stage-1 {kind} checkpoint, not {method}: pass --method "
+            f"{str(kind).split(' or ')[0]} to continue it, or give it to train_linear_evaluation.py "
+            "--checkpoint to evaluate it"
+        )
 
 
 def refuse_other_than_finetuning(state: dict, path: str | Path) -> None:
@@ -334,17 +360,22 @@ def refuse_other_than_finetuning(state: dict, path: str | Path) -> None:
     file but a fine-tuning run's (a stage-1 checkpoint, a linear classifier)."""
     args = state.get("args")
     if "pretraining_method" not in state:
-        raise UserError(f"checkpoint {path} is not a stage-2 file: a fine-tuning run resumes from its own "
-                        "_last.tar; to fine-tune a stage-1 checkpoint, pass it as --checkpoint without --resume")
+        raise UserError(
+            f"checkpoint {path} is not a stage-2 file: a fine-tuning run resumes from its own "
+            "_last.tar; to fine-tune a stage-1 checkpoint, pass it as --checkpoint without --resume"
+        )
     if not isinstance(args, dict) or args.get("finetune") is not True:
-        raise UserError(f"checkpoint {path} is not a fine-tuning run's file (a linear classifier is saved "
-                        "once, whole): run the linear evaluation again without --resume")
+        raise UserError(
+            f"checkpoint {path} is not a fine-tuning run's file (a linear classifier is saved "
+            "once, whole): run the linear evaluation again without --resume"
+        )
 
 
 @lru_cache(maxsize=None)
 def _backbone_state(name: str, stem: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict of a backbone built on the meta device: names, shapes and dtypes only."""
     from backbones import build_backbone
+
     with torch.device("meta"):
         return build_backbone(name, stem).state_dict()
 
@@ -357,6 +388,7 @@ def identify_backbone(state_dict: dict) -> tuple[str, str | None] | None:
     """The registered (backbone, stem) whose state-dict keys and shapes match, if any; the stem
     is None for backbones with a single stem."""
     from backbones import backbone_variants
+
     shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
     for name, stem in backbone_variants():
         if _backbone_shapes(name, stem) == shapes:
@@ -378,11 +410,14 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
     Weights of another dtype (which loading would cast silently) or that are not finite (a
     diverged run's: every result from them would be chance) are refused too."""
     from backbones import STEMS, refuse_stem_without_choice
+
     refuse_stem_without_choice(backbone, stem)
     held = identify_backbone(state["backbone"])
     if held is None:
-        raise UserError(f"checkpoint {path} holds a backbone this suite does not know "
-                        f"(its weights match none of the registered backbones)")
+        raise UserError(
+            f"checkpoint {path} holds a backbone this suite does not know "
+            f"(its weights match none of the registered backbones)"
+        )
     name, held_stem = held
     if name != backbone:
         fix = f"--backbone {name}"
@@ -390,8 +425,10 @@ def check_backbone(state: dict, backbone: str, path: str | Path, stem: str | Non
             fix += f" --stem {held_stem}"
         raise UserError(f"checkpoint {path} holds a {_describe_variant(name, held_stem)}, not {backbone}: pass {fix}")
     if stem in STEMS and stem != held_stem:
-        raise UserError(f"checkpoint {path} holds a {_describe_variant(name, held_stem)}, not the {stem} stem: "
-                        f"pass --stem {held_stem}")
+        raise UserError(
+            f"checkpoint {path} holds a {_describe_variant(name, held_stem)}, not the {stem} stem: "
+            f"pass --stem {held_stem}"
+        )
     check_state_dict(state["backbone"], _backbone_state(name, held_stem), path, "backbone")
     return held_stem
 
@@ -412,8 +449,9 @@ class CsvLog:
     def append(self, row: dict) -> None:
         if self.rows is None:
             self.columns, rows = read_csv(self.path)
-            self.rows = [kept for kept in rows if str(kept.get("epoch", "")).isdigit()
-                         and int(kept["epoch"]) < row["epoch"]]
+            self.rows = [
+                kept for kept in rows if str(kept.get("epoch", "")).isdigit() and int(kept["epoch"]) < row["epoch"]
+            ]
         self.rows.append(row)
         self.columns = list(dict.fromkeys([*self.columns, *row]))
         write_csv(self.path, self.columns, self.rows)
@@ -431,8 +469,9 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
             return list(reader.fieldnames or []), rows
     except (UnicodeDecodeError, csv.Error) as error:
         where = f"invalid byte at offset {error.start}" if isinstance(error, UnicodeDecodeError) else str(error)
-        raise UserError(f"the log {path} is not readable CSV text ({where}): restore it, or move it "
-                        "aside to go on without its rows") from None
+        raise UserError(
+            f"the log {path} is not readable CSV text ({where}): restore it, or move it aside to go on without its rows"
+        ) from None
 
 
 # Significant digits of the floats in CSV logs: enough for any float32 value and for float64
@@ -442,8 +481,9 @@ CSV_FLOAT_DIGITS = 8
 
 def csv_row(row: dict) -> dict:
     """`row` with its floats written with CSV_FLOAT_DIGITS significant digits."""
-    return {key: format(value, f".{CSV_FLOAT_DIGITS}g") if isinstance(value, float) else value
-            for key, value in row.items()}
+    return {
+        key: format(value, f".{CSV_FLOAT_DIGITS}g") if isinstance(value, float) else value for key, value in row.items()
+    }
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:

@@ -17,6 +17,7 @@ row in the log or a checkpoint of step 2 is missing, the run died inside the com
 resumes from the previous epoch's rolling checkpoint and trains the epoch again, which gives
 the same numbers (seeded by epoch).
 """
+
 from __future__ import annotations
 
 import re
@@ -58,9 +59,11 @@ def pending_commit(state: dict, files: RunFiles, path: Path) -> tuple[dict, list
         return None
 
     def refuse(problem: str) -> UserError:
-        return UserError(f"--resume {path}: its '{COMMIT}' entry {problem}: the file is damaged or was not "
-                         f"written for the run {files.header}; resume from the run's own _last.tar, or start "
-                         "the run again")
+        return UserError(
+            f"--resume {path}: its '{COMMIT}' entry {problem}: the file is damaged or was not "
+            f"written for the run {files.header}; resume from the run's own _last.tar, or start "
+            "the run again"
+        )
 
     if not isinstance(pending, dict) or set(pending) != {"log", "row", "checkpoints"}:
         raise refuse("is not the record of an epoch's files")
@@ -77,8 +80,11 @@ def pending_commit(state: dict, files: RunFiles, path: Path) -> tuple[dict, list
     if not isinstance(row, dict) or row.get("epoch") != epoch:
         raise refuse(f"holds no log row of epoch {epoch}")
     for column, value in row.items():
-        if not isinstance(column, str) or not _COLUMN.fullmatch(column) \
-                or not (value is None or type(value) in (int, float, bool)):
+        if (
+            not isinstance(column, str)
+            or not _COLUMN.fullmatch(column)
+            or not (value is None or type(value) in (int, float, bool))
+        ):
             raise refuse(f"holds a log entry that is not a number under a column name ({str(column)[:40]!r})")
     return row, [own[name] for name in dict.fromkeys(names)]
 

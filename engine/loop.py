@@ -12,6 +12,7 @@ The loop itself reads nothing back from the device inside an epoch: metrics are 
 device tensors and read once per epoch, and the progress bar reads the loss every LOG_EVERY
 steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,20 +58,20 @@ _ACTIVATION_FACTOR = 4
 
 @dataclass
 class TrainingPlan:
-    epochs: int                      # total epochs of the run
-    batch_size: int                  # images per step (each gives the method's views)
+    epochs: int  # total epochs of the run
+    batch_size: int  # images per step (each gives the method's views)
     seed: int
     log_path: Path
     # Paths to save after a (1-based) epoch count; empty when that epoch is not saved.
     checkpoint_paths: Callable[[int], list[Path]]
-    extra_state: dict                # stored in every checkpoint (args, names, versions)
+    extra_state: dict  # stored in every checkpoint (args, names, versions)
     drop_last: bool = False
     # Rewritten after every epoch (the first step of its commit, engine/commit.py) and on a stop.
     rolling_checkpoint: Path | None = None
-    precision: str = "fp32"          # see engine/precision.py
-    compile: bool = False            # torch.compile the method's compiled_modules (its backbones)
-    channels_last: bool = False      # convolution weights and views in NHWC memory order
-    ranks: Ranks = SINGLE            # this process's rank under torchrun
+    precision: str = "fp32"  # see engine/precision.py
+    compile: bool = False  # torch.compile the method's compiled_modules (its backbones)
+    channels_last: bool = False  # convolution weights and views in NHWC memory order
+    ranks: Ranks = SINGLE  # this process's rank under torchrun
     # Scores of the backbone (e.g. a kNN accuracy) after every `monitor_every` epochs and the
     # last, logged as the columns `monitor_columns` (empty in the other epochs). Evaluation
     # lives above the engine, so the stage script passes it in.
@@ -87,6 +88,7 @@ def compile_in_this_process() -> None:
     K 32 peaked at 1,906 MB against 1,293 MB eager), and compiling in the process was no slower."""
     if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
         import torch._inductor.config
+
         torch._inductor.config.compile_threads = 1
 
 
@@ -119,9 +121,12 @@ class Engine:
         self.data_device = device if fits else torch.device("cpu")
         self.images = data.images.to(self.data_device)
         self.labels = data.labels.to(self.data_device)
-        self.augmentations = [build_augmentation(group.pipeline, data.mean, data.std, data.padding,
-                                                 cutout=data.cutout, size=group.side(data.side))
-                              for group in method.view_groups]
+        self.augmentations = [
+            build_augmentation(
+                group.pipeline, data.mean, data.std, data.padding, cutout=data.cutout, size=group.side(data.side)
+            )
+            for group in method.view_groups
+        ]
         self.generator = torch.Generator(device=device)
         self.optimizer_steps = 0  # of the run, set at the start of every epoch
         self.precision = Precision(plan.precision, device)
@@ -148,9 +153,11 @@ class Engine:
         needed = batch * pixels * 4 * _ACTIVATION_FACTOR + self.method.head_step_bytes(batch)
         available = available_memory(self.device)
         if available is not None and needed > available:
-            raise UserError(f"one step holds {views} augmented images (views per image x --data_size), "
-                            f"about {needed / 2**30:.1f} GiB with activations, but only "
-                            f"{available / 2**30:.1f} GiB are free on {self.device}: lower --K or --data_size")
+            raise UserError(
+                f"one step holds {views} augmented images (views per image x --data_size), "
+                f"about {needed / 2**30:.1f} GiB with activations, but only "
+                f"{available / 2**30:.1f} GiB are free on {self.device}: lower --K or --data_size"
+            )
 
     def steps_per_epoch(self, images: int) -> int:
         """Steps of an epoch over `images`; a last batch of a single image joins the step before
@@ -188,8 +195,13 @@ class Engine:
                 if not self.plan.ranks.is_main:
                     continue
                 row = self.monitored(row)
-                commit_epoch(self.checkpoint(epoch + 1), row, log, self.plan.checkpoint_paths(epoch + 1),
-                             self.plan.rolling_checkpoint)
+                commit_epoch(
+                    self.checkpoint(epoch + 1),
+                    row,
+                    log,
+                    self.plan.checkpoint_paths(epoch + 1),
+                    self.plan.rolling_checkpoint,
+                )
                 for listener in self.plan.row_listeners:
                     listener(row)
         return row
@@ -207,13 +219,21 @@ class Engine:
             start = time.time()
             # The backbone stage 2 evaluates: the one saved as `backbone` (relic's momentum target).
             scores.update(plan.monitor(getattr(self.method, self.method.checkpoint_keys.get("backbone", "backbone"))))
-            print(f"Epoch {epoch}/{plan.epochs} monitor [{format_duration(time.time() - start)}] "
-                  + "; ".join(f"{name}: {value:.4g}" for name, value in scores.items()))
+            print(
+                f"Epoch {epoch}/{plan.epochs} monitor [{format_duration(time.time() - start)}] "
+                + "; ".join(f"{name}: {value:.4g}" for name, value in scores.items())
+            )
         return {**row, **scores}
 
     def checkpoint(self, epochs_done: int, interrupted: dict | None = None) -> dict:
-        state = {**self.method.checkpoint_state(), **self.precision.state_dict(), **self.plan.extra_state,
-                 "epoch": epochs_done, "rng": rng_states(), "format_version": FORMAT_VERSION}
+        state = {
+            **self.method.checkpoint_state(),
+            **self.precision.state_dict(),
+            **self.plan.extra_state,
+            "epoch": epochs_done,
+            "rng": rng_states(),
+            "format_version": FORMAT_VERSION,
+        }
         if interrupted is not None:
             state["interrupted"] = interrupted
         return state
@@ -223,14 +243,19 @@ class Engine:
         name = signal.Signals(self.stop.received).name
         path = self.plan.rolling_checkpoint
         if path is None:
-            raise RunInterrupted(self.stop.received, f"{name} received at epoch {epoch}: stopped (this "
-                                 "stage cannot be resumed; run it again)")
+            raise RunInterrupted(
+                self.stop.received,
+                f"{name} received at epoch {epoch}: stopped (this stage cannot be resumed; run it again)",
+            )
         partial = progress.state(self.generator)  # every rank takes part: it gathers their sums
         if self.plan.ranks.is_main:
             save_checkpoint(self.checkpoint(epoch, partial), path)
-        raise RunInterrupted(self.stop.received, f"{name} received: stopped after step {progress.steps_done} "
-                             f"of epoch {epoch} and saved {path}; resume with the same command plus "
-                             "--resume auto")
+        raise RunInterrupted(
+            self.stop.received,
+            f"{name} received: stopped after step {progress.steps_done} "
+            f"of epoch {epoch} and saved {path}; resume with the same command plus "
+            "--resume auto",
+        )
 
     def begin_epoch(self, epoch: int, partial: dict | None = None) -> tuple[torch.Tensor, "EpochProgress"]:
         """Train mode, the method's epoch hook, this epoch's seeded order (this rank's share,
@@ -239,9 +264,16 @@ class Engine:
         method, plan = self.method, self.plan
         method.train()
         # The hook comes first: an epoch's order may depend on it (deepcluster's clusters).
-        context = EpochContext(epoch=epoch, total_epochs=plan.epochs, steps_per_epoch=self.epoch_steps(),
-                               images=self.images, labels=self.labels, data=self.data, device=self.device,
-                               seed=plan.seed)
+        context = EpochContext(
+            epoch=epoch,
+            total_epochs=plan.epochs,
+            steps_per_epoch=self.epoch_steps(),
+            images=self.images,
+            labels=self.labels,
+            data=self.data,
+            device=self.device,
+            seed=plan.seed,
+        )
         if partial is None:
             method.on_epoch_start(context)
         else:
@@ -253,17 +285,22 @@ class Engine:
         order = distributed.shard(order, plan.ranks).to(self.data_device)
         steps = self.steps_per_epoch(len(order))
         if steps == 0:
-            raise UserError(f"--data_size {plan.batch_size} is larger than the {len(order)} training "
-                            f"images and {method.name} drops the last incomplete batch: lower --data_size")
+            raise UserError(
+                f"--data_size {plan.batch_size} is larger than the {len(order)} training "
+                f"images and {method.name} drops the last incomplete batch: lower --data_size"
+            )
         if len(order) == 1:
-            raise UserError("a single training image: batch norm needs at least 2 images per step; "
-                            "raise --train_subset or use more images")
+            raise UserError(
+                "a single training image: batch norm needs at least 2 images per step; "
+                "raise --train_subset or use more images"
+            )
         rank = plan.ranks.rank
         progress = EpochProgress.start(self.device, partial, rank)
         if partial is None:
             # Rank 0 draws what a single process draws; the other ranks draw their own views.
-            self.generator.manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.AUGMENTATION,
-                                                    *([rank] if rank else [])))
+            self.generator.manual_seed(
+                derived_seed(plan.seed, epoch, SeedPurpose.AUGMENTATION, *([rank] if rank else []))
+            )
         else:
             self.generator.set_state(partial["ranks"][rank]["generator"])
         self.optimizer_steps = epoch * context.steps_per_epoch + progress.steps_done
@@ -276,9 +313,15 @@ class Engine:
         order, progress = self.begin_epoch(epoch, partial)
         steps = self.steps_per_epoch(len(order))
         # tqdm shows the bar on a terminal only; there `disable` stays None, not False.
-        bar = tqdm(range(progress.steps_done, steps), desc=f"Epoch {epoch + 1}/{plan.epochs}", leave=False,
-                   disable=None if plan.ranks.is_main else True, dynamic_ncols=True,
-                   initial=progress.steps_done, total=steps)
+        bar = tqdm(
+            range(progress.steps_done, steps),
+            desc=f"Epoch {epoch + 1}/{plan.epochs}",
+            leave=False,
+            disable=None if plan.ranks.is_main else True,
+            dynamic_ncols=True,
+            initial=progress.steps_done,
+            total=steps,
+        )
         for step in bar:
             out = self.train_step(self.batch_index(order, step))
             progress.add(step, out)
@@ -295,18 +338,28 @@ class Engine:
         progress.reduce()
         bad_step = int(progress.first_bad_step)
         if bad_step >= 0:
-            raise UserError(f"the loss became non-finite at epoch {epoch}, step {bad_step}; nothing of "
-                            "this epoch was saved (the previous checkpoints are intact): lower --lr "
-                            "or check the data")
+            raise UserError(
+                f"the loss became non-finite at epoch {epoch}, step {bad_step}; nothing of "
+                "this epoch was saved (the previous checkpoints are intact): lower --lr "
+                "or check the data"
+            )
         loss = (progress.loss_sum / progress.loss_weight).item()
         metrics = {name: (total / count.clamp(min=1)).item() for name, (total, count) in progress.sums.items()}
         seconds = time.time() - start + progress.seconds_before
         run_left = (time.time() - self.run_started) / max(self.run_steps, 1) * (plan.epochs - epoch - 1) * steps
-        print(f"Epoch {epoch + 1}/{plan.epochs} [{format_duration(seconds)}, run left "
-              f"{format_duration(run_left)}] loss: {loss:.6f}"
-              + "".join(f"; {name}: {value:.4g}" for name, value in metrics.items()))
-        return {"epoch": epoch + 1, "loss": loss, "score": method.score(metrics, loss), **metrics,
-                "lr": method.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        print(
+            f"Epoch {epoch + 1}/{plan.epochs} [{format_duration(seconds)}, run left "
+            f"{format_duration(run_left)}] loss: {loss:.6f}"
+            + "".join(f"; {name}: {value:.4g}" for name, value in metrics.items())
+        )
+        return {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "score": method.score(metrics, loss),
+            **metrics,
+            "lr": method.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 3),
+        }
 
     def batch_index(self, order: torch.Tensor, step: int) -> torch.Tensor:
         """The training-set positions of step `step` of an epoch visiting `order`; unless the
@@ -314,7 +367,7 @@ class Engine:
         start = step * self.plan.batch_size
         if not self.plan.drop_last and step == self.steps_per_epoch(len(order)) - 1:
             return order[start:]
-        return order[start:start + self.plan.batch_size]
+        return order[start : start + self.plan.batch_size]
 
     def augment_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The views of a uint8 batch, one float tensor per view group of the method, each
@@ -369,7 +422,7 @@ class EpochProgress:
     first_bad_step: torch.Tensor  # step of the first non-finite loss, -1 while there is none
     loss_weight: int = 0
     steps_done: int = 0
-    seconds_before: float = 0.0   # time spent before an interruption
+    seconds_before: float = 0.0  # time spent before an interruption
     sums: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
@@ -379,14 +432,18 @@ class EpochProgress:
         if partial is None:
             return cls(torch.zeros((), device=device), torch.full((), -1, device=device))
         mine = partial["ranks"][rank]
-        return cls(mine["loss_sum"].to(device), mine["first_bad_step"].to(device),
-                   mine["loss_weight"], partial["steps_done"], partial["seconds"],
-                   {name: [total.to(device), count.to(device)] for name, (total, count) in mine["sums"].items()})
+        return cls(
+            mine["loss_sum"].to(device),
+            mine["first_bad_step"].to(device),
+            mine["loss_weight"],
+            partial["steps_done"],
+            partial["seconds"],
+            {name: [total.to(device), count.to(device)] for name, (total, count) in mine["sums"].items()},
+        )
 
     def add(self, step: int, out) -> None:
         loss = out.loss.detach()
-        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step,
-                                          self.first_bad_step)
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step, self.first_bad_step)
         self.loss_sum += loss * out.loss_weight
         self.loss_weight += out.loss_weight
         for name, (total, count) in out.metrics.items():
@@ -424,8 +481,13 @@ class EpochProgress:
         if not isinstance(ranks, list) or len(ranks) != world_size:
             raise field_error(path, f"{key}.ranks", f"does not hold the sums of {world_size} process(es)")
         for mine in ranks:
-            if not isinstance(mine, dict) or not {"generator", "loss_sum", "loss_weight", "first_bad_step",
-                                                  "sums"} <= set(mine):
+            if not isinstance(mine, dict) or not {
+                "generator",
+                "loss_sum",
+                "loss_weight",
+                "first_bad_step",
+                "sums",
+            } <= set(mine):
                 raise field_error(path, f"{key}.ranks", "is not the record of each process's sums")
             generator = mine["generator"]  # its size depends on the device that drew it
             if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.dim() != 1:
@@ -433,8 +495,9 @@ class EpochProgress:
             check_number(mine["loss_weight"], 0, 0, math.inf, path, f"{key}.ranks.loss_weight")
             sums = mine["sums"]
             tensors = {"loss_sum": mine["loss_sum"], "first_bad_step": mine["first_bad_step"]}
-            if not isinstance(sums, dict) or not all(isinstance(pair, list) and len(pair) == 2
-                                                     for pair in sums.values()):
+            if not isinstance(sums, dict) or not all(
+                isinstance(pair, list) and len(pair) == 2 for pair in sums.values()
+            ):
                 raise field_error(path, f"{key}.ranks.sums", "is not a set of (sum, count) pairs")
             tensors.update({f"sums.{name}": value for name, pair in sums.items() for value in pair})
             for name, value in tensors.items():
@@ -444,8 +507,15 @@ class EpochProgress:
     def state(self, generator: torch.Generator) -> dict:
         """The partial epoch to save, with every rank's own sums and augmentation generator
         (one entry without torchrun), so a resumed epoch sums exactly as an uninterrupted one."""
-        mine = {"generator": generator.get_state(), "loss_sum": self.loss_sum.cpu(),
-                "loss_weight": self.loss_weight, "first_bad_step": self.first_bad_step.cpu(),
-                "sums": {name: [t.cpu(), c.cpu()] for name, (t, c) in self.sums.items()}}
-        return {"steps_done": self.steps_done, "seconds": self.seconds_before + time.time() - self.started,
-                "ranks": distributed.gather_objects(mine)}
+        mine = {
+            "generator": generator.get_state(),
+            "loss_sum": self.loss_sum.cpu(),
+            "loss_weight": self.loss_weight,
+            "first_bad_step": self.first_bad_step.cpu(),
+            "sums": {name: [t.cpu(), c.cpu()] for name, (t, c) in self.sums.items()},
+        }
+        return {
+            "steps_done": self.steps_done,
+            "seconds": self.seconds_before + time.time() - self.started,
+            "ranks": distributed.gather_objects(mine),
+        }

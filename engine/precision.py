@@ -6,6 +6,7 @@ and CPUs with AVX512-BF16/AMX and recent GPUs run it at up to twice the speed. `
 narrow range: small gradients underflow unless the loss is scaled, so it comes with
 torch.amp.GradScaler, whose state is saved in checkpoints so a resumed run scales the same.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ class Precision:
         if name not in PRECISIONS:
             raise UserError(f"--precision {name}: choose one of {', '.join(PRECISIONS)}")
         if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
-                            "support; use --precision fp16")
+            raise UserError(
+                f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use --precision fp16"
+            )
         self.name = name
         self.device_type = device.type
         self.dtype = PRECISIONS[name]

@@ -1,4 +1,5 @@
 """Stopping on SIGINT/SIGTERM at the end of a training step, and the error that reports it."""
+
 from __future__ import annotations
 
 import signal
@@ -41,8 +42,11 @@ class StopSignals:
                 return
             raise KeyboardInterrupt
         self.received, self.received_at = signum, time.monotonic()
-        print(f"\n[INFO] {signal.Signals(signum).name} received: stopping after the current step "
-              "(send it again to stop at once, without saving)", flush=True)
+        print(
+            f"\n[INFO] {signal.Signals(signum).name} received: stopping after the current step "
+            "(send it again to stop at once, without saving)",
+            flush=True,
+        )
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():

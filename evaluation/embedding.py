@@ -5,6 +5,7 @@ t-SNE follows van der Maaten and Hinton (2008) with the usual optimiser settings
 coordinate gains, learning rate max(N / 48, 50) as scikit-learn's "auto"). It is exact,
 O(N^2) per iteration, which suits the few thousand points of a map (2,000 points: seconds).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,7 @@ def _conditional_probabilities(distances: torch.Tensor, perplexity: float) -> to
         too_flat = entropy > target  # too many neighbours: sharpen
         low = torch.where(too_flat, beta, low)
         high = torch.where(too_flat, high, beta)
-        beta = torch.where(torch.isinf(high), beta * 2,
-                           torch.where(torch.isinf(low), beta / 2, (low + high) / 2))
+        beta = torch.where(torch.isinf(high), beta * 2, torch.where(torch.isinf(low), beta / 2, (low + high) / 2))
     return p
 
 

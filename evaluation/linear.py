@@ -1,4 +1,5 @@
 """Frozen-backbone features, linear evaluation on them, and test-set scoring."""
+
 from __future__ import annotations
 
 import time
@@ -13,9 +14,15 @@ from utils.runtime import single_threaded
 from utils.seeds import SeedPurpose, derived_seed
 
 
-def train_linear_epoch(classifier: nn.Linear, optimizer: torch.optim.Optimizer,
-                       features: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                       seed: int, epoch: int) -> tuple[float, float]:
+def train_linear_epoch(
+    classifier: nn.Linear,
+    optimizer: torch.optim.Optimizer,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+) -> tuple[float, float]:
     """One epoch of the linear classifier over precomputed features: (mean loss, accuracy %).
 
     The frozen backbone in eval mode without augmentation gives the same features every
@@ -32,7 +39,7 @@ def _train_linear_epoch(classifier, optimizer, features, labels, batch_size, see
     loss_sum = torch.zeros((), device=features.device)
     correct = torch.zeros((), device=features.device, dtype=torch.float64)
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         logits = classifier(features.index_select(0, index))
         target = labels.index_select(0, index)
         loss = F.cross_entropy(logits, target)
@@ -48,15 +55,18 @@ def _train_linear_epoch(classifier, optimizer, features, labels, batch_size, see
 def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Top-1 and top-5 accuracy (%) and mean cross-entropy over a whole split."""
     top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    return {"accuracy": 100.0 * (top5[:, 0] == labels).double().mean().item(),
-            "top5": 100.0 * (top5 == labels[:, None]).any(dim=1).double().mean().item(),
-            "loss": F.cross_entropy(logits.float(), labels).item(),
-            "images": len(labels)}
+    return {
+        "accuracy": 100.0 * (top5[:, 0] == labels).double().mean().item(),
+        "top5": 100.0 * (top5 == labels[:, None]).any(dim=1).double().mean().item(),
+        "loss": F.cross_entropy(logits.float(), labels).item(),
+        "images": len(labels),
+    }
 
 
 @torch.no_grad()
-def evaluate(backbone: nn.Module, classifier: nn.Linear, data: ImageSet, device: torch.device,
-             batch_size: int = 256) -> dict:
+def evaluate(
+    backbone: nn.Module, classifier: nn.Linear, data: ImageSet, device: torch.device, batch_size: int = 256
+) -> dict:
     start = time.time()
     features = extract_features(backbone, data, device, batch_size, desc="Test")
     classifier.eval()

@@ -1,5 +1,6 @@
 """Multinomial logistic regression on frozen features, solved in torch: the protocol of scoring
 a backbone by scikit-learn's `LogisticRegression(C=C)` on its features, without scikit-learn."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,21 +20,23 @@ class LogisticRegressionFit:
     """A classifier of the raw features: logits = features @ weight.T + bias."""
 
     weight: torch.Tensor  # (classes, features)
-    bias: torch.Tensor    # (classes,)
-    objective: float      # logistic_objective at the solution, in float64
-    iterations: int       # L-BFGS iterations taken
+    bias: torch.Tensor  # (classes,)
+    objective: float  # logistic_objective at the solution, in float64
+    iterations: int  # L-BFGS iterations taken
 
 
-def logistic_objective(*, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                       bias: torch.Tensor, C: float) -> torch.Tensor:
+def logistic_objective(
+    *, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, C: float
+) -> torch.Tensor:
     """scikit-learn's objective `C * sum_i CE_i + ||weight||² / 2` divided by C n: the mean
     cross-entropy plus ||weight||² / (2 C n); the bias is not penalised."""
     penalty = weight.square().sum() / (2 * C * len(labels))
     return F.cross_entropy(features @ weight.T + bias, labels) + penalty
 
 
-def fit_logistic_regression(*, features: torch.Tensor, labels: torch.Tensor, num_classes: int, C: float = 1.0,
-                            max_iter: int = 100) -> LogisticRegressionFit:
+def fit_logistic_regression(
+    *, features: torch.Tensor, labels: torch.Tensor, num_classes: int, C: float = 1.0, max_iter: int = 100
+) -> LogisticRegressionFit:
     """Minimise `logistic_objective` over (weight, bias) by full-batch L-BFGS (strong-Wolfe
     line search) from zero, in float64 on the features' device. Nothing is random, so the
     same inputs give the same weights. Returns weight and bias in the features' dtype.
@@ -57,19 +60,27 @@ def fit_logistic_regression(*, features: torch.Tensor, labels: torch.Tensor, num
     softmax_curvature = (1 / num_classes) * (1 - 1 / num_classes)
     scale = (std.square() + 1 / (softmax_curvature * C * len(labels))).sqrt()
     centred = raw - mean
-    standardised_weight = torch.zeros(num_classes, raw.shape[1], dtype=torch.float64, device=raw.device,
-                                      requires_grad=True)
+    standardised_weight = torch.zeros(
+        num_classes, raw.shape[1], dtype=torch.float64, device=raw.device, requires_grad=True
+    )
     centred_bias = torch.zeros(num_classes, dtype=torch.float64, device=raw.device, requires_grad=True)
 
     def objective() -> torch.Tensor:
-        return logistic_objective(features=centred, labels=labels, weight=standardised_weight / scale,
-                                  bias=centred_bias, C=C)
+        return logistic_objective(
+            features=centred, labels=labels, weight=standardised_weight / scale, bias=centred_bias, C=C
+        )
 
     # max_iter, not the count of objective evaluations, bounds the work, as in scikit-learn
     # (25: the most evaluations of one strong-Wolfe line search).
-    optimizer = torch.optim.LBFGS([standardised_weight, centred_bias], lr=1, max_iter=max_iter,
-                                  max_eval=25 * max_iter, tolerance_grad=GRADIENT_TOLERANCE,
-                                  tolerance_change=CHANGE_TOLERANCE, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [standardised_weight, centred_bias],
+        lr=1,
+        max_iter=max_iter,
+        max_eval=25 * max_iter,
+        tolerance_grad=GRADIENT_TOLERANCE,
+        tolerance_change=CHANGE_TOLERANCE,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -82,5 +93,9 @@ def fit_logistic_regression(*, features: torch.Tensor, labels: torch.Tensor, num
         weight = standardised_weight / scale
         bias = centred_bias - weight @ mean
         final = objective().item()
-    return LogisticRegressionFit(weight=weight.to(features.dtype), bias=bias.to(features.dtype), objective=final,
-                                 iterations=optimizer.state[standardised_weight]["n_iter"])
+    return LogisticRegressionFit(
+        weight=weight.to(features.dtype),
+        bias=bias.to(features.dtype),
+        objective=final,
+        iterations=optimizer.state[standardised_weight]["n_iter"],
+    )

@@ -3,6 +3,7 @@
 Both use cosine similarity of the frozen backbone's features; neither trains anything, so
 they score a backbone checkpoint of any stage.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,14 @@ def _normalised(features: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, k: int, temperature: float = 0.07) -> dict:
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int,
+    temperature: float = 0.07,
+) -> dict:
     """Top-1 and top-5 accuracy (%) of a weighted k-nearest-neighbour classifier.
 
     As in Wu et al. (2018), the protocol most self-supervised papers report: each of the k
@@ -31,11 +38,11 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     top1 = top5 = 0
     for start in range(0, len(test), _QUERY_BLOCK):
-        similarity, index = (test[start:start + _QUERY_BLOCK] @ train.T).topk(k, dim=1)
+        similarity, index = (test[start : start + _QUERY_BLOCK] @ train.T).topk(k, dim=1)
         votes = torch.zeros(len(index), classes, device=test.device)
         votes.scatter_add_(1, train_labels[index], (similarity / temperature).exp())
         ranked = votes.topk(min(5, classes), dim=1).indices
-        target = test_labels[start:start + _QUERY_BLOCK, None]
+        target = test_labels[start : start + _QUERY_BLOCK, None]
         top1 += int((ranked[:, :1] == target).sum())
         top5 += int((ranked == target).any(dim=1).sum())
     return {"knn_accuracy": 100.0 * top1 / len(test), "knn_top5": 100.0 * top5 / len(test)}
@@ -49,7 +56,7 @@ def nearest_neighbours(features: torch.Tensor, k: int) -> torch.Tensor:
     normalised = _normalised(features)
     blocks = []
     for start in range(0, len(normalised), _QUERY_BLOCK):
-        similarity = normalised[start:start + _QUERY_BLOCK] @ normalised.T
+        similarity = normalised[start : start + _QUERY_BLOCK] @ normalised.T
         rows = torch.arange(len(similarity), device=similarity.device)
         similarity[rows, rows + start] = -float("inf")  # a query does not retrieve itself
         blocks.append(similarity.topk(k, dim=1).indices)

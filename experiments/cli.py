@@ -3,6 +3,7 @@
 Flag names and defaults follow the original code (sections 1.1, 2.1 and 3 of its
 description); the additions are documented in the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,12 +76,14 @@ def _integer(minimum: int, maximum: int = INTEGER_LIMIT):
         if value > maximum:
             raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
+
     parse.__name__ = f"integer >= {minimum}"
     return parse
 
 
 def _number(accepts: Callable[[float], bool], requirement: str):
     """A parser of numbers that `accepts`; errors say the `requirement`."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -89,6 +92,7 @@ def _number(accepts: Callable[[float], bool], requirement: str):
         if not accepts(value):
             raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
         return value
+
     parse.__name__ = requirement
     return parse
 
@@ -121,8 +125,10 @@ def run_id(text: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9._-]*", text) is None:
         raise argparse.ArgumentTypeError(f"'{text}' may only hold letters, digits, '-', '_' and '.'")
     if len(text) > MAX_ID_LENGTH:
-        raise argparse.ArgumentTypeError(f"at most {MAX_ID_LENGTH} characters, so that the run's file names fit the "
-                                         f"file system's 255 bytes; got {len(text)}")
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_ID_LENGTH} characters, so that the run's file names fit the "
+            f"file system's 255 bytes; got {len(text)}"
+        )
     return text
 
 
@@ -144,41 +150,80 @@ def gpu_list(text: str) -> str:
     raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU numbers (for example 0 or 0,1)")
 
 
-def common_parser(description: str, batch_default: int | None, output_help: str = "output root: files go to "
-                  "<checkpoint_dir>/<method>/<dataset>/", parser_class: type[Parser] = Parser) -> Parser:
+def common_parser(
+    description: str,
+    batch_default: int | None,
+    output_help: str = "output root: files go to <checkpoint_dir>/<method>/<dataset>/",
+    parser_class: type[Parser] = Parser,
+) -> Parser:
     from backbones import BACKBONES, CIFAR_STEM_MAX_SIDE, STEM_CHOICE, STEMS
     from datasets import DATASETS
+
     parser = parser_class(description=description)
-    parser.add_argument("--seed", type=_seed, default=-1,
-                        help="random seed; -1 draws one, which names the run's files and is recorded in its config")
-    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
-                        help="data set of this stage")
-    parser.add_argument("--backbone", default="conv4", choices=list(BACKBONES),
-                        help="feature extractor (stages 2 and 3: the checkpoint's)")
-    parser.add_argument("--stem", default="auto", choices=["auto", *STEMS],
-                        help=f"stem of {' and '.join(STEM_CHOICE)}: cifar (3x3 conv, no max-pool) or imagenet "
-                             f"(7x7/2 conv and max-pool); auto: stage 1 picks cifar for images up to "
-                             f"{CIFAR_STEM_MAX_SIDE} px and imagenet above, stages 2 and 3 the checkpoint's")
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=-1,
+        help="random seed; -1 draws one, which names the run's files and is recorded in its config",
+    )
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS), help="data set of this stage")
+    parser.add_argument(
+        "--backbone",
+        default="conv4",
+        choices=list(BACKBONES),
+        help="feature extractor (stages 2 and 3: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--stem",
+        default="auto",
+        choices=["auto", *STEMS],
+        help=f"stem of {' and '.join(STEM_CHOICE)}: cifar (3x3 conv, no max-pool) or imagenet "
+        f"(7x7/2 conv and max-pool); auto: stage 1 picks cifar for images up to "
+        f"{CIFAR_STEM_MAX_SIDE} px and imagenet above, stages 2 and 3 the checkpoint's",
+    )
     shown_default = batch_default or "the method's: 128, relic 256"
-    parser.add_argument("--data_size", type=positive_int, default=batch_default,
-                        help=f"mini-batch size in images (default {shown_default})")
+    parser.add_argument(
+        "--data_size",
+        type=positive_int,
+        default=batch_default,
+        help=f"mini-batch size in images (default {shown_default})",
+    )
     # A resumed run may change where things are and what only runs the code (devices, workers).
-    parser.add_argument("--data_root", default=os.environ.get(DATA_ROOT_ENV, "./data"), may_change_on_resume=True,
-                        help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)")
+    parser.add_argument(
+        "--data_root",
+        default=os.environ.get(DATA_ROOT_ENV, "./data"),
+        may_change_on_resume=True,
+        help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)",
+    )
     parser.add_argument("--checkpoint_dir", default="./checkpoint", help=output_help, may_change_on_resume=True)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N", may_change_on_resume=True)
-    parser.add_argument("--gpu", type=gpu_list, default=None, may_change_on_resume=True,
-                        help="value for CUDA_VISIBLE_DEVICES, as in the original scripts: GPU numbers, "
-                             "comma-separated (default: leave it as it is)")
-    parser.add_argument("--num_workers", type=non_negative_int, default=0, may_change_on_resume=True,
-                        help="accepted for the original command lines; the in-memory data path "
-                             "needs no loader workers, so it changes nothing")
-    parser.add_argument("--no_download", action="store_true", may_change_on_resume=True,
-                        help="never download a missing data set")
-    parser.add_argument("--image_size", type=image_size, default=0,
-                        help="square side in pixels to resize the images to, at most "
-                             f"{MAX_IMAGE_SIZE}; only --dataset folder resizes (0 = the data set's own "
-                             "size, which folder images must share; default 0)")
+    parser.add_argument(
+        "--gpu",
+        type=gpu_list,
+        default=None,
+        may_change_on_resume=True,
+        help="value for CUDA_VISIBLE_DEVICES, as in the original scripts: GPU numbers, "
+        "comma-separated (default: leave it as it is)",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=non_negative_int,
+        default=0,
+        may_change_on_resume=True,
+        help="accepted for the original command lines; the in-memory data path "
+        "needs no loader workers, so it changes nothing",
+    )
+    parser.add_argument(
+        "--no_download", action="store_true", may_change_on_resume=True, help="never download a missing data set"
+    )
+    parser.add_argument(
+        "--image_size",
+        type=image_size,
+        default=0,
+        help="square side in pixels to resize the images to, at most "
+        f"{MAX_IMAGE_SIZE}; only --dataset folder resizes (0 = the data set's own "
+        "size, which folder images must share; default 0)",
+    )
     return parser
 
 
@@ -196,6 +241,7 @@ class Stage1Parser(Parser):
     def parse_known_args(self, args=None, namespace=None):
         from experiments.options import fill_option_defaults
         from methods import METHODS
+
         parsed, extras = super().parse_known_args(args, namespace)
         if parsed.data_size is None:
             parsed.data_size = METHODS[parsed.method].default_batch_size
@@ -204,8 +250,10 @@ class Stage1Parser(Parser):
         for method in METHODS.values():
             given = fill_option_defaults(parsed, method.Config, stage=1)
             if given and method.name != parsed.method:
-                self.error(f"--{given[0]} belongs to --method {method.name}, not {parsed.method}: "
-                           f"drop it or pass --method {method.name}")
+                self.error(
+                    f"--{given[0]} belongs to --method {method.name}, not {parsed.method}: "
+                    f"drop it or pass --method {method.name}"
+                )
         return parsed, extras
 
 
@@ -213,48 +261,107 @@ def stage1_parser() -> Parser:
     from engine.precision import PRECISIONS
     from experiments.options import add_option_flags, stage_fields
     from methods import METHODS
-    parser = common_parser("Stage 1: train a backbone (self-supervised, supervised or random).", None,
-                           parser_class=Stage1Parser)
-    parser.add_argument("--method", default="relationnet", choices=list(METHODS),
-                        help="how the backbone is trained: a self-supervised method, standard (supervised) "
-                             "or randomweights (untrained)")
+
+    parser = common_parser(
+        "Stage 1: train a backbone (self-supervised, supervised or random).", None, parser_class=Stage1Parser
+    )
+    parser.add_argument(
+        "--method",
+        default="relationnet",
+        choices=list(METHODS),
+        help="how the backbone is trained: a self-supervised method, standard (supervised) "
+        "or randomweights (untrained)",
+    )
     # A resumed run may also train longer, save more often, and change what only sets the speed
     # (and float rounding, as the device does) or is only watched (the kNN monitor, TensorBoard).
-    parser.add_argument("--epochs", type=positive_int, default=200, help="total epochs (default 200)",
-                        may_change_on_resume=True)
-    parser.add_argument("--epoch_start", type=non_negative_int, default=0, may_change_on_resume=True,
-                        help="first epoch when continuing from --checkpoint")
-    parser.add_argument("--checkpoint", default="", may_change_on_resume=True,
-                        help="checkpoint to load before training (weights and optimizer)")
-    parser.add_argument("--resume", default=None, metavar="PATH|auto", may_change_on_resume=True,
-                        help="continue a run exactly from a checkpoint of this suite; auto "
-                             "picks this run's latest")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=200, help="total epochs (default 200)", may_change_on_resume=True
+    )
+    parser.add_argument(
+        "--epoch_start",
+        type=non_negative_int,
+        default=0,
+        may_change_on_resume=True,
+        help="first epoch when continuing from --checkpoint",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="",
+        may_change_on_resume=True,
+        help="checkpoint to load before training (weights and optimizer)",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH|auto",
+        may_change_on_resume=True,
+        help="continue a run exactly from a checkpoint of this suite; auto picks this run's latest",
+    )
     parser.add_argument("--id", type=run_id, default="", help="tag added to the file names")
-    parser.add_argument("--lr", type=positive_float, default=None,
-                        help="learning rate (default: the method's, as in the paper)")
-    parser.add_argument("--train_subset", type=non_negative_int, default=0,
-                        help="train on a seeded, class-balanced subset of N images (0 = all)")
-    parser.add_argument("--save_every", type=non_negative_int, default=0, may_change_on_resume=True,
-                        help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)")
-    parser.add_argument("--overwrite", action="store_true", may_change_on_resume=True,
-                        help="replace the outputs of an earlier run with the same name")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                        help="arithmetic of the training step: fp32 (default), bf16 or fp16 "
-                             "autocast (fp16 with a gradient scaler)")
-    parser.add_argument("--compile", action="store_true", may_change_on_resume=True,
-                        help="compile the backbone with torch.compile (the first steps take "
-                             "longer while it compiles)")
-    parser.add_argument("--channels_last", action="store_true", may_change_on_resume=True,
-                        help="NHWC memory layout for the backbone (faster for ResNets with bf16)")
-    parser.add_argument("--eval_every", type=non_negative_int, default=0, metavar="N", may_change_on_resume=True,
-                        help="every N epochs and after the last, log the backbone's kNN accuracy (k 200) on "
-                             "the labelled train/test split of --dataset (0 = off)")
-    parser.add_argument("--eval_images", type=non_negative_int, default=5000, metavar="N", may_change_on_resume=True,
-                        help="--eval_every: a seeded, class-balanced subset of at most N images of each "
-                             "split (0 = all)")
-    parser.add_argument("--tensorboard", default=None, metavar="DIR", may_change_on_resume=True,
-                        help="also write every logged quantity for TensorBoard into DIR/<run> (needs the "
-                             "tensorboard package)")
+    parser.add_argument(
+        "--lr", type=positive_float, default=None, help="learning rate (default: the method's, as in the paper)"
+    )
+    parser.add_argument(
+        "--train_subset",
+        type=non_negative_int,
+        default=0,
+        help="train on a seeded, class-balanced subset of N images (0 = all)",
+    )
+    parser.add_argument(
+        "--save_every",
+        type=non_negative_int,
+        default=0,
+        may_change_on_resume=True,
+        help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        may_change_on_resume=True,
+        help="replace the outputs of an earlier run with the same name",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="arithmetic of the training step: fp32 (default), bf16 or fp16 autocast (fp16 with a gradient scaler)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        may_change_on_resume=True,
+        help="compile the backbone with torch.compile (the first steps take longer while it compiles)",
+    )
+    parser.add_argument(
+        "--channels_last",
+        action="store_true",
+        may_change_on_resume=True,
+        help="NHWC memory layout for the backbone (faster for ResNets with bf16)",
+    )
+    parser.add_argument(
+        "--eval_every",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        may_change_on_resume=True,
+        help="every N epochs and after the last, log the backbone's kNN accuracy (k 200) on "
+        "the labelled train/test split of --dataset (0 = off)",
+    )
+    parser.add_argument(
+        "--eval_images",
+        type=non_negative_int,
+        default=5000,
+        metavar="N",
+        may_change_on_resume=True,
+        help="--eval_every: a seeded, class-balanced subset of at most N images of each split (0 = all)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        may_change_on_resume=True,
+        help="also write every logged quantity for TensorBoard into DIR/<run> (needs the tensorboard package)",
+    )
     for method in METHODS.values():
         if stage_fields(method.Config, stage=1):
             group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
@@ -272,23 +379,32 @@ class Stage2Parser(Parser):
     def parse_known_args(self, args=None, namespace=None):
         from experiments.options import fill_option_defaults
         from methods.standard import Standard
+
         parsed, extras = super().parse_known_args(args, namespace)
         fill_option_defaults(parsed, Standard.Config, stage=2)
         if parsed.classifier == "logistic":
             if parsed.finetune:
-                self.error("--finetune with --classifier logistic: logistic regression fits a classifier on "
-                           "the frozen backbone; drop --finetune or --classifier logistic")
+                self.error(
+                    "--finetune with --classifier logistic: logistic regression fits a classifier on "
+                    "the frozen backbone; drop --finetune or --classifier logistic"
+                )
             if parsed.resume:
-                self.error("--resume with --classifier logistic: logistic regression is solved in one go, "
-                           "so there is nothing to resume; run it again without --resume")
+                self.error(
+                    "--resume with --classifier logistic: logistic regression is solved in one go, "
+                    "so there is nothing to resume; run it again without --resume"
+                )
             if parsed.epochs is not None:
-                self.error("--epochs with --classifier logistic: logistic regression has no epochs "
-                           "(--logistic_max_iter bounds its iterations); drop --epochs")
+                self.error(
+                    "--epochs with --classifier logistic: logistic regression has no epochs "
+                    "(--logistic_max_iter bounds its iterations); drop --epochs"
+                )
         else:
             for name in self.LOGISTIC_DEFAULTS:
                 if getattr(parsed, name) is not None:
-                    self.error(f"--{name} belongs to --classifier logistic, not {parsed.classifier}: "
-                               "drop it or pass --classifier logistic")
+                    self.error(
+                        f"--{name} belongs to --classifier logistic, not {parsed.classifier}: "
+                        "drop it or pass --classifier logistic"
+                    )
             parsed.epochs = self.LINEAR_EPOCHS if parsed.epochs is None else parsed.epochs
         for name, default in self.LOGISTIC_DEFAULTS.items():
             if getattr(parsed, name) is None:
@@ -300,78 +416,169 @@ def stage2_parser() -> Parser:
     from experiments.options import add_option_flags
     from methods import METHODS
     from methods.standard import Standard
-    parser = common_parser("Stage 2: linear evaluation (or fine-tuning, or logistic regression) of a "
-                           "trained backbone.", 128,
-                           parser_class=Stage2Parser)
+
+    parser = common_parser(
+        "Stage 2: linear evaluation (or fine-tuning, or logistic regression) of a trained backbone.",
+        128,
+        parser_class=Stage2Parser,
+    )
     parser.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.tar)")
-    parser.add_argument("--method", default=None, choices=list(METHODS),
-                        help="method that trained the checkpoint (default: read from it)")
-    parser.add_argument("--classifier", default="linear", choices=["linear", "logistic"],
-                        help="linear: a linear layer trained with Adam on mini-batches for --epochs (the "
-                             "paper's protocol, default); logistic: L2-regularised multinomial logistic "
-                             "regression on the frozen features by full-batch L-BFGS, as scikit-learn's "
-                             "LogisticRegression")
-    parser.add_argument("--logistic_c", type=positive_float, default=None,
-                        help="logistic: inverse regularisation strength C, as scikit-learn's (default "
-                             f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_c']:g})")
-    parser.add_argument("--logistic_max_iter", type=positive_int, default=None,
-                        help="logistic: at most this many L-BFGS iterations (default "
-                             f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_max_iter']})")
-    parser.add_argument("--epochs", type=positive_int, default=None,
-                        help=f"epochs of the linear classifier or of fine-tuning (default "
-                             f"{Stage2Parser.LINEAR_EPOCHS}; none with --classifier logistic)")
-    parser.add_argument("--finetune", type=boolean, nargs="?", const=True, default=False,
-                        help="train the backbone too (--finetune or --finetune true)")
+    parser.add_argument(
+        "--method",
+        default=None,
+        choices=list(METHODS),
+        help="method that trained the checkpoint (default: read from it)",
+    )
+    parser.add_argument(
+        "--classifier",
+        default="linear",
+        choices=["linear", "logistic"],
+        help="linear: a linear layer trained with Adam on mini-batches for --epochs (the "
+        "paper's protocol, default); logistic: L2-regularised multinomial logistic "
+        "regression on the frozen features by full-batch L-BFGS, as scikit-learn's "
+        "LogisticRegression",
+    )
+    parser.add_argument(
+        "--logistic_c",
+        type=positive_float,
+        default=None,
+        help="logistic: inverse regularisation strength C, as scikit-learn's (default "
+        f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_c']:g})",
+    )
+    parser.add_argument(
+        "--logistic_max_iter",
+        type=positive_int,
+        default=None,
+        help="logistic: at most this many L-BFGS iterations (default "
+        f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_max_iter']})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help=f"epochs of the linear classifier or of fine-tuning (default "
+        f"{Stage2Parser.LINEAR_EPOCHS}; none with --classifier logistic)",
+    )
+    parser.add_argument(
+        "--finetune",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="train the backbone too (--finetune or --finetune true)",
+    )
     add_option_flags(parser, parser, Standard.Config, stage=2)
-    parser.add_argument("--augmentation", default="none", choices=["none", "standard"],
-                        help="fine-tuning: augmentation of the training images (default none)")
-    parser.add_argument("--resume", default=None, metavar="PATH|auto", may_change_on_resume=True,
-                        help="fine-tuning: continue an interrupted run exactly; auto picks its "
-                             "last checkpoint")
-    parser.add_argument("--id", type=run_id, default="",
-                        help="tag added to the file names (the stage-1 run's tag is not carried over)")
-    parser.add_argument("--train_subset", type=non_negative_int, default=0,
-                        help="use a seeded, class-balanced subset of N labelled images (0 = all)")
-    parser.add_argument("--label_fraction", type=fraction, default=1.0,
-                        help="semi-supervised: train on this share of the labelled images, the "
-                             "same share of every class, drawn with --seed (default 1 = all)")
-    parser.add_argument("--overwrite", action="store_true", may_change_on_resume=True,
-                        help="replace the outputs of an earlier run with the same name")
+    parser.add_argument(
+        "--augmentation",
+        default="none",
+        choices=["none", "standard"],
+        help="fine-tuning: augmentation of the training images (default none)",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH|auto",
+        may_change_on_resume=True,
+        help="fine-tuning: continue an interrupted run exactly; auto picks its last checkpoint",
+    )
+    parser.add_argument(
+        "--id", type=run_id, default="", help="tag added to the file names (the stage-1 run's tag is not carried over)"
+    )
+    parser.add_argument(
+        "--train_subset",
+        type=non_negative_int,
+        default=0,
+        help="use a seeded, class-balanced subset of N labelled images (0 = all)",
+    )
+    parser.add_argument(
+        "--label_fraction",
+        type=fraction,
+        default=1.0,
+        help="semi-supervised: train on this share of the labelled images, the "
+        "same share of every class, drawn with --seed (default 1 = all)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        may_change_on_resume=True,
+        help="replace the outputs of an earlier run with the same name",
+    )
     return parser
 
 
 def stage3_parser() -> Parser:
-    parser = common_parser("Stage 3: score a linear-evaluation (or supervised) checkpoint on "
-                           "the test split.", 256,
-                           output_help="unused here: the test log is written beside the checkpoint "
-                                       "or in --log_dir; accepted so that one set of flags serves all "
-                                       "three stages")
-    parser.add_argument("--checkpoint", required=True,
-                        help="stage-2 checkpoint, or a stage-1 checkpoint of method standard; any "
-                             "backbone checkpoint when only the options below are asked for")
-    parser.add_argument("--knn", type=non_negative_int, default=0, metavar="K",
-                        help="also score a weighted k-nearest-neighbour classifier (cosine, "
-                             "neighbours from the labelled training split; 0 = off)")
-    parser.add_argument("--knn_temperature", type=knn_temperature, default=0.07,
-                        help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)")
-    parser.add_argument("--retrieval", type=non_negative_int, default=0, metavar="K",
-                        help="also score top-K image retrieval on the test split: the share of "
-                             "each query's K nearest test images of its class (0 = off)")
-    parser.add_argument("--retrieval_grid", type=non_negative_int, default=8, metavar="N",
-                        help="retrieval: save a PNG of N random queries and their neighbours "
-                             "(0 = none)")
-    parser.add_argument("--export_features", default=None, metavar="DIR",
-                        help="save the train and test features and labels as .npy files in DIR")
-    parser.add_argument("--feature_map", default="none", choices=["none", "pca", "tsne"],
-                        help="save a 2-D map of the test features coloured by class (needs "
-                             "matplotlib)")
-    parser.add_argument("--map_points", type=positive_int, default=2000,
-                        help="feature map: at most this many test images, drawn with --seed")
-    parser.add_argument("--log_dir", default=None, metavar="DIR",
-                        help="folder of the test log (log_<checkpoint name>_test.csv), the retrieval "
-                             "grid and the feature map (default: the checkpoint's folder)")
-    parser.add_argument("--cross_domain", action="store_true",
-                        help="score a checkpoint on a data set other than the one it was trained on, or with "
-                             "images of another size (refused by default, as a score of the wrong classes "
-                             "would look valid)")
+    parser = common_parser(
+        "Stage 3: score a linear-evaluation (or supervised) checkpoint on the test split.",
+        256,
+        output_help="unused here: the test log is written beside the checkpoint "
+        "or in --log_dir; accepted so that one set of flags serves all "
+        "three stages",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="stage-2 checkpoint, or a stage-1 checkpoint of method standard; any "
+        "backbone checkpoint when only the options below are asked for",
+    )
+    parser.add_argument(
+        "--knn",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="also score a weighted k-nearest-neighbour classifier (cosine, "
+        "neighbours from the labelled training split; 0 = off)",
+    )
+    parser.add_argument(
+        "--knn_temperature",
+        type=knn_temperature,
+        default=0.07,
+        help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)",
+    )
+    parser.add_argument(
+        "--retrieval",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="also score top-K image retrieval on the test split: the share of "
+        "each query's K nearest test images of its class (0 = off)",
+    )
+    parser.add_argument(
+        "--retrieval_grid",
+        type=non_negative_int,
+        default=8,
+        metavar="N",
+        help="retrieval: save a PNG of N random queries and their neighbours (0 = none)",
+    )
+    parser.add_argument(
+        "--export_features",
+        default=None,
+        metavar="DIR",
+        help="save the train and test features and labels as .npy files in DIR",
+    )
+    parser.add_argument(
+        "--feature_map",
+        default="none",
+        choices=["none", "pca", "tsne"],
+        help="save a 2-D map of the test features coloured by class (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--map_points",
+        type=positive_int,
+        default=2000,
+        help="feature map: at most this many test images, drawn with --seed",
+    )
+    parser.add_argument(
+        "--log_dir",
+        default=None,
+        metavar="DIR",
+        help="folder of the test log (log_<checkpoint name>_test.csv), the retrieval "
+        "grid and the feature map (default: the checkpoint's folder)",
+    )
+    parser.add_argument(
+        "--cross_domain",
+        action="store_true",
+        help="score a checkpoint on a data set other than the one it was trained on, or with "
+        "images of another size (refused by default, as a score of the wrong classes "
+        "would look valid)",
+    )
     return parser

@@ -2,6 +2,7 @@
 (grid.json, timings.json, runs/<run>.json) and test.py's logs, which its records are built from.
 A file truncated, edited by hand or planted must give one line naming it, not a traceback nor a
 table built from values of the wrong type."""
+
 from __future__ import annotations
 
 import csv
@@ -39,23 +40,50 @@ def is_order(value: object) -> bool:
 
 
 class Schema(NamedTuple):
-    what: str                                  # what the file is, for the message
-    fields: dict[str, Check]                   # each key it must hold, and its check
-    optional: frozenset[str] = frozenset()     # keys that files of earlier versions lack
-    any_key: Check | None = None               # instead of `fields`: a mapping of names to such values
+    what: str  # what the file is, for the message
+    fields: dict[str, Check]  # each key it must hold, and its check
+    optional: frozenset[str] = frozenset()  # keys that files of earlier versions lack
+    any_key: Check | None = None  # instead of `fields`: a mapping of names to such values
 
 
-SETTINGS = Schema("a grid's settings", {"study": is_text, "epochs": optional(is_count),
-                                        "linear_epochs": optional(is_count), "train_subset": is_count,
-                                        "K": optional(is_count), "knn": is_count, "retrieval": is_count})
+SETTINGS = Schema(
+    "a grid's settings",
+    {
+        "study": is_text,
+        "epochs": optional(is_count),
+        "linear_epochs": optional(is_count),
+        "train_subset": is_count,
+        "K": optional(is_count),
+        "knn": is_count,
+        "retrieval": is_count,
+    },
+)
 TIMINGS = Schema("the stages' wall times", {}, any_key=is_seconds)
-RECORD = Schema("a run's record", {
-    "condition": is_text, "variant": is_text, "method": is_text, "backbone": is_text, "seed": is_count,
-    "epochs": is_count, "evaluation_epochs": is_count, "train_subset": is_count, "knn": is_count,
-    "retrieval": is_count, "accuracy": is_percent, "top5": optional(is_percent),
-    "knn_accuracy": optional(is_percent), "retrieval_precision": optional(is_percent), "wall_seconds": is_seconds,
-    "stage1_checkpoint": is_text, "evaluation_checkpoint": is_text, "order": is_order, "finished": is_text},
-    optional=frozenset({"knn", "retrieval"}))
+RECORD = Schema(
+    "a run's record",
+    {
+        "condition": is_text,
+        "variant": is_text,
+        "method": is_text,
+        "backbone": is_text,
+        "seed": is_count,
+        "epochs": is_count,
+        "evaluation_epochs": is_count,
+        "train_subset": is_count,
+        "knn": is_count,
+        "retrieval": is_count,
+        "accuracy": is_percent,
+        "top5": optional(is_percent),
+        "knn_accuracy": optional(is_percent),
+        "retrieval_precision": optional(is_percent),
+        "wall_seconds": is_seconds,
+        "stage1_checkpoint": is_text,
+        "evaluation_checkpoint": is_text,
+        "order": is_order,
+        "finished": is_text,
+    },
+    optional=frozenset({"knn", "retrieval"}),
+)
 
 
 def problem_of(data: object, schema: Schema) -> str | None:

@@ -4,6 +4,7 @@ few epochs (`--eval_every`), and a TensorBoard copy of every logged quantity (`-
 Both reach the engine as plain callables (its `monitor` and `row_listeners`), so the engine
 does not depend on evaluation or on TensorBoard.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ KNN_COLUMNS = ("knn_accuracy", "knn_top5")
 KNN_NEIGHBOURS = 200
 
 
-def knn_monitor(dataset: str, data_root: str, download: bool, image_size: int, images: int, seed: int,
-                device: torch.device) -> Callable[[nn.Module], dict]:
+def knn_monitor(
+    dataset: str, data_root: str, download: bool, image_size: int, images: int, seed: int, device: torch.device
+) -> Callable[[nn.Module], dict]:
     """Scores a backbone by the weighted kNN accuracy (k 200, knn_accuracy's temperature 0.07, as
     `test.py --knn`) of the
     labelled test split against the labelled training split of `dataset`, each a seeded,
@@ -34,8 +36,9 @@ def knn_monitor(dataset: str, data_root: str, download: bool, image_size: int, i
     train = load_dataset(dataset, "train", data_root, download=download, image_size=image_size)
     test = load_dataset(dataset, "test", data_root, download=download, image_size=image_size)
     if bool((train.labels < 0).any()) or bool((test.labels < 0).any()):
-        raise UserError(f"--eval_every needs labelled train and test images, and {dataset} has unlabelled ones: "
-                        "drop --eval_every")
+        raise UserError(
+            f"--eval_every needs labelled train and test images, and {dataset} has unlabelled ones: drop --eval_every"
+        )
     train, test = train.balanced_subset(images, seed), test.balanced_subset(images, seed)
     neighbours = min(KNN_NEIGHBOURS, len(train))
     train_labels, test_labels = train.labels.to(device), test.labels.to(device)
@@ -45,6 +48,7 @@ def knn_monitor(dataset: str, data_root: str, download: bool, image_size: int, i
         train_features = extract_features(backbone, train, device, desc="kNN train features")
         test_features = extract_features(backbone, test, device, desc="kNN test features")
         return knn_accuracy(train_features, train_labels, test_features, test_labels, neighbours)
+
     return score
 
 
@@ -61,11 +65,16 @@ def tensorboard_listener(folder: str | Path, run: str) -> Callable[[dict], None]
         from tensorboard.summary.writer.record_writer import RecordWriter
         from torch.utils.tensorboard import summary
     except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package, which is not installed: "
-                        "pip install tensorboard (or leave out --tensorboard)") from None
+        raise UserError(
+            "--tensorboard needs the tensorboard package, which is not installed: "
+            "pip install tensorboard (or leave out --tensorboard)"
+        ) from None
     # TensorBoard reads every file of the folder named so; the random part keeps runs of one second apart
-    path = Path(folder) / run / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-                                 f"{os.getpid()}.{secrets.token_hex(4)}")
+    path = (
+        Path(folder)
+        / run
+        / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+    )
 
     def append(events: list) -> None:
         try:
@@ -82,7 +91,12 @@ def tensorboard_listener(folder: str | Path, run: str) -> Callable[[dict], None]
 
     def write(row: dict) -> None:
         now = time.time()
-        append([Event(wall_time=now, step=row["epoch"], summary=summary.scalar(name, value))
+        append(
+            [
+                Event(wall_time=now, step=row["epoch"], summary=summary.scalar(name, value))
                 for name, value in row.items()
-                if name != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)])
+                if name != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
+            ]
+        )
+
     return write

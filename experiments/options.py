@@ -5,6 +5,7 @@ A field's flag is `--<flag_prefix><name>` unless its `Option` spells it; a `Lite
 gets choices, a bounded number one of the one-line validators of `experiments/cli.py`, a bool
 a switch. A `ConfigError` raised while building a config is reported with the flags' names.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,17 @@ def add_option_flags(parser: Parser, group, config_class: type[MethodConfig], st
         if spec.may_change_on_resume:
             parser.may_change_on_resume.add(flag)
         if types[name] is bool:
-            group.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS,
-                               help=f"{spec.help} (default off)")
+            group.add_argument(
+                f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=f"{spec.help} (default off)"
+            )
         else:
-            group.add_argument(f"--{flag}", type=flag_type(types[name], spec), choices=choices(types[name]),
-                               default=argparse.SUPPRESS, help=f"{spec.help} (default {default})")
+            group.add_argument(
+                f"--{flag}",
+                type=flag_type(types[name], spec),
+                choices=choices(types[name]),
+                default=argparse.SUPPRESS,
+                help=f"{spec.help} (default {default})",
+            )
 
 
 def fill_option_defaults(parsed: argparse.Namespace, config_class: type[MethodConfig], stage: int) -> list[str]:
@@ -73,8 +80,9 @@ def fill_option_defaults(parsed: argparse.Namespace, config_class: type[MethodCo
     return given
 
 
-def config_from_args(config_class: type[MethodConfig], args: argparse.Namespace, stage: int,
-                     **derived: Any) -> MethodConfig:
+def config_from_args(
+    config_class: type[MethodConfig], args: argparse.Namespace, stage: int, **derived: Any
+) -> MethodConfig:
     """The config the flags of `stage` (and the `derived` fields) give; a broken rule is a
     one-line UserError that names the flags."""
     values = {name: getattr(args, option_flag(config_class, name)) for name, _, _ in stage_fields(config_class, stage)}

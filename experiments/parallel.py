@@ -6,6 +6,7 @@ epoch of 4,000 images: 25 s each instead of 10 s alone). So every child gets its
 of the CPUs the grid may use (threads and affinity, which no other child uses, so its threads'
 waiting takes nothing from another), and on CUDA its own GPU.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,11 @@ def visible_gpus(device) -> list[str]:
     if device.type != "cuda":
         return []
     parent = os.environ.get("CUDA_VISIBLE_DEVICES")
-    names = [name.strip() for name in parent.split(",")] if parent else \
-        [str(index) for index in range(torch.cuda.device_count())]
+    names = (
+        [name.strip() for name in parent.split(",")]
+        if parent
+        else [str(index) for index in range(torch.cuda.device_count())]
+    )
     return [names[device.index]] if device.index is not None else names
 
 
@@ -61,6 +65,7 @@ def automatic_jobs(gpus: list[str], jobs_per_gpu: int) -> int:
 @dataclass(frozen=True)
 class Slot:
     """Where one child runs: its CPUs (and threads) and its GPU, if any."""
+
     index: int
     cpus: tuple[int, ...]
     gpu: str | None = None
@@ -85,7 +90,7 @@ def make_slots(jobs: int, gpus: list[str], cpus: list[int]) -> list[Slot]:
     slots = []
     for index in range(jobs):
         if jobs <= len(cpus):
-            share = tuple(cpus[index * len(cpus) // jobs:(index + 1) * len(cpus) // jobs])
+            share = tuple(cpus[index * len(cpus) // jobs : (index + 1) * len(cpus) // jobs])
         else:
             share = (cpus[index % len(cpus)],)
         slots.append(Slot(index, share, gpus[index % len(gpus)] if gpus else None))
@@ -108,8 +113,9 @@ def _child_setup(parent: int, cpus: tuple[int, ...]) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def start_child(argv: list[str], log: IO, slot: Slot, started: Callable[[subprocess.Popen], None],
-                variables: dict[str, str]) -> None:
+def start_child(
+    argv: list[str], log: IO, slot: Slot, started: Callable[[subprocess.Popen], None], variables: dict[str, str]
+) -> None:
     """A stage script in its own session (a terminal's Ctrl-C reaches the grid only, which
     forwards it once), with its output in `log` and `variables` added to its environment.
     SIGINT and SIGTERM wait until `started` has registered the child, so a stop asked
@@ -117,9 +123,17 @@ def start_child(argv: list[str], log: IO, slot: Slot, started: Callable[[subproc
     parent = os.getpid()
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        started(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=slot.environment({**os.environ, **variables}), cwd=os.getcwd(),
-                                 preexec_fn=lambda: _child_setup(parent, slot.cpus)))
+        started(
+            subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=slot.environment({**os.environ, **variables}),
+                cwd=os.getcwd(),
+                preexec_fn=lambda: _child_setup(parent, slot.cpus),
+            )
+        )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
@@ -137,7 +151,7 @@ def read_epoch_progress(log: Path | None) -> EpochProgress | None:
         return None
     try:
         text = log.read_text(errors="replace")
-        complete = text[:text.rfind("\n") + 1]  # without a row still being appended
+        complete = text[: text.rfind("\n") + 1]  # without a row still being appended
         rows = [row for row in csv.DictReader(io.StringIO(complete, newline="")) if row.get("loss")]
     except (OSError, csv.Error):
         return None  # being rewritten: the next look will do
@@ -151,9 +165,10 @@ def read_epoch_progress(log: Path | None) -> EpochProgress | None:
 @dataclass
 class Activity:
     """What one running child is doing, for its live line."""
-    label: str                  # "[3/10] cifar10_relationnet_conv4_seed_1"
-    stage: str                  # "stage 1/3 pretraining"
-    epochs: int                 # 0: a stage without epochs (the test)
+
+    label: str  # "[3/10] cifar10_relationnet_conv4_seed_1"
+    stage: str  # "stage 1/3 pretraining"
+    epochs: int  # 0: a stage without epochs (the test)
     log: Path | None
     started: float = field(default_factory=time.time)
     first_seen: EpochProgress | None = None  # epochs already done when it started (a resume)
@@ -175,8 +190,12 @@ class Activity:
             if progress and progress.loss is not None:
                 parts.append(f"loss {progress.loss:.4g}")
         parts.append(f"elapsed {format_duration(now - self.started)}")
-        parts.append("left: run " + ("?" if left is None else f"~{format_duration(left)}")
-                     + ", grid " + ("?" if grid_left is None else f"~{format_duration(grid_left)}"))
+        parts.append(
+            "left: run "
+            + ("?" if left is None else f"~{format_duration(left)}")
+            + ", grid "
+            + ("?" if grid_left is None else f"~{format_duration(grid_left)}")
+        )
         return " | ".join(parts)
 
 
@@ -191,7 +210,7 @@ def fit(line: str, width: int) -> str:
     keep = max(width - len(separator) - len(rest) - 1, len(number) + 1)  # label characters besides "…"
     if separator and keep < len(label):
         head = max(keep - keep // 2, len(number) + 1)
-        line = label[:head] + "…" + label[len(label) - (keep - head):] + separator + rest
+        line = label[:head] + "…" + label[len(label) - (keep - head) :] + separator + rest
     return line[:width]
 
 

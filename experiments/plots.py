@@ -7,6 +7,7 @@ Training curves from the command line:
     python -m experiments.plots curves.png checkpoint/relationnet/cifar10/log_*.csv
     python -m experiments.plots curves.png runs/my_grid      (every stage log in the folder)
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,10 +32,12 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise UserError("plots need matplotlib, which is not installed: "
-                        "pip install matplotlib (or leave out the plotting option)") from None
+        raise UserError(
+            "plots need matplotlib, which is not installed: pip install matplotlib (or leave out the plotting option)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as pyplot
+
     return pyplot
 
 
@@ -50,7 +53,7 @@ def _read_log(path: Path) -> dict[str, list[float]]:
     one line naming it."""
     _, rows = read_csv(path)
     columns: dict[str, list[float]] = {}
-    for name in (rows[0].keys() if rows else []):
+    for name in rows[0].keys() if rows else []:
         try:
             values = [float(row[name]) if row[name] not in ("", None) else math.nan for row in rows]
         except (TypeError, ValueError):
@@ -72,8 +75,11 @@ def stage_logs(paths: list[Path]) -> list[Path]:
 
 
 # Stage-2 logs are named after what they train; their accuracies compare across methods.
-_EVALUATION_FAMILIES = {"_linear_evaluation": "linear evaluation", "_finetune": "fine-tuning",
-                        "_logistic_regression": "logistic regression"}
+_EVALUATION_FAMILIES = {
+    "_linear_evaluation": "linear evaluation",
+    "_finetune": "fine-tuning",
+    "_logistic_regression": "logistic regression",
+}
 _FIRST_QUANTITIES = ["loss", "score", "accuracy", "test_accuracy", "knn_accuracy"]
 
 
@@ -81,6 +87,7 @@ def log_family(path: Path) -> str:
     """What a log's quantities are comparable within: the kind of stage-2 run, or the stage-1
     method (relationnet's loss of about 0.08 and simclr's of about 5 need their own axes)."""
     from methods import METHODS
+
     header = path.stem.removeprefix("log_")
     for suffix, family in _EVALUATION_FAMILIES.items():
         if suffix in header:
@@ -93,6 +100,7 @@ def training_curves_figure(logs: list[Path]):
     """The figure of `plot_training_curves`, for saving or inspection."""
     pyplot = require_matplotlib()
     from matplotlib.ticker import MaxNLocator
+
     curves = [(path, _read_log(path)) for path in logs]
     curves = [(path, columns) for path, columns in curves if columns.get("epoch")]
     if not curves:
@@ -110,27 +118,43 @@ def training_curves_figure(logs: list[Path]):
             panels.setdefault((log_family(path), quantity), []).append((path, *zip(*points)))
     if not panels:
         raise UserError("every logged quantity is constant: there is no curve to draw")
-    order = sorted(panels, key=lambda key: (key[0], _FIRST_QUANTITIES.index(key[1])
-                                            if key[1] in _FIRST_QUANTITIES else len(_FIRST_QUANTITIES), key[1]))
+    order = sorted(
+        panels,
+        key=lambda key: (
+            key[0],
+            _FIRST_QUANTITIES.index(key[1]) if key[1] in _FIRST_QUANTITIES else len(_FIRST_QUANTITIES),
+            key[1],
+        ),
+    )
     width = min(4, len(order))
     height = math.ceil(len(order) / width)
     figure, axes = pyplot.subplots(height, width, figsize=(4.2 * width, 3.2 * height + 0.6), squeeze=False)
     for axis, (family, quantity) in zip(axes.flat, order):
         for path, epochs, values in panels[(family, quantity)]:
-            axis.plot(epochs, values, marker="o", markersize=2.5, linewidth=1.2, color=colour[path],
-                      label=path.stem.removeprefix("log_"))
+            axis.plot(
+                epochs,
+                values,
+                marker="o",
+                markersize=2.5,
+                linewidth=1.2,
+                color=colour[path],
+                label=path.stem.removeprefix("log_"),
+            )
         axis.set_title(f"{quantity} ({family})", fontsize=9)
         axis.set_xlabel("epoch")
         axis.set_ylabel(quantity)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(order):]:
+    for axis in list(axes.flat)[len(order) :]:
         axis.axis("off")
     if len(curves) <= 20:  # one entry per run, in its colour everywhere
-        handles = [pyplot.Line2D([], [], color=colour[path], marker="o", markersize=3,
-                                 label=path.stem.removeprefix("log_")) for path, _ in curves]
-        figure.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7,
-                      bbox_to_anchor=(0.5, 0.0))
+        handles = [
+            pyplot.Line2D([], [], color=colour[path], marker="o", markersize=3, label=path.stem.removeprefix("log_"))
+            for path, _ in curves
+        ]
+        figure.legend(
+            handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7, bbox_to_anchor=(0.5, 0.0)
+        )
         figure.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 3), 1, 1))
     else:
         figure.tight_layout()
@@ -144,16 +168,22 @@ def plot_training_curves(logs: list[Path], output: Path) -> Path:
     return _save(training_curves_figure(logs), pyplot, output)
 
 
-def feature_map_figure(points: torch.Tensor, labels: torch.Tensor, title: str,
-                       class_names: list[str] | None = None, axis_labels: tuple[str, str] = ("", "")):
+def feature_map_figure(
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    title: str,
+    class_names: list[str] | None = None,
+    axis_labels: tuple[str, str] = ("", ""),
+):
     """A 2-D map of points coloured by class; the colour bar names the classes (numbers when
     `class_names` is None), up to 20 classes."""
     pyplot = require_matplotlib()
     figure, axis = pyplot.subplots(figsize=(7, 6))
     classes = int(labels.max()) + 1
     colours = pyplot.get_cmap("tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo")
-    scatter = axis.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), s=4,
-                           cmap=colours, vmin=-0.5, vmax=classes - 0.5)
+    scatter = axis.scatter(
+        points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), s=4, cmap=colours, vmin=-0.5, vmax=classes - 0.5
+    )
     if classes <= 20:
         bar = figure.colorbar(scatter, ax=axis, ticks=range(classes), label="class")
         if class_names:
@@ -167,8 +197,14 @@ def feature_map_figure(points: torch.Tensor, labels: torch.Tensor, title: str,
     return figure
 
 
-def plot_feature_map(points: torch.Tensor, labels: torch.Tensor, output: Path, title: str,
-                     class_names: list[str] | None = None, axis_labels: tuple[str, str] = ("", "")) -> Path:
+def plot_feature_map(
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    output: Path,
+    title: str,
+    class_names: list[str] | None = None,
+    axis_labels: tuple[str, str] = ("", ""),
+) -> Path:
     """`feature_map_figure` saved as a PNG."""
     return _save(feature_map_figure(points, labels, title, class_names, axis_labels), require_matplotlib(), output)
 
@@ -199,8 +235,9 @@ def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
                         papers.append(bar["paper"])
         axis.bar(xs, means, width, yerr=stds, capsize=2, label=method, color=colours(m % 10))
         if paper_xs:
-            axis.scatter(paper_xs, papers, marker="_", s=200, color="black", zorder=3,
-                         label=None if paper_marked else "paper")
+            axis.scatter(
+                paper_xs, papers, marker="_", s=200, color="black", zorder=3, label=None if paper_marked else "paper"
+            )
             paper_marked = True
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels([group["label"] for group in groups], fontsize=8)
@@ -222,8 +259,14 @@ def _save(figure, pyplot, output: Path) -> Path:
     return output
 
 
-def save_retrieval_grid(images: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor,
-                        neighbours: torch.Tensor, output: Path, scale: int = 2) -> Path:
+def save_retrieval_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    queries: torch.Tensor,
+    neighbours: torch.Tensor,
+    output: Path,
+    scale: int = 2,
+) -> Path:
     """A mosaic: one row per query (first column, grey frame) followed by its neighbours,
     framed green when of the query's class and red otherwise. `images` is uint8 (N, 3, H, W)."""
     side = images.shape[-1] * scale
@@ -236,8 +279,9 @@ def save_retrieval_grid(images: torch.Tensor, labels: torch.Tensor, queries: tor
         for column, index in enumerate(shown):
             x = column * cell + (8 if column else 0)
             y = row * cell
-            colour = (128, 128, 128) if column == 0 else (
-                (0, 170, 0) if labels[index] == labels[query] else (210, 0, 0))
+            colour = (
+                (128, 128, 128) if column == 0 else ((0, 170, 0) if labels[index] == labels[query] else (210, 0, 0))
+            )
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
             tile = Image.fromarray(images[index].permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
             mosaic.paste(tile, (x + frame, y + frame))
@@ -249,6 +293,7 @@ def save_retrieval_grid(images: torch.Tensor, labels: torch.Tensor, queries: tor
 
 def main(argv: list[str] | None = None) -> None:
     from experiments.cli import Parser
+
     parser = Parser(description="Plot training curves from the CSV logs of runs or of a grid.")
     parser.add_argument("output", help="PNG file to write")
     parser.add_argument("logs", nargs="+", help="log_*.csv files, or folders searched for them")
@@ -262,4 +307,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     from experiments.stage import run_main
+
     run_main(main)

@@ -1,4 +1,5 @@
 """Pieces every stage script shares: error reporting, start-up messages, the run's config."""
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def run_main(main: Callable[[], None]) -> None:
             if previous_interrupt is not None:  # None: not in the main thread, or a handler set outside Python
                 signal.signal(signal.SIGINT, previous_interrupt)
     except Terminated:
-        sys.stderr.write(f"{prog}: terminated; files saved before are intact (a stage-1 run "
-                         "continues with --resume auto)\n")
+        sys.stderr.write(
+            f"{prog}: terminated; files saved before are intact (a stage-1 run continues with --resume auto)\n"
+        )
         sys.exit(128 + signal.SIGTERM)
     except UserError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
@@ -73,8 +75,11 @@ def run_main(main: Callable[[], None]) -> None:
 
 def describe_backbone(name: str, backbone: nn.Module, device: torch.device, stem: str | None = None) -> None:
     if device.type != "cuda":
-        print("[WARNING] CUDA is not available." if not torch.cuda.is_available()
-              else "[INFO] Running on the CPU although CUDA is available.")
+        print(
+            "[WARNING] CUDA is not available."
+            if not torch.cuda.is_available()
+            else "[INFO] Running on the CPU although CUDA is available."
+        )
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     print(f"[INFO] {name}{f' ({stem} stem)' if stem else ''} loaded in memory.")
     print(f"[INFO] Feature size: {backbone.feature_size}")
@@ -95,8 +100,10 @@ def run_seed(args: argparse.Namespace) -> int:
     seed stored in the checkpoint; `--resume auto` needs the seed to find the run's files."""
     resume = getattr(args, "resume", None)
     if args.seed < 0 and resume == "auto":
-        raise UserError("--resume auto with --seed -1: a run's files are named by the seed it drew; pass that "
-                        "--seed N (printed at the run's start and recorded in its config)")
+        raise UserError(
+            "--resume auto with --seed -1: a run's files are named by the seed it drew; pass that "
+            "--seed N (printed at the run's start and recorded in its config)"
+        )
     if args.seed < 0 and resume:
         stored = read_checkpoint(resume).get("seed")
         if stored is not None:
@@ -111,12 +118,14 @@ def run_seed(args: argparse.Namespace) -> int:
 def code_version() -> dict:
     """The git commit of the code and whether it differs from it (tracked files), when the code
     is a git checkout; empty otherwise."""
+
     def git(*command: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(REPO), *command], capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
+
     top = git("rev-parse", "--show-toplevel")
     if not top or Path(top).resolve() != REPO:  # not a checkout of this code (maybe a folder inside another)
         return {}
@@ -125,22 +134,34 @@ def code_version() -> dict:
     return {"git_commit": commit, "git_dirty": bool(changes)} if changes is not None else {"git_commit": commit}
 
 
-def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch.device,
-                  stage: str, **extra) -> None:
+def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch.device, stage: str, **extra) -> None:
     """Write the run's full configuration beside its checkpoint: every argument with the value
     used, the seed, the device, the versions of the code and of its libraries."""
-    save_json({"stage": stage, "args": vars(args), "seed_used": seed, "device": str(device), **code_version(),
-               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
-               "python": platform.python_version(), "torch": torch.__version__,
-               **thread_settings(), "pid": os.getpid(), **extra}, path)
+    save_json(
+        {
+            "stage": stage,
+            "args": vars(args),
+            "seed_used": seed,
+            "device": str(device),
+            **code_version(),
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            **thread_settings(),
+            "pid": os.getpid(),
+            **extra,
+        },
+        path,
+    )
 
 
 class ResumePoint(NamedTuple):
-    path: Path          # the checkpoint resumed from
-    state: dict         # its content
-    files: RunFiles     # the files of the run it continues
-    unfinished: bool    # the stopped run had not written all the files of its last epoch
+    path: Path  # the checkpoint resumed from
+    state: dict  # its content
+    files: RunFiles  # the files of the run it continues
+    unfinished: bool  # the stopped run had not written all the files of its last epoch
 
     def finish(self) -> None:
         """Write the files of the last epoch that the stopped run had not written
@@ -149,13 +170,20 @@ class ResumePoint(NamedTuple):
         writes files."""
         completed = finish_commit(self.state, self.files, self.path)
         if completed:
-            print(f"[INFO] The stopped run had saved epoch {self.state['epoch']} but not all its files: wrote "
-                  + ", ".join(path.name for path in completed))
+            print(
+                f"[INFO] The stopped run had saved epoch {self.state['epoch']} but not all its files: wrote "
+                + ", ".join(path.name for path in completed)
+            )
 
 
-def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str], world_size: int = 1,
-                 without_state: str = "it cannot be resumed",
-                 check_kind: Callable[[dict, Path], None] | None = None) -> ResumePoint:
+def resume_point(
+    args: argparse.Namespace,
+    files: RunFiles,
+    may_change: set[str],
+    world_size: int = 1,
+    without_state: str = "it cannot be resumed",
+    check_kind: Callable[[dict, Path], None] | None = None,
+) -> ResumePoint:
     """The checkpoint `--resume auto|PATH` names and its state, after checking that it is a
     file of this stage (`check_kind`), that the run was made with the same arguments (except
     `may_change`; an argument the file does not record is a difference) and as many processes,
@@ -167,32 +195,46 @@ def resume_point(args: argparse.Namespace, files: RunFiles, may_change: set[str]
     on a stop: never a numbered checkpoint, which could be another run's that used the name."""
     path = files.last_checkpoint if args.resume == "auto" else Path(args.resume)
     if args.resume == "auto" and not path.exists():
-        raise UserError(f"--resume auto: no {path.name} in {files.directory} (the file every run of "
-                        f"{files.header} writes after its first epoch): start the run without --resume, "
-                        "or pass --resume PATH to continue from a numbered checkpoint")
+        raise UserError(
+            f"--resume auto: no {path.name} in {files.directory} (the file every run of "
+            f"{files.header} writes after its first epoch): start the run without --resume, "
+            "or pass --resume PATH to continue from a numbered checkpoint"
+        )
     state = read_checkpoint(path)
     if "epoch" not in state or "args" not in state:
-        raise UserError(f"--resume {path}: written by the original code (no epoch or arguments "
-                        f"stored); {without_state}")
+        raise UserError(
+            f"--resume {path}: written by the original code (no epoch or arguments stored); {without_state}"
+        )
     if check_kind is not None:
         check_kind(state, path)
     stored = state["args"]
     if not isinstance(stored, dict) or not all(isinstance(key, str) for key in stored):
-        raise UserError(f"--resume {path}: its 'args' entry is a {type(stored).__name__}, not the record of a "
-                        "run's arguments: the file is damaged or forged; resume from the file the run wrote")
+        raise UserError(
+            f"--resume {path}: its 'args' entry is a {type(stored).__name__}, not the record of a "
+            "run's arguments: the file is damaged or forged; resume from the file the run wrote"
+        )
     missing = sorted(key for key in vars(args) if key not in may_change and key not in stored)
     if missing:
-        raise UserError(f"--resume {path}: the file does not record the run's "
-                        f"{', '.join('--' + key for key in missing[:5])}{' ...' if len(missing) > 5 else ''}, so "
-                        "it cannot be shown to be this run: start a new run, or continue its weights with "
-                        "--checkpoint PATH")
-    changed = [f"--{k} {stored[k]!r} -> {value!r}" for k, value in sorted(vars(args).items())
-               if k not in may_change and (type(stored[k]) is not type(value) or stored[k] != value)]
+        raise UserError(
+            f"--resume {path}: the file does not record the run's "
+            f"{', '.join('--' + key for key in missing[:5])}{' ...' if len(missing) > 5 else ''}, so "
+            "it cannot be shown to be this run: start a new run, or continue its weights with "
+            "--checkpoint PATH"
+        )
+    changed = [
+        f"--{k} {stored[k]!r} -> {value!r}"
+        for k, value in sorted(vars(args).items())
+        if k not in may_change and (type(stored[k]) is not type(value) or stored[k] != value)
+    ]
     if changed:
-        raise UserError(f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
-                        "repeat its arguments or start a new run with --id")
+        raise UserError(
+            f"--resume {path}: the run was made with other arguments ({'; '.join(changed)}); "
+            "repeat its arguments or start a new run with --id"
+        )
     if state.get("world_size", 1) != world_size:
-        raise UserError(f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
-                        f"this one has {world_size}; resume it with as many (torchrun --nproc_per_node)")
+        raise UserError(
+            f"--resume {path}: the run was made with {state.get('world_size', 1)} process(es), "
+            f"this one has {world_size}; resume it with as many (torchrun --nproc_per_node)"
+        )
     check_resume_fields(state, world_size, path)
     return ResumePoint(path, state, files, unfinished_commit(state, files, path) is not None)

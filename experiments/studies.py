@@ -12,12 +12,12 @@ relational reasoning (K = 16 for ResNet-32 on tiny-ImageNet, 25 for ResNet-34 on
 32 otherwise), 128 for the other methods of the paper, 256 for the later baselines (the
 batch of the reference each follows). `PUBLISHED` holds the numbers those references report.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PAPER_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard",
-                 "randomweights")
+PAPER_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard", "randomweights")
 # Methods after the paper, each trained with the settings of the reference it follows.
 BASELINE_METHODS = ("relic", "byol", "simsiam", "barlowtwins", "vicreg")
 ALL_METHODS = PAPER_METHODS + BASELINE_METHODS  # also the order of a grid's rows
@@ -26,9 +26,9 @@ ALL_METHODS = PAPER_METHODS + BASELINE_METHODS  # also the order of a grid's row
 @dataclass(frozen=True)
 class Condition:
     name: str
-    pretraining: str          # stage-1 data set
-    evaluation: str           # stage-2 and stage-3 data set
-    label: str                # column name in the paper's table
+    pretraining: str  # stage-1 data set
+    evaluation: str  # stage-2 and stage-3 data set
+    label: str  # column name in the paper's table
     finetune: bool = False
     epochs: int = 200
     evaluation_epochs: int = 100
@@ -38,6 +38,7 @@ class Condition:
 class Variant:
     """One value of the hyper-parameter a study varies: `stage1` flags change the stage-1 run
     (its files get the tag as --id); a label fraction only changes the evaluation."""
+
     tag: str = ""
     stage1: tuple[str, ...] = ()
     label_fraction: float = 1.0
@@ -53,42 +54,65 @@ class Study:
     backbone_of: dict = field(default_factory=dict)  # condition -> backbone the paper used there
 
 
-CONDITIONS = {c.name: c for c in [
-    Condition("cifar10", "cifar10", "cifar10", "CIFAR-10"),
-    Condition("cifar100", "cifar100", "cifar100", "CIFAR-100"),
-    Condition("tiny", "tiny", "tiny", "tiny-ImageNet"),
-    Condition("cifar10_to_cifar100", "cifar10", "cifar100", "10→100"),
-    Condition("cifar100_to_cifar10", "cifar100", "cifar10", "100→10"),
-    Condition("supercifar100", "cifar100", "supercifar100", "CIFAR-100-20"),
-    Condition("stl10_finetune", "stl10", "stl10", "STL-10 finetune", finetune=True, epochs=300,
-              evaluation_epochs=20),
-    Condition("slim", "slim", "slim", "SlimageNet64"),
-]}
+CONDITIONS = {
+    c.name: c
+    for c in [
+        Condition("cifar10", "cifar10", "cifar10", "CIFAR-10"),
+        Condition("cifar100", "cifar100", "cifar100", "CIFAR-100"),
+        Condition("tiny", "tiny", "tiny", "tiny-ImageNet"),
+        Condition("cifar10_to_cifar100", "cifar10", "cifar100", "10→100"),
+        Condition("cifar100_to_cifar10", "cifar100", "cifar10", "100→10"),
+        Condition("supercifar100", "cifar100", "supercifar100", "CIFAR-100-20"),
+        Condition(
+            "stl10_finetune", "stl10", "stl10", "STL-10 finetune", finetune=True, epochs=300, evaluation_epochs=20
+        ),
+        Condition("slim", "slim", "slim", "SlimageNet64"),
+    ]
+}
 
 STUDIES = {
-    "table1": Study("Table 1: linear evaluation, domain transfer, grain and STL-10 fine-tuning "
-                    "(ResNet-32; ResNet-34 on STL-10)",
-                    ("cifar100", "tiny", "cifar10_to_cifar100", "cifar100_to_cifar10", "supercifar100",
-                     "stl10_finetune"), ("resnet32",), backbone_of={"stl10_finetune": "resnet34"}),
+    "table1": Study(
+        "Table 1: linear evaluation, domain transfer, grain and STL-10 fine-tuning (ResNet-32; ResNet-34 on STL-10)",
+        ("cifar100", "tiny", "cifar10_to_cifar100", "cifar100_to_cifar10", "supercifar100", "stl10_finetune"),
+        ("resnet32",),
+        backbone_of={"stl10_finetune": "resnet34"},
+    ),
     "cifar10": Study("CIFAR-10 linear evaluation (appendix B.1)", ("cifar10",), ("conv4",)),
-    "depth": Study("Depth study (appendix B.5): Conv-4, ResNet-8, ResNet-32, ResNet-56",
-                   ("cifar10", "cifar100", "cifar10_to_cifar100", "cifar100_to_cifar10", "supercifar100"),
-                   ("conv4", "resnet8", "resnet32", "resnet56")),
-    "k_sweep": Study("Number of augmentations K (figure 2b, Conv-4, CIFAR-10)", ("cifar10",), ("conv4",),
-                     ("relationnet",), tuple(Variant(f"K{k}", ("--K", str(k))) for k in (2, 4, 8, 16, 32))),
-    "aggregation": Study("Aggregation functions (appendix): cat, sum, mean, max", ("cifar10",), ("conv4",),
-                         ("relationnet",),
-                         tuple(Variant(a, ("--aggregation", a)) for a in ("cat", "sum", "mean", "max"))),
-    "semi_supervised": Study("Semi-supervised linear evaluation by share of labels (figure 2c, ResNet-32)",
-                             ("cifar10",), ("resnet32",), variants=tuple(
-                                 Variant(f"labels_{p}pct", label_fraction=p / 100)
-                                 for p in (1, 10, 25, 50, 100))),
-    "slim": Study("SlimageNet64 (appendix; ResNet-34)", ("slim",), ("resnet34",),
-                  ("relationnet", "simclr", "rotationnet")),
-    "baselines": Study("Today's baselines under the paper's protocol: CIFAR-10 and CIFAR-100, ResNet-18 "
-                       "(CIFAR stem), linear evaluation", ("cifar10", "cifar100"), ("resnet18",),
-                       ("relationnet", "simclr", "relic", "byol", "simsiam", "barlowtwins", "vicreg", "standard",
-                        "randomweights")),
+    "depth": Study(
+        "Depth study (appendix B.5): Conv-4, ResNet-8, ResNet-32, ResNet-56",
+        ("cifar10", "cifar100", "cifar10_to_cifar100", "cifar100_to_cifar10", "supercifar100"),
+        ("conv4", "resnet8", "resnet32", "resnet56"),
+    ),
+    "k_sweep": Study(
+        "Number of augmentations K (figure 2b, Conv-4, CIFAR-10)",
+        ("cifar10",),
+        ("conv4",),
+        ("relationnet",),
+        tuple(Variant(f"K{k}", ("--K", str(k))) for k in (2, 4, 8, 16, 32)),
+    ),
+    "aggregation": Study(
+        "Aggregation functions (appendix): cat, sum, mean, max",
+        ("cifar10",),
+        ("conv4",),
+        ("relationnet",),
+        tuple(Variant(a, ("--aggregation", a)) for a in ("cat", "sum", "mean", "max")),
+    ),
+    "semi_supervised": Study(
+        "Semi-supervised linear evaluation by share of labels (figure 2c, ResNet-32)",
+        ("cifar10",),
+        ("resnet32",),
+        variants=tuple(Variant(f"labels_{p}pct", label_fraction=p / 100) for p in (1, 10, 25, 50, 100)),
+    ),
+    "slim": Study(
+        "SlimageNet64 (appendix; ResNet-34)", ("slim",), ("resnet34",), ("relationnet", "simclr", "rotationnet")
+    ),
+    "baselines": Study(
+        "Today's baselines under the paper's protocol: CIFAR-10 and CIFAR-100, ResNet-18 "
+        "(CIFAR stem), linear evaluation",
+        ("cifar10", "cifar100"),
+        ("resnet18",),
+        ("relationnet", "simclr", "relic", "byol", "simsiam", "barlowtwins", "vicreg", "standard", "randomweights"),
+    ),
 }
 
 
@@ -157,19 +181,24 @@ def paper_value(condition: str, method: str, backbone: str, variant: str) -> tup
 # CIFAR stem, for the `baselines` study: (condition, method) -> (accuracy, source key).
 SOURCES = {
     "solo-learn": "solo-learn (da Costa et al., JMLR 2022), README, CIFAR tables: its "
-                  "scripts/pretrain/cifar/*.yaml, 1000 epochs, batch 256; accuracy of the online linear "
-                  "classifier trained during pretraining on augmented views (here: 100 epochs of Adam on "
-                  "frozen features of un-augmented images after --epochs of stage 1)",
+    "scripts/pretrain/cifar/*.yaml, 1000 epochs, batch 256; accuracy of the online linear "
+    "classifier trained during pretraining on augmented views (here: 100 epochs of Adam on "
+    "frozen features of un-augmented images after --epochs of stage 1)",
     "relic-pytorch": "relic-pytorch 0.4.1 README: 100 epochs, batch 256, one run; scikit-learn logistic "
-                     "regression on the target encoder's features (here: the linear layer of the paper; "
-                     "`train_linear_evaluation.py --classifier logistic` gives the package's protocol)",
+    "regression on the target encoder's features (here: the linear layer of the paper; "
+    "`train_linear_evaluation.py --classifier logistic` gives the package's protocol)",
 }
 PUBLISHED = {
-    ("cifar10", "simclr"): (90.74, "solo-learn"), ("cifar100", "simclr"): (65.78, "solo-learn"),
-    ("cifar10", "byol"): (92.58, "solo-learn"), ("cifar100", "byol"): (70.46, "solo-learn"),
-    ("cifar10", "simsiam"): (90.51, "solo-learn"), ("cifar100", "simsiam"): (66.04, "solo-learn"),
-    ("cifar10", "barlowtwins"): (92.10, "solo-learn"), ("cifar100", "barlowtwins"): (70.90, "solo-learn"),
-    ("cifar10", "vicreg"): (92.07, "solo-learn"), ("cifar100", "vicreg"): (68.54, "solo-learn"),
+    ("cifar10", "simclr"): (90.74, "solo-learn"),
+    ("cifar100", "simclr"): (65.78, "solo-learn"),
+    ("cifar10", "byol"): (92.58, "solo-learn"),
+    ("cifar100", "byol"): (70.46, "solo-learn"),
+    ("cifar10", "simsiam"): (90.51, "solo-learn"),
+    ("cifar100", "simsiam"): (66.04, "solo-learn"),
+    ("cifar10", "barlowtwins"): (92.10, "solo-learn"),
+    ("cifar100", "barlowtwins"): (70.90, "solo-learn"),
+    ("cifar10", "vicreg"): (92.07, "solo-learn"),
+    ("cifar100", "vicreg"): (68.54, "solo-learn"),
     ("cifar10", "relic"): (82.53, "relic-pytorch"),
 }
 

@@ -1,4 +1,5 @@
 """Registry of training methods: adding one is a new file and one line here."""
+
 from methods.barlowtwins import BarlowTwins
 from methods.base import Method, StepOutput
 from methods.byol import BYOL

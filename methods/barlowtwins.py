@@ -7,6 +7,7 @@ diagonal plus lambda (0.0051) times C_ij^2 off it, the sum scaled by 0.1. No pre
 momentum network. LARS, learning rate 0.3, weight decay 1e-4, batch 256; BYOL's asymmetric
 views, as the Barlow Twins paper uses them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,12 +29,12 @@ class BarlowTwins(TwoViewMethod):
     @dataclass(frozen=True)
     class Config(TwoViewMethod.Config):
         flag_prefix = "barlowtwins_"
-        off_diagonal_weight: float = option(0.0051, "weight of the off-diagonal terms of the cross-correlation",
-                                            at_least=0, flag="barlowtwins_lambda")
+        off_diagonal_weight: float = option(
+            0.0051, "weight of the off-diagonal terms of the cross-correlation", at_least=0, flag="barlowtwins_lambda"
+        )
         scale: float = option(0.1, "factor of the whole loss (solo-learn's scale_loss)", at_least=0)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.off_diagonal_weight, self.scale = config.off_diagonal_weight, config.scale
@@ -43,5 +44,8 @@ class BarlowTwins(TwoViewMethod):
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))
         loss, on_diagonal, off_diagonal = barlow_twins_loss(first, second, self.off_diagonal_weight, self.scale)
-        return StepOutput(loss=loss, loss_weight=views[0].shape[0], metrics=self.batch_metrics(
-            first, second, on_diagonal=on_diagonal, off_diagonal=off_diagonal))
+        return StepOutput(
+            loss=loss,
+            loss_weight=views[0].shape[0],
+            metrics=self.batch_metrics(first, second, on_diagonal=on_diagonal, off_diagonal=off_diagonal),
+        )

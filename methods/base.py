@@ -55,6 +55,7 @@ Instance interface
 Method classes never override `nn.Module.train`; the engine calls `method.train()` and
 `method.eval()` with their usual meaning.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,6 +66,7 @@ import torch
 from torch import nn
 
 from datasets import ImageSet
+from methods.config import MethodConfig
 from utils.checkpoint_fields import (
     check_data_tensor,
     check_module_entry,
@@ -72,7 +74,6 @@ from utils.checkpoint_fields import (
     check_optimizer_state,
     check_tensor,
 )
-from methods.config import MethodConfig
 from utils.errors import UserError
 
 # The widest hidden or output layer a method's option may ask for: a wider one is a typo, and
@@ -118,14 +119,14 @@ class ViewGroup:
 class EpochContext:
     """What a method's per-epoch hooks may use: the training set and where the run is."""
 
-    epoch: int                 # 0-based epoch about to run
+    epoch: int  # 0-based epoch about to run
     total_epochs: int
     steps_per_epoch: int
-    images: torch.Tensor       # uint8 training set (on the device when it fits)
-    labels: torch.Tensor       # int64, -1 where unlabelled
-    data: ImageSet             # the data set's mean, std, classes, size
-    device: torch.device       # the training device
-    seed: int                  # the run's seed
+    images: torch.Tensor  # uint8 training set (on the device when it fits)
+    labels: torch.Tensor  # int64, -1 where unlabelled
+    data: ImageSet  # the data set's mean, std, classes, size
+    device: torch.device  # the training device
+    seed: int  # the run's seed
 
 
 class Method(nn.Module):
@@ -142,8 +143,9 @@ class Method(nn.Module):
     compiled_modules: tuple[str, ...] = ("backbone",)
     default_lr: float = 1e-3
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: MethodConfig | None = None, *,
-                 lr: float | None = None):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, config: MethodConfig | None = None, *, lr: float | None = None
+    ):
         super().__init__()
         if config is not None and type(config) is not self.Config:
             raise TypeError(f"{self.name} takes a {type(self).__name__}.Config, not a {type(config).__qualname__}")
@@ -160,8 +162,7 @@ class Method(nn.Module):
     def views_per_image(self) -> int:
         return sum(group.count for group in self.view_groups)
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
@@ -208,9 +209,11 @@ class Method(nn.Module):
         or holds non-finite values, a number of another kind or out of its bounds."""
         missing = [key for key in self.checkpoint_keys if key not in state and key not in self.optional_keys]
         if missing:
-            raise UserError(f"{'checkpoint ' + str(path) if path else 'the checkpoint'} has no "
-                            f"{', '.join(missing)}: it was not written by {self.name} (it holds "
-                            f"{', '.join(sorted(map(str, state)))}); pass a {self.name} checkpoint")
+            raise UserError(
+                f"{'checkpoint ' + str(path) if path else 'the checkpoint'} has no "
+                f"{', '.join(missing)}: it was not written by {self.name} (it holds "
+                f"{', '.join(sorted(map(str, state)))}); pass a {self.name} checkpoint"
+            )
         ranges = self.checkpoint_ranges()
         for key, attribute in self.checkpoint_keys.items():
             if key not in state:

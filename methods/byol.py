@@ -7,6 +7,7 @@ always in the first, with p 0.1 and solarize with p 0.2 in the second. After eve
 target moves towards the online network with momentum tau, which follows a cosine from
 `byol_momentum` (0.99) to 1 over the run. LARS, learning rate 1.0, weight decay 1e-5, batch 256.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,12 @@ from methods.siamese import TwoViewMethod
 class BYOL(TwoViewMethod):
     name = "byol"
     default_lr = 1.0
-    checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor", "target": "target",
-                       "momentum": "momentum"}
+    checkpoint_keys = {
+        **TwoViewMethod.checkpoint_keys,
+        "predictor": "predictor",
+        "target": "target",
+        "momentum": "momentum",
+    }
 
     @dataclass(frozen=True)
     class Config(TwoViewMethod.Config):
@@ -35,12 +40,12 @@ class BYOL(TwoViewMethod):
         hidden: int = with_default(TwoViewMethod.Config, "hidden", 4096)
         projection: int = with_default(TwoViewMethod.Config, "projection", 256)
         weight_decay: float = with_default(TwoViewMethod.Config, "weight_decay", 1e-5)
-        momentum: float = option(0.99, "momentum of the target at the start of its cosine schedule to 1",
-                                 at_least=0, at_most=1)
+        momentum: float = option(
+            0.99, "momentum of the target at the start of its cosine schedule to 1", at_least=0, at_most=1
+        )
         predictor_hidden: int = option(4096, "hidden units of the predictor", at_least=1, at_most=MAX_LAYER_WIDTH)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.initial_momentum = config.momentum
@@ -62,11 +67,13 @@ class BYOL(TwoViewMethod):
         first, second = (self.projector(features) for features in self.two_views(views))
         with torch.no_grad():
             target_first, target_second = self.target(views[0]), self.target(views[1])
-        loss = (normalised_mse_loss(self.predictor(first), target_second)
-                + normalised_mse_loss(self.predictor(second), target_first))
+        loss = normalised_mse_loss(self.predictor(first), target_second) + normalised_mse_loss(
+            self.predictor(second), target_first
+        )
         momentum = torch.full((), self.momentum, device=loss.device)
-        return StepOutput(loss=loss, loss_weight=views[0].shape[0],
-                          metrics=self.batch_metrics(first, second, momentum=momentum))
+        return StepOutput(
+            loss=loss, loss_weight=views[0].shape[0], metrics=self.batch_metrics(first, second, momentum=momentum)
+        )
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:

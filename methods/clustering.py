@@ -3,6 +3,7 @@
 Everything runs on the device of its input; under a seeded generator the results are
 reproducible on the CPU (on CUDA, `index_add_` sums in a non-deterministic order).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, to
     centroid_norms = centroids.pow(2).sum(1)
     labels, distances = [], []
     for start in range(0, len(x), rows):
-        block = x[start:start + rows]
+        block = x[start : start + rows]
         partial = torch.addmm(centroid_norms, block, centroids.T, alpha=-2.0)
         value, index = partial.min(dim=1)
         labels.append(index)
@@ -70,8 +71,7 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
     return chosen
 
 
-def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iterations: int
-           ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     k = len(centroids)
     labels, distances = _nearest(x, centroids)
     for _ in range(iterations):
@@ -92,8 +92,9 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iterations: int
     return labels, centroids, distances.sum(dtype=torch.float64).item()
 
 
-def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, restarts: int = 5,
-           iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor, float]:
+def kmeans(
+    x: torch.Tensor, k: int, generator: torch.Generator, restarts: int = 5, iterations: int = 30
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Cluster the rows of `x` (N, D): (assignments (N,), centroids (k, D), inertia).
 
     Each restart is a k-means++ initialisation followed by at most `iterations` Lloyd steps

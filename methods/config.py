@@ -8,6 +8,7 @@ the rules between fields in the config's `__post_init__`; a broken one raises `C
 which names the fields. Nothing here knows of a command line: `experiments/` turns the fields
 into flags and names a `ConfigError` by those flags.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,18 @@ class Option:
     help: str
     at_least: float | None = None
     at_most: float | None = None
-    above: float | None = None     # strictly greater than
-    flag: str | None = None        # the flag's name without dashes, when not prefix + field name
+    above: float | None = None  # strictly greater than
+    flag: str | None = None  # the flag's name without dashes, when not prefix + field name
     may_change_on_resume: bool = False
-    stage: int | None = 1          # the stage whose command line sets it; None: the stage scripts derive it
+    stage: int | None = 1  # the stage whose command line sets it; None: the stage scripts derive it
 
     def requirement(self, integer: bool) -> str:
         """The bounds in words, as in "must be <requirement>"."""
-        limits = [f"{sign} {bound}" for sign, bound in ((">=", self.at_least), (">", self.above), ("<=", self.at_most))
-                  if bound is not None]
+        limits = [
+            f"{sign} {bound}"
+            for sign, bound in ((">=", self.at_least), (">", self.above), ("<=", self.at_most))
+            if bound is not None
+        ]
         noun = "a whole number" if integer else "a finite number"
         return " and ".join([f"{noun} {limits[0]}" if limits else noun, *limits[1:]])
 
@@ -44,16 +48,28 @@ class Option:
         """Whether a number is within the bounds (a float must be finite too)."""
         if isinstance(value, float) and not math.isfinite(value):
             return False
-        return ((self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
-                and (self.at_most is None or value <= self.at_most))
+        return (
+            (self.at_least is None or value >= self.at_least)
+            and (self.above is None or value > self.above)
+            and (self.at_most is None or value <= self.at_most)
+        )
 
 
-def option(default: Any, help: str, *, at_least: float | None = None, at_most: float | None = None,
-           above: float | None = None, flag: str | None = None, may_change_on_resume: bool = False,
-           stage: int | None = 1) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    above: float | None = None,
+    flag: str | None = None,
+    may_change_on_resume: bool = False,
+    stage: int | None = 1,
+) -> Any:
     """A field of a method's config: `dataclasses.field` with its `Option` in the metadata."""
-    return dataclasses.field(default=default, metadata={OPTION: Option(
-        help, at_least, at_most, above, flag, may_change_on_resume, stage)})
+    return dataclasses.field(
+        default=default, metadata={OPTION: Option(help, at_least, at_most, above, flag, may_change_on_resume, stage)}
+    )
 
 
 def with_default(config_class: type, name: str, default: Any) -> Any:

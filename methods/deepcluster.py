@@ -6,6 +6,7 @@ head trained with the backbone for one epoch. Fixes of the original (defect D3):
 come from un-augmented images, k-means is seeded from the run seed, the re-initialised
 output layer also loses its stale Adam moments, and training images are augmented once.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,22 +45,31 @@ class DeepCluster(Method):
         num_clusters: int = option(0, "k-means clusters (0 = 10 x classes)", at_least=0, at_most=MAX_CLUSTERS)
         kmeans_restarts: int = option(5, "k-means++ restarts per epoch, best kept", at_least=1, at_most=MAX_RESTARTS)
         sampling: Literal["weighted", "uniform"] = option(
-            "weighted", "weighted (class-weighted loss, as the original) or uniform (equal images per cluster, as "
-            "the DeepCluster paper)", flag="deepcluster_sampling")
+            "weighted",
+            "weighted (class-weighted loss, as the original) or uniform (equal images per cluster, as "
+            "the DeepCluster paper)",
+            flag="deepcluster_sampling",
+        )
 
     # This suite's additions: the NMI of the next epoch needs the clustering, and a run
     # resumed inside an epoch trains on it and logs its NMI.
-    checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer",
-                       "cluster_assignments": "assignments", "cluster_nmi": "nmi"}
+    checkpoint_keys = {
+        "classifier": "classifier",
+        "backbone": "backbone",
+        "optimizer": "optimizer",
+        "cluster_assignments": "assignments",
+        "cluster_nmi": "nmi",
+    }
     optional_keys = frozenset({"cluster_assignments", "cluster_nmi"})
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.num_clusters = self.config.num_clusters or 10 * num_classes
         if self.num_clusters == 0:
-            raise UserError("--num_clusters: the training images have no labels, so the default "
-                            "10 x classes is unknown; pass --num_clusters N")
+            raise UserError(
+                "--num_clusters: the training images have no labels, so the default "
+                "10 x classes is unknown; pass --num_clusters N"
+            )
         self.restarts = self.config.kmeans_restarts
         self.sampling = self.config.sampling
         self.classifier = mlp_head(backbone.feature_size, self.num_clusters)
@@ -83,8 +93,7 @@ class DeepCluster(Method):
         # made k-means 200x slower (20 s instead of 0.1 s for 1,000 points).
         with single_threaded(context.device):
             features = F.normalize(pca_whiten(features, dim if dim < 512 else dim // 2), dim=1)
-            labels, _, inertia = kmeans(features, self.num_clusters, generator, self.restarts,
-                                        KMEANS_ITERATIONS)
+            labels, _, inertia = kmeans(features, self.num_clusters, generator, self.restarts, KMEANS_ITERATIONS)
         previous = self.assignments.to(labels.device)
         # A checkpoint of another training set (--checkpoint) has no comparable clustering.
         self.nmi = normalized_mutual_info(labels, previous) if len(previous) == len(labels) else math.nan
@@ -95,9 +104,11 @@ class DeepCluster(Method):
         if self.sampling == "weighted":
             self.class_weights = 1.0 - counts.float() / len(labels)
         self._reset_output_layer(generator)
-        print(f"[INFO] DeepCluster: {int((counts > 0).sum())}/{self.num_clusters} non-empty clusters, "
-              f"inertia {inertia:.2f}, NMI with the previous epoch {self.nmi:.4f}, "
-              f"{time.time() - start:.1f}s")
+        print(
+            f"[INFO] DeepCluster: {int((counts > 0).sum())}/{self.num_clusters} non-empty clusters, "
+            f"inertia {inertia:.2f}, NMI with the previous epoch {self.nmi:.4f}, "
+            f"{time.time() - start:.1f}s"
+        )
 
     def on_epoch_resume(self, context: EpochContext) -> None:
         """Inside an interrupted epoch the clustering, the new output layer and the NMI are in
@@ -128,7 +139,7 @@ class DeepCluster(Method):
         counts = torch.bincount(labels, minlength=self.num_clusters)
         clusters = (counts > 0).nonzero().squeeze(1)
         quota = torch.full((len(clusters),), total // len(clusters), dtype=torch.long)
-        quota[torch.randperm(len(clusters), generator=generator)[:total % len(clusters)]] += 1
+        quota[torch.randperm(len(clusters), generator=generator)[: total % len(clusters)]] += 1
         shuffled = torch.randperm(total, generator=generator)
         members = shuffled[labels[shuffled].argsort(stable=True)]  # grouped by cluster, shuffled within
         first_member = (torch.cumsum(counts, 0) - counts)[clusters]
@@ -137,17 +148,20 @@ class DeepCluster(Method):
         order = members[first_member[slot_cluster] + slot_rank % counts[clusters][slot_cluster]]
         return order[torch.randperm(total, generator=generator)]
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         targets = self.assignments.index_select(0, index)
         logits = self.classifier(self.backbone(views[0]))
         loss = F.cross_entropy(logits, targets, weight=self.class_weights)
         correct, count = accuracy_sums(logits, targets)
         one = torch.ones((), device=logits.device)
-        return StepOutput(loss=loss, loss_weight=targets.numel(), metrics={
-            "accuracy": (100.0 * correct, count),
-            "nmi": (one * self.nmi, one),  # the same value every step: the epoch mean is the NMI
-        })
+        return StepOutput(
+            loss=loss,
+            loss_weight=targets.numel(),
+            metrics={
+                "accuracy": (100.0 * correct, count),
+                "nmi": (one * self.nmi, one),  # the same value every step: the epoch mean is the NMI
+            },
+        )
 
     def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
         return {"cluster_assignments": (0, self.num_clusters - 1)}
@@ -155,6 +169,8 @@ class DeepCluster(Method):
     def check_checkpoint_state(self, state: dict, path: str | Path | None = None) -> None:
         stored = state.get("classifier", {}).get("linear2.weight")
         if isinstance(stored, torch.Tensor) and stored.dim() == 2 and stored.shape[0] != self.num_clusters:
-            raise UserError(f"--num_clusters: the checkpoint's head has {stored.shape[0]} clusters, this run "
-                            f"{self.num_clusters}; pass --num_clusters {stored.shape[0]}")
+            raise UserError(
+                f"--num_clusters: the checkpoint's head has {stored.shape[0]} clusters, this run "
+                f"{self.num_clusters}; pass --num_clusters {stored.shape[0]}"
+            )
         super().check_checkpoint_state(state, path)

@@ -9,6 +9,7 @@ The original trains the prior discriminator jointly with the encoder, so the enc
 minimises the discriminator's loss too (defect D13). `--dim_prior adversarial` (default)
 plays the paper's minimax game instead; `--dim_prior original` keeps the original objective.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -118,8 +119,15 @@ class DIMDiscriminators(nn.Module):
     """The original `loss_fn` module: each discriminator exists only when its weight is not 0,
     so the state dict (global_d.*, local_d.*, prior_d.*) equals the original's."""
 
-    def __init__(self, y_size: int, m_channels: int, alpha: float, beta: float, gamma: float,
-                 prior_mode: PriorMode = "adversarial"):
+    def __init__(
+        self,
+        y_size: int,
+        m_channels: int,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        prior_mode: PriorMode = "adversarial",
+    ):
         super().__init__()
         self.weights = {"global": alpha, "local": beta, "prior": gamma}
         self.prior_mode = prior_mode
@@ -130,8 +138,9 @@ class DIMDiscriminators(nn.Module):
         if gamma:
             self.prior_d = PriorDiscriminator(y_size)
 
-    def forward(self, y: torch.Tensor, M: torch.Tensor, M_prime: torch.Tensor,
-                u: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, y: torch.Tensor, M: torch.Tensor, M_prime: torch.Tensor, u: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """The unweighted terms with a non-zero weight; M_prime pairs each y with another
         image's map and u is a prior sample shaped like y."""
         terms = {}
@@ -158,7 +167,7 @@ class DIMDiscriminators(nn.Module):
 class DeepInfoMax(Method):
     name = "deepinfomax"
     default_lr = 1e-4  # the original: higher rates gave NaN losses
-    drop_last = True   # the negatives need other images in the batch
+    drop_last = True  # the negatives need other images in the batch
     min_batch_size = 2
     checkpoint_keys = {"backbone": "backbone", "loss_fn": "discriminators", "optimizer": "optimizer"}
     optional_keys = frozenset()
@@ -170,20 +179,26 @@ class DeepInfoMax(Method):
         beta: float = option(1.0, "weight of the local term", at_least=0)
         gamma: float = option(0.1, "weight of the prior term", at_least=0)
         prior: PriorMode = option(
-            "adversarial", "'adversarial' (the encoder learns to fool the prior discriminator, as in the DIM paper) "
-            "or 'original' (the encoder minimises the discriminator's loss, as the original code)")
+            "adversarial",
+            "'adversarial' (the encoder learns to fool the prior discriminator, as in the DIM paper) "
+            "or 'original' (the encoder minimises the discriminator's loss, as the original code)",
+        )
 
         def __post_init__(self) -> None:
             super().__post_init__()
             if not (self.alpha or self.beta or self.gamma):
                 raise ConfigError(("alpha", "beta", "gamma"), "all zero, deepinfomax has nothing to train")
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
-        self.discriminators = DIMDiscriminators(backbone.feature_size, first_layer_channels(backbone),
-                                                self.config.alpha, self.config.beta, self.config.gamma,
-                                                self.config.prior)
+        self.discriminators = DIMDiscriminators(
+            backbone.feature_size,
+            first_layer_channels(backbone),
+            self.config.alpha,
+            self.config.beta,
+            self.config.gamma,
+            self.config.prior,
+        )
         # Two groups, as the original, so its optimizer state loads.
         self.optimizer = backbone_and_head_adam(self.backbone, self.discriminators, self.lr)
 
@@ -191,20 +206,23 @@ class DeepInfoMax(Method):
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(1, "flip")]
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         y, M = self.backbone.forward_with_first_layer(views[0])
         terms = self.discriminators(y, M, negatives(M), torch.rand_like(y))
         images = torch.full((), float(y.shape[0]), device=y.device)
-        return StepOutput(loss=self.discriminators.total(terms), loss_weight=y.shape[0],
-                          metrics={name: (term.detach() * images, images)
-                                   for name, term in terms.items()})
+        return StepOutput(
+            loss=self.discriminators.total(terms),
+            loss_weight=y.shape[0],
+            metrics={name: (term.detach() * images, images) for name, term in terms.items()},
+        )
 
     def check_checkpoint_state(self, state: dict, path: str | Path | None = None) -> None:
         saved = sorted({key.split(".")[0] for key in state.get("loss_fn", {})})
         built = sorted(name for name, _ in self.discriminators.named_children())
         if "loss_fn" in state and saved != built:
-            raise UserError(f"--dim_alpha/--dim_beta/--dim_gamma: the checkpoint holds {', '.join(saved)}, "
-                            f"this run builds {', '.join(built)} (global_d needs a non-zero alpha, "
-                            "local_d beta, prior_d gamma)")
+            raise UserError(
+                f"--dim_alpha/--dim_beta/--dim_gamma: the checkpoint holds {', '.join(saved)}, "
+                f"this run builds {', '.join(built)} (global_d needs a non-zero alpha, "
+                "local_d beta, prior_d gamma)"
+            )
         super().check_checkpoint_state(state, path)

@@ -1,4 +1,5 @@
 """Heads and optimizer layouts the methods share, with the original code's key names."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -10,19 +11,22 @@ from torch import nn
 def mlp_head(in_features: int, out_features: int) -> nn.Sequential:
     """Linear(in, 256) - BatchNorm1d - LeakyReLU - Linear(256, out), the head shape the original
     code gives relationnet, simclr and deepcluster, with its state-dict key names."""
-    return nn.Sequential(OrderedDict([
-        ("linear1", nn.Linear(in_features, 256)),
-        ("bn1", nn.BatchNorm1d(256)),
-        ("relu", nn.LeakyReLU()),
-        ("linear2", nn.Linear(256, out_features)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("linear1", nn.Linear(in_features, 256)),
+                ("bn1", nn.BatchNorm1d(256)),
+                ("relu", nn.LeakyReLU()),
+                ("linear2", nn.Linear(256, out_features)),
+            ]
+        )
+    )
 
 
 def backbone_and_head_adam(backbone: nn.Module, head: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with the original's two parameter groups (backbone first, then the head), so its
     optimizer state dicts load into this suite's methods."""
-    return torch.optim.Adam([{"params": backbone.parameters(), "lr": lr},
-                             {"params": head.parameters(), "lr": lr}])
+    return torch.optim.Adam([{"params": backbone.parameters(), "lr": lr}, {"params": head.parameters(), "lr": lr}])
 
 
 def accuracy_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
 """Loss functions of the methods, as pure functions; their unit tests are in tests/methods/."""
+
 from __future__ import annotations
 
 import functools
@@ -14,18 +15,21 @@ def in_float32(loss_function):
     """Compute a loss in float32 also inside a bfloat16/float16 autocast region: sums over
     thousands of terms and the subtraction in the original SimCLR loss need float32's digits.
     Half-precision tensors passed in are cast to float32; other inputs are left alone."""
+
     @functools.wraps(loss_function)
     def float32_loss(*args, **kwargs):
         first = args[0]
         args = [a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args]
         with torch.autocast(first.device.type, enabled=False):
             return loss_function(*args, **kwargs)
+
     return float32_loss
 
 
 @in_float32
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
-               alpha: float | None = 0.5) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float | None = 0.5
+) -> torch.Tensor:
     """Mean sigmoid focal loss (Lin et al. 2017), as the relation learner uses it.
 
     The modulating factor (1 - p_t)^gamma is not detached, as in the original code, so its
@@ -60,8 +64,7 @@ def view_partners(rows: int, device: torch.device) -> torch.Tensor:
 
 
 @in_float32
-def simclr_original_loss(projections: torch.Tensor, temperature: float = 0.5,
-                         eps: float = 1e-8) -> torch.Tensor:
+def simclr_original_loss(projections: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
     """The original code's SimCLR loss, -log(mean_i ratio_i), on view-major (2B, D) rows.
 
     With E = exp(S / t), ratio_i = E[p(i), i] / (sum_j E[j, i] - e^{1/t}): the self term is
@@ -78,8 +81,7 @@ def simclr_original_loss(projections: torch.Tensor, temperature: float = 0.5,
 
 
 @in_float32
-def nt_xent_loss(projections: torch.Tensor, temperature: float = 0.5,
-                 eps: float = 1e-8) -> torch.Tensor:
+def nt_xent_loss(projections: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
     """Standard NT-Xent (Chen et al. 2020) on view-major (2B, D) rows: the mean over rows of
     -log softmax of the positive, with each row's self-similarity masked out."""
     rows = projections.shape[0]
@@ -90,9 +92,8 @@ def nt_xent_loss(projections: torch.Tensor, temperature: float = 0.5,
 
 
 @in_float32
-def jsd_discriminator_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor
-                           ) -> torch.Tensor:
-    """mean softplus(-T(positive)) + mean softplus(T(negative)) for discriminator logits T.
+def jsd_discriminator_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
+    """Mean softplus(-T(positive)) + mean softplus(T(negative)) for discriminator logits T.
 
     Deep InfoMax (Hjelm et al. 2019) uses it twice: as the negated Jensen-Shannon estimate of
     mutual information (positives: matching (y, M) pairs) and as the prior discriminator's
@@ -104,9 +105,15 @@ def jsd_discriminator_loss(positive_scores: torch.Tensor, negative_scores: torch
 
 
 @in_float32
-def relic_loss(online: torch.Tensor, target: torch.Tensor, log_temperature: torch.Tensor,
-               bias: torch.Tensor, alpha: float = 1.0, siglip: bool = False,
-               max_temperature: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def relic_loss(
+    online: torch.Tensor,
+    target: torch.Tensor,
+    log_temperature: torch.Tensor,
+    bias: torch.Tensor,
+    alpha: float = 1.0,
+    siglip: bool = False,
+    max_temperature: float = 5.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ReLIC's loss of (online, target) projection pairs, as relic-pytorch computes it.
 
     `online` and `target` are (..., n, d) projections of the same n images (any leading
@@ -151,8 +158,13 @@ def _off_diagonal_square_sum(matrix: torch.Tensor) -> torch.Tensor:
 
 
 @in_float32
-def barlow_twins_loss(first: torch.Tensor, second: torch.Tensor, off_diagonal_weight: float = 0.0051,
-                      scale: float = 0.1, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def barlow_twins_loss(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    off_diagonal_weight: float = 0.0051,
+    scale: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Barlow Twins' loss (Zbontar et al. 2021) of the (n, d) projections of two views.
 
     Each view is batch-normalised per dimension (mean 0, biased variance 1, as BatchNorm1d
@@ -171,9 +183,14 @@ def barlow_twins_loss(first: torch.Tensor, second: torch.Tensor, off_diagonal_we
 
 
 @in_float32
-def vicreg_loss(first: torch.Tensor, second: torch.Tensor, invariance_weight: float = 25.0,
-                variance_weight: float = 25.0, covariance_weight: float = 1.0,
-                eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def vicreg_loss(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    invariance_weight: float = 25.0,
+    variance_weight: float = 25.0,
+    covariance_weight: float = 1.0,
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """VICReg's loss (Bardes et al. 2022) of the (n, d) projections of two views.
 
     invariance: mean squared error between the views; variance: for each view, the mean over

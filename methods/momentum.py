@@ -1,5 +1,6 @@
 """A momentum (EMA) target network: copied, then moved towards the online one on a cosine
 schedule, as relic-pytorch (and BYOL) update it. Pure functions over modules."""
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ def copy_online(target: nn.Module, online: nn.Module) -> None:
 
 @torch.no_grad()
 def momentum_update(target: nn.Module, online: nn.Module, gamma: float) -> None:
-    """target <- gamma target + (1 - gamma) online for every floating-point parameter and
+    """Target <- gamma target + (1 - gamma) online for every floating-point parameter and
     buffer (batch-norm running statistics too); integer buffers (batch counts) stay."""
     for to, source in _pairs(target, online):
         if to.is_floating_point():

@@ -1,4 +1,5 @@
 """Random weights: the untrained backbone, the lower bound of the paper's tables."""
+
 from __future__ import annotations
 
 from methods.base import Method

@@ -4,6 +4,7 @@ K augmented views of each image go through the backbone; a relation head scores 
 representations as "same image" (positive) or "different images" (negative), trained with a
 focal loss (or, as the paper's essential notebook, plain binary cross-entropy).
 """
+
 from __future__ import annotations
 
 import typing
@@ -23,8 +24,10 @@ from methods.losses import binary_cross_entropy, focal_loss
 Aggregation = Literal["cat", "sum", "mean", "max"]
 AGGREGATIONS = typing.get_args(Aggregation)
 # The paper's code trains with the focal loss (gamma 2, alpha 0.5); its essential notebook with BCE.
-RELATION_LOSSES = {"focal": lambda logits, targets: focal_loss(logits, targets, gamma=2.0, alpha=0.5),
-                   "bce": binary_cross_entropy}
+RELATION_LOSSES = {
+    "focal": lambda logits, targets: focal_loss(logits, targets, gamma=2.0, alpha=0.5),
+    "bce": binary_cross_entropy,
+}
 
 
 @lru_cache(maxsize=16)
@@ -41,7 +44,7 @@ def _pair_indices(K: int, B: int, device: str) -> tuple[torch.Tensor, torch.Tens
     num_blocks = blocks.shape[1]
     shifts = torch.arange(num_blocks) % max(B - 1, 1) + 1
     n = torch.arange(B)
-    first = (blocks[0][:, None] * B + n).repeat_interleave(2, dim=0)   # P and N share view i
+    first = (blocks[0][:, None] * B + n).repeat_interleave(2, dim=0)  # P and N share view i
     positive_second = blocks[1][:, None] * B + n
     negative_second = blocks[1][:, None] * B + (n - shifts[:, None]) % B
     second = torch.stack([positive_second, negative_second], dim=1).reshape(-1, B)
@@ -49,8 +52,7 @@ def _pair_indices(K: int, B: int, device: str) -> tuple[torch.Tensor, torch.Tens
     return first.reshape(-1).to(device), second.reshape(-1).to(device), targets.to(device)
 
 
-def aggregate(features: torch.Tensor, K: int, aggregation: Aggregation = "cat"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def aggregate(features: torch.Tensor, K: int, aggregation: Aggregation = "cat") -> tuple[torch.Tensor, torch.Tensor]:
     """All K(K-1)B relation pairs and their targets from view-major features (K*B, F)."""
     B = features.shape[0] // K
     first, second, targets = _pair_indices(K, B, str(features.device))
@@ -79,11 +81,12 @@ class RelationNet(Method):
         K: int = option(32, "augmented views per image", at_least=2)
         aggregation: Aggregation = option("cat", "how pairs are combined: cat, sum, mean, max")
         relation_loss: Literal["focal", "bce"] = option(
-            "focal", "loss of the relation head: focal (the paper's code) or bce (plain binary cross-entropy, "
-            "as the paper's essential notebook)")
+            "focal",
+            "loss of the relation head: focal (the paper's code) or bce (plain binary cross-entropy, "
+            "as the paper's essential notebook)",
+        )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.K = self.config.K
         self.aggregation = self.config.aggregation
@@ -125,18 +128,21 @@ class RelationNet(Method):
         activated = F.leaky_relu(head.bn1(hidden), head.relu.negative_slope, inplace=True)
         return head.linear2(activated).squeeze(1), targets
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         logits, targets = self.relation_logits(self.backbone(views[0]))
         loss = RELATION_LOSSES[self.relation_loss](logits, targets)
         correct = ((logits > 0).float() == targets).float()
         positives = targets.sum()
         pair_count = torch.full((), float(targets.numel()), device=logits.device)
-        return StepOutput(loss=loss, loss_weight=targets.numel(), metrics={
-            "accuracy": (100.0 * correct.sum(), pair_count),
-            "accuracy_positive": (100.0 * (correct * targets).sum(), positives),
-            "accuracy_negative": (100.0 * (correct * (1 - targets)).sum(), pair_count - positives),
-        })
+        return StepOutput(
+            loss=loss,
+            loss_weight=targets.numel(),
+            metrics={
+                "accuracy": (100.0 * correct.sum(), pair_count),
+                "accuracy_positive": (100.0 * (correct * targets).sum(), positives),
+                "accuracy_negative": (100.0 * (correct * (1 - targets)).sum(), pair_count - positives),
+            },
+        )
 
     def head_step_bytes(self, batch_size: int) -> int:
         # K(K-1)B pairs, each holding its aggregated input and the 256-unit hidden layer

@@ -13,6 +13,7 @@ defect R1 took the first views again); seeds, resume and evaluation are the suit
 Stage 2 and test.py evaluate the target backbone, saved under `backbone`, as the package
 evaluates the EMA weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,7 @@ LOCAL_SIZE_RATIO = 3 / 7
 
 def critic(features: int, hidden: int, projection: int) -> nn.Sequential:
     """Linear(F, hidden, no bias) - ReLU - Linear(hidden, projection, no bias), no batch norm."""
-    return nn.Sequential(nn.Linear(features, hidden, bias=False), nn.ReLU(),
-                         nn.Linear(hidden, projection, bias=False))
+    return nn.Sequential(nn.Linear(features, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, projection, bias=False))
 
 
 MAX_VIEWS = 64  # the package uses 6; every view is a full augmented copy of the batch
@@ -51,25 +51,37 @@ class ReLIC(Method):
     score_name = "accuracy"
     compiled_modules = ("backbone", "target_backbone")
     # `backbone` is the target's: what stage 2 and test.py evaluate. The rest is for resume.
-    checkpoint_keys = {"backbone": "target_backbone", "online_backbone": "backbone", "critic": "critic",
-                       "target_critic": "target_critic", "log_temperature": "log_temperature",
-                       "logit_bias": "logit_bias", "optimizer": "optimizer", "gamma": "gamma",
-                       "momentum_steps": "momentum_steps"}
+    checkpoint_keys = {
+        "backbone": "target_backbone",
+        "online_backbone": "backbone",
+        "critic": "critic",
+        "target_critic": "target_critic",
+        "log_temperature": "log_temperature",
+        "logit_bias": "logit_bias",
+        "optimizer": "optimizer",
+        "gamma": "gamma",
+        "momentum_steps": "momentum_steps",
+    }
     optional_keys = frozenset()
-
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
         flag_prefix = "relic_"
         alpha: float = option(1.0, "weight of the invariance (KL) term", at_least=0)
-        siglip: bool = option(False, "the pairwise sigmoid loss of SigLIP instead of the softmax cross-entropy "
-                                     "(other initial temperature and bias)")
-        global_views: int = option(2, "full-size views per image, through the online and the target network",
-                                   at_least=1, at_most=MAX_VIEWS)
-        local_views: int = option(4, "views at 3/7 of the size per image, online network only",
-                                  at_least=0, at_most=MAX_VIEWS)
-        gamma: float = option(0.995, "momentum of the target at the start of its cosine schedule to 1",
-                              at_least=0, at_most=1)
+        siglip: bool = option(
+            False,
+            "the pairwise sigmoid loss of SigLIP instead of the softmax cross-entropy "
+            "(other initial temperature and bias)",
+        )
+        global_views: int = option(
+            2, "full-size views per image, through the online and the target network", at_least=1, at_most=MAX_VIEWS
+        )
+        local_views: int = option(
+            4, "views at 3/7 of the size per image, online network only", at_least=0, at_most=MAX_VIEWS
+        )
+        gamma: float = option(
+            0.995, "momentum of the target at the start of its cosine schedule to 1", at_least=0, at_most=1
+        )
         copy_steps: int = option(1, "the target is copied from the online network until this step", at_least=0)
         update_every: int = option(1, "steps between momentum updates of the target", at_least=1)
         weight_decay: float = option(1e-5, "Adam weight decay", at_least=0)
@@ -80,11 +92,12 @@ class ReLIC(Method):
             super().__post_init__()
             views = self.global_views + self.local_views
             if not 2 <= views <= MAX_VIEWS:
-                raise ConfigError(("global_views", "local_views"), f"{views} views in all, must be from 2 (fewer "
-                                  f"give no pair of views) to {MAX_VIEWS}")
+                raise ConfigError(
+                    ("global_views", "local_views"),
+                    f"{views} views in all, must be from 2 (fewer give no pair of views) to {MAX_VIEWS}",
+                )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.alpha, self.siglip = config.alpha, config.siglip
@@ -96,12 +109,14 @@ class ReLIC(Method):
         log_temperature, bias, self.max_temperature = SIGLIP_LOGITS if config.siglip else SOFTMAX_LOGITS
         self.log_temperature = nn.Parameter(torch.tensor(log_temperature))
         self.logit_bias = nn.Parameter(torch.tensor(bias))
-        self.optimizer = torch.optim.Adam([*self.backbone.parameters(), *self.critic.parameters(),
-                                           self.log_temperature, self.logit_bias],
-                                          lr=self.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            [*self.backbone.parameters(), *self.critic.parameters(), self.log_temperature, self.logit_bias],
+            lr=self.lr,
+            weight_decay=config.weight_decay,
+        )
         self.gamma = config.gamma  # the momentum of the next update; in the checkpoint
-        self.momentum_steps = 0   # optimizer steps the target has followed; in the checkpoint
-        self.total_steps = 1      # of the schedule, set at every epoch start
+        self.momentum_steps = 0  # optimizer steps the target has followed; in the checkpoint
+        self.total_steps = 1  # of the schedule, set at every epoch start
 
     @property
     def view_groups(self) -> list[ViewGroup]:
@@ -121,8 +136,7 @@ class ReLIC(Method):
         """Online projections (count, B, d) of `count` view-major views of B images."""
         return self.critic(self.backbone(views)).unflatten(0, (count, -1))
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         online = self.project(views[0], self.global_views)
         if self.local_views:
             online = torch.cat([online, self.project(views[1], self.local_views)])
@@ -130,8 +144,14 @@ class ReLIC(Method):
             target = self.target_critic(self.target_backbone(views[0])).unflatten(0, (self.global_views, -1))
         # Every (target view t, online view o) pair at once: (G, V, B, d) against (G, 1, B, d).
         losses, invariances, logits = relic_loss(
-            online.unsqueeze(0).expand(self.global_views, -1, -1, -1), target.unsqueeze(1),
-            self.log_temperature, self.logit_bias, self.alpha, self.siglip, self.max_temperature)
+            online.unsqueeze(0).expand(self.global_views, -1, -1, -1),
+            target.unsqueeze(1),
+            self.log_temperature,
+            self.logit_bias,
+            self.alpha,
+            self.siglip,
+            self.max_temperature,
+        )
         # A weighted sum, not boolean indexing: selecting the pairs would wait for the GPU.
         other_position = 1.0 - torch.eye(self.global_views, len(online), device=losses.device)
         pairs = self.global_views * (len(online) - 1)
@@ -142,13 +162,17 @@ class ReLIC(Method):
         images = torch.full((), float(len(watched)), device=loss.device)
         one = torch.ones((), device=loss.device)
         temperature = self.log_temperature.detach().exp().clamp(max=self.max_temperature)
-        return StepOutput(loss=loss, loss_weight=len(watched) * pairs, metrics={
-            "invariance": ((invariances.detach() * other_position).sum() / pairs * images, images),
-            "temperature": (temperature * images, images),
-            "bias": (self.logit_bias.detach() * images, images),
-            "gamma": (one * self.gamma * images, images),
-            "accuracy": (100.0 * correct, images),
-        })
+        return StepOutput(
+            loss=loss,
+            loss_weight=len(watched) * pairs,
+            metrics={
+                "invariance": ((invariances.detach() * other_position).sum() / pairs * images, images),
+                "temperature": (temperature * images, images),
+                "bias": (self.logit_bias.detach() * images, images),
+                "gamma": (one * self.gamma * images, images),
+                "accuracy": (100.0 * correct, images),
+            },
+        )
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:

@@ -3,6 +3,7 @@
 Every image is shown at 0, 90, 180 and 270 degrees and a linear head on the backbone
 predicts which rotation it sees.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ class RotationNet(Method):
     score_name = "accuracy"
     checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer"}
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Method.Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, config: Method.Config | None = None, *, lr: float | None = None
+    ):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.classifier = nn.Linear(backbone.feature_size, 4)
         self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
@@ -43,11 +45,9 @@ class RotationNet(Method):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         rotated, targets = rotations(views[0])
         logits = self(rotated)
         loss = F.cross_entropy(logits, targets)
         correct, count = accuracy_sums(logits, targets)
-        return StepOutput(loss=loss, loss_weight=targets.numel(),
-                          metrics={"accuracy": (100.0 * correct, count)})
+        return StepOutput(loss=loss, loss_weight=targets.numel(), metrics={"accuracy": (100.0 * correct, count)})

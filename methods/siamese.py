@@ -8,6 +8,7 @@ Stage 2 and test.py evaluate the online backbone, saved under `backbone`, as sol
 linear evaluation does. The optimizer step count is in the checkpoint (`steps`), so the
 schedule resumes exactly, also inside an epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,9 @@ class TwoViewMethod(Method):
     """The shared part; a subclass builds its heads, then calls `set_optimizer`."""
 
     default_batch_size = 256
-    drop_last = True     # as solo-learn's loader; the batch statistics need full batches
+    drop_last = True  # as solo-learn's loader; the batch statistics need full batches
     min_batch_size = 2
-    lars = True          # LARS (byol, barlowtwins, vicreg) or SGD (simsiam)
+    lars = True  # LARS (byol, barlowtwins, vicreg) or SGD (simsiam)
     checkpoint_keys = {"backbone": "backbone", "projector": "projector", "optimizer": "optimizer", "steps": "steps"}
     optional_keys = frozenset()
     view_groups = list(BYOL_VIEWS)
@@ -49,16 +50,20 @@ class TwoViewMethod(Method):
         hidden: int = option(2048, "hidden units of the projector", at_least=1, at_most=MAX_LAYER_WIDTH)
         projection: int = option(2048, "output size of the projector", at_least=1, at_most=MAX_LAYER_WIDTH)
         weight_decay: float = option(1e-4, "weight decay of the optimizer", at_least=0)
-        warmup_epochs: int = option(10, "epochs of linear learning-rate warm-up from 3e-5, then a cosine to 0 "
-                                        "(short runs: lower it, or the run is all warm-up)", at_least=0)
+        warmup_epochs: int = option(
+            10,
+            "epochs of linear learning-rate warm-up from 3e-5, then a cosine to 0 "
+            "(short runs: lower it, or the run is all warm-up)",
+            at_least=0,
+        )
 
     def set_optimizer(self, groups: list[dict]) -> None:
         """`groups`: parameter groups; one with `static_lr` keeps the base learning rate."""
         optimizer = LARS if self.lars else torch.optim.SGD
         self.optimizer = optimizer(groups, lr=self.lr, momentum=0.9, weight_decay=self.config.weight_decay)
         self.warmup_epochs = self.config.warmup_epochs
-        self.steps = 0           # optimizer steps done; in the checkpoint
-        self.total_steps = 1     # of the schedule, set at every epoch start
+        self.steps = 0  # optimizer steps done; in the checkpoint
+        self.total_steps = 1  # of the schedule, set at every epoch start
         self.warmup_steps = 0
 
     def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
@@ -85,8 +90,9 @@ class TwoViewMethod(Method):
         return self.backbone(views[0]), self.backbone(views[1])
 
     @staticmethod
-    def batch_metrics(first: torch.Tensor, second: torch.Tensor, **values: torch.Tensor
-                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def batch_metrics(
+        first: torch.Tensor, second: torch.Tensor, **values: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Metrics of a step for the log, each counted once per image: `feature_std`, the
         spread of the two views' projections `first` and `second`, and `values`."""
         images = torch.full((), float(first.shape[0]), device=first.device)

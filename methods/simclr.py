@@ -3,6 +3,7 @@
 Two augmented views of each image go through the backbone and a projection head; the loss
 pulls the two projections of an image together against those of the other images.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,24 +34,32 @@ class SimCLR(Method):
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
-        temperature: float = option(0.5, "softmax temperature of the loss", at_least=MIN_TEMPERATURE["ntxent"],
-                                    at_most=MAX_TEMPERATURE)
+        temperature: float = option(
+            0.5, "softmax temperature of the loss", at_least=MIN_TEMPERATURE["ntxent"], at_most=MAX_TEMPERATURE
+        )
         loss: Literal["original", "ntxent"] = option(
-            "original", "'original' (-log of the mean ratio, as the original code) or 'ntxent' (mean of -log "
-            "ratios)", flag="simclr_loss")
-        gather: bool = option(False, "under torchrun: contrast each image with the images of all ranks, not only "
-                                     "those of its own rank's batch", flag="simclr_gather")
+            "original",
+            "'original' (-log of the mean ratio, as the original code) or 'ntxent' (mean of -log ratios)",
+            flag="simclr_loss",
+        )
+        gather: bool = option(
+            False,
+            "under torchrun: contrast each image with the images of all ranks, not only those of its own rank's batch",
+            flag="simclr_gather",
+        )
 
         def __post_init__(self) -> None:
             super().__post_init__()
             lowest = MIN_TEMPERATURE[self.loss]
             if self.temperature < lowest:
                 why = " (exp(1/T) overflows below; ntxent takes smaller ones)" if self.loss == "original" else ""
-                raise ConfigError(("temperature", "loss"), f"a temperature of {self.temperature} is below "
-                                  f"{lowest:g}, the least with the {self.loss} loss{why}")
+                raise ConfigError(
+                    ("temperature", "loss"),
+                    f"a temperature of {self.temperature} is below "
+                    f"{lowest:g}, the least with the {self.loss} loss{why}",
+                )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.temperature = self.config.temperature
         self.loss_function = SIMCLR_LOSSES[self.config.loss]
@@ -62,8 +71,7 @@ class SimCLR(Method):
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(2, "crop_color_gray")]  # the original's simclr pipeline is relationnet's
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         projections = self.head(self.backbone(views[0]))
         if self.gather:  # keep view-major order over the global batch: all first views, then all second
             first, second = projections.chunk(2)

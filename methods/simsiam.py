@@ -7,6 +7,7 @@ cosine similarity, symmetrised. No momentum network. SGD, learning rate 0.5 (the
 kept fixed, not scheduled), weight decay 1e-5, batch 256; both views with colour jitter
 (0.4, 0.4, 0.4, 0.1) and blur with p 0.5 (solo-learn's symmetric_weak augmentations).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,19 +35,27 @@ class SimSiam(TwoViewMethod):
         weight_decay: float = with_default(TwoViewMethod.Config, "weight_decay", 1e-5)
         predictor_hidden: int = option(512, "hidden units of the predictor", at_least=1, at_most=MAX_LAYER_WIDTH)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
-        self.projector = projection_mlp([backbone.feature_size, config.hidden, config.hidden, config.projection],
-                                        hidden_bias=False, output_norm=True)
-        self.predictor = projection_mlp([config.projection, config.predictor_hidden, config.projection],
-                                        hidden_bias=False)
-        self.set_optimizer([{"params": [*backbone.parameters(), *self.projector.parameters()]},
-                            {"params": self.predictor.parameters(), "static_lr": True}])
+        self.projector = projection_mlp(
+            [backbone.feature_size, config.hidden, config.hidden, config.projection],
+            hidden_bias=False,
+            output_norm=True,
+        )
+        self.predictor = projection_mlp(
+            [config.projection, config.predictor_hidden, config.projection], hidden_bias=False
+        )
+        self.set_optimizer(
+            [
+                {"params": [*backbone.parameters(), *self.projector.parameters()]},
+                {"params": self.predictor.parameters(), "static_lr": True},
+            ]
+        )
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))
-        loss = (negative_cosine_loss(self.predictor(first), second)
-                + negative_cosine_loss(self.predictor(second), first)) / 2
+        loss = (
+            negative_cosine_loss(self.predictor(first), second) + negative_cosine_loss(self.predictor(second), first)
+        ) / 2
         return StepOutput(loss=loss, loss_weight=views[0].shape[0], metrics=self.batch_metrics(first, second))

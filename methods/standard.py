@@ -4,6 +4,7 @@ The same model, with its checkpoint of five keys (`classifier`, `backbone`, `opt
 `optimizer_lineval`, `optimizer_finetune`), is what linear evaluation and fine-tuning produce
 and what `test.py` scores, as in the original code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,30 +45,43 @@ class Standard(Method):
     default_lr = 0.1
     # The original StandardModel's three optimizers: supervised SGD (stage 1), linear
     # evaluation and fine-tuning; `active_optimizer` is the one this stage steps.
-    checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "supervised_optimizer",
-                       "optimizer_lineval": "lineval_optimizer", "optimizer_finetune": "finetune_optimizer"}
+    checkpoint_keys = {
+        "classifier": "classifier",
+        "backbone": "backbone",
+        "optimizer": "supervised_optimizer",
+        "optimizer_lineval": "lineval_optimizer",
+        "optimizer_finetune": "finetune_optimizer",
+    }
     optional_keys = frozenset({"optimizer", "optimizer_lineval", "optimizer_finetune"})
     active_optimizer = "supervised_optimizer"
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
-        augmentation: str = option("pad_crop_flip", "augmentation pipeline of the training images (stage 1: by "
-                                   "data set; stage 2: --augmentation)", stage=None)
+        augmentation: str = option(
+            "pad_crop_flip",
+            "augmentation pipeline of the training images (stage 1: by data set; stage 2: --augmentation)",
+            stage=None,
+        )
         lr_backbone: float = option(1e-4, "fine-tuning: backbone learning rate", above=0, stage=2)
         lr_classifier: float = option(1e-3, "fine-tuning: classifier learning rate", above=0, stage=2)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.augmentation = self.config.augmentation
         self.classifier = nn.Linear(backbone.feature_size, num_classes)
-        self.supervised_optimizer = torch.optim.SGD([
-            {"params": self.backbone.parameters(), "lr": self.lr, "momentum": 0.9},
-            {"params": self.classifier.parameters(), "lr": self.lr, "momentum": 0.9}])
+        self.supervised_optimizer = torch.optim.SGD(
+            [
+                {"params": self.backbone.parameters(), "lr": self.lr, "momentum": 0.9},
+                {"params": self.classifier.parameters(), "lr": self.lr, "momentum": 0.9},
+            ]
+        )
         self.lineval_optimizer = torch.optim.Adam([{"params": self.classifier.parameters(), "lr": 1e-3}])
-        self.finetune_optimizer = torch.optim.Adam([
-            {"params": self.backbone.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_backbone},
-            {"params": self.classifier.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_classifier}])
+        self.finetune_optimizer = torch.optim.Adam(
+            [
+                {"params": self.backbone.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_backbone},
+                {"params": self.classifier.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_classifier},
+            ]
+        )
 
     @property
     def view_groups(self) -> list[ViewGroup]:
@@ -84,13 +98,11 @@ class Standard(Method):
         if step_decay(self.optimizer, context.epoch, context.total_epochs):
             print("[INFO] Learning rates: " + ", ".join(f"{g['lr']:g}" for g in self.optimizer.param_groups))
 
-    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor,
-                      index: torch.Tensor) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         logits = self(views[0])
         loss = F.cross_entropy(logits, labels)
         correct, count = accuracy_sums(logits, labels)
-        return StepOutput(loss=loss, loss_weight=labels.numel(),
-                          metrics={"accuracy": (100.0 * correct, count)})
+        return StepOutput(loss=loss, loss_weight=labels.numel(), metrics={"accuracy": (100.0 * correct, count)})
 
 
 class Finetune(Standard):

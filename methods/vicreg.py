@@ -6,6 +6,7 @@ dimension's standard deviation over the batch at 1 or more, 25) and the covarian
 squared off-diagonal covariances, 1). No predictor, no momentum network. LARS, learning rate
 0.3, weight decay 1e-4, batch 256; BYOL's asymmetric views, as the VICReg paper uses them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,7 @@ class VICReg(TwoViewMethod):
         variance: float = option(25.0, "weight of the variance (standard-deviation hinge) term", at_least=0)
         covariance: float = option(1.0, "weight of the covariance term", at_least=0)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *,
-                 lr: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.weights = (config.invariance, config.variance, config.covariance)
@@ -42,5 +42,8 @@ class VICReg(TwoViewMethod):
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))
         loss, invariance, variance, covariance = vicreg_loss(first, second, *self.weights)
-        return StepOutput(loss=loss, loss_weight=views[0].shape[0], metrics=self.batch_metrics(
-            first, second, invariance=invariance, variance=variance, covariance=covariance))
+        return StepOutput(
+            loss=loss,
+            loss_weight=views[0].shape[0],
+            metrics=self.batch_metrics(first, second, invariance=invariance, variance=variance, covariance=covariance),
+        )

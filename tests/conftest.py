@@ -1,4 +1,5 @@
 """Fixtures shared by every test: data roots in the official formats (see tests/helpers.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,5 +85,6 @@ def single_cpu_thread():
     """Small problems (k-means on a few hundred points): on a shared CPU a second thread only
     adds waiting (see deepcluster's on_epoch_start)."""
     from utils.runtime import single_threaded
+
     with single_threaded(torch.device("cpu")):
         yield

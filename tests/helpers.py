@@ -88,7 +88,10 @@ def write_cifar10(root, n_train_per_batch: int, n_test: int, batches: int = 5, s
     for b in range(1, batches + 1):
         _dump(batch(n_train_per_batch, f"training batch {b} of {batches}"), folder / f"data_batch_{b}")
     _dump(batch(n_test, "testing batch 1 of 1"), folder / "test_batch")
-    _dump({"num_cases_per_batch": n_train_per_batch, "label_names": CIFAR10_CLASSES, "num_vis": 3072}, folder / "batches.meta")
+    _dump(
+        {"num_cases_per_batch": n_train_per_batch, "label_names": CIFAR10_CLASSES, "num_vis": 3072},
+        folder / "batches.meta",
+    )
     return root
 
 
@@ -122,7 +125,10 @@ def write_cifar100(root, n_train: int, n_test: int, seed: int = 0) -> Path:
             folder / name,
         )
     _dump(
-        {"fine_label_names": [f"fine{c:02d}" for c in range(100)], "coarse_label_names": [f"coarse{c:02d}" for c in range(20)]},
+        {
+            "fine_label_names": [f"fine{c:02d}" for c in range(100)],
+            "coarse_label_names": [f"coarse{c:02d}" for c in range(20)],
+        },
         folder / "meta",
     )
     return root
@@ -131,6 +137,7 @@ def write_cifar100(root, n_train: int, n_test: int, seed: int = 0) -> Path:
 def run_stage(module, argv) -> None:
     """Run a stage script in this process as its command line would (errors -> SystemExit)."""
     from experiments.stage import run_main
+
     run_main(lambda: module.main(argv))
 
 
@@ -141,8 +148,21 @@ def views_flag(method: str, K: int = 2) -> list[str]:
 
 def stage_arguments(root, out, dataset: str = "cifar10", backbone: str = "conv4", seed: int = 1) -> list[str]:
     """Flags every stage takes: data root, output folder, data set, backbone, seed, CPU, offline."""
-    return ["--data_root", str(root), "--checkpoint_dir", str(out), "--dataset", dataset,
-            "--backbone", backbone, "--seed", str(seed), "--no_download", "--device", "cpu"]
+    return [
+        "--data_root",
+        str(root),
+        "--checkpoint_dir",
+        str(out),
+        "--dataset",
+        dataset,
+        "--backbone",
+        backbone,
+        "--seed",
+        str(seed),
+        "--no_download",
+        "--device",
+        "cpu",
+    ]
 
 
 def linked_shared_root(root: Path, shared_folder: Path) -> Path:
@@ -154,8 +174,9 @@ def linked_shared_root(root: Path, shared_folder: Path) -> Path:
         return SHARED / "data"
 
 
-def write_image_folder(root, classes, n_train: int, n_test: int = 0, sizes=((32, 32),), ext: str = "png",
-                       modes=("RGB",), seed: int = 0) -> Path:
+def write_image_folder(
+    root, classes, n_train: int, n_test: int = 0, sizes=((32, 32),), ext: str = "png", modes=("RGB",), seed: int = 0
+) -> Path:
     """Write an ImageFolder tree of real image files; return `root`.
 
     `<root>/train/<class>/<class>_<i>.<ext>` (`n_train` per class) and
@@ -245,7 +266,8 @@ def write_tiny(root, classes: int, per_class_train: int, per_class_val: int, see
         for i, array in enumerate(pixels):
             save(array, images / f"{wnid}_{i}.JPEG", gray=i % 4 == 3)
         (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text(
-            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(per_class_train)))
+            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(per_class_train))
+        )
     (folder / "val" / "images").mkdir(parents=True)
     val_labels = rng.permutation(np.repeat(np.arange(classes), per_class_val))
     rows = []
@@ -263,6 +285,7 @@ def make_engine(method_name, data, folder, seed=1, epochs=3, batch=32, plan_opti
     from backbones import build_backbone
     from methods import METHODS
     from utils.seeds import seed_everything
+
     seed_everything(seed)
     if method_name == "relationnet":
         options = {"K": 4, **options}
@@ -274,9 +297,17 @@ def make_engine(method_name, data, folder, seed=1, epochs=3, batch=32, plan_opti
 def engine_for(method, data, folder, seed=1, epochs=3, batch=32, plan_options=None, checkpoints=True):
     """An engine training the built `method` on `data` on the CPU (see make_engine)."""
     from engine.loop import Engine, TrainingPlan
-    plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=folder / "log.csv",
-                        checkpoint_paths=lambda e: [folder / f"epoch_{e}.tar"] if checkpoints else [],
-                        extra_state={"seed": seed}, drop_last=method.drop_last, **(plan_options or {}))
+
+    plan = TrainingPlan(
+        epochs=epochs,
+        batch_size=batch,
+        seed=seed,
+        log_path=folder / "log.csv",
+        checkpoint_paths=lambda e: [folder / f"epoch_{e}.tar"] if checkpoints else [],
+        extra_state={"seed": seed},
+        drop_last=method.drop_last,
+        **(plan_options or {}),
+    )
     return Engine(method, data, plan, torch.device("cpu"))
 
 
@@ -288,6 +319,7 @@ def interrupt_at(engine, stop_step: int) -> None:
         if step == stop_step and not engine.stop.received:
             engine.stop.received = signal.SIGINT
         return requested(step)
+
     engine.stop_requested = stop_requested
 
 
@@ -307,11 +339,14 @@ def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args
     import test as test_stage
     import train_linear_evaluation
     import train_unsupervised
+
     run_stage(train_unsupervised, args + ["--method", method, "--epochs", "1", *stage1_args])
     stage1_out = capsys.readouterr().out
     folder = out / method / dataset
     header = f"{method}_{dataset}_{backbone}_seed_1_epoch_1"
-    run_stage(train_linear_evaluation, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args])
+    run_stage(
+        train_linear_evaluation, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args]
+    )
     capsys.readouterr()
     run_stage(test_stage, args + ["--checkpoint", str(folder / f"{header}_linear_evaluation.tar")])
     return folder / f"{header}.tar", folder / f"{header}_linear_evaluation.tar", stage1_out, capsys.readouterr().out
@@ -326,6 +361,7 @@ def one_line(exc: BaseException) -> str:
 def pixels(path) -> torch.Tensor:
     """A file decoded independently of the loader: uint8 (3, H, W), RGB."""
     from PIL import Image
+
     with Image.open(path) as img:
         return torch.from_numpy(np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy())
 
@@ -341,6 +377,7 @@ def first_file(folder):
 
 def parse_stage1(method: str, *flags: str):
     from experiments.cli import stage1_parser
+
     return stage1_parser().parse_args(["--method", method, *flags])
 
 
@@ -350,6 +387,7 @@ def build_method(method_name, seed=1, *flags):
     from experiments.options import stage1_config
     from methods import METHODS
     from utils.seeds import seed_everything
+
     seed_everything(seed)
     args = parse_stage1(method_name, *flags)
     method_class = METHODS[method_name]
@@ -364,31 +402,40 @@ def train_method(method, data, folder, seed=1, epochs=1, batch=32):
 
 def cifar10_subset(root, n):
     from datasets import load_dataset
+
     return load_dataset("cifar10", "train", root, download=False).balanced_subset(n, seed=0)
 
 
 def run_script(script, *argv):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+
+    return subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def three_stage_commands(method, data_root, out):
     """Stage 1 (one epoch), linear evaluation (one epoch) and test.py as command lines;
     returns the stage-1 checkpoint."""
-    common = ["--data_root", str(data_root), "--checkpoint_dir", str(out), "--no_download",
-              "--seed", "1", "--device", "cpu"]
+    common = [
+        "--data_root",
+        str(data_root),
+        "--checkpoint_dir",
+        str(out),
+        "--no_download",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    ]
     header = f"{method}_cifar10_conv4_seed_1"
     folder = out / method / "cifar10"
-    stage1 = run_script("train_unsupervised.py", "--method", method, "--epochs", "1",
-                        "--data_size", "64", *common)
+    stage1 = run_script("train_unsupervised.py", "--method", method, "--epochs", "1", "--data_size", "64", *common)
     assert stage1.returncode == 0, stage1.stderr
-    assert {f"{header}_epoch_1.tar", f"{header}_last.tar", f"log_{header}.csv",
-            f"config_{header}.json"} <= {path.name for path in folder.iterdir()}
+    assert {f"{header}_epoch_1.tar", f"{header}_last.tar", f"log_{header}.csv", f"config_{header}.json"} <= {
+        path.name for path in folder.iterdir()
+    }
     checkpoint = folder / f"{header}_epoch_1.tar"
-    stage2 = run_script("train_linear_evaluation.py", "--checkpoint", str(checkpoint),
-                        "--epochs", "1", *common)
+    stage2 = run_script("train_linear_evaluation.py", "--checkpoint", str(checkpoint), "--epochs", "1", *common)
     assert stage2.returncode == 0, stage2.stderr
     evaluated = folder / f"{header}_epoch_1_linear_evaluation.tar"
     assert evaluated.exists()
@@ -401,9 +448,11 @@ def three_stage_commands(method, data_root, out):
 def save_original_checkpoint(path, backbone, head_key: str, head) -> None:
     """A checkpoint as the original code writes it: its backbone and head modules under their
     keys, after one step of Adam with the original's two parameter groups, nothing else."""
-    optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": 1e-3},
-                                  {"params": head.parameters(), "lr": 1e-3}])
+    optimizer = torch.optim.Adam(
+        [{"params": backbone.parameters(), "lr": 1e-3}, {"params": head.parameters(), "lr": 1e-3}]
+    )
     head(backbone(torch.randn(4, 3, 32, 32))).sum().backward()
     optimizer.step()
-    torch.save({head_key: head.state_dict(), "backbone": backbone.state_dict(),
-                "optimizer": optimizer.state_dict()}, path)
+    torch.save(
+        {head_key: head.state_dict(), "backbone": backbone.state_dict(), "optimizer": optimizer.state_dict()}, path
+    )

@@ -5,6 +5,7 @@
 A module may import its own package and those below it, never one above (function-level
 imports included). The stage scripts, reproduce.py and benchmarks/ sit on top.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,7 +41,7 @@ def imported_modules(path, module: str) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the importing module's package
-                package = module.split(".")[:-node.level]
+                package = module.split(".")[: -node.level]
                 found.append((node.lineno, ".".join(package + ([node.module] if node.module else []))))
             else:
                 found.append((node.lineno, node.module))
@@ -55,8 +56,11 @@ def test_every_layer_has_modules():
 @pytest.mark.parametrize("module,path", project_modules(), ids=lambda value: str(value))
 def test_imports_point_down(module, path):
     own = layer_of(module)
-    upward = [f"{path.name}:{line} imports {name}" for line, name in imported_modules(path, module)
-              if (layer := layer_of(name)) is not None and layer > own]
+    upward = [
+        f"{path.name}:{line} imports {name}"
+        for line, name in imported_modules(path, module)
+        if (layer := layer_of(name)) is not None and layer > own
+    ]
     assert not upward, f"{module} is in layer {own} ({(LAYERS + ['scripts'])[own]}): " + "; ".join(upward)
 
 

@@ -15,6 +15,7 @@ Flags added later (a new method's) may join the recorded arguments; the pinned o
 `PIN_NUMBERS_WRITE=1 pytest tests/test_pinned_numbers.py` rewrites the file; do that only
 for a change that is meant to change the numbers, and say so in the commit.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,8 +73,18 @@ def fingerprint(value):
 
 def weights_of(state: dict) -> dict:
     """The model and optimizer parts of a checkpoint (not its arguments, RNG or versions)."""
-    skip = {"args", "rng", "seed", "method", "backbone_name", "dataset", "epoch", "format_version",
-            "world_size", "interrupted"}
+    skip = {
+        "args",
+        "rng",
+        "seed",
+        "method",
+        "backbone_name",
+        "dataset",
+        "epoch",
+        "format_version",
+        "world_size",
+        "interrupted",
+    }
     return {key: fingerprint(value) for key, value in state.items() if key not in skip}
 
 
@@ -86,8 +97,15 @@ def read_rows(path):
 def measure(root, out) -> dict:
     results = {}
     for method, extra in METHOD_ARGS.items():
-        args = stage_arguments(root, out, seed=3) + ["--method", method, "--epochs", "1",
-                                                      "--train_subset", "48", *extra]
+        args = stage_arguments(root, out, seed=3) + [
+            "--method",
+            method,
+            "--epochs",
+            "1",
+            "--train_subset",
+            "48",
+            *extra,
+        ]
         run_stage(stage1, args)
         folder = out / method / "cifar10"
         header = f"{method}_cifar10_conv4_seed_3"
@@ -109,10 +127,14 @@ def measure(root, out) -> dict:
     run_stage(stage3, common + ["--checkpoint", str(linear)])
     folder = relation.parent
     results["pipeline"] = {
-        "linear_evaluation_log": read_rows(folder / "log_relationnet_cifar10_conv4_seed_3_epoch_10_linear_evaluation.csv"),
+        "linear_evaluation_log": read_rows(
+            folder / "log_relationnet_cifar10_conv4_seed_3_epoch_10_linear_evaluation.csv"
+        ),
         "linear_evaluation_weights": weights_of(torch.load(linear, weights_only=True)),
-        "test_log": [{k: v for k, v in row.items() if k not in ("seconds", "time", "checkpoint")}
-                     for row in read_rows(folder / "log_relationnet_cifar10_conv4_seed_3_epoch_10_linear_evaluation_test.csv")],
+        "test_log": [
+            {k: v for k, v in row.items() if k not in ("seconds", "time", "checkpoint")}
+            for row in read_rows(folder / "log_relationnet_cifar10_conv4_seed_3_epoch_10_linear_evaluation_test.csv")
+        ],
     }
     return results
 
@@ -126,16 +148,24 @@ def clustering_free(entry: dict) -> dict:
     losses and weights trained on them, differ between CPUs (4.627 recorded, 4.621 and 4.647
     measured elsewhere for the same epoch's loss).
     """
+
     def names(value):
         return {key: names(item) for key, item in value.items()} if isinstance(value, dict) else None
 
-    return {**entry, "weights": names(entry["weights"]),
-            "log_rows": [{key: row[key] for key in ("epoch", "lr", "nmi")} for row in entry["log_rows"]]}
+    return {
+        **entry,
+        "weights": names(entry["weights"]),
+        "log_rows": [{key: row[key] for key in ("epoch", "lr", "nmi")} for row in entry["log_rows"]],
+    }
 
 
 def is_fingerprint(where: str, value) -> bool:
-    return "weights/" in where and isinstance(value, list) and len(value) == 2 \
+    return (
+        "weights/" in where
+        and isinstance(value, list)
+        and len(value) == 2
         and all(isinstance(number, float) for number in value)
+    )
 
 
 def assert_close(expected, actual, where="") -> None:
@@ -144,14 +174,16 @@ def assert_close(expected, actual, where="") -> None:
     if is_fingerprint(where, expected):
         assert is_fingerprint(where, actual), f"{where}: {expected} != {actual}"
         scale = abs(expected[1])  # the sum of magnitudes bounds the rounding of both numbers
-        assert all(abs(e - a) <= REL * scale + ABS for e, a in zip(expected, actual)), \
+        assert all(abs(e - a) <= REL * scale + ABS for e, a in zip(expected, actual)), (
             f"{where}: {expected} != {actual}"
+        )
         return
     if where.endswith("/args"):  # flags added later (a new method's) are allowed; old ones keep their values
         actual = {key: value for key, value in actual.items() if key in expected}
     if isinstance(expected, dict):
-        assert isinstance(actual, dict) and set(expected) == set(actual), \
+        assert isinstance(actual, dict) and set(expected) == set(actual), (
             f"{where}: keys {sorted(expected)} != {sorted(actual) if isinstance(actual, dict) else actual}"
+        )
         for key in expected:
             assert_close(expected[key], actual[key], f"{where}/{key}")
     elif isinstance(expected, list):
@@ -164,11 +196,13 @@ def assert_close(expected, actual, where="") -> None:
         except ValueError:
             assert expected == actual, f"{where}: {expected!r} != {actual!r}"
             return
-        assert math.isclose(e, a, rel_tol=REL, abs_tol=ABS) or (math.isnan(e) and math.isnan(a)), \
+        assert math.isclose(e, a, rel_tol=REL, abs_tol=ABS) or (math.isnan(e) and math.isnan(a)), (
             f"{where}: {expected} != {actual}"
+        )
     elif isinstance(expected, float):
-        assert math.isclose(expected, actual, rel_tol=REL, abs_tol=ABS) or (math.isnan(expected) and math.isnan(actual)), \
-            f"{where}: {expected} != {actual}"
+        assert math.isclose(expected, actual, rel_tol=REL, abs_tol=ABS) or (
+            math.isnan(expected) and math.isnan(actual)
+        ), f"{where}: {expected} != {actual}"
     else:
         assert expected == actual, f"{where}: {expected!r} != {actual!r}"
 

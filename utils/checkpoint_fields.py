@@ -4,6 +4,7 @@ otherwise be cast silently, give wrong numbers or fail later with a traceback.
 
 Each check raises a `UserError` of one line that names the file, the entry and the fix.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ from utils.errors import UserError
 INTEGER_LIMIT = 2**31 - 1
 
 DAMAGED = "the file is damaged or forged; use the file the stage wrote"
-OTHER_RUN = ("it was made by another method or with another backbone or options; pass a checkpoint of a run "
-             "like this one")
+OTHER_RUN = (
+    "it was made by another method or with another backbone or options; pass a checkpoint of a run like this one"
+)
 DIVERGED = "the run that wrote it diverged; use an earlier checkpoint of that run"
 
 
@@ -41,8 +43,9 @@ def check_tensor(value: object, expected: torch.Tensor, path: str | Path | None,
     if value.dtype != expected.dtype:
         raise field_error(path, key, f"is a {value.dtype} tensor where this run holds {expected.dtype}")
     if value.shape != expected.shape:
-        raise field_error(path, key, f"has the shape {_shape(value)} where this run builds {_shape(expected)}",
-                          OTHER_RUN)
+        raise field_error(
+            path, key, f"has the shape {_shape(value)} where this run builds {_shape(expected)}", OTHER_RUN
+        )
     if value.is_meta:
         raise field_error(path, key, "is a tensor without values (on the meta device)")
     if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
@@ -56,14 +59,14 @@ def check_state_dict(entry: dict, expected: dict[str, torch.Tensor], path: str |
     missing = [name for name in expected if name not in entry]
     if unexpected or missing:
         problem = f"holds '{unexpected[0]}', which" if unexpected else f"lacks '{missing[0]}', which"
-        raise field_error(path, key, f"{problem} this run's {key} {'does not have' if unexpected else 'has'}",
-                          OTHER_RUN)
+        raise field_error(
+            path, key, f"{problem} this run's {key} {'does not have' if unexpected else 'has'}", OTHER_RUN
+        )
     for name, tensor in expected.items():
         check_tensor(entry[name], tensor, path, f"{key}.{name}")
 
 
-def check_number(value: object, built: float, low: float, high: float, path: str | Path | None,
-                 key: str) -> None:
+def check_number(value: object, built: float, low: float, high: float, path: str | Path | None, key: str) -> None:
     """`value` is a number of `built`'s kind (a whole number where the run keeps one), from
     `low` to `high`; a float with no range (both infinite) may be NaN (a value not yet known)."""
     whole = type(built) is int
@@ -76,34 +79,38 @@ def check_number(value: object, built: float, low: float, high: float, path: str
         raise field_error(path, key, f"is {value!r}, not a finite number {bounds}")
 
 
-def check_optimizer_state(entry: object, optimizer: torch.optim.Optimizer, path: str | Path | None,
-                          key: str) -> None:
+def check_optimizer_state(entry: object, optimizer: torch.optim.Optimizer, path: str | Path | None, key: str) -> None:
     """The optimizer state `entry` fits `optimizer`: its groups hold as many parameters, the
     hyperparameters both know are numbers (or flags) as the built ones, and every
     per-parameter tensor has its parameter's shape and dtype (a scalar such as Adam's step
     count excepted), finite."""
     built = optimizer.state_dict()
-    if not isinstance(entry, dict) or not isinstance(entry.get("state"), dict) \
-            or not isinstance(entry.get("param_groups"), list):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("state"), dict)
+        or not isinstance(entry.get("param_groups"), list)
+    ):
         raise field_error(path, key, "is not an optimizer's state (a dict of 'state' and 'param_groups')")
     groups = entry["param_groups"]
     if len(groups) != len(built["param_groups"]) or not all(
-            isinstance(group, dict) and isinstance(group.get("params"), list)
-            and len(group["params"]) == len(built_group["params"])
-            and all(type(index) is int for index in group["params"])
-            for group, built_group in zip(groups, built["param_groups"], strict=True)):
+        isinstance(group, dict)
+        and isinstance(group.get("params"), list)
+        and len(group["params"]) == len(built_group["params"])
+        and all(type(index) is int for index in group["params"])
+        for group, built_group in zip(groups, built["param_groups"], strict=True)
+    ):
         raise field_error(path, key, "holds other parameter groups than this run's optimizer", OTHER_RUN)
     parameters = {}
-    for group, built_group, group_parameters in zip(groups, built["param_groups"], optimizer.param_groups,
-                                                        strict=True):
+    for group, built_group, group_parameters in zip(groups, built["param_groups"], optimizer.param_groups, strict=True):
         for name, value in group.items():
             if name != "params" and name in built_group:
                 _check_hyperparameter(value, built_group[name], path, f"{key}.{name}")
         parameters.update(zip(group["params"], group_parameters["params"], strict=True))
     for index, values in entry["state"].items():
         if index not in parameters or not isinstance(values, dict):
-            raise field_error(path, key, f"holds the state of a parameter {str(index)[:20]!r} that none of its "
-                              "groups lists")
+            raise field_error(
+                path, key, f"holds the state of a parameter {str(index)[:20]!r} that none of its groups lists"
+            )
         parameter = parameters[index]
         for name, value in values.items():
             where = f"{key}.state.{index}.{name}"
@@ -137,14 +144,19 @@ def check_module_entry(entry: object, module: nn.Module, path: str | Path | None
     check_state_dict(entry, module.state_dict(), path, key)
 
 
-def check_data_tensor(value: object, expected: torch.Tensor, low: float, high: float, path: str | Path | None,
-                      key: str) -> None:
+def check_data_tensor(
+    value: object, expected: torch.Tensor, low: float, high: float, path: str | Path | None, key: str
+) -> None:
     """`value` is a tensor of `expected`'s dtype and number of dimensions whose length is data
     (one entry per training image), its values finite and from `low` to `high`."""
     if not isinstance(value, torch.Tensor):
         raise field_error(path, key, f"is a {type(value).__name__}, not a tensor")
     if value.dtype != expected.dtype or value.dim() != expected.dim():
-        raise field_error(path, key, f"is a {value.dim()}-dimensional {value.dtype} tensor where this run holds "
-                          f"a {expected.dim()}-dimensional {expected.dtype} one")
+        raise field_error(
+            path,
+            key,
+            f"is a {value.dim()}-dimensional {value.dtype} tensor where this run holds "
+            f"a {expected.dim()}-dimensional {expected.dtype} one",
+        )
     if value.numel() and not bool(((value >= low) & (value <= high)).all()):
         raise field_error(path, key, f"holds values outside [{low:g}, {high:g}]")

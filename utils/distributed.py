@@ -9,6 +9,7 @@ all-reduces them in buckets while the backward pass runs), rank 0's BatchNorm bu
 for simclr with `--simclr_gather`, the projections; everything else (pairs, losses, the
 optimizer step) stays within the rank. Only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ def is_active() -> bool:
 def launched_ranks() -> Ranks:
     """The ranks torchrun gave this process, or SINGLE when it was started directly."""
     try:
-        ranks = Ranks(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                      int(os.environ.get("LOCAL_RANK", 0)))
+        ranks = Ranks(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        )
     except ValueError:
         raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
     if not 0 <= ranks.rank < ranks.world_size:
@@ -65,13 +67,18 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
         return device
     if device.type == "cuda":
         if ranks.local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {ranks.local_rank}: only {torch.cuda.device_count()} CUDA "
-                            "device(s) visible; start at most one process per GPU")
+            raise UserError(
+                f"LOCAL_RANK {ranks.local_rank}: only {torch.cuda.device_count()} CUDA "
+                "device(s) visible; start at most one process per GPU"
+            )
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank,
-                            world_size=ranks.world_size,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        device_id=device if device.type == "cuda" else None,
+    )
     return device
 
 
@@ -88,7 +95,7 @@ def shard(order: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     images cut differ from epoch to epoch with the permutation.
     """
     usable = len(order) // ranks.world_size * ranks.world_size
-    return order[ranks.rank:usable:ranks.world_size]
+    return order[ranks.rank : usable : ranks.world_size]
 
 
 class _TrainingStep(nn.Module):
@@ -103,8 +110,7 @@ class _TrainingStep(nn.Module):
         return self.method.training_step(views, labels, index)
 
 
-def wrap_training_step(method: nn.Module, ranks: Ranks,
-                       device: torch.device) -> DistributedDataParallel | None:
+def wrap_training_step(method: nn.Module, ranks: Ranks, device: torch.device) -> DistributedDataParallel | None:
     """Under torchrun, the method's training step wrapped by DDP, which averages the gradients
     over the ranks during backward and broadcasts rank 0's weights and buffers; else None."""
     if not ranks.distributed:
@@ -177,4 +183,4 @@ class _GatherWithGradient(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         size = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * size:(dist.get_rank() + 1) * size]
+        return grad[dist.get_rank() * size : (dist.get_rank() + 1) * size]

@@ -5,6 +5,7 @@ torch imports (seconds at start-up), between the stage's own handling and the ex
 handler installed here covers those moments; `experiments.stage.run_main` hands SIGINT back to
 Python while the stage runs, so its training loop can stop after a step and save.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Process set-up shared by the stage scripts: allocator, device, threads, durations."""
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """Seeds: the run's seed, the independent streams derived from it, and generator states."""
+
 from __future__ import annotations
 
 import enum
@@ -13,10 +14,10 @@ class SeedPurpose(enum.IntEnum):
     """What a derived seed is for; each purpose draws from its own stream, so adding a
     draw to one never shifts another (and a resumed epoch draws what it would have)."""
 
-    DATA_ORDER = 1        # the engine's permutation of an epoch
-    AUGMENTATION = 2      # the engine's augmentation generator of an epoch (and rank)
-    LINEAR_ORDER = 3      # the order of an epoch of linear evaluation
-    CLUSTERING = 4        # deepcluster's k-means and re-initialised output layer
+    DATA_ORDER = 1  # the engine's permutation of an epoch
+    AUGMENTATION = 2  # the engine's augmentation generator of an epoch (and rank)
+    LINEAR_ORDER = 3  # the order of an epoch of linear evaluation
+    CLUSTERING = 4  # deepcluster's k-means and re-initialised output layer
 
 
 def resolve_seed(seed: int) -> int:
@@ -41,9 +42,11 @@ def derived_seed(seed: int, epoch: int, purpose: SeedPurpose, *more: int) -> int
 def rng_states() -> dict:
     """Global generator states, in types that `torch.load(weights_only=True)` accepts."""
     _, key, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": [torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,9 +71,10 @@ def rng_problem(state: object) -> str | None:
     fresh generators, which check it as the global ones would, and which are then dropped."""
     if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
         return "is not the record of the Python, NumPy and torch generator states"
-    if "cuda" in state and not (isinstance(state["cuda"], list)
-                                and all(isinstance(one, torch.Tensor) and one.dtype == torch.uint8
-                                        for one in state["cuda"])):
+    if "cuda" in state and not (
+        isinstance(state["cuda"], list)
+        and all(isinstance(one, torch.Tensor) and one.dtype == torch.uint8 for one in state["cuda"])
+    ):
         return "holds CUDA generator states that are not byte tensors"
     try:
         _restore_into(state, random.Random(), np.random.RandomState(), torch.Generator())

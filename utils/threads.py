@@ -13,6 +13,7 @@ first `import torch` of the process, which is why the stage scripts call it firs
 own OpenMP or MKL variables (or `reproduce.py --jobs`, which sets the thread count per job)
 are kept.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,6 +42,7 @@ def configure_threads(environ=os.environ) -> None:
     if "torch" in sys.modules:  # too late for OpenMP's variables: only the count can still change
         if not any(environ.get(name) for name in THREAD_VARIABLES):
             import torch
+
             torch.set_num_threads(len(usable_cpus()))
         return
     if not any(environ.get(name) for name in THREAD_VARIABLES):
@@ -52,6 +54,10 @@ def configure_threads(environ=os.environ) -> None:
 def thread_settings(environ=os.environ) -> dict:
     """What the run's config records: the threads torch uses and how OpenMP's threads wait."""
     import torch
-    return {"threads": torch.get_num_threads(), "usable_cpus": len(usable_cpus()),
-            "omp_wait_policy": environ.get("OMP_WAIT_POLICY", "OpenMP's default"),
-            "gomp_spincount": environ.get("GOMP_SPINCOUNT", "libgomp's default")}
+
+    return {
+        "threads": torch.get_num_threads(),
+        "usable_cpus": len(usable_cpus()),
+        "omp_wait_policy": environ.get("OMP_WAIT_POLICY", "OpenMP's default"),
+        "gomp_spincount": environ.get("GOMP_SPINCOUNT", "libgomp's default"),
+    }

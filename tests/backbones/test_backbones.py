@@ -1,5 +1,6 @@
 """Backbones against the original's parameter counts, state-dict layout and golden outputs, and
 ResNet-18/34/50 (both stems) against torchvision."""
+
 import json
 
 import pytest
@@ -14,20 +15,53 @@ from utils.errors import UserError
 SMALL = ["conv4", "resnet8", "resnet32", "resnet56"]
 # torchvision's counts without fc (resnet18 11,689,512 - 513,000; resnet50 25,557,032 - 2,049,000);
 # the CIFAR stem's 3x3 conv has 64*3*3*3 = 1,728 weights instead of the 7x7's 9,408.
-PARAMS = {("conv4", None): 24_648, ("resnet8", None): 77_392, ("resnet32", None): 466_256,
-          ("resnet56", None): 855_120, ("resnet34", None): 21_284_672,
-          ("resnet18", "imagenet"): 11_176_512, ("resnet18", "cifar"): 11_168_832,
-          ("resnet50", "imagenet"): 23_508_032, ("resnet50", "cifar"): 23_500_352}
-FEATURES = {"conv4": 64, "resnet8": 64, "resnet32": 64, "resnet56": 64, "resnet18": 512, "resnet34": 512,
-            "resnet50": 2048}
-FIRST_LAYER = {("conv4", None): (8, 32, 32), ("resnet8", None): (16, 32, 32), ("resnet32", None): (16, 32, 32),
-               ("resnet56", None): (16, 32, 32), ("resnet34", None): (64, 16, 16),
-               ("resnet18", "imagenet"): (64, 16, 16), ("resnet18", "cifar"): (64, 32, 32),
-               ("resnet50", "imagenet"): (64, 16, 16), ("resnet50", "cifar"): (64, 32, 32)}
-NAMES = {"conv4": "conv4", "resnet8": "resnet", "resnet32": "resnet", "resnet56": "resnet",
-         "resnet18": "resnet_large", "resnet34": "resnet_large", "resnet50": "resnet_large"}
-TORCHVISION = [("resnet34", None), ("resnet18", "imagenet"), ("resnet18", "cifar"), ("resnet50", "imagenet"),
-               ("resnet50", "cifar")]
+PARAMS = {
+    ("conv4", None): 24_648,
+    ("resnet8", None): 77_392,
+    ("resnet32", None): 466_256,
+    ("resnet56", None): 855_120,
+    ("resnet34", None): 21_284_672,
+    ("resnet18", "imagenet"): 11_176_512,
+    ("resnet18", "cifar"): 11_168_832,
+    ("resnet50", "imagenet"): 23_508_032,
+    ("resnet50", "cifar"): 23_500_352,
+}
+FEATURES = {
+    "conv4": 64,
+    "resnet8": 64,
+    "resnet32": 64,
+    "resnet56": 64,
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+}
+FIRST_LAYER = {
+    ("conv4", None): (8, 32, 32),
+    ("resnet8", None): (16, 32, 32),
+    ("resnet32", None): (16, 32, 32),
+    ("resnet56", None): (16, 32, 32),
+    ("resnet34", None): (64, 16, 16),
+    ("resnet18", "imagenet"): (64, 16, 16),
+    ("resnet18", "cifar"): (64, 32, 32),
+    ("resnet50", "imagenet"): (64, 16, 16),
+    ("resnet50", "cifar"): (64, 32, 32),
+}
+NAMES = {
+    "conv4": "conv4",
+    "resnet8": "resnet",
+    "resnet32": "resnet",
+    "resnet56": "resnet",
+    "resnet18": "resnet_large",
+    "resnet34": "resnet_large",
+    "resnet50": "resnet_large",
+}
+TORCHVISION = [
+    ("resnet34", None),
+    ("resnet18", "imagenet"),
+    ("resnet18", "cifar"),
+    ("resnet50", "imagenet"),
+    ("resnet50", "cifar"),
+]
 
 
 def variant_id(variant) -> str:
@@ -114,8 +148,13 @@ def test_init_is_he_fan_out_and_bn_identity(models):
 def test_cifar_stem_is_relic_pytorchs(models, name):
     model = models[name, "cifar"]
     conv = model.conv1
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == \
-        (3, 64, (3, 3), (1, 1), (1, 1))
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
+        3,
+        64,
+        (3, 3),
+        (1, 1),
+        (1, 1),
+    )
     assert conv.bias is None
     assert isinstance(model.maxpool, nn.Identity)
     # Kaiming-normal fan-out: std sqrt(2 / (64 * 3 * 3)); the sample std of 1,728 weights varies by ~2%.
@@ -125,7 +164,7 @@ def test_cifar_stem_is_relic_pytorchs(models, name):
 
 
 def torchvision_model(name: str, stem: str | None) -> nn.Module:
-    """torchvision's model, with the CIFAR stem as relic-pytorch puts it in."""
+    """Torchvision's model, with the CIFAR stem as relic-pytorch puts it in."""
     model = getattr(torchvision.models, name)()
     if stem == "cifar":
         model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
@@ -159,8 +198,9 @@ def test_first_layer_features(models, variant):
     assert first.min() >= 0  # taken after the ReLU
 
 
-@pytest.mark.parametrize("side,stem", [(16, "cifar"), (32, "cifar"), (33, "imagenet"), (64, "imagenet"),
-                                       (96, "imagenet")])
+@pytest.mark.parametrize(
+    "side,stem", [(16, "cifar"), (32, "cifar"), (33, "imagenet"), (64, "imagenet"), (96, "imagenet")]
+)
 def test_auto_stem_follows_the_image_size(side, stem):
     assert resolve_stem("resnet18", "auto", side) == stem
     assert resolve_stem("resnet50", "auto", side) == stem

@@ -1,4 +1,5 @@
 """The benchmark runs end to end in --quick mode and writes its CSV (no timing is asserted)."""
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,22 @@ import benchmark  # noqa: E402
 def test_quick_benchmark_prints_a_line_per_configuration_and_writes_the_csv(tmp_path):
     table = tmp_path / "results.csv"
     result = subprocess.run(
-        [sys.executable, "benchmarks/benchmark.py", "--quick", "--configs", "relationnet-conv4,lineval-conv4",
-         "--steps", "2", "--csv", str(table)],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/benchmark.py",
+            "--quick",
+            "--configs",
+            "relationnet-conv4,lineval-conv4",
+            "--steps",
+            "2",
+            "--csv",
+            str(table),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("summary: 2 configurations")
@@ -35,9 +49,22 @@ def test_quick_benchmark_prints_a_line_per_configuration_and_writes_the_csv(tmp_
 
 def test_quick_dim_ratio_times_both_local_discriminators(tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/benchmark.py", "--quick", "--configs", "dim-ratio", "--steps", "1",
-         "--csv", str(tmp_path / "results.csv")],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/benchmark.py",
+            "--quick",
+            "--configs",
+            "dim-ratio",
+            "--steps",
+            "1",
+            "--csv",
+            str(tmp_path / "results.csv"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("dim-ratio"))
     assert "original local discriminator" in line and float(line.rsplit(", ", 1)[1].rstrip("x")) > 0, line
@@ -49,9 +76,22 @@ def test_quick_deepcluster_times_whole_epochs_and_skips_the_reference_without_sc
     has this suite's side and says in its line why the reference's is missing."""
     table = tmp_path / "results.csv"
     result = subprocess.run(
-        [sys.executable, "benchmarks/benchmark.py", "--quick", "--configs", "deepcluster-conv4", "--device", "cpu",
-         "--csv", str(table)],  # --device: no process started to ask torch for a GPU, the cost of the test
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/benchmark.py",
+            "--quick",
+            "--configs",
+            "deepcluster-conv4",
+            "--device",
+            "cpu",
+            "--csv",
+            str(table),
+        ],  # --device: no process started to ask torch for a GPU, the cost of the test
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("deepcluster-conv4 ("))
     with open(table, newline="") as handle:

@@ -1,4 +1,5 @@
 """Batched augmentation (datasets/augment.py) against torchvision, op by op and in distribution."""
+
 import math
 import pickle
 
@@ -43,6 +44,7 @@ def _unnormalise(x):
 
 # --- API, shapes, determinism ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", [name for name in PIPELINES if name != "flip_affine_erase"])
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (24, 40)])
 def test_shape_dtype_device(kind, size):
@@ -72,8 +74,7 @@ def test_empty_batch():
 
 def test_chunk_size_does_not_change_output():
     images = _random_images(300, 32, 32)
-    outs = [CropColorAugmentation(MEAN, STD, chunk_size=c)(images, _gen(3))
-            for c in (7, 64, None, 1000)]
+    outs = [CropColorAugmentation(MEAN, STD, chunk_size=c)(images, _gen(3)) for c in (7, 64, None, 1000)]
     # Equal up to float rounding, not bit for bit: a kernel may vectorise 7 images otherwise
     # than 300 (some CPUs' kernels do). A value comes from about a dozen float32 ops on pixels
     # in [0, 1] (interpolation, four jitter ops with per-image means, grayscale), each off by at
@@ -86,13 +87,17 @@ def test_chunk_size_does_not_change_output():
 
 
 def test_unknown_kind_and_bad_input():
-    with pytest.raises(ValueError, match="unknown augmentation 'simclr2'; valid: crop_color_gray, .*, "
-                                         "relationnet, standard, finetune"):
+    with pytest.raises(
+        ValueError, match="unknown augmentation 'simclr2'; valid: crop_color_gray, .*, relationnet, standard, finetune"
+    ):
         build_augmentation("simclr2", MEAN, STD)
     aug = build_augmentation("standard", MEAN, STD, padding=4)
-    for bad in (torch.zeros(2, 3, 8, 8), torch.zeros(3, 8, 8, dtype=torch.uint8),
-                torch.zeros(2, 1, 8, 8, dtype=torch.uint8),
-                torch.zeros(2, 4, 8, 8, dtype=torch.uint8)):
+    for bad in (
+        torch.zeros(2, 3, 8, 8),
+        torch.zeros(3, 8, 8, dtype=torch.uint8),
+        torch.zeros(2, 1, 8, 8, dtype=torch.uint8),
+        torch.zeros(2, 4, 8, 8, dtype=torch.uint8),
+    ):
         with pytest.raises(ValueError, match="uint8 tensor"):
             aug(bad, _gen(0))
     with pytest.raises(ValueError):
@@ -108,6 +113,7 @@ def test_none_is_exact_normalisation():
 
 # --- standard and flip: exact crops ----------------------------------------------------
 
+
 def _match_candidates(out, candidates):
     """Index of the candidate each output equals exactly (asserts there is one)."""
     index = torch.cdist(out.flatten(1).double(), candidates.flatten(1).double()).argmin(1)
@@ -120,8 +126,7 @@ def test_standard_is_a_padded_random_crop_with_flip():
     image = _random_images(1, height, width, seed=1)
     norm = build_augmentation("none", MEAN, STD)
     padded = F.pad(image, (pad, pad, pad, pad))
-    crops = [padded[..., i:i + height, j:j + width]
-             for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
+    crops = [padded[..., i : i + height, j : j + width] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
     candidates = norm(torch.cat(crops + [c.flip(-1) for c in crops]), _gen(0))
     standard = build_augmentation("standard", MEAN, STD, padding=pad)
     out = standard(image.expand(n, -1, -1, -1), _gen(0))
@@ -141,6 +146,7 @@ def test_flip_mirrors_about_half():
 
 
 # --- relationnet ops against torchvision ----------------------------------------------
+
 
 def _float_images(n, seed, quantised):
     x = torch.rand(n, 3, 16, 16, generator=_gen(seed))
@@ -163,9 +169,11 @@ def test_hue_matches_torchvision(quantised):
 def test_brightness_contrast_saturation_match_torchvision():
     x = _float_images(24, 1, False)
     factors = torch.linspace(0.2, 1.8, len(x))
-    for ours, theirs in ((adjust_brightness, TF.adjust_brightness),
-                         (adjust_contrast, TF.adjust_contrast),
-                         (adjust_saturation, TF.adjust_saturation)):
+    for ours, theirs in (
+        (adjust_brightness, TF.adjust_brightness),
+        (adjust_contrast, TF.adjust_contrast),
+        (adjust_saturation, TF.adjust_saturation),
+    ):
         expected = torch.stack([theirs(img, f.item()) for img, f in zip(x, factors)])
         torch.testing.assert_close(ours(x, factors), expected, atol=1e-6, rtol=0)
 
@@ -175,9 +183,18 @@ def test_resized_crop_flip_matches_torchvision(size):
     height, width = size
     x = _float_images(1, 2, False)
     x = F.interpolate(x, size=size, mode="bilinear").expand(8, -1, -1, -1).contiguous()
-    boxes = torch.tensor([[0, 0, height, width], [3, 5, 10, 12], [0, 7, 5, 4],
-                          [height - 9, width - 9, 9, 9], [1, 2, height - 3, width - 4],
-                          [4, 0, 1, 1], [2, 3, 17, 6], [5, 6, 7, 20]])
+    boxes = torch.tensor(
+        [
+            [0, 0, height, width],
+            [3, 5, 10, 12],
+            [0, 7, 5, 4],
+            [height - 9, width - 9, 9, 9],
+            [1, 2, height - 3, width - 4],
+            [4, 0, 1, 1],
+            [2, 3, 17, 6],
+            [5, 6, 7, 20],
+        ]
+    )
     flip = torch.tensor([False, True] * 4)
     out = resized_crop_flip(x, boxes, flip)
     for k, (top, left, h, w) in enumerate(boxes.tolist()):
@@ -202,12 +219,14 @@ def test_crop_boxes_follow_torchvision_rule(size):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         image = torch.empty(3, height, width)
-        theirs = torch.tensor([T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
-                               for _ in range(n)], dtype=torch.float64)
+        theirs = torch.tensor(
+            [T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)], dtype=torch.float64
+        )
 
     def features(b):  # top, left, h, w, area, full height
         area, full_height = b[:, 2] * b[:, 3], (b[:, 2] == height).double()
         return torch.cat([b, area[:, None], full_height[:, None]], 1)
+
     a, b = features(ours), features(theirs)
     # Each difference of two independent means must lie within 4.5 standard errors.
     se = ((a.var(0) + b.var(0)) / n).sqrt()
@@ -227,6 +246,7 @@ def test_crop_boxes_fallback_is_torchvision_centre_crop(size):
 
 # --- relationnet in distribution against torchvision's per-image PIL pipeline ------------
 
+
 def _smooth_images(n, seed=0):
     """Synthetic stand-in for real photos: random 4x4 colour fields, bilinearly upsampled."""
     low = torch.rand(n, 3, 4, 4, generator=_gen(seed))
@@ -244,9 +264,16 @@ def _source_images(source, n=1024):
 
 
 def _pil_pipeline(jitter=True):
-    return T.Compose([T.RandomResizedCrop(32, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
-                      T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8 if jitter else 0.0),
-                      T.RandomGrayscale(0.2), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(32, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8 if jitter else 0.0),
+            T.RandomGrayscale(0.2),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def _std_and_se(values):
@@ -266,7 +293,7 @@ def _summary(x):
     n = len(x)
     root_n = math.sqrt(n)
     stats = {}
-    channel_mean = x.mean((2, 3)).double()                    # (n, 3)
+    channel_mean = x.mean((2, 3)).double()  # (n, 3)
     channel_square = x.square().mean((2, 3)).double()
     mean = channel_mean.mean(0)
     std = (channel_square.mean(0) - mean.square()).sqrt()
@@ -316,8 +343,7 @@ def pil_reference(request):
     pipeline = _pil_pipeline()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        samples = torch.stack([pipeline(Image.fromarray(img))
-                               for img in source.permute(0, 2, 3, 1).numpy()])
+        samples = torch.stack([pipeline(Image.fromarray(img)) for img in source.permute(0, 2, 3, 1).numpy()])
     return request.param, source, _summary(samples)
 
 
@@ -343,11 +369,16 @@ def test_distribution_comparison_rejects_wrong_pipelines(pil_reference):
     # torchvision v2 on a whole batch draws one set of parameters for all its images; 2048
     # samples (each source image twice) keep its slow tensor hue cheap, and the standard
     # errors follow the sample size.
-    shared = v2.Compose([v2.RandomResizedCrop(32, scale=(0.08, 1.0), antialias=True),
-                         v2.RandomHorizontalFlip(),
-                         v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-                         v2.RandomGrayscale(0.2), v2.ToDtype(torch.float32, scale=True),
-                         v2.Normalize(MEAN, STD)])
+    shared = v2.Compose(
+        [
+            v2.RandomResizedCrop(32, scale=(0.08, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            v2.RandomGrayscale(0.2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
         wrong["one parameter set per batch"] = shared(source[:2048])
@@ -362,6 +393,7 @@ def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(kind, m
     """On a GPU, grayscale, hue and the affine warp are computed for the whole batch and
     blended (no `nonzero`, which waits for the device); the values must not change."""
     from datasets import augment
+
     images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     pipeline = augment.build_augmentation(kind, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), cutout=0.5)
     subsets = pipeline(images, torch.Generator().manual_seed(1))
@@ -372,11 +404,16 @@ def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(kind, m
 
 # --- relic's views (blur, solarize) in distribution against torchvision's PIL pipeline -------
 
+
 def _relic_pil_pipeline(local: bool):
     """relic-pytorch's global (32 px) or local (13 px) view transform, normalised like ours."""
-    steps = [T.RandomResizedCrop(13 if local else 32, scale=(0.05, 1.0) if local else (0.1, 1.0)),
-             T.RandomHorizontalFlip(), T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-             T.RandomGrayscale(0.2), T.GaussianBlur(blur_kernel_size(32), (0.1, 2.0))]
+    steps = [
+        T.RandomResizedCrop(13 if local else 32, scale=(0.05, 1.0) if local else (0.1, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+        T.RandomGrayscale(0.2),
+        T.GaussianBlur(blur_kernel_size(32), (0.1, 2.0)),
+    ]
     if not local:
         steps.append(T.RandomSolarize(127, 0.2))
     return T.Compose(steps + [T.ToTensor(), T.Normalize(MEAN, STD)])

@@ -2,6 +2,7 @@
 float images, symlink loops, forged decode caches, empty splits, crafted CIFAR labels. Each is
 read by its real content or refused in one line naming the file; none crashes or trains on
 garbage."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,12 @@ def test_links_are_followed_only_inside_the_tree_and_once(tmp_path, capsys):
     data = load_dataset("folder", "train", root)
     assert len(data) == 6 and data.class_counts().tolist() == [3, 3]
     warnings = capsys.readouterr().err
-    for why in ("out of the data set's tree", "back up to a folder that holds it", "into another class's folder",
-                "to a folder already read"):
+    for why in (
+        "out of the data set's tree",
+        "back up to a folder that holds it",
+        "into another class's folder",
+        "to a folder already read",
+    ):
         assert f"the link leads {why}" in warnings
 
 
@@ -67,12 +72,16 @@ def _forge(cache, **tensors):
     os.utime(cache)
 
 
-@pytest.mark.parametrize("forged,size", [
-    ({"images": torch.zeros(0, 3, 32, 32, dtype=torch.uint8)}, 0),   # no images: trained on nothing
-    ({"images": torch.zeros(6, 3, 32, 32, dtype=torch.float32)}, 0),  # wrong dtype: crashed
-    ({"images": torch.zeros(6, 3, 16, 16, dtype=torch.uint8)}, 32),  # not the side asked for
-    ({"images": torch.zeros(6, 32, 32, dtype=torch.uint8)}, 0),      # wrong shape: crashed
-], ids=["empty", "float", "side", "shape"])
+@pytest.mark.parametrize(
+    "forged,size",
+    [
+        ({"images": torch.zeros(0, 3, 32, 32, dtype=torch.uint8)}, 0),  # no images: trained on nothing
+        ({"images": torch.zeros(6, 3, 32, 32, dtype=torch.float32)}, 0),  # wrong dtype: crashed
+        ({"images": torch.zeros(6, 3, 16, 16, dtype=torch.uint8)}, 32),  # not the side asked for
+        ({"images": torch.zeros(6, 32, 32, dtype=torch.uint8)}, 0),  # wrong shape: crashed
+    ],
+    ids=["empty", "float", "side", "shape"],
+)
 def test_a_forged_folder_cache_is_rebuilt(tmp_path, capsys, forged, size):
     root = write_image_folder(tmp_path, ["a", "b"], n_train=3)
     genuine = load_dataset("folder", "train", root, image_size=size).images
@@ -110,13 +119,17 @@ def test_an_empty_split_is_one_line(tmp_path):
         assert f"the {name} {split} split" in one_line(error.value) and "holds no images" in str(error.value)
 
 
-@pytest.mark.parametrize("labels,problem", [
-    ([2**70] * 4, "'labels' outside 0..9"),           # OverflowError
-    ([[0] * 1000] * 4, "not a flat list of integers"),  # shared sub-lists: pickled small, expanded huge
-    (np.zeros((2, 2), np.int64), "not a flat list of integers"),
-    ([0, 1, "2", 3], "not a flat list of integers"),
-    ([0, 1, 2], "3 'labels' for 4 images"),
-], ids=["huge", "nested", "2d", "text", "short"])
+@pytest.mark.parametrize(
+    "labels,problem",
+    [
+        ([2**70] * 4, "'labels' outside 0..9"),  # OverflowError
+        ([[0] * 1000] * 4, "not a flat list of integers"),  # shared sub-lists: pickled small, expanded huge
+        (np.zeros((2, 2), np.int64), "not a flat list of integers"),
+        ([0, 1, "2", 3], "not a flat list of integers"),
+        ([0, 1, 2], "3 'labels' for 4 images"),
+    ],
+    ids=["huge", "nested", "2d", "text", "short"],
+)
 def test_crafted_cifar_labels_are_one_line(tmp_path, labels, problem):
     root = write_cifar10(tmp_path, n_train_per_batch=4, n_test=4, batches=1)
     _rewrite_batch(root / "cifar-10-batches-py" / "data_batch_1", labels=labels)

@@ -35,6 +35,7 @@ def raw_batch(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
+
 def test_cifar10_written_train_matches_files(small_cifar10_root, capsys):
     s = load_dataset("cifar10", "train", small_cifar10_root, download=False)
     assert isinstance(s, ImageSet)
@@ -82,7 +83,11 @@ def test_bytes_keys_also_load(tmp_path):
     data = np.arange(3 * 3072, dtype=np.int64).astype(np.uint8).reshape(3, 3072)
     for name in ("data_batch_1", "test_batch"):
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": b"x", b"labels": [7, 0, 9], b"data": data, b"filenames": [b"a", b"b", b"c"]}, f, protocol=2)
+            pickle.dump(
+                {b"batch_label": b"x", b"labels": [7, 0, 9], b"data": data, b"filenames": [b"a", b"b", b"c"]},
+                f,
+                protocol=2,
+            )
     s = load_dataset("cifar10", "test", tmp_path, download=False)
     assert s.labels.tolist() == [7, 0, 9]
     assert torch.equal(s.images.reshape(3, -1), torch.from_numpy(data))
@@ -121,6 +126,7 @@ def test_written_images_are_learnable(small_cifar10_root):
 
 # ----------------------------------------------------------------------------- CIFAR-100
 
+
 def test_cifar100_fine_and_super_labels(cifar100_root):
     fine = load_dataset("cifar100", "train", cifar100_root, download=False)
     sup = load_dataset("supercifar100", "train", cifar100_root, download=False)
@@ -143,11 +149,28 @@ def test_cifar100_fine_and_super_labels(cifar100_root):
 
 # ----------------------------------------------------------------------------- ImageSet
 
+
 def _toy_set(labels: list[int], num_classes: int) -> ImageSet:
     n = len(labels)
-    images = torch.arange(n, dtype=torch.int64).remainder(256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
-    return ImageSet("toy", "train", images, torch.tensor(labels, dtype=torch.int64), num_classes,
-                    (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 4, None)
+    images = (
+        torch.arange(n, dtype=torch.int64)
+        .remainder(256)
+        .to(torch.uint8)
+        .view(n, 1, 1, 1)
+        .expand(n, 3, 4, 4)
+        .contiguous()
+    )
+    return ImageSet(
+        "toy",
+        "train",
+        images,
+        torch.tensor(labels, dtype=torch.int64),
+        num_classes,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        4,
+        None,
+    )
 
 
 def test_subset_keeps_pairs_and_constants(small_cifar10_root):
@@ -157,7 +180,13 @@ def test_subset_keeps_pairs_and_constants(small_cifar10_root):
     assert len(sub) == 3 and sub.images.is_contiguous()
     assert torch.equal(sub.images, s.images[idx]) and torch.equal(sub.labels, s.labels[idx])
     assert (sub.mean, sub.std, sub.padding, sub.cutout, sub.num_classes, sub.name) == (
-        s.mean, s.std, s.padding, s.cutout, s.num_classes, s.name)
+        s.mean,
+        s.std,
+        s.padding,
+        s.cutout,
+        s.num_classes,
+        s.name,
+    )
 
 
 def test_balanced_subset_counts_and_seeds(small_cifar10_root):
@@ -194,12 +223,25 @@ def test_balanced_subset_uneven_classes():
 
 def test_imageset_validates_types():
     with pytest.raises(TypeError):
-        ImageSet("x", "train", torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64), 2, (0, 0, 0), (1, 1, 1), 4, None)
+        ImageSet(
+            "x", "train", torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64), 2, (0, 0, 0), (1, 1, 1), 4, None
+        )
     with pytest.raises(ValueError):
-        ImageSet("x", "train", torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), 2, (0, 0, 0), (1, 1, 1), 4, None)
+        ImageSet(
+            "x",
+            "train",
+            torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+            torch.zeros(3, dtype=torch.int64),
+            2,
+            (0, 0, 0),
+            (1, 1, 1),
+            4,
+            None,
+        )
 
 
 # ----------------------------------------------------------------------------- registry
+
 
 def test_registry_and_unknown_names(small_cifar10_root):
     assert set(DATASETS) >= {"cifar10", "cifar100", "supercifar100"}
@@ -223,6 +265,7 @@ def test_image_side_is_known_without_reading_the_images(small_cifar10_root):
 
 
 # ----------------------------------------------------------------------------- errors on disk
+
 
 def test_missing_folder_without_download(tmp_path):
     with pytest.raises(DatasetError) as e:
@@ -303,6 +346,7 @@ def test_incomplete_folder_names_missing_file(tmp_path):
 
 # ----------------------------------------------------------------------------- download helpers
 
+
 def test_md5_verification(tmp_path):
     f = tmp_path / "blob.bin"
     f.write_bytes(b"relational reasoning" * 1000)
@@ -375,6 +419,7 @@ def test_full_download_path_via_file_url(tmp_path, monkeypatch):
 
     # A kept, verified archive is re-used without the network, even with download=False.
     import shutil
+
     shutil.rmtree(root / "cifar-10-batches-py")
     monkeypatch.setattr(cifar_mod, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     assert len(load_dataset("cifar10", "train", root, download=False)) == 40
@@ -393,6 +438,7 @@ def test_full_download_path_via_file_url(tmp_path, monkeypatch):
 def test_class_names_come_from_the_official_files(small_cifar10_root, tmp_path):
     from datasets.names import class_names
     from tests.helpers import CIFAR10_CLASSES
+
     assert class_names("cifar10", small_cifar10_root, 10) == CIFAR10_CLASSES
     assert class_names("cifar10", small_cifar10_root, 20) is None  # not the data set's classes
     assert class_names("cifar100", tmp_path, 100) is None  # no files: the plot shows numbers

@@ -162,8 +162,14 @@ def test_layout_errors_are_one_line(tmp_path, case):
     with pytest.raises(DatasetError) as info:
         load_dataset("folder", "test", root)
     message = one_line(info.value)
-    named = {"no_root": "<root>/train/<class>", "no_train": "<root>/train/<class>", "no_test": str(root / "test"),
-             "empty_train": "<root>/train/<class>", "empty_class": str(root / "train" / "b"), "mixed": "loose.png"}
+    named = {
+        "no_root": "<root>/train/<class>",
+        "no_train": "<root>/train/<class>",
+        "no_test": str(root / "test"),
+        "empty_train": "<root>/train/<class>",
+        "empty_class": str(root / "train" / "b"),
+        "mixed": "loose.png",
+    }
     assert named[case] in message
 
 
@@ -191,12 +197,14 @@ def test_image_size_flag(capsys):
 
 
 def test_three_stages_on_resized_folder(tmp_path, capsys):
-    root = write_image_folder(tmp_path / "tree", ["cat", "dog", "eel"], n_train=8, n_test=4,
-                              sizes=((40, 30), (24, 36), (50, 50)), ext="jpg")
+    root = write_image_folder(
+        tmp_path / "tree", ["cat", "dog", "eel"], n_train=8, n_test=4, sizes=((40, 30), (24, 36), (50, 50)), ext="jpg"
+    )
     out = tmp_path / "out"
     args = stage_arguments(root, out, dataset="folder") + ["--image_size", "32"]
-    stage1_file, stage2_file, _, test_out = three_stages(args, out, "folder", "relationnet", capsys,
-                                                         stage1_args=["--K", "2", "--data_size", "8"])
+    stage1_file, stage2_file, _, test_out = three_stages(
+        args, out, "folder", "relationnet", capsys, stage1_args=["--K", "2", "--data_size", "8"]
+    )
     assert {"backbone", "relation"} <= set(load(stage1_file))
     assert load(stage2_file)["classifier"]["weight"].shape[0] == 3
     assert "Test accuracy:" in test_out

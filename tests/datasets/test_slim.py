@@ -30,8 +30,12 @@ def test_layout_labels_sizes_and_constants(tmp_path):
     assert (len(train), len(test), train.side, test.side, train.num_classes) == (15, 6, 64, 64, 3)
     assert train.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5 and test.labels.tolist() == [0, 0, 1, 1, 2, 2]
     for label, wnid in enumerate(sorted(wnids)):
-        assert torch.equal(train.images[train.labels == label][0], pixels(first_file(tmp_path / "SlimageNet64" / "train" / wnid)))
-        assert torch.equal(test.images[test.labels == label][0], pixels(first_file(tmp_path / "SlimageNet64" / "test" / wnid)))
+        assert torch.equal(
+            train.images[train.labels == label][0], pixels(first_file(tmp_path / "SlimageNet64" / "train" / wnid))
+        )
+        assert torch.equal(
+            test.images[test.labels == label][0], pixels(first_file(tmp_path / "SlimageNet64" / "test" / wnid))
+        )
     for data in (train, test):
         assert (data.name, data.mean, data.std, data.padding, data.cutout) == ("slim", (0.5,) * 3, (0.25,) * 3, 8, None)
 
@@ -95,8 +99,9 @@ def test_three_stages_on_slim(tmp_path, capsys):
     root = write_slim(tmp_path / "data", num_classes=3, n_train=8, n_test=4)
     out = tmp_path / "out"
     args = stage_arguments(root, out, dataset="slim")
-    stage1_file, stage2_file, _, test_out = three_stages(args, out, "slim", "relationnet", capsys,
-                                                         stage1_args=["--K", "2", "--data_size", "8"])
+    stage1_file, stage2_file, _, test_out = three_stages(
+        args, out, "slim", "relationnet", capsys, stage1_args=["--K", "2", "--data_size", "8"]
+    )
     assert {"backbone", "relation"} <= set(load(stage1_file))
     assert load(stage2_file)["classifier"]["weight"].shape[0] == 3
     assert "Test accuracy:" in test_out

@@ -1,4 +1,5 @@
 """STL-10 loader (datasets/stl10.py), its three-stage pipeline, and the "finetune" augmentation."""
+
 from __future__ import annotations
 
 import math
@@ -44,6 +45,7 @@ def raw_images(path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- loading
 
+
 def test_stl10_root_counts_labels_and_bytes(stl10_root):
     folder = stl10_root / "stl10_binary"
     sets = {split: load_dataset("stl10", split, stl10_root, download=False) for split in ("train", "test", "unlabeled")}
@@ -85,8 +87,9 @@ def test_unknown_split(stl10_root):
         stl10_mod.load_stl10(stl10_root, "validation")
 
 
-@pytest.mark.parametrize("damage", ["images not whole", "images truncated", "labels short", "labels range",
-                                    "labels missing"])
+@pytest.mark.parametrize(
+    "damage", ["images not whole", "images truncated", "labels short", "labels range", "labels missing"]
+)
 def test_bad_files_name_the_file(tmp_path, damage):
     write_stl10(tmp_path, n_train=4, n_test=3, n_unlabeled=2)
     folder = tmp_path / "stl10_binary"
@@ -95,7 +98,7 @@ def test_bad_files_name_the_file(tmp_path, damage):
     if damage == "images not whole":
         images.write_bytes(images.read_bytes() + b"\0" * 100)
     elif damage == "images truncated":  # a whole number of images, but fewer than labels
-        images.write_bytes(images.read_bytes()[:2 * 3 * PIXELS])
+        images.write_bytes(images.read_bytes()[: 2 * 3 * PIXELS])
         bad = labels
     elif damage == "labels short":
         labels.write_bytes(labels.read_bytes()[:-1])
@@ -169,11 +172,18 @@ def test_pretraining_split():
 
 # ----------------------------------------------------------------------------- three stages
 
+
 @pytest.mark.parametrize("method", ["relationnet", "rotationnet"])
 def test_three_stages(stl10_root, tmp_path, capsys, method):
     _, _, stage1_out, test_out = three_stages(
-        stage_arguments(stl10_root, tmp_path, dataset="stl10"), tmp_path, "stl10", method, capsys,
-        stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
+        stage_arguments(stl10_root, tmp_path, dataset="stl10"),
+        tmp_path,
+        "stl10",
+        method,
+        capsys,
+        stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"],
+        stage2_args=["--train_subset", "40"],
+    )
     # Self-supervised methods pretrain on the unlabelled images, as the original code did.
     assert "Training images: 32 (stl10 unlabeled, 96x96, 10 classes)" in stage1_out
     assert "Test accuracy:" in test_out
@@ -206,12 +216,28 @@ def test_affine_matches_torchvision(size):
     value by at most ~1e-5. The largest difference seen was 2.5e-5.
     """
     x = torch.rand(6, 3, *size, generator=torch.Generator().manual_seed(0))
-    params = torch.tensor([[0, 0, 0, 1, 0], [12.5, 3, -5, 1.05, 7], [-17.9, -9, 9, 0.92, -9.5],
-                           [18, 0, 0, 1.1, 10], [90, 1, 2, 1, 0], [-3, 10, -10, 0.9, 45]], dtype=torch.float64)
+    params = torch.tensor(
+        [
+            [0, 0, 0, 1, 0],
+            [12.5, 3, -5, 1.05, 7],
+            [-17.9, -9, 9, 0.92, -9.5],
+            [18, 0, 0, 1.1, 10],
+            [90, 1, 2, 1, 0],
+            [-3, 10, -10, 0.9, 45],
+        ],
+        dtype=torch.float64,
+    )
     out = affine(x, params)
     for k, (angle, tx, ty, scale, shear) in enumerate(params.tolist()):
-        expected = TF.affine(x[k], angle, [int(tx), int(ty)], scale, [shear, 0.0],
-                             interpolation=T.InterpolationMode.BILINEAR, fill=[0.0] * 3)
+        expected = TF.affine(
+            x[k],
+            angle,
+            [int(tx), int(ty)],
+            scale,
+            [shear, 0.0],
+            interpolation=T.InterpolationMode.BILINEAR,
+            fill=[0.0] * 3,
+        )
         torch.testing.assert_close(out[k], expected, atol=1e-4, rtol=0)
 
 
@@ -222,8 +248,10 @@ def test_affine_parameters_follow_torchvision(size):
     ours = random_affine_params(n, height, width, torch.Generator().manual_seed(0))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        draws = [T.RandomAffine.get_params([-18.0, 18.0], [0.1, 0.1], [0.9, 1.1], [-10.0, 10.0], [width, height])
-                 for _ in range(n)]
+        draws = [
+            T.RandomAffine.get_params([-18.0, 18.0], [0.1, 0.1], [0.9, 1.1], [-10.0, 10.0], [width, height])
+            for _ in range(n)
+        ]
     theirs = torch.tensor([[a, tx, ty, s, sx] for a, (tx, ty), s, (sx, sy) in draws], dtype=torch.float64)
     assert all(sy == 0.0 for *_, (_, sy) in draws)  # a single shear number is an x-shear only
     # Whole-pixel translations over the same values (round half to even of U(-0.1 size, 0.1 size)).
@@ -237,8 +265,10 @@ def test_affine_parameters_follow_torchvision(size):
         assert ((a.mean(0) - b.mean(0)).abs() <= 4.5 * se).all(), (a.mean(0), b.mean(0), se)
 
 
-@pytest.mark.parametrize("size,scale", [((96, 96), 0.111), ((32, 32), 0.25), ((32, 32), 0.0625),
-                                        ((64, 64), 0.3), ((40, 24), 0.111), ((32, 32), 1.0)])
+@pytest.mark.parametrize(
+    "size,scale",
+    [((96, 96), 0.111), ((32, 32), 0.25), ((32, 32), 0.0625), ((64, 64), 0.3), ((40, 24), 0.111), ((32, 32), 1.0)],
+)
 def test_erasing_box_side_is_torchvision(size, scale):
     image = torch.zeros(3, *size)
     top, left, h, w, value = T.RandomErasing.get_params(image, scale=(scale, scale), ratio=(1.0, 1.0), value=[0])
@@ -267,7 +297,7 @@ def test_erasing_boxes_are_uniform_squares_of_zeros():
     assert (zero[erased].flatten(1).sum(1) == side * side).all()  # one full square each
     for corner, positions in ((top, height - side + 1), (left, width - side + 1)):
         assert set(corner.long().tolist()) == set(range(positions))
-        expected_sd = math.sqrt((positions ** 2 - 1) / 12)  # discrete uniform
+        expected_sd = math.sqrt((positions**2 - 1) / 12)  # discrete uniform
         assert abs(corner.mean().item() - (positions - 1) / 2) < 4 * expected_sd / math.sqrt(len(corner))
     assert (out[~zero.unsqueeze(1).expand_as(out)] == (200 / 255 - 0.5) / 0.5).all()
 
@@ -284,6 +314,7 @@ def _summary(out: torch.Tensor, source: torch.Tensor, side: int) -> dict:
 
     def untouched(reference):  # equal to the (flipped) source wherever not erased
         return ((out == reference) | zero.unsqueeze(1)).flatten(1).all(1)
+
     same, mirrored = untouched(plain), untouched(plain.flip(-1))
     warped = ~(same | mirrored)
     fill = (out == -1).all(1).flatten(1).double().mean(1)  # raw 0: the warp's fill (and black pixels)
@@ -295,9 +326,17 @@ def _summary(out: torch.Tensor, source: torch.Tensor, side: int) -> dict:
             return math.nan, math.nan
         values = values.double()
         return values.mean().item(), values.std().item() / math.sqrt(len(values))
-    return {"erased": mean_se(erased), "warped": mean_se(warped), "flipped, not warped": mean_se(mirrored & ~same),
-            "fill fraction if warped": mean_se(fill[warped]), "box top": mean_se(top), "box left": mean_se(left),
-            "image mean": mean_se(out.mean((1, 2, 3))), "image std": mean_se(out.std((1, 2, 3)))}
+
+    return {
+        "erased": mean_se(erased),
+        "warped": mean_se(warped),
+        "flipped, not warped": mean_se(mirrored & ~same),
+        "fill fraction if warped": mean_se(fill[warped]),
+        "box top": mean_se(top),
+        "box left": mean_se(left),
+        "image mean": mean_se(out.mean((1, 2, 3))),
+        "image std": mean_se(out.std((1, 2, 3))),
+    }
 
 
 def _disagreements(candidate: dict, reference: dict, z: float = 4.0) -> dict:
@@ -323,16 +362,34 @@ def test_finetune_matches_the_torchvision_pipeline_in_distribution(stl10_root):
     """
     source = _stl_images(stl10_root).repeat(2, 1, 1, 1)
     side = erasing_side(96, 96, 0.111)
-    pipeline = T.Compose([
-        T.RandomHorizontalFlip(0.5),
-        T.RandomApply([T.RandomAffine(18, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10,
-                                      interpolation=T.InterpolationMode.BILINEAR, fill=0)], p=0.5),
-        T.ToTensor(), T.Normalize(MEAN, STD),
-        T.RandomErasing(p=0.5, scale=(0.111, 0.111), ratio=(1.0, 1.0), value=0)])
+    pipeline = T.Compose(
+        [
+            T.RandomHorizontalFlip(0.5),
+            T.RandomApply(
+                [
+                    T.RandomAffine(
+                        18,
+                        translate=(0.1, 0.1),
+                        scale=(0.9, 1.1),
+                        shear=10,
+                        interpolation=T.InterpolationMode.BILINEAR,
+                        fill=0,
+                    )
+                ],
+                p=0.5,
+            ),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+            T.RandomErasing(p=0.5, scale=(0.111, 0.111), ratio=(1.0, 1.0), value=0),
+        ]
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        reference = _summary(torch.stack([pipeline(Image.fromarray(image))
-                                          for image in source.permute(0, 2, 3, 1).numpy()]), source, side)
+        reference = _summary(
+            torch.stack([pipeline(Image.fromarray(image)) for image in source.permute(0, 2, 3, 1).numpy()]),
+            source,
+            side,
+        )
     ours = build_augmentation("finetune", MEAN, STD, cutout=0.111)
     assert _disagreements(_summary(ours(source, torch.Generator().manual_seed(0)), source, side), reference) == {}
 

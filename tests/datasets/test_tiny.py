@@ -1,5 +1,6 @@
 """Tiny-ImageNet loader (datasets/tiny.py): layout, labels, decoded-image cache, errors,
 zip download and extraction safety, and the three stages."""
+
 from __future__ import annotations
 
 import stat
@@ -26,8 +27,11 @@ def expected_files(folder):
     """(train files, train labels, val files, val labels) in the loader's documented order:
     classes by sorted wnid, files sorted by name; val sorted by file name, labelled by the annotations."""
     wnids = sorted((folder / "wnids.txt").read_text().split())
-    train = [(path, label) for label, wnid in enumerate(wnids)
-             for path in sorted((folder / "train" / wnid / "images").iterdir())]
+    train = [
+        (path, label)
+        for label, wnid in enumerate(wnids)
+        for path in sorted((folder / "train" / wnid / "images").iterdir())
+    ]
     rows = sorted(line.split("\t")[:2] for line in (folder / "val" / "val_annotations.txt").read_text().splitlines())
     val = [(folder / "val" / "images" / name, wnids.index(wnid)) for name, wnid in rows]
     return [p for p, _ in train], [c for _, c in train], [p for p, _ in val], [c for _, c in val]
@@ -38,6 +42,7 @@ def load_both(root):
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def test_tiny_root_counts_labels_and_pixels(tiny_root):
     folder = tiny_root / "tiny-imagenet-200"
@@ -59,7 +64,9 @@ def test_tiny_root_counts_labels_and_pixels(tiny_root):
                 assert torch.equal(data.images[k], decode(path)), path
             if gray:
                 grayscale += 1
-                assert torch.equal(data.images[k, 0], data.images[k, 1]) and torch.equal(data.images[k, 0], data.images[k, 2])
+                assert torch.equal(data.images[k, 0], data.images[k, 1]) and torch.equal(
+                    data.images[k, 0], data.images[k, 2]
+                )
     assert grayscale > 0  # 14 in the shared sample, 150 in written data
 
 
@@ -79,6 +86,7 @@ def test_written_class_order_is_sorted_wnids(tmp_path):
 
 
 # ----------------------------------------------------------------------------- cache
+
 
 def test_cache_is_built_reused_and_rebuilt(tmp_path, monkeypatch, capsys):
     write_tiny(tmp_path, classes=3, per_class_train=4, per_class_val=2)
@@ -132,6 +140,7 @@ def test_unwritable_folder_works_without_cache(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_jpeg_names_the_file(tmp_path, damage):
@@ -190,6 +199,7 @@ def test_unknown_split(tmp_path):
 
 # ----------------------------------------------------------------------------- zip download
 
+
 def zip_folder(archive, root, folder):
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted((root / folder).rglob("*")):
@@ -239,11 +249,18 @@ def test_corrupt_zip_is_one_line_error(tmp_path):
 
 # ----------------------------------------------------------------------------- three stages
 
+
 @pytest.mark.parametrize("method", ["relationnet", "rotationnet"])
 def test_three_stages(tiny_root, tmp_path, capsys, method):
     _, _, stage1_out, test_out = three_stages(
-        stage_arguments(tiny_root, tmp_path, dataset="tiny"), tmp_path, "tiny", method, capsys,
-        stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"], stage2_args=["--train_subset", "40"])
+        stage_arguments(tiny_root, tmp_path, dataset="tiny"),
+        tmp_path,
+        "tiny",
+        method,
+        capsys,
+        stage1_args=[*views_flag(method), "--data_size", "16", "--train_subset", "32"],
+        stage2_args=["--train_subset", "40"],
+    )
     assert "Training images: 32 (tiny train, 64x64, 10 classes)" in stage1_out
     assert "Test accuracy:" in test_out
 

@@ -1,4 +1,5 @@
 """Checkpoint files: atomic saves that survive failures, and safe, clear loading."""
+
 from __future__ import annotations
 
 import errno
@@ -29,6 +30,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint({"backbone": {"w": torch.zeros(3)}, "epoch": 2}, path)
@@ -48,6 +50,7 @@ def test_a_write_killed_midway_never_replaces_the_file(tmp_path, monkeypatch):
 
     def killed(*args):
         raise Killed
+
     monkeypatch.setattr(checkpoint.os, "replace", killed)
     with pytest.raises(Killed):
         atomic_write_bytes(path, b"partial")
@@ -90,6 +93,7 @@ def test_foreign_and_broken_files_give_one_line_errors(tmp_path, kind):
 def backbone_state(name: str, stem: str | None = None) -> dict:
     """A checkpoint of backbone `name`, freshly initialised."""
     from backbones import build_backbone
+
     return {"backbone": build_backbone(name, stem).state_dict()}
 
 
@@ -101,8 +105,17 @@ def refusal(*args) -> str:
     return message
 
 
-@pytest.mark.parametrize("name,stem", [("conv4", None), ("resnet34", None), ("resnet18", "cifar"),
-                                       ("resnet18", "imagenet"), ("resnet50", "cifar"), ("resnet50", "imagenet")])
+@pytest.mark.parametrize(
+    "name,stem",
+    [
+        ("conv4", None),
+        ("resnet34", None),
+        ("resnet18", "cifar"),
+        ("resnet18", "imagenet"),
+        ("resnet50", "cifar"),
+        ("resnet50", "imagenet"),
+    ],
+)
 def test_the_backbone_and_stem_of_a_checkpoint_are_told_from_its_weights(name, stem):
     state = backbone_state(name, stem)
     assert identify_backbone(state["backbone"]) == (name, stem)
@@ -110,11 +123,15 @@ def test_the_backbone_and_stem_of_a_checkpoint_are_told_from_its_weights(name, s
     assert check_backbone(state, name, "c.tar", stem) == stem
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda weight: weight.long(), "is a torch.int64 tensor where this run holds torch.float32"),
-    (lambda weight: torch.full_like(weight, float("nan")), "non-finite values"),
-    (lambda weight: torch.full_like(weight, float("-inf")), "non-finite values"),
-    (lambda weight: weight.to("meta"), "without values")])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda weight: weight.long(), "is a torch.int64 tensor where this run holds torch.float32"),
+        (lambda weight: torch.full_like(weight, float("nan")), "non-finite values"),
+        (lambda weight: torch.full_like(weight, float("-inf")), "non-finite values"),
+        (lambda weight: weight.to("meta"), "without values"),
+    ],
+)
 def test_backbone_weights_that_loading_would_cast_or_that_are_not_finite_are_refused(damage, words):
     state = backbone_state("conv4")
     state["backbone"]["layer2.conv.weight"] = damage(state["backbone"]["layer2.conv.weight"])
@@ -124,25 +141,33 @@ def test_backbone_weights_that_loading_would_cast_or_that_are_not_finite_are_ref
 
 def test_a_checkpoint_of_another_stem_or_backbone_is_refused_with_the_fix():
     cifar = backbone_state("resnet18", "cifar")
-    assert refusal(cifar, "resnet18", "c.tar", "imagenet") == \
-        "checkpoint c.tar holds a resnet18 backbone with the cifar stem, not the imagenet stem: pass --stem cifar"
-    assert refusal(cifar, "resnet50", "c.tar") == \
-        "checkpoint c.tar holds a resnet18 backbone with the cifar stem, not resnet50: pass --backbone resnet18"
+    assert (
+        refusal(cifar, "resnet18", "c.tar", "imagenet")
+        == "checkpoint c.tar holds a resnet18 backbone with the cifar stem, not the imagenet stem: pass --stem cifar"
+    )
+    assert (
+        refusal(cifar, "resnet50", "c.tar")
+        == "checkpoint c.tar holds a resnet18 backbone with the cifar stem, not resnet50: pass --backbone resnet18"
+    )
     assert refusal(cifar, "resnet50", "c.tar", "imagenet").endswith("pass --backbone resnet18 --stem cifar")
-    assert refusal(backbone_state("conv4"), "resnet18", "c.tar", "cifar") == \
-        "checkpoint c.tar holds a conv4 backbone, not resnet18: pass --backbone conv4"
+    assert (
+        refusal(backbone_state("conv4"), "resnet18", "c.tar", "cifar")
+        == "checkpoint c.tar holds a conv4 backbone, not resnet18: pass --backbone conv4"
+    )
     assert refusal(backbone_state("resnet50", "imagenet"), "resnet34", "c.tar").endswith("pass --backbone resnet50")
 
 
 def test_a_stem_for_a_single_stem_backbone_is_refused_before_the_weights_are_compared():
     assert refusal(backbone_state("resnet34"), "resnet34", "c.tar", "imagenet").startswith(
-        "--stem imagenet: backbone resnet34 has a single stem; drop --stem")
+        "--stem imagenet: backbone resnet34 has a single stem; drop --stem"
+    )
 
 
 def test_csv_logs_write_floats_with_fixed_significant_digits(tmp_path):
     path = tmp_path / "log.csv"
-    checkpoint.append_csv_row(path, ["epoch", "accuracy", "loss"], {"epoch": 1, "accuracy": 28.000000000000004,
-                                                                    "loss": 1 / 3})
+    checkpoint.append_csv_row(
+        path, ["epoch", "accuracy", "loss"], {"epoch": 1, "accuracy": 28.000000000000004, "loss": 1 / 3}
+    )
     checkpoint.write_csv(tmp_path / "rewritten.csv", ["loss"], [{"loss": 2 / 3}, {"loss": 1e-9 / 3}])
     assert path.read_text().splitlines()[1] == "1,28,0.33333333"
     assert (tmp_path / "rewritten.csv").read_text().splitlines()[1:] == ["0.66666667", "3.3333333e-10"]
@@ -164,10 +189,12 @@ def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
 
 def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys):
     from experiments.stage import run_main
+
     path = tmp_path / "run" / "log_run.csv"
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: write_csv(path, ["epoch"], [{"epoch": 0}]))

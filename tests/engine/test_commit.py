@@ -1,5 +1,6 @@
 """The epoch commit's pieces alone: completing a half-done commit, the log's rewrite, the
 files a run owns (its stage-2 runs and other runs are not its), logs that are not text."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,6 @@ from engine.checkpoint import CsvLog, RunFiles, read_csv, save_checkpoint
 from engine.commit import COMMIT, commit_epoch, finish_commit
 from tests.helpers import load, one_line
 from utils.errors import UserError
-
 
 HEADER = "relationnet_cifar10_conv4_seed_1"
 
@@ -23,8 +23,9 @@ def run_files(tmp_path) -> RunFiles:
 def journal_of(files: RunFiles, epoch: int = 1) -> dict:
     """The rolling checkpoint of a commit stopped after its first step."""
     state = {"backbone": {"w": torch.arange(3.0)}, "epoch": epoch}
-    commit_epoch(state, {"epoch": epoch, "loss": 0.5}, CsvLog(files.log), [files.epoch_checkpoint(epoch)],
-                 files.last_checkpoint)
+    commit_epoch(
+        state, {"epoch": epoch, "loss": 0.5}, CsvLog(files.log), [files.epoch_checkpoint(epoch)], files.last_checkpoint
+    )
     files.epoch_checkpoint(epoch).unlink()  # as if the process died before writing it and the log
     files.log.unlink()
     return load(files.last_checkpoint)
@@ -33,8 +34,11 @@ def journal_of(files: RunFiles, epoch: int = 1) -> dict:
 def test_a_commit_stopped_after_its_rolling_checkpoint_is_completed_from_it(tmp_path):
     files = run_files(tmp_path)
     journal = journal_of(files)
-    assert journal[COMMIT] == {"log": files.log.name, "row": {"epoch": 1, "loss": 0.5},
-                               "checkpoints": [files.epoch_checkpoint(1).name]}
+    assert journal[COMMIT] == {
+        "log": files.log.name,
+        "row": {"epoch": 1, "loss": 0.5},
+        "checkpoints": [files.epoch_checkpoint(1).name],
+    }
 
     assert finish_commit(journal, files, files.last_checkpoint) == [files.epoch_checkpoint(1), files.log]
     saved = load(files.epoch_checkpoint(1))
@@ -94,9 +98,14 @@ def test_the_log_keeps_the_rows_before_the_first_new_epoch_and_no_later_ones(tmp
     path.write_text("epoch,loss\n0,1.0\n1,0.9\n2,0.8\n3,0.7\n")  # a resume from epoch 2
     log = CsvLog(path)
     log.append({"epoch": 2, "loss": 0.85, "lr": 0.1})
-    assert read_csv(path) == (["epoch", "loss", "lr"], [{"epoch": "0", "loss": "1.0", "lr": ""},
-                                                        {"epoch": "1", "loss": "0.9", "lr": ""},
-                                                        {"epoch": "2", "loss": "0.85", "lr": "0.1"}])
+    assert read_csv(path) == (
+        ["epoch", "loss", "lr"],
+        [
+            {"epoch": "0", "loss": "1.0", "lr": ""},
+            {"epoch": "1", "loss": "0.9", "lr": ""},
+            {"epoch": "2", "loss": "0.85", "lr": "0.1"},
+        ],
+    )
 
 
 def test_a_log_that_is_not_text_is_one_line_naming_it(tmp_path):
@@ -110,16 +119,25 @@ def test_a_log_that_is_not_text_is_one_line_naming_it(tmp_path):
 
 def test_a_run_owns_its_files_and_not_those_named_after_it(tmp_path):
     files = RunFiles(tmp_path, "relationnet", "cifar10", "relationnet_cifar10_conv4_seed_1")
-    own = ["relationnet_cifar10_conv4_seed_1_epoch_4.tar", "relationnet_cifar10_conv4_seed_1_last.tar",
-           "relationnet_cifar10_conv4_seed_1.tar", "log_relationnet_cifar10_conv4_seed_1.csv",
-           "config_relationnet_cifar10_conv4_seed_1.json"]
-    own_temporary = [".relationnet_cifar10_conv4_seed_1_epoch_4.tar.0a1b2c3d.tmp",
-                     ".log_relationnet_cifar10_conv4_seed_1.csv.ffff0000.tmp"]
-    others = ["relationnet_cifar10_conv4_seed_1_epoch_4_linear_evaluation.tar",  # its stage 2
-              "log_relationnet_cifar10_conv4_seed_1_epoch_4_linear_evaluation.csv",
-              ".relationnet_cifar10_conv4_seed_1_epoch_4_linear_evaluation.tar.0a1b2c3d.tmp",
-              "relationnet_cifar10_conv4_seed_10_epoch_4.tar", "relationnet_x_cifar10_conv4_seed_1_last.tar",
-              ".relationnet_cifar10_conv4_seed_1.lock"]
+    own = [
+        "relationnet_cifar10_conv4_seed_1_epoch_4.tar",
+        "relationnet_cifar10_conv4_seed_1_last.tar",
+        "relationnet_cifar10_conv4_seed_1.tar",
+        "log_relationnet_cifar10_conv4_seed_1.csv",
+        "config_relationnet_cifar10_conv4_seed_1.json",
+    ]
+    own_temporary = [
+        ".relationnet_cifar10_conv4_seed_1_epoch_4.tar.0a1b2c3d.tmp",
+        ".log_relationnet_cifar10_conv4_seed_1.csv.ffff0000.tmp",
+    ]
+    others = [
+        "relationnet_cifar10_conv4_seed_1_epoch_4_linear_evaluation.tar",  # its stage 2
+        "log_relationnet_cifar10_conv4_seed_1_epoch_4_linear_evaluation.csv",
+        ".relationnet_cifar10_conv4_seed_1_epoch_4_linear_evaluation.tar.0a1b2c3d.tmp",
+        "relationnet_cifar10_conv4_seed_10_epoch_4.tar",
+        "relationnet_x_cifar10_conv4_seed_1_last.tar",
+        ".relationnet_cifar10_conv4_seed_1.lock",
+    ]
     files.directory.mkdir(parents=True)
     for name in own + own_temporary + others:
         save_checkpoint({"backbone": {}}, files.directory / name)

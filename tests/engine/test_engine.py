@@ -1,4 +1,5 @@
 """The shared engine: real short runs, seeded determinism and exact resume."""
+
 from __future__ import annotations
 
 import pytest
@@ -68,6 +69,7 @@ def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name
         if epoch == 2:
             raise KeyboardInterrupt
         return run_epoch(epoch, partial)
+
     interrupted.run_epoch = stop_at_epoch_2
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
@@ -89,6 +91,7 @@ def test_resume_at_an_epoch_boundary_is_exact(real_subset, tmp_path, method_name
 
 def test_non_finite_loss_stops_with_the_epoch_and_step(real_subset, tmp_path):
     from utils.errors import UserError
+
     engine = make_engine("relationnet", real_subset.balanced_subset(128, seed=0), tmp_path, epochs=3)
     engine.fit(0)  # three good epochs
     before = (tmp_path / "epoch_3.tar").read_bytes()
@@ -128,6 +131,7 @@ class MultiCropProbe(Method):
 
 def test_view_groups_of_different_sizes_arrive_in_order(real_subset, tmp_path):
     from backbones import build_backbone
+
     method = MultiCropProbe(build_backbone("conv4"), 10)
     engine_for(method, real_subset.balanced_subset(40, seed=0), tmp_path, epochs=2, batch=16).fit()
     # 40 images in batches of 16: steps of 16, 16 and 8 images, twice.

@@ -1,5 +1,6 @@
 """The engine's batching: a last batch of a single image (which batch norm cannot normalise in
 training mode) joins the step before it, for every method; every image is still visited once."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,7 @@ from tests.helpers import build_method, cifar10_subset, engine_for
 from utils.errors import UserError
 
 
-def test_deepcluster_trains_when_the_last_batch_would_hold_one_image(small_cifar10_root, tmp_path,
-                                                                      single_cpu_thread):
+def test_deepcluster_trains_when_the_last_batch_would_hold_one_image(small_cifar10_root, tmp_path, single_cpu_thread):
     data = cifar10_subset(small_cifar10_root, 17)  # batches 8, 8, 1: its head's BatchNorm1d failed
     method = build_method("deepcluster", 1, "--num_clusters", "4", "--kmeans_restarts", "1")
     engine = engine_for(method, data, tmp_path, epochs=1, batch=8, checkpoints=False)
@@ -22,12 +22,15 @@ def test_deepcluster_trains_when_the_last_batch_would_hold_one_image(small_cifar
     assert (tmp_path / "log.csv").exists()
 
 
-@pytest.mark.parametrize("images,batch,drop_last,sizes", [
-    (16, 8, False, [8, 8]),
-    (18, 8, False, [8, 8, 2]),
-    (17, 8, True, [8, 8]),      # dropped, as the method asks
-    (3, 8, False, [3]),
-])
+@pytest.mark.parametrize(
+    "images,batch,drop_last,sizes",
+    [
+        (16, 8, False, [8, 8]),
+        (18, 8, False, [8, 8, 2]),
+        (17, 8, True, [8, 8]),  # dropped, as the method asks
+        (3, 8, False, [3]),
+    ],
+)
 def test_batch_sizes_of_an_epoch(small_cifar10_root, tmp_path, images, batch, drop_last, sizes):
     method = build_method("rotationnet")
     method.drop_last = drop_last

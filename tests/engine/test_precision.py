@@ -1,4 +1,5 @@
 """--precision, --compile and --channels_last: real short runs, recorded options, exact fp16 resume."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def test_losses_stay_float32_under_autocast():
     torch.testing.assert_close(focal, focal_loss(logits.bfloat16().float(), targets))
 
 
-@pytest.mark.parametrize("options", [{"precision": "bf16"}, {"channels_last": True},
-                                     {"precision": "bf16", "channels_last": True}])
+@pytest.mark.parametrize(
+    "options", [{"precision": "bf16"}, {"channels_last": True}, {"precision": "bf16", "channels_last": True}]
+)
 def test_short_runs_with_bf16_and_channels_last_have_finite_losses(subset, tmp_path, options):
     make_engine("relationnet", subset, tmp_path, epochs=2, plan_options=options).fit()
     rows = read_log(tmp_path / "log.csv")
@@ -76,8 +78,10 @@ def test_fp16_resume_restores_the_gradient_scaler_exactly(subset, tmp_path):
         assert torch.equal(value, b["backbone"][key]), key
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX): none found")
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX): none found",
+)
 def test_compiled_fp32_steps_equal_eager_ones_and_keep_the_checkpoint_keys(subset, tmp_path):
     steps = {}
     for compiled in (False, True):
@@ -92,14 +96,34 @@ def test_compiled_fp32_steps_equal_eager_ones_and_keep_the_checkpoint_keys(subse
     assert set(state["backbone"]) == set(build_backbone("conv4").state_dict())
     assert losses == pytest.approx(eager_losses, rel=1e-5)
     for name, expected in eager_gradients.items():  # the first step's
-        torch.testing.assert_close(gradients[name], expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item(),
-                                   msg=name)
+        torch.testing.assert_close(
+            gradients[name], expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item(), msg=name
+        )
 
 
 def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
-    argv = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(tmp_path), "--no_download",
-            "--device", "cpu", "--seed", "1", "--method", "relationnet", "--K", "2", "--data_size", "16",
-            "--epochs", "1", "--precision", "bf16", "--channels_last"]
+    argv = [
+        "--data_root",
+        str(small_cifar10_root),
+        "--checkpoint_dir",
+        str(tmp_path),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--method",
+        "relationnet",
+        "--K",
+        "2",
+        "--data_size",
+        "16",
+        "--epochs",
+        "1",
+        "--precision",
+        "bf16",
+        "--channels_last",
+    ]
     run_main(lambda: stage1.main(argv))
     folder = tmp_path / "relationnet" / "cifar10"
     config = json.loads((folder / "config_relationnet_cifar10_conv4_seed_1.json").read_text())

@@ -1,5 +1,6 @@
 """Evaluation beyond linear accuracy: kNN, retrieval, label fractions, feature export, maps,
 training curves, and test.py / stage 2 using them on real-format data."""
+
 from __future__ import annotations
 
 import csv
@@ -98,8 +99,17 @@ def test_label_fraction_is_stratified_and_seeded(small_cifar10_root):
 @pytest.fixture()
 def random_backbone(small_cifar10_root, tmp_path):
     out = tmp_path / "out"
-    common = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(out), "--seed", "1",
-              "--no_download", "--device", "cpu"]
+    common = [
+        "--data_root",
+        str(small_cifar10_root),
+        "--checkpoint_dir",
+        str(out),
+        "--seed",
+        "1",
+        "--no_download",
+        "--device",
+        "cpu",
+    ]
     run_main(lambda: stage1.main(common + ["--method", "randomweights"]))
     return common, out / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
 
@@ -108,19 +118,44 @@ def test_test_py_scores_a_stage1_backbone_by_knn_and_retrieval_and_exports(rando
     common, checkpoint = random_backbone
     capsys.readouterr()
     export = tmp_path / "features"
-    run_main(lambda: stage3.main(common + ["--checkpoint", str(checkpoint), "--knn", "20", "--retrieval", "5",
-                                           "--retrieval_grid", "3", "--export_features", str(export),
-                                           "--feature_map", "pca"]))
+    run_main(
+        lambda: stage3.main(
+            common
+            + [
+                "--checkpoint",
+                str(checkpoint),
+                "--knn",
+                "20",
+                "--retrieval",
+                "5",
+                "--retrieval_grid",
+                "3",
+                "--export_features",
+                str(export),
+                "--feature_map",
+                "pca",
+            ]
+        )
+    )
     out = capsys.readouterr().out
     assert "kNN accuracy (k 20, cosine, weighted):" in out and "Top-5 retrieval precision:" in out
     assert "Test accuracy" not in out  # a stage-1 backbone has no linear classifier to score
     shapes = json.loads((export / "features.json").read_text())["shapes"]
-    assert shapes == {"test_features": [40, 64], "test_labels": [40], "train_features": [200, 64],
-                      "train_labels": [200]}
-    assert np.load(export / "train_labels.npy").tolist() == \
-        load_dataset("cifar10", "train", common[1], download=False).labels.tolist()
+    assert shapes == {
+        "test_features": [40, 64],
+        "test_labels": [40],
+        "train_features": [200, 64],
+        "train_labels": [200],
+    }
+    assert (
+        np.load(export / "train_labels.npy").tolist()
+        == load_dataset("cifar10", "train", common[1], download=False).labels.tolist()
+    )
     folder = checkpoint.parent
-    for name in ("randomweights_cifar10_conv4_seed_1_retrieval_top5.png", "randomweights_cifar10_conv4_seed_1_test_pca.png"):
+    for name in (
+        "randomweights_cifar10_conv4_seed_1_retrieval_top5.png",
+        "randomweights_cifar10_conv4_seed_1_test_pca.png",
+    ):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
     with open(folder / "log_randomweights_cifar10_conv4_seed_1_test.csv", newline="") as handle:
         row = list(csv.DictReader(handle))[-1]
@@ -133,16 +168,42 @@ def test_test_py_scores_a_stage1_backbone_by_knn_and_retrieval_and_exports(rando
 
 def test_knn_of_a_trained_backbone_beats_a_random_one(cifar10_root, tmp_path, capsys):
     """Features trained with labels for one epoch group the classes better than random ones."""
-    common = ["--data_root", str(cifar10_root), "--checkpoint_dir", str(tmp_path), "--seed", "1",
-              "--no_download", "--device", "cpu", "--train_subset", "1000"]
+    common = [
+        "--data_root",
+        str(cifar10_root),
+        "--checkpoint_dir",
+        str(tmp_path),
+        "--seed",
+        "1",
+        "--no_download",
+        "--device",
+        "cpu",
+        "--train_subset",
+        "1000",
+    ]
     run_main(lambda: stage1.main(common + ["--method", "randomweights"]))
     run_main(lambda: stage1.main(common + ["--method", "standard", "--epochs", "2", "--lr", "0.05"]))
     scores = {}
-    for method, name in (("randomweights", "randomweights_cifar10_conv4_seed_1.tar"),
-                         ("standard", "standard_cifar10_conv4_seed_1_epoch_2.tar")):
+    for method, name in (
+        ("randomweights", "randomweights_cifar10_conv4_seed_1.tar"),
+        ("standard", "standard_cifar10_conv4_seed_1_epoch_2.tar"),
+    ):
         capsys.readouterr()
-        run_main(lambda: stage3.main(common[:-2] + ["--checkpoint", str(tmp_path / method / "cifar10" / name),
-                                                    "--knn", "20", "--retrieval", "10", "--retrieval_grid", "0"]))
+        run_main(
+            lambda: stage3.main(
+                common[:-2]
+                + [
+                    "--checkpoint",
+                    str(tmp_path / method / "cifar10" / name),
+                    "--knn",
+                    "20",
+                    "--retrieval",
+                    "10",
+                    "--retrieval_grid",
+                    "0",
+                ]
+            )
+        )
         out = capsys.readouterr().out
         scores[method] = float(out.split("Top-10 retrieval precision: ")[1].split("%")[0])
     assert scores["standard"] > scores["randomweights"] + 2, scores
@@ -150,7 +211,9 @@ def test_knn_of_a_trained_backbone_beats_a_random_one(cifar10_root, tmp_path, ca
 
 def test_stage2_label_fraction_trains_on_a_share_and_says_so_in_the_name(random_backbone, capsys):
     common, checkpoint = random_backbone
-    run_main(lambda: stage2.main(common + ["--checkpoint", str(checkpoint), "--epochs", "1", "--label_fraction", "0.1"]))
+    run_main(
+        lambda: stage2.main(common + ["--checkpoint", str(checkpoint), "--epochs", "1", "--label_fraction", "0.1"])
+    )
     folder = checkpoint.parent
     name = "randomweights_cifar10_conv4_seed_1_epoch_1_linear_evaluation_labels_10pct"
     assert (folder / f"{name}.tar").exists()
@@ -166,8 +229,10 @@ def test_a_test_log_of_an_older_version_gains_the_new_columns(tmp_path):
     append_csv_row(log, ["time", "accuracy", "knn_accuracy"], {"time": "t", "accuracy": 60, "knn_accuracy": 55})
     with open(log, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows == [{"time": "2026-01-01", "accuracy": "50.0", "knn_accuracy": ""},
-                    {"time": "t", "accuracy": "60", "knn_accuracy": "55"}]
+    assert rows == [
+        {"time": "2026-01-01", "accuracy": "50.0", "knn_accuracy": ""},
+        {"time": "t", "accuracy": "60", "knn_accuracy": "55"},
+    ]
 
 
 def test_training_curves_from_logs(tmp_path):

@@ -1,5 +1,6 @@
 """The logistic-regression solver alone: accuracy, optimality, regularisation, determinism and
 an independent reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,12 +21,13 @@ def blobs(n_per_class=50, classes=4, dim=8, spread=5.0, seed=0, dtype=torch.floa
 
 
 def fit(features, labels, C=1.0, max_iter=1000):
-    return fit_logistic_regression(features=features, labels=labels, num_classes=int(labels.max()) + 1, C=C,
-                                   max_iter=max_iter)
+    return fit_logistic_regression(
+        features=features, labels=labels, num_classes=int(labels.max()) + 1, C=C, max_iter=max_iter
+    )
 
 
 def objective_value(features, labels, weight, bias, C):
-    """mean CE + ||W||² / (2 C n), written out: scikit-learn's C sum CE + ||W||² / 2 over C n."""
+    """Mean CE + ||W||² / (2 C n), written out: scikit-learn's C sum CE + ||W||² / 2 over C n."""
     logits = features @ weight.T + bias
     cross_entropy = logits.logsumexp(1) - logits[torch.arange(len(labels)), labels]
     return (cross_entropy.mean() + weight.square().sum() / (2 * C * len(labels))).item()
@@ -52,11 +54,13 @@ def test_the_gradient_of_the_objective_vanishes_at_the_solution():
     zero_weight, zero_bias = torch.zeros(4, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
     for C in (0.1, 1.0, 10.0):
         result = fit(features, labels, C=C)
-        assert result.objective == pytest.approx(objective_value(features, labels, result.weight, result.bias, C),
-                                                 rel=1e-12)
+        assert result.objective == pytest.approx(
+            objective_value(features, labels, result.weight, result.bias, C), rel=1e-12
+        )
         weight_gradient, bias_gradient = objective_gradient(features, labels, result.weight, result.bias, C)
-        start = max(gradient.abs().max() for gradient in objective_gradient(features, labels, zero_weight,
-                                                                             zero_bias, C))
+        start = max(
+            gradient.abs().max() for gradient in objective_gradient(features, labels, zero_weight, zero_bias, C)
+        )
         assert weight_gradient.abs().max() < 1e-6 * start and bias_gradient.abs().max() < 1e-6 * start
 
 

@@ -1,5 +1,6 @@
 """Every flag of the three stages, given bad values: a non-zero exit, one line on stderr
 naming the flag (or the bad path), no traceback, and nothing written."""
+
 from __future__ import annotations
 
 import argparse
@@ -58,22 +59,42 @@ BY_FLAG = {
     "--vicreg_invariance": (["-1"], ["--method", "vicreg"]),
     "--vicreg_variance": (["inf"], ["--method", "vicreg"]),
     "--vicreg_covariance": (["-1"], ["--method", "vicreg"]),
-    **{f"--{method}_{option}": (values, ["--method", method])
-       for method in ("byol", "simsiam", "barlowtwins", "vicreg")
-       for option, values in (("hidden", ["0", "100000"]), ("projection", ["0", "10000000000"]),
-                              ("weight_decay", ["-1"]), ("warmup_epochs", ["-1"]))},
+    **{
+        f"--{method}_{option}": (values, ["--method", method])
+        for method in ("byol", "simsiam", "barlowtwins", "vicreg")
+        for option, values in (
+            ("hidden", ["0", "100000"]),
+            ("projection", ["0", "10000000000"]),
+            ("weight_decay", ["-1"]),
+            ("warmup_epochs", ["-1"]),
+        )
+    },
     "--device": (["tpu", "cuda:x", "cpu:5"], []),
     "--image_size": (["-1", "48", "1", "20000"], []),
     "--knn": (["-1", "abc", "100000"], []),
     "--retrieval": (["-1", "abc", "100000"], []),
 }
-PATHS = {"--data_root", "--checkpoint_dir", "--checkpoint", "--resume", "--export_features", "--tensorboard",
-         "--log_dir"}
+PATHS = {
+    "--data_root",
+    "--checkpoint_dir",
+    "--checkpoint",
+    "--resume",
+    "--export_features",
+    "--tensorboard",
+    "--log_dir",
+}
 # Output folders: the bad value is a file where the folder should be.
 OUTPUT_FOLDERS = {"--checkpoint_dir", "--export_features", "--tensorboard", "--log_dir"}
 # Flags with no invalid value: on/off switches.
-NO_BAD_VALUE = {"--no_download", "--overwrite", "--compile", "--channels_last", "--simclr_gather",
-                "--relic_siglip", "--cross_domain"}
+NO_BAD_VALUE = {
+    "--no_download",
+    "--overwrite",
+    "--compile",
+    "--channels_last",
+    "--simclr_gather",
+    "--relic_siglip",
+    "--cross_domain",
+}
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
 
 
@@ -104,6 +125,7 @@ def checkpoints(tmp_path_factory):
     """A valid stage-1 (randomweights) and stage-2 checkpoint, so only the bad flag fails."""
     from backbones import build_backbone
     from methods.standard import Standard
+
     folder = tmp_path_factory.mktemp("checkpoints")
     model = Standard(build_backbone("conv4"), 10)
     torch.save({"backbone": model.backbone.state_dict(), "method": "randomweights"}, folder / "stage1.tar")
@@ -112,8 +134,9 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("module,flag,value,extra", list(cases()))
-def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, checkpoints, tmp_path, capsys, module, flag,
-                                                 value, extra):
+def test_a_bad_value_is_one_line_naming_the_flag(
+    small_cifar10_root, checkpoints, tmp_path, capsys, module, flag, value, extra
+):
     outputs = tmp_path / "out"
     a_file = tmp_path / "not_a_folder"
     a_file.write_text("x")
@@ -142,6 +165,7 @@ def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, checkpoints
 def test_a_flag_of_another_method_is_refused_in_one_line(small_cifar10_root, tmp_path, capsys):
     import train_unsupervised as stage1
     from tests.helpers import run_stage, stage_arguments
+
     with pytest.raises(SystemExit) as stopped:
         run_stage(stage1, stage_arguments(small_cifar10_root, tmp_path) + ["--method", "simclr", "--K", "4"])
     error = capsys.readouterr().err.strip()
@@ -152,6 +176,7 @@ def test_a_flag_of_another_method_is_refused_in_one_line(small_cifar10_root, tmp
 
 def test_help_shows_each_method_group_with_defaults(capsys):
     from experiments.cli import stage1_parser
+
     with pytest.raises(SystemExit):
         stage1_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -164,6 +189,7 @@ def test_every_method_flag_gets_its_default_when_not_given():
     from experiments.cli import stage1_parser
     from experiments.options import option_flag, stage_fields
     from methods import METHODS
+
     args = stage1_parser().parse_args(["--method", "simclr", "--temperature", "0.2"])
     assert args.temperature == 0.2
     for method in METHODS.values():
@@ -177,11 +203,21 @@ def test_the_longest_id_keeps_every_file_name_within_255_bytes():
     from datasets import DATASETS
     from engine.checkpoint import evaluation_header
     from methods import METHODS
+
     longest = max(METHODS, key=len), max(DATASETS, key=len), max(BACKBONES, key=len)
     pretraining = max((name for name in DATASETS if name != longest[1]), key=len)  # named as <dataset>_from_<it>
     limit = cli.INTEGER_LIMIT
-    stem = evaluation_header(longest[0], longest[1], pretraining, longest[2], limit, "x" * cli.MAX_ID_LENGTH, limit,
-                             finetune=False, label_fraction=1.23456789e-05)
+    stem = evaluation_header(
+        longest[0],
+        longest[1],
+        pretraining,
+        longest[2],
+        limit,
+        "x" * cli.MAX_ID_LENGTH,
+        limit,
+        finetune=False,
+        label_fraction=1.23456789e-05,
+    )
     names = [f"{stem}_last.tar", f"log_{stem}_test.csv", f"{stem}_retrieval_top{limit}.png", f"{stem}_test_tsne.png"]
     temporary = [f".{name}.{'f' * 8}.tmp" for name in names]  # atomic_write_bytes' temporary files
     assert max(len(name.encode()) for name in names + temporary) <= 255
@@ -205,5 +241,13 @@ def test_the_arguments_a_resumed_run_may_change_are_declared_with_their_flags():
     where = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir", "overwrite", "no_download"}
     assert cli.stage2_parser().may_change_on_resume == where
     assert cli.stage1_parser().may_change_on_resume == where | {
-        "epochs", "checkpoint", "epoch_start", "save_every", "compile", "channels_last", "eval_every",
-        "eval_images", "tensorboard"}
+        "epochs",
+        "checkpoint",
+        "epoch_start",
+        "save_every",
+        "compile",
+        "channels_last",
+        "eval_every",
+        "eval_images",
+        "tensorboard",
+    }

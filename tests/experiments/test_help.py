@@ -1,5 +1,6 @@
 """`--help` of the three stages: every flag has a help text that states its default (or that
 it is required)."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,23 +26,26 @@ def test_every_flag_has_help_with_its_default(make_parser):
     assert not missing, f"flags without help or default: {missing}"
 
 
-@pytest.mark.parametrize("make_parser,flag,shown", [
-    (cli.stage1_parser, "--dataset", "(default: cifar10)"),
-    (cli.stage1_parser, "--backbone", "(default: conv4)"),
-    (cli.stage1_parser, "--method", "(default: relationnet)"),
-    (cli.stage1_parser, "--seed", "(default: -1)"),
-    (cli.stage1_parser, "--id", "(default: none)"),
-    (cli.stage1_parser, "--overwrite", "(default: off)"),
-    (cli.stage1_parser, "--relation_loss", "(default focal)"),
-    (cli.stage2_parser, "--epochs", "(default 100;"),
-    (cli.stage2_parser, "--id", "(default: none)"),
-    (cli.stage2_parser, "--checkpoint", "(required)"),
-    (cli.stage3_parser, "--map_points", "(default: 2000)"),
-])
+@pytest.mark.parametrize(
+    "make_parser,flag,shown",
+    [
+        (cli.stage1_parser, "--dataset", "(default: cifar10)"),
+        (cli.stage1_parser, "--backbone", "(default: conv4)"),
+        (cli.stage1_parser, "--method", "(default: relationnet)"),
+        (cli.stage1_parser, "--seed", "(default: -1)"),
+        (cli.stage1_parser, "--id", "(default: none)"),
+        (cli.stage1_parser, "--overwrite", "(default: off)"),
+        (cli.stage1_parser, "--relation_loss", "(default focal)"),
+        (cli.stage2_parser, "--epochs", "(default 100;"),
+        (cli.stage2_parser, "--id", "(default: none)"),
+        (cli.stage2_parser, "--checkpoint", "(required)"),
+        (cli.stage3_parser, "--map_points", "(default: 2000)"),
+    ],
+)
 def test_help_output_shows_the_default(make_parser, flag, shown, capsys):
     with pytest.raises(SystemExit):
         make_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    text = text[text.index("options:"):]  # past the usage line
-    entry = text[text.index(flag + " "):]
+    text = text[text.index("options:") :]  # past the usage line
+    entry = text[text.index(flag + " ") :]
     assert shown in entry[:600], entry[:600]

@@ -1,5 +1,6 @@
 """experiments/parallel.py: the CPU and GPU share of each job, the child's environment, the
 progress read from a stage's CSV log and the live lines on a terminal and on a pipe."""
+
 from __future__ import annotations
 
 import io
@@ -11,9 +12,9 @@ from engine.checkpoint import CsvLog
 from experiments.parallel import (
     Activity,
     LiveLines,
-    fit,
     Slot,
     automatic_jobs,
+    fit,
     make_slots,
     read_epoch_progress,
     start_child,
@@ -36,8 +37,10 @@ def test_jobs_split_the_cpus_into_equal_shares_and_take_the_gpus_in_turn():
 
 def test_a_child_runs_on_its_share_of_the_cpus_with_its_threads_in_its_own_session(tmp_path):
     cpu = usable_cpus()[-1]
-    probe = ("import os, signal, torch; print(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), "
-             "os.getsid(0) == os.getpid(), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))")
+    probe = (
+        "import os, signal, torch; print(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), "
+        "os.getsid(0) == os.getpid(), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    )
     children = []
     with open(tmp_path / "log", "w") as log:
         start_child([sys.executable, "-c", probe], log, Slot(0, (cpu,)), children.append, {})
@@ -63,8 +66,10 @@ def test_progress_is_read_from_the_csv_log_whatever_the_epoch_numbering(tmp_path
     later = type(first)(5, 0.5)
     assert activity.seconds_left(120.0, later, estimate=None) == 10 * 5  # 3 new epochs in 30 s, 5 to go
     line = activity.line(120.0, later, 50.0, 65.0)
-    assert line == ("[2/6] cifar10_relationnet_conv4_seed_1 | stage 1/3 pretraining | epoch 6/10 | loss 0.5 | "
-                    "elapsed 0:00:30 | left: run ~0:00:50, grid ~0:01:05")
+    assert line == (
+        "[2/6] cifar10_relationnet_conv4_seed_1 | stage 1/3 pretraining | epoch 6/10 | loss 0.5 | "
+        "elapsed 0:00:30 | left: run ~0:00:50, grid ~0:01:05"
+    )
     fresh = Activity("[1/6] y", "stage 1/3 pretraining", 10, log_path, started=100.0)
     assert fresh.seconds_left(100.2, None, estimate=None) is None  # no log yet: it starts from epoch 0
     assert fresh.seconds_left(110.0, first, estimate=None) == 5 * 8  # 2 epochs in 10 s, 8 to go
@@ -92,7 +97,6 @@ def test_live_lines_redraw_in_place_on_a_terminal_and_are_rationed_on_a_pipe():
         live.status([f"a {now:.0f}"], now)
     live.event("done")
     assert pipe.getvalue() == "a 100\na 131\ndone\n"
-
 
 
 def test_a_live_line_too_wide_for_the_terminal_shortens_the_run_name_first():

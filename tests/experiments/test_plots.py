@@ -1,5 +1,6 @@
 """Training curves: one colour per run across the figure, one panel per quantity and family of
 comparable runs, labelled axes, integer epoch ticks, constant quantities left out."""
+
 from __future__ import annotations
 
 import errno
@@ -22,19 +23,32 @@ def logs(tmp_path):
     simclr = ["epoch", "loss", "score", "lr", "seconds"]
     linear = ["epoch", "loss", "accuracy", "test_accuracy", "test_loss", "seconds"]
     return [
-        write_log(tmp_path / "log_relationnet_cifar10_conv4_seed_1.csv", relation,
-                  [(1, 0.085, 60, 60, 0.001, 9, ""), (2, 0.08, 65, 65, 0.001, 9, 31.5), (3, 0.075, 70, 70, 0.001, 9, 33)]),
-        write_log(tmp_path / "log_relationnet_cifar10_conv4_seed_2.csv", relation,
-                  [(1, 0.086, 61, 61, 0.001, 9, ""), (2, 0.081, 64, 64, 0.001, 9, 30), (3, 0.074, 71, 71, 0.001, 9, 34)]),
-        write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1.csv", simclr,
-                  [(1, 5.2, -5.2, 0.001, 9), (2, 5.0, -5.0, 0.001, 9), (3, 4.9, -4.9, 0.001, 9)]),
-        write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1_epoch_3_linear_evaluation.csv", linear,
-                  [(1, 2.0, 30, 29, 2.1, 1), (2, 1.8, 35, 33, 1.9, 1)]),
+        write_log(
+            tmp_path / "log_relationnet_cifar10_conv4_seed_1.csv",
+            relation,
+            [(1, 0.085, 60, 60, 0.001, 9, ""), (2, 0.08, 65, 65, 0.001, 9, 31.5), (3, 0.075, 70, 70, 0.001, 9, 33)],
+        ),
+        write_log(
+            tmp_path / "log_relationnet_cifar10_conv4_seed_2.csv",
+            relation,
+            [(1, 0.086, 61, 61, 0.001, 9, ""), (2, 0.081, 64, 64, 0.001, 9, 30), (3, 0.074, 71, 71, 0.001, 9, 34)],
+        ),
+        write_log(
+            tmp_path / "log_simclr_cifar10_conv4_seed_1.csv",
+            simclr,
+            [(1, 5.2, -5.2, 0.001, 9), (2, 5.0, -5.0, 0.001, 9), (3, 4.9, -4.9, 0.001, 9)],
+        ),
+        write_log(
+            tmp_path / "log_simclr_cifar10_conv4_seed_1_epoch_3_linear_evaluation.csv",
+            linear,
+            [(1, 2.0, 30, 29, 2.1, 1), (2, 1.8, 35, 33, 1.9, 1)],
+        ),
     ]
 
 
 def test_one_colour_per_run_and_one_panel_per_quantity_and_family(logs):
     from matplotlib import pyplot
+
     figure = training_curves_figure(logs)
     panels = [axis for axis in figure.axes if axis.lines]
     colours = {}
@@ -52,8 +66,14 @@ def test_one_colour_per_run_and_one_panel_per_quantity_and_family(logs):
     titles = {axis.get_title() for axis in panels}
     # relationnet's loss (about 0.08) and simclr's (about 5) never share an axis; the score
     # (an accuracy for one, a negative loss for the other) neither.
-    assert {"loss (relationnet)", "loss (simclr)", "score (relationnet)", "score (simclr)",
-            "test_accuracy (linear evaluation)", "knn_accuracy (relationnet)"} <= titles
+    assert {
+        "loss (relationnet)",
+        "loss (simclr)",
+        "score (relationnet)",
+        "score (simclr)",
+        "test_accuracy (linear evaluation)",
+        "knn_accuracy (relationnet)",
+    } <= titles
     for axis in panels:
         families = {line.get_label().split("_")[0] for line in axis.lines}
         assert len(families) == 1, axis.get_title()
@@ -66,16 +86,21 @@ def test_one_colour_per_run_and_one_panel_per_quantity_and_family(logs):
     pyplot.close(figure)
 
 
-
 def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_whole():
     import torch
     from matplotlib import pyplot
 
     from experiments.plots import feature_map_figure
+
     names = ["airplane", "automobile", "bird"]
     title = "PCA of 2000 cifar10 test features: " + "relationnet_notebook_cifar10_conv4_seed_1_epoch_10" * 2 + ".tar"
-    figure = feature_map_figure(torch.randn(30, 2), torch.arange(30) % 3, title, names,
-                                ("PC 1 (41.0% of the variance)", "PC 2 (12.5% of the variance)"))
+    figure = feature_map_figure(
+        torch.randn(30, 2),
+        torch.arange(30) % 3,
+        title,
+        names,
+        ("PC 1 (41.0% of the variance)", "PC 2 (12.5% of the variance)"),
+    )
     axis, bar = figure.axes
     assert [label.get_text() for label in bar.get_yticklabels()] == names
     assert axis.get_xlabel().startswith("PC 1 (41.0%") and axis.get_ylabel().startswith("PC 2")
@@ -91,12 +116,14 @@ def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(
     from engine import checkpoint
     from experiments.plots import plot_grid_results
     from experiments.stage import run_main
+
     groups = [{"label": "CIFAR-10 conv4", "bars": [{"method": "relationnet", "mean": 60.0, "std": 1.0, "paper": 61.0}]}]
     figure = plot_grid_results(groups, tmp_path / "figure.png", "grid")
     before = figure.read_bytes()
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: plot_grid_results(groups, figure, "another grid"))
@@ -107,8 +134,12 @@ def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(
 
 def test_values_past_float32_and_logs_that_are_not_csv_text_are_not_a_traceback(tmp_path):
     from utils.errors import UserError
-    huge = write_log(tmp_path / "log_simclr_cifar10_conv4_seed_1.csv", ["epoch", "loss"],
-                     [(1, 5.2), (2, 1e308), (3, -1e308), (4, "inf"), (5, 4.9)])
+
+    huge = write_log(
+        tmp_path / "log_simclr_cifar10_conv4_seed_1.csv",
+        ["epoch", "loss"],
+        [(1, 5.2), (2, 1e308), (3, -1e308), (4, "inf"), (5, 4.9)],
+    )
     figure = training_curves_figure([huge])
     assert list(figure.axes[0].lines[0].get_ydata()) == [5.2, 4.9]  # the others are not points of a curve
     not_text = tmp_path / "log_simclr_cifar10_conv4_seed_2.csv"

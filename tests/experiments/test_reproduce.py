@@ -1,5 +1,6 @@
 """reproduce.py: a real small grid end to end (interrupted, resumed, then only re-tabled), the
 table's arithmetic, dry runs, and every flag given a bad value."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,50 @@ from tests.helpers import REPO, one_line
 
 
 def grid_argv(root, out, epochs="8"):
-    return ["--study", "cifar10", "--methods", "relationnet", "rotationnet", "--seeds", "1", "2", "--epochs", epochs,
-            "--linear_epochs", "2", "--K", "2", "--knn", "5", "--retrieval", "3", "--data_root", str(root),
-            "--out", str(out), "--no_download", "--device", "cpu", "--jobs", "2"]
+    return [
+        "--study",
+        "cifar10",
+        "--methods",
+        "relationnet",
+        "rotationnet",
+        "--seeds",
+        "1",
+        "2",
+        "--epochs",
+        epochs,
+        "--linear_epochs",
+        "2",
+        "--K",
+        "2",
+        "--knn",
+        "5",
+        "--retrieval",
+        "3",
+        "--data_root",
+        str(root),
+        "--out",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--jobs",
+        "2",
+    ]
 
 
 def launch(argv):
-    return subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "reproduce.py"), *argv],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
-def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebuilds_the_table(small_cifar10_root,
-                                                                                                tmp_path):
+def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebuilds_the_table(
+    small_cifar10_root, tmp_path
+):
     out = tmp_path / "grid"
     argv = grid_argv(small_cifar10_root, out)
     stage1 = out / "checkpoints" / "relationnet" / "cifar10"
@@ -54,15 +87,20 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     assert not (stage1 / "relationnet_cifar10_conv4_seed_1_epoch_8.tar").exists()  # stopped inside stage 1
     assert stdout.count("train_unsupervised.py ... (CPU") == 2  # seeds 1 and 2 side by side
 
-    second = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True,
-                            capture_output=True, timeout=600)
+    second = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True, capture_output=True, timeout=600
+    )
     assert second.returncode == 0, second.stderr
     assert "train_unsupervised.py (resumed)" in second.stdout
     assert "| stage 1/3 pretraining | epoch " in second.stdout  # a live line (plain on a pipe)
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted((r["method"], r["seed"]) for r in rows) == [
-        ("relationnet", "1"), ("relationnet", "2"), ("rotationnet", "1"), ("rotationnet", "2")]
+        ("relationnet", "1"),
+        ("relationnet", "2"),
+        ("rotationnet", "1"),
+        ("rotationnet", "2"),
+    ]
     for row in rows:
         assert 0 <= float(row["accuracy"]) <= 100 and float(row["wall_seconds"]) > 0
         assert row["knn_accuracy"] and row["retrieval_precision"] and row["epochs"] == "8"
@@ -75,8 +113,9 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results_before = (out / "results.csv").read_bytes()
-    third = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True,
-                           capture_output=True, timeout=300)
+    third = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True, capture_output=True, timeout=300
+    )
     assert third.returncode == 0, third.stderr
     assert "All 4 runs of the grid had finished" in third.stdout
     assert ".py ..." not in third.stdout  # no stage ran
@@ -85,13 +124,15 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     # A planted record outside the plan is ignored; a truncated one of the plan and a truncated
     # timings.json are said and repaired: only that run's test runs again.
     planted = json.loads((out / "runs" / "cifar10_relationnet_conv4_seed_1.json").read_text())
-    (out / "runs" / "cifar10_relationnet_conv4_seed_7.json").write_text(json.dumps({**planted, "seed": 7,
-                                                                                    "accuracy": 98.0}))
+    (out / "runs" / "cifar10_relationnet_conv4_seed_7.json").write_text(
+        json.dumps({**planted, "seed": 7, "accuracy": 98.0})
+    )
     truncated = out / "runs" / "cifar10_rotationnet_conv4_seed_2.json"
     truncated.write_text(truncated.read_text()[:40])
     (out / "timings.json").write_text('{"runs/a.json": 1')
-    fourth = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True,
-                            capture_output=True, timeout=300)
+    fourth = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), *argv], cwd=REPO, text=True, capture_output=True, timeout=300
+    )
     assert fourth.returncode == 0, fourth.stderr
     assert f"{truncated} cannot be read" in fourth.stdout and "timings.json cannot be read" in fourth.stdout
     assert fourth.stdout.count(".py ...") == 1 and "test.py ..." in fourth.stdout
@@ -99,8 +140,13 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     assert "98.00" not in table and "| 1, 2 |" in table and ", 7" not in table
     assert json.loads(truncated.read_text())["seed"] == 2
 
-    other = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *grid_argv(small_cifar10_root, out, "3")],
-                           cwd=REPO, text=True, capture_output=True, timeout=300)
+    other = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), *grid_argv(small_cifar10_root, out, "3")],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "--epochs 8 -> 3" in other.stderr
 
@@ -112,11 +158,16 @@ def test_dry_run_prints_every_command_and_writes_nothing(small_cifar10_root, tmp
     commands = [line for line in lines if line.endswith(".py") or ".py " in line]
     scripts = [next(part for part in line.split() if part.endswith(".py")) for line in commands]
     assert len(commands) == 12
-    assert lines[0].startswith(f"Grid {out} (study cifar10): 4 runs, 4 distinct pretrainings, 0 runs finished "
-                               "before; 12 stages to run (4 stage 1, 4 stage 2, 4 test), estimated epochs: 32 of "
-                               "stage 1 and 8 of stage 2")
-    assert [s.rsplit("/", 1)[-1] for s in scripts[:3]] == ["train_unsupervised.py", "train_linear_evaluation.py",
-                                                           "test.py"]
+    assert lines[0].startswith(
+        f"Grid {out} (study cifar10): 4 runs, 4 distinct pretrainings, 0 runs finished "
+        "before; 12 stages to run (4 stage 1, 4 stage 2, 4 test), estimated epochs: 32 of "
+        "stage 1 and 8 of stage 2"
+    )
+    assert [s.rsplit("/", 1)[-1] for s in scripts[:3]] == [
+        "train_unsupervised.py",
+        "train_linear_evaluation.py",
+        "test.py",
+    ]
     assert "--K 2" in commands[0] and "--data_size 64" in commands[0]
     assert "--data_size 128" in commands[6] and "--K" not in commands[6]  # rotationnet
     assert not out.exists()
@@ -139,8 +190,12 @@ def test_the_studies_use_the_papers_settings(tmp_path, capsys):
     run_main(lambda: reproduce.main(["--study", "semi_supervised", "--methods", "simclr"] + argv))
     lines = capsys.readouterr().out.splitlines()
     assert len([line for line in lines if "train_unsupervised.py" in line]) == 1  # serves the 5 label shares
-    assert [line.split("--label_fraction ")[1].split()[0] for line in lines if "--label_fraction" in line] == \
-        ["0.01", "0.1", "0.25", "0.5"]
+    assert [line.split("--label_fraction ")[1].split()[0] for line in lines if "--label_fraction" in line] == [
+        "0.01",
+        "0.1",
+        "0.25",
+        "0.5",
+    ]
     assert paper_value("cifar100", "relationnet", "resnet32", "") == (46.17, 0.17)
     assert paper_value("stl10_finetune", "simclr", "resnet34", "") == (89.31, 0.14)
     assert paper_value("cifar10", "relationnet", "conv4", "K4") is None
@@ -148,10 +203,24 @@ def test_the_studies_use_the_papers_settings(tmp_path, capsys):
 
 
 def record(method, seed, accuracy, condition="cifar10", backbone="conv4"):
-    return {"condition": condition, "variant": "", "method": method, "backbone": backbone, "seed": seed,
-            "epochs": 3, "evaluation_epochs": 10, "train_subset": 0, "accuracy": accuracy, "top5": 90.0,
-            "knn_accuracy": accuracy - 1, "retrieval_precision": None, "wall_seconds": 60.0,
-            "stage1_checkpoint": "a.tar", "evaluation_checkpoint": "b.tar", "order": [0, 0, 0, 0, seed]}
+    return {
+        "condition": condition,
+        "variant": "",
+        "method": method,
+        "backbone": backbone,
+        "seed": seed,
+        "epochs": 3,
+        "evaluation_epochs": 10,
+        "train_subset": 0,
+        "accuracy": accuracy,
+        "top5": 90.0,
+        "knn_accuracy": accuracy - 1,
+        "retrieval_precision": None,
+        "wall_seconds": 60.0,
+        "stage1_checkpoint": "a.tar",
+        "evaluation_checkpoint": "b.tar",
+        "order": [0, 0, 0, 0, seed],
+    }
 
 
 def test_the_table_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_path, monkeypatch):
@@ -160,8 +229,10 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_pat
     assert [c["method"] for c in cells] == ["relationnet", "simclr"]
     assert cells[0]["accuracy"] == (42.0, 2.0) and cells[0]["seeds"] == [1, 2, 3]
     table = markdown_table(cells, "title", "settings")
-    assert "| CIFAR-10 | conv4 | relationnet | 1, 2, 3 | 42.00 ± 2.00 | 61.03 | -19.03 | 41.00 ± 2.00 | – | 3 / 10 |" \
+    assert (
+        "| CIFAR-10 | conv4 | relationnet | 1, 2, 3 | 42.00 ± 2.00 | 61.03 | -19.03 | 41.00 ± 2.00 | – | 3 / 10 |"
         in table
+    )
     assert "| simclr | 1 | 30.00 | 60.43 | -30.43 |" in table
     monkeypatch.setattr("experiments.report.matplotlib_available", lambda: False)
     written = write_results(records, tmp_path, "title", "settings")
@@ -174,6 +245,7 @@ def test_every_study_names_known_conditions_methods_and_backbones():
     from backbones import BACKBONES
     from experiments.studies import CONDITIONS
     from methods import METHODS
+
     for name, study in STUDIES.items():
         assert set(study.conditions) <= set(CONDITIONS), name
         assert set(study.methods) <= set(METHODS), name
@@ -181,19 +253,33 @@ def test_every_study_names_known_conditions_methods_and_backbones():
 
 
 BAD_VALUES = {
-    "--study": ["bogus"], "--conditions": ["bogus", "tiny"], "--methods": ["bogus", ","],
-    "--backbone": ["resnet9"], "--seeds": ["-1", "a,b", ""], "--epochs": ["0", "-3", "abc"],
-    "--linear_epochs": ["0", "abc"], "--train_subset": ["-1", "abc"], "--K": ["1", "0", "abc"],
-    "--knn": ["-1", "abc"], "--retrieval": ["-1", "abc"], "--data_root": ["PATH"], "--out": ["FILE"],
-    "--device": ["tpu", "cuda:x"], "--jobs": ["0", "abc"], "--jobs_per_gpu": ["0", "2"],
+    "--study": ["bogus"],
+    "--conditions": ["bogus", "tiny"],
+    "--methods": ["bogus", ","],
+    "--backbone": ["resnet9"],
+    "--seeds": ["-1", "a,b", ""],
+    "--epochs": ["0", "-3", "abc"],
+    "--linear_epochs": ["0", "abc"],
+    "--train_subset": ["-1", "abc"],
+    "--K": ["1", "0", "abc"],
+    "--knn": ["-1", "abc"],
+    "--retrieval": ["-1", "abc"],
+    "--data_root": ["PATH"],
+    "--out": ["FILE"],
+    "--device": ["tpu", "cuda:x"],
+    "--jobs": ["0", "abc"],
+    "--jobs_per_gpu": ["0", "2"],
     "--shard": ["0/2", "3/2", "1", "a/b", "1/1000000000000", "1/100000000000000000000000"],
 }
 SWITCHES = {"--no_download", "--dry_run"}
 
 
 def test_the_flag_table_covers_every_flag():
-    flags = {action.option_strings[0] for action in reproduce.parser()._actions
-             if not isinstance(action, argparse._HelpAction)}
+    flags = {
+        action.option_strings[0]
+        for action in reproduce.parser()._actions
+        if not isinstance(action, argparse._HelpAction)
+    }
     assert flags == set(BAD_VALUES) | SWITCHES
 
 
@@ -207,8 +293,23 @@ def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, tmp_path, c
         value = named = str(tmp_path / "missing")
     elif value == "FILE":
         value = named = str(a_file)
-    argv = ["--study", "cifar10", "--data_root", str(small_cifar10_root), "--out", str(out), "--no_download",
-            "--device", "cpu", "--epochs", "1", "--seeds", "1", flag, value]
+    argv = [
+        "--study",
+        "cifar10",
+        "--data_root",
+        str(small_cifar10_root),
+        "--out",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        flag,
+        value,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: reproduce.main(argv))
     assert exit_info.value.code == 2
@@ -219,8 +320,10 @@ def test_a_bad_value_is_one_line_naming_the_flag(small_cifar10_root, tmp_path, c
 
 
 def test_study_restrictions_are_one_line_errors(tmp_path, capsys):
-    for argv, named in ((["--study", "k_sweep", "--K", "4"], "--K"), (["--study", "k_sweep", "--methods", "simclr"],
-                                                                      "--methods")):
+    for argv, named in (
+        (["--study", "k_sweep", "--K", "4"], "--K"),
+        (["--study", "k_sweep", "--methods", "simclr"], "--methods"),
+    ):
         with pytest.raises(SystemExit):
             run_main(lambda: reproduce.main(argv + ["--data_root", str(tmp_path), "--out", str(tmp_path / "o")]))
         err = capsys.readouterr().err.strip()
@@ -229,8 +332,22 @@ def test_study_restrictions_are_one_line_errors(tmp_path, capsys):
 
 
 def test_list_flags_take_commas_spaces_or_both():
-    args = reproduce.parser().parse_args(["--seeds", "1", "2,3", "2", "--methods", "relationnet", "simclr,standard",
-                                          "--conditions", "cifar10", "--backbone", "conv4", "resnet8"])
+    args = reproduce.parser().parse_args(
+        [
+            "--seeds",
+            "1",
+            "2,3",
+            "2",
+            "--methods",
+            "relationnet",
+            "simclr,standard",
+            "--conditions",
+            "cifar10",
+            "--backbone",
+            "conv4",
+            "resnet8",
+        ]
+    )
     assert args.seeds == [1, 2, 3] and args.methods == ["relationnet", "simclr", "standard"]
     assert args.conditions == ["cifar10"] and args.backbone == ["conv4", "resnet8"]
     assert reproduce.parser().parse_args([]).seeds == [1, 2, 3]
@@ -251,9 +368,30 @@ def test_shards_partition_the_grid_and_keep_a_shared_pretraining_with_its_runs(t
 
 def test_two_shards_run_side_by_side_on_one_folder_and_either_builds_the_whole_table(small_cifar10_root, tmp_path):
     out = tmp_path / "grid"
-    argv = ["--study", "cifar10", "--methods", "randomweights", "--seeds", "1", "2", "--linear_epochs", "1",
-            "--knn", "5", "--retrieval", "3", "--data_root", str(small_cifar10_root), "--out", str(out),
-            "--no_download", "--device", "cpu", "--jobs", "1"]
+    argv = [
+        "--study",
+        "cifar10",
+        "--methods",
+        "randomweights",
+        "--seeds",
+        "1",
+        "2",
+        "--linear_epochs",
+        "1",
+        "--knn",
+        "5",
+        "--retrieval",
+        "3",
+        "--data_root",
+        str(small_cifar10_root),
+        "--out",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--jobs",
+        "1",
+    ]
     shards = [launch(argv + ["--shard", f"{index}/2"]) for index in (1, 2)]
     outputs = [shard.communicate(timeout=300) for shard in shards]
     for shard, (stdout, stderr) in zip(shards, outputs):
@@ -261,18 +399,24 @@ def test_two_shards_run_side_by_side_on_one_folder_and_either_builds_the_whole_t
         assert stdout.count("test.py finished") == 1  # each shard ran one of the two runs
     assert "seed_1: test accuracy" in outputs[0][0] and "seed_2: test accuracy" in outputs[1][0]
     assert len(json.loads((out / "timings.json").read_text())) == 6  # both shards' stages, none lost
-    again = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv, "--shard", "2/2"], cwd=REPO,
-                           text=True, capture_output=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), *argv, "--shard", "2/2"],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "rebuilding the table only" in again.stdout, again.stderr
     assert "| CIFAR-10 | conv4 | randomweights | 1, 2 |" in (out / "table.md").read_text()
     assert "2 of 2 runs done" in (out / "table.md").read_text()
 
 
-def test_a_killed_grid_takes_its_children_with_it_and_a_held_stage_says_what_to_do(small_cifar10_root, tmp_path,
-                                                                                   capsys, monkeypatch):
+def test_a_killed_grid_takes_its_children_with_it_and_a_held_stage_says_what_to_do(
+    small_cifar10_root, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "grid"
     argv = grid_argv(small_cifar10_root, out, epochs="100")
-    grid = launch(argv[:argv.index("--jobs")] + ["--jobs", "1"])
+    grid = launch(argv[: argv.index("--jobs")] + ["--jobs", "1"])
     lock = out / "checkpoints" / "relationnet" / "cifar10" / ".relationnet_cifar10_conv4_seed_1.lock"
     log = lock.parent / "log_relationnet_cifar10_conv4_seed_1.csv"
     deadline = time.time() + 240
@@ -283,8 +427,11 @@ def test_a_killed_grid_takes_its_children_with_it_and_a_held_stage_says_what_to_
     grid.kill()
     grid.communicate()
     deadline = time.time() + 60
-    while Path(f"/proc/{child}").exists() and "zombie" not in Path(f"/proc/{child}/status").read_text(
-            errors="replace") and time.time() < deadline:
+    while (
+        Path(f"/proc/{child}").exists()
+        and "zombie" not in Path(f"/proc/{child}/status").read_text(errors="replace")
+        and time.time() < deadline
+    ):
         time.sleep(0.1)
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
     assert not lock.exists()  # it stopped after its step, saved and let go
@@ -316,15 +463,33 @@ def test_a_truncated_grid_json_is_one_line_naming_it(small_cifar10_root, tmp_pat
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and f"{out / 'grid.json'} cannot be read" in err
 
 
-def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_its_log(small_cifar10_root,
-                                                                                         tmp_path, capsys):
+def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_its_log(
+    small_cifar10_root, tmp_path, capsys
+):
     out = tmp_path / "grid"
     planted = out / "checkpoints" / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
     planted.parent.mkdir(parents=True)
     planted.write_bytes(b"not a checkpoint")  # stage 1 of seed 1 looks done; its stage 2 fails on it
-    argv = ["--study", "cifar10", "--methods", "randomweights", "--seeds", "1", "2", "--linear_epochs", "1",
-            "--data_root", str(small_cifar10_root), "--out", str(out), "--no_download", "--device", "cpu",
-            "--jobs", "2"]
+    argv = [
+        "--study",
+        "cifar10",
+        "--methods",
+        "randomweights",
+        "--seeds",
+        "1",
+        "2",
+        "--linear_epochs",
+        "1",
+        "--data_root",
+        str(small_cifar10_root),
+        "--out",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--jobs",
+        "2",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: reproduce.main(argv))
     err = capsys.readouterr().err.strip()
@@ -336,8 +501,21 @@ def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_
 
 def planned_grid(root, out, *flags) -> reproduce.Grid:
     """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
-    args = reproduce.parser().parse_args(["--study", "cifar10", "--methods", "randomweights", "--seeds", "1",
-                                          "--data_root", str(root), "--out", str(out), *flags])
+    args = reproduce.parser().parse_args(
+        [
+            "--study",
+            "cifar10",
+            "--methods",
+            "randomweights",
+            "--seeds",
+            "1",
+            "--data_root",
+            str(root),
+            "--out",
+            str(out),
+            *flags,
+        ]
+    )
     args.child_device, args.gpus, args.jobs = "cpu", [], 1
     return reproduce.Grid(args, reproduce.plan(args), live=LiveLines(io.StringIO()))
 
@@ -373,14 +551,26 @@ def test_timings_and_records_of_another_shape_are_said_and_not_used(small_cifar1
     grid = planned_grid(small_cifar10_root, out)
     assert grid.timings == {} and "timings.json cannot be read (nested too deep)" in grid.live.stream.getvalue()
     run = grid.runs[0]
-    record = {**grid.expected_record(run), "accuracy": 50.0, "top5": None, "knn_accuracy": None,
-              "retrieval_precision": None, "wall_seconds": 1.0, "stage1_checkpoint": "a", "evaluation_checkpoint": "b",
-              "order": list(run.order), "finished": "2024-01-01 00:00:00"}
+    record = {
+        **grid.expected_record(run),
+        "accuracy": 50.0,
+        "top5": None,
+        "knn_accuracy": None,
+        "retrieval_precision": None,
+        "wall_seconds": 1.0,
+        "stage1_checkpoint": "a",
+        "evaluation_checkpoint": "b",
+        "order": list(run.order),
+        "finished": "2024-01-01 00:00:00",
+    }
     run.record.write_text(json.dumps(record))
     assert grid.record_of(run) == record
-    for planted, said in ((NESTED, "nested too deep"), (json.dumps({**record, "order": None}), "'order' is None"),
-                          (json.dumps({k: v for k, v in record.items() if k != "order"}), "without 'order'"),
-                          (json.dumps({**record, "accuracy": float("nan")}), "'accuracy' is nan")):
+    for planted, said in (
+        (NESTED, "nested too deep"),
+        (json.dumps({**record, "order": None}), "'order' is None"),
+        (json.dumps({k: v for k, v in record.items() if k != "order"}), "without 'order'"),
+        (json.dumps({**record, "accuracy": float("nan")}), "'accuracy' is nan"),
+    ):
         run.record.write_text(planted)
         assert grid.record_of(run, say=True) is None
         assert f"{run.record} cannot be read" in grid.live.stream.getvalue().splitlines()[-1]
@@ -399,8 +589,21 @@ def test_one_grid_lock_per_out_folder_shared_only_by_the_shards_of_one_plan(smal
             assert "is being written by another grid" in one_line(refused.value)
             assert "pass another --out" in str(refused.value) and "--id" not in str(refused.value)
     assert not list(out.iterdir())  # every lock let go, the refused ones' too
-    argv = ["--study", "cifar10", "--methods", "randomweights", "--seeds", "1", "--data_root", str(small_cifar10_root),
-            "--out", str(out), "--no_download", "--device", "cpu"]
+    argv = [
+        "--study",
+        "cifar10",
+        "--methods",
+        "randomweights",
+        "--seeds",
+        "1",
+        "--data_root",
+        str(small_cifar10_root),
+        "--out",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+    ]
     with reproduce.GridLock(out, planned_grid(small_cifar10_root, out).runs, None):
         with pytest.raises(SystemExit) as exit_info:
             run_main(lambda: reproduce.main(argv + ["--shard", "1/1"]))  # the same runs as the unsharded grid
@@ -431,20 +634,27 @@ class FinishedChild:
         pass
 
 
-TEST_LOG_HEADER = "time,dataset,seed,accuracy,top5,loss,images,seconds,checkpoint,knn_k,knn_accuracy,knn_top5," \
-                  "retrieval_k,retrieval_precision\n"
+TEST_LOG_HEADER = (
+    "time,dataset,seed,accuracy,top5,loss,images,seconds,checkpoint,knn_k,knn_accuracy,knn_top5,"
+    "retrieval_k,retrieval_precision\n"
+)
 
 
-@pytest.mark.parametrize("last_row, said", [
-    ("t,cifar10,1,abc,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is 'abc'"),
-    ("t,cifar10,1,1e9,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is '1e9'"),
-    ("t,cifar10,1,50,nan,1.0,100,1.0,c,200,40,80,10,30", "'top5' is 'nan'"),
-    ("t,cifar10,1,50,90,1.0,100,1.0,c,200,-inf,80,10,30", "'knn_accuracy' is '-inf'"),
-    ("t,cifar10,1,50,90,1.0,100,1.0,c", "no 'knn_accuracy'"),
-    ('t,cifar10,1,"50', "no 'top5'"),  # an unclosed quote swallows the rows after it
-], ids=["text", "out_of_range", "nan", "inf", "missing_columns", "unclosed_quote"])
-def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_again(small_cifar10_root, tmp_path,
-                                                                                     monkeypatch, last_row, said):
+@pytest.mark.parametrize(
+    "last_row, said",
+    [
+        ("t,cifar10,1,abc,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is 'abc'"),
+        ("t,cifar10,1,1e9,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is '1e9'"),
+        ("t,cifar10,1,50,nan,1.0,100,1.0,c,200,40,80,10,30", "'top5' is 'nan'"),
+        ("t,cifar10,1,50,90,1.0,100,1.0,c,200,-inf,80,10,30", "'knn_accuracy' is '-inf'"),
+        ("t,cifar10,1,50,90,1.0,100,1.0,c", "no 'knn_accuracy'"),
+        ('t,cifar10,1,"50', "no 'top5'"),  # an unclosed quote swallows the rows after it
+    ],
+    ids=["text", "out_of_range", "nan", "inf", "missing_columns", "unclosed_quote"],
+)
+def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_again(
+    small_cifar10_root, tmp_path, monkeypatch, last_row, said
+):
     out = tmp_path / "grid"
     grid = planned_grid(small_cifar10_root, out)
     run = grid.runs[0]

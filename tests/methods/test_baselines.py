@@ -1,6 +1,7 @@
 """The four two-view baselines (byol, simsiam, barlowtwins, vicreg): their losses on inputs
 whose value is known in closed form, LARS and the learning-rate schedule, the reference
 settings, learning without collapse on real images, and exact resume inside an epoch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ def small(name: str, seed: int = 0, **options):
 
 
 # --- losses ---------------------------------------------------------------------------------------
+
 
 def test_cosine_losses_of_identical_orthogonal_and_opposite_views():
     x = torch.eye(3, 8)
@@ -86,6 +88,7 @@ def test_vicreg_closed_forms():
 
 # --- optimizer and schedule -----------------------------------------------------------------------
 
+
 def test_lars_scales_matrices_by_their_trust_ratio_and_steps_vectors_plainly():
     weight = torch.nn.Parameter(torch.full((2, 2), 3.0))  # |w| = 6
     bias = torch.nn.Parameter(torch.ones(2))
@@ -110,6 +113,7 @@ def test_warmup_then_cosine():
 
 # --- the methods ----------------------------------------------------------------------------------
 
+
 def test_reference_settings_views_and_checkpoint_keys():
     expected = {  # solo-learn's scripts/pretrain/cifar/*.yaml
         "byol": (1.0, LARS, 1e-5, [512, 4096, 256], {"target", "predictor", "momentum"}),
@@ -125,17 +129,27 @@ def test_reference_settings_views_and_checkpoint_keys():
         assert method.default_batch_size == 256 and method.optimizer.defaults["momentum"] == 0.9
         assert set(method.checkpoint_state()) == {"backbone", "projector", "optimizer", "steps"} | extra_keys
     byol = BYOL(build_backbone("conv4"), 10)
-    assert byol.view_groups == [ViewGroup(1, "crop_softcolor_gray_blur"),
-                                ViewGroup(1, "crop_softcolor_gray_blur_solarize")]
+    assert byol.view_groups == [
+        ViewGroup(1, "crop_softcolor_gray_blur"),
+        ViewGroup(1, "crop_softcolor_gray_blur_solarize"),
+    ]
     assert byol.momentum == 0.99 and byol.predictor[0].out_features == 4096
     simsiam = METHODS["simsiam"](build_backbone("conv4"), 10)
     assert [group.get("static_lr", False) for group in simsiam.optimizer.param_groups] == [False, True]
     assert isinstance(simsiam.projector[-1], torch.nn.BatchNorm1d) and not simsiam.projector[-1].affine
 
 
-@pytest.mark.parametrize("name,option,value", [
-    ("byol", "momentum", 1.5), ("simsiam", "projection", 0), ("barlowtwins", "off_diagonal_weight", -1.0),
-    ("vicreg", "variance", float("nan")), ("vicreg", "warmup_epochs", -1), ("byol", "predictor_hidden", 2**17)])
+@pytest.mark.parametrize(
+    "name,option,value",
+    [
+        ("byol", "momentum", 1.5),
+        ("simsiam", "projection", 0),
+        ("barlowtwins", "off_diagonal_weight", -1.0),
+        ("vicreg", "variance", float("nan")),
+        ("vicreg", "warmup_epochs", -1),
+        ("byol", "predictor_hidden", 2**17),
+    ],
+)
 def test_bad_options_are_named(name, option, value):
     with pytest.raises(ConfigError) as raised:
         METHODS[name].Config(**{option: value})
@@ -149,18 +163,22 @@ def test_byol_target_follows_with_the_scheduled_momentum():
     with torch.no_grad():
         method.backbone.layer1.conv.weight.add_(1.0)
     method.after_step(1)
-    torch.testing.assert_close(method.target[0].layer1.conv.weight, 0.9 * before + 0.1 * method.backbone.layer1.conv.weight)
+    torch.testing.assert_close(
+        method.target[0].layer1.conv.weight, 0.9 * before + 0.1 * method.backbone.layer1.conv.weight
+    )
     assert method.momentum == pytest.approx(cosine_momentum(1, 10, 0.9)) and method.steps == 1
 
 
 # --- through the engine, on real images -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_images(cifar10_root):
     """320 real CIFAR-10 images shrunk to 16 px: the same code path at a quarter of the cost."""
     data = load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(320, seed=0)
-    return dataclasses.replace(data, images=F.interpolate(data.images.float(), size=16, mode="area")
-                               .round().to(torch.uint8))
+    return dataclasses.replace(
+        data, images=F.interpolate(data.images.float(), size=16, mode="area").round().to(torch.uint8)
+    )
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -1,5 +1,6 @@
 """A method's checkpoint state is checked against what the method built before any of it is
 loaded: every refusal is one line naming the file and the entry, and leaves the method as it was."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,16 @@ from tests.helpers import build_method, one_line
 from utils.errors import UserError
 
 CASES = [
-    ("relic", "gamma", "x"), ("relic", "gamma", 1.5), ("relic", "gamma", math.nan), ("relic", "gamma", True),
-    ("relic", "momentum_steps", -1), ("relic", "momentum_steps", 2.0),
+    ("relic", "gamma", "x"),
+    ("relic", "gamma", 1.5),
+    ("relic", "gamma", math.nan),
+    ("relic", "gamma", True),
+    ("relic", "momentum_steps", -1),
+    ("relic", "momentum_steps", 2.0),
     ("relic", "log_temperature", torch.tensor(1.0, dtype=torch.float64)),
     ("relic", "logit_bias", torch.zeros(2)),
-    ("byol", "momentum", -0.5), ("byol", "steps", "3"),
+    ("byol", "momentum", -0.5),
+    ("byol", "steps", "3"),
     ("deepcluster", "cluster_assignments", torch.tensor([0, 1, 1000])),
     ("deepcluster", "cluster_assignments", torch.zeros(4)),
     ("deepcluster", "cluster_nmi", "0.5"),
@@ -43,7 +49,7 @@ def test_a_state_the_method_wrote_loads(method_name):
 
 
 def test_a_nan_that_is_not_known_yet_is_kept():
-    """deepcluster's NMI is NaN before its second clustering: a state saved then loads."""
+    """Deepcluster's NMI is NaN before its second clustering: a state saved then loads."""
     method = build_method("deepcluster")
     assert math.isnan(method.checkpoint_state()["cluster_nmi"])
     method.load_checkpoint_state(method.checkpoint_state())

@@ -1,4 +1,5 @@
 """PCA-whitening, k-means and normalised mutual information of methods/clustering.py."""
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ def direct_nmi(a: list[int], b: list[int]) -> float:
 
 
 # ---------------------------------------------------------------------- k-means
+
 
 def test_kmeans_recovers_separated_clusters():
     x, truth = blobs()
@@ -94,6 +96,7 @@ def test_more_clusters_than_distinct_points():
 
 def test_kmeans_blocks_give_the_same_answer(monkeypatch):
     import methods.clustering as clustering
+
     x = torch.randn(300, 4, generator=seeded(4))
     whole = kmeans(x, 10, seeded(5), restarts=1, iterations=5)
     monkeypatch.setattr(clustering, "_BLOCK_ELEMENTS", 70)  # 7 rows per block
@@ -103,6 +106,7 @@ def test_kmeans_blocks_give_the_same_answer(monkeypatch):
 
 # ---------------------------------------------------------------------- NMI
 
+
 def test_nmi_of_identical_and_permuted_labelings_is_one():
     a = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
     assert normalized_mutual_info(a, a) == pytest.approx(1.0)
@@ -111,8 +115,8 @@ def test_nmi_of_identical_and_permuted_labelings_is_one():
 
 
 def test_nmi_of_independent_labelings_is_zero():
-    a = torch.arange(4).repeat_interleave(4)   # 0000111122223333
-    b = torch.arange(4).repeat(4)              # 0123012301230123: every pair once
+    a = torch.arange(4).repeat_interleave(4)  # 0000111122223333
+    b = torch.arange(4).repeat(4)  # 0123012301230123: every pair once
     assert normalized_mutual_info(a, b) == pytest.approx(0.0, abs=1e-12)
     random = torch.randint(0, 5, (20000,), generator=seeded(0))
     other = torch.randint(0, 5, (20000,), generator=seeded(1))
@@ -122,8 +126,9 @@ def test_nmi_of_independent_labelings_is_zero():
 def test_nmi_by_hand():
     # a = [0,0,1,1], b = [0,0,0,1]: p(a) = (1/2, 1/2), p(b) = (3/4, 1/4),
     # p(0,0) = 1/2, p(1,0) = 1/4, p(1,1) = 1/4.
-    mi = 0.5 * math.log(0.5 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.75)) \
-        + 0.25 * math.log(0.25 / (0.5 * 0.25))
+    mi = (
+        0.5 * math.log(0.5 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.25))
+    )
     h_a, h_b = math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     expected = mi / ((h_a + h_b) / 2)
     assert expected == pytest.approx(0.3437110184854507)
@@ -148,6 +153,7 @@ def test_nmi_with_single_clusters():
 
 
 # ---------------------------------------------------------------------- PCA-whitening
+
 
 @pytest.mark.parametrize("dim,components", [(64, 64), (512, 256)])
 def test_pca_whitening_gives_identity_covariance(dim, components):

@@ -1,4 +1,5 @@
 """The deepcluster method: per-epoch clustering, its head, checkpoints, real runs, stage scripts."""
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ def real_subset(cifar10_root):
 
 # ---------------------------------------------------------------------- flags and head
 
+
 @pytest.mark.parametrize("overrides", [{"num_clusters": -3}, {"kmeans_restarts": 0}, {"sampling": "foo"}])
 def test_bad_options_are_named(overrides):
     with pytest.raises(ConfigError) as raised:
@@ -56,9 +58,18 @@ def test_head_and_clusters_follow_the_original():
 
 # ---------------------------------------------------------------------- one epoch start
 
+
 def epoch_context(data, seed=5):
-    return EpochContext(epoch=0, total_epochs=3, steps_per_epoch=1, images=data.images, labels=data.labels,
-                        data=data, device=torch.device("cpu"), seed=seed)
+    return EpochContext(
+        epoch=0,
+        total_epochs=3,
+        steps_per_epoch=1,
+        images=data.images,
+        labels=data.labels,
+        data=data,
+        device=torch.device("cpu"),
+        seed=seed,
+    )
 
 
 def test_epoch_start_clusters_resets_the_layer_and_weights_the_classes(real_subset):
@@ -95,8 +106,9 @@ def test_epoch_start_clusters_resets_the_layer_and_weights_the_classes(real_subs
 def test_uniform_sampling_gives_each_cluster_equal_turns():
     method = make_method(num_clusters=8, sampling="uniform")
     # Clusters of 150, 40, 7 and 3 images; clusters 1, 4, 5 and 6 are empty.
-    method.assignments = torch.cat([torch.full((150,), 0), torch.full((40,), 2), torch.full((7,), 3),
-                                    torch.full((3,), 7)])[torch.randperm(200)]
+    method.assignments = torch.cat(
+        [torch.full((150,), 0), torch.full((40,), 2), torch.full((7,), 3), torch.full((3,), 7)]
+    )[torch.randperm(200)]
     order = method.epoch_order(0, torch.Generator().manual_seed(0))
     assert order.shape == (200,)
     per_cluster = torch.bincount(method.assignments[order], minlength=8)
@@ -120,14 +132,23 @@ def test_uniform_sampling_gives_each_cluster_equal_turns():
 
 # ---------------------------------------------------------------------- checkpoints
 
+
 def test_checkpoint_round_trip_and_original_keys():
     method = make_method()
     method.assignments = torch.randint(0, 100, (50,))
     state = method.checkpoint_state()
     assert set(state) == {"classifier", "backbone", "optimizer", "cluster_assignments", "cluster_nmi"}
     assert set(state["classifier"]) == {
-        "linear1.weight", "linear1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
-        "bn1.running_var", "bn1.num_batches_tracked", "linear2.weight", "linear2.bias"}
+        "linear1.weight",
+        "linear1.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+        "linear2.weight",
+        "linear2.bias",
+    }
 
     restored = make_method(seed=1)
     restored.load_checkpoint_state(state)
@@ -146,6 +167,7 @@ def test_checkpoint_round_trip_and_original_keys():
 
 # ---------------------------------------------------------------------- real runs
 
+
 def test_deepcluster_learns_its_pseudo_labels_on_real_images(real_subset, tmp_path):
     engine = make_engine("deepcluster", real_subset, tmp_path, batch=50, kmeans_restarts=2, epochs=3, num_clusters=20)
     method = engine.method
@@ -156,6 +178,7 @@ def test_deepcluster_learns_its_pseudo_labels_on_real_images(real_subset, tmp_pa
         out = training_step(views, labels, index)
         step_losses.append(out.loss.item())
         return out
+
     method.training_step = recording_step
     engine.fit()
 
@@ -182,7 +205,9 @@ def test_same_seed_same_clusters_and_exact_resume(real_subset, tmp_path):
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
-        engine = make_engine("deepcluster", subset, folder, batch=50, kmeans_restarts=2, seed=3, epochs=3, num_clusters=30)
+        engine = make_engine(
+            "deepcluster", subset, folder, batch=50, kmeans_restarts=2, seed=3, epochs=3, num_clusters=30
+        )
         engine.fit()
         runs.append((read_log(folder / "log.csv"), engine.method.assignments))
     (log_a, clusters_a), (log_b, clusters_b) = runs
@@ -203,13 +228,16 @@ def test_same_seed_same_clusters_and_exact_resume(real_subset, tmp_path):
 
 def test_uniform_sampling_trains(real_subset, tmp_path):
     subset = real_subset.balanced_subset(200, seed=0)
-    engine = make_engine("deepcluster", subset, tmp_path, batch=50, kmeans_restarts=2, epochs=1, num_clusters=10, sampling="uniform")
+    engine = make_engine(
+        "deepcluster", subset, tmp_path, batch=50, kmeans_restarts=2, epochs=1, num_clusters=10, sampling="uniform"
+    )
     seen = []
     training_step = engine.method.training_step
 
     def recording_step(views, labels, index):
         seen.append(index)
         return training_step(views, labels, index)
+
     engine.method.training_step = recording_step
     engine.fit()
     assert engine.method.class_weights is None  # balanced by sampling instead
@@ -220,16 +248,28 @@ def test_uniform_sampling_trains(real_subset, tmp_path):
 
 # ---------------------------------------------------------------------- stage scripts
 
+
 def run_script(script, *argv):
-    return subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_three_stages_end_to_end(small_cifar10_root, tmp_path):
-    common = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(tmp_path),
-              "--no_download", "--backbone", "conv4", "--seed", "1", "--device", "cpu"]
-    stage1 = run_script("train_unsupervised.py", *common, "--method", "deepcluster", "--epochs", "2",
-                        "--data_size", "32")
+    common = [
+        "--data_root",
+        str(small_cifar10_root),
+        "--checkpoint_dir",
+        str(tmp_path),
+        "--no_download",
+        "--backbone",
+        "conv4",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    stage1 = run_script(
+        "train_unsupervised.py", *common, "--method", "deepcluster", "--epochs", "2", "--data_size", "32"
+    )
     assert stage1.returncode == 0, stage1.stderr
     folder = tmp_path / "deepcluster" / "cifar10"
     header = "deepcluster_cifar10_conv4_seed_1"
@@ -241,8 +281,7 @@ def test_three_stages_end_to_end(small_cifar10_root, tmp_path):
     rows = read_log(folder / f"log_{header}.csv")
     assert len(rows) == 2 and rows[0]["nmi"] == "nan" and 0.0 < float(rows[1]["nmi"]) <= 1.0
 
-    stage2 = run_script("train_linear_evaluation.py", *common, "--checkpoint", str(checkpoint),
-                        "--epochs", "1")
+    stage2 = run_script("train_linear_evaluation.py", *common, "--checkpoint", str(checkpoint), "--epochs", "1")
     assert stage2.returncode == 0, stage2.stderr
     linear = folder / f"{header}_epoch_1_linear_evaluation.tar"
     assert {"classifier", "backbone", "optimizer_lineval"} <= set(torch.load(linear, weights_only=True))
@@ -255,9 +294,20 @@ def test_three_stages_end_to_end(small_cifar10_root, tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--deepcluster_sampling", "foo"), ("--num_clusters", "-3")])
 def test_bad_flags_exit_2_with_one_line(small_cifar10_root, tmp_path, flag, value):
-    result = run_script("train_unsupervised.py", "--data_root", str(small_cifar10_root), "--no_download",
-                        "--checkpoint_dir", str(tmp_path), "--method", "deepcluster", "--epochs", "1",
-                        flag, value)
+    result = run_script(
+        "train_unsupervised.py",
+        "--data_root",
+        str(small_cifar10_root),
+        "--no_download",
+        "--checkpoint_dir",
+        str(tmp_path),
+        "--method",
+        "deepcluster",
+        "--epochs",
+        "1",
+        flag,
+        value,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

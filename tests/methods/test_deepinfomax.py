@@ -1,5 +1,6 @@
 """Deep InfoMax: golden terms of the original code, the stable loss, the adversarial prior
 game, checkpoints, real training runs and the stage scripts end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -48,6 +49,7 @@ def _method(*argv: str, seed: int = 0, **kwargs) -> DeepInfoMax:
 
 # --- the original code's numbers -------------------------------------------------------------
 
+
 def test_terms_match_the_original_code():
     golden = torch.load(GOLDEN_DIM, weights_only=True)
     discriminators = DIMDiscriminators(64, 8, alpha=0.5, beta=1.0, gamma=0.1, prior_mode="original")
@@ -71,7 +73,6 @@ def test_discriminators_exist_only_for_non_zero_weights():
     assert METHODS["deepinfomax"] is DeepInfoMax
 
 
-
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_local_scores_and_gradients_equal_the_original_computation(dtype, tolerance):
     torch.manual_seed(0)
@@ -93,7 +94,9 @@ def test_local_scores_and_gradients_equal_the_original_computation(dtype, tolera
         assert gradient.abs().sum() > 0
         torch.testing.assert_close(gradient, expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
 
+
 # --- the loss ----------------------------------------------------------------------------------
+
 
 def test_loss_on_known_values():
     assert jsd_discriminator_loss(torch.zeros(3), torch.zeros(7)).item() == pytest.approx(2 * math.log(2))
@@ -131,6 +134,7 @@ def test_huge_encoder_outputs_stay_finite(mode):
 
 # --- the adversarial prior game ------------------------------------------------------------
 
+
 def _prior_only(mode: str) -> DIMDiscriminators:
     torch.manual_seed(0)
     return DIMDiscriminators(16, 2, 0.0, 0.0, 1.0, mode)
@@ -150,13 +154,14 @@ def test_adversarial_prior_reverses_the_encoder_gradient_only():
     manual_loss.backward()
     for p_game, p_manual in zip(game.parameters(), manual.parameters()):
         torch.testing.assert_close(p_game.grad, p_manual.grad)  # D descends its loss
-    torch.testing.assert_close(y_game.grad, -y_manual.grad)    # the encoder ascends it
+    torch.testing.assert_close(y_game.grad, -y_manual.grad)  # the encoder ascends it
     assert y_game.grad.abs().sum() > 0
 
     # A small step along each one's negative gradient: D's loss falls, then y's step raises it.
     def d_loss(model, y_value):
         with torch.no_grad():
             return jsd_discriminator_loss(model.prior_d(u), model.prior_d(torch.sigmoid(y_value))).item()
+
     before = d_loss(game, y)
     with torch.no_grad():
         for p in game.parameters():
@@ -195,13 +200,17 @@ def test_training_step_gives_the_backbone_the_reversed_prior_gradient():
 
 # --- flags and checkpoints ---------------------------------------------------------------
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--dim_beta", "-1"], "--dim_beta"),
-    (["--dim_gamma", "nan"], "--dim_gamma"),
-    (["--dim_alpha", "inf"], "--dim_alpha"),
-    (["--dim_beta", "0", "--dim_gamma", "0"], "--dim_alpha"),
-    (["--dim_prior", "foo"], "--dim_prior"),
-])
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--dim_beta", "-1"], "--dim_beta"),
+        (["--dim_gamma", "nan"], "--dim_gamma"),
+        (["--dim_alpha", "inf"], "--dim_alpha"),
+        (["--dim_beta", "0", "--dim_gamma", "0"], "--dim_alpha"),
+        (["--dim_prior", "foo"], "--dim_prior"),
+    ],
+)
 def test_bad_flags_are_named_on_one_line(argv, flag, capsys):
     with pytest.raises((SystemExit, UserError)) as raised:  # bounds when parsed, rules between flags after
         stage1_config(DeepInfoMax, _args(*argv))
@@ -238,17 +247,31 @@ def test_checkpoint_keys_and_round_trip(tmp_path):
 
 
 def test_loads_a_checkpoint_in_the_original_format():
-    """backbone and loss_fn of the original code, and its PyTorch 1.4 Adam state (int steps)."""
+    """Backbone and loss_fn of the original code, and its PyTorch 1.4 Adam state (int steps)."""
     golden = torch.load(GOLDEN_DIM, weights_only=True)["state_dict"]
     backbone = torch.load(GOLDEN / "backbones.pt", weights_only=True)["conv4"]["state_dict"]
     loss_fn = {k: v for k, v in golden.items() if not k.startswith("global_d.")}
     method = _method()
     sizes = [len(list(method.backbone.parameters())), len(list(method.discriminators.parameters()))]
     params = list(method.parameters())
-    groups = [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False,
-               "params": list(range(start, start + size))} for start, size in ((0, sizes[0]), sizes)]
-    optimizer = {"state": {i: {"step": 7, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-                           for i, p in enumerate(params)}, "param_groups": groups}
+    groups = [
+        {
+            "lr": 1e-4,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0,
+            "amsgrad": False,
+            "params": list(range(start, start + size)),
+        }
+        for start, size in ((0, sizes[0]), sizes)
+    ]
+    optimizer = {
+        "state": {
+            i: {"step": 7, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            for i, p in enumerate(params)
+        },
+        "param_groups": groups,
+    }
     method.load_checkpoint_state({"backbone": backbone, "loss_fn": loss_fn, "optimizer": optimizer})
     assert torch.equal(method.discriminators.local_d.c0.weight, golden["local_d.c0.weight"])
     method.training_step([torch.randn(2, 3, 32, 32)], None, None).loss.backward()
@@ -258,11 +281,19 @@ def test_loads_a_checkpoint_in_the_original_format():
 
 # --- real training ----------------------------------------------------------------------------
 
+
 def _fit(data, folder, seed, epochs, batch, *argv, lr=None):
     seed_everything(seed)
     method = _from_flags(data.num_classes, *argv, lr=lr)
-    plan = TrainingPlan(epochs=epochs, batch_size=batch, seed=seed, log_path=folder / "log.csv",
-                        checkpoint_paths=lambda e: [], extra_state={}, drop_last=method.drop_last)
+    plan = TrainingPlan(
+        epochs=epochs,
+        batch_size=batch,
+        seed=seed,
+        log_path=folder / "log.csv",
+        checkpoint_paths=lambda e: [],
+        extra_state={},
+        drop_last=method.drop_last,
+    )
     Engine(method, data, plan, torch.device("cpu")).fit()
     with open(folder / "log.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -297,15 +328,39 @@ def test_same_seed_same_loss(real_images, tmp_path):
 
 # --- the stage scripts ------------------------------------------------------------------------
 
+
 def _stage(script, root, out, *argv):
-    command = [sys.executable, script, "--data_root", str(root), "--checkpoint_dir", str(out),
-               "--no_download", "--device", "cpu", "--seed", "1", *argv]
+    command = [
+        sys.executable,
+        script,
+        "--data_root",
+        str(root),
+        "--checkpoint_dir",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        *argv,
+    ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_three_stages_end_to_end(small_cifar10_root, tmp_path):
-    run = _stage("train_unsupervised.py", small_cifar10_root, tmp_path, "--method", "deepinfomax",
-                 "--epochs", "1", "--data_size", "8", "--train_subset", "16")
+    run = _stage(
+        "train_unsupervised.py",
+        small_cifar10_root,
+        tmp_path,
+        "--method",
+        "deepinfomax",
+        "--epochs",
+        "1",
+        "--data_size",
+        "8",
+        "--train_subset",
+        "16",
+    )
     assert run.returncode == 0, run.stderr
     folder = tmp_path / "deepinfomax" / "cifar10"
     header = "deepinfomax_cifar10_conv4_seed_1"
@@ -317,8 +372,9 @@ def test_three_stages_end_to_end(small_cifar10_root, tmp_path):
     log = (folder / f"log_{header}.csv").read_text().splitlines()
     assert log[0].startswith("epoch,loss,score") and len(log) == 2
 
-    run = _stage("train_linear_evaluation.py", small_cifar10_root, tmp_path,
-                 "--checkpoint", str(stage1_file), "--epochs", "1")
+    run = _stage(
+        "train_linear_evaluation.py", small_cifar10_root, tmp_path, "--checkpoint", str(stage1_file), "--epochs", "1"
+    )
     assert run.returncode == 0, run.stderr
     stage2_file = folder / f"{header}_epoch_1_linear_evaluation.tar"
     assert {"classifier", "backbone", "optimizer"} <= set(torch.load(stage2_file, weights_only=True))
@@ -329,17 +385,30 @@ def test_three_stages_end_to_end(small_cifar10_root, tmp_path):
 
 
 def test_stage1_one_step_on_resnet8(small_cifar10_root, tmp_path):
-    run = _stage("train_unsupervised.py", small_cifar10_root, tmp_path, "--method", "deepinfomax",
-                 "--backbone", "resnet8", "--epochs", "1", "--data_size", "10", "--train_subset", "10")
+    run = _stage(
+        "train_unsupervised.py",
+        small_cifar10_root,
+        tmp_path,
+        "--method",
+        "deepinfomax",
+        "--backbone",
+        "resnet8",
+        "--epochs",
+        "1",
+        "--data_size",
+        "10",
+        "--train_subset",
+        "10",
+    )
     assert run.returncode == 0, run.stderr
-    state = torch.load(tmp_path / "deepinfomax" / "cifar10" / "deepinfomax_cifar10_resnet8_seed_1_epoch_1.tar",
-                       weights_only=True)
+    state = torch.load(
+        tmp_path / "deepinfomax" / "cifar10" / "deepinfomax_cifar10_resnet8_seed_1_epoch_1.tar", weights_only=True
+    )
     assert state["loss_fn"]["local_d.c0.weight"].shape == (256, 64 + 16, 1, 1)  # M: 16 channels
 
 
 def test_bad_flag_is_one_line_exit_2(small_cifar10_root, tmp_path):
-    run = _stage("train_unsupervised.py", small_cifar10_root, tmp_path, "--method", "deepinfomax",
-                 "--dim_prior", "foo")
+    run = _stage("train_unsupervised.py", small_cifar10_root, tmp_path, "--method", "deepinfomax", "--dim_prior", "foo")
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "argument --dim_prior: invalid choice: 'foo'" in run.stderr
     assert "Traceback" not in run.stderr

@@ -1,5 +1,6 @@
 """The example method of the README's "Adding a method", run exactly as printed there: a new
 method is one file and one registry line over the engine, the stages and exact resume."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +22,7 @@ from tests.helpers import REPO, engine_for, load, read_log, run_stage, stage_arg
 def example(tmp_path_factory):
     """The README's example file, written out and imported as a module."""
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Adding a method"):]
+    section = readme[readme.index("## Adding a method") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     path = tmp_path_factory.mktemp("example") / "momentum_example.py"
     path.write_text(code)
@@ -41,6 +42,7 @@ def data(small_cifar10_root):
 def build(example, seed=1, **options):
     """The example method on Conv-4; `options` are fields of its config."""
     from backbones import build_backbone
+
     torch.manual_seed(seed)
     return example.MomentumExample(build_backbone("conv4"), 10, example.MomentumExample.Config(**options))
 
@@ -80,8 +82,22 @@ def test_trains_moves_the_target_and_resumes_exactly(example, data, tmp_path):
 def test_one_registry_line_gives_the_stages(example, small_cifar10_root, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "momentum_example", example.MomentumExample)
     args = stage_arguments(small_cifar10_root, tmp_path)
-    run_stage(stage1, args + ["--method", "momentum_example", "--momentum", "0.95", "--epochs", "1",
-                              "--data_size", "32", "--train_subset", "64"])
+    run_stage(
+        stage1,
+        args
+        + [
+            "--method",
+            "momentum_example",
+            "--momentum",
+            "0.95",
+            "--epochs",
+            "1",
+            "--data_size",
+            "32",
+            "--train_subset",
+            "64",
+        ],
+    )
     folder = tmp_path / "momentum_example" / "cifar10"
     checkpoint = folder / "momentum_example_cifar10_conv4_seed_1_epoch_1.tar"
     assert load(checkpoint)["args"]["momentum"] == 0.95

@@ -1,4 +1,5 @@
 """Relation pairs, focal loss and a real training run of the relationnet method."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,7 @@ def loop_aggregate(features: torch.Tensor, K: int, aggregation: str):
     }[aggregation]
     for i in range(0, size * K, size):
         for j in range(i + size, size * K, size):
-            first, second = features[i:i + size], features[j:j + size]
+            first, second = features[i : i + size], features[j : j + size]
             pairs += [combine(first, second), combine(first, torch.roll(second, shifts=shift, dims=0))]
             targets += [torch.ones(size), torch.zeros(size)]
             shift += 1
@@ -70,7 +71,8 @@ def test_focal_loss_on_known_values():
     logits, targets = torch.randn(50), torch.randint(0, 2, (50,)).float()
     torch.testing.assert_close(
         focal_loss(logits, targets, gamma=0.0, alpha=None),
-        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets),
+    )
 
 
 def _config(**overrides):
@@ -79,14 +81,14 @@ def _config(**overrides):
 
 def test_positive_and_negative_accuracies_are_separate():
     from backbones import build_backbone
+
     torch.manual_seed(0)
     method = RelationNet(build_backbone("conv4"), 10, _config())
     # A head that always says "same image": every positive right, every negative wrong.
     with torch.no_grad():
         method.relation_module.linear2.weight.zero_()
         method.relation_module.linear2.bias.fill_(5.0)
-    out = method.training_step([torch.randn(4 * 3, 3, 32, 32)], torch.zeros(3, dtype=torch.long),
-                               torch.arange(3))
+    out = method.training_step([torch.randn(4 * 3, 3, 32, 32)], torch.zeros(3, dtype=torch.long), torch.arange(3))
     value = {k: (s / c).item() for k, (s, c) in out.metrics.items()}
     assert value == {"accuracy": 50.0, "accuracy_positive": 100.0, "accuracy_negative": 0.0}
     assert out.loss_weight == 4 * 3 * 3
@@ -95,7 +97,8 @@ def test_positive_and_negative_accuracies_are_separate():
 def test_binary_cross_entropy_on_known_values():
     # z = 0 costs log 2 whatever the target; z = log 3 gives p = 3/4: -log(3/4) for a positive.
     assert binary_cross_entropy(torch.zeros(4), torch.tensor([1.0, 0.0, 1.0, 0.0])).item() == pytest.approx(
-        torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+        torch.log(torch.tensor(2.0)).item(), rel=1e-6
+    )
     positive = binary_cross_entropy(torch.log(torch.tensor([3.0])), torch.tensor([1.0]))
     assert positive.item() == pytest.approx(-torch.log(torch.tensor(0.75)).item(), rel=1e-6)
     assert binary_cross_entropy(torch.zeros(2, dtype=torch.bfloat16), torch.ones(2)).dtype == torch.float32
@@ -103,6 +106,7 @@ def test_binary_cross_entropy_on_known_values():
 
 def test_relation_loss_bce_trains_the_head_with_plain_cross_entropy():
     from backbones import build_backbone
+
     views, labels, index = [torch.randn(4 * 3, 3, 32, 32)], torch.zeros(3, dtype=torch.long), torch.arange(3)
     losses = {}
     for name in ("focal", "bce"):
@@ -127,12 +131,21 @@ def test_bad_options_are_named(overrides):
 
 def test_checkpoint_keys_are_the_original_ones():
     from backbones import build_backbone
+
     method = RelationNet(build_backbone("conv4"), 10, _config())
     state = method.checkpoint_state()
     assert set(state) == {"backbone", "relation", "optimizer"}
     assert set(state["relation"]) == {
-        "linear1.weight", "linear1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
-        "bn1.running_var", "bn1.num_batches_tracked", "linear2.weight", "linear2.bias"}
+        "linear1.weight",
+        "linear1.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+        "linear2.weight",
+        "linear2.bias",
+    }
     released = {"backbone": state["backbone"], "relation": state["relation"]}  # no optimizer
     RelationNet(build_backbone("conv4"), 10, _config()).load_checkpoint_state(released)
 
@@ -142,6 +155,7 @@ def test_the_head_applied_before_pairing_equals_pairing_first(aggregation):
     """The step applies the head's first layer to the K*B features and then forms the pairs;
     logits and gradients must equal those of the head on the built pairs."""
     from backbones import build_backbone
+
     torch.manual_seed(0)
     model = RelationNet(build_backbone("conv4"), 10, RelationNet.Config(K=3, aggregation=aggregation))
     features = torch.randn(3 * 5, 64, requires_grad=True)
@@ -150,6 +164,6 @@ def test_the_head_applied_before_pairing_equals_pairing_first(aggregation):
     expected = model.relation_module(pairs).squeeze(1)
     assert torch.equal(targets, expected_targets)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    grad, = torch.autograd.grad(logits.square().sum(), features)
-    expected_grad, = torch.autograd.grad(expected.square().sum(), features)
+    (grad,) = torch.autograd.grad(logits.square().sum(), features)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), features)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """ReLIC: relic-pytorch's loss, target update and schedule (golden values), the views, the
 momentum target through the engine, exact resume inside an epoch, and learning."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,8 +46,9 @@ def test_loss_and_gradients_match_the_package(case):
     online = golden["online"].clone().requires_grad_(True)
     log_temperature = torch.tensor(golden["log_temperature"], requires_grad=True)
     bias = torch.tensor(golden["bias"], requires_grad=True)
-    loss, invariance, logits = relic_loss(online, golden["target"], log_temperature, bias, golden["alpha"],
-                                          golden["siglip"], golden["max_temperature"])
+    loss, invariance, logits = relic_loss(
+        online, golden["target"], log_temperature, bias, golden["alpha"], golden["siglip"], golden["max_temperature"]
+    )
     logits.retain_grad()
     loss.backward()
     temperature = min(float(torch.tensor(golden["log_temperature"]).exp()), golden["max_temperature"])
@@ -102,8 +104,10 @@ def test_target_update_matches_the_package():
     target, online = StateModule(ema["target_before"]), StateModule(ema["online"])
     momentum_update(target, online, ema["gamma"])
     expected = list(ema["target_after"].values())
-    for got, want in zip([*target.parameters(), *target.buffers()], [*StateModule(ema["target_after"]).parameters(),
-                                                                    *StateModule(ema["target_after"]).buffers()]):
+    for got, want in zip(
+        [*target.parameters(), *target.buffers()],
+        [*StateModule(ema["target_after"]).parameters(), *StateModule(ema["target_after"]).buffers()],
+    ):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     assert len(expected) == len(list(target.parameters())) + len(list(target.buffers()))
     counts = [b for name, b in target.named_buffers() if not b.is_floating_point()]
@@ -121,6 +125,7 @@ def test_momentum_schedule_matches_the_package():
 
 # --- the method ----------------------------------------------------------------------------------
 
+
 def test_defaults_views_and_checkpoint_keys():
     method = build()
     assert METHODS["relic"] is ReLIC
@@ -131,21 +136,39 @@ def test_defaults_views_and_checkpoint_keys():
     assert (method.log_temperature.item(), method.logit_bias.item(), method.max_temperature) == (0.0, 0.0, 5.0)
     siglip = build(siglip=True)
     assert siglip.log_temperature.item() == pytest.approx(2.302585) and siglip.logit_bias.item() == -10.0
-    assert method.view_groups == [ViewGroup(2, "crop_color_gray_blur_solarize"),
-                                  ViewGroup(4, "crop_color_gray_blur", size_ratio=3 / 7)]
+    assert method.view_groups == [
+        ViewGroup(2, "crop_color_gray_blur_solarize"),
+        ViewGroup(4, "crop_color_gray_blur", size_ratio=3 / 7),
+    ]
     assert [group.side(32) for group in method.view_groups] == [None, 13]
     assert method.view_groups[1].side(96) == 41
     assert build(local_views=0).view_groups == [ViewGroup(2, "crop_color_gray_blur_solarize")]
-    assert {"backbone", "online_backbone", "critic", "target_critic", "log_temperature", "logit_bias",
-            "optimizer", "gamma", "momentum_steps"} == set(method.checkpoint_state())
+    assert {
+        "backbone",
+        "online_backbone",
+        "critic",
+        "target_critic",
+        "log_temperature",
+        "logit_bias",
+        "optimizer",
+        "gamma",
+        "momentum_steps",
+    } == set(method.checkpoint_state())
 
 
-@pytest.mark.parametrize("options,fields", [
-    ({"global_views": 0}, ("global_views",)), ({"local_views": -1}, ("local_views",)),
-    ({"global_views": 1, "local_views": 0}, ("global_views", "local_views")),
-    ({"global_views": 40, "local_views": 40}, ("global_views", "local_views")),
-    ({"gamma": 1.5}, ("gamma",)), ({"alpha": float("nan")}, ("alpha",)), ({"update_every": 0}, ("update_every",)),
-    ({"hidden": 2**17}, ("hidden",))])
+@pytest.mark.parametrize(
+    "options,fields",
+    [
+        ({"global_views": 0}, ("global_views",)),
+        ({"local_views": -1}, ("local_views",)),
+        ({"global_views": 1, "local_views": 0}, ("global_views", "local_views")),
+        ({"global_views": 40, "local_views": 40}, ("global_views", "local_views")),
+        ({"gamma": 1.5}, ("gamma",)),
+        ({"alpha": float("nan")}, ("alpha",)),
+        ({"update_every": 0}, ("update_every",)),
+        ({"hidden": 2**17}, ("hidden",)),
+    ],
+)
 def test_bad_options_are_named(options, fields):
     with pytest.raises(ConfigError) as raised:
         build(**options)
@@ -162,8 +185,12 @@ def test_every_target_online_pair_of_other_positions_counts_once():
     online = torch.cat([online, method.critic(method.backbone(locals_)).view(4, 4, -1)])
     with torch.no_grad():
         target = method.target_critic(method.target_backbone(globals_)).view(2, 4, -1)
-    expected = [relic_loss(online[o], target[t], method.log_temperature, method.logit_bias)[0]
-                for t in range(2) for o in range(6) if t != o]
+    expected = [
+        relic_loss(online[o], target[t], method.log_temperature, method.logit_bias)[0]
+        for t in range(2)
+        for o in range(6)
+        if t != o
+    ]
     assert len(expected) == 10 and out.loss_weight == 40
     torch.testing.assert_close(out.loss, torch.stack(expected).mean())
 
@@ -187,6 +214,7 @@ def test_the_target_is_copied_then_follows_the_schedule():
 
 
 # --- through the engine --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def real_subset(cifar10_root):

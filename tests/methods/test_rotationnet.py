@@ -1,4 +1,5 @@
 """RotationNet: the rotated batch and its labels, checkpoints, a real run, the stage scripts."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,15 +43,15 @@ def test_training_step_loss_and_accuracy():
     out = method.training_step([torch.randn(3, 3, 32, 32)], torch.full((3,), -1), torch.arange(3))
     correct, count = out.metrics["accuracy"]
     assert (correct / count).item() == 25.0 and count.item() == 12 and out.loss_weight == 12
-    expected = nn.functional.cross_entropy(torch.tensor([[5.0, 0, 0, 0]]).repeat(12, 1),
-                                           torch.arange(4).repeat_interleave(3))
+    expected = nn.functional.cross_entropy(
+        torch.tensor([[5.0, 0, 0, 0]]).repeat(12, 1), torch.arange(4).repeat_interleave(3)
+    )
     torch.testing.assert_close(out.loss, expected)
 
 
 def test_checkpoint_round_trip_and_original_files(tmp_path):
     method = build_method("rotationnet")
-    method.training_step([torch.randn(2, 3, 32, 32)], torch.zeros(2, dtype=torch.long),
-                         torch.arange(2)).loss.backward()
+    method.training_step([torch.randn(2, 3, 32, 32)], torch.zeros(2, dtype=torch.long), torch.arange(2)).loss.backward()
     method.optimizer.step()
     state = method.checkpoint_state()
     assert set(state) == {"classifier", "backbone", "optimizer"}
@@ -81,8 +82,9 @@ def test_learns_rotations_on_real_images(cifar10_root, tmp_path):
 def test_same_seed_same_loss(cifar10_root, tmp_path):
     data = cifar10_subset(cifar10_root, 64)
     methods = [build_method("rotationnet", 3), build_method("rotationnet", 3)]
-    loss_a, loss_b = [train_method(method, data, tmp_path / name, seed=3)[0]["loss"]
-                      for method, name in zip(methods, "ab")]
+    loss_a, loss_b = [
+        train_method(method, data, tmp_path / name, seed=3)[0]["loss"] for method, name in zip(methods, "ab")
+    ]
     assert loss_a == loss_b
     weights_b = methods[1].state_dict()
     assert all(torch.equal(value, weights_b[key]) for key, value in methods[0].state_dict().items())

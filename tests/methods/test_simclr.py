@@ -1,6 +1,7 @@
 """SimCLR: its two losses against closed forms and the original code, checkpoints, real runs
 and the three stage scripts. The helpers (build, train, three_stages) serve
 test_rotationnet.py too."""
+
 from __future__ import annotations
 
 import math
@@ -79,10 +80,8 @@ def test_losses_on_hand_made_inputs(t):
     # of the mean (original) and the mean of the logs (NT-Xent) part.
     mixed = unit_rows(0, 1, 0, 2)
     ratio = 1 / (1 + 2 * math.exp(-1 / t))
-    assert simclr_original_loss(mixed, t).item() == pytest.approx(
-        -math.log((2 * ratio + 2 / 3) / 4), rel=1e-6)
-    assert nt_xent_loss(mixed, t).item() == pytest.approx(
-        (-2 * math.log(ratio) + 2 * math.log(3)) / 4, rel=1e-6)
+    assert simclr_original_loss(mixed, t).item() == pytest.approx(-math.log((2 * ratio + 2 / 3) / 4), rel=1e-6)
+    assert nt_xent_loss(mixed, t).item() == pytest.approx((-2 * math.log(ratio) + 2 * math.log(3)) / 4, rel=1e-6)
 
 
 def test_original_loss_equals_the_original_code():
@@ -98,10 +97,12 @@ def test_losses_equal_reference_implementations(images, t):
     torch.manual_seed(images)
     interleaved = torch.randn(2 * images, 64)
     view_major = to_view_major(interleaved)
-    torch.testing.assert_close(simclr_original_loss(view_major, t), original_reference(interleaved, t),
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(nt_xent_loss(view_major, t).double(), ntxent_reference(view_major, t),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        simclr_original_loss(view_major, t), original_reference(interleaved, t), rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        nt_xent_loss(view_major, t).double(), ntxent_reference(view_major, t), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_training_step_uses_the_chosen_loss():
@@ -119,10 +120,17 @@ def test_training_step_uses_the_chosen_loss():
     assert values["original"].item() != pytest.approx(values["ntxent"].item())
 
 
-@pytest.mark.parametrize("options,fields", [
-    ({"temperature": 0}, ("temperature",)), ({"temperature": -1}, ("temperature",)),
-    ({"temperature": float("nan")}, ("temperature",)), ({"temperature": float("inf")}, ("temperature",)),
-    ({"temperature": 0.01}, ("temperature", "loss")), ({"loss": "infonce"}, ("loss",))])
+@pytest.mark.parametrize(
+    "options,fields",
+    [
+        ({"temperature": 0}, ("temperature",)),
+        ({"temperature": -1}, ("temperature",)),
+        ({"temperature": float("nan")}, ("temperature",)),
+        ({"temperature": float("inf")}, ("temperature",)),
+        ({"temperature": 0.01}, ("temperature", "loss")),
+        ({"loss": "infonce"}, ("loss",)),
+    ],
+)
 def test_bad_options_are_named(options, fields):
     with pytest.raises(ConfigError) as raised:
         SimCLR.Config(**options)
@@ -138,14 +146,21 @@ def test_a_temperature_too_low_for_the_loss_names_both_flags():
 
 def original_head() -> nn.Sequential:
     """The original `Model.head`, whose state dict is the `head` checkpoint entry."""
-    return nn.Sequential(OrderedDict([("linear1", nn.Linear(64, 256)), ("bn1", nn.BatchNorm1d(256)),
-                                      ("relu", nn.LeakyReLU()), ("linear2", nn.Linear(256, 64))]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("linear1", nn.Linear(64, 256)),
+                ("bn1", nn.BatchNorm1d(256)),
+                ("relu", nn.LeakyReLU()),
+                ("linear2", nn.Linear(256, 64)),
+            ]
+        )
+    )
 
 
 def test_checkpoint_round_trip_and_original_files(tmp_path):
     method = build_method("simclr")
-    method.training_step([torch.randn(8, 3, 32, 32)], torch.zeros(4, dtype=torch.long),
-                         torch.arange(4)).loss.backward()
+    method.training_step([torch.randn(8, 3, 32, 32)], torch.zeros(4, dtype=torch.long), torch.arange(4)).loss.backward()
     method.optimizer.step()
     state = method.checkpoint_state()
     assert set(state) == {"backbone", "head", "optimizer"}
@@ -204,9 +219,20 @@ def test_three_stages(small_cifar10_root, tmp_path):
 
 
 def test_bad_temperature_is_one_line_without_traceback(small_cifar10_root, tmp_path):
-    result = run_script("train_unsupervised.py", "--method", "simclr", "--temperature", "0",
-                        "--data_root", str(small_cifar10_root), "--checkpoint_dir", str(tmp_path),
-                        "--no_download", "--epochs", "1")
+    result = run_script(
+        "train_unsupervised.py",
+        "--method",
+        "simclr",
+        "--temperature",
+        "0",
+        "--data_root",
+        str(small_cifar10_root),
+        "--checkpoint_dir",
+        str(tmp_path),
+        "--no_download",
+        "--epochs",
+        "1",
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--temperature" in result.stderr

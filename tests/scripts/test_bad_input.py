@@ -2,6 +2,7 @@
 nothing: checkpoints of another method or stage, forged checkpoint entries, images too small
 for the backbone, a classifier tested on another data set. Each is one line on stderr and
 leaves no file behind."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,42 +25,70 @@ def _refused(module, argv, capsys) -> str:
 
 
 def _stage2_file(path, dataset: str = "cifar10", pretraining_method: str = "relationnet") -> None:
-    torch.save({**Standard(build_backbone("conv4"), 10).checkpoint_state(), "method": pretraining_method,
-                "dataset": dataset, "pretraining_method": pretraining_method, "args": {"image_size": 0}}, path)
+    torch.save(
+        {
+            **Standard(build_backbone("conv4"), 10).checkpoint_state(),
+            "method": pretraining_method,
+            "dataset": dataset,
+            "pretraining_method": pretraining_method,
+            "args": {"image_size": 0},
+        },
+        path,
+    )
 
 
-@pytest.mark.parametrize("written_by,keys,method,expected", [
-    ("simclr", {"method"}, "relationnet", "is a stage-1 simclr checkpoint, not relationnet: pass --method simclr"),
-    ("relationnet", {"method"}, "simclr", "is a stage-1 relationnet checkpoint, not simclr"),
-    ("deepcluster", {"method"}, "rotationnet", "is a stage-1 deepcluster checkpoint, not rotationnet"),
-    ("standard", {"method"}, "deepinfomax", "is a stage-1 standard checkpoint, not deepinfomax"),
-    # the original code's files name no method: told by their keys, or by the weights that do not fit
-    ("relationnet", set(), "simclr", "is a stage-1 relationnet checkpoint, not simclr"),
-    ("deepcluster", set(), "rotationnet", "its 'classifier' entry holds 'linear1.weight', which this run's classifier"),
-    ("stage2", {"method"}, "standard", "is a stage-2 file (linear evaluation or fine-tuning of a relationnet"),
-])
-def test_stage1_names_a_checkpoint_of_another_method_or_stage(small_cifar10_root, tmp_path, capsys, written_by, keys,
-                                                              method, expected):
+@pytest.mark.parametrize(
+    "written_by,keys,method,expected",
+    [
+        ("simclr", {"method"}, "relationnet", "is a stage-1 simclr checkpoint, not relationnet: pass --method simclr"),
+        ("relationnet", {"method"}, "simclr", "is a stage-1 relationnet checkpoint, not simclr"),
+        ("deepcluster", {"method"}, "rotationnet", "is a stage-1 deepcluster checkpoint, not rotationnet"),
+        ("standard", {"method"}, "deepinfomax", "is a stage-1 standard checkpoint, not deepinfomax"),
+        # the original code's files name no method: told by their keys, or by the weights that do not fit
+        ("relationnet", set(), "simclr", "is a stage-1 relationnet checkpoint, not simclr"),
+        (
+            "deepcluster",
+            set(),
+            "rotationnet",
+            "its 'classifier' entry holds 'linear1.weight', which this run's classifier",
+        ),
+        ("stage2", {"method"}, "standard", "is a stage-2 file (linear evaluation or fine-tuning of a relationnet"),
+    ],
+)
+def test_stage1_names_a_checkpoint_of_another_method_or_stage(
+    small_cifar10_root, tmp_path, capsys, written_by, keys, method, expected
+):
     path = tmp_path / "given.tar"
     if written_by == "stage2":
         _stage2_file(path)
     else:
         state = build_method(written_by).checkpoint_state()
         torch.save({**state, **({"method": written_by} if keys else {})}, path)
-    error = _refused(stage1, stage_arguments(small_cifar10_root, tmp_path / "out") + [
-        "--method", method, "--epochs", "1", "--checkpoint", str(path)], capsys)
+    error = _refused(
+        stage1,
+        stage_arguments(small_cifar10_root, tmp_path / "out")
+        + ["--method", method, "--epochs", "1", "--checkpoint", str(path)],
+        capsys,
+    )
     assert expected in error
     assert not list((tmp_path / "out").rglob("*.tar"))
 
 
 @pytest.mark.parametrize("module", [stage1, stage2, stage3])
-@pytest.mark.parametrize("forged", [{"backbone": "str"}, {"backbone": {"conv.weight": "str"}},
-                                    {"backbone": {}, "classifier": [1, 2]}], ids=["str", "values", "classifier"])
+@pytest.mark.parametrize(
+    "forged",
+    [{"backbone": "str"}, {"backbone": {"conv.weight": "str"}}, {"backbone": {}, "classifier": [1, 2]}],
+    ids=["str", "values", "classifier"],
+)
 def test_a_forged_checkpoint_entry_is_one_line(small_cifar10_root, tmp_path, capsys, module, forged):
     path = tmp_path / "forged.tar"
     torch.save(forged, path)
-    error = _refused(module, stage_arguments(small_cifar10_root, tmp_path / "out") + [
-        "--checkpoint", str(path), *(["--epochs", "1", "--method", "standard"] if module is stage1 else [])], capsys)
+    error = _refused(
+        module,
+        stage_arguments(small_cifar10_root, tmp_path / "out")
+        + ["--checkpoint", str(path), *(["--epochs", "1", "--method", "standard"] if module is stage1 else [])],
+        capsys,
+    )
     assert "is a" in error and "not a state dict" in error and str(path) in error
 
 
@@ -70,8 +99,9 @@ def test_a_classifier_of_another_data_set_or_image_size_is_refused_unless_cross_
     error = _refused(stage3, stl10, capsys)
     assert "was trained on cifar10, not stl10: pass --dataset cifar10, or --cross_domain" in error
     pretrained = tmp_path / "randomweights.tar"
-    torch.save({"backbone": build_backbone("conv4").state_dict(), "method": "randomweights", "dataset": "cifar10"},
-               pretrained)
+    torch.save(
+        {"backbone": build_backbone("conv4").state_dict(), "method": "randomweights", "dataset": "cifar10"}, pretrained
+    )
     knn = stage_arguments(stl10_root, tmp_path, dataset="stl10") + ["--checkpoint", str(pretrained), "--knn", "5"]
     assert "was trained on 32x32 cifar10 images, these are 96x96: pass --cross_domain" in _refused(stage3, knn, capsys)
     assert not list(tmp_path.glob("log_*"))

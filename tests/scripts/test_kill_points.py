@@ -10,6 +10,7 @@ what a person or reproduce.py runs next: the same command plus `--resume auto` w
 rolling checkpoint exists (stage 1, fine-tuning), else the same command, unless the stage's
 final file exists (linear evaluation).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,6 +55,7 @@ def counted_renames(monkeypatch, module, argv) -> int:
     def replace(*args):
         count.append(args)
         real(*args)
+
     monkeypatch.setattr(checkpoint.os, "replace", replace)
     run_stage(module, argv)
     monkeypatch.undo()
@@ -75,6 +77,7 @@ def run_killed(module, argv, rename: int, after: bool) -> None:
                 real(*args)
                 if count[0] == rename:
                     os.kill(os.getpid(), signal.SIGKILL)
+
             checkpoint.os.replace = replace
             module.main(argv)
         finally:
@@ -120,8 +123,11 @@ def assert_same_files(folder, reference, point: str) -> None:
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o664, f"{point}: {name}"
         if name.endswith(".tar"):  # everything but the command line (which gained --resume)
             a, b = load(folder / name), load(reference / name)
-            same({k: v for k, v in a.items() if k not in ("args", COMMIT)},
-                 {k: v for k, v in b.items() if k not in ("args", COMMIT)}, f"{point}: {name}")
+            same(
+                {k: v for k, v in a.items() if k not in ("args", COMMIT)},
+                {k: v for k, v in b.items() if k not in ("args", COMMIT)},
+                f"{point}: {name}",
+            )
         elif name.startswith("log_"):
             strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
             assert strip(read_log(folder / name)) == strip(read_log(reference / name)), f"{point}: {name}"
@@ -136,19 +142,24 @@ def kill_everywhere(module, argv_for, folder_in, monkeypatch, capsys, tmp_path) 
         out = tmp_path / f"killed_{rename}_{'after' if after else 'before'}"
         run_killed(module, argv_for(out), rename, after)
         continue_run(module, argv_for(out), folder_in(out), capsys)
-        assert_same_files(folder_in(out), folder_in(reference),
-                          f"killed {'after' if after else 'before'} rename {rename} of {renames}")
+        assert_same_files(
+            folder_in(out),
+            folder_in(reference),
+            f"killed {'after' if after else 'before'} rename {rename} of {renames}",
+        )
     capsys.readouterr()
     return len(points)
 
 
-def test_stage1_killed_at_every_save_point_resumes_to_the_same_files(small_cifar10_root, tmp_path, monkeypatch,
-                                                                     capsys):
+def test_stage1_killed_at_every_save_point_resumes_to_the_same_files(small_cifar10_root, tmp_path, monkeypatch, capsys):
     def argv(out):
         return stage_arguments(small_cifar10_root, out) + ["--method", "relationnet", "--K", "2", *SMALL]
+
     # The config, then for each of the 2 epochs: the rolling checkpoint, the numbered one, the log.
-    assert kill_everywhere(stage1, argv, lambda out: out / "relationnet" / "cifar10", monkeypatch, capsys,
-                           tmp_path) == 2 * 7
+    assert (
+        kill_everywhere(stage1, argv, lambda out: out / "relationnet" / "cifar10", monkeypatch, capsys, tmp_path)
+        == 2 * 7
+    )
 
 
 @pytest.fixture
@@ -158,13 +169,21 @@ def pretrained(small_cifar10_root, tmp_path):
 
 
 @pytest.mark.parametrize("mode,points", [("finetune", 2 * 6), ("linear", 2 * 3)])
-def test_stage2_killed_at_every_save_point_ends_with_the_same_files(small_cifar10_root, pretrained, tmp_path,
-                                                                    monkeypatch, capsys, mode, points):
+def test_stage2_killed_at_every_save_point_ends_with_the_same_files(
+    small_cifar10_root, pretrained, tmp_path, monkeypatch, capsys, mode, points
+):
     def argv(out):
         return stage_arguments(small_cifar10_root, out) + [
-            "--checkpoint", str(pretrained), *SMALL, *(["--finetune"] if mode == "finetune" else [])]
+            "--checkpoint",
+            str(pretrained),
+            *SMALL,
+            *(["--finetune"] if mode == "finetune" else []),
+        ]
+
     # Fine-tuning: the config, then the rolling checkpoint and the log of epoch 1, the rolling
     # checkpoint, the final file and the log of epoch 2. Linear evaluation: the config, the log
     # and the final file.
-    assert kill_everywhere(stage2, argv, lambda out: out / "randomweights" / "cifar10", monkeypatch, capsys,
-                           tmp_path) == points
+    assert (
+        kill_everywhere(stage2, argv, lambda out: out / "randomweights" / "cifar10", monkeypatch, capsys, tmp_path)
+        == points
+    )

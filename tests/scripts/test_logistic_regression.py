@@ -1,5 +1,6 @@
 """Stage 2 with --classifier logistic, then test.py: file names, keys, log, config, refusals,
 determinism, and test.py scoring the saved classifier as stage 2 did."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,19 @@ def test_logistic_regression_files_keys_and_test_py_accuracy(random_backbone, ca
     name = f"{HEADER}_logistic_regression"
     state = load(folder / f"{name}.tar")
     assert set(state) == set(Standard.checkpoint_keys) | {
-        "classifier_kind", "objective", "iterations", "method", "backbone_name", "dataset", "seed", "args",
-        "source_checkpoint", "pretraining_method", "pretraining_dataset", "pretraining_epochs"}
+        "classifier_kind",
+        "objective",
+        "iterations",
+        "method",
+        "backbone_name",
+        "dataset",
+        "seed",
+        "args",
+        "source_checkpoint",
+        "pretraining_method",
+        "pretraining_dataset",
+        "pretraining_epochs",
+    }
     assert state["classifier_kind"] == "logistic_regression" and state["classifier"]["weight"].shape == (10, 64)
     assert state["args"]["classifier"] == "logistic" and state["args"]["epochs"] is None
     assert state["args"]["logistic_c"] == 1.0 and state["args"]["logistic_max_iter"] == 100
@@ -77,21 +89,43 @@ def test_two_logistic_regressions_give_identical_weights(random_backbone):
 
 def test_label_fraction_and_train_subset_with_logistic_regression(random_backbone):
     args, checkpoint = random_backbone
-    run_stage(stage2, args + ["--checkpoint", str(checkpoint), "--classifier", "logistic", "--train_subset", "100",
-                              "--label_fraction", "0.5", "--logistic_c", "0.5", "--logistic_max_iter", "3"])
+    run_stage(
+        stage2,
+        args
+        + [
+            "--checkpoint",
+            str(checkpoint),
+            "--classifier",
+            "logistic",
+            "--train_subset",
+            "100",
+            "--label_fraction",
+            "0.5",
+            "--logistic_c",
+            "0.5",
+            "--logistic_max_iter",
+            "3",
+        ],
+    )
     name = f"{HEADER}_logistic_regression_labels_50pct"
     assert json.loads(checkpoint.with_name(f"config_{name}.json").read_text())["training_images"] == 50
     state = load(checkpoint.with_name(f"{name}.tar"))
     assert state["iterations"] <= 3 and state["args"]["logistic_c"] == 0.5
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--classifier", "logistic", "--epochs", "3"], "--epochs with --classifier logistic"),
-    (["--classifier", "logistic", "--finetune"], "--finetune with --classifier logistic"),
-    (["--classifier", "logistic", "--resume", "auto"], "--resume with --classifier logistic"),
-    (["--logistic_c", "2"], "--logistic_c belongs to --classifier logistic"),
-    (["--classifier", "linear", "--logistic_max_iter", "5"], "--logistic_max_iter belongs to --classifier logistic"),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--classifier", "logistic", "--epochs", "3"], "--epochs with --classifier logistic"),
+        (["--classifier", "logistic", "--finetune"], "--finetune with --classifier logistic"),
+        (["--classifier", "logistic", "--resume", "auto"], "--resume with --classifier logistic"),
+        (["--logistic_c", "2"], "--logistic_c belongs to --classifier logistic"),
+        (
+            ["--classifier", "linear", "--logistic_max_iter", "5"],
+            "--logistic_max_iter belongs to --classifier logistic",
+        ),
+    ],
+)
 def test_flags_of_the_other_classifier_are_refused_in_one_line(tmp_path, capsys, flags, expected):
     with pytest.raises(SystemExit) as stopped:
         run_stage(stage2, ["--checkpoint_dir", str(tmp_path), "--checkpoint", str(tmp_path / "x.tar"), *flags])

@@ -1,5 +1,6 @@
 """Stage 1's monitoring: `--eval_every` logs a kNN accuracy of the backbone without changing
 the training, and `--tensorboard` writes every logged quantity for TensorBoard."""
+
 from __future__ import annotations
 
 import errno
@@ -18,8 +19,11 @@ HEADER = "relationnet_cifar10_conv4_seed_1"
 
 
 def train(root, out, *extra):
-    run_stage(stage1, stage_arguments(root, out) + ["--method", "relationnet", "--K", "2", "--data_size", "50",
-                                                    "--epochs", "3", *extra])
+    run_stage(
+        stage1,
+        stage_arguments(root, out)
+        + ["--method", "relationnet", "--K", "2", "--data_size", "50", "--epochs", "3", *extra],
+    )
     folder = out / "relationnet" / "cifar10"
     return read_log(folder / f"log_{HEADER}.csv"), load(folder / f"{HEADER}_epoch_3.tar")
 
@@ -34,8 +38,9 @@ def test_eval_every_logs_knn_accuracy_and_leaves_the_training_as_it_is(small_cif
     assert "Epoch 2/3 monitor" in shown and "Epoch 3/3 monitor" in shown and "Epoch 1/3 monitor" not in shown
     # Every training column agrees; the kNN columns are filled after epochs 2 and 3 (the last).
     for plain, watched in zip(plain_rows, watched_rows, strict=True):
-        assert {k: v for k, v in watched.items() if not k.startswith("knn") and k != "seconds"} == \
-               {k: v for k, v in plain.items() if k != "seconds"}
+        assert {k: v for k, v in watched.items() if not k.startswith("knn") and k != "seconds"} == {
+            k: v for k, v in plain.items() if k != "seconds"
+        }
     assert [row["knn_accuracy"] == "" for row in watched_rows] == [True, False, False]
     for row in watched_rows[1:]:
         assert 0 <= float(row["knn_top5"]) <= 100 and float(row["knn_accuracy"]) <= float(row["knn_top5"])
@@ -43,6 +48,7 @@ def test_eval_every_logs_knn_accuracy_and_leaves_the_training_as_it_is(small_cif
         assert value.equal(watched_state["backbone"][key]), key
     if HAS_TENSORBOARD:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
         events = EventAccumulator(str(tmp_path / "tensorboard" / HEADER))
         events.Reload()
         assert {"loss", "accuracy", "lr", "knn_accuracy"} <= set(events.Tags()["scalars"])
@@ -61,15 +67,18 @@ def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
 @pytest.mark.parametrize("full_from", [1, 2], ids=["at_start", "after_epoch_1"])
-def test_a_full_disk_under_tensorboard_is_one_line_naming_its_file(small_cifar10_root, tmp_path, monkeypatch, capsys,
-                                                                   full_from):
+def test_a_full_disk_under_tensorboard_is_one_line_naming_its_file(
+    small_cifar10_root, tmp_path, monkeypatch, capsys, full_from
+):
     from tensorboard.summary.writer.record_writer import RecordWriter
+
     writes = []
 
     def disk_full(self, data):  # the full_from-th append (the first: the file's version event) fails
         writes.append(data)
         if len(writes) >= full_from:
             raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(RecordWriter, "write", disk_full)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
@@ -78,4 +87,4 @@ def test_a_full_disk_under_tensorboard_is_one_line_naming_its_file(small_cifar10
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
     assert f"error: No space left on device: {tmp_path / 'tensorboard' / HEADER}/events.out.tfevents." in err
     saved = read_log(out / "relationnet" / "cifar10" / f"log_{HEADER}.csv") if full_from > 1 else []
-    assert [row["epoch"] for row in saved] == ["1"][:len(saved)] and len(saved) == full_from - 1
+    assert [row["epoch"] for row in saved] == ["1"][: len(saved)] and len(saved) == full_from - 1

@@ -1,4 +1,5 @@
 """The three stage scripts end to end: file names, checkpoint keys, cross-domain, errors."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ ALL_BACKBONES = ["conv4", "resnet8", "resnet32", "resnet56", "resnet34"]
 @pytest.mark.parametrize("backbone", ALL_BACKBONES)
 def test_relationnet_three_stages_on_every_backbone(small_cifar10_root, tmp_path, capsys, backbone):
     args = stage_arguments(small_cifar10_root, tmp_path, backbone=backbone)
-    run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--data_size", "8",
-                              "--train_subset", "16", "--epochs", "1"])
+    run_stage(
+        stage1,
+        args + ["--method", "relationnet", "--K", "2", "--data_size", "8", "--train_subset", "16", "--epochs", "1"],
+    )
     folder = tmp_path / "relationnet" / "cifar10"
     header = f"relationnet_cifar10_{backbone}_seed_1"
     stage1_file = folder / f"{header}_epoch_1.tar"
@@ -40,8 +43,7 @@ def test_relationnet_three_stages_on_every_backbone(small_cifar10_root, tmp_path
 
     run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--epochs", "2", "--train_subset", "40"])
     stage2_file = folder / f"{header}_epoch_2_linear_evaluation.tar"
-    assert set(load(stage2_file)) >= {"classifier", "backbone", "optimizer", "optimizer_lineval",
-                                      "optimizer_finetune"}
+    assert set(load(stage2_file)) >= {"classifier", "backbone", "optimizer", "optimizer_lineval", "optimizer_finetune"}
     assert len((folder / f"log_{header}_epoch_2_linear_evaluation.csv").read_text().splitlines()) == 3
 
     capsys.readouterr()
@@ -59,22 +61,35 @@ STAGE1_KEYS = {
     "deepinfomax": {"backbone", "loss_fn", "optimizer"},
     "standard": {"classifier", "backbone", "optimizer", "optimizer_lineval", "optimizer_finetune"},
     "randomweights": {"backbone"},
-    "relic": {"backbone", "online_backbone", "critic", "target_critic", "log_temperature", "logit_bias",
-              "optimizer", "gamma", "momentum_steps"},
+    "relic": {
+        "backbone",
+        "online_backbone",
+        "critic",
+        "target_critic",
+        "log_temperature",
+        "logit_bias",
+        "optimizer",
+        "gamma",
+        "momentum_steps",
+    },
 }
 
 
 @pytest.mark.parametrize("method", sorted(STAGE1_KEYS))
 def test_every_method_runs_the_three_stages_on_resnet8(small_cifar10_root, tmp_path, capsys, method):
     args = stage_arguments(small_cifar10_root, tmp_path, backbone="resnet8")
-    run_stage(stage1, args + ["--method", method, *views_flag(method), "--data_size", "16",
-                              "--train_subset", "64", "--epochs", "1"])
+    run_stage(
+        stage1,
+        args + ["--method", method, *views_flag(method), "--data_size", "16", "--train_subset", "64", "--epochs", "1"],
+    )
     folder = tmp_path / method / "cifar10"
     header = f"{method}_cifar10_resnet8_seed_1"
     stage1_file = folder / (f"{header}.tar" if method == "randomweights" else f"{header}_epoch_1.tar")
     assert STAGE1_KEYS[method] <= set(load(stage1_file))
     run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--epochs", "1"])
-    run_stage(stage3, args + ["--checkpoint", str(folder / f"{method}_cifar10_resnet8_seed_1_epoch_1_linear_evaluation.tar")])
+    run_stage(
+        stage3, args + ["--checkpoint", str(folder / f"{method}_cifar10_resnet8_seed_1_epoch_1_linear_evaluation.tar")]
+    )
     assert "Test accuracy:" in capsys.readouterr().out
 
 
@@ -108,21 +123,35 @@ def test_standard_cifar100_then_supercifar100_grain(cifar100_root, tmp_path, cap
     # Grain: CIFAR-100 backbone, linear evaluation on the 20 superclasses.
     grain = stage_arguments(cifar100_root, tmp_path, dataset="supercifar100", backbone=backbone)
     run_stage(stage2, grain + ["--checkpoint", str(checkpoint), "--epochs", "1"])
-    out_file = (tmp_path / "standard" / "supercifar100" /
-                f"standard_supercifar100_from_cifar100_{backbone}_seed_1_epoch_1_linear_evaluation.tar")
+    out_file = (
+        tmp_path
+        / "standard"
+        / "supercifar100"
+        / f"standard_supercifar100_from_cifar100_{backbone}_seed_1_epoch_1_linear_evaluation.tar"
+    )
     assert load(out_file)["classifier"]["weight"].shape[0] == 20
     config = json.loads(out_file.with_name(f"config_{out_file.stem}.json").read_text())
     assert config["pretraining_dataset"] == "cifar100"
 
 
 def test_cross_domain_cifar10_backbone_on_cifar100(small_cifar10_root, cifar100_root, tmp_path):
-    run_stage(stage1, stage_arguments(small_cifar10_root, tmp_path) + [
-        "--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"])
+    run_stage(
+        stage1,
+        stage_arguments(small_cifar10_root, tmp_path)
+        + ["--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"],
+    )
     checkpoint = tmp_path / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_1.tar"
-    run_stage(stage2, stage_arguments(cifar100_root, tmp_path, dataset="cifar100") + [
-        "--checkpoint", str(checkpoint), "--epochs", "1"])
-    assert (tmp_path / "relationnet" / "cifar100" /
-            "relationnet_cifar100_from_cifar10_conv4_seed_1_epoch_1_linear_evaluation.tar").exists()
+    run_stage(
+        stage2,
+        stage_arguments(cifar100_root, tmp_path, dataset="cifar100")
+        + ["--checkpoint", str(checkpoint), "--epochs", "1"],
+    )
+    assert (
+        tmp_path
+        / "relationnet"
+        / "cifar100"
+        / "relationnet_cifar100_from_cifar10_conv4_seed_1_epoch_1_linear_evaluation.tar"
+    ).exists()
 
 
 def test_finetune_gets_its_own_file_and_decays(small_cifar10_root, tmp_path, capsys):
@@ -142,8 +171,11 @@ def test_same_seed_gives_identical_files(small_cifar10_root, tmp_path):
     outputs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        run_stage(stage1, stage_arguments(small_cifar10_root, out) + [
-            "--method", "relationnet", "--K", "3", "--epochs", "2", "--data_size", "20"])
+        run_stage(
+            stage1,
+            stage_arguments(small_cifar10_root, out)
+            + ["--method", "relationnet", "--K", "3", "--epochs", "2", "--data_size", "20"],
+        )
         outputs.append(load(out / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_2.tar"))
     for key, value in outputs[0]["backbone"].items():
         assert torch.equal(value, outputs[1]["backbone"][key])
@@ -208,11 +240,19 @@ def test_missing_data_and_wrong_checkpoints(small_cifar10_root, tmp_path, capsys
     run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--epochs", "1", "--data_size", "50"])
     checkpoint = tmp_path / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_1_epoch_1.tar"
     other = stage_arguments(small_cifar10_root, tmp_path, backbone="resnet8")
-    assert "holds a conv4 backbone, not resnet8: pass --backbone conv4" in error(stage2, other + ["--checkpoint", str(checkpoint)])
+    assert "holds a conv4 backbone, not resnet8: pass --backbone conv4" in error(
+        stage2, other + ["--checkpoint", str(checkpoint)]
+    )
     assert "run train_linear_evaluation.py" in error(stage3, args + ["--checkpoint", str(checkpoint)])
     rotation_file = tmp_path / "rotationnet.tar"  # keys of the original code's rotationnet
-    torch.save({"classifier": {"weight": torch.zeros(4, 64), "bias": torch.zeros(4)},
-                "backbone": load(checkpoint)["backbone"], "optimizer": {}}, rotation_file)
+    torch.save(
+        {
+            "classifier": {"weight": torch.zeros(4, 64), "bias": torch.zeros(4)},
+            "backbone": load(checkpoint)["backbone"],
+            "optimizer": {},
+        },
+        rotation_file,
+    )
     assert "stage-1 rotationnet or deepcluster checkpoint" in error(stage3, args + ["--checkpoint", str(rotation_file)])
     corrupt = tmp_path / "corrupt.tar"
     corrupt.write_bytes(checkpoint.read_bytes()[:1000])
@@ -222,17 +262,38 @@ def test_missing_data_and_wrong_checkpoints(small_cifar10_root, tmp_path, capsys
 
 def test_command_line_errors_have_no_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "train_unsupervised.py", "--data_root", str(tmp_path / "none"), "--no_download",
-         "--checkpoint_dir", str(tmp_path), "--epochs", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "train_unsupervised.py",
+            "--data_root",
+            str(tmp_path / "none"),
+            "--no_download",
+            "--checkpoint_dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "cifar-10-batches-py" in result.stderr
 
 
 def test_a_second_run_on_the_same_files_is_refused_until_the_first_is_gone(small_cifar10_root, tmp_path, capsys):
-    args = stage_arguments(small_cifar10_root, tmp_path) + ["--method", "relationnet", "--K", "2", "--epochs", "1",
-                                                   "--data_size", "50"]
+    args = stage_arguments(small_cifar10_root, tmp_path) + [
+        "--method",
+        "relationnet",
+        "--K",
+        "2",
+        "--epochs",
+        "1",
+        "--data_size",
+        "50",
+    ]
     lock = tmp_path / "relationnet" / "cifar10" / ".relationnet_cifar10_conv4_seed_1.lock"
     lock.parent.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -252,8 +313,9 @@ def test_a_second_run_on_the_same_files_is_refused_until_the_first_is_gone(small
 def interrupt_after_first_epoch(argv, signum):
     """Run a stage script, send it `signum` once its first epoch is logged (inside the second);
     returns (exit status, stderr)."""
-    run = subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-u", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for line in run.stdout:
         if line.startswith("Epoch 1/"):
             break
@@ -264,9 +326,25 @@ def interrupt_after_first_epoch(argv, signum):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root, tmp_path, signum):
-    args = ["--data_root", str(cifar10_root), "--no_download", "--device", "cpu", "--seed", "2",
-            "--method", "relationnet", "--K", "2", "--data_size", "16", "--train_subset", "800",
-            "--epochs", "3"]
+    args = [
+        "--data_root",
+        str(cifar10_root),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--seed",
+        "2",
+        "--method",
+        "relationnet",
+        "--K",
+        "2",
+        "--data_size",
+        "16",
+        "--train_subset",
+        "800",
+        "--epochs",
+        "3",
+    ]
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     command = [sys.executable, "-u", "train_unsupervised.py", "--checkpoint_dir"]
     status, stderr = interrupt_after_first_epoch(command[2:] + [str(stopped)] + args, signum)
@@ -277,8 +355,9 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root,
     interrupted = load(folder / "relationnet_cifar10_conv4_seed_2_last.tar")
     assert interrupted["interrupted"]["steps_done"] > 0 and interrupted["epoch"] == 1
 
-    resumed = subprocess.run(command + [str(stopped)] + args + ["--resume", "auto"], cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command + [str(stopped)] + args + ["--resume", "auto"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     subprocess.run(command + [str(straight)] + args, cwd=REPO, capture_output=True, timeout=300, check=True)
     a = load(folder / "relationnet_cifar10_conv4_seed_2_epoch_3.tar")
@@ -287,24 +366,38 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root,
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), key
     strip = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731
-    assert strip(folder / "log_relationnet_cifar10_conv4_seed_2.csv") == \
-        strip(straight / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_2.csv")
+    assert strip(folder / "log_relationnet_cifar10_conv4_seed_2.csv") == strip(
+        straight / "relationnet" / "cifar10" / "log_relationnet_cifar10_conv4_seed_2.csv"
+    )
 
 
 def test_relationnet_and_simclr_pretrain_on_supercifar100(cifar100_root, tmp_path):
     # The original could not build their multi-view loaders for the coarse labels (D10).
     for method in ("relationnet", "simclr"):
-        run_stage(stage1, stage_arguments(cifar100_root, tmp_path, dataset="supercifar100") + [
-            "--method", method, *views_flag(method), "--epochs", "1", "--data_size", "50"])
+        run_stage(
+            stage1,
+            stage_arguments(cifar100_root, tmp_path, dataset="supercifar100")
+            + ["--method", method, *views_flag(method), "--epochs", "1", "--data_size", "50"],
+        )
         assert (tmp_path / method / "supercifar100" / f"{method}_supercifar100_conv4_seed_1_epoch_1.tar").exists()
 
 
 def test_cross_domain_across_image_sizes_tiny_to_cifar10(tiny_root, small_cifar10_root, tmp_path, capsys):
-    run_stage(stage1, stage_arguments(tiny_root, tmp_path, dataset="tiny") + [
-        "--method", "rotationnet", "--epochs", "1", "--data_size", "50"])
+    run_stage(
+        stage1,
+        stage_arguments(tiny_root, tmp_path, dataset="tiny")
+        + ["--method", "rotationnet", "--epochs", "1", "--data_size", "50"],
+    )
     checkpoint = tmp_path / "rotationnet" / "tiny" / "rotationnet_tiny_conv4_seed_1_epoch_1.tar"
-    run_stage(stage2, stage_arguments(small_cifar10_root, tmp_path) + ["--checkpoint", str(checkpoint), "--epochs", "1"])
-    result = tmp_path / "rotationnet" / "cifar10" / "rotationnet_cifar10_from_tiny_conv4_seed_1_epoch_1_linear_evaluation.tar"
+    run_stage(
+        stage2, stage_arguments(small_cifar10_root, tmp_path) + ["--checkpoint", str(checkpoint), "--epochs", "1"]
+    )
+    result = (
+        tmp_path
+        / "rotationnet"
+        / "cifar10"
+        / "rotationnet_cifar10_from_tiny_conv4_seed_1_epoch_1_linear_evaluation.tar"
+    )
     run_stage(stage3, stage_arguments(small_cifar10_root, tmp_path) + ["--checkpoint", str(result)])
     assert "Test accuracy:" in capsys.readouterr().out
 
@@ -312,6 +405,7 @@ def test_cross_domain_across_image_sizes_tiny_to_cifar10(tiny_root, small_cifar1
 def test_ctrl_c_outside_training_is_one_line(capsys):
     def interrupted():
         raise KeyboardInterrupt
+
     with pytest.raises(SystemExit) as exit_info:
         run_main(interrupted)
     assert exit_info.value.code == 130
@@ -319,8 +413,11 @@ def test_ctrl_c_outside_training_is_one_line(capsys):
 
 
 def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tmp_path, capsys):
-    run_stage(stage1, stage_arguments(stl10_root, tmp_path, dataset="stl10") + [
-        "--method", "standard", "--epochs", "1", "--data_size", "50"])
+    run_stage(
+        stage1,
+        stage_arguments(stl10_root, tmp_path, dataset="stl10")
+        + ["--method", "standard", "--epochs", "1", "--data_size", "50"],
+    )
     out = capsys.readouterr().out
     assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
     stl10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "stl10"])
@@ -330,12 +427,22 @@ def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tm
 
 def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_done(small_cifar10_root, tmp_path):
     out = tmp_path / "out"
-    args = ["--data_root", str(small_cifar10_root), "--checkpoint_dir", str(out), "--no_download", "--device", "cpu",
-            "--seed", "1"]
+    args = [
+        "--data_root",
+        str(small_cifar10_root),
+        "--checkpoint_dir",
+        str(out),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    ]
     run_stage(stage1, args + ["--method", "randomweights"])
     checkpoint = out / "randomweights" / "cifar10" / "randomweights_cifar10_conv4_seed_1.tar"
     status, stderr = interrupt_after_first_epoch(
-        ["train_linear_evaluation.py", *args, "--checkpoint", str(checkpoint), "--epochs", "1000000"], signal.SIGTERM)
+        ["train_linear_evaluation.py", *args, "--checkpoint", str(checkpoint), "--epochs", "1000000"], signal.SIGTERM
+    )
     assert status == 128 + signal.SIGTERM
     assert len(stderr.strip().splitlines()) == 1 and "terminated" in stderr, stderr
     assert sorted(p.name for p in checkpoint.parent.glob("*.tar")) == [checkpoint.name]
@@ -358,8 +465,13 @@ def test_an_interrupted_finetuning_resumes_to_the_same_weights(small_cifar10_roo
 
     again = subprocess.run(command + [str(stopped)] + finetune, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--resume auto" in again.stderr  # never silently restarted
-    resumed = subprocess.run(command + [str(stopped)] + finetune + ["--resume", "auto"], cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command + [str(stopped)] + finetune + ["--resume", "auto"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     subprocess.run(command + [str(straight)] + finetune, cwd=REPO, capture_output=True, timeout=300, check=True)
     a = load(folder / f"{name}.tar")

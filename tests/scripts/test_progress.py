@@ -1,6 +1,7 @@
 """What a person sees while stage 1 trains: on a terminal (a pseudo-terminal here) the progress
 bar shows the loss, `epoch N/total` and the run's remaining time; piped, the epoch lines alone.
 Epochs count from 1 everywhere: lines, bar, the CSV log and the checkpoint names."""
+
 from __future__ import annotations
 
 import fcntl
@@ -17,8 +18,19 @@ from tests.helpers import REPO, load, read_log, run_stage, stage_arguments
 
 
 def stage1_command(root, out) -> list[str]:
-    return [sys.executable, "train_unsupervised.py", *stage_arguments(root, out), "--method", "relationnet",
-            "--K", "2", "--data_size", "50", "--epochs", "2"]
+    return [
+        sys.executable,
+        "train_unsupervised.py",
+        *stage_arguments(root, out),
+        "--method",
+        "relationnet",
+        "--K",
+        "2",
+        "--data_size",
+        "50",
+        "--epochs",
+        "2",
+    ]
 
 
 def run_on_a_terminal(command: list[str]) -> str:

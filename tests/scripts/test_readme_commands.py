@@ -1,6 +1,7 @@
 """Every stage and grid command printed in the README's shell blocks (quick start, released
 checkpoints, the essential notebook, relic's runs, reproduce.py's grids...) is accepted by that
 script's parser as it stands."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,11 @@ import reproduce
 from experiments import cli
 from tests.helpers import REPO
 
-STAGE_PARSERS = {"train_unsupervised.py": cli.stage1_parser, "train_linear_evaluation.py": cli.stage2_parser,
-                 "test.py": cli.stage3_parser}
+STAGE_PARSERS = {
+    "train_unsupervised.py": cli.stage1_parser,
+    "train_linear_evaluation.py": cli.stage2_parser,
+    "test.py": cli.stage3_parser,
+}
 PARSERS = {**STAGE_PARSERS, "reproduce.py": reproduce.parser}
 
 

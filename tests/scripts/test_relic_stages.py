@@ -1,5 +1,6 @@
 """relic through the three stages on CIFAR-10 and STL-10 files, with the backbones its users
 train: stage 2 (linear layer and logistic regression) and test.py score the target backbone."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,15 @@ def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, da
     root = small_cifar10_root if dataset == "cifar10" else stl10_root
     args = stage_arguments(root, tmp_path, dataset=dataset, backbone=backbone)
     stage1_file, stage2_file, _, test_out = three_stages(
-        args, tmp_path, dataset, "relic", capsys, backbone=backbone,
+        args,
+        tmp_path,
+        dataset,
+        "relic",
+        capsys,
+        backbone=backbone,
         stage1_args=["--data_size", "8", "--train_subset", "24", "--relic_local_views", "2"],
-        stage2_args=["--train_subset", "40"])
+        stage2_args=["--train_subset", "40"],
+    )
     assert "Test accuracy:" in test_out
     state = load(stage1_file)
     # 24 images in batches of 8: two steps copy the online network into the target, the third moves it.
@@ -26,8 +33,11 @@ def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, da
     # Stage 2 evaluates the target backbone (the EMA weights), not the online one.
     evaluated = load(stage2_file)["backbone"]
     assert all(torch.equal(evaluated[key], value) for key, value in state["backbone"].items())
-    assert any(not torch.equal(state["online_backbone"][key], value)
-               for key, value in state["backbone"].items() if value.is_floating_point())
+    assert any(
+        not torch.equal(state["online_backbone"][key], value)
+        for key, value in state["backbone"].items()
+        if value.is_floating_point()
+    )
 
     run_stage(stage2, args + ["--checkpoint", str(stage1_file), "--classifier", "logistic", "--train_subset", "40"])
     logistic = stage1_file.with_name(f"relic_{dataset}_{backbone}_seed_1_logistic_regression.tar")

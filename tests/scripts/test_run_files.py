@@ -2,6 +2,7 @@
 a resume could pick up, --resume auto continues only the run that owns the files, a log that is
 not text stops a resume in one line, test.py prints its result before writing its log
 (--log_dir), and a checkpoint named too long for test.py's files is refused before it runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def stop_at_step(monkeypatch, step: int) -> None:
         if len(steps) == step:
             signal.raise_signal(signal.SIGINT)
         return train_step(self, index)
+
     monkeypatch.setattr(Engine, "train_step", counting)
 
 
@@ -56,7 +58,8 @@ def test_overwrite_leaves_nothing_a_resume_could_mix_in(small_cifar10_root, tmp_
     assert code == 128 + signal.SIGINT
     monkeypatch.undo()
     assert sorted(path.name for path in folder.iterdir()) == sorted(
-        [f"{HEADER}_last.tar", f"log_{HEADER}.csv", f"config_{HEADER}.json"])
+        [f"{HEADER}_last.tar", f"log_{HEADER}.csv", f"config_{HEADER}.json"]
+    )
 
     run_stage(stage1, args + ["--epochs", "8", "--resume", "auto"])
     epochs = [int(row["epoch"]) for row in read_log(folder / f"log_{HEADER}.csv")]
@@ -117,8 +120,7 @@ def test_paths_with_bytes_that_are_not_utf8_are_written_as_escapes(small_cifar10
     assert [row["checkpoint"] for row in rows] == [str(checkpoint).replace("\udcff", "\\udcff")] * 2
 
 
-def test_a_checkpoint_named_too_long_for_the_test_log_is_refused_before_the_test(small_cifar10_root, tmp_path,
-                                                                                  capsys):
+def test_a_checkpoint_named_too_long_for_the_test_log_is_refused_before_the_test(small_cifar10_root, tmp_path, capsys):
     args = stage_arguments(small_cifar10_root, tmp_path)
     run_stage(stage1, args + ["--method", "standard", "--data_size", "16", "--train_subset", "32", "--epochs", "1"])
     trained = tmp_path / "standard" / "cifar10" / "standard_cifar10_conv4_seed_1_epoch_1.tar"
@@ -133,13 +135,24 @@ def test_a_checkpoint_named_too_long_for_the_test_log_is_refused_before_the_test
     assert os.listdir(folder) == [checkpoint.name]
 
 
-@pytest.mark.parametrize("flags, longest_stem", [({}, 228), ({"retrieval": 10}, 221), ({"feature_map": "tsne"}, 227)],
-                         ids=["log", "retrieval_grid", "feature_map"])
+@pytest.mark.parametrize(
+    "flags, longest_stem",
+    [({}, 228), ({"retrieval": 10}, 221), ({"feature_map": "tsne"}, 227)],
+    ids=["log", "retrieval_grid", "feature_map"],
+)
 def test_the_longest_checkpoint_name_test_py_takes_keeps_every_file_it_writes_within_255_bytes(flags, longest_stem):
     def names(stem_bytes: int) -> dict[str, str]:
-        args = argparse.Namespace(**{"checkpoint": f"{'x' * stem_bytes}.tar", "retrieval": 0, "retrieval_grid": 8,
-                                     "feature_map": "none", **flags})
+        args = argparse.Namespace(
+            **{
+                "checkpoint": f"{'x' * stem_bytes}.tar",
+                "retrieval": 0,
+                "retrieval_grid": 8,
+                "feature_map": "none",
+                **flags,
+            }
+        )
         return stage3.output_names(args)
+
     stage3.check_output_names(f"{'x' * longest_stem}.tar", names(longest_stem))
     with pytest.raises(stage3.UserError) as refused:
         stage3.check_output_names(f"{'x' * (longest_stem + 1)}.tar", names(longest_stem + 1))

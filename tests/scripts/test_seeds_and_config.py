@@ -1,5 +1,6 @@
 """`--seed -1` names every stage's files by the seed it drew, and each run's config records
 the value used for every default (the learning rate, the method) and the code's version."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ def drawn_seed(output: str) -> int:
     return int(line.split()[5].rstrip(","))
 
 
-def test_a_drawn_seed_names_the_files_of_every_stage_and_a_second_run_is_not_refused(small_cifar10_root,
-                                                                                     tmp_path, capsys):
+def test_a_drawn_seed_names_the_files_of_every_stage_and_a_second_run_is_not_refused(
+    small_cifar10_root, tmp_path, capsys
+):
     args = stage_arguments(small_cifar10_root, tmp_path, seed=-1)
     folder = tmp_path / "relationnet" / "cifar10"
     seeds = []
@@ -45,8 +47,10 @@ def test_a_drawn_seed_names_the_files_of_every_stage_and_a_second_run_is_not_ref
     assert "\n" not in error and "--resume auto with --seed -1" in error and "pass that --seed N" in error
     # A checkpoint named by path gives its seed: the run continues under its own name.
     last = folder / f"{header}_last.tar"
-    run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--data_size", "100", "--epochs", "2",
-                              "--resume", str(last)])
+    run_stage(
+        stage1,
+        args + ["--method", "relationnet", "--K", "2", "--data_size", "100", "--epochs", "2", "--resume", str(last)],
+    )
     assert (folder / f"{header}_epoch_2.tar").exists() and "Resuming" in capsys.readouterr().out
 
 
@@ -59,7 +63,9 @@ def test_the_config_records_resolved_defaults_and_the_code_version(small_cifar10
     if (stage.REPO / ".git").exists():  # a git checkout (a worktree's .git is a file)
         assert len(config["git_commit"]) == 40 and isinstance(config["git_dirty"], bool)
     run_stage(stage2, args + ["--checkpoint", str(folder / "simclr_cifar10_conv4_seed_1_epoch_1.tar"), "--epochs", "1"])
-    linear_config = json.loads((folder / "config_simclr_cifar10_conv4_seed_1_epoch_1_linear_evaluation.json").read_text())
+    linear_config = json.loads(
+        (folder / "config_simclr_cifar10_conv4_seed_1_epoch_1_linear_evaluation.json").read_text()
+    )
     assert linear_config["args"]["method"] == "simclr"  # read from the checkpoint, recorded as used
     monkeypatch.setattr(stage, "REPO", tmp_path)  # not a git checkout: no version keys at all
     assert stage.code_version() == {}

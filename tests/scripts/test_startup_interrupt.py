@@ -1,5 +1,6 @@
 """Ctrl-C while a script starts (torch takes seconds to import) ends it with one line and
 status 130, not a KeyboardInterrupt traceback: utils/entry.py is the scripts' first import."""
+
 from __future__ import annotations
 
 import signal
@@ -24,8 +25,9 @@ def _importing_torch(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see torch loading")
 @pytest.mark.parametrize("script", ["train_unsupervised.py", "train_linear_evaluation.py", "test.py", "reproduce.py"])
 def test_ctrl_c_while_torch_imports_is_one_line(script):
-    child = subprocess.Popen([sys.executable, script, "--help"], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, script, "--help"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while not _importing_torch(child.pid) and time.monotonic() < deadline:
         time.sleep(0.002)

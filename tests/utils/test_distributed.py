@@ -1,5 +1,6 @@
 """Stage 1 under torchrun: two CPU processes (gloo) train one run, agree on the weights, write
 one set of files, and a run resumed under torchrun ends where an uninterrupted one does."""
+
 from __future__ import annotations
 
 import subprocess
@@ -34,17 +35,42 @@ def torchrun(tmp_path, name, argv):
     out.mkdir()
     driver = out / "driver.py"
     driver.write_text(DRIVER.format(repo=str(REPO), out=str(out)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(driver)] + argv
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(driver),
+    ] + argv
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
 
 def args(root, checkpoints, epochs, *extra, method="relationnet"):
-    return ["--data_root", str(root), "--checkpoint_dir", str(checkpoints), "--no_download", "--device", "cpu",
-            "--method", method, *views_flag(method), "--data_size", "8", "--train_subset", "64",
-            "--seed", "3", "--epochs", str(epochs), *extra]
+    return [
+        "--data_root",
+        str(root),
+        "--checkpoint_dir",
+        str(checkpoints),
+        "--no_download",
+        "--device",
+        "cpu",
+        "--method",
+        method,
+        *views_flag(method),
+        "--data_size",
+        "8",
+        "--train_subset",
+        "64",
+        "--seed",
+        "3",
+        "--epochs",
+        str(epochs),
+        *extra,
+    ]
 
 
 def load(path):
@@ -66,9 +92,15 @@ def test_two_ranks_agree_and_write_one_set_of_files(straight_run):
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
     header = "relationnet_cifar10_conv4_seed_3"
-    assert sorted(path.name for path in folder.iterdir()) == sorted([
-        f"{header}_epoch_1.tar", f"{header}_epoch_2.tar", f"{header}_last.tar",
-        f"log_{header}.csv", f"config_{header}.json"])
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [
+            f"{header}_epoch_1.tar",
+            f"{header}_epoch_2.tar",
+            f"{header}_last.tar",
+            f"log_{header}.csv",
+            f"config_{header}.json",
+        ]
+    )
     saved = load(folder / f"{header}_epoch_2.tar")
     assert saved["world_size"] == 2
     for key, value in saved["backbone"].items():
@@ -109,10 +141,11 @@ def _gathered_loss_gradient(rank, world_size, init_file, result_file):
 
     from methods.losses import simclr_original_loss
     from utils.distributed import gather_with_gradient
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     weight = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
     views = torch.randn(2, 4 * world_size, 5, generator=torch.Generator().manual_seed(1))
-    mine = views[:, rank * 4:(rank + 1) * 4]  # this rank's 4 images, both views
+    mine = views[:, rank * 4 : (rank + 1) * 4]  # this rank's 4 images, both views
     first, second = (mine[v] @ weight.t() for v in (0, 1))
     loss = simclr_original_loss(torch.cat([gather_with_gradient(first), gather_with_gradient(second)]))
     loss.backward()
@@ -126,6 +159,7 @@ def test_gathered_simclr_loss_and_gradient_equal_one_process_on_the_global_batch
     import torch.multiprocessing as mp
 
     from methods.losses import simclr_original_loss
+
     mp.spawn(_gathered_loss_gradient, args=(2, str(tmp_path / "init"), str(tmp_path / "result.pt")), nprocs=2)
     result = load(tmp_path / "result.pt")
     weight = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
