@@ -138,13 +138,13 @@ def is_fingerprint(where: str, value) -> bool:
         and all(isinstance(number, float) for number in value)
 
 
-def assert_close(expected, actual, where="") -> None:
+def assert_close(expected, actual, where="", rel=REL, absolute=ABS) -> None:
     if where.endswith(ROUNDING_DRIVEN):
         return
     if is_fingerprint(where, expected):
         assert is_fingerprint(where, actual), f"{where}: {expected} != {actual}"
         scale = abs(expected[1])  # the sum of magnitudes bounds the rounding of both numbers
-        assert all(abs(e - a) <= REL * scale + ABS for e, a in zip(expected, actual)), \
+        assert all(abs(e - a) <= rel * scale + absolute for e, a in zip(expected, actual)), \
             f"{where}: {expected} != {actual}"
         return
     if where.endswith("/args"):  # flags added later (a new method's) are allowed; old ones keep their values
@@ -153,22 +153,22 @@ def assert_close(expected, actual, where="") -> None:
         assert isinstance(actual, dict) and set(expected) == set(actual), \
             f"{where}: keys {sorted(expected)} != {sorted(actual) if isinstance(actual, dict) else actual}"
         for key in expected:
-            assert_close(expected[key], actual[key], f"{where}/{key}")
+            assert_close(expected[key], actual[key], f"{where}/{key}", rel, absolute)
     elif isinstance(expected, list):
         assert isinstance(actual, list) and len(expected) == len(actual), f"{where}: {expected} != {actual}"
         for i, (e, a) in enumerate(zip(expected, actual)):
-            assert_close(e, a, f"{where}[{i}]")
+            assert_close(e, a, f"{where}[{i}]", rel, absolute)
     elif isinstance(expected, str):
         try:
             e, a = float(expected), float(actual)
         except ValueError:
             assert expected == actual, f"{where}: {expected!r} != {actual!r}"
             return
-        assert math.isclose(e, a, rel_tol=REL, abs_tol=ABS) or (math.isnan(e) and math.isnan(a)), \
+        assert math.isclose(e, a, rel_tol=rel, abs_tol=absolute) or (math.isnan(e) and math.isnan(a)), \
             f"{where}: {expected} != {actual}"
     elif isinstance(expected, float):
-        assert math.isclose(expected, actual, rel_tol=REL, abs_tol=ABS) or (math.isnan(expected) and math.isnan(actual)), \
-            f"{where}: {expected} != {actual}"
+        assert math.isclose(expected, actual, rel_tol=rel, abs_tol=absolute) \
+            or (math.isnan(expected) and math.isnan(actual)), f"{where}: {expected} != {actual}"
     else:
         assert expected == actual, f"{where}: {expected!r} != {actual!r}"
 
