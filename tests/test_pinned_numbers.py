@@ -132,7 +132,7 @@ def step_numbers(out: StepOutput) -> dict:
 
 
 def step_with_classes_as_clusters(method, engine: Engine, views: list, index: torch.Tensor) -> dict:
-    """deepcluster's first step taken by `method`, a copy of the method made before it, on the same
+    """DeepCluster's first step taken by `method`, a copy of the method made before it, on the same
     views, with the training images' classes in place of its k-means clusters.
 
     The clusters of the first epoch are decided by rounding (see `clustering_free`), and the step's
