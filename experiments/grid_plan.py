@@ -106,7 +106,9 @@ def plan(args) -> list[Run]:
     return runs
 
 
-def method_config(args, method: str, condition: Condition, backbone: str, variant: Variant) -> tuple[MethodConfig, set]:
+def method_config(
+    args, method: str, condition: Condition, backbone: str, variant: Variant
+) -> tuple[MethodConfig, set[str]]:
     """The config of the run's method and the names of the fields its stage 1 is given: those
     the paper set (with --K for the paper's K), then those the variant changes."""
     paper = METHOD_SETTINGS[method].paper_options(condition.name, backbone)
