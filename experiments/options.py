@@ -1,5 +1,5 @@
 """Methods' configurations on the command line: the one place where a config's fields become
-flags, and flags a config.
+flags, flags a config, and a config the values of its flags.
 
 A field's flag is `--<flag_prefix><name>` unless its `Option` spells it; a `Literal` field
 gets choices, a bounded number one of the one-line validators of `experiments/cli.py`, a bool
@@ -22,6 +22,16 @@ def option_flag(config_class: type[MethodConfig], name: str) -> str:
     """The flag, without its dashes, that sets field `name` (also its key in the recorded arguments)."""
     spec = {field.name: spec for field, spec in option_fields(config_class)}[name]
     return spec.flag or config_class.flag_prefix + name
+
+
+def option_values(config: MethodConfig, names: set[str]) -> list[tuple[str, Any]]:
+    """(flag, value) of the fields `names` of `config`, in the order the config declares them:
+    what a command line gives to set them."""
+    return [
+        (option_flag(type(config), field.name), getattr(config, field.name))
+        for field, _ in option_fields(type(config))
+        if field.name in names
+    ]
 
 
 def stage_fields(config_class: type[MethodConfig], stage: int) -> list[tuple[str, Option, Any]]:

@@ -16,6 +16,7 @@ batch of the reference each follows). `PUBLISHED` holds the numbers those refere
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 PAPER_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard", "randomweights")
 # Methods after the paper, each trained with the settings of the reference it follows.
@@ -36,11 +37,12 @@ class Condition:
 
 @dataclass(frozen=True)
 class Variant:
-    """One value of the hyper-parameter a study varies: `stage1` flags change the stage-1 run
-    (its files get the tag as --id); a label fraction only changes the evaluation."""
+    """One value of the hyper-parameter a study varies: `options` are (field, value) pairs of the
+    method's `Config` for the stage-1 run (its files get the tag as --id); a label fraction only
+    changes the evaluation."""
 
     tag: str = ""
-    stage1: tuple[str, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
     label_fraction: float = 1.0
 
 
@@ -88,14 +90,14 @@ STUDIES = {
         ("cifar10",),
         ("conv4",),
         ("relationnet",),
-        tuple(Variant(f"K{k}", ("--K", str(k))) for k in (2, 4, 8, 16, 32)),
+        tuple(Variant(f"K{k}", (("K", k),)) for k in (2, 4, 8, 16, 32)),
     ),
     "aggregation": Study(
         "Aggregation functions (appendix): cat, sum, mean, max",
         ("cifar10",),
         ("conv4",),
         ("relationnet",),
-        tuple(Variant(a, ("--aggregation", a)) for a in ("cat", "sum", "mean", "max")),
+        tuple(Variant(a, (("aggregation", a),)) for a in ("cat", "sum", "mean", "max")),
     ),
     "semi_supervised": Study(
         "Semi-supervised linear evaluation by share of labels (figure 2c, ResNet-32)",
@@ -125,10 +127,20 @@ def relationnet_k(condition: str, backbone: str) -> int:
     return 32
 
 
-def batch_size(method: str) -> int:
-    if method == "relationnet":
-        return 64
-    return 256 if method in BASELINE_METHODS else 128
+@dataclass(frozen=True)
+class MethodSettings:
+    """How the studies train a method in stage 1: its mini-batch, and the fields of its `Config`
+    they set, for a condition and backbone, as the paper did."""
+
+    batch_size: int
+    paper_options: Callable[[str, str], dict[str, Any]] = lambda condition, backbone: {}
+
+
+METHOD_SETTINGS = {
+    **{method: MethodSettings(128) for method in PAPER_METHODS},
+    "relationnet": MethodSettings(64, lambda condition, backbone: {"K": relationnet_k(condition, backbone)}),
+    **{method: MethodSettings(256) for method in BASELINE_METHODS},
+}
 
 
 _TABLE1 = {  # method -> values in the order of the table's columns

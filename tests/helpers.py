@@ -10,6 +10,7 @@ reference tensors, stage runs in-process and a small engine over a data set.
   command lines would; `load` reads a checkpoint.
 * `make_engine`, `read_log`: an engine over a data set, and its CSV log;
   `interrupt_at` stops an engine inside an epoch (for resume tests).
+* `planned_grid`: a one-run grid as `reproduce.py` plans it, run by no child.
 
 The pytest fixtures built from these are in `tests/conftest.py`.
 """
@@ -17,12 +18,18 @@ The pytest fixtures built from these are in `tests/conftest.py`.
 from __future__ import annotations
 
 import csv
+import io
 import pickle
 import signal
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from experiments.grid import Grid
+from experiments.grid_cli import grid_parser
+from experiments.grid_plan import plan
+from experiments.parallel import LiveLines
 
 REPO = Path(__file__).resolve().parents[1]
 #: The shared folder next to the repository (holds data/ where available).
@@ -456,3 +463,24 @@ def save_original_checkpoint(path, backbone, head_key: str, head) -> None:
     torch.save(
         {head_key: head.state_dict(), "backbone": backbone.state_dict(), "optimizer": optimizer.state_dict()}, path
     )
+
+
+def planned_grid(root, out, *flags) -> Grid:
+    """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
+    args = grid_parser().parse_args(
+        [
+            "--study",
+            "cifar10",
+            "--methods",
+            "randomweights",
+            "--seeds",
+            "1",
+            "--data_root",
+            str(root),
+            "--out",
+            str(out),
+            *flags,
+        ]
+    )
+    args.child_device, args.gpus, args.jobs = "cpu", [], 1
+    return Grid(args, plan(args), live=LiveLines(io.StringIO()))

@@ -1,11 +1,10 @@
-"""reproduce.py: a real small grid end to end (interrupted, resumed, then only re-tabled), the
-table's arithmetic, dry runs, and every flag given a bad value."""
+"""reproduce.py: a real small grid end to end (interrupted, resumed, then only re-tabled), shards
+side by side, a killed or failed grid, dry runs, and every flag given a bad value."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import signal
@@ -18,12 +17,9 @@ from pathlib import Path
 import pytest
 
 import reproduce
-from engine.checkpoint import GRID_ENVIRONMENT, RunLock
-from experiments.parallel import LiveLines
-from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
 from experiments.studies import PAPER, STUDIES, paper_value
-from tests.helpers import REPO, one_line
+from tests.helpers import REPO
 
 
 def grid_argv(root, out, epochs="8"):
@@ -202,56 +198,6 @@ def test_the_studies_use_the_papers_settings(tmp_path, capsys):
     assert len([key for key in PAPER if key[2] == "resnet32" and key[0] != "cifar10"]) == 7 * 5
 
 
-def record(method, seed, accuracy, condition="cifar10", backbone="conv4"):
-    return {
-        "condition": condition,
-        "variant": "",
-        "method": method,
-        "backbone": backbone,
-        "seed": seed,
-        "epochs": 3,
-        "evaluation_epochs": 10,
-        "train_subset": 0,
-        "accuracy": accuracy,
-        "top5": 90.0,
-        "knn_accuracy": accuracy - 1,
-        "retrieval_precision": None,
-        "wall_seconds": 60.0,
-        "stage1_checkpoint": "a.tar",
-        "evaluation_checkpoint": "b.tar",
-        "order": [0, 0, 0, 0, seed],
-    }
-
-
-def test_the_table_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_path, monkeypatch):
-    records = [record("relationnet", s, a) for s, a in ((1, 40.0), (2, 42.0), (3, 44.0))] + [record("simclr", 1, 30.0)]
-    cells = group_runs(records)
-    assert [c["method"] for c in cells] == ["relationnet", "simclr"]
-    assert cells[0]["accuracy"] == (42.0, 2.0) and cells[0]["seeds"] == [1, 2, 3]
-    table = markdown_table(cells, "title", "settings")
-    assert (
-        "| CIFAR-10 | conv4 | relationnet | 1, 2, 3 | 42.00 ± 2.00 | 61.03 | -19.03 | 41.00 ± 2.00 | – | 3 / 10 |"
-        in table
-    )
-    assert "| simclr | 1 | 30.00 | 60.43 | -30.43 |" in table
-    monkeypatch.setattr("experiments.report.matplotlib_available", lambda: False)
-    written = write_results(records, tmp_path, "title", "settings")
-    assert [p.name for p in written] == ["results.csv", "table.md"]
-    with open(tmp_path / "results.csv", newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == 4
-
-
-def test_every_study_names_known_conditions_methods_and_backbones():
-    from backbones import BACKBONES
-    from experiments.studies import CONDITIONS
-    from methods import METHODS
-
-    for name, study in STUDIES.items():
-        assert set(study.conditions) <= set(CONDITIONS), name
-        assert set(study.methods) <= set(METHODS), name
-        assert set(study.backbones) | set(study.backbone_of.values()) <= set(BACKBONES), name
-
-
 BAD_VALUES = {
     "--study": ["bogus"],
     "--conditions": ["bogus", "tiny"],
@@ -353,19 +299,6 @@ def test_list_flags_take_commas_spaces_or_both():
     assert reproduce.parser().parse_args([]).seeds == [1, 2, 3]
 
 
-def test_shards_partition_the_grid_and_keep_a_shared_pretraining_with_its_runs(tmp_path):
-    args = reproduce.parser().parse_args(["--study", "table1", "--out", str(tmp_path), "--seeds", "1", "2"])
-    args.child_device = "cpu"
-    runs = reproduce.plan(args)
-    shards = [reproduce.shard_of(runs, index, 3) for index in (1, 2, 3)]
-    assert sorted(run.name for shard in shards for run in shard) == sorted(run.name for run in runs)
-    for shard in shards:
-        pretrainings = {run.stages[0].output for run in shard}
-        assert [run for run in runs if run.stages[0].output in pretrainings and run not in shard] == []
-        assert abs(len(shard) - len(runs) / 3) <= 3  # balanced by epochs, so by runs here
-    assert [run.name for run in reproduce.shard_of(runs, 2, 3)] == [run.name for run in shards[1]]  # deterministic
-
-
 def test_two_shards_run_side_by_side_on_one_folder_and_either_builds_the_whole_table(small_cifar10_root, tmp_path):
     out = tmp_path / "grid"
     argv = [
@@ -438,7 +371,7 @@ def test_a_killed_grid_takes_its_children_with_it_and_a_held_stage_says_what_to_
 
     # A stage held by a live process: the grid waits a little, then one line says whom and what to do.
     lock.write_text(f"{socket.gethostname()} {os.getpid()}")
-    monkeypatch.setattr(reproduce, "LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("experiments.scheduler.LOCK_WAIT_SECONDS", 0.2)
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: reproduce.main(argv))
     err = capsys.readouterr().err.strip()
@@ -497,174 +430,3 @@ def test_a_failed_stage_stops_the_other_jobs_and_is_one_line_naming_the_run_and_
     assert "train_linear_evaluation.py failed for run cifar10_randomweights_conv4_seed_1" in err
     assert f"{planted} cannot be read" in err and str(out / "logs") in err
     assert not (out / "runs" / "cifar10_randomweights_conv4_seed_2.json").exists()  # nothing new started
-
-
-def planned_grid(root, out, *flags) -> reproduce.Grid:
-    """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
-    args = reproduce.parser().parse_args(
-        [
-            "--study",
-            "cifar10",
-            "--methods",
-            "randomweights",
-            "--seeds",
-            "1",
-            "--data_root",
-            str(root),
-            "--out",
-            str(out),
-            *flags,
-        ]
-    )
-    args.child_device, args.gpus, args.jobs = "cpu", [], 1
-    return reproduce.Grid(args, reproduce.plan(args), live=LiveLines(io.StringIO()))
-
-
-def test_a_grid_folder_whose_name_is_not_utf8_is_logged_with_an_escape(small_cifar10_root, tmp_path, monkeypatch):
-    out = tmp_path / os.fsdecode(b"grid\xff")  # how Python holds such a name from the command line
-    grid = planned_grid(small_cifar10_root, out)
-    scheduler = reproduce.Scheduler(grid, grid.tasks())
-    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started, variables: None)
-    scheduler.start(scheduler.pending[0])
-    logged = (out / "logs" / "cifar10_randomweights_conv4_seed_1.log").read_text(encoding="utf-8")
-    assert "--checkpoint_dir" in logged and str(out / "checkpoints").replace("\udcff", "\\udcff") in logged
-
-
-NESTED = "[" * 100_000 + "]" * 100_000  # json.loads recurses once per level
-
-
-@pytest.mark.parametrize("content", [NESTED, '{"knn": [[1]]}'], ids=["nested", "wrong_type"])
-def test_grid_json_of_another_shape_is_one_line_naming_it(small_cifar10_root, tmp_path, content):
-    out = tmp_path / "grid"
-    out.mkdir()
-    (out / "grid.json").write_text(content)
-    grid = planned_grid(small_cifar10_root, out)
-    with pytest.raises(reproduce.UserError) as refused:
-        grid.check_settings()
-    assert f"{out / 'grid.json'} cannot be read" in one_line(refused.value)
-
-
-def test_timings_and_records_of_another_shape_are_said_and_not_used(small_cifar10_root, tmp_path):
-    out = tmp_path / "grid"
-    (out / "runs").mkdir(parents=True)
-    (out / "timings.json").write_text(NESTED)
-    grid = planned_grid(small_cifar10_root, out)
-    assert grid.timings == {} and "timings.json cannot be read (nested too deep)" in grid.live.stream.getvalue()
-    run = grid.runs[0]
-    record = {
-        **grid.expected_record(run),
-        "accuracy": 50.0,
-        "top5": None,
-        "knn_accuracy": None,
-        "retrieval_precision": None,
-        "wall_seconds": 1.0,
-        "stage1_checkpoint": "a",
-        "evaluation_checkpoint": "b",
-        "order": list(run.order),
-        "finished": "2024-01-01 00:00:00",
-    }
-    run.record.write_text(json.dumps(record))
-    assert grid.record_of(run) == record
-    for planted, said in (
-        (NESTED, "nested too deep"),
-        (json.dumps({**record, "order": None}), "'order' is None"),
-        (json.dumps({k: v for k, v in record.items() if k != "order"}), "without 'order'"),
-        (json.dumps({**record, "accuracy": float("nan")}), "'accuracy' is nan"),
-    ):
-        run.record.write_text(planted)
-        assert grid.record_of(run, say=True) is None
-        assert f"{run.record} cannot be read" in grid.live.stream.getvalue().splitlines()[-1]
-        assert said in grid.live.stream.getvalue().splitlines()[-1]
-        grid.report()  # the table is built without it
-
-
-def test_one_grid_lock_per_out_folder_shared_only_by_the_shards_of_one_plan(small_cifar10_root, tmp_path, capsys):
-    out = tmp_path / "grid"
-    runs = planned_grid(small_cifar10_root, out, "--seeds", "1", "2").runs
-    other_plan = planned_grid(small_cifar10_root, out, "--seeds", "3", "4").runs
-    with reproduce.GridLock(out, runs, (1, 2)), reproduce.GridLock(out, runs, (2, 2)):
-        for clashing, shard in ((runs, None), (runs, (1, 3)), (other_plan, (2, 2))):
-            with pytest.raises(reproduce.UserError) as refused:
-                reproduce.GridLock(out, clashing, shard).__enter__()
-            assert "is being written by another grid" in one_line(refused.value)
-            assert "pass another --out" in str(refused.value) and "--id" not in str(refused.value)
-    assert not list(out.iterdir())  # every lock let go, the refused ones' too
-    argv = [
-        "--study",
-        "cifar10",
-        "--methods",
-        "randomweights",
-        "--seeds",
-        "1",
-        "--data_root",
-        str(small_cifar10_root),
-        "--out",
-        str(out),
-        "--no_download",
-        "--device",
-        "cpu",
-    ]
-    with reproduce.GridLock(out, planned_grid(small_cifar10_root, out).runs, None):
-        with pytest.raises(SystemExit) as exit_info:
-            run_main(lambda: reproduce.main(argv + ["--shard", "1/1"]))  # the same runs as the unsharded grid
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "pass another --out" in err, err
-    assert not (out / "logs").exists()
-
-
-def test_a_stage_run_by_a_grid_is_not_told_to_use_id(tmp_path, monkeypatch):
-    lock = tmp_path / ".run.lock"
-    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
-    for grid_out, advice in ((None, "use --id"), (str(tmp_path), "pass another --out")):
-        if grid_out:
-            monkeypatch.setenv(GRID_ENVIRONMENT, grid_out)
-        with pytest.raises(reproduce.UserError) as refused:
-            RunLock(lock).__enter__()
-        assert advice in str(refused.value)
-    assert "--id" not in str(refused.value)
-
-
-class FinishedChild:
-    """A child process that has already exited with status 0."""
-
-    def poll(self) -> int:
-        return 0
-
-    def send_signal(self, signum) -> None:
-        pass
-
-
-TEST_LOG_HEADER = (
-    "time,dataset,seed,accuracy,top5,loss,images,seconds,checkpoint,knn_k,knn_accuracy,knn_top5,"
-    "retrieval_k,retrieval_precision\n"
-)
-
-
-@pytest.mark.parametrize(
-    "last_row, said",
-    [
-        ("t,cifar10,1,abc,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is 'abc'"),
-        ("t,cifar10,1,1e9,90,1.0,100,1.0,c,200,40,80,10,30", "'accuracy' is '1e9'"),
-        ("t,cifar10,1,50,nan,1.0,100,1.0,c,200,40,80,10,30", "'top5' is 'nan'"),
-        ("t,cifar10,1,50,90,1.0,100,1.0,c,200,-inf,80,10,30", "'knn_accuracy' is '-inf'"),
-        ("t,cifar10,1,50,90,1.0,100,1.0,c", "no 'knn_accuracy'"),
-        ('t,cifar10,1,"50', "no 'top5'"),  # an unclosed quote swallows the rows after it
-    ],
-    ids=["text", "out_of_range", "nan", "inf", "missing_columns", "unclosed_quote"],
-)
-def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_again(
-    small_cifar10_root, tmp_path, monkeypatch, last_row, said
-):
-    out = tmp_path / "grid"
-    grid = planned_grid(small_cifar10_root, out)
-    run = grid.runs[0]
-    run.test_log.parent.mkdir(parents=True)
-    run.test_log.write_text(TEST_LOG_HEADER + last_row + "\n")
-    scheduler = reproduce.Scheduler(grid, [reproduce.Task(run.stages[2], [run], 1)])
-    monkeypatch.setattr(reproduce, "start_child", lambda argv, log, slot, started, variables: started(FinishedChild()))
-    with pytest.raises(reproduce.GridStopped) as stopped:
-        scheduler.run()
-    message = one_line(stopped.value)
-    assert stopped.value.exit_status == 1 and f"{run.test_log} cannot be read" in message and said in message
-    assert "delete it" in message and not run.record.exists()
-    assert [task.stage.script for task in grid.tasks()][-1] == "test.py"  # the next call tests the run again
