@@ -38,17 +38,8 @@ from utils.entry import exit_quietly_on_interrupt
 exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
 
 from backbones import BACKBONES  # noqa: E402
-from engine.checkpoint import (  # noqa: E402
-    GRID_ENVIRONMENT,
-    TEXT_ENCODING,
-    RunFiles,
-    RunLock,
-    atomic_write_bytes,
-    encode_text,
-    evaluation_header,
-    run_header,
-    save_json,
-)
+from engine.locks import GRID_ENVIRONMENT, RunLock  # noqa: E402
+from engine.run_files import RunFiles, evaluation_header, run_header  # noqa: E402
 from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int  # noqa: E402
 from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_test_result  # noqa: E402
 from experiments.parallel import (  # noqa: E402
@@ -75,6 +66,7 @@ from experiments.studies import (  # noqa: E402
     relationnet_k,
 )
 from methods import METHODS  # noqa: E402
+from utils.atomic import TEXT_ENCODING, atomic_write_bytes, encode_text, save_json  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 from utils.threads import usable_cpus  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import reproduce
-from engine.checkpoint import GRID_ENVIRONMENT, RunLock
+from engine.locks import GRID_ENVIRONMENT, RunLock
 from experiments.parallel import LiveLines
 from experiments.report import group_runs, markdown_table, write_results
 from experiments.stage import run_main
