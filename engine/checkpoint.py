@@ -79,7 +79,8 @@ def _is_state_dict(value: object) -> bool:
 
 
 def stage1_method_by_keys(state: dict) -> str:
-    """Name the method of a checkpoint of the original code from its keys (section 9)."""
+    """Name the method of a checkpoint of the original code from its keys (docs/original-code.md,
+    checkpoint keys): its files record no method name."""
     for key, method in (
         ("relation", "relationnet"),
         ("head", "simclr"),
