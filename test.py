@@ -32,18 +32,13 @@ from torch import nn  # noqa: E402
 from backbones import build_backbone, check_image_side  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
 from datasets import DATASETS, image_side, load_dataset  # noqa: E402
-from engine.checkpoint import (  # noqa: E402
-    MAX_NAME_BYTES,
-    append_csv_row,
-    check_backbone,
-    read_checkpoint,
-    stage1_method_by_keys,
-    temporary_path,
-)
+from engine.checkpoint import check_backbone, read_checkpoint, stage1_method_by_keys  # noqa: E402
+from engine.csv_log import append_csv_row  # noqa: E402
 from evaluation.linear import score_logits  # noqa: E402
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage3_parser  # noqa: E402
 from experiments.stage import describe_backbone, run_main, run_seed  # noqa: E402
+from utils.atomic import MAX_NAME_BYTES, temporary_path  # noqa: E402
 from utils.checkpoint_fields import check_module_entry  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402

@@ -29,16 +29,15 @@ from backbones import build_backbone, check_image_side  # noqa: E402
 from backbones.features import extract_features  # noqa: E402
 from datasets import DATASETS, load_dataset  # noqa: E402
 from engine.checkpoint import (  # noqa: E402
-    RunFiles,
-    RunLock,
     check_backbone,
-    evaluation_header,
     read_checkpoint,
     refuse_other_than_finetuning,
     save_checkpoint,
-    write_csv,
 )
+from engine.csv_log import write_csv  # noqa: E402
+from engine.locks import RunLock  # noqa: E402
 from engine.loop import Engine, TrainingPlan  # noqa: E402
+from engine.run_files import RunFiles, evaluation_header  # noqa: E402
 from evaluation.linear import evaluate, score_logits, train_linear_epoch  # noqa: E402
 from evaluation.logistic import fit_logistic_regression  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage2_parser  # noqa: E402

@@ -30,16 +30,10 @@ from torch import nn  # noqa: E402
 
 from backbones import build_backbone, check_image_side, refuse_stem_without_choice, resolve_stem  # noqa: E402
 from datasets import image_side, load_dataset, pretraining_split  # noqa: E402
-from engine.checkpoint import (  # noqa: E402
-    RunFiles,
-    RunLock,
-    check_backbone,
-    read_checkpoint,
-    refuse_other_kind,
-    run_header,
-    save_checkpoint,
-)
+from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint  # noqa: E402
+from engine.locks import RunLock  # noqa: E402
 from engine.loop import Engine, TrainingPlan  # noqa: E402
+from engine.run_files import RunFiles, run_header  # noqa: E402
 from evaluation.linear import evaluate  # noqa: E402
 from experiments.cli import apply_gpu_flag, stage1_parser  # noqa: E402
 from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener  # noqa: E402

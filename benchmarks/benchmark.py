@@ -697,11 +697,12 @@ def summary(rows: list[dict], seconds: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# Throughput checks (issue 15): a line each, after the configurations.
+# Throughput checks: a line each, after the configurations.
 
 OPENMP_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # libgomp's own waiting when no variable sets it: spin about 3 ms, then sleep. Given
-# explicitly, it is the user's choice, which the stage scripts keep: the code before issue 15.
+# explicitly, it is the user's choice, which the stage scripts keep: the stages' waiting
+# before they chose one themselves (utils/threads.py).
 OPENMP_DEFAULT_WAITING = {"GOMP_SPINCOUNT": "300000"}
 
 

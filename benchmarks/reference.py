@@ -1,21 +1,20 @@
 """The original code's training path, rebuilt as the benchmark's reference.
 
-As `../shared/reference/original-behaviour.md` describes it (sections 4.1, 4.2, 4.6, 6.4 and
-6.5): a Dataset returns each image as K independent applications of the torchvision PIL
-pipeline, a DataLoader with worker processes batches them, and the training process
-concatenates the views, runs the backbone in eager float32, builds the relation pairs with
-the Python double loop over view blocks and steps Adam; meters read `.item()` every step.
-Only the backbone modules are this suite's: they are the original architectures (their
-initial weights match the original's bit for bit), and Deep InfoMax's local discriminator's
-layers. Its path (section 4.4) is the same loader over single flipped images, that
-discriminator's original computation and the original loss.
+As the original code does it (docs/original-code.md): a Dataset returns each image as K
+independent applications of the torchvision PIL pipeline, a DataLoader with worker processes
+batches them, and the training process concatenates the views, runs the backbone in eager
+float32, builds the relation pairs with the Python double loop over view blocks and steps
+Adam; meters read `.item()` every step. Only the backbone modules are this suite's: they are
+the original architectures (their initial weights match the original's bit for bit), and
+Deep InfoMax's local discriminator's layers. Its path is the same loader over single flipped
+images, that discriminator's original computation and the original loss.
 
-relic-pytorch's path, as `../shared/reference/relic-behaviour.md` describes it, is rebuilt
-the same way: its global and local view transforms on PIL images in the same DataLoader,
-its model (online encoder + critic, a deep-copied target), its per-pair Python loop over
-(target, online) views, Adam and the EMA update after each step.
+relic-pytorch's path (version 0.4.1) is rebuilt the same way: its global and local view
+transforms on PIL images in the same DataLoader, its model (online encoder + critic, a
+deep-copied target), its per-pair Python loop over (target, online) views, Adam and the EMA
+update after each step.
 
-DeepCluster's path (section 4.3) is a whole epoch: the training transform's images through
+DeepCluster's path is a whole epoch: the training transform's images through
 the same DataLoader, the backbone's features collected as NumPy, scikit-learn's PCA-whitening
 and k-means, the original's class weights, then a training pass with the weighted loss.
 
@@ -44,7 +43,7 @@ LOADER_WORKERS = 2
 
 
 def relationnet_transform(mean: tuple, std: tuple) -> transforms.Compose:
-    """The original relationnet/simclr pipeline (section 6.4)."""
+    """The original relationnet/simclr pipeline (docs/original-code.md, training transforms)."""
     side = 32
     return transforms.Compose(
         [
@@ -77,14 +76,14 @@ def relic_transforms(side: int = 32) -> tuple[transforms.Compose, transforms.Com
 
 
 def deepinfomax_transform(mean: tuple, std: tuple) -> transforms.Compose:
-    """The original deepinfomax pipeline (section 6.4)."""
+    """The original deepinfomax pipeline (docs/original-code.md, training transforms)."""
     return transforms.Compose(
         [transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(), transforms.Normalize(mean, std)]
     )
 
 
 def crop_flip_transform(mean: tuple, std: tuple, side: int, padding: int) -> transforms.Compose:
-    """The original standard/rotationnet/deepcluster pipeline (section 6.4): zero padding."""
+    """The original standard/rotationnet/deepcluster pipeline: zero padding (docs/original-code.md)."""
     return transforms.Compose(
         [
             transforms.RandomCrop(side, padding=padding),
@@ -400,8 +399,8 @@ def two_view_step(method, views, device, meters, step: int) -> None:
 def deepcluster_epoch(
     backbone, classifier, optimizer, dataset: SingleImages, clusters: int, batch_size: int, device, meters, seed: int
 ) -> None:
-    """One epoch of its train (section 4.3). Its wall-clock k-means seed becomes `seed`, for
-    repeatable runs, and scikit-learn >= 1.0 has no `n_jobs` (defect D3): KMeans uses every
+    """One epoch of its train. Its wall-clock k-means seed becomes `seed`, for
+    repeatable runs, and scikit-learn >= 1.0 has no `n_jobs` (D3 in docs/original-code.md): KMeans uses every
     core through OpenMP instead. The loaders have LOADER_WORKERS, not its 8, as every row here."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
@@ -427,7 +426,7 @@ def deepcluster_epoch(
     criterion = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).float().to(device))
     backbone.train()
     # Its ReassignedDataset augments the already augmented and normalised tensors a second
-    # time through to_pil_image (defect D3); here each image is augmented once, which costs
+    # time through to_pil_image (D3 in docs/original-code.md); here each image is augmented once, which costs
     # a little less than the original's pass.
     reassigned = SingleImages(dataset.images, pseudo_labels, dataset.transform)
     for images, target in loader(reassigned, batch_size, device):

@@ -41,7 +41,7 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR100_FOLDER = "cifar-100-python"
 CIFAR10_TRAIN_BATCHES = 5
 
-# Constants of the original code (section 6.3 of the reference).
+# Constants of the original code (docs/original-code.md, normalisation and geometry).
 CIFAR10_MEAN = (0.491, 0.482, 0.447)
 CIFAR10_STD = (0.247, 0.243, 0.262)
 CIFAR100_MEAN = (0.507, 0.487, 0.441)

@@ -27,7 +27,7 @@ __all__ = ["load_slim"]
 FOLDER = "SlimageNet64"
 URL = "https://zenodo.org/record/3672132"
 
-# Constants of the original code (section 6.3 of the reference).
+# Constants of the original code (docs/original-code.md, normalisation and geometry).
 SLIM_MEAN = (0.5, 0.5, 0.5)
 SLIM_STD = (0.25, 0.25, 0.25)
 SLIM_PADDING = 8

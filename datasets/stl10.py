@@ -28,7 +28,7 @@ STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 STL10_MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
 STL10_FOLDER = "stl10_binary"
 
-# Constants of the original code (section 6.3 of the reference).
+# Constants of the original code (docs/original-code.md, normalisation and geometry).
 STL10_MEAN = (0.5, 0.5, 0.5)
 STL10_STD = (0.5, 0.5, 0.5)
 STL10_PADDING = 12

@@ -36,7 +36,7 @@ TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 TINY_FOLDER = "tiny-imagenet-200"
 
-# Constants of the original code (section 6.3 of the reference); it defines no cutout.
+# Constants of the original code (docs/original-code.md, normalisation and geometry); it defines no cutout.
 TINY_MEAN = (0.5, 0.5, 0.5)
 TINY_STD = (0.25, 0.25, 0.25)
 TINY_PADDING = 8

@@ -1,7 +1,7 @@
 """The commit of an epoch: its files written in one order, so that a process killed at any
 instant leaves what a resume completes into the files of a run that was never stopped.
 
-The order, each step an atomic write (`engine/checkpoint.py`):
+The order, each step an atomic write (`utils/atomic.py`):
 
 1. the rolling checkpoint (`<header>_last.tar`), holding the state after the epoch and, under
    `COMMIT`, the epoch's log row and the names of the files of steps 2 and 3: from here on
@@ -23,7 +23,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.checkpoint import CsvLog, RunFiles, read_csv, save_checkpoint
+from engine.checkpoint import save_checkpoint
+from engine.csv_log import CsvLog, read_csv
+from engine.run_files import RunFiles
 from utils.errors import UserError
 
 #: The key of the rolling checkpoint that holds the pending steps of its epoch's commit.

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from datasets import ImageSet
 from datasets.augment import build_augmentation
-from engine.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
+from engine.checkpoint import FORMAT_VERSION, save_checkpoint
 from engine.commit import commit_epoch
+from engine.csv_log import CsvLog
 from engine.precision import Precision
 from engine.signals import RunInterrupted, StopSignals
 from methods.base import EpochContext, Method, StepOutput

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.checkpoint import RunLock, atomic_write_bytes, encode_text, save_json
+from engine.locks import RunLock
 from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_test_result
 from experiments.grid_plan import Run, RunStage, Stage, shard_of
 from experiments.parallel import LiveLines
@@ -19,6 +19,7 @@ from experiments.plots import matplotlib_available, plot_training_curves, stage_
 from experiments.report import write_results
 from experiments.scheduler import Scheduler, Task
 from experiments.studies import METHOD_SETTINGS, STUDIES
+from utils.atomic import atomic_write_bytes, encode_text, save_json
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

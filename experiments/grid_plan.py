@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.checkpoint import RunFiles, evaluation_header, run_header
+from engine.run_files import RunFiles, evaluation_header, run_header
 from experiments.options import option_values
 from experiments.studies import ALL_METHODS, CONDITIONS, METHOD_SETTINGS, STUDIES, Condition, Variant
 from methods import METHODS

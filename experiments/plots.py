@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from engine.checkpoint import atomic_write_bytes, read_csv
+from engine.csv_log import read_csv
+from utils.atomic import atomic_write_bytes
 from utils.errors import UserError
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from engine.checkpoint import atomic_write_bytes, encode_text, write_csv
+from engine.csv_log import write_csv
 from experiments.plots import matplotlib_available, plot_grid_results
 from experiments.studies import (
     CONDITIONS,
@@ -15,6 +15,7 @@ from experiments.studies import (
     paper_value,
     published_value,
 )
+from utils.atomic import atomic_write_bytes, encode_text
 from utils.runtime import format_duration
 
 RESULT_COLUMNS = [

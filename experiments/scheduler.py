@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.checkpoint import GRID_ENVIRONMENT, TEXT_ENCODING, RunLock
+from engine.locks import GRID_ENVIRONMENT, RunLock
 from experiments.grid_plan import Run, RunStage, Stage
 from experiments.parallel import Activity, Slot, make_slots, read_epoch_progress, start_child
+from utils.atomic import TEXT_ENCODING
 from utils.errors import UserError
 from utils.threads import usable_cpus
 

@@ -17,9 +17,11 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from engine.checkpoint import TEXT_ENCODING, RunFiles, read_checkpoint, save_json
+from engine.checkpoint import read_checkpoint
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
+from engine.run_files import RunFiles
+from utils.atomic import TEXT_ENCODING, save_json
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
 from utils.seeds import resolve_seed

@@ -5,7 +5,7 @@ which one it is evaluated on (stages 2 and 3), how, and for how long. A study is
 conditions x methods x backbones x variants (a variant changes one hyper-parameter, such as
 K), run for several seeds by `reproduce.py`.
 
-Protocol (original-behaviour.md section 12, paper-results.md): 200 epochs of stage 1 on the
+Protocol (the paper and its code's README; docs/original-code.md): 200 epochs of stage 1 on the
 training split, 100 epochs of linear evaluation on frozen features; STL-10: 300 epochs on
 the unlabelled split, 20 epochs of fine-tuning on the 5K labelled images. Mini-batch 64 for
 relational reasoning (K = 16 for ResNet-32 on tiny-ImageNet, 25 for ResNet-34 on STL-10,

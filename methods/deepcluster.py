@@ -2,7 +2,7 @@
 
 Every epoch the backbone's features of the whole training set are PCA-whitened and
 clustered with k-means; the cluster indices become the pseudo-labels of a classification
-head trained with the backbone for one epoch. Fixes of the original (defect D3): features
+head trained with the backbone for one epoch. Fixes of the original (D3 in docs/original-code.md): features
 come from un-augmented images, k-means is seeded from the run seed, the re-initialised
 output layer also loses its stale Adam moments, and training images are augmented once.
 """
@@ -120,7 +120,7 @@ class DeepCluster(Method):
 
     def _reset_output_layer(self, generator: torch.Generator) -> None:
         """New pseudo-labels mean a new output layer: N(0, 0.01) weights, zero bias and no
-        Adam moments (the original kept the old layer's, defect D3)."""
+        Adam moments (the original kept the old layer's: D3 in docs/original-code.md)."""
         layer = self.classifier.linear2
         with torch.no_grad():
             layer.weight.normal_(0.0, 0.01, generator=generator)

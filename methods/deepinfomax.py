@@ -6,7 +6,7 @@ discriminator tells y paired with its own image's M from y paired with another i
 u ~ U[0, 1) from encoder outputs. Total loss = alpha global + beta local + gamma prior.
 
 The original trains the prior discriminator jointly with the encoder, so the encoder
-minimises the discriminator's loss too (defect D13). `--dim_prior adversarial` (default)
+minimises the discriminator's loss too (D13 in docs/original-code.md). `--dim_prior adversarial` (default)
 plays the paper's minimax game instead; `--dim_prior original` keeps the original objective.
 """
 

@@ -8,8 +8,9 @@ divergence between the row and column softmax of the logits); the step's loss is
 over the pairs. After each optimizer step the target is copied (first steps) or moved
 towards the online network on a cosine schedule of its momentum gamma.
 
-Differences from the package: the local views are the views after the globals (its
-defect R1 took the first views again); seeds, resume and evaluation are the suite's (R2-R4).
+Differences from the package (docs/original-code.md): the local views are the views after
+the globals (it took the first views again, R1); seeds, resume and evaluation are the
+suite's (its R2, R3 and R4).
 Stage 2 and test.py evaluate the target backbone, saved under `backbone`, as the package
 evaluates the EMA weights.
 """

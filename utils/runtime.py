@@ -19,7 +19,7 @@ def tune_allocator() -> None:
     By default glibc maps large blocks (from 128 KB, a threshold that rises to 32 MB) afresh,
     returns them when freed and trims the free top of its heap, so a step of thousands of
     images page-faults its activations back in 4 KiB pages every time: half the wall time
-    on the CPU (reference/cpu-performance.md). Here blocks under 16 MB stay in the never-trimmed
+    on the CPU (docs/performance.md, where the time goes). Here blocks under 16 MB stay in the never-trimmed
     heap for the next step, and PyTorch backs its larger blocks, still mapped afresh, with
     2 MiB transparent huge pages (THP_MEM_ALLOC_ENABLE), 512 times fewer faults. Keeping
     the large blocks in the heap too (mallopt M_MMAP_MAX 0) is faster still for ResNets at

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.checkpoint import CsvLog, RunFiles, read_csv, save_checkpoint
+from engine.checkpoint import save_checkpoint
 from engine.commit import COMMIT, commit_epoch, finish_commit
+from engine.csv_log import CsvLog, read_csv
+from engine.run_files import RunFiles
 from tests.helpers import load, one_line
 from utils.errors import UserError
 

@@ -15,7 +15,7 @@ import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from datasets import load_dataset
-from engine.checkpoint import append_csv_row
+from engine.csv_log import append_csv_row
 from evaluation.embedding import pca_2d, principal_components, tsne_2d
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
 from experiments.plots import plot_training_curves, require_matplotlib

@@ -201,7 +201,7 @@ def test_every_method_flag_gets_its_default_when_not_given():
 def test_the_longest_id_keeps_every_file_name_within_255_bytes():
     from backbones import BACKBONES
     from datasets import DATASETS
-    from engine.checkpoint import evaluation_header
+    from engine.run_files import evaluation_header
     from methods import METHODS
 
     longest = max(METHODS, key=len), max(DATASETS, key=len), max(BACKBONES, key=len)

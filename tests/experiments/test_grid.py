@@ -10,7 +10,7 @@ import socket
 import pytest
 
 import reproduce
-from engine.checkpoint import GRID_ENVIRONMENT, RunLock
+from engine.locks import GRID_ENVIRONMENT, RunLock
 from experiments.grid import GridLock
 from experiments.stage import run_main
 from tests.helpers import one_line, planned_grid

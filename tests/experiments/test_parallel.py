@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from engine.checkpoint import CsvLog
+from engine.csv_log import CsvLog
 from experiments.parallel import (
     Activity,
     LiveLines,

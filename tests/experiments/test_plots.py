@@ -113,9 +113,9 @@ def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_who
 
 
 def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
-    from engine import checkpoint
     from experiments.plots import plot_grid_results
     from experiments.stage import run_main
+    from utils import atomic
 
     groups = [{"label": "CIFAR-10 conv4", "bars": [{"method": "relationnet", "mean": 60.0, "std": 1.0, "paper": 61.0}]}]
     figure = plot_grid_results(groups, tmp_path / "figure.png", "grid")
@@ -124,7 +124,7 @@ def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: plot_grid_results(groups, figure, "another grid"))
     assert exit_info.value.code == 1

@@ -177,7 +177,7 @@ def test_bad_options_are_named(options, fields):
 
 def test_every_target_online_pair_of_other_positions_counts_once():
     """2 globals and 4 locals: 2 x 6 - 2 = 10 pairs, the locals being the views after the
-    globals (not the package's first views again, defect R1)."""
+    globals (not the package's first views again: R1 in docs/original-code.md)."""
     method = build()
     globals_, locals_ = torch.randn(2 * 4, 3, 32, 32), torch.randn(4 * 4, 3, 13, 13)
     out = method.training_step([globals_, locals_], torch.zeros(4, dtype=torch.long), torch.arange(4))

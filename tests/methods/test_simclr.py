@@ -40,7 +40,8 @@ def to_view_major(interleaved: torch.Tensor) -> torch.Tensor:
 
 
 def original_reference(interleaved: torch.Tensor, t: float) -> torch.Tensor:
-    """Section 4.2 of the original-behaviour notes, literally, on the interleaved layout."""
+    """The original code's loss, literally, on the interleaved layout: the log of the mean ratio
+    (docs/original-code.md, SimCLR's loss)."""
     norms = interleaved.norm(dim=1, keepdim=True)
     e = torch.exp(interleaved @ interleaved.t() / (norms * norms.t()).clamp(min=1e-8) / t)
     partner = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(e))]

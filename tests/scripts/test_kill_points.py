@@ -2,7 +2,7 @@
 a run that was never stopped: the same names, checkpoints equal tensor for tensor, the same
 log rows (README, Reliability).
 
-The kill points are the renames of the atomic writes (`engine/checkpoint.py`), each just
+The kill points are the renames of the atomic writes (`utils/atomic.py`), each just
 before it (the temporary file written, the target not yet replaced) and just after it: every
 state the files on disk can be in. A forked child runs the stage and SIGKILLs itself there, so
 no clean-up of Python runs and the lock stays behind, as after `kill -9`. The continuation is
@@ -22,9 +22,9 @@ import torch
 
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
-from engine import checkpoint
 from engine.commit import COMMIT
 from tests.helpers import load, read_log, run_stage, stage_arguments
+from utils import atomic
 
 SMALL = ["--data_size", "8", "--train_subset", "16", "--epochs", "2"]
 
@@ -56,7 +56,7 @@ def counted_renames(monkeypatch, module, argv) -> int:
         count.append(args)
         real(*args)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     run_stage(module, argv)
     monkeypatch.undo()
     return len(count)
@@ -78,7 +78,7 @@ def run_killed(module, argv, rename: int, after: bool) -> None:
                 if count[0] == rename:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-            checkpoint.os.replace = replace
+            atomic.os.replace = replace
             module.main(argv)
         finally:
             os._exit(3)  # not killed: the test reports it

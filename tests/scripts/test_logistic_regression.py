@@ -57,7 +57,7 @@ def test_logistic_regression_files_keys_and_test_py_accuracy(random_backbone, ca
     [row] = read_log(folder / f"log_{name}.csv")
     assert list(row) == ["loss", "accuracy", "test_accuracy", "test_loss", "objective", "iterations", "seconds"]
     assert 0 < int(row["iterations"]) == state["iterations"] <= 100
-    # The log keeps 8 significant digits (engine/checkpoint.py CSV_FLOAT_DIGITS).
+    # The log keeps 8 significant digits (engine/csv_log.py CSV_FLOAT_DIGITS).
     assert float(row["objective"]) == pytest.approx(state["objective"], rel=1e-7)
     assert state["objective"] > float(row["loss"])  # the penalty is part of it
     assert "Logistic regression [" in stage2_out and f"{row['iterations']} L-BFGS iterations" in stage2_out
