@@ -16,7 +16,7 @@ import torch
 
 from datasets.base import DatasetError, ImageSet
 
-__all__ = ["DatasetSpec", "Download"]
+__all__ = ["DatasetSpec", "Download", "read_lines"]
 
 
 @dataclass(frozen=True)
