@@ -277,7 +277,7 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
 def draw_feature_map(
     args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path, output: Path
 ) -> None:
-    from datasets.names import class_names
+    from datasets import class_names
     from evaluation.embedding import principal_components, tsne_2d
     from experiments.plots import plot_feature_map
 

@@ -1,4 +1,4 @@
-"""Data sets: a registry of loaders that each return one split as an `ImageSet`.
+"""Data sets: a registry of records (`DatasetSpec`) whose loaders each return one split as an `ImageSet`.
 
 Usage::
 
@@ -6,29 +6,31 @@ Usage::
     train = load_dataset("cifar10", "train", "./data")   # ImageSet, uint8 (N, 3, 32, 32)
 
 Adding a data set: write `datasets/<name>.py` with a loader
-`load_<name>(root, split, download=True) -> ImageSet` and add one line to
-`DATASETS`.
+`load_<name>(root, split, download=True) -> ImageSet` and its `DatasetSpec`, and add the
+record to `DATASETS`.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-from typing import Callable
+from pathlib import Path
 
 from datasets.base import DatasetError, ImageSet
-from datasets.cifar import CIFAR_SIDE, load_cifar10, load_cifar100, load_supercifar100
-from datasets.folder import load_folder
-from datasets.slim import SLIM_SIDE, load_slim
-from datasets.stl10 import STL10_SIDE, load_stl10
-from datasets.tiny import TINY_SIDE, load_tiny
+from datasets.cifar import CIFAR10, CIFAR100, SUPERCIFAR100
+from datasets.folder import FOLDER
+from datasets.slim import SLIM
+from datasets.spec import DatasetSpec
+from datasets.stl10 import STL10
+from datasets.tiny import TINY
 
 __all__ = [
     "DATASETS",
     "SPLITS",
     "DEFAULT_DATA_ROOT",
     "DatasetError",
+    "DatasetSpec",
     "ImageSet",
+    "class_names",
     "image_side",
     "load_dataset",
     "pretraining_split",
@@ -40,44 +42,33 @@ DEFAULT_DATA_ROOT = "./data"
 #: Every split name any loader knows; each loader also rejects the splits it lacks.
 SPLITS = ("train", "test", "unlabeled")
 
-Loader = Callable[..., ImageSet]
-
-#: name -> loader(root, split, download=True) -> ImageSet; loaders that resize also take image_size
-DATASETS: dict[str, Loader] = {
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "supercifar100": load_supercifar100,
-    "slim": load_slim,
-    "folder": load_folder,
-    "stl10": load_stl10,
-    "tiny": load_tiny,
+#: name -> the data set's record
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (CIFAR10, CIFAR100, SUPERCIFAR100, SLIM, FOLDER, STL10, TINY)
 }
-
-#: The side of the images of every data set that is not resized (all but "folder").
-FIXED_SIDES = {
-    "cifar10": CIFAR_SIDE,
-    "cifar100": CIFAR_SIDE,
-    "supercifar100": CIFAR_SIDE,
-    "slim": SLIM_SIDE,
-    "stl10": STL10_SIDE,
-    "tiny": TINY_SIDE,
-}
-
-#: Data sets with an "unlabeled" split, on which self-supervised methods pretrain (the
-#: original code used STL-10's 100,000 unlabelled images for them).
-UNLABELED_SPLIT = frozenset({"stl10"})
 
 
 def pretraining_split(name: str, needs_labels: bool) -> str:
     """The split stage 1 trains on: "unlabeled" where data set `name` has one and the
     method does not need labels, else "train"."""
-    return "unlabeled" if name in UNLABELED_SPLIT and not needs_labels else "train"
+    return "unlabeled" if "unlabeled" in DATASETS[name].splits and not needs_labels else "train"
 
 
 def image_side(name: str, image_size: int = 0) -> int | None:
     """The side of the images `load_dataset` gives for `name` and `image_size`, known
     without reading them; None for "folder" images kept at their own size (0)."""
-    return FIXED_SIDES.get(name, image_size or None)
+    return DATASETS[name].side or image_size or None
+
+
+def class_names(name: str, data_root: str | os.PathLike, num_classes: int) -> list[str] | None:
+    """The `num_classes` class names of data set `name`, read from its official files (for
+    labelling plots), or None when its files do not give them (a plot then shows class numbers)."""
+    try:
+        spec = DATASETS[name]
+        names = [str(n) for n in spec.class_names(Path(data_root) / spec.folder)]
+    except (KeyError, OSError, ValueError, DatasetError):
+        return None
+    return names if len(names) == num_classes else None
 
 
 def load_dataset(
@@ -89,8 +80,8 @@ def load_dataset(
 ) -> ImageSet:
     """Load split `split` of data set `name` from `data_root`.
 
-    `image_size` (0 = the data set's own size) is passed to loaders that take it (only
-    `folder` resizes); for any other data set it must be 0 or its native side, else
+    `image_size` (0 = the data set's own size) is passed to the loaders of resizable data
+    sets (only `folder`); for any other data set it must be 0 or its native side, else
     `DatasetError`. Raises `ValueError` (one line listing the valid choices) for an
     unknown name or split and `DatasetError` for missing, incomplete or corrupt files.
     """
@@ -98,11 +89,11 @@ def load_dataset(
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    loader = DATASETS[name]
-    if "image_size" in inspect.signature(loader).parameters:
-        data = loader(data_root, split, download=download, image_size=image_size)
+    spec = DATASETS[name]
+    if spec.side is None:
+        data = spec.loader(data_root, split, download=download, image_size=image_size)
     else:
-        data = loader(data_root, split, download=download)
+        data = spec.loader(data_root, split, download=download)
         # Fixed-size data sets keep the size their constants (padding, published results) belong to.
         if image_size and image_size != data.side:
             raise DatasetError(

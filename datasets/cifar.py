@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import sys
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,29 +29,11 @@ import torch
 
 from datasets.base import DatasetError, ImageSet, check_split
 from datasets.download import ensure_folder, folder_path
+from datasets.spec import DatasetSpec, Download
 
-__all__ = ["load_cifar10", "load_cifar100", "load_supercifar100", "read_cifar_batch"]
+__all__ = ["CIFAR10", "CIFAR100", "SUPERCIFAR100", "read_cifar_batch"]
 
-# Module-level so that tests (and mirrors) can replace them.
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR100_FOLDER = "cifar-100-python"
 CIFAR10_TRAIN_BATCHES = 5
-
-# Constants of the original code (docs/original-code.md, normalisation and geometry).
-CIFAR10_MEAN = (0.491, 0.482, 0.447)
-CIFAR10_STD = (0.247, 0.243, 0.262)
-CIFAR100_MEAN = (0.507, 0.487, 0.441)
-CIFAR100_STD = (0.267, 0.256, 0.276)
-CIFAR_PADDING = 4
-CIFAR10_CUTOUT = 0.25
-CIFAR100_CUTOUT = 0.0625
-
-SPLITS = ("train", "test")
 CIFAR_SIDE = 32
 _PIXELS = 3 * CIFAR_SIDE * CIFAR_SIDE
 
@@ -156,31 +139,22 @@ def _missing(shown: str, title: str, fix: str) -> DatasetError:
     return DatasetError(f"{title}: {shown} is missing; {fix}")
 
 
-def _cifar100(root, split: str, download: bool, coarse: bool, name: str) -> ImageSet:
-    check_split(name, split, SPLITS)
+def _cifar100(spec: DatasetSpec, root: str | os.PathLike, split: str, download: bool, coarse: bool) -> ImageSet:
+    check_split(spec.name, split, spec.splits)
     title = "CIFAR-100"
-    folder = ensure_folder(root, CIFAR100_FOLDER, title, "train and test", CIFAR100_URL, CIFAR100_MD5, download)
+    url, md5 = astuple(spec.official_download)
+    folder = ensure_folder(root, spec.folder, title, "train and test", url, md5, download)
     path = folder / split
     if not path.is_file():
         raise _missing(
-            folder_path(folder_path(root, CIFAR100_FOLDER), split),
+            folder_path(folder_path(root, spec.folder), split),
             title,
             "the folder is incomplete: delete it to re-download, or extract cifar-100-python.tar.gz from "
-            f"{CIFAR100_URL} into {os.fspath(root)}",
+            f"{url} into {os.fspath(root)}",
         )
     data, (fine, coarse_labels) = _parse_batch(path, ("fine_labels", "coarse_labels"), (100, 20))
     labels = coarse_labels if coarse else fine
-    return ImageSet(
-        name=name,
-        split=split,
-        images=_to_images([data]),
-        labels=torch.from_numpy(labels),
-        num_classes=20 if coarse else 100,
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
-        padding=CIFAR_PADDING,
-        cutout=CIFAR100_CUTOUT,
-    )
+    return spec.image_set(split, _to_images([data]), torch.from_numpy(labels), 20 if coarse else 100)
 
 
 _BATCH_RE = re.compile(r"data_batch_(\d+)")
@@ -192,15 +166,14 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
     Fewer than the official 5 training batches (e.g. the 2-batch shared sample) load with
     one `[WARNING]` line on stderr.
     """
-    check_split("cifar10", split, SPLITS)
+    check_split(CIFAR10.name, split, CIFAR10.splits)
     title = "CIFAR-10"
-    folder = ensure_folder(
-        root, CIFAR10_FOLDER, title, "data_batch_1..5 and test_batch", CIFAR10_URL, CIFAR10_MD5, download
-    )
-    shown_folder = folder_path(root, CIFAR10_FOLDER)
+    url, md5 = astuple(CIFAR10.official_download)
+    folder = ensure_folder(root, CIFAR10.folder, title, "data_batch_1..5 and test_batch", url, md5, download)
+    shown_folder = folder_path(root, CIFAR10.folder)
     fix = (
         "the folder is incomplete: delete it to re-download, or extract cifar-10-python.tar.gz from "
-        f"{CIFAR10_URL} into {os.fspath(root)}"
+        f"{url} into {os.fspath(root)}"
     )
     if split == "test":
         paths = [folder / "test_batch"]
@@ -228,24 +201,51 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
         data, (lab,) = _parse_batch(p, ("labels",), (10,))
         datas.append(data)
         labels.append(lab)
-    return ImageSet(
-        name="cifar10",
-        split=split,
-        images=_to_images(datas),
-        labels=torch.from_numpy(np.concatenate(labels)),
-        num_classes=10,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        padding=CIFAR_PADDING,
-        cutout=CIFAR10_CUTOUT,
-    )
+    return CIFAR10.image_set(split, _to_images(datas), torch.from_numpy(np.concatenate(labels)), 10)
 
 
 def load_cifar100(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """CIFAR-100 (100 fine labels) from `<root>/cifar-100-python/{train,test}`."""
-    return _cifar100(root, split, download, coarse=False, name="cifar100")
+    return _cifar100(CIFAR100, root, split, download, coarse=False)
 
 
 def load_supercifar100(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """CIFAR-100 images with the 20 official superclass labels (`coarse_labels` of the same files)."""
-    return _cifar100(root, split, download, coarse=True, name="supercifar100")
+    return _cifar100(SUPERCIFAR100, root, split, download, coarse=True)
+
+
+# Constants of the original code. The loaders read the records when called, so that tests
+# (and mirrors) can replace a record's download.
+CIFAR10 = DatasetSpec(
+    name="cifar10",
+    folder="cifar-10-batches-py",
+    loader=load_cifar10,
+    splits=("train", "test"),
+    side=CIFAR_SIDE,
+    mean=(0.491, 0.482, 0.447),
+    std=(0.247, 0.243, 0.262),
+    padding=4,
+    cutout=0.25,
+    class_names=lambda folder: read_cifar_batch(folder / "batches.meta")["label_names"],
+    download=Download("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+)
+CIFAR100 = DatasetSpec(
+    name="cifar100",
+    folder="cifar-100-python",
+    loader=load_cifar100,
+    splits=("train", "test"),
+    side=CIFAR_SIDE,
+    mean=(0.507, 0.487, 0.441),
+    std=(0.267, 0.256, 0.276),
+    padding=4,
+    cutout=0.0625,
+    class_names=lambda folder: read_cifar_batch(folder / "meta")["fine_label_names"],
+    download=Download("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+)
+# The same files and constants as CIFAR-100, with the 20 superclass labels.
+SUPERCIFAR100 = replace(
+    CIFAR100,
+    name="supercifar100",
+    loader=load_supercifar100,
+    class_names=lambda folder: read_cifar_batch(folder / "meta")["coarse_label_names"],
+)

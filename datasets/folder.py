@@ -29,11 +29,11 @@ import torch
 
 from datasets.base import DatasetError, ImageSet, check_split
 from datasets.images import cached, decode_images, decoded_images_problem
+from datasets.spec import DatasetSpec
 
-__all__ = ["load_folder", "IMAGE_EXTENSIONS", "scan_tree", "decode_split"]
+__all__ = ["FOLDER", "IMAGE_EXTENSIONS", "scan_tree", "decode_split"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-SPLITS = ("train", "test")
 CACHE_FOLDER = ".cache"
 LAYOUT = "<root>/train/<class>/*.jpg|png|... and <root>/test/<class>/*, or unlabelled images directly in <root>/train/"
 
@@ -160,7 +160,7 @@ def scan_tree(base: Path, split: str, layout: str) -> tuple[list[Path], torch.Te
     The classes are those of `train`; `test` must have the same ones. Missing folders
     raise a one-line `DatasetError` that names `layout`.
     """
-    folders = {s: base / s for s in SPLITS}
+    folders = {s: base / s for s in FOLDER.splits}
     if not folders["train"].is_dir():
         raise DatasetError(f"{folders['train']} not found; expected {layout}")
     train_paths, train_labels, classes = _scan_split(folders["train"], _Tree(base))
@@ -232,7 +232,7 @@ def load_folder(root: str | os.PathLike, split: str, download: bool = False, ima
     the original code (4 for 32 px, 8 for 64 px, 12 for 96 px); no cutout is defined.
     `download` is ignored: there is nothing to download.
     """
-    check_split("folder", split, SPLITS)
+    check_split(FOLDER.name, split, FOLDER.splits)
     base = Path(root)
     if not base.is_dir():
         raise DatasetError(f"image folder {base} not found; expected {LAYOUT}")
@@ -257,3 +257,23 @@ def load_folder(root: str | os.PathLike, split: str, download: bool = False, ima
         padding=images.shape[2] // 8,
         cutout=None,
     )
+
+
+def _class_names(folder: Path) -> list[str]:
+    """The class folder names of the tree's `train`, sorted as the loader numbers them."""
+    return sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+
+
+# The data root is the tree itself; mean, std and padding depend on the images (see `load_folder`).
+FOLDER = DatasetSpec(
+    name="folder",
+    folder="",
+    loader=load_folder,
+    splits=("train", "test"),
+    side=None,
+    mean=None,
+    std=None,
+    padding=None,
+    cutout=None,
+    class_names=_class_names,
+)

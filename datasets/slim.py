@@ -20,24 +20,19 @@ import os
 from pathlib import Path
 
 from datasets.base import DatasetError, ImageSet, check_split
-from datasets.folder import SPLITS, decode_split, scan_tree
+from datasets.folder import FOLDER, decode_split, scan_tree
+from datasets.spec import DatasetSpec
 
-__all__ = ["load_slim"]
+__all__ = ["SLIM"]
 
-FOLDER = "SlimageNet64"
 URL = "https://zenodo.org/record/3672132"
-
-# Constants of the original code (docs/original-code.md, normalisation and geometry).
-SLIM_MEAN = (0.5, 0.5, 0.5)
-SLIM_STD = (0.25, 0.25, 0.25)
-SLIM_PADDING = 8
 SLIM_SIDE = 64
 
 
 def load_slim(root: str | os.PathLike, split: str, download: bool = False) -> ImageSet:
     """Split `train` or `test` of SlimageNet64 from `<root>/SlimageNet64` (`download` is ignored: there is none)."""
-    check_split("slim", split, SPLITS)
-    base = Path(root) / FOLDER
+    check_split(SLIM.name, split, SLIM.splits)
+    base = Path(root) / SLIM.folder
     layout = (
         f"{base}/train/<class>/*.png and {base}/test/<class>/*.png (64x64 images, one folder per class, "
         f"same classes in both); download SlimageNet64 from {URL} and arrange it so (there is no automatic download)"
@@ -58,14 +53,19 @@ def load_slim(root: str | os.PathLike, split: str, download: bool = False) -> Im
             f"{paths[0]}: SlimageNet64 images are {SLIM_SIDE}x{SLIM_SIDE}, these are "
             f"{images.shape[2]}x{images.shape[2]}; use --dataset folder with --image_size to resize other data"
         )
-    return ImageSet(
-        name="slim",
-        split=split,
-        images=images,
-        labels=labels,
-        num_classes=len(classes),
-        mean=SLIM_MEAN,
-        std=SLIM_STD,
-        padding=SLIM_PADDING,
-        cutout=None,
-    )
+    return SLIM.image_set(split, images, labels, len(classes))
+
+
+# Constants of the original code, which defines no cutout.
+SLIM = DatasetSpec(
+    name="slim",
+    folder="SlimageNet64",
+    loader=load_slim,
+    splits=FOLDER.splits,
+    side=SLIM_SIDE,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+    padding=8,
+    cutout=None,
+    class_names=FOLDER.class_names,
+)

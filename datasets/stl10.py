@@ -14,27 +14,17 @@ When the folder is missing it is downloaded from the official site (see
 from __future__ import annotations
 
 import os
+from dataclasses import astuple
 
 import numpy as np
 import torch
 
 from datasets.base import DatasetError, ImageSet, check_split
 from datasets.download import ensure_folder
+from datasets.spec import DatasetSpec, Download, read_lines
 
-__all__ = ["load_stl10", "read_stl10_images", "read_stl10_labels"]
+__all__ = ["STL10", "read_stl10_images", "read_stl10_labels"]
 
-# Module-level so that tests (and mirrors) can replace them.
-STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
-STL10_MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
-STL10_FOLDER = "stl10_binary"
-
-# Constants of the original code (docs/original-code.md, normalisation and geometry).
-STL10_MEAN = (0.5, 0.5, 0.5)
-STL10_STD = (0.5, 0.5, 0.5)
-STL10_PADDING = 12
-STL10_CUTOUT = 0.111
-
-SPLITS = ("train", "test", "unlabeled")
 STL10_SIDE = 96
 IMAGE_BYTES = 3 * STL10_SIDE * STL10_SIDE
 _CHUNK = 1024  # images per memory-mapped chunk (27 MB)
@@ -84,27 +74,37 @@ def read_stl10_labels(path: str | os.PathLike, count: int, fix: str = "re-downlo
 
 def load_stl10(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """STL-10 split `train`, `test` or `unlabeled` (labels -1) from `<root>/stl10_binary`."""
-    check_split("stl10", split, SPLITS)
-    ensure_folder(root, STL10_FOLDER, "STL-10", _FILES, STL10_URL, STL10_MD5, download)
+    check_split(STL10.name, split, STL10.splits)
+    url, md5 = astuple(STL10.official_download)
+    ensure_folder(root, STL10.folder, "STL-10", _FILES, url, md5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
-    folder = os.path.join(os.fspath(root), STL10_FOLDER)
+    folder = os.path.join(os.fspath(root), STL10.folder)
     fix = (
         f"the folder is incomplete or damaged: delete it to re-download it, or extract "
-        f"stl10_binary.tar.gz from {STL10_URL} into {os.fspath(root)}"
+        f"stl10_binary.tar.gz from {url} into {os.fspath(root)}"
     )
     images = read_stl10_images(os.path.join(folder, f"{split}_X.bin"), fix)
     if split == "unlabeled":
         labels = torch.full((len(images),), -1, dtype=torch.int64)
     else:
         labels = read_stl10_labels(os.path.join(folder, f"{split}_y.bin"), len(images), fix)
-    return ImageSet(
-        name="stl10",
-        split=split,
-        images=images,
-        labels=labels,
-        num_classes=10,
-        mean=STL10_MEAN,
-        std=STL10_STD,
-        padding=STL10_PADDING,
-        cutout=STL10_CUTOUT,
-    )
+    return STL10.image_set(split, images, labels, 10)
+
+
+# Constants of the original code. The loader reads the record when called, so that tests
+# (and mirrors) can replace its download.
+STL10 = DatasetSpec(
+    name="stl10",
+    folder="stl10_binary",
+    loader=load_stl10,
+    splits=("train", "test", "unlabeled"),
+    side=STL10_SIDE,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    padding=12,
+    cutout=0.111,
+    class_names=lambda folder: read_lines(folder / "class_names.txt"),
+    download=Download("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb"),
+    # The original supervised STL-10 baseline trained with affine + erasing.
+    supervised_augmentation="flip_affine_erase",
+)

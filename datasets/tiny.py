@@ -21,6 +21,8 @@ When the folder is missing it is downloaded from the official site (a zip, see
 from __future__ import annotations
 
 import os
+from dataclasses import astuple
+from pathlib import Path
 
 import torch
 
@@ -28,20 +30,10 @@ from datasets.base import DatasetError, ImageSet, check_split
 from datasets.download import ensure_folder
 from datasets.folder import CACHE_FOLDER
 from datasets.images import cached, decode_images, decoded_images_problem
+from datasets.spec import DatasetSpec, Download, read_lines
 
-__all__ = ["load_tiny"]
+__all__ = ["TINY"]
 
-# Module-level so that tests (and mirrors) can replace them.
-TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-TINY_FOLDER = "tiny-imagenet-200"
-
-# Constants of the original code (docs/original-code.md, normalisation and geometry); it defines no cutout.
-TINY_MEAN = (0.5, 0.5, 0.5)
-TINY_STD = (0.25, 0.25, 0.25)
-TINY_PADDING = 8
-
-SPLITS = ("train", "test")
 TINY_SIDE = 64
 _SUFFIXES = (".jpeg", ".jpg", ".png")
 _EXPECTED = "wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt"
@@ -124,24 +116,39 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
 
 def load_tiny(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """Tiny-ImageNet split `train` or `test` (the official validation images)."""
-    check_split("tiny", split, SPLITS)
-    ensure_folder(root, TINY_FOLDER, "Tiny-ImageNet", _EXPECTED, TINY_URL, TINY_MD5, download)
+    check_split(TINY.name, split, TINY.splits)
+    url, md5 = astuple(TINY.official_download)
+    ensure_folder(root, TINY.folder, "Tiny-ImageNet", _EXPECTED, url, md5, download)
     # os.path.join keeps the user's spelling of root (e.g. "./data") in messages.
-    folder = os.path.join(os.fspath(root), TINY_FOLDER)
+    folder = os.path.join(os.fspath(root), TINY.folder)
     fix = (
         f"the folder is incomplete or damaged: delete it to re-download it, or extract "
-        f"tiny-imagenet-200.zip from {TINY_URL} into {os.fspath(root)}"
+        f"tiny-imagenet-200.zip from {url} into {os.fspath(root)}"
     )
     wnids = _read_wnids(folder, fix)
     files, labels = (_train_files if split == "train" else _val_files)(folder, wnids, fix)
-    return ImageSet(
-        name="tiny",
-        split=split,
-        images=_decoded(folder, split, files, fix),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        num_classes=len(wnids),
-        mean=TINY_MEAN,
-        std=TINY_STD,
-        padding=TINY_PADDING,
-        cutout=None,
-    )
+    images = _decoded(folder, split, files, fix)
+    return TINY.image_set(split, images, torch.tensor(labels, dtype=torch.int64), len(wnids))
+
+
+def _class_names(folder: Path) -> list[str]:
+    """The first name of each class's description in `words.txt`, in class order."""
+    words = dict(line.split("\t", 1) for line in read_lines(folder / "words.txt") if "\t" in line)
+    return [words.get(wnid, wnid).split(",")[0] for wnid in sorted(read_lines(folder / "wnids.txt"))]
+
+
+# Constants of the original code, which defines no cutout. The loader reads the record when
+# called, so that tests (and mirrors) can replace its download.
+TINY = DatasetSpec(
+    name="tiny",
+    folder="tiny-imagenet-200",
+    loader=load_tiny,
+    splits=("train", "test"),
+    side=TINY_SIDE,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+    padding=8,
+    cutout=None,
+    class_names=_class_names,
+    download=Download("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de"),
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from datasets import DATASETS
 from experiments.cli import INTEGER_LIMIT, Parser, _integer, _number, positive_float
 from methods import Method
 from methods.config import ConfigError, MethodConfig, Option, choices, field_types, option_fields
@@ -104,8 +105,9 @@ def config_from_args(
 
 def stage1_config(method_class: type[Method], args: argparse.Namespace) -> MethodConfig:
     """The method's config from a stage-1 command line."""
-    # The original supervised STL-10 baseline trained with affine + erasing.
-    derived = {"augmentation": "flip_affine_erase"} if method_class is Standard and args.dataset == "stl10" else {}
+    # The supervised baseline trains with the augmentation its data set's record names, if any.
+    augmentation = DATASETS[args.dataset].supervised_augmentation
+    derived = {"augmentation": augmentation} if method_class is Standard and augmentation else {}
     return config_from_args(method_class.Config, args, 1, **derived)
 
 

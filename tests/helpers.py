@@ -21,11 +21,13 @@ import csv
 import io
 import pickle
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from datasets.spec import Download
 from experiments.grid import Grid
 from experiments.grid_cli import grid_parser
 from experiments.grid_plan import plan
@@ -283,6 +285,13 @@ def write_tiny(root, classes: int, per_class_train: int, per_class_val: int, see
         rows.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63\n")
     (folder / "val" / "val_annotations.txt").write_text("".join(rows))
     return Path(root)
+
+
+def serve_download(monkeypatch, module, record: str, url: str, md5: str | None = None) -> None:
+    """Make the loaders of `module` fetch data set `record` (e.g. `"CIFAR10"`) from `url`,
+    checked against `md5` (None: the checksum it has now)."""
+    spec = getattr(module, record)
+    monkeypatch.setattr(module, record, replace(spec, download=Download(url, md5 or spec.download.md5)))
 
 
 def make_engine(method_name, data, folder, seed=1, epochs=3, batch=32, plan_options=None, **options):

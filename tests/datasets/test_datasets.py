@@ -23,7 +23,7 @@ from datasets.download import (
     md5sum,
     safe_extract_tar,
 )
-from tests.helpers import FINE_TO_COARSE, HAS_SHARED_CIFAR10, one_line, write_cifar10
+from tests.helpers import FINE_TO_COARSE, HAS_SHARED_CIFAR10, one_line, serve_download, write_cifar10
 
 
 def raw_batch(path: Path) -> dict:
@@ -264,6 +264,14 @@ def test_image_side_is_known_without_reading_the_images(small_cifar10_root):
     assert image_side("folder") is None  # folder images keep their own size, unknown until read
 
 
+def test_a_record_describes_the_images_its_loader_gives(small_cifar10_root):
+    data = load_dataset("cifar10", "test", small_cifar10_root, download=False)
+    record = DATASETS["cifar10"]
+    assert (data.name, data.side, data.mean, data.std) == (record.name, record.side, record.mean, record.std)
+    assert (data.padding, data.cutout) == (record.padding, record.cutout)
+    assert all(name == record.name for name, record in DATASETS.items())
+
+
 # ----------------------------------------------------------------------------- errors on disk
 
 
@@ -280,7 +288,7 @@ def test_missing_folder_without_download(tmp_path):
 
 
 def test_unreachable_download_fails_fast_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar_mod, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    serve_download(monkeypatch, cifar_mod, "CIFAR10", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     t0 = time.perf_counter()
     with pytest.raises(DatasetError) as e:
         load_dataset("cifar10", "test", tmp_path, download=True)
@@ -408,8 +416,7 @@ def test_full_download_path_via_file_url(tmp_path, monkeypatch):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(cifar_mod, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(cifar_mod, "CIFAR10_MD5", md5sum(archive))
+    serve_download(monkeypatch, cifar_mod, "CIFAR10", archive.as_uri(), md5sum(archive))
     root = tmp_path / "root"
     s = load_dataset("cifar10", "test", root, download=True)
     assert len(s) == 6
@@ -421,14 +428,13 @@ def test_full_download_path_via_file_url(tmp_path, monkeypatch):
     import shutil
 
     shutil.rmtree(root / "cifar-10-batches-py")
-    monkeypatch.setattr(cifar_mod, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    serve_download(monkeypatch, cifar_mod, "CIFAR10", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     assert len(load_dataset("cifar10", "train", root, download=False)) == 40
 
     # A wrong checksum: the download is rejected and nothing is left behind.
     shutil.rmtree(root / "cifar-10-batches-py")
     (root / "cifar-10-python.tar.gz").unlink()
-    monkeypatch.setattr(cifar_mod, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(cifar_mod, "CIFAR10_MD5", "0" * 32)
+    serve_download(monkeypatch, cifar_mod, "CIFAR10", archive.as_uri(), "0" * 32)
     with pytest.raises(DatasetError) as e:
         load_dataset("cifar10", "test", root, download=True)
     assert "md5" in one_line(e.value)
@@ -436,7 +442,7 @@ def test_full_download_path_via_file_url(tmp_path, monkeypatch):
 
 
 def test_class_names_come_from_the_official_files(small_cifar10_root, tmp_path):
-    from datasets.names import class_names
+    from datasets import class_names
     from tests.helpers import CIFAR10_CLASSES
 
     assert class_names("cifar10", small_cifar10_root, 10) == CIFAR10_CLASSES

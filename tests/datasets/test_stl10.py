@@ -29,6 +29,7 @@ from tests.helpers import (
     HAS_SHARED_STL10,
     REPO,
     one_line,
+    serve_download,
     stage_arguments,
     three_stages,
     views_flag,
@@ -117,7 +118,7 @@ def test_missing_folder_without_download(tmp_path):
         load_dataset("stl10", "unlabeled", tmp_path / "nowhere", download=False)
     msg = one_line(e.value)
     assert str(tmp_path / "nowhere" / "stl10_binary") in msg
-    assert "unlabeled_X.bin" in msg and "train_y.bin" in msg and stl10_mod.STL10_URL in msg
+    assert "unlabeled_X.bin" in msg and "train_y.bin" in msg and stl10_mod.STL10.download.url in msg
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -126,8 +127,7 @@ def test_download_via_file_url(tmp_path, monkeypatch):
     archive = tmp_path / "stl10_binary.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "stl10_binary", arcname="stl10_binary")
-    monkeypatch.setattr(stl10_mod, "STL10_URL", archive.as_uri())
-    monkeypatch.setattr(stl10_mod, "STL10_MD5", md5sum(archive))
+    serve_download(monkeypatch, stl10_mod, "STL10", archive.as_uri(), md5sum(archive))
     root = tmp_path / "root"
     data = load_dataset("stl10", "unlabeled", root, download=True)
     assert len(data) == 3 and (data.labels == -1).all()

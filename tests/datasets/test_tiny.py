@@ -14,7 +14,7 @@ from PIL import Image
 import datasets.tiny as tiny_mod
 from datasets import DatasetError, load_dataset
 from datasets.download import UnsafeArchiveError, md5sum, safe_extract_zip
-from tests.helpers import one_line, stage_arguments, three_stages, views_flag, write_tiny
+from tests.helpers import one_line, serve_download, stage_arguments, three_stages, views_flag, write_tiny
 
 
 def decode(path) -> torch.Tensor:
@@ -188,7 +188,7 @@ def test_missing_folder_without_download(tmp_path):
         load_dataset("tiny", "train", tmp_path / "nowhere", download=False)
     msg = one_line(e.value)
     assert str(tmp_path / "nowhere" / "tiny-imagenet-200") in msg
-    assert "wnids.txt" in msg and "val_annotations.txt" in msg and tiny_mod.TINY_URL in msg
+    assert "wnids.txt" in msg and "val_annotations.txt" in msg and tiny_mod.TINY.download.url in msg
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -210,8 +210,7 @@ def zip_folder(archive, root, folder):
 def test_download_via_file_url(tmp_path, monkeypatch):
     src = write_tiny(tmp_path / "src", classes=3, per_class_train=2, per_class_val=2, seed=4)
     archive = zip_folder(tmp_path / "tiny-imagenet-200.zip", src, "tiny-imagenet-200")
-    monkeypatch.setattr(tiny_mod, "TINY_URL", archive.as_uri())
-    monkeypatch.setattr(tiny_mod, "TINY_MD5", md5sum(archive))
+    serve_download(monkeypatch, tiny_mod, "TINY", archive.as_uri(), md5sum(archive))
     root = tmp_path / "root"
     test = load_dataset("tiny", "test", root, download=True)
     _, _, val_files, val_labels = expected_files(src / "tiny-imagenet-200")

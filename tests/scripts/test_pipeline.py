@@ -423,6 +423,8 @@ def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tm
     stl10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "stl10"])
     standard = Standard(build_backbone("conv4"), 10, stage1_config(Standard, stl10_args))
     assert standard.view_groups == [ViewGroup(1, "flip_affine_erase")]
+    cifar10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "cifar10"])
+    assert stage1_config(Standard, cifar10_args).augmentation == Standard.Config().augmentation
 
 
 def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_done(small_cifar10_root, tmp_path):
