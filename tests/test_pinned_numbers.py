@@ -26,9 +26,9 @@ import os
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from tests.helpers import REPO, run_stage, stage_arguments
 
 PINNED = REPO / "tests" / "golden" / "pinned_numbers.json"

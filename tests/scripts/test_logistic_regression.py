@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from methods.standard import Standard
 from tests.helpers import load, read_log, run_stage, stage_arguments
 
