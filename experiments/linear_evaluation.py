@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from backbones import build_backbone, check_image_side
+from backbones import check_image_side
 from backbones.features import extract_features
 from datasets import DATASETS, load_dataset
 from engine.checkpoint import (
@@ -28,10 +28,10 @@ from experiments.cli import apply_gpu_flag, stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
-    describe_backbone,
     record_config,
     resume_point,
     run_seed,
+    stage_backbone,
     stem_entry,
 )
 from methods import METHODS
@@ -223,10 +223,7 @@ def evaluate_backbone(
         print(f"[INFO] Semi-supervised: {len(train)} labelled images ({args.label_fraction * 100:g}% of each class)")
 
     check_image_side(args.backbone, stem, train.side)
-    backbone = build_backbone(args.backbone, stem)
-    describe_backbone(args.backbone, backbone, device, stem)
-    print("[INFO] Loading checkpoint...")
-    backbone.load_state_dict(state["backbone"])
+    backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
     model = stage2_model(backbone, train.num_classes, args).to(device)
     source = {
         "source_checkpoint": str(args.checkpoint),

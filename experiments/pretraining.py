@@ -9,8 +9,8 @@ import sys
 
 from torch import nn
 
-from backbones import build_backbone, check_image_side, refuse_stem_without_choice, resolve_stem
-from datasets import image_side, load_dataset, pretraining_split
+from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
+from datasets import ImageSet, image_side, load_dataset, pretraining_split
 from engine.checkpoint import (
     RunFiles,
     RunLock,
@@ -25,7 +25,7 @@ from evaluation.linear import evaluate
 from experiments.cli import apply_gpu_flag, stage1_parser
 from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener
 from experiments.options import stage1_config
-from experiments.stage import describe_backbone, record_config, resume_point, run_seed, stem_entry
+from experiments.stage import ResumePoint, record_config, resume_point, run_seed, stage_backbone, stem_entry
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
@@ -45,9 +45,7 @@ def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | No
     """The fresh backbone of the run, built with the stem `--stem` gives images of `side` px,
     and that stem."""
     stem = resolve_stem(args.backbone, args.stem, side)
-    backbone = build_backbone(args.backbone, stem)
-    describe_backbone(args.backbone, backbone, device, stem)
-    return backbone, stem
+    return stage_backbone(args.backbone, stem, device), stem
 
 
 def refuse_to_replace(args, files: RunFiles) -> None:
@@ -97,61 +95,91 @@ def main(argv: list[str] | None = None) -> None:
 def train(
     args, files: RunFiles, method_class, config: MethodConfig, device, ranks: distributed.Ranks, may_change: set[str]
 ) -> None:
-    """Train the run; `may_change`: the arguments a resumed run may change."""
-    header = files.header
+    """Train the run, step by step; `may_change`: the arguments a resumed run may change."""
     if ranks.is_main:
         files.remove_temporary()
-    resume = (
-        resume_point(
-            args,
-            files,
-            may_change,
-            ranks.world_size,
-            without_state="use --checkpoint with --epoch_start instead",
-            check_kind=lambda state, path: refuse_other_kind(state, path, args.method),
-        )
-        if args.resume
-        else None
-    )
-    resume_state = resume.state if resume else None
+    resume = find_resume(args, files, may_change, ranks) if args.resume else None
     seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
     print(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
-
-    if not resume_state:
+    if not resume:
         refuse_to_replace(args, files)
     if not method_class.trains:
-        if not ranks.is_main:
-            return
-        replace_outputs(files)
-        backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
-        method = method_class(backbone, 0, config, lr=args.lr)
-        save_checkpoint(
-            {
-                **method.checkpoint_state(),
-                "method": args.method,
-                "backbone_name": args.backbone,
-                **stem_entry(stem),
-                "seed": seed,
-                "args": vars(args),
-            },
-            files.final,
-        )
-        record_config(files.config, args, seed, device, stage="train_unsupervised", stem=stem)
-        print(f"Saving in: {files.final}")
+        if ranks.is_main:
+            save_untrained(args, files, method_class, config, device)
         return
-
-    start_epoch = resume_state["epoch"] if resume_state else args.epoch_start if args.checkpoint else 0
+    start_epoch = resume.state["epoch"] if resume else args.epoch_start if args.checkpoint else 0
     if start_epoch >= args.epochs and not (resume and resume.unfinished):
         raise UserError(
             f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
             f"{args.epochs}; raise --epochs to train longer"
         )
+    data = training_images(args, method_class, ranks, device)
+    backbone, stem = stage1_backbone(args, data.side, device)
+    method = method_class(backbone, data.num_classes, config, lr=args.lr).to(device)
+    for group in method.view_groups:
+        check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
+    if not restore(method, args, stem, resume, start_epoch, ranks):
+        return
+    engine = Engine(method, data, training_plan(args, files, method_class, stem, device, ranks), device)
+    if ranks.is_main:
+        if not resume:
+            replace_outputs(files)
+        record_config(
+            files.config,
+            args,
+            seed,
+            device,
+            stage="train_unsupervised",
+            stem=stem,
+            training_images=len(data),
+            world_size=ranks.world_size,
+            input_normalisation={"mean": list(data.mean), "std": list(data.std)},
+        )
+    engine.fit(start_epoch, resume.state if resume else None)
+    if args.method == "standard" and ranks.is_main:
+        score_on_test_split(args, method, device)
+
+
+def find_resume(args, files: RunFiles, may_change: set[str], ranks: distributed.Ranks) -> ResumePoint:
+    """The checkpoint `--resume` continues, checked to be this method's run made alike."""
+    return resume_point(
+        args,
+        files,
+        may_change,
+        ranks.world_size,
+        without_state="use --checkpoint with --epoch_start instead",
+        check_kind=lambda state, path: refuse_other_kind(state, path, args.method),
+    )
+
+
+def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, device) -> None:
+    """Save the final checkpoint of a method that does not train (its fresh backbone)."""
+    replace_outputs(files)
+    backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
+    method = method_class(backbone, 0, config, lr=args.lr)
+    save_checkpoint(
+        {
+            **method.checkpoint_state(),
+            "method": args.method,
+            "backbone_name": args.backbone,
+            **stem_entry(stem),
+            "seed": args.seed,
+            "args": vars(args),
+        },
+        files.final,
+    )
+    record_config(files.config, args, args.seed, device, stage="train_unsupervised", stem=stem)
+    print(f"Saving in: {files.final}")
+
+
+def training_images(args, method_class, ranks: distributed.Ranks, device) -> ImageSet:
+    """The training images of the run (labelled where the method needs labels), announced."""
     split = pretraining_split(args.dataset, method_class.needs_labels)
     data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
-    data = data.balanced_subset(args.train_subset, seed)
+    data = data.balanced_subset(args.train_subset, args.seed)
     print(
         f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
         f"{data.side}x{data.side}, {data.num_classes} classes)"
@@ -160,19 +188,22 @@ def train(
         print(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
         print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
-    backbone, stem = stage1_backbone(args, data.side, device)
-    method = method_class(backbone, data.num_classes, config, lr=args.lr).to(device)
-    for group in method.view_groups:
-        check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
+    return data
 
-    if resume_state:
-        check_backbone(resume_state, args.backbone, resume.path, stem)
-        method.load_checkpoint_state(resume_state, resume.path)
+
+def restore(
+    method, args, stem: str | None, resume: ResumePoint | None, start_epoch: int, ranks: distributed.Ranks
+) -> bool:
+    """Load the state the run continues (`--resume`) or starts from (`--checkpoint`); False
+    when a resumed run had trained all its epochs, so nothing is left to train."""
+    if resume:
+        check_backbone(resume.state, args.backbone, resume.path, stem)
+        method.load_checkpoint_state(resume.state, resume.path)
         if ranks.is_main:
             resume.finish()
         if start_epoch >= args.epochs:
             print(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
-            return
+            return False
         print(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
@@ -181,18 +212,26 @@ def train(
         print(f"Loading checkpoint: {args.checkpoint}")
         method.load_checkpoint_state(state, args.checkpoint)
         print("Loading checkpoint: Done!")
+    return True
 
+
+def training_plan(
+    args, files: RunFiles, method_class, stem: str | None, device, ranks: distributed.Ranks
+) -> TrainingPlan:
+    """How the engine trains the run: epochs, batches, files, precision, monitoring."""
     watching = ranks.is_main and args.eval_every > 0
     monitor = (
-        knn_monitor(args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, seed, device)
+        knn_monitor(
+            args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, args.seed, device
+        )
         if watching
         else None
     )
-    listeners = [tensorboard_listener(args.tensorboard, header)] if args.tensorboard and ranks.is_main else []
-    plan = TrainingPlan(
+    listeners = [tensorboard_listener(args.tensorboard, files.header)] if args.tensorboard and ranks.is_main else []
+    return TrainingPlan(
         epochs=args.epochs,
         batch_size=args.data_size,
-        seed=seed,
+        seed=args.seed,
         log_path=files.log,
         checkpoint_paths=lambda e: (
             [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every) else []
@@ -203,7 +242,7 @@ def train(
             "backbone_name": args.backbone,
             **stem_entry(stem),
             "dataset": args.dataset,
-            "seed": seed,
+            "seed": args.seed,
             "args": vars(args),
             "world_size": ranks.world_size,
         },
@@ -217,27 +256,11 @@ def train(
         monitor_columns=KNN_COLUMNS if monitor else (),
         row_listeners=listeners,
     )
-    engine = Engine(method, data, plan, device)
-    if ranks.is_main:
-        if not resume_state:
-            replace_outputs(files)
-        record_config(
-            files.config,
-            args,
-            seed,
-            device,
-            stage="train_unsupervised",
-            stem=stem,
-            training_images=len(data),
-            world_size=ranks.world_size,
-            input_normalisation={"mean": list(data.mean), "std": list(data.std)},
-        )
-    engine.fit(start_epoch, resume_state)
 
-    if args.method == "standard" and ranks.is_main:
-        test = load_dataset(
-            args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size
-        )
-        result = evaluate(method.backbone, method.classifier, test, device)
-        print(f"Test loss: {result['loss']:.4f}")
-        print(f"Test accuracy: {result['accuracy']:.2f}%")
+
+def score_on_test_split(args, method, device) -> None:
+    """Score the classifier a supervised run trained on the test split."""
+    test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
+    result = evaluate(method.backbone, method.classifier, test, device)
+    print(f"Test loss: {result['loss']:.4f}")
+    print(f"Test accuracy: {result['accuracy']:.2f}%")

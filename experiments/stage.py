@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from backbones import build_backbone
 from engine.checkpoint import TEXT_ENCODING, RunFiles, read_checkpoint, save_json
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
@@ -73,7 +74,10 @@ def run_main(main: Callable[[], None]) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def describe_backbone(name: str, backbone: nn.Module, device: torch.device, stem: str | None = None) -> None:
+def stage_backbone(name: str, stem: str | None, device: torch.device, weights: dict | None = None) -> nn.Module:
+    """The backbone a stage runs, as every stage starts it: `name` built with `stem`, described,
+    and loaded with a checkpoint's `weights` when given (checked against it by `check_backbone`)."""
+    backbone = build_backbone(name, stem)
     if device.type != "cuda":
         print(
             "[WARNING] CUDA is not available."
@@ -86,6 +90,10 @@ def describe_backbone(name: str, backbone: nn.Module, device: torch.device, stem
     print(f"[INFO] Feature extractor TOT trainable params: {trainable}")
     print(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
     print(f"[INFO] Device type: {device}")
+    if weights is not None:
+        print("[INFO] Loading checkpoint...")
+        backbone.load_state_dict(weights)
+    return backbone
 
 
 def stem_entry(stem: str | None) -> dict:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones import build_backbone, check_image_side
+from backbones import check_image_side
 from backbones.features import extract_features
-from datasets import DATASETS, image_side, load_dataset
+from datasets import DATASETS, ImageSet, image_side, load_dataset
 from engine.checkpoint import (
     MAX_NAME_BYTES,
     append_csv_row,
@@ -26,7 +26,7 @@ from engine.checkpoint import (
 from evaluation.linear import score_logits
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
 from experiments.cli import apply_gpu_flag, stage3_parser
-from experiments.stage import describe_backbone, run_seed
+from experiments.stage import run_seed, stage_backbone
 from utils.checkpoint_fields import check_module_entry
 from utils.errors import UserError
 from utils.runtime import resolve_device
@@ -112,6 +112,49 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
     linear = "optimizer_lineval" in state  # every stage-2 file and stage-1 standard file has it
+    stem = check_request(args, state, linear)
+    seed = run_seed(args)
+    seed_everything(seed)
+    test = test_split(args, state, linear, stem)
+    train = training_split(args) if args.knn or args.export_features else None
+    backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
+    classifier = stored_classifier(args, state, backbone.feature_size, test.num_classes) if linear else None
+    backbone.to(device)
+    print("[INFO] Loading checkpoint: done!")
+    print("Testing...")
+    start = time.time()
+    checkpoint = Path(args.checkpoint)
+    test_features = extract_features(backbone, test, device, args.data_size, desc="Test", checkpoint=checkpoint)
+    train_features = None
+    if train is not None:
+        train_features = extract_features(
+            backbone, train, device, args.data_size, desc="Train features", checkpoint=checkpoint
+        )
+    result, neighbours = scores(args, classifier, test, test_features, train, train_features, device)
+    result["seconds"] = round(time.time() - start, 3)
+    report(args, result)  # first: a folder that cannot be written loses no result
+    outputs = Path(args.log_dir) if args.log_dir else checkpoint.parent
+    if args.retrieval and args.retrieval_grid:
+        draw_retrieval_grid(args, seed, test, neighbours, outputs / names["retrieval_grid"])
+    if args.export_features:
+        export_features(Path(args.export_features), args, test_features, test.labels, train_features, train)
+    if args.feature_map != "none":
+        draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs / names["feature_map"])
+    log_result(
+        outputs / names["log"],
+        {
+            **result,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "dataset": args.dataset,
+            "seed": args.seed,
+            "checkpoint": str(checkpoint),
+        },
+    )
+
+
+def check_request(args, state: dict, linear: bool) -> str | None:
+    """Refuse what the checkpoint cannot give (a score without a classifier, another backbone)
+    and output folders that are files, before any data are read; returns the backbone's stem."""
     backbone_only = args.knn or args.retrieval or args.export_features or args.feature_map != "none"
     if not linear and not backbone_only:
         kind = state.get("method") or stage1_method_by_keys(state)
@@ -127,10 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         from experiments.plots import require_matplotlib
 
         require_matplotlib()
-    seed = run_seed(args)
-    seed_everything(seed)
-    download = not args.no_download
-    test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
+    return stem
+
+
+def test_split(args, state: dict, linear: bool, stem: str | None) -> ImageSet:
+    """The test split, refused when the checkpoint's classifier or backbone does not fit it."""
+    test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
     weight = state.get("classifier", {}).get("weight")
     if linear and isinstance(weight, torch.Tensor) and weight.dim() == 2 and len(weight) != test.num_classes:
         raise UserError(
@@ -144,38 +189,39 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(
             f"--retrieval {args.retrieval}: the {args.dataset} test split has only {len(test)} images to retrieve from"
         )
-    train = None
-    if args.knn or args.export_features:
-        train = load_dataset(args.dataset, "train", args.data_root, download=download, image_size=args.image_size)
-        if args.knn and bool((train.labels < 0).any()):
-            raise UserError(f"--knn needs labelled training images, and the {args.dataset} training split has none")
-        if args.knn > len(train):
-            raise UserError(f"--knn {args.knn}: the {args.dataset} training split has only {len(train)} images")
+    return test
 
-    backbone = build_backbone(args.backbone, stem)
-    describe_backbone(args.backbone, backbone, device, stem)
-    classifier = None
-    if linear:
-        classifier = nn.Linear(backbone.feature_size, test.num_classes)
-        check_module_entry(state.get("classifier"), classifier, args.checkpoint, "classifier")
-    print("[INFO] Loading checkpoint...")
-    backbone.load_state_dict(state["backbone"])
-    backbone.to(device)
-    print("[INFO] Loading checkpoint: done!")
-    print("Testing...")
-    start = time.time()
-    checkpoint = Path(args.checkpoint)
-    test_features = extract_features(backbone, test, device, args.data_size, desc="Test", checkpoint=checkpoint)
+
+def training_split(args) -> ImageSet:
+    """The training split, for kNN accuracy (labelled, at least --knn images) and export."""
+    train = load_dataset(
+        args.dataset, "train", args.data_root, download=not args.no_download, image_size=args.image_size
+    )
+    if args.knn and bool((train.labels < 0).any()):
+        raise UserError(f"--knn needs labelled training images, and the {args.dataset} training split has none")
+    if args.knn > len(train):
+        raise UserError(f"--knn {args.knn}: the {args.dataset} training split has only {len(train)} images")
+    return train
+
+
+def stored_classifier(args, state: dict, feature_size: int, num_classes: int) -> nn.Linear:
+    """The linear classifier of the checkpoint, checked against the layer it must fit."""
+    classifier = nn.Linear(feature_size, num_classes)
+    check_module_entry(state.get("classifier"), classifier, args.checkpoint, "classifier")
+    classifier.load_state_dict(state["classifier"])
+    return classifier
+
+
+def scores(
+    args, classifier: nn.Linear | None, test: ImageSet, test_features, train, train_features, device
+) -> tuple[dict, torch.Tensor | None]:
+    """The numbers asked for: the classifier's accuracy and loss, kNN accuracy, retrieval
+    precision; and the retrieved neighbours of each test image, when retrieval is asked."""
     test_labels = test.labels.to(device)
     result = {"images": len(test)}
-    if linear:
-        classifier.load_state_dict(state["classifier"])
+    if classifier is not None:
         with torch.no_grad():
             result.update(score_logits(classifier.to(device).eval()(test_features), test_labels))
-    if train is not None:
-        train_features = extract_features(
-            backbone, train, device, args.data_size, desc="Train features", checkpoint=checkpoint
-        )
     if args.knn:
         result.update(
             knn_k=args.knn,
@@ -183,42 +229,21 @@ def main(argv: list[str] | None = None) -> None:
                 train_features, train.labels.to(device), test_features, test_labels, args.knn, args.knn_temperature
             ),
         )
-    outputs = Path(args.log_dir) if args.log_dir else checkpoint.parent
+    neighbours = None
     if args.retrieval:
         neighbours = nearest_neighbours(test_features, args.retrieval).cpu()
         result.update(
             retrieval_k=args.retrieval, retrieval_precision=round(retrieval_precision(neighbours, test.labels), 4)
         )
-    result["seconds"] = round(time.time() - start, 3)
-    report(args, result)  # first: a folder that cannot be written loses no result
-    if args.retrieval and args.retrieval_grid:
-        queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
-        grid = outputs / names["retrieval_grid"]
-        from experiments.plots import save_retrieval_grid
+    return result, neighbours
 
-        save_retrieval_grid(test.images, test.labels, queries[: args.retrieval_grid], neighbours, grid)
-        print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
-    if args.export_features:
-        export_features(
-            Path(args.export_features),
-            args,
-            test_features,
-            test.labels,
-            train_features if train is not None else None,
-            train,
-        )
-    if args.feature_map != "none":
-        draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs / names["feature_map"])
-    log_result(
-        outputs / names["log"],
-        {
-            **result,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "dataset": args.dataset,
-            "seed": args.seed,
-            "checkpoint": str(checkpoint),
-        },
-    )
+
+def draw_retrieval_grid(args, seed: int, test: ImageSet, neighbours: torch.Tensor, grid: Path) -> None:
+    from experiments.plots import save_retrieval_grid
+
+    queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    save_retrieval_grid(test.images, test.labels, queries[: args.retrieval_grid], neighbours, grid)
+    print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
 
 
 def log_result(log: Path, row: dict) -> None:
