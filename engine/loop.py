@@ -217,8 +217,7 @@ class Engine:
         scores = dict.fromkeys(plan.monitor_columns)
         if epoch % plan.monitor_every == 0 or epoch == plan.epochs:
             start = time.time()
-            # The backbone stage 2 evaluates: the one saved as `backbone` (relic's momentum target).
-            scores.update(plan.monitor(getattr(self.method, self.method.checkpoint_keys.get("backbone", "backbone"))))
+            scores.update(plan.monitor(self.method.evaluated_backbone))
             print(
                 f"Epoch {epoch}/{plan.epochs} monitor [{format_duration(time.time() - start)}] "
                 + "; ".join(f"{name}: {value:.4g}" for name, value in scores.items())

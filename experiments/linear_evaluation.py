@@ -40,6 +40,17 @@ from utils.errors import UserError
 from utils.runtime import format_duration, resolve_device
 from utils.seeds import seed_everything
 
+# A stage-2 checkpoint records which of these it is as its `kind`, so that a reader such as
+# stage 3 knows it holds a trained classifier without guessing from its keys.
+EVALUATION_KINDS = ("linear_evaluation", "logistic_regression", "finetune")
+
+
+def evaluation_kind(args) -> str:
+    """What this run's checkpoint holds, one of `EVALUATION_KINDS`."""
+    if args.finetune:
+        return "finetune"
+    return {"linear": "linear_evaluation", "logistic": "logistic_regression"}[args.classifier]
+
 
 def pretraining_method(args, state: dict) -> str:
     """The stage-1 method names this stage's files; read it from the checkpoint or its path
@@ -231,11 +242,7 @@ def evaluate_backbone(
         "pretraining_dataset": source_dataset,
         "pretraining_epochs": state.get("epoch"),
     }
-    stage = (
-        "finetune"
-        if args.finetune
-        else {"linear": "linear_evaluation", "logistic": "logistic_regression"}[args.classifier]
-    )
+    stage = evaluation_kind(args)
     # Whatever can refuse the input comes before the first write: the resumed state, the features.
     if resume:
         model.load_checkpoint_state(resume.state, resume.path)
@@ -254,6 +261,7 @@ def evaluate_backbone(
             checkpoint_paths=lambda e: [files.final] if e == args.epochs else [],
             rolling_checkpoint=files.last_checkpoint,
             extra_state={
+                "kind": stage,
                 "method": method_name,
                 "backbone_name": args.backbone,
                 **stem_entry(stem),
@@ -278,6 +286,7 @@ def evaluate_backbone(
         save_checkpoint(
             {
                 **model.checkpoint_state(),
+                "kind": stage,
                 "method": method_name,
                 "backbone_name": args.backbone,
                 **stem_entry(stem),

@@ -137,7 +137,7 @@ def train(
             input_normalisation={"mean": list(data.mean), "std": list(data.std)},
         )
     engine.fit(start_epoch, resume.state if resume else None)
-    if args.method == "standard" and ranks.is_main:
+    if method_class.scores_test_split and ranks.is_main:
         score_on_test_split(args, method, device)
 
 

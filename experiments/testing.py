@@ -26,6 +26,7 @@ from engine.checkpoint import (
 from evaluation.linear import score_logits
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
 from experiments.cli import apply_gpu_flag, stage3_parser
+from experiments.linear_evaluation import EVALUATION_KINDS
 from experiments.stage import run_seed, stage_backbone
 from utils.checkpoint_fields import check_module_entry
 from utils.errors import UserError
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_gpu_flag(args)
     device = resolve_device(args.device)
     state = read_checkpoint(args.checkpoint)
-    linear = "optimizer_lineval" in state  # every stage-2 file and stage-1 standard file has it
+    linear = holds_linear_classifier(state)
     stem = check_request(args, state, linear)
     seed = run_seed(args)
     seed_everything(seed)
@@ -150,6 +151,15 @@ def main(argv: list[str] | None = None) -> None:
             "checkpoint": str(checkpoint),
         },
     )
+
+
+def holds_linear_classifier(state: dict) -> bool:
+    """Whether the checkpoint holds a trained linear classifier: a stage-2 file says so by its
+    `kind`; a file without one (a supervised stage-1 run's, or a stage-2 file written before
+    files recorded it) has one when it holds the optimizer that trained a classifier."""
+    if "kind" in state:
+        return state["kind"] in EVALUATION_KINDS
+    return "optimizer_lineval" in state
 
 
 def check_request(args, state: dict, linear: bool) -> str | None:

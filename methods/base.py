@@ -18,6 +18,8 @@ Class attributes
                     their state dicts, tensors and numbers as they are), in the original
                     code's key names; `optional_keys` may be missing from a file.
     needs_labels    True for supervised training (the engine then refuses unlabelled data).
+    scores_test_split  True where training fits a classifier of the data set's classes: stage 1
+                    then scores it on the test split after the last epoch.
     default_lr      learning rate when the keyword `lr` is None (the stage-1 flag `--lr`).
     default_batch_size  images per step when `--data_size` is not given.
     score_name      what the `score` column of the per-epoch CSV log holds.
@@ -30,6 +32,7 @@ Instance interface
     view_groups               the views of each image per step, as groups (`ViewGroup`):
                               a count, an output size and an augmentation pipeline each.
     optimizer                 a `torch.optim.Optimizer`, created in `__init__`.
+    evaluated_backbone        the backbone the later stages evaluate: the one saved as `backbone`.
     training_step(views, labels, index) -> StepOutput
         `views` has one float tensor per group, in the order of `view_groups`; a group of
         V views of B images is (V*B, C, H, W), view-major (rows v*B .. v*B+B-1 are view v).
@@ -136,6 +139,7 @@ class Method(nn.Module):
     checkpoint_keys: dict[str, str] = {}
     optional_keys: frozenset[str] = frozenset({"optimizer"})
     needs_labels: bool = False
+    scores_test_split: bool = False
     score_name: str = "neg_loss"
     trains: bool = True
     drop_last: bool = False
@@ -157,6 +161,12 @@ class Method(nn.Module):
     @property
     def view_groups(self) -> list[ViewGroup]:
         raise NotImplementedError
+
+    @property
+    def evaluated_backbone(self) -> nn.Module:
+        """The backbone the later stages evaluate: the one saved under the checkpoint key
+        `backbone` (a momentum target, where the method keeps one, rather than the online network)."""
+        return getattr(self, self.checkpoint_keys.get("backbone", "backbone"))
 
     @property
     def views_per_image(self) -> int:

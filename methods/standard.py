@@ -41,6 +41,7 @@ def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) 
 class Standard(Method):
     name = "standard"
     needs_labels = True
+    scores_test_split = True
     score_name = "accuracy"
     default_lr = 0.1
     # The original StandardModel's three optimizers: supervised SGD (stage 1), linear

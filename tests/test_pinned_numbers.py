@@ -84,6 +84,7 @@ def weights_of(state: dict) -> dict:
         "format_version",
         "world_size",
         "interrupted",
+        "kind",
     }
     return {key: fingerprint(value) for key, value in state.items() if key not in skip}
 
