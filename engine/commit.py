@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from engine.checkpoint import CsvLog, RunFiles, read_csv, save_checkpoint
+from utils.console import say
 from utils.errors import UserError
 
 #: The key of the rolling checkpoint that holds the pending steps of its epoch's commit.
@@ -39,7 +40,7 @@ def commit_epoch(state: dict, row: dict, log: CsvLog, checkpoints: list[Path], r
         save_checkpoint({**state, COMMIT: pending}, rolling)
     for path in checkpoints:
         save_checkpoint(state, path)
-        print(f"[INFO] Saving in: {path}")
+        say(f"[INFO] Saving in: {path}")
     log.append(row)
 
 

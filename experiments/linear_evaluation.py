@@ -36,6 +36,7 @@ from experiments.stage import (
 )
 from methods import METHODS
 from methods.standard import Standard
+from utils.console import say
 from utils.errors import UserError
 from utils.runtime import format_duration, resolve_device
 from utils.seeds import seed_everything
@@ -81,7 +82,7 @@ def frozen_features(
     start = time.time()
     train_features = extract_features(backbone, train, device, desc="Train features", checkpoint=checkpoint)
     test_features = extract_features(backbone, test, device, desc="Test features", checkpoint=checkpoint)
-    print(
+    say(
         f"[INFO] Features of {len(train)} training and {len(test)} test images computed once "
         f"in {time.time() - start:.1f}s (frozen backbone, eval mode, no augmentation)"
     )
@@ -112,7 +113,7 @@ def linear_evaluation(model: Standard, features, args, seed: int) -> tuple[dict,
                 "seconds": round(seconds, 3),
             }
         )
-        print(f"Epoch {epoch + 1}/{args.epochs} [{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
+        say(f"Epoch {epoch + 1}/{args.epochs} [{format_duration(seconds)}] loss: {loss:.4f}; acc: {accuracy:.2f}%")
     return {"epoch": args.epochs}, rows
 
 
@@ -144,7 +145,7 @@ def logistic_regression(model: Standard, features, args) -> tuple[dict, list[dic
         "iterations": fit.iterations,
         "seconds": round(seconds, 3),
     }
-    print(
+    say(
         f"Logistic regression [{format_duration(seconds)}] C {args.logistic_c:g}, {fit.iterations} L-BFGS "
         f"iterations, objective {fit.objective:.6f}; loss: {train_result['loss']:.4f}; "
         f"acc: {train_result['accuracy']:.2f}%"
@@ -161,14 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
     method_name = args.method = pretraining_method(args, state)  # recorded as resolved
     seed = run_seed(args)
-    print(f"[INFO] Setting SEED: {seed}")
+    say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if args.finetune:
-        print("[INFO] Finetune set to True, the backbone will be finetuned.")
+        say("[INFO] Finetune set to True, the backbone will be finetuned.")
 
     source_dataset = pretraining_dataset(args, state)
     if source_dataset not in (None, args.dataset):
-        print(f"[INFO] Cross-domain: backbone pretrained on {source_dataset}, evaluated on {args.dataset}")
+        say(f"[INFO] Cross-domain: backbone pretrained on {source_dataset}, evaluated on {args.dataset}")
     files = RunFiles(
         args.checkpoint_dir,
         method_name,
@@ -231,7 +232,7 @@ def evaluate_backbone(
         raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
     train = train.balanced_subset(args.train_subset, seed).labelled_fraction(args.label_fraction, seed)
     if args.label_fraction < 1:
-        print(f"[INFO] Semi-supervised: {len(train)} labelled images ({args.label_fraction * 100:g}% of each class)")
+        say(f"[INFO] Semi-supervised: {len(train)} labelled images ({args.label_fraction * 100:g}% of each class)")
 
     check_image_side(args.backbone, stem, train.side)
     backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
@@ -272,7 +273,7 @@ def evaluate_backbone(
             },
         )
         if resume:
-            print(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
+            say(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
         start_epoch, resume_state = (resume.state["epoch"], resume.state) if resume else (0, None)
         Engine(model, train, plan, device).fit(start_epoch, resume_state)
     else:
@@ -298,6 +299,6 @@ def evaluate_backbone(
             },
             files.final,
         )
-    print(f"[INFO] Saving in: {files.final}")
+    say(f"[INFO] Saving in: {files.final}")
     result = evaluate(model.backbone, model.classifier, test, device)
-    print(f"Test accuracy: {result['accuracy']:.2f}%")
+    say(f"Test accuracy: {result['accuracy']:.2f}%")

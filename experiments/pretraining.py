@@ -4,8 +4,6 @@ checkpoints."""
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 
 from torch import nn
 
@@ -29,6 +27,7 @@ from experiments.stage import ResumePoint, record_config, resume_point, run_seed
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
+from utils.console import say, silenced
 from utils.errors import UserError
 from utils.runtime import resolve_device
 from utils.seeds import seed_everything
@@ -64,7 +63,7 @@ def replace_outputs(files: RunFiles) -> None:
     are checked by then, so a run refused for a bad input removes nothing)."""
     removed = files.remove_outputs()
     if removed:
-        print(f"[INFO] Removed {len(removed)} file(s) of the earlier run {files.header}, which this run replaces")
+        say(f"[INFO] Removed {len(removed)} file(s) of the earlier run {files.header}, which this run replaces")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,13 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     ranks = distributed.launched_ranks()
     device = distributed.start(ranks, resolve_device(args.device))
     try:
-        if not ranks.is_main:  # rank 0 speaks for the run; errors still reach stderr
-            sys.stdout = open(os.devnull, "w")
-        args.seed = distributed.broadcast_object(run_seed(args))  # every rank uses rank 0's seed
-        header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
-        files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
-        with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
-            train(args, files, method_class, config, device, ranks, parser.may_change_on_resume)
+        with silenced(not ranks.is_main):  # rank 0 speaks for the run; errors still reach stderr
+            args.seed = distributed.broadcast_object(run_seed(args))  # every rank uses rank 0's seed
+            header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
+            files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
+            with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
+                train(args, files, method_class, config, device, ranks, parser.may_change_on_resume)
     finally:
         distributed.stop()
 
@@ -100,7 +98,7 @@ def train(
         files.remove_temporary()
     resume = find_resume(args, files, may_change, ranks) if args.resume else None
     seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
-    print(f"[INFO] Setting SEED: {seed}")
+    say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if not resume:
         refuse_to_replace(args, files)
@@ -170,7 +168,7 @@ def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, de
         files.final,
     )
     record_config(files.config, args, args.seed, device, stage="train_unsupervised", stem=stem)
-    print(f"Saving in: {files.final}")
+    say(f"Saving in: {files.final}")
 
 
 def training_images(args, method_class, ranks: distributed.Ranks, device) -> ImageSet:
@@ -180,14 +178,14 @@ def training_images(args, method_class, ranks: distributed.Ranks, device) -> Ima
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
     data = data.balanced_subset(args.train_subset, args.seed)
-    print(
+    say(
         f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
         f"{data.side}x{data.side}, {data.num_classes} classes)"
     )
     if ranks.distributed:
-        print(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
+        say(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
-        print("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
+        say("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
     return data
 
 
@@ -202,16 +200,16 @@ def restore(
         if ranks.is_main:
             resume.finish()
         if start_epoch >= args.epochs:
-            print(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
+            say(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
             return False
-        print(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
+        say(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
         check_backbone(state, args.backbone, args.checkpoint, stem)
         refuse_other_kind(state, args.checkpoint, args.method)
-        print(f"Loading checkpoint: {args.checkpoint}")
+        say(f"Loading checkpoint: {args.checkpoint}")
         method.load_checkpoint_state(state, args.checkpoint)
-        print("Loading checkpoint: Done!")
+        say("Loading checkpoint: Done!")
     return True
 
 
@@ -262,5 +260,5 @@ def score_on_test_split(args, method, device) -> None:
     """Score the classifier a supervised run trained on the test split."""
     test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
     result = evaluate(method.backbone, method.classifier, test, device)
-    print(f"Test loss: {result['loss']:.4f}")
-    print(f"Test accuracy: {result['accuracy']:.2f}%")
+    say(f"Test loss: {result['loss']:.4f}")
+    say(f"Test accuracy: {result['accuracy']:.2f}%")

@@ -29,6 +29,7 @@ from experiments.cli import apply_gpu_flag, stage3_parser
 from experiments.linear_evaluation import EVALUATION_KINDS
 from experiments.stage import run_seed, stage_backbone
 from utils.checkpoint_fields import check_module_entry
+from utils.console import say
 from utils.errors import UserError
 from utils.runtime import resolve_device
 from utils.seeds import seed_everything
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
     classifier = stored_classifier(args, state, backbone.feature_size, test.num_classes) if linear else None
     backbone.to(device)
-    print("[INFO] Loading checkpoint: done!")
-    print("Testing...")
+    say("[INFO] Loading checkpoint: done!")
+    say("Testing...")
     start = time.time()
     checkpoint = Path(args.checkpoint)
     test_features = extract_features(backbone, test, device, args.data_size, desc="Test", checkpoint=checkpoint)
@@ -253,7 +254,7 @@ def draw_retrieval_grid(args, seed: int, test: ImageSet, neighbours: torch.Tenso
 
     queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
     save_retrieval_grid(test.images, test.labels, queries[: args.retrieval_grid], neighbours, grid)
-    print(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
+    say(f"[INFO] Retrieval grid (query, then its neighbours; green = same class): {grid}")
 
 
 def log_result(log: Path, row: dict) -> None:
@@ -268,7 +269,7 @@ def log_result(log: Path, row: dict) -> None:
         )
         failure.exit_status = 1
         raise failure from None
-    print(f"[INFO] Result appended to {log}")
+    say(f"[INFO] Result appended to {log}")
 
 
 def export_features(folder: Path, args, test_features, test_labels, train_features, train) -> None:
@@ -294,7 +295,7 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
         )
         + "\n"
     )
-    print(f"[INFO] Features saved in {folder} (train_features.npy, train_labels.npy, test_*.npy)")
+    say(f"[INFO] Features saved in {folder} (train_features.npy, train_labels.npy, test_*.npy)")
 
 
 def draw_feature_map(
@@ -320,21 +321,21 @@ def draw_feature_map(
         class_names(args.dataset, args.data_root, int(labels.max()) + 1),
         axis_labels,
     )
-    print(f"[INFO] Feature map: {output}")
+    say(f"[INFO] Feature map: {output}")
 
 
 def report(args, result: dict) -> None:
-    print("===========================")
-    print(f"Seed: {args.seed}")
+    say("===========================")
+    say(f"Seed: {args.seed}")
     if "accuracy" in result:
-        print(f"Test loss: {result['loss']:.4f}")
-        print(f"Test top-5 accuracy: {result['top5']:.2f}%")
-        print(f"Test accuracy: {result['accuracy']:.2f}%")
+        say(f"Test loss: {result['loss']:.4f}")
+        say(f"Test top-5 accuracy: {result['top5']:.2f}%")
+        say(f"Test accuracy: {result['accuracy']:.2f}%")
     if "knn_accuracy" in result:
-        print(
+        say(
             f"kNN accuracy (k {args.knn}, cosine, weighted): {result['knn_accuracy']:.2f}% "
             f"(top-5 {result['knn_top5']:.2f}%)"
         )
     if "retrieval_precision" in result:
-        print(f"Top-{args.retrieval} retrieval precision: {result['retrieval_precision']:.2f}%")
-    print("===========================")
+        say(f"Top-{args.retrieval} retrieval precision: {result['retrieval_precision']:.2f}%")
+    say("===========================")

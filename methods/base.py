@@ -45,7 +45,9 @@ Instance interface
     after_step(step)          after every optimizer step; `step` counts the run's optimizer
                               steps (1 after the first). What it keeps belongs in
                               `checkpoint_keys`, so a run resumed inside an epoch continues it.
-    on_epoch_start(context)   schedules and per-epoch work such as clustering (`EpochContext`).
+    on_epoch_start(context)   schedules and per-epoch work such as clustering (`EpochContext`);
+                              returns the numbers worth telling the user (`EpochNotes`, printed
+                              by the engine as one line), or None. Methods do not print.
     on_epoch_resume(context)  the same, when a run continues inside an interrupted epoch
                               (default: on_epoch_start).
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
@@ -118,6 +120,10 @@ class ViewGroup:
         return self.size
 
 
+# Numbers a method reports at the start of an epoch, by name (`learning_rates`, `inertia`).
+EpochNotes = dict[str, float | list[float]]
+
+
 @dataclass(frozen=True)
 class EpochContext:
     """What a method's per-epoch hooks may use: the training set and where the run is."""
@@ -178,13 +184,15 @@ class Method(nn.Module):
     def after_step(self, step: int) -> None:
         """Called after every optimizer step; `step` is the run's count of them so far."""
 
-    def on_epoch_start(self, context: EpochContext) -> None:
-        """Called before every epoch, also the first epoch after a resume."""
+    def on_epoch_start(self, context: EpochContext) -> EpochNotes | None:
+        """Called before every epoch, also the first epoch after a resume; returns the epoch's
+        numbers to report (a new learning rate, the clustering's quality), or None."""
+        return None
 
-    def on_epoch_resume(self, context: EpochContext) -> None:
+    def on_epoch_resume(self, context: EpochContext) -> EpochNotes | None:
         """Called instead of `on_epoch_start` when a run resumes inside an interrupted epoch;
         per-epoch work whose result is in the checkpoint must not be redone."""
-        self.on_epoch_start(context)
+        return self.on_epoch_start(context)
 
     def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         return None
