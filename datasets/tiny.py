@@ -31,6 +31,7 @@ from datasets.download import ensure_folder
 from datasets.folder import CACHE_FOLDER
 from datasets.images import cached, decode_images, decoded_images_problem
 from datasets.spec import DatasetSpec, Download, read_lines
+from utils.console import say
 
 __all__ = ["TINY"]
 
@@ -93,7 +94,7 @@ def _decoded(folder: str, split: str, files: list[str], fix: str) -> torch.Tenso
 
     def decode() -> dict[str, torch.Tensor]:
         why = "again: its cache is out of date or damaged" if os.path.exists(cache) else "once"
-        print(f"[INFO] Tiny-ImageNet: decoding the {len(files)} {split} images {why} ({cache})", flush=True)
+        say(f"[INFO] Tiny-ImageNet: decoding the {len(files)} {split} images {why} ({cache})", flush=True)
         size_fix = (
             f"Tiny-ImageNet's images are all {TINY_SIDE}x{TINY_SIDE}, so {fix}; for other images use "
             "--dataset folder with --image_size"

@@ -26,6 +26,7 @@ from pathlib import Path
 from engine.checkpoint import save_checkpoint
 from engine.csv_log import CsvLog, read_csv
 from engine.run_files import RunFiles
+from utils.console import say
 from utils.errors import UserError
 
 #: The key of the rolling checkpoint that holds the pending steps of its epoch's commit.
@@ -41,7 +42,7 @@ def commit_epoch(state: dict, row: dict, log: CsvLog, checkpoints: list[Path], r
         save_checkpoint({**state, COMMIT: pending}, rolling)
     for path in checkpoints:
         save_checkpoint(state, path)
-        print(f"[INFO] Saving in: {path}")
+        say(f"[INFO] Saving in: {path}")
     log.append(row)
 
 

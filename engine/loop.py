@@ -34,9 +34,10 @@ from engine.commit import commit_epoch
 from engine.csv_log import CsvLog
 from engine.precision import Precision
 from engine.signals import RunInterrupted, StopSignals
-from methods.base import EpochContext, Method, StepOutput
+from methods.base import EpochContext, EpochNotes, Method, StepOutput
 from utils import distributed
 from utils.checkpoint_fields import check_number, field_error
+from utils.console import say
 from utils.distributed import SINGLE, Ranks
 from utils.errors import UserError
 from utils.runtime import available_memory, format_duration
@@ -108,6 +109,18 @@ def check_resume_fields(state: dict, world_size: int, path: Path) -> None:
             check_number(saved[name], value, 0, math.inf, path, f"grad_scaler.{name}")
     if "interrupted" in state:
         EpochProgress.check_saved(state["interrupted"], world_size, path)
+
+
+def notes_line(notes: EpochNotes) -> str:
+    """A method's epoch notes as one line: `{"learning_rates": [0.01, 0.1]}` is
+    `[INFO] Learning rates: 0.01, 0.1`."""
+
+    def shown(value: float | list[float]) -> str:
+        return ", ".join(f"{number:g}" for number in value) if isinstance(value, list) else f"{value:g}"
+
+    return "[INFO] " + "; ".join(
+        f"{name[0].upper()}{name[1:].replace('_', ' ')}: {shown(value)}" for name, value in notes.items()
+    )
 
 
 class Engine:
@@ -218,9 +231,8 @@ class Engine:
         scores = dict.fromkeys(plan.monitor_columns)
         if epoch % plan.monitor_every == 0 or epoch == plan.epochs:
             start = time.time()
-            # The backbone stage 2 evaluates: the one saved as `backbone` (relic's momentum target).
-            scores.update(plan.monitor(getattr(self.method, self.method.checkpoint_keys.get("backbone", "backbone"))))
-            print(
+            scores.update(plan.monitor(self.method.evaluated_backbone))
+            say(
                 f"Epoch {epoch}/{plan.epochs} monitor [{format_duration(time.time() - start)}] "
                 + "; ".join(f"{name}: {value:.4g}" for name, value in scores.items())
             )
@@ -275,10 +287,9 @@ class Engine:
             device=self.device,
             seed=plan.seed,
         )
-        if partial is None:
-            method.on_epoch_start(context)
-        else:
-            method.on_epoch_resume(context)
+        notes = method.on_epoch_start(context) if partial is None else method.on_epoch_resume(context)
+        if notes:
+            say(notes_line(notes))
         order_generator = torch.Generator().manual_seed(derived_seed(plan.seed, epoch, SeedPurpose.DATA_ORDER))
         order = method.epoch_order(epoch, order_generator)
         if order is None:
@@ -348,7 +359,7 @@ class Engine:
         metrics = {name: (total / count.clamp(min=1)).item() for name, (total, count) in progress.sums.items()}
         seconds = time.time() - start + progress.seconds_before
         run_left = (time.time() - self.run_started) / max(self.run_steps, 1) * (plan.epochs - epoch - 1) * steps
-        print(
+        say(
             f"Epoch {epoch + 1}/{plan.epochs} [{format_duration(seconds)}, run left "
             f"{format_duration(run_left)}] loss: {loss:.6f}"
             + "".join(f"; {name}: {value:.4g}" for name, value in metrics.items())

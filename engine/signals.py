@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 
+from utils.console import say
 from utils.errors import UserError
 
 
@@ -42,7 +43,7 @@ class StopSignals:
                 return
             raise KeyboardInterrupt
         self.received, self.received_at = signum, time.monotonic()
-        print(
+        say(
             f"\n[INFO] {signal.Signals(signum).name} received: stopping after the current step "
             "(send it again to stop at once, without saving)",
             flush=True,

@@ -20,6 +20,7 @@ from torch import nn
 from backbones.features import extract_features
 from datasets import load_dataset
 from evaluation.neighbours import knn_accuracy
+from utils.console import say
 from utils.errors import UserError
 
 KNN_COLUMNS = ("knn_accuracy", "knn_top5")
@@ -42,7 +43,7 @@ def knn_monitor(
     train, test = train.balanced_subset(images, seed), test.balanced_subset(images, seed)
     neighbours = min(KNN_NEIGHBOURS, len(train))
     train_labels, test_labels = train.labels.to(device), test.labels.to(device)
-    print(f"[INFO] kNN monitor: {len(train)} training and {len(test)} test images of {dataset}, k {neighbours}")
+    say(f"[INFO] kNN monitor: {len(train)} training and {len(test)} test images of {dataset}, k {neighbours}")
 
     def score(backbone: nn.Module) -> dict:
         train_features = extract_features(backbone, train, device, desc="kNN train features")

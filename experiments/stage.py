@@ -17,11 +17,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from backbones import build_backbone
 from engine.checkpoint import read_checkpoint
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
 from engine.run_files import RunFiles
 from utils.atomic import TEXT_ENCODING, save_json
+from utils.console import say
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
 from utils.seeds import resolve_seed
@@ -75,19 +77,26 @@ def run_main(main: Callable[[], None]) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def describe_backbone(name: str, backbone: nn.Module, device: torch.device, stem: str | None = None) -> None:
+def stage_backbone(name: str, stem: str | None, device: torch.device, weights: dict | None = None) -> nn.Module:
+    """The backbone a stage runs, as every stage starts it: `name` built with `stem`, described,
+    and loaded with a checkpoint's `weights` when given (checked against it by `check_backbone`)."""
+    backbone = build_backbone(name, stem)
     if device.type != "cuda":
-        print(
+        say(
             "[WARNING] CUDA is not available."
             if not torch.cuda.is_available()
             else "[INFO] Running on the CPU although CUDA is available."
         )
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
-    print(f"[INFO] {name}{f' ({stem} stem)' if stem else ''} loaded in memory.")
-    print(f"[INFO] Feature size: {backbone.feature_size}")
-    print(f"[INFO] Feature extractor TOT trainable params: {trainable}")
-    print(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
-    print(f"[INFO] Device type: {device}")
+    say(f"[INFO] {name}{f' ({stem} stem)' if stem else ''} loaded in memory.")
+    say(f"[INFO] Feature size: {backbone.feature_size}")
+    say(f"[INFO] Feature extractor TOT trainable params: {trainable}")
+    say(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
+    say(f"[INFO] Device type: {device}")
+    if weights is not None:
+        say("[INFO] Loading checkpoint...")
+        backbone.load_state_dict(weights)
+    return backbone
 
 
 def stem_entry(stem: str | None) -> dict:
@@ -113,7 +122,7 @@ def run_seed(args: argparse.Namespace) -> int:
             return args.seed
     if args.seed < 0:
         args.seed = resolve_seed(args.seed)
-        print(f"[INFO] --seed -1: drew seed {args.seed}, which names this run's files")
+        say(f"[INFO] --seed -1: drew seed {args.seed}, which names this run's files")
     return args.seed
 
 
@@ -172,7 +181,7 @@ class ResumePoint(NamedTuple):
         writes files."""
         completed = finish_commit(self.state, self.files, self.path)
         if completed:
-            print(
+            say(
                 f"[INFO] The stopped run had saved epoch {self.state['epoch']} but not all its files: wrote "
                 + ", ".join(path.name for path in completed)
             )

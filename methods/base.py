@@ -18,6 +18,8 @@ Class attributes
                     their state dicts, tensors and numbers as they are), in the original
                     code's key names; `optional_keys` may be missing from a file.
     needs_labels    True for supervised training (the engine then refuses unlabelled data).
+    scores_test_split  True where training fits a classifier of the data set's classes: stage 1
+                    then scores it on the test split after the last epoch.
     default_lr      learning rate when the keyword `lr` is None (the stage-1 flag `--lr`).
     default_batch_size  images per step when `--data_size` is not given.
     score_name      what the `score` column of the per-epoch CSV log holds.
@@ -30,6 +32,7 @@ Instance interface
     view_groups               the views of each image per step, as groups (`ViewGroup`):
                               a count, an output size and an augmentation pipeline each.
     optimizer                 a `torch.optim.Optimizer`, created in `__init__`.
+    evaluated_backbone        the backbone the later stages evaluate: the one saved as `backbone`.
     training_step(views, labels, index) -> StepOutput
         `views` has one float tensor per group, in the order of `view_groups`; a group of
         V views of B images is (V*B, C, H, W), view-major (rows v*B .. v*B+B-1 are view v).
@@ -42,7 +45,9 @@ Instance interface
     after_step(step)          after every optimizer step; `step` counts the run's optimizer
                               steps (1 after the first). What it keeps belongs in
                               `checkpoint_keys`, so a run resumed inside an epoch continues it.
-    on_epoch_start(context)   schedules and per-epoch work such as clustering (`EpochContext`).
+    on_epoch_start(context)   schedules and per-epoch work such as clustering (`EpochContext`);
+                              returns the numbers worth telling the user (`EpochNotes`, printed
+                              by the engine as one line), or None. Methods do not print.
     on_epoch_resume(context)  the same, when a run continues inside an interrupted epoch
                               (default: on_epoch_start).
     epoch_order(epoch, generator) -> index tensor or None   the order in which the epoch
@@ -115,6 +120,10 @@ class ViewGroup:
         return self.size
 
 
+# Numbers a method reports at the start of an epoch, by name (`learning_rates`, `inertia`).
+EpochNotes = dict[str, float | list[float]]
+
+
 @dataclass(frozen=True)
 class EpochContext:
     """What a method's per-epoch hooks may use: the training set and where the run is."""
@@ -136,6 +145,7 @@ class Method(nn.Module):
     checkpoint_keys: dict[str, str] = {}
     optional_keys: frozenset[str] = frozenset({"optimizer"})
     needs_labels: bool = False
+    scores_test_split: bool = False
     score_name: str = "neg_loss"
     trains: bool = True
     drop_last: bool = False
@@ -159,6 +169,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @property
+    def evaluated_backbone(self) -> nn.Module:
+        """The backbone the later stages evaluate: the one saved under the checkpoint key
+        `backbone` (a momentum target, where the method keeps one, rather than the online network)."""
+        return getattr(self, self.checkpoint_keys.get("backbone", "backbone"))
+
+    @property
     def views_per_image(self) -> int:
         return sum(group.count for group in self.view_groups)
 
@@ -168,13 +184,15 @@ class Method(nn.Module):
     def after_step(self, step: int) -> None:
         """Called after every optimizer step; `step` is the run's count of them so far."""
 
-    def on_epoch_start(self, context: EpochContext) -> None:
-        """Called before every epoch, also the first epoch after a resume."""
+    def on_epoch_start(self, context: EpochContext) -> EpochNotes | None:
+        """Called before every epoch, also the first epoch after a resume; returns the epoch's
+        numbers to report (a new learning rate, the clustering's quality), or None."""
+        return None
 
-    def on_epoch_resume(self, context: EpochContext) -> None:
+    def on_epoch_resume(self, context: EpochContext) -> EpochNotes | None:
         """Called instead of `on_epoch_start` when a run resumes inside an interrupted epoch;
         per-epoch work whose result is in the checkpoint must not be redone."""
-        self.on_epoch_start(context)
+        return self.on_epoch_start(context)
 
     def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
         return None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.features import extract_features
-from methods.base import EpochContext, Method, StepOutput, ViewGroup
+from methods.base import EpochContext, EpochNotes, Method, StepOutput, ViewGroup
 from methods.clustering import kmeans, normalized_mutual_info, pca_whiten
 from methods.config import MethodConfig, option
 from methods.heads import accuracy_sums, backbone_and_head_adam, mlp_head
@@ -83,7 +83,7 @@ class DeepCluster(Method):
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(1, "pad_crop_flip")]
 
-    def on_epoch_start(self, context: EpochContext) -> None:
+    def on_epoch_start(self, context: EpochContext) -> EpochNotes:
         start = time.time()
         features = extract_features(self.backbone, context.data, context.device, desc="Clustering features")
         dim = features.shape[1]
@@ -104,11 +104,12 @@ class DeepCluster(Method):
         if self.sampling == "weighted":
             self.class_weights = 1.0 - counts.float() / len(labels)
         self._reset_output_layer(generator)
-        print(
-            f"[INFO] DeepCluster: {int((counts > 0).sum())}/{self.num_clusters} non-empty clusters, "
-            f"inertia {inertia:.2f}, NMI with the previous epoch {self.nmi:.4f}, "
-            f"{time.time() - start:.1f}s"
-        )
+        return {
+            "non_empty_clusters": int((counts > 0).sum()),
+            "inertia": float(inertia),
+            "NMI_with_the_previous_epoch": self.nmi,
+            "clustering_seconds": time.time() - start,
+        }
 
     def on_epoch_resume(self, context: EpochContext) -> None:
         """Inside an interrupted epoch the clustering, the new output layer and the NMI are in

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import EpochContext, Method, StepOutput, ViewGroup
+from methods.base import EpochContext, EpochNotes, Method, StepOutput, ViewGroup
 from methods.config import MethodConfig, option
 from methods.heads import accuracy_sums
 
@@ -41,6 +41,7 @@ def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) 
 class Standard(Method):
     name = "standard"
     needs_labels = True
+    scores_test_split = True
     score_name = "accuracy"
     default_lr = 0.1
     # The original StandardModel's three optimizers: supervised SGD (stage 1), linear
@@ -94,9 +95,10 @@ class Standard(Method):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))
 
-    def on_epoch_start(self, context: EpochContext) -> None:
+    def on_epoch_start(self, context: EpochContext) -> EpochNotes | None:
         if step_decay(self.optimizer, context.epoch, context.total_epochs):
-            print("[INFO] Learning rates: " + ", ".join(f"{g['lr']:g}" for g in self.optimizer.param_groups))
+            return {"learning_rates": [group["lr"] for group in self.optimizer.param_groups]}
+        return None
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         logits = self(views[0])

@@ -352,19 +352,15 @@ def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args
     """One epoch of stage 1, one of linear evaluation, then test.py, with `args` common to all
     three (their `--backbone` is `backbone`); returns (stage-1 file, stage-2 file, stage-1
     output, test output)."""
-    import test as test_stage
-    import train_linear_evaluation
-    import train_unsupervised
+    from experiments import linear_evaluation, pretraining, testing
 
-    run_stage(train_unsupervised, args + ["--method", method, "--epochs", "1", *stage1_args])
+    run_stage(pretraining, args + ["--method", method, "--epochs", "1", *stage1_args])
     stage1_out = capsys.readouterr().out
     folder = out / method / dataset
     header = f"{method}_{dataset}_{backbone}_seed_1_epoch_1"
-    run_stage(
-        train_linear_evaluation, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args]
-    )
+    run_stage(linear_evaluation, args + ["--checkpoint", str(folder / f"{header}.tar"), "--epochs", "1", *stage2_args])
     capsys.readouterr()
-    run_stage(test_stage, args + ["--checkpoint", str(folder / f"{header}_linear_evaluation.tar")])
+    run_stage(testing, args + ["--checkpoint", str(folder / f"{header}_linear_evaluation.tar")])
     return folder / f"{header}.tar", folder / f"{header}_linear_evaluation.tar", stage1_out, capsys.readouterr().out
 
 

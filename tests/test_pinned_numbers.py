@@ -34,10 +34,10 @@ from unittest import mock
 import pytest
 import torch
 
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 import methods.deepcluster
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
 from engine.loop import Engine
 from methods.base import EpochContext, StepOutput
 from tests.helpers import REPO, run_stage, stage_arguments
@@ -114,6 +114,7 @@ def weights_of(state: dict) -> dict:
         "format_version",
         "world_size",
         "interrupted",
+        "kind",
     }
     return {key: fingerprint(value) for key, value in state.items() if key not in skip}
 

@@ -1,4 +1,6 @@
-"""The first import of every script, before torch: a Ctrl-C at any instant ends it with one line.
+"""The first import of every script, before torch: `start` prepares the process for a stage.
+
+A Ctrl-C at any instant ends a script with one line.
 
 Python turns SIGINT into KeyboardInterrupt, which prints a traceback wherever it lands: while
 torch imports (seconds at start-up), between the stage's own handling and the exit. The
@@ -27,3 +29,16 @@ def _exit_interrupted(signum, frame) -> None:
 def exit_quietly_on_interrupt() -> None:
     """Install the one-line exit for SIGINT (main thread only, as Python requires)."""
     signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+def start() -> None:
+    """Prepare the process before torch loads, as a stage script's first call: the one-line
+    Ctrl-C first (torch takes seconds to import), then the CPU threads, which OpenMP reads only
+    when it loads, and the allocator's settings, before torch allocates its first large block."""
+    exit_quietly_on_interrupt()
+    # Imported here, after the handler: utils.runtime imports torch.
+    from utils.runtime import tune_allocator
+    from utils.threads import configure_threads
+
+    configure_threads()
+    tune_allocator()

@@ -148,3 +148,12 @@ def test_a_pipeline_that_keeps_the_size_refuses_another(real_subset, tmp_path):
     engine = engine_for(Resized(build_backbone("conv4"), 10), real_subset.balanced_subset(20, seed=0), tmp_path)
     with pytest.raises(ValueError, match="cannot give 16 x 16 views"):
         engine.fit()
+
+
+def test_a_methods_epoch_notes_are_one_line():
+    from engine.loop import notes_line
+
+    assert notes_line({"learning_rates": [1e-05, 0.0001]}) == "[INFO] Learning rates: 1e-05, 0.0001"
+    assert notes_line({"non_empty_clusters": 3, "NMI_with_the_previous_epoch": 0.25}) == (
+        "[INFO] Non empty clusters: 3; NMI with the previous epoch: 0.25"
+    )

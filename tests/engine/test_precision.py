@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-import train_unsupervised as stage1
+import experiments.pretraining as stage1
 from backbones import build_backbone
 from datasets import load_dataset
 from engine.precision import Precision

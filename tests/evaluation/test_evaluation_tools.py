@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from datasets import load_dataset
 from engine.csv_log import append_csv_row
 from evaluation.embedding import pca_2d, principal_components, tsne_2d

@@ -8,9 +8,9 @@ import argparse
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from experiments import cli
 from experiments.stage import run_main
 
@@ -163,7 +163,7 @@ def test_a_bad_value_is_one_line_naming_the_flag(
 
 
 def test_a_flag_of_another_method_is_refused_in_one_line(small_cifar10_root, tmp_path, capsys):
-    import train_unsupervised as stage1
+    import experiments.pretraining as stage1
     from tests.helpers import run_stage, stage_arguments
 
     with pytest.raises(SystemExit) as stopped:

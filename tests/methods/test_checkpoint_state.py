@@ -53,3 +53,12 @@ def test_a_nan_that_is_not_known_yet_is_kept():
     method = build_method("deepcluster")
     assert math.isnan(method.checkpoint_state()["cluster_nmi"])
     method.load_checkpoint_state(method.checkpoint_state())
+
+
+@pytest.mark.parametrize(
+    "method,attribute", [("relic", "target_backbone"), ("byol", "backbone"), ("standard", "backbone")]
+)
+def test_the_evaluated_backbone_is_the_one_saved_as_backbone(method, attribute):
+    built = build_method(method)
+    assert built.evaluated_backbone is getattr(built, attribute)
+    assert built.evaluated_backbone.state_dict().keys() == built.checkpoint_state()["backbone"].keys()

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
 from datasets import load_dataset
 from methods import METHODS
 from methods.config import ConfigError

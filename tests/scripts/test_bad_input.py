@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from backbones import build_backbone
 from methods.standard import Standard
 from tests.helpers import build_method, run_stage, stage_arguments, write_image_folder

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import test as stage3
+import experiments.testing as stage3
 from tests.helpers import load, read_log, run_stage, stage_arguments, three_stages
 
 # Small heads and one warm-up epoch: the tests' cost, not the reference settings.

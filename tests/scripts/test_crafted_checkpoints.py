@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import test as test_stage
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as test_stage
 from engine.checkpoint import save_checkpoint
 from engine.commit import COMMIT
 from tests.helpers import load, run_stage, stage_arguments

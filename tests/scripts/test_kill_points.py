@@ -20,8 +20,8 @@ import stat
 import pytest
 import torch
 
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
 from engine.commit import COMMIT
 from tests.helpers import load, read_log, run_stage, stage_arguments
 from utils import atomic

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from methods.standard import Standard
 from tests.helpers import load, read_log, run_stage, stage_arguments
 
@@ -36,6 +36,7 @@ def test_logistic_regression_files_keys_and_test_py_accuracy(random_backbone, ca
     name = f"{HEADER}_logistic_regression"
     state = load(folder / f"{name}.tar")
     assert set(state) == set(Standard.checkpoint_keys) | {
+        "kind",
         "classifier_kind",
         "objective",
         "iterations",
@@ -49,7 +50,8 @@ def test_logistic_regression_files_keys_and_test_py_accuracy(random_backbone, ca
         "pretraining_dataset",
         "pretraining_epochs",
     }
-    assert state["classifier_kind"] == "logistic_regression" and state["classifier"]["weight"].shape == (10, 64)
+    assert state["kind"] == state["classifier_kind"] == "logistic_regression"
+    assert state["classifier"]["weight"].shape == (10, 64)
     assert state["args"]["classifier"] == "logistic" and state["args"]["epochs"] is None
     assert state["args"]["logistic_c"] == 1.0 and state["args"]["logistic_max_iter"] == 100
     config = json.loads((folder / f"config_{name}.json").read_text())

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import train_unsupervised as stage1
+import experiments.pretraining as stage1
 from experiments.monitoring import tensorboard_listener
 from tests.helpers import load, one_line, read_log, run_stage, stage_arguments
 from utils.errors import UserError

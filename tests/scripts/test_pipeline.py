@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from backbones import build_backbone
 from experiments.cli import stage1_parser
 from experiments.options import stage1_config

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import termios
 
-import train_unsupervised as stage1
+import experiments.pretraining as stage1
 from tests.helpers import REPO, load, read_log, run_stage, stage_arguments
 
 

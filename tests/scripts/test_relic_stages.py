@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import test as stage3
-import train_linear_evaluation as stage2
+import experiments.linear_evaluation as stage2
+import experiments.testing as stage3
 from tests.helpers import load, run_stage, stage_arguments, three_stages
 
 

@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-import test as stage3
-import train_unsupervised as stage1
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from engine.loop import Engine
 from tests.helpers import load, read_log, run_stage, stage_arguments
 

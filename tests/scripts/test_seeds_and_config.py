@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from experiments import stage
 from tests.helpers import read_log, run_stage, stage_arguments
 

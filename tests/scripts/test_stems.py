@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import test as stage3
-import train_linear_evaluation as stage2
-import train_unsupervised as stage1
+import experiments.linear_evaluation as stage2
+import experiments.pretraining as stage1
+import experiments.testing as stage3
 from tests.helpers import load, run_stage, stage_arguments, three_stages
 
 STAGE1_TINY = ["--K", "2", "--data_size", "8", "--train_subset", "16"]

@@ -24,9 +24,9 @@ def fit_and_dump(self, *args, **kwargs):
     torch.save(self.method.state_dict(), os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
     return row
 engine.Engine.fit = fit_and_dump
-import train_unsupervised
+from experiments import pretraining
 from experiments.stage import run_main
-run_main(lambda: train_unsupervised.main(sys.argv[1:]))
+run_main(lambda: pretraining.main(sys.argv[1:]))
 """
 
 

@@ -1,0 +1,258 @@
+"""Stage 1, run by train_unsupervised.py: train a backbone with a method of the registry and save its
+checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+
+from torch import nn
+
+from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
+from datasets import ImageSet, image_side, load_dataset, pretraining_split
+from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint
+from engine.locks import RunLock
+from engine.loop import Engine, TrainingPlan
+from engine.run_files import RunFiles, run_header
+from evaluation.linear import evaluate
+from experiments.cli import apply_gpu_flag, stage1_parser
+from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener
+from experiments.options import stage1_config
+from experiments.stage import ResumePoint, record_config, resume_point, run_seed, stage_backbone, stem_entry
+from methods import METHODS
+from methods.config import MethodConfig
+from utils import distributed
+from utils.console import say, silenced
+from utils.errors import UserError
+from utils.runtime import resolve_device
+from utils.seeds import seed_everything
+
+
+def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
+    """Whether a numbered checkpoint is written after `epoch` epochs: at 25/50/75/100% as in
+    the original code, and every `save_every` epochs (a test, not a set: --epochs may be huge)."""
+    quarters = {int(total * q) for q in (0.25, 0.5, 0.75)} | {total}
+    return epoch > 0 and (epoch in quarters or bool(save_every) and epoch % save_every == 0)
+
+
+def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | None]:
+    """The fresh backbone of the run, built with the stem `--stem` gives images of `side` px,
+    and that stem."""
+    stem = resolve_stem(args.backbone, args.stem, side)
+    return stage_backbone(args.backbone, stem, device), stem
+
+
+def refuse_to_replace(args, files: RunFiles) -> None:
+    """A new run may not take the name of a run with saved files unless --overwrite says so
+    (a config alone is the trace of a run that died before its first save)."""
+    saved = [path for path in files.outputs() if path != files.config]
+    if saved and not args.overwrite:
+        raise UserError(
+            f"{files.directory} already holds run {files.header} ({saved[0].name}): pass "
+            "--resume auto to continue it, --id to start a separate run, or --overwrite to replace it"
+        )
+
+
+def replace_outputs(files: RunFiles) -> None:
+    """Remove the files of the run this one replaces, just before its first write (the inputs
+    are checked by then, so a run refused for a bad input removes nothing)."""
+    removed = files.remove_outputs()
+    if removed:
+        say(f"[INFO] Removed {len(removed)} file(s) of the earlier run {files.header}, which this run replaces")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage1_parser()
+    args = parser.parse_args(argv)
+    apply_gpu_flag(args)
+    method_class = METHODS[args.method]
+    config = stage1_config(method_class, args)
+    if args.data_size < method_class.min_batch_size:
+        raise UserError(
+            f"--data_size {args.data_size}: {args.method} needs at least {method_class.min_batch_size} images per batch"
+        )
+    refuse_stem_without_choice(args.backbone, args.stem)  # before the data are read
+    ranks = distributed.launched_ranks()
+    device = distributed.start(ranks, resolve_device(args.device))
+    try:
+        with silenced(not ranks.is_main):  # rank 0 speaks for the run; errors still reach stderr
+            args.seed = distributed.broadcast_object(run_seed(args))  # every rank uses rank 0's seed
+            header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
+            files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
+            with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
+                train(args, files, method_class, config, device, ranks, parser.may_change_on_resume)
+    finally:
+        distributed.stop()
+
+
+def train(
+    args, files: RunFiles, method_class, config: MethodConfig, device, ranks: distributed.Ranks, may_change: set[str]
+) -> None:
+    """Train the run, step by step; `may_change`: the arguments a resumed run may change."""
+    if ranks.is_main:
+        files.remove_temporary()
+    resume = find_resume(args, files, may_change, ranks) if args.resume else None
+    seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
+    say(f"[INFO] Setting SEED: {seed}")
+    seed_everything(seed)
+    if not resume:
+        refuse_to_replace(args, files)
+    if not method_class.trains:
+        if ranks.is_main:
+            save_untrained(args, files, method_class, config, device)
+        return
+    start_epoch = resume.state["epoch"] if resume else args.epoch_start if args.checkpoint else 0
+    if start_epoch >= args.epochs and not (resume and resume.unfinished):
+        raise UserError(
+            f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
+            f"{args.epochs}; raise --epochs to train longer"
+        )
+    data = training_images(args, method_class, ranks, device)
+    backbone, stem = stage1_backbone(args, data.side, device)
+    method = method_class(backbone, data.num_classes, config, lr=args.lr).to(device)
+    for group in method.view_groups:
+        check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
+    if not restore(method, args, stem, resume, start_epoch, ranks):
+        return
+    engine = Engine(method, data, training_plan(args, files, method_class, stem, device, ranks), device)
+    if ranks.is_main:
+        if not resume:
+            replace_outputs(files)
+        record_config(
+            files.config,
+            args,
+            seed,
+            device,
+            stage="train_unsupervised",
+            stem=stem,
+            training_images=len(data),
+            world_size=ranks.world_size,
+            input_normalisation={"mean": list(data.mean), "std": list(data.std)},
+        )
+    engine.fit(start_epoch, resume.state if resume else None)
+    if method_class.scores_test_split and ranks.is_main:
+        score_on_test_split(args, method, device)
+
+
+def find_resume(args, files: RunFiles, may_change: set[str], ranks: distributed.Ranks) -> ResumePoint:
+    """The checkpoint `--resume` continues, checked to be this method's run made alike."""
+    return resume_point(
+        args,
+        files,
+        may_change,
+        ranks.world_size,
+        without_state="use --checkpoint with --epoch_start instead",
+        check_kind=lambda state, path: refuse_other_kind(state, path, args.method),
+    )
+
+
+def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, device) -> None:
+    """Save the final checkpoint of a method that does not train (its fresh backbone)."""
+    replace_outputs(files)
+    backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
+    method = method_class(backbone, 0, config, lr=args.lr)
+    save_checkpoint(
+        {
+            **method.checkpoint_state(),
+            "method": args.method,
+            "backbone_name": args.backbone,
+            **stem_entry(stem),
+            "seed": args.seed,
+            "args": vars(args),
+        },
+        files.final,
+    )
+    record_config(files.config, args, args.seed, device, stage="train_unsupervised", stem=stem)
+    say(f"Saving in: {files.final}")
+
+
+def training_images(args, method_class, ranks: distributed.Ranks, device) -> ImageSet:
+    """The training images of the run (labelled where the method needs labels), announced."""
+    split = pretraining_split(args.dataset, method_class.needs_labels)
+    data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
+    if method_class.needs_labels and bool((data.labels < 0).any()):
+        raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
+    data = data.balanced_subset(args.train_subset, args.seed)
+    say(
+        f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
+        f"{data.side}x{data.side}, {data.num_classes} classes)"
+    )
+    if ranks.distributed:
+        say(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
+    if args.precision == "fp16" and device.type == "cpu":
+        say("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
+    return data
+
+
+def restore(
+    method, args, stem: str | None, resume: ResumePoint | None, start_epoch: int, ranks: distributed.Ranks
+) -> bool:
+    """Load the state the run continues (`--resume`) or starts from (`--checkpoint`); False
+    when a resumed run had trained all its epochs, so nothing is left to train."""
+    if resume:
+        check_backbone(resume.state, args.backbone, resume.path, stem)
+        method.load_checkpoint_state(resume.state, resume.path)
+        if ranks.is_main:
+            resume.finish()
+        if start_epoch >= args.epochs:
+            say(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
+            return False
+        say(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
+    elif args.checkpoint:
+        state = read_checkpoint(args.checkpoint)
+        check_backbone(state, args.backbone, args.checkpoint, stem)
+        refuse_other_kind(state, args.checkpoint, args.method)
+        say(f"Loading checkpoint: {args.checkpoint}")
+        method.load_checkpoint_state(state, args.checkpoint)
+        say("Loading checkpoint: Done!")
+    return True
+
+
+def training_plan(
+    args, files: RunFiles, method_class, stem: str | None, device, ranks: distributed.Ranks
+) -> TrainingPlan:
+    """How the engine trains the run: epochs, batches, files, precision, monitoring."""
+    watching = ranks.is_main and args.eval_every > 0
+    monitor = (
+        knn_monitor(
+            args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, args.seed, device
+        )
+        if watching
+        else None
+    )
+    listeners = [tensorboard_listener(args.tensorboard, files.header)] if args.tensorboard and ranks.is_main else []
+    return TrainingPlan(
+        epochs=args.epochs,
+        batch_size=args.data_size,
+        seed=args.seed,
+        log_path=files.log,
+        checkpoint_paths=lambda e: (
+            [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every) else []
+        ),
+        rolling_checkpoint=files.last_checkpoint,
+        extra_state={
+            "method": args.method,
+            "backbone_name": args.backbone,
+            **stem_entry(stem),
+            "dataset": args.dataset,
+            "seed": args.seed,
+            "args": vars(args),
+            "world_size": ranks.world_size,
+        },
+        drop_last=method_class.drop_last,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        ranks=ranks,
+        monitor=monitor,
+        monitor_every=args.eval_every,
+        monitor_columns=KNN_COLUMNS if monitor else (),
+        row_listeners=listeners,
+    )
+
+
+def score_on_test_split(args, method, device) -> None:
+    """Score the classifier a supervised run trained on the test split."""
+    test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
+    result = evaluate(method.backbone, method.classifier, test, device)
+    say(f"Test loss: {result['loss']:.4f}")
+    say(f"Test accuracy: {result['accuracy']:.2f}%")
