@@ -1,4 +1,4 @@
-"""Batched augmentation (datasets/augment.py) against torchvision, op by op and in distribution."""
+"""Batched augmentation (datasets/augment*.py) against torchvision, op by op and in distribution."""
 
 import math
 import pickle
@@ -11,18 +11,15 @@ import torchvision.transforms.functional as TF
 import torchvision.transforms.v2 as v2
 from PIL import Image
 
-from datasets.augment import (
-    PIPELINES,
-    CropColorAugmentation,
+from datasets.augment import PIPELINES, CropColorAugmentation, build_augmentation
+from datasets.augment_geometric import random_resized_crop_boxes, resized_crop_flip
+from datasets.augment_photometric import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
-    build_augmentation,
     gaussian_blur,
-    random_resized_crop_boxes,
-    resized_crop_flip,
 )
 from tests.helpers import SHARED_CIFAR10
 
