@@ -1,36 +1,26 @@
-"""Batched image augmentation on the training device, with random parameters per image.
+"""Batched image augmentation on the training device, with random parameters per image,
+built from a typed description of the views (`build_augmentation`).
 
 Each pipeline mirrors a torchvision pipeline of the original code (applied there to one PIL
 image at a time) but transforms a whole uint8 batch (N, 3, H, W) at once and returns
 normalised float32 (N, 3, H, W). Every random number comes from the `torch.Generator`
 passed in, which lives on the images' device, so a seeded generator reproduces a batch.
 
-Pipelines are registered by what they do (`PIPELINES`); the names the original code's
-roles gave them stay valid as aliases (`ALIASES`):
+A method declares its views as frozen dataclasses whose fields are the parameters:
+`CropColorViews` (random resized crop, flip, colour jitter, grayscale, then optionally
+Gaussian blur and solarize: the self-supervised methods' views), `CropFlipViews` (zero-padded
+random crop and flip by the data set's `padding`, or flip only), `NormalisedViews`
+(normalisation only) and `AffineEraseViews` (flip, random affine, random erasing by the data
+set's `cutout`: the original supervised STL-10 baseline). Names select views only where a
+command line or a recorded argument does (`named_views`).
 
-    crop_color_gray    random resized crop (scale 0.08-1), flip, colour jitter, grayscale
-                       (relationnet, simclr; alias "relationnet")
-    crop_color_gray_blur_solarize   the same with crop scale 0.1-1, then Gaussian blur and
-                       solarize with p 0.2 (relic's global views)
-    crop_color_gray_blur            crop scale 0.05-1, then Gaussian blur (relic's local views)
-    crop_softcolor_gray_blur        crop scale 0.08-1, the milder colour jitter of BYOL
-                       (0.4, 0.4, 0.2, 0.1), Gaussian blur always (BYOL's first view; also
-                       barlowtwins' and vicreg's)
-    crop_softcolor_gray_blur_solarize   the same with blur p 0.1 and solarize p 0.2 (BYOL's
-                       second view)
-    crop_softcolor_gray_halfblur    jitter (0.4, 0.4, 0.4, 0.1), blur p 0.5 (simsiam, both views)
-                       (the crop_color_gray pipelines can resize to another `size`)
-    pad_crop_flip      zero-padded random crop and flip (rotationnet, deepcluster, standard;
-                       alias "standard")
-    flip               horizontal flip (deepinfomax)
-    none               normalisation only (linear evaluation, test)
-    flip_affine_erase  flip, random affine, random erasing with the data set's cutout scale
-                       (the original supervised STL-10 baseline; alias "finetune")
+The geometric ops live in `datasets/augment_geometric.py`, the colour and blur ops in
+`datasets/augment_photometric.py`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +44,77 @@ from datasets.augment_photometric import (
 )
 
 
+class Views:
+    """What a view group's augmentation does; the subclasses are frozen dataclasses whose
+    fields are its parameters."""
+
+    def side(self, image_side: int) -> int | None:
+        """The views' side for images of `image_side` pixels (None: the images' own)."""
+        return None
+
+
+@dataclass(frozen=True)
+class CropColorViews(Views):
+    """RandomResizedCrop(scale `crop_scale`) + RandomHorizontalFlip(0.5) + ColorJitter(`jitter`:
+    brightness, contrast, saturation, hue) with p `jitter_p` in a random order per image +
+    RandomGrayscale(`gray_p`), then RandomApply(GaussianBlur(`blur_kernel_size` of the input
+    side, sigma `blur_sigma`), `blur_p`) and RandomSolarize(127, `solarize_p`).
+
+    The views are `size` pixels square, or `size_ratio` times the images' side (rounded down,
+    as multi-crop's local views: 3/7 gives 13 px on CIFAR); neither: the images' own size.
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    size: int | None = None
+    size_ratio: float | None = None
+
+    def __post_init__(self):
+        for name in ("jitter_p", "gray_p", "blur_p", "solarize_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.size is not None and self.size_ratio is not None:
+            raise ValueError("give the views a size or a size_ratio, not both")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be at least 1, got {self.size}")
+
+    @property
+    def blurs_or_solarizes(self) -> bool:
+        """Whether the blur and solarize step runs, and so draws its random numbers."""
+        return self.blur_p > 0 or self.solarize_p > 0
+
+    def side(self, image_side: int) -> int | None:
+        if self.size_ratio is not None:
+            return max(1, int(image_side * self.size_ratio))
+        return self.size
+
+
+@dataclass(frozen=True)
+class CropFlipViews(Views):
+    """RandomCrop(the data set's `padding`, zero fill) + RandomHorizontalFlip(0.5); not
+    `padded`: the flip only."""
+
+    padded: bool = True
+
+
+@dataclass(frozen=True)
+class NormalisedViews(Views):
+    """ToTensor + Normalize: the images themselves."""
+
+
+@dataclass(frozen=True)
+class AffineEraseViews(Views):
+    """Flip, random affine and random erasing by the data set's `cutout` scale
+    (`FinetuneAugmentation`)."""
+
+
 def _computes_subsets(device: torch.device) -> bool:
     return device.type == "cpu"
 
@@ -73,17 +134,12 @@ def _apply_where(x: torch.Tensor, mask: torch.Tensor, op, *per_image: torch.Tens
 
 class Augmentation:
     """Callable: uint8 (N, 3, H, W) batch and a generator on its device -> normalised float32
-    (N, 3, size, size), or (N, 3, H, W) when `size` is None."""
+    (N, 3, H, W), or (N, 3, size, size) where the views ask for another `size`."""
 
-    resizes = False  # whether the pipeline can give another size than its input's
-
-    def __init__(self, mean: tuple, std: tuple, size: int | None = None):
+    def __init__(self, mean: tuple, std: tuple):
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
-        if size is not None and size < 1:
-            raise ValueError(f"size must be at least 1, got {size}")
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
-        self.size = size
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if (
@@ -100,11 +156,6 @@ class Augmentation:
             raise ValueError(f"expected a uint8 tensor (N, 3, H, W), got {desc}")
         if generator.device.type != images.device.type:
             raise ValueError(f"generator is on {generator.device}, images on {images.device}")
-        if self.size is not None and not self.resizes and images.shape[-2:] != (self.size, self.size):
-            raise ValueError(
-                f"{type(self).__name__} keeps the images' size {tuple(images.shape[-2:])}; "
-                f"it cannot give {self.size} x {self.size} views"
-            )
         return self.augment(images, generator)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -130,8 +181,8 @@ class Normalise(Augmentation):
 class CropFlip(Augmentation):
     """RandomCrop(padding, zero fill) + RandomHorizontalFlip(0.5); padding 0 is flip only."""
 
-    def __init__(self, mean: tuple, std: tuple, padding: int = 0, size: int | None = None):
-        super().__init__(mean, std, size)
+    def __init__(self, mean: tuple, std: tuple, padding: int = 0):
+        super().__init__(mean, std)
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.padding = int(padding)
@@ -154,72 +205,62 @@ class CropFlip(Augmentation):
 
 
 class CropColorAugmentation(Augmentation):
-    """RandomResizedCrop(scale `crop_scale`) + flip + ColorJitter(`jitter`, default .8, .8, .8,
-    .2) with p .8 in a random order per image + RandomGrayscale(.2): the original
-    relationnet/simclr pipeline (crop scale (0.08, 1)); with `blur`, then
-    RandomApply(GaussianBlur(blur_kernel_size(input side), sigma (0.1, 2)), `blur_p`) and
-    RandomSolarize(127, `solarize_p`): relic-pytorch's views (blur p 1), BYOL's (p 1 and 0.1).
+    """The pipeline of `CropColorViews`: the original relationnet/simclr pipeline with its
+    defaults, relic-pytorch's views and BYOL's with blur and solarize.
 
     All parameters of the batch are drawn first (the blur and solarize ones after the
-    others, and the draw of which images are blurred only when blur_p < 1, so each pipeline
-    draws what it drew before the options that it does not use existed), then images are
-    processed in chunks that stay in cache on the CPU; the chunk size therefore changes the
-    result by float rounding at most (a kernel may vectorise batches of other sizes otherwise).
+    others, only for views that blur or solarize, and the draw of which images are blurred
+    only when `blur_p` < 1, so each pipeline draws what it drew before the options that it
+    does not use existed), then images are processed in chunks that stay in cache on the CPU;
+    the chunk size therefore changes the result by float rounding at most (a kernel may
+    vectorise batches of other sizes otherwise).
     """
 
-    jitter_p = 0.8
-    grayscale_p = 0.2
-    blur_sigma = (0.1, 2.0)
     solarize_threshold = 127 / 255
-    resizes = True
 
     def __init__(
         self,
         mean: tuple,
         std: tuple,
+        views: CropColorViews = CropColorViews(),
         chunk_size: int | None = None,
-        size: int | None = None,
-        crop_scale: tuple = (0.08, 1.0),
-        blur: bool = False,
-        solarize_p: float = 0.0,
-        jitter: tuple = (0.8, 0.8, 0.8, 0.2),
-        blur_p: float = 1.0,
     ):
-        super().__init__(mean, std, size)
+        super().__init__(mean, std)
+        self.views = views
         self.chunk_size = chunk_size  # None: 256 on the CPU, the whole batch elsewhere
-        self.crop_scale, self.blur, self.solarize_p = tuple(crop_scale), blur, solarize_p
-        self.jitter, self.blur_p = tuple(jitter), blur_p
 
     def augment(self, images, generator):
         n, _, height, width = images.shape
         device = images.device
-        boxes = random_resized_crop_boxes(n, height, width, generator, scale=self.crop_scale)
+        views = self.views
+        boxes = random_resized_crop_boxes(n, height, width, generator, scale=views.crop_scale)
         u = torch.rand(n, 11, generator=generator, device=device)
         flip = u[:, 0] < 0.5
-        jittered = u[:, 1] < self.jitter_p
-        b, c, s, h = self.jitter
+        jittered = u[:, 1] < views.jitter_p
+        b, c, s, h = views.jitter
         factors = torch.stack(
             (1 - b + 2 * b * u[:, 2], 1 - c + 2 * c * u[:, 3], 1 - s + 2 * s * u[:, 4], h * (2 * u[:, 5] - 1)), dim=1
         )
         order = u[:, 6:10].argsort(dim=1)  # a uniform random permutation of the 4 ops per image
-        gray = u[:, 10] < self.grayscale_p
-        if self.blur:
+        gray = u[:, 10] < views.gray_p
+        if views.blurs_or_solarizes:
             extra = torch.rand(n, 2, generator=generator, device=device)
-            low, high = self.blur_sigma
+            low, high = views.blur_sigma
             sigma = low + (high - low) * extra[:, 0]
-            solarized = extra[:, 1] < self.solarize_p
-            blurred = torch.rand(n, generator=generator, device=device) < self.blur_p if self.blur_p < 1 else None
+            solarized = extra[:, 1] < views.solarize_p
+            blurred = torch.rand(n, generator=generator, device=device) < views.blur_p if views.blur_p < 1 else None
             kernel_size = blur_kernel_size(height)
 
-        side = (height, width) if self.size is None else (self.size, self.size)
+        size = views.side(height)
+        side = (height, width) if size is None else (size, size)
         out = torch.empty((n, 3, *side), dtype=torch.float32, device=device)
         chunk = self.chunk_size or (256 if device.type == "cpu" else max(n, 1))
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            x = resized_crop_flip(images[part].float().div_(255), boxes[part], flip[part], self.size)
+            x = resized_crop_flip(images[part].float().div_(255), boxes[part], flip[part], size)
             x = self._jitter(x, jittered[part], order[part], factors[part])
             x = _apply_where(x, gray[part], grayscale_rgb)
-            if self.blur:
+            if views.blurs_or_solarizes:
                 if blurred is None:
                     x = gaussian_blur(x, kernel_size, sigma[part])
                 else:
@@ -257,8 +298,8 @@ class FinetuneAugmentation(Augmentation):
     degrees, translate, scale, shear = 18.0, (0.1, 0.1), (0.9, 1.1), 10.0
     affine_p = erasing_p = 0.5
 
-    def __init__(self, mean: tuple, std: tuple, cutout: float, size: int | None = None):
-        super().__init__(mean, std, size)
+    def __init__(self, mean: tuple, std: tuple, cutout: float):
+        super().__init__(mean, std)
         if not 0.0 <= cutout <= 1.0:
             raise ValueError(f"cutout must be in [0, 1], got {cutout}")
         self.cutout = float(cutout)
@@ -287,55 +328,39 @@ class FinetuneAugmentation(Augmentation):
         return f"{super().__repr__()[:-1]}, cutout={self.cutout})"
 
 
-def _no_cutout() -> float:
-    raise ValueError(
-        "the flip_affine_erase (finetune) augmentation needs the data set's cutout scale, and "
-        "this data set defines none (the original code has none for tiny and slim)"
-    )
-
-
-# BYOL's colour jitter (brightness, contrast, saturation, hue), milder than SimCLR's (0.8, 0.8, 0.8, 0.2).
-BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
-# name -> factory(mean, std, padding, cutout, size); see the module's docstring.
-PIPELINES: dict[str, Callable[..., Augmentation]] = {
-    "crop_color_gray": lambda mean, std, padding, cutout, size: CropColorAugmentation(mean, std, size=size),
-    "crop_color_gray_blur_solarize": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, crop_scale=(0.1, 1.0), blur=True, solarize_p=0.2
-    ),
-    "crop_color_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, crop_scale=(0.05, 1.0), blur=True
-    ),
-    "crop_softcolor_gray_blur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, jitter=BYOL_JITTER, blur=True
-    ),
-    "crop_softcolor_gray_blur_solarize": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, jitter=BYOL_JITTER, blur=True, blur_p=0.1, solarize_p=0.2
-    ),
-    "crop_softcolor_gray_halfblur": lambda mean, std, padding, cutout, size: CropColorAugmentation(
-        mean, std, size=size, jitter=(0.4, 0.4, 0.4, 0.1), blur=True, blur_p=0.5
-    ),
-    "pad_crop_flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, padding, size),
-    "flip": lambda mean, std, padding, cutout, size: CropFlip(mean, std, 0, size),
-    "none": lambda mean, std, padding, cutout, size: Normalise(mean, std, size),
-    "flip_affine_erase": lambda mean, std, padding, cutout, size: FinetuneAugmentation(
-        mean, std, _no_cutout() if cutout is None else cutout, size
-    ),
+# The views a name selects: the supervised method's recorded `augmentation` (by data set in
+# stage 1) and stage 2's `--augmentation`.
+NAMED_VIEWS: dict[str, Views] = {
+    "pad_crop_flip": CropFlipViews(),
+    "flip_affine_erase": AffineEraseViews(),
+    "standard": CropFlipViews(),
+    "none": NormalisedViews(),
 }
-ALIASES = {"relationnet": "crop_color_gray", "standard": "pad_crop_flip", "finetune": "flip_affine_erase"}
 
 
-def pipeline_name(name: str) -> str:
-    """The registered name of a pipeline or of its alias."""
-    resolved = ALIASES.get(name, name)
-    if resolved not in PIPELINES:
-        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join([*PIPELINES, *ALIASES])}")
-    return resolved
+def named_views(name: str) -> Views:
+    """The views of a name of `NAMED_VIEWS`."""
+    if name not in NAMED_VIEWS:
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(NAMED_VIEWS)}")
+    return NAMED_VIEWS[name]
 
 
 def build_augmentation(
-    name: str, mean: tuple, std: tuple, padding: int = 0, *, cutout: float | None = None, size: int | None = None
+    views: Views, mean: tuple, std: tuple, padding: int = 0, *, cutout: float | None = None
 ) -> Augmentation:
-    """The batch augmentation `name` (a key of PIPELINES or ALIASES); `padding` is used by
-    pad_crop_flip, `cutout` (the data set's RandomErasing scale) by flip_affine_erase, and
-    `size` is the side of the views (None: the images' own)."""
-    return PIPELINES[pipeline_name(name)](mean, std, padding, cutout, size)
+    """The batch augmentation of `views`, normalised by the data set's `mean` and `std`;
+    `padding` is the data set's `RandomCrop` padding and `cutout` its `RandomErasing` scale."""
+    if isinstance(views, CropColorViews):
+        return CropColorAugmentation(mean, std, views)
+    if isinstance(views, CropFlipViews):
+        return CropFlip(mean, std, padding if views.padded else 0)
+    if isinstance(views, NormalisedViews):
+        return Normalise(mean, std)
+    if isinstance(views, AffineEraseViews):
+        if cutout is None:
+            raise ValueError(
+                "the flip_affine_erase (finetune) augmentation needs the data set's cutout scale, and "
+                "this data set defines none (the original code has none for tiny and slim)"
+            )
+        return FinetuneAugmentation(mean, std, cutout)
+    raise TypeError(f"no augmentation is built from a {type(views).__name__}")

@@ -28,7 +28,7 @@ Class attributes
 
 Instance interface
     view_groups               the views of each image per step, as groups (`ViewGroup`):
-                              a count, an output size and an augmentation pipeline each.
+                              a count and the views' augmentation each.
     optimizer                 a `torch.optim.Optimizer`, created in `__init__`.
     training_step(views, labels, index) -> StepOutput
         `views` has one float tensor per group, in the order of `view_groups`; a group of
@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from datasets import ImageSet
+from datasets.augment import Views
 from methods.config import MethodConfig
 from utils.checkpoint_fields import (
     check_data_tensor,
@@ -98,21 +99,14 @@ class StepOutput:
 
 @dataclass(frozen=True)
 class ViewGroup:
-    """`count` views of every image through the augmentation `pipeline` (a name of
-    `datasets.augment.PIPELINES`), `size` pixels square, or `size_ratio` times the images'
-    side (rounded down, as multi-crop's local views: 3/7 gives 13 px on CIFAR); neither: the
-    images' own size."""
+    """`count` views of every image, augmented as `views` describes (`datasets.augment`)."""
 
     count: int
-    pipeline: str
-    size: int | None = None
-    size_ratio: float | None = None
+    views: Views
 
     def side(self, image_side: int) -> int | None:
         """The views' side for images of `image_side` pixels (None: the images' own)."""
-        if self.size_ratio is not None:
-            return max(1, int(image_side * self.size_ratio))
-        return self.size
+        return self.views.side(image_side)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import test as stage3
 import train_linear_evaluation as stage2
 import train_unsupervised as stage1
 from backbones import build_backbone
+from datasets.augment import AffineEraseViews
 from experiments.cli import stage1_parser
 from experiments.options import stage1_config
 from experiments.stage import run_main
@@ -422,7 +423,7 @@ def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tm
     assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
     stl10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "stl10"])
     standard = Standard(build_backbone("conv4"), 10, stage1_config(Standard, stl10_args))
-    assert standard.view_groups == [ViewGroup(1, "flip_affine_erase")]
+    assert standard.view_groups == [ViewGroup(1, AffineEraseViews())]
 
 
 def test_sigterm_during_linear_evaluation_is_one_line_and_saves_nothing_half_done(small_cifar10_root, tmp_path):
