@@ -9,7 +9,7 @@ from torch import nn
 from tqdm import tqdm
 
 from datasets import ImageSet
-from datasets.augment import build_augmentation
+from datasets.augment import NormalisedViews, build_augmentation
 from utils.errors import UserError
 
 
@@ -27,7 +27,7 @@ def extract_features(
     every score computed from them would be chance."""
     was_training = backbone.training
     backbone.eval()
-    normalise = build_augmentation("none", data.mean, data.std)
+    normalise = build_augmentation(NormalisedViews(), data.mean, data.std)
     generator = torch.Generator(device=device)
     chunks = []
     for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, disable=None):

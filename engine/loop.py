@@ -136,9 +136,7 @@ class Engine:
         self.images = data.images.to(self.data_device)
         self.labels = data.labels.to(self.data_device)
         self.augmentations = [
-            build_augmentation(
-                group.pipeline, data.mean, data.std, data.padding, cutout=data.cutout, size=group.side(data.side)
-            )
+            build_augmentation(group.views, data.mean, data.std, data.padding, cutout=data.cutout)
             for group in method.view_groups
         ]
         self.generator = torch.Generator(device=device)

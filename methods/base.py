@@ -30,7 +30,7 @@ Class attributes
 
 Instance interface
     view_groups               the views of each image per step, as groups (`ViewGroup`):
-                              a count, an output size and an augmentation pipeline each.
+                              a count and the views' augmentation each.
     optimizer                 a `torch.optim.Optimizer`, created in `__init__`.
     evaluated_backbone        the backbone the later stages evaluate: the one saved as `backbone`.
     training_step(views, labels, index) -> StepOutput
@@ -71,6 +71,7 @@ import torch
 from torch import nn
 
 from datasets import ImageSet
+from datasets.augment import Views
 from methods.config import MethodConfig
 from utils.checkpoint_fields import (
     check_data_tensor,
@@ -103,21 +104,14 @@ class StepOutput:
 
 @dataclass(frozen=True)
 class ViewGroup:
-    """`count` views of every image through the augmentation `pipeline` (a name of
-    `datasets.augment.PIPELINES`), `size` pixels square, or `size_ratio` times the images'
-    side (rounded down, as multi-crop's local views: 3/7 gives 13 px on CIFAR); neither: the
-    images' own size."""
+    """`count` views of every image, augmented as `views` describes (`datasets.augment`)."""
 
     count: int
-    pipeline: str
-    size: int | None = None
-    size_ratio: float | None = None
+    views: Views
 
     def side(self, image_side: int) -> int | None:
         """The views' side for images of `image_side` pixels (None: the images' own)."""
-        if self.size_ratio is not None:
-            return max(1, int(image_side * self.size_ratio))
-        return self.size
+        return self.views.side(image_side)
 
 
 # Numbers a method reports at the start of an epoch, by name (`learning_rates`, `inertia`).

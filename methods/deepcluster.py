@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.features import extract_features
+from datasets.augment import CropFlipViews
 from methods.base import EpochContext, EpochNotes, Method, StepOutput, ViewGroup
 from methods.clustering import kmeans, normalized_mutual_info, pca_whiten
 from methods.config import MethodConfig, option
@@ -81,7 +82,7 @@ class DeepCluster(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        return [ViewGroup(1, "pad_crop_flip")]
+        return [ViewGroup(1, CropFlipViews())]
 
     def on_epoch_start(self, context: EpochContext) -> EpochNotes:
         start = time.time()

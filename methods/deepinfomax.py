@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.augment import CropFlipViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.config import ConfigError, MethodConfig, option
 from methods.heads import backbone_and_head_adam
@@ -204,7 +205,7 @@ class DeepInfoMax(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        return [ViewGroup(1, "flip")]
+        return [ViewGroup(1, CropFlipViews(padded=False))]
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         y, M = self.backbone.forward_with_first_layer(views[0])

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.augment import CropColorViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.config import MethodConfig, option
 from methods.heads import backbone_and_head_adam, mlp_head
@@ -97,7 +98,7 @@ class RelationNet(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        return [ViewGroup(self.K, "crop_color_gray")]
+        return [ViewGroup(self.K, CropColorViews())]
 
     def relation_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's scores of all K(K-1)B pairs of view-major features, and their targets.

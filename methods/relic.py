@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from datasets.augment import CropColorViews
 from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, StepOutput, ViewGroup
 from methods.config import ConfigError, MethodConfig, option
 from methods.losses import relic_loss
@@ -121,9 +122,10 @@ class ReLIC(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        groups = [ViewGroup(self.global_views, "crop_color_gray_blur_solarize")]
+        groups = [ViewGroup(self.global_views, CropColorViews(crop_scale=(0.1, 1.0), blur_p=1.0, solarize_p=0.2))]
         if self.local_views:
-            groups.append(ViewGroup(self.local_views, "crop_color_gray_blur", size_ratio=LOCAL_SIZE_RATIO))
+            local = CropColorViews(crop_scale=(0.05, 1.0), blur_p=1.0, size_ratio=LOCAL_SIZE_RATIO)
+            groups.append(ViewGroup(self.local_views, local))
         return groups
 
     def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:

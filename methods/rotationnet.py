@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.augment import CropFlipViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.heads import accuracy_sums, backbone_and_head_adam
 
@@ -40,7 +41,7 @@ class RotationNet(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        return [ViewGroup(1, "pad_crop_flip")]
+        return [ViewGroup(1, CropFlipViews())]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))

@@ -17,12 +17,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from datasets.augment import CropColorViews
 from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, ViewGroup
 from methods.config import MethodConfig, option
 from methods.optimizers import LARS, warmup_cosine_lr
 
+# BYOL's colour jitter (brightness, contrast, saturation, hue), milder than SimCLR's (0.8, 0.8, 0.8, 0.2).
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 # BYOL's asymmetric views (blur p 1 / 0.1, solarize p 0 / 0.2), which Barlow Twins and VICReg adopt.
-BYOL_VIEWS = (ViewGroup(1, "crop_softcolor_gray_blur"), ViewGroup(1, "crop_softcolor_gray_blur_solarize"))
+BYOL_VIEWS = (
+    ViewGroup(1, CropColorViews(jitter=BYOL_JITTER, blur_p=1.0)),
+    ViewGroup(1, CropColorViews(jitter=BYOL_JITTER, blur_p=0.1, solarize_p=0.2)),
+)
 
 
 def feature_spread(projections: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from datasets.augment import CropColorViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.config import ConfigError, MethodConfig, option
 from methods.heads import backbone_and_head_adam, mlp_head
@@ -69,7 +70,7 @@ class SimCLR(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        return [ViewGroup(2, "crop_color_gray")]  # the original's simclr pipeline is relationnet's
+        return [ViewGroup(2, CropColorViews())]  # the original's simclr pipeline is relationnet's
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         projections = self.head(self.backbone(views[0]))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from datasets.augment import CropColorViews
 from methods.base import MAX_LAYER_WIDTH, StepOutput, ViewGroup
 from methods.config import option, with_default
 from methods.heads import projection_mlp
@@ -26,7 +27,7 @@ class SimSiam(TwoViewMethod):
     name = "simsiam"
     default_lr = 0.5
     lars = False
-    view_groups = [ViewGroup(1, "crop_softcolor_gray_halfblur"), ViewGroup(1, "crop_softcolor_gray_halfblur")]
+    view_groups = [ViewGroup(1, CropColorViews(jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5))] * 2
     checkpoint_keys = {**TwoViewMethod.checkpoint_keys, "predictor": "predictor"}
 
     @dataclass(frozen=True)

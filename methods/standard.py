@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.augment import named_views
 from methods.base import EpochContext, EpochNotes, Method, StepOutput, ViewGroup
 from methods.config import MethodConfig, option
 from methods.heads import accuracy_sums
@@ -86,7 +87,7 @@ class Standard(Method):
 
     @property
     def view_groups(self) -> list[ViewGroup]:
-        return [ViewGroup(1, self.augmentation)]
+        return [ViewGroup(1, named_views(self.augmentation))]
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

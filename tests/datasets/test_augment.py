@@ -1,5 +1,6 @@
-"""Batched augmentation (datasets/augment.py) against torchvision, op by op and in distribution."""
+"""Batched augmentation (datasets/augment*.py) against torchvision, op by op and in distribution."""
 
+import dataclasses
 import math
 import pickle
 
@@ -12,17 +13,22 @@ import torchvision.transforms.v2 as v2
 from PIL import Image
 
 from datasets.augment import (
-    PIPELINES,
+    AffineEraseViews,
     CropColorAugmentation,
+    CropColorViews,
+    CropFlipViews,
+    NormalisedViews,
+    build_augmentation,
+    named_views,
+)
+from datasets.augment_geometric import random_resized_crop_boxes, resized_crop_flip
+from datasets.augment_photometric import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
-    build_augmentation,
     gaussian_blur,
-    random_resized_crop_boxes,
-    resized_crop_flip,
 )
 from tests.helpers import SHARED_CIFAR10
 
@@ -38,6 +44,20 @@ def _random_images(n, height, width, seed=0):
     return torch.randint(0, 256, (n, 3, height, width), generator=_gen(seed), dtype=torch.uint8)
 
 
+# The views of every method but the supervised STL-10 baseline's (which needs a cutout scale).
+VIEWS = {
+    "relationnet": CropColorViews(),
+    "relic_global": CropColorViews(crop_scale=(0.1, 1.0), blur_p=1.0, solarize_p=0.2),
+    "relic_local": CropColorViews(crop_scale=(0.05, 1.0), blur_p=1.0),
+    "byol_first": CropColorViews(jitter=(0.4, 0.4, 0.2, 0.1), blur_p=1.0),
+    "byol_second": CropColorViews(jitter=(0.4, 0.4, 0.2, 0.1), blur_p=0.1, solarize_p=0.2),
+    "simsiam": CropColorViews(jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5),
+    "pad_crop_flip": CropFlipViews(),
+    "flip": CropFlipViews(padded=False),
+    "none": NormalisedViews(),
+}
+
+
 def _unnormalise(x):
     return x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
 
@@ -45,11 +65,11 @@ def _unnormalise(x):
 # --- API, shapes, determinism ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [name for name in PIPELINES if name != "flip_affine_erase"])
+@pytest.mark.parametrize("kind", VIEWS)
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (24, 40)])
 def test_shape_dtype_device(kind, size):
     images = _random_images(20, *size)
-    out = build_augmentation(kind, MEAN, STD, padding=4)(images, _gen(0))
+    out = build_augmentation(VIEWS[kind], MEAN, STD, padding=4)(images, _gen(0))
     assert out.shape == images.shape and out.dtype == torch.float32
     assert out.device == images.device and out.is_contiguous()
     assert torch.isfinite(out).all()
@@ -57,10 +77,10 @@ def test_shape_dtype_device(kind, size):
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
 
 
-@pytest.mark.parametrize("kind", [name for name in PIPELINES if name != "flip_affine_erase"])
+@pytest.mark.parametrize("kind", VIEWS)
 def test_same_seed_same_output(kind):
     images = _random_images(64, 32, 32)
-    aug = build_augmentation(kind, MEAN, STD, padding=4)
+    aug = build_augmentation(VIEWS[kind], MEAN, STD, padding=4)
     first, again = aug(images, _gen(7)), aug(images, _gen(7))
     assert torch.equal(first, again)
     if kind != "none":
@@ -68,7 +88,7 @@ def test_same_seed_same_output(kind):
 
 
 def test_empty_batch():
-    out = build_augmentation("relationnet", MEAN, STD)(_random_images(0, 32, 32), _gen(0))
+    out = build_augmentation(CropColorViews(), MEAN, STD)(_random_images(0, 32, 32), _gen(0))
     assert out.shape == (0, 3, 32, 32)
 
 
@@ -87,11 +107,9 @@ def test_chunk_size_does_not_change_output():
 
 
 def test_unknown_kind_and_bad_input():
-    with pytest.raises(
-        ValueError, match="unknown augmentation 'simclr2'; valid: crop_color_gray, .*, relationnet, standard, finetune"
-    ):
-        build_augmentation("simclr2", MEAN, STD)
-    aug = build_augmentation("standard", MEAN, STD, padding=4)
+    with pytest.raises(ValueError, match="unknown augmentation 'simclr2'; valid: pad_crop_flip, .*, standard, none"):
+        named_views("simclr2")
+    aug = build_augmentation(CropFlipViews(), MEAN, STD, padding=4)
     for bad in (
         torch.zeros(2, 3, 8, 8),
         torch.zeros(3, 8, 8, dtype=torch.uint8),
@@ -101,14 +119,21 @@ def test_unknown_kind_and_bad_input():
         with pytest.raises(ValueError, match="uint8 tensor"):
             aug(bad, _gen(0))
     with pytest.raises(ValueError):
-        build_augmentation("none", MEAN[:2], STD)
+        build_augmentation(NormalisedViews(), MEAN[:2], STD)
+
+
+def test_views_refuse_impossible_parameters():
+    for bad in ({"blur_p": 1.5}, {"gray_p": -0.1}, {"crop_scale": (0.0, 1.0)}, {"size": 13, "size_ratio": 0.5}):
+        with pytest.raises(ValueError):
+            CropColorViews(**bad)
+    assert CropColorViews(size_ratio=3 / 7).side(32) == 13 and CropFlipViews().side(32) is None
 
 
 def test_none_is_exact_normalisation():
     images = _random_images(16, 32, 32)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     expected = (images.float() / 255 - mean) / std
-    assert torch.equal(build_augmentation("none", MEAN, STD)(images, _gen(0)), expected)
+    assert torch.equal(build_augmentation(NormalisedViews(), MEAN, STD)(images, _gen(0)), expected)
 
 
 # --- standard and flip: exact crops ----------------------------------------------------
@@ -124,11 +149,11 @@ def _match_candidates(out, candidates):
 def test_standard_is_a_padded_random_crop_with_flip():
     height, width, pad, n = 10, 14, 3, 3000
     image = _random_images(1, height, width, seed=1)
-    norm = build_augmentation("none", MEAN, STD)
+    norm = build_augmentation(NormalisedViews(), MEAN, STD)
     padded = F.pad(image, (pad, pad, pad, pad))
     crops = [padded[..., i : i + height, j : j + width] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
     candidates = norm(torch.cat(crops + [c.flip(-1) for c in crops]), _gen(0))
-    standard = build_augmentation("standard", MEAN, STD, padding=pad)
+    standard = build_augmentation(CropFlipViews(), MEAN, STD, padding=pad)
     out = standard(image.expand(n, -1, -1, -1), _gen(0))
     index = _match_candidates(out, candidates)
     flipped = (index >= len(crops)).double().mean().item()
@@ -139,8 +164,8 @@ def test_standard_is_a_padded_random_crop_with_flip():
 
 def test_flip_mirrors_about_half():
     n, image = 2000, _random_images(1, 12, 9, seed=2)
-    candidates = build_augmentation("none", MEAN, STD)(torch.cat([image, image.flip(-1)]), _gen(0))
-    out = build_augmentation("flip", MEAN, STD)(image.expand(n, -1, -1, -1), _gen(0))
+    candidates = build_augmentation(NormalisedViews(), MEAN, STD)(torch.cat([image, image.flip(-1)]), _gen(0))
+    out = build_augmentation(CropFlipViews(padded=False), MEAN, STD)(image.expand(n, -1, -1, -1), _gen(0))
     flipped = _match_candidates(out, candidates).double().mean().item()
     assert abs(flipped - 0.5) < 4 * math.sqrt(0.25 / n)
 
@@ -349,7 +374,7 @@ def pil_reference(request):
 
 def test_relationnet_matches_pil_pipeline_in_distribution(pil_reference):
     _, source, reference = pil_reference
-    ours = _summary(build_augmentation("relationnet", MEAN, STD)(source, _gen(0)))
+    ours = _summary(build_augmentation(CropColorViews(), MEAN, STD)(source, _gen(0)))
     print("\nstatistic: ours / PIL (SE of the difference)")
     for name, (value, se) in ours.items():
         ref, ref_se = reference[name]
@@ -359,12 +384,10 @@ def test_relationnet_matches_pil_pipeline_in_distribution(pil_reference):
 
 def test_distribution_comparison_rejects_wrong_pipelines(pil_reference):
     source_name, source, reference = pil_reference
-    no_jitter = CropColorAugmentation(MEAN, STD)
-    no_jitter.jitter_p = 0.0
+    no_jitter = CropColorAugmentation(MEAN, STD, CropColorViews(jitter_p=0.0))
     wrong = {"no colour jitter": no_jitter(source, _gen(0))}
     if source_name == "cifar10":  # random colour fields look the same under any hue shift
-        no_hue = CropColorAugmentation(MEAN, STD)
-        no_hue.jitter = (0.8, 0.8, 0.8, 0.0)
+        no_hue = CropColorAugmentation(MEAN, STD, CropColorViews(jitter=(0.8, 0.8, 0.8, 0.0)))
         wrong["no hue jitter"] = no_hue(source, _gen(0))
     # torchvision v2 on a whole batch draws one set of parameters for all its images; 2048
     # samples (each source image twice) keep its slow tensor hue cheap, and the standard
@@ -388,14 +411,14 @@ def test_distribution_comparison_rejects_wrong_pipelines(pil_reference):
         assert failed, name
 
 
-@pytest.mark.parametrize("kind", ["relationnet", "finetune"])
-def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(kind, monkeypatch):
+@pytest.mark.parametrize("views", [CropColorViews(), AffineEraseViews()])
+def test_the_gpu_way_of_applying_ops_to_some_images_gives_the_cpu_values(views, monkeypatch):
     """On a GPU, grayscale, hue and the affine warp are computed for the whole batch and
     blended (no `nonzero`, which waits for the device); the values must not change."""
     from datasets import augment
 
     images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    pipeline = augment.build_augmentation(kind, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), cutout=0.5)
+    pipeline = augment.build_augmentation(views, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), cutout=0.5)
     subsets = pipeline(images, torch.Generator().manual_seed(1))
     monkeypatch.setattr(augment, "_computes_subsets", lambda device: False)
     blended = pipeline(images, torch.Generator().manual_seed(1))
@@ -444,11 +467,8 @@ def relic_pil_reference(request):
 
 
 def _relic_views(view, source, **changes):
-    name = "crop_color_gray_blur" if view == "local" else "crop_color_gray_blur_solarize"
-    augmentation = build_augmentation(name, MEAN, STD, size=13 if view == "local" else None)
-    for attribute, value in changes.items():
-        setattr(augmentation, attribute, value)
-    return augmentation(source, _gen(0))
+    views = dataclasses.replace(VIEWS[f"relic_{view}"], size=13 if view == "local" else None, **changes)
+    return build_augmentation(views, MEAN, STD)(source, _gen(0))
 
 
 def test_relic_views_match_the_pil_pipeline_in_distribution(relic_pil_reference):
@@ -482,6 +502,6 @@ def test_blur_probability_blurs_that_share_of_the_images():
     (the blur draws come after every other one), with p 0.5 about half of them change."""
     images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     plain = CropColorAugmentation(MEAN, STD)(images, _gen(0))
-    assert torch.equal(CropColorAugmentation(MEAN, STD, blur=True, blur_p=0.0)(images, _gen(0)), plain)
-    half = CropColorAugmentation(MEAN, STD, blur=True, blur_p=0.5)(images, _gen(0))
+    assert torch.equal(CropColorAugmentation(MEAN, STD, CropColorViews(blur_p=0.0))(images, _gen(0)), plain)
+    half = CropColorAugmentation(MEAN, STD, CropColorViews(blur_p=0.5))(images, _gen(0))
     assert 0.35 < (half != plain).flatten(1).any(dim=1).float().mean() < 0.65

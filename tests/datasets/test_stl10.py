@@ -17,13 +17,8 @@ from PIL import Image
 
 import datasets.stl10 as stl10_mod
 from datasets import DatasetError, load_dataset, pretraining_split
-from datasets.augment import (
-    FinetuneAugmentation,
-    affine,
-    build_augmentation,
-    erasing_side,
-    random_affine_params,
-)
+from datasets.augment import AffineEraseViews, FinetuneAugmentation, NormalisedViews, build_augmentation
+from datasets.augment_geometric import affine, erasing_side, random_affine_params
 from datasets.download import md5sum
 from tests.helpers import (
     HAS_SHARED_STL10,
@@ -196,8 +191,8 @@ MEAN = STD = (0.5, 0.5, 0.5)
 
 def test_finetune_needs_cutout_and_builds():
     with pytest.raises(ValueError, match="cutout"):
-        build_augmentation("finetune", MEAN, STD)
-    aug = build_augmentation("finetune", MEAN, STD, padding=12, cutout=0.111)
+        build_augmentation(AffineEraseViews(), MEAN, STD)
+    aug = build_augmentation(AffineEraseViews(), MEAN, STD, padding=12, cutout=0.111)
     assert isinstance(aug, FinetuneAugmentation) and aug.cutout == 0.111
     images = torch.randint(0, 256, (64, 3, 40, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = aug(images, torch.Generator().manual_seed(1))
@@ -308,7 +303,7 @@ def _stl_images(stl10_root, n=150):
 
 def _summary(out: torch.Tensor, source: torch.Tensor, side: int) -> dict:
     """{statistic: (value, standard error)} of finetune outputs of `source` (normalised with 0.5/0.5)."""
-    plain = build_augmentation("none", MEAN, STD)(source, torch.Generator())
+    plain = build_augmentation(NormalisedViews(), MEAN, STD)(source, torch.Generator())
     zero = (out == 0).all(1)  # erased pixels: exact 0 after Normalize, which uint8 values never give
     erased = zero.flatten(1).sum(1) >= side * side
 
@@ -390,7 +385,7 @@ def test_finetune_matches_the_torchvision_pipeline_in_distribution(stl10_root):
             source,
             side,
         )
-    ours = build_augmentation("finetune", MEAN, STD, cutout=0.111)
+    ours = build_augmentation(AffineEraseViews(), MEAN, STD, cutout=0.111)
     assert _disagreements(_summary(ours(source, torch.Generator().manual_seed(0)), source, side), reference) == {}
 
     always_warped = FinetuneAugmentation(MEAN, STD, 0.111)

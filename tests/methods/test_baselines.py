@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from backbones import build_backbone
 from backbones.features import extract_features
 from datasets import load_dataset
+from datasets.augment import CropColorViews
 from engine.signals import RunInterrupted
 from methods import METHODS
 from methods.base import ViewGroup
@@ -130,8 +131,8 @@ def test_reference_settings_views_and_checkpoint_keys():
         assert set(method.checkpoint_state()) == {"backbone", "projector", "optimizer", "steps"} | extra_keys
     byol = BYOL(build_backbone("conv4"), 10)
     assert byol.view_groups == [
-        ViewGroup(1, "crop_softcolor_gray_blur"),
-        ViewGroup(1, "crop_softcolor_gray_blur_solarize"),
+        ViewGroup(1, CropColorViews(jitter=(0.4, 0.4, 0.2, 0.1), blur_p=1.0)),
+        ViewGroup(1, CropColorViews(jitter=(0.4, 0.4, 0.2, 0.1), blur_p=0.1, solarize_p=0.2)),
     ]
     assert byol.momentum == 0.99 and byol.predictor[0].out_features == 4096
     simsiam = METHODS["simsiam"](build_backbone("conv4"), 10)

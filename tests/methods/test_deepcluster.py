@@ -11,6 +11,7 @@ import torch
 
 from backbones import build_backbone
 from datasets import load_dataset
+from datasets.augment import CropFlipViews
 from methods.base import EpochContext, ViewGroup
 from methods.config import ConfigError
 from methods.deepcluster import DeepCluster
@@ -53,7 +54,7 @@ def test_head_and_clusters_follow_the_original():
     assert [type(m).__name__ for m in method.classifier] == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
     assert method.classifier.linear2.out_features == 100
     assert [g["lr"] for g in method.optimizer.param_groups] == [1e-3, 1e-3]
-    assert method.view_groups == [ViewGroup(1, "pad_crop_flip")] and method.score_name == "accuracy"
+    assert method.view_groups == [ViewGroup(1, CropFlipViews())] and method.score_name == "accuracy"
 
 
 # ---------------------------------------------------------------------- one epoch start

@@ -13,6 +13,7 @@ import torch
 
 from backbones import build_backbone
 from datasets import load_dataset
+from datasets.augment import CropFlipViews
 from engine.loop import Engine, TrainingPlan
 from experiments.cli import stage1_parser
 from experiments.options import stage1_config
@@ -69,7 +70,8 @@ def test_negatives_pair_each_image_with_the_next_as_the_original():
 def test_discriminators_exist_only_for_non_zero_weights():
     keys = DIMDiscriminators(64, 8, 0.0, 1.0, 0.1).state_dict()
     assert {key.split(".")[0] for key in keys} == {"local_d", "prior_d"}
-    assert DeepInfoMax.default_lr == 1e-4 and DeepInfoMax.drop_last and _method().view_groups == [ViewGroup(1, "flip")]
+    assert DeepInfoMax.default_lr == 1e-4 and DeepInfoMax.drop_last
+    assert _method().view_groups == [ViewGroup(1, CropFlipViews(padded=False))]
     assert METHODS["deepinfomax"] is DeepInfoMax
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from backbones import build_backbone
 from datasets import load_dataset
+from datasets.augment import CropColorViews
 from engine.signals import RunInterrupted
 from methods import METHODS
 from methods.base import ViewGroup
@@ -137,12 +138,12 @@ def test_defaults_views_and_checkpoint_keys():
     siglip = build(siglip=True)
     assert siglip.log_temperature.item() == pytest.approx(2.302585) and siglip.logit_bias.item() == -10.0
     assert method.view_groups == [
-        ViewGroup(2, "crop_color_gray_blur_solarize"),
-        ViewGroup(4, "crop_color_gray_blur", size_ratio=3 / 7),
+        ViewGroup(2, CropColorViews(crop_scale=(0.1, 1.0), blur_p=1.0, solarize_p=0.2)),
+        ViewGroup(4, CropColorViews(crop_scale=(0.05, 1.0), blur_p=1.0, size_ratio=3 / 7)),
     ]
     assert [group.side(32) for group in method.view_groups] == [None, 13]
     assert method.view_groups[1].side(96) == 41
-    assert build(local_views=0).view_groups == [ViewGroup(2, "crop_color_gray_blur_solarize")]
+    assert build(local_views=0).view_groups == [method.view_groups[0]]
     assert {
         "backbone",
         "online_backbone",

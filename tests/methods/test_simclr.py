@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from backbones import build_backbone
-from datasets.augment import build_augmentation
+from datasets.augment import CropColorViews, build_augmentation
 from engine.checkpoint import read_checkpoint
 from experiments.options import stage1_config
 from methods.config import ConfigError
@@ -185,7 +185,7 @@ def test_checkpoint_round_trip_and_original_files(tmp_path):
 def test_loss_falls_on_real_images(cifar10_root, tmp_path):
     data = cifar10_subset(cifar10_root, 640)
     # Fixed views of 64 of the images, scored in eval mode: a comparison free of batch noise.
-    augment = build_augmentation("relationnet", data.mean, data.std)
+    augment = build_augmentation(CropColorViews(), data.mean, data.std)
     views = augment(data.images[:64].repeat(2, 1, 1, 1), torch.Generator().manual_seed(0))
 
     def fixed_loss(method):

@@ -15,6 +15,7 @@ import experiments.linear_evaluation as stage2
 import experiments.pretraining as stage1
 import experiments.testing as stage3
 from backbones import build_backbone
+from datasets.augment import AffineEraseViews
 from experiments.cli import stage1_parser
 from experiments.options import stage1_config
 from experiments.stage import run_main
@@ -422,7 +423,7 @@ def test_supervised_stl10_baseline_uses_the_finetune_augmentation(stl10_root, tm
     assert "Training images: 500 (stl10 train" in out and "Test accuracy:" in out
     stl10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "stl10"])
     standard = Standard(build_backbone("conv4"), 10, stage1_config(Standard, stl10_args))
-    assert standard.view_groups == [ViewGroup(1, "flip_affine_erase")]
+    assert standard.view_groups == [ViewGroup(1, AffineEraseViews())]
     cifar10_args = stage1_parser().parse_args(["--method", "standard", "--dataset", "cifar10"])
     assert stage1_config(Standard, cifar10_args).augmentation == Standard.Config().augmentation
 
