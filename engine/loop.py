@@ -116,8 +116,9 @@ class Engine:
         self.device = device
         self.data = data
         # Batches are gathered where the data set lives: on the GPU when it fits there, so a
-        # step never waits for a copy from the host.
-        fits = device.type == "cpu" or data.images.nbytes <= _DATA_SHARE_OF_DEVICE * available_memory(device)
+        # step never waits for a copy from the host. Free memory that cannot be read counts
+        # as none: the host always holds the data.
+        fits = device.type == "cpu" or data.images.nbytes <= _DATA_SHARE_OF_DEVICE * (available_memory(device) or 0)
         self.data_device = device if fits else torch.device("cpu")
         self.images = data.images.to(self.data_device)
         self.labels = data.labels.to(self.data_device)
