@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from backbones import Backbone
 from datasets import ImageSet
 from datasets.augment import build_augmentation
 from engine.checkpoint import FORMAT_VERSION, CsvLog, save_checkpoint
@@ -75,7 +75,7 @@ class TrainingPlan:
     # Scores of the backbone (e.g. a kNN accuracy) after every `monitor_every` epochs and the
     # last, logged as the columns `monitor_columns` (empty in the other epochs). Evaluation
     # lives above the engine, so the stage script passes it in.
-    monitor: Callable[[nn.Module], dict] | None = None
+    monitor: Callable[[Backbone], dict] | None = None
     monitor_every: int = 0
     monitor_columns: tuple[str, ...] = ()
     row_listeners: list[Callable[[dict], None]] = field(default_factory=list)  # called with each logged row

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
-from torch import nn
 
+from backbones import Backbone
 from engine.checkpoint import TEXT_ENCODING, RunFiles, read_checkpoint, save_json
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
@@ -73,7 +73,7 @@ def run_main(main: Callable[[], None]) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def describe_backbone(name: str, backbone: nn.Module, device: torch.device, stem: str | None = None) -> None:
+def describe_backbone(name: str, backbone: Backbone, device: torch.device, stem: str | None = None) -> None:
     if device.type != "cuda":
         print(
             "[WARNING] CUDA is not available."
