@@ -10,15 +10,16 @@ from functools import lru_cache
 from typing import Callable
 
 import torch
-from torch import nn
 
 from backbones.conv4 import Conv4
+from backbones.protocol import Backbone
 from backbones.resnet_large import STEMS, resnet18, resnet34, resnet50
 from backbones.resnet_small import resnet8, resnet32, resnet56
 from utils.errors import UserError
 
 __all__ = [
     "BACKBONES",
+    "Backbone",
     "CIFAR_STEM_MAX_SIDE",
     "STEMS",
     "STEM_CHOICE",
@@ -29,7 +30,7 @@ __all__ = [
     "resolve_stem",
 ]
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
+BACKBONES: dict[str, Callable[..., Backbone]] = {
     "conv4": Conv4,
     "resnet8": resnet8,
     "resnet32": resnet32,
@@ -78,7 +79,7 @@ def resolve_stem(name: str, stem: str = "auto", image_size: int | None = None) -
     return "cifar" if image_size <= CIFAR_STEM_MAX_SIDE else "imagenet"
 
 
-def build_backbone(name: str, stem: str | None = None) -> nn.Module:
+def build_backbone(name: str, stem: str | None = None) -> Backbone:
     """A freshly initialised backbone by name; `stem` ('cifar' or 'imagenet') is required by
     the backbones with a stem choice and refused by the others."""
     if name not in BACKBONES:
@@ -93,7 +94,7 @@ def build_backbone(name: str, stem: str | None = None) -> nn.Module:
 
 
 @lru_cache(maxsize=None)
-def _shape_only(name: str, stem: str | None) -> nn.Module:
+def _shape_only(name: str, stem: str | None) -> Backbone:
     """The backbone on the meta device: it computes output shapes without memory or arithmetic."""
     with torch.device("meta"):
         return build_backbone(name, stem).eval()

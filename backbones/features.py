@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from backbones.protocol import Backbone
 from datasets import ImageSet
 from datasets.augment import NormalisedViews, build_augmentation
 from utils.errors import UserError
@@ -15,7 +15,7 @@ from utils.errors import UserError
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module,
+    backbone: Backbone,
     data: ImageSet,
     device: torch.device,
     batch_size: int = 256,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from backbones.init import init_weights
-from backbones.resnet_small import BasicBlock, make_stage, projection_shortcut
+from backbones.resnet_small import BasicBlock, BlockClass, make_stage, projection_shortcut
 
 STEMS = ("cifar", "imagenet")
 
@@ -54,7 +54,7 @@ class ResNetLarge(nn.Module):
 
     name = "resnet_large"
 
-    def __init__(self, blocks: list[int], block: type[nn.Module] = BasicBlock, stem: str = "imagenet"):
+    def __init__(self, blocks: list[int], block: BlockClass = BasicBlock, stem: str = "imagenet"):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem '{stem}': choose one of {', '.join(STEMS)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -40,9 +42,16 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_stage(
-    in_channels: int, width: int, blocks: int, stride: int, block: type[nn.Module] = BasicBlock
-) -> nn.Sequential:
+class BlockClass(Protocol):
+    """A residual block's class (`BasicBlock`, `Bottleneck`): its constructor and how many times
+    its width a block's output channels are."""
+
+    expansion: int
+
+    def __call__(self, in_channels: int, width: int, stride: int = 1, /) -> nn.Module: ...
+
+
+def make_stage(in_channels: int, width: int, blocks: int, stride: int, block: BlockClass = BasicBlock) -> nn.Sequential:
     """`blocks` blocks of `width` (each outputs width x block.expansion channels); only the
     first one changes stride/width."""
     out_channels = width * block.expansion

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from utils.tensors import tensor_sum
+
 # torchvision's rgb_to_grayscale weights, used by its ColorJitter and RandomGrayscale.
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -106,6 +108,6 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> tor
     pad = kernel_size // 2
     height, width = x.shape[-2:]
     padded = F.pad(x, (pad, pad, 0, 0), mode="reflect")
-    x = sum(weights[..., k] * padded[..., k : k + width] for k in range(kernel_size))
+    x = tensor_sum(weights[..., k] * padded[..., k : k + width] for k in range(kernel_size))
     padded = F.pad(x, (0, 0, pad, pad), mode="reflect")
-    return sum(weights[..., k] * padded[..., k : k + height, :] for k in range(kernel_size))
+    return tensor_sum(weights[..., k] * padded[..., k : k + height, :] for k in range(kernel_size))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -79,8 +79,8 @@ class ImageSet:
             )
         self.images = self.images.cpu().contiguous()
         self.labels = self.labels.cpu().contiguous()
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
+        self.mean = _per_channel(self.mean, "mean")
+        self.std = _per_channel(self.std, "std")
 
     @property
     def side(self) -> int:
@@ -136,11 +136,11 @@ class ImageSet:
                 f"balanced_subset: asked for {n} images but only {sum(counts)} of {len(self)} are labelled"
             )
         quota = _water_fill(counts, n)
-        chosen = []
+        chosen_per_class = []
         for ix, q in zip(per_class, quota):
             if q:
-                chosen.append(ix[torch.randperm(len(ix), generator=gen)[:q]])
-        return self.subset(torch.sort(torch.cat(chosen)).values)
+                chosen_per_class.append(ix[torch.randperm(len(ix), generator=gen)[:q]])
+        return self.subset(torch.sort(torch.cat(chosen_per_class)).values)
 
     def labelled_fraction(self, fraction: float, seed: int) -> "ImageSet":
         """A seeded, stratified share of the labelled images, in their original order.
@@ -186,6 +186,14 @@ def _water_fill(counts: list[int], n: int) -> list[int]:
             quota[i] += 1
             rest -= 1
     return quota
+
+
+def _per_channel(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    """The three per-channel constants `values` as floats."""
+    if len(values) != 3:
+        raise ValueError(f"ImageSet.{name} must hold 3 values (one per channel), got {len(values)}")
+    red, green, blue = (float(value) for value in values)
+    return red, green, blue
 
 
 def _describe(x: object) -> str:

@@ -198,8 +198,10 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> lis
             members = tar.getmembers()
             for member in members:
                 _check_member(member.name, member.isfile() or member.isdir(), dest_real, archive)
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest_real, members=members, **kwargs)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest_real, members=members, filter="data")
+            else:
+                tar.extractall(dest_real, members=members)
         return [m.name for m in members]
 
     return _extract(archive, Path(dest), extract_all)

@@ -70,7 +70,7 @@ def _open_rgb(path: Path, size: int | None) -> np.ndarray:
         w, h = img.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img).transpose(2, 0, 1)
@@ -87,30 +87,30 @@ def decode_images(
     `DatasetError` naming it and, for the size, `size_fix` (the data set's remedy).
     `workers` threads (default: up to 8, one per CPU).
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise ValueError("decode_images: no image paths given")
     size = size or None
     workers = workers or min(8, os.cpu_count() or 1)
-    first = _open_rgb(paths[0], size)
+    first = _open_rgb(files[0], size)
     side = first.shape[1]
     if first.shape[1] != first.shape[2]:
-        raise DatasetError(f"{paths[0]}: the image is {first.shape[2]}x{first.shape[1]}, not square; {size_fix}")
-    out = np.empty((len(paths), 3, side, side), dtype=np.uint8)
+        raise DatasetError(f"{files[0]}: the image is {first.shape[2]}x{first.shape[1]}, not square; {size_fix}")
+    out = np.empty((len(files), 3, side, side), dtype=np.uint8)
     out[0] = first
 
     def put(i: int) -> None:
-        img = _open_rgb(paths[i], size)
+        img = _open_rgb(files[i], size)
         if img.shape[1:] != (side, side):
             raise DatasetError(
-                f"{paths[i]}: the image is {img.shape[2]}x{img.shape[1]} but {paths[0]} is {side}x{side}; "
+                f"{files[i]}: the image is {img.shape[2]}x{img.shape[1]} but {files[0]} is {side}x{side}; "
                 f"all images must share one square size: {size_fix}"
             )
         out[i] = img
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        for _ in pool.map(put, range(1, len(paths))):  # consuming the results re-raises the first error
+        for _ in pool.map(put, range(1, len(files))):  # consuming the results re-raises the first error
             pass
     finally:
         pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest
@@ -126,7 +126,7 @@ def _fingerprint(sources: Sequence[Path], key: str) -> str:
 
 
 def _crc(t: torch.Tensor) -> int:
-    return zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # bytes as stored; 0 when empty
+    return zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)  # bytes as stored; 0 when empty
 
 
 def _read(path: Path, fingerprint: str) -> dict[str, torch.Tensor] | None:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from backbones import Backbone
 from datasets import ImageSet
 from datasets.augment import build_augmentation
 from engine.checkpoint import FORMAT_VERSION, save_checkpoint
@@ -77,7 +77,7 @@ class TrainingPlan:
     # Scores of the backbone (e.g. a kNN accuracy) after every `monitor_every` epochs and the
     # last, logged as the columns `monitor_columns` (empty in the other epochs). Evaluation
     # lives above the engine, so the stage script passes it in.
-    monitor: Callable[[nn.Module], dict] | None = None
+    monitor: Callable[[Backbone], dict] | None = None
     monitor_every: int = 0
     monitor_columns: tuple[str, ...] = ()
     row_listeners: list[Callable[[dict], None]] = field(default_factory=list)  # called with each logged row
@@ -130,8 +130,9 @@ class Engine:
         self.device = device
         self.data = data
         # Batches are gathered where the data set lives: on the GPU when it fits there, so a
-        # step never waits for a copy from the host.
-        fits = device.type == "cpu" or data.images.nbytes <= _DATA_SHARE_OF_DEVICE * available_memory(device)
+        # step never waits for a copy from the host. Free memory that cannot be read counts
+        # as none: the host always holds the data.
+        fits = device.type == "cpu" or data.images.nbytes <= _DATA_SHARE_OF_DEVICE * (available_memory(device) or 0)
         self.data_device = device if fits else torch.device("cpu")
         self.images = data.images.to(self.data_device)
         self.labels = data.labels.to(self.data_device)

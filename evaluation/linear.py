@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones import Backbone
 from backbones.features import extract_features
 from datasets import ImageSet
 from utils.runtime import single_threaded
@@ -65,7 +66,7 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def evaluate(
-    backbone: nn.Module, classifier: nn.Linear, data: ImageSet, device: torch.device, batch_size: int = 256
+    backbone: Backbone, classifier: nn.Linear, data: ImageSet, device: torch.device, batch_size: int = 256
 ) -> dict:
     start = time.time()
     features = extract_features(backbone, data, device, batch_size, desc="Test")

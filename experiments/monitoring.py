@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
+from backbones import Backbone
 from backbones.features import extract_features
 from datasets import load_dataset
 from evaluation.neighbours import knn_accuracy
@@ -29,7 +29,7 @@ KNN_NEIGHBOURS = 200
 
 def knn_monitor(
     dataset: str, data_root: str, download: bool, image_size: int, images: int, seed: int, device: torch.device
-) -> Callable[[nn.Module], dict]:
+) -> Callable[[Backbone], dict]:
     """Scores a backbone by the weighted kNN accuracy (k 200, knn_accuracy's temperature 0.07, as
     `test.py --knn`) of the
     labelled test split against the labelled training split of `dataset`, each a seeded,
@@ -45,7 +45,7 @@ def knn_monitor(
     train_labels, test_labels = train.labels.to(device), test.labels.to(device)
     say(f"[INFO] kNN monitor: {len(train)} training and {len(test)} test images of {dataset}, k {neighbours}")
 
-    def score(backbone: nn.Module) -> dict:
+    def score(backbone: Backbone) -> dict:
         train_features = extract_features(backbone, train, device, desc="kNN train features")
         test_features = extract_features(backbone, test, device, desc="kNN test features")
         return knn_accuracy(train_features, train_labels, test_features, test_labels, neighbours)

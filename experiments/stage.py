@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
-from torch import nn
 
-from backbones import build_backbone
+from backbones import Backbone, build_backbone
 from engine.checkpoint import read_checkpoint
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
@@ -77,7 +76,7 @@ def run_main(main: Callable[[], None]) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def stage_backbone(name: str, stem: str | None, device: torch.device, weights: dict | None = None) -> nn.Module:
+def stage_backbone(name: str, stem: str | None, device: torch.device, weights: dict | None = None) -> Backbone:
     """The backbone a stage runs, as every stage starts it: `name` built with `stem`, described,
     and loaded with a checkpoint's `weights` when given (checked against it by `check_backbone`)."""
     backbone = build_backbone(name, stem)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from backbones import Backbone
 from methods.base import StepOutput
 from methods.config import option
 from methods.heads import projection_mlp
@@ -34,7 +34,9 @@ class BarlowTwins(TwoViewMethod):
         )
         scale: float = option(0.1, "factor of the whole loss (solo-learn's scale_loss)", at_least=0)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.off_diagonal_weight, self.scale = config.off_diagonal_weight, config.scale

@@ -70,6 +70,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from backbones import Backbone
 from datasets import ImageSet
 from datasets.augment import Views
 from methods.config import MethodConfig
@@ -147,8 +148,14 @@ class Method(nn.Module):
     compiled_modules: tuple[str, ...] = ("backbone",)
     default_lr: float = 1e-3
 
+    # Set by every method that trains, in its `__init__`; the engine zeroes and steps it.
+    optimizer: torch.optim.Optimizer
+    # A subclass narrows it to its own `Config` (`config: Config` in its class body).
+    config: MethodConfig
+    backbone: Backbone
+
     def __init__(
-        self, backbone: nn.Module, num_classes: int, config: MethodConfig | None = None, *, lr: float | None = None
+        self, backbone: Backbone, num_classes: int, config: MethodConfig | None = None, *, lr: float | None = None
     ):
         super().__init__()
         if config is not None and type(config) is not self.Config:
@@ -163,7 +170,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @property
-    def evaluated_backbone(self) -> nn.Module:
+    def evaluated_backbone(self) -> Backbone:
         """The backbone the later stages evaluate: the one saved under the checkpoint key
         `backbone` (a momentum target, where the method keeps one, rather than the online network)."""
         return getattr(self, self.checkpoint_keys.get("backbone", "backbone"))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from backbones import Backbone
 from methods.base import MAX_LAYER_WIDTH, StepOutput
 from methods.config import option, with_default
 from methods.heads import projection_mlp
@@ -45,7 +46,9 @@ class BYOL(TwoViewMethod):
         )
         predictor_hidden: int = option(4096, "hidden units of the predictor", at_least=1, at_most=MAX_LAYER_WIDTH)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.initial_momentum = config.momentum
@@ -58,7 +61,9 @@ class BYOL(TwoViewMethod):
     @property
     def online(self) -> nn.Sequential:
         """Backbone and projector: the network the target follows."""
-        return nn.Sequential(self.backbone, self.projector)
+        # The backbone as the registered sub-module it is: `nn.Sequential` takes modules, and
+        # the `Backbone` protocol cannot say that it is one.
+        return nn.Sequential(self.get_submodule("backbone"), self.projector)
 
     def checkpoint_ranges(self) -> dict[str, tuple[float, float]]:
         return {**super().checkpoint_ranges(), "momentum": (0, 1)}

@@ -103,11 +103,13 @@ def kmeans(
     exceeds the number of distinct points.
     """
     x = x.float()
-    best = None
+    best: tuple[torch.Tensor, torch.Tensor, float] | None = None
     for _ in range(restarts):
         result = _lloyd(x, x[kmeans_plusplus(x, k, generator)], iterations)
         if best is None or result[2] < best[2]:
             best = result
+    if best is None:
+        raise ValueError(f"kmeans: restarts must be at least 1, got {restarts}")
     return best
 
 

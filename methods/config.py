@@ -118,8 +118,11 @@ class MethodConfig:
     flag_prefix: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        types = field_types(type(self))
-        for field, spec in option_fields(type(self)):
+        # As a plain `type`: a frozen dataclass's instance `__hash__` hides, from a type
+        # checker, that its class is hashable, as the cache of `field_types` needs.
+        config_class: type = type(self)
+        types = field_types(config_class)
+        for field, spec in option_fields(config_class):
             value = getattr(self, field.name)
             allowed = choices(types[field.name])
             if allowed is not None and value not in allowed:

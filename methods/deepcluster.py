@@ -17,8 +17,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from backbones import Backbone
 from backbones.features import extract_features
 from datasets.augment import CropFlipViews
 from methods.base import EpochContext, EpochNotes, Method, StepOutput, ViewGroup
@@ -63,7 +63,9 @@ class DeepCluster(Method):
     }
     optional_keys = frozenset({"cluster_assignments", "cluster_nmi"})
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.num_clusters = self.config.num_clusters or 10 * num_classes
         if self.num_clusters == 0:

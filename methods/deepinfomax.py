@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropFlipViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.config import ConfigError, MethodConfig, option
 from methods.heads import backbone_and_head_adam
 from methods.losses import jsd_discriminator_loss
 from utils.errors import UserError
+from utils.tensors import tensor_sum
 
 PriorMode = Literal["adversarial", "original"]
 
@@ -51,9 +53,16 @@ def negatives(M: torch.Tensor) -> torch.Tensor:
     return M.roll(-1, dims=0)
 
 
-def first_layer_channels(backbone: nn.Module) -> int:
+def first_layer_channels(backbone: Backbone) -> int:
     """Channels of M: every backbone's `first_layer_features` is its first conv + BN + ReLU."""
     return next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).out_channels
+
+
+def bias_of(layer: nn.Conv2d) -> torch.Tensor:
+    """The bias of a convolution built with one (torch types a layer's bias as optional)."""
+    if layer.bias is None:
+        raise ValueError(f"{layer} has no bias")
+    return layer.bias
 
 
 class GlobalDiscriminator(nn.Module):
@@ -95,12 +104,12 @@ class LocalDiscriminator(nn.Module):
         """Scores (N, 1, H, W) of each y with every position of its M."""
         images, channels, height, width = M.shape
         first = self.c0.weight.flatten(1)
-        of_y = torch.addmm(self.c0.bias, y, first[:, channels:].t())
+        of_y = torch.addmm(bias_of(self.c0), y, first[:, channels:].t())
         positions = M.permute(0, 2, 3, 1).reshape(-1, channels)
         of_map = (positions @ first[:, :channels].t()).view(images, height * width, -1)
         hidden = (of_map + of_y[:, None]).view(images * height * width, -1).relu_()
-        hidden = torch.addmm(self.c1.bias, hidden, self.c1.weight.flatten(1).t()).relu_()
-        return torch.addmm(self.c2.bias, hidden, self.c2.weight.flatten(1).t()).view(images, 1, height, width)
+        hidden = torch.addmm(bias_of(self.c1), hidden, self.c1.weight.flatten(1).t()).relu_()
+        return torch.addmm(bias_of(self.c2), hidden, self.c2.weight.flatten(1).t()).view(images, 1, height, width)
 
 
 class PriorDiscriminator(nn.Module):
@@ -162,7 +171,7 @@ class DIMDiscriminators(nn.Module):
         return terms
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weights[name] * term for name, term in terms.items())
+        return tensor_sum(self.weights[name] * term for name, term in terms.items())
 
 
 class DeepInfoMax(Method):
@@ -190,7 +199,9 @@ class DeepInfoMax(Method):
             if not (self.alpha or self.beta or self.gamma):
                 raise ConfigError(("alpha", "beta", "gamma"), "all zero, deepinfomax has nothing to train")
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.discriminators = DIMDiscriminators(
             backbone.feature_size,

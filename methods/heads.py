@@ -7,11 +7,22 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from backbones import Backbone
 
-def mlp_head(in_features: int, out_features: int) -> nn.Sequential:
+
+class MLPHead(nn.Sequential):
+    """The layers of `mlp_head`, by name: relationnet and deepcluster reach into them."""
+
+    linear1: nn.Linear
+    bn1: nn.BatchNorm1d
+    relu: nn.LeakyReLU
+    linear2: nn.Linear
+
+
+def mlp_head(in_features: int, out_features: int) -> MLPHead:
     """Linear(in, 256) - BatchNorm1d - LeakyReLU - Linear(256, out), the head shape the original
     code gives relationnet, simclr and deepcluster, with its state-dict key names."""
-    return nn.Sequential(
+    return MLPHead(
         OrderedDict(
             [
                 ("linear1", nn.Linear(in_features, 256)),
@@ -23,7 +34,7 @@ def mlp_head(in_features: int, out_features: int) -> nn.Sequential:
     )
 
 
-def backbone_and_head_adam(backbone: nn.Module, head: nn.Module, lr: float) -> torch.optim.Adam:
+def backbone_and_head_adam(backbone: Backbone, head: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with the original's two parameter groups (backbone first, then the head), so its
     optimizer state dicts load into this suite's methods."""
     return torch.optim.Adam([{"params": backbone.parameters(), "lr": lr}, {"params": head.parameters(), "lr": lr}])

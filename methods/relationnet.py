@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropColorViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.config import MethodConfig, option
@@ -87,7 +87,9 @@ class RelationNet(Method):
             "as the paper's essential notebook)",
         )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.K = self.config.K
         self.aggregation = self.config.aggregation

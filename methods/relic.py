@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropColorViews
 from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, StepOutput, ViewGroup
 from methods.config import ConfigError, MethodConfig, option
@@ -99,7 +100,9 @@ class ReLIC(Method):
                     f"{views} views in all, must be from 2 (fewer give no pair of views) to {MAX_VIEWS}",
                 )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.alpha, self.siglip = config.alpha, config.siglip

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropFlipViews
 from methods.base import Method, StepOutput, ViewGroup
+from methods.config import MethodConfig
 from methods.heads import accuracy_sums, backbone_and_head_adam
 
 
@@ -33,7 +35,7 @@ class RotationNet(Method):
     checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer"}
 
     def __init__(
-        self, backbone: nn.Module, num_classes: int, config: Method.Config | None = None, *, lr: float | None = None
+        self, backbone: Backbone, num_classes: int, config: MethodConfig | None = None, *, lr: float | None = None
     ):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.classifier = nn.Linear(backbone.feature_size, 4)

@@ -63,6 +63,8 @@ class TwoViewMethod(Method):
             at_least=0,
         )
 
+    config: Config
+
     def set_optimizer(self, groups: list[dict]) -> None:
         """`groups`: parameter groups; one with `static_lr` keeps the base learning rate."""
         optimizer = LARS if self.lars else torch.optim.SGD

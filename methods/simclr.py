@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropColorViews
 from methods.base import Method, StepOutput, ViewGroup
 from methods.config import ConfigError, MethodConfig, option
@@ -60,7 +60,9 @@ class SimCLR(Method):
                     f"{lowest:g}, the least with the {self.loss} loss{why}",
                 )
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.temperature = self.config.temperature
         self.loss_function = SIMCLR_LOSSES[self.config.loss]

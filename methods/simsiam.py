@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropColorViews
 from methods.base import MAX_LAYER_WIDTH, StepOutput, ViewGroup
 from methods.config import option, with_default
@@ -36,7 +36,9 @@ class SimSiam(TwoViewMethod):
         weight_decay: float = with_default(TwoViewMethod.Config, "weight_decay", 1e-5)
         predictor_hidden: int = option(512, "hidden units of the predictor", at_least=1, at_most=MAX_LAYER_WIDTH)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.projector = projection_mlp(

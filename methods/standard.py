@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones import Backbone
 from datasets.augment import named_views
 from methods.base import EpochContext, EpochNotes, Method, StepOutput, ViewGroup
 from methods.config import MethodConfig, option
@@ -67,7 +68,9 @@ class Standard(Method):
         lr_backbone: float = option(1e-4, "fine-tuning: backbone learning rate", above=0, stage=2)
         lr_classifier: float = option(1e-3, "fine-tuning: classifier learning rate", above=0, stage=2)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         self.augmentation = self.config.augmentation
         self.classifier = nn.Linear(backbone.feature_size, num_classes)
@@ -84,14 +87,12 @@ class Standard(Method):
                 {"params": self.classifier.parameters(), "weight_decay": 1e-5, "lr": self.config.lr_classifier},
             ]
         )
+        # The one the engine steps; the other two stay in the checkpoint under their keys.
+        self.optimizer = getattr(self, self.active_optimizer)
 
     @property
     def view_groups(self) -> list[ViewGroup]:
         return [ViewGroup(1, named_views(self.augmentation))]
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return getattr(self, self.active_optimizer)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(images))

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from backbones import Backbone
 from methods.base import StepOutput
 from methods.config import option
 from methods.heads import projection_mlp
@@ -32,7 +32,9 @@ class VICReg(TwoViewMethod):
         variance: float = option(25.0, "weight of the variance (standard-deviation hinge) term", at_least=0)
         covariance: float = option(1.0, "weight of the covariance term", at_least=0)
 
-    def __init__(self, backbone: nn.Module, num_classes: int, config: Config | None = None, *, lr: float | None = None):
+    config: Config
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: Config | None = None, *, lr: float | None = None):
         super().__init__(backbone, num_classes, config, lr=lr)
         config = self.config
         self.weights = (config.invariance, config.variance, config.covariance)

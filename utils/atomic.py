@@ -8,11 +8,20 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import TypedDict
+
+
+class TextEncoding(TypedDict):
+    """The keyword arguments of `open` and `str.encode` that set a text file's encoding."""
+
+    encoding: str
+    errors: str
+
 
 # The text files this suite writes are UTF-8. A path may hold bytes that are not UTF-8, which
 # Python holds as lone surrogates (os.fsdecode); they are written as backslash escapes
 # (`\udcff` for byte 0xff), so a file naming such a path is written whole and stays UTF-8 text.
-TEXT_ENCODING = {"encoding": "utf-8", "errors": "backslashreplace"}
+TEXT_ENCODING: TextEncoding = {"encoding": "utf-8", "errors": "backslashreplace"}
 
 
 def encode_text(text: str) -> bytes:

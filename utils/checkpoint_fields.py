@@ -70,7 +70,8 @@ def check_number(value: object, built: float, low: float, high: float, path: str
     """`value` is a number of `built`'s kind (a whole number where the run keeps one), from
     `low` to `high`; a float with no range (both infinite) may be NaN (a value not yet known)."""
     whole = type(built) is int
-    if type(value) not in ((int,) if whole else (int, float)):
+    # The exact types, not isinstance: a bool or a numpy number is not a number of the run.
+    if not (type(value) is int or (type(value) is float and not whole)):
         raise field_error(path, key, f"is {str(value)[:40]!r}, not a {'whole ' if whole else ''}number")
     if math.isinf(low) and math.isinf(high) and not whole:
         return
@@ -100,7 +101,7 @@ def check_optimizer_state(entry: object, optimizer: torch.optim.Optimizer, path:
         for group, built_group in zip(groups, built["param_groups"], strict=True)
     ):
         raise field_error(path, key, "holds other parameter groups than this run's optimizer", OTHER_RUN)
-    parameters = {}
+    parameters: dict[int, torch.Tensor] = {}  # a saved parameter index -> the built parameter
     for group, built_group, group_parameters in zip(groups, built["param_groups"], optimizer.param_groups, strict=True):
         for name, value in group.items():
             if name != "params" and name in built_group:

@@ -41,7 +41,10 @@ def derived_seed(seed: int, epoch: int, purpose: SeedPurpose, *more: int) -> int
 
 def rng_states() -> dict:
     """Global generator states, in types that `torch.load(weights_only=True)` accepts."""
-    _, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    if not isinstance(numpy_state, tuple):  # only a generator other than the global Mersenne Twister gives a dict
+        raise TypeError(f"numpy's global generator state is a {type(numpy_state).__name__}, not a Mersenne Twister's")
+    _, key, pos, has_gauss, cached = numpy_state
     state = {
         "python": random.getstate(),
         "numpy": [torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
