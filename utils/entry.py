@@ -36,9 +36,10 @@ def start() -> None:
     Ctrl-C first (torch takes seconds to import), then the CPU threads, which OpenMP reads only
     when it loads, and the allocator's settings, before torch allocates its first large block."""
     exit_quietly_on_interrupt()
-    # Imported here, after the handler: utils.runtime imports torch.
-    from utils.runtime import tune_allocator
     from utils.threads import configure_threads
 
     configure_threads()
+    # Imported only now: utils.runtime imports torch, which loads OpenMP with the variables set above.
+    from utils.runtime import tune_allocator
+
     tune_allocator()
