@@ -246,6 +246,17 @@ def evaluate_backbone(
     if resume is None:
         files.remove_outputs()  # an earlier run's (--overwrite) or a dead one's: checked above
     record_config(files.config, args, seed, device, stage=stage, stem=stem, training_images=len(train), **source)
+    # What the stage-2 file says of its run, beside the trained weights.
+    run_record = {
+        "kind": stage,
+        "method": method_name,
+        "backbone_name": args.backbone,
+        **stem_entry(stem),
+        "dataset": args.dataset,
+        "seed": seed,
+        "args": vars(args),
+        **source,
+    }
 
     if args.finetune:
         plan = TrainingPlan(
@@ -255,16 +266,7 @@ def evaluate_backbone(
             log_path=files.log,
             checkpoint_paths=lambda e: [files.final] if e == args.epochs else [],
             rolling_checkpoint=files.last_checkpoint,
-            extra_state={
-                "kind": stage,
-                "method": method_name,
-                "backbone_name": args.backbone,
-                **stem_entry(stem),
-                "dataset": args.dataset,
-                "seed": seed,
-                "args": vars(args),
-                **source,
-            },
+            extra_state=run_record,
         )
         if resume:
             say(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
@@ -278,21 +280,7 @@ def evaluate_backbone(
         # The log first, then the checkpoint, whose presence marks the run done: a run stopped
         # before leaves no partial log, and one killed in between a log the next run replaces.
         write_csv(files.log, list(rows[0]), rows)
-        save_checkpoint(
-            {
-                **model.checkpoint_state(),
-                "kind": stage,
-                "method": method_name,
-                "backbone_name": args.backbone,
-                **stem_entry(stem),
-                "dataset": args.dataset,
-                "seed": seed,
-                **described,
-                "args": vars(args),
-                **source,
-            },
-            files.final,
-        )
+        save_checkpoint({**model.checkpoint_state(), **run_record, **described}, files.final)
     say(f"[INFO] Saving in: {files.final}")
     result = evaluate(model.backbone, model.classifier, test, device)
     say(f"Test accuracy: {result['accuracy']:.2f}%")
