@@ -28,6 +28,7 @@ exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, 
 from experiments.grid import Grid, GridLock  # noqa: E402
 from experiments.grid_cli import grid_parser as parser  # noqa: E402
 from experiments.grid_plan import plan  # noqa: E402
+from experiments.monitoring import import_wandb  # noqa: E402
 from experiments.parallel import automatic_jobs, visible_gpus  # noqa: E402
 from experiments.stage import run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     data_root = Path(args.data_root)
     if not data_root.is_dir() and args.no_download:
         raise UserError(f"--data_root {data_root} is not a folder: pass the folder holding the data sets")
+    if args.wandb:
+        import_wandb()  # a missing package stops here, not in the first child
     device = resolve_device(args.device)  # a bad name stops here, not in the first child
     args.gpus = visible_gpus(device)
     if args.jobs_per_gpu and not args.gpus:

@@ -132,6 +132,22 @@ def run_id(text: str) -> str:
     return text
 
 
+# What Weights & Biases accepts as a project name (its settings refuse the rest at wandb.init).
+MAX_WANDB_PROJECT_LENGTH = 128
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+
+
+def wandb_project(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a W&B project needs a name")
+    if len(text) > MAX_WANDB_PROJECT_LENGTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WANDB_PROJECT_LENGTH} characters, got {len(text)}")
+    if any(char in WANDB_PROJECT_FORBIDDEN for char in text):
+        forbidden = " ".join(WANDB_PROJECT_FORBIDDEN)
+        raise argparse.ArgumentTypeError(f"'{text}': a W&B project name holds none of {forbidden}")
+    return text
+
+
 positive_int = _integer(1)
 non_negative_int = _integer(0)
 _seed = _integer(-1)
@@ -361,6 +377,15 @@ def stage1_parser() -> Parser:
         metavar="DIR",
         may_change_on_resume=True,
         help="also write every logged quantity for TensorBoard into DIR/<run> (needs the tensorboard package)",
+    )
+    parser.add_argument(
+        "--wandb",
+        type=wandb_project,
+        default=None,
+        metavar="PROJECT",
+        may_change_on_resume=True,
+        help="also log the run's configuration and every logged quantity per epoch to Weights & Biases "
+        "project PROJECT, as run <run> (needs the wandb package; uploads only where wandb's settings say so)",
     )
     for method in METHODS.values():
         if stage_fields(method.Config, stage=1):

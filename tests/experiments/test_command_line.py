@@ -24,6 +24,7 @@ BY_TYPE = {
     cli.boolean: ["maybe"],
     cli.run_id: ["a/b", "x y", "x" * (cli.MAX_ID_LENGTH + 1), "x" * 300],
     cli.fraction: ["0", "-0.5", "1.5", "abc"],
+    cli.wandb_project: ["", "a/b", "x:y", "x" * (cli.MAX_WANDB_PROJECT_LENGTH + 1)],
     int: ["abc", "1.5"],
     float: ["abc"],
 }
@@ -250,4 +251,5 @@ def test_the_arguments_a_resumed_run_may_change_are_declared_with_their_flags():
         "eval_every",
         "eval_images",
         "tensorboard",
+        "wandb",
     }
