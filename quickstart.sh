@@ -21,7 +21,7 @@ usage() {
 dry_run=0
 overwrite=()
 shared=()
-checkpoint_dir=./checkpoint
+checkpoint_dir=checkpoint
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run | --dry_run) dry_run=1 ;;

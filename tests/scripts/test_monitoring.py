@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import io
 import json
 import struct
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 import experiments.pretraining as stage1
 import reproduce
-from experiments.monitoring import import_wandb, tensorboard_listener
+from experiments.monitoring import import_wandb, tensorboard_listener, wandb_listener
 from experiments.stage import run_main
 from tests.helpers import load, one_line, read_log, run_stage, stage_arguments
 from utils.errors import UserError
@@ -196,3 +197,13 @@ def test_wandb_without_the_package_is_one_line_before_anything_is_read(
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "pip install wandb" in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "grid").exists()
+
+
+@pytest.mark.skipif(not HAS_WANDB, reason="wandb is not installed (pip install wandb; requirements-test.txt has it)")
+def test_wandb_online_without_an_account_is_one_line_naming_the_ways_out(tmp_path, monkeypatch, wandb_offline):
+    monkeypatch.delenv("WANDB_MODE")  # wandb's default, online, and no key anywhere (HOME holds no .netrc)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # not a terminal: wandb cannot ask
+    with pytest.raises(UserError) as refused, wandb_listener("ssl", HEADER, {"seed": 1}):
+        pass
+    assert "wandb login" in one_line(refused.value) and "WANDB_MODE=offline" in str(refused.value)
