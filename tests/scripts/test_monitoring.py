@@ -36,11 +36,15 @@ def train(root, out, *extra):
     return read_log(folder / f"log_{HEADER}.csv"), load(folder / f"{HEADER}_epoch_3.tar")
 
 
-def test_eval_every_logs_knn_accuracy_and_leaves_the_training_as_it_is(small_cifar10_root, tmp_path, capsys):
+def test_eval_every_logs_knn_accuracy_and_leaves_the_training_as_it_is(
+    small_cifar10_root, tmp_path, capsys, wandb_offline
+):
     plain_rows, plain_state = train(small_cifar10_root, tmp_path / "plain")
     extra = ["--eval_every", "2", "--eval_images", "100"]
     if HAS_TENSORBOARD:
         extra += ["--tensorboard", str(tmp_path / "tensorboard")]
+    if HAS_WANDB:  # its rows are read back in test_wandb_offline_holds_...
+        extra += ["--wandb", "ssl"]
     watched_rows, watched_state = train(small_cifar10_root, tmp_path / "watched", *extra)
     shown = capsys.readouterr().out
     assert "Epoch 2/3 monitor" in shown and "Epoch 3/3 monitor" in shown and "Epoch 1/3 monitor" not in shown
@@ -136,7 +140,11 @@ def wandb_offline(tmp_path, monkeypatch):
     for variable in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(folder / variable.lower()))
         (folder / variable.lower()).mkdir(parents=True)
-    return folder / "wandb_dir"
+    yield folder / "wandb_dir"
+    if HAS_WANDB:  # wandb keeps the settings of a process's first run (its folder, its mode): forget them
+        import wandb
+
+        wandb.teardown()
 
 
 @pytest.mark.skipif(not HAS_WANDB, reason="wandb is not installed (pip install wandb; requirements-test.txt has it)")

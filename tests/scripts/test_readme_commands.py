@@ -33,6 +33,8 @@ def documented_commands(page: str) -> list[list[str]]:
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VARIABLE=value before the command
+                words = words[1:]
             if len(words) > 1 and words[0].endswith("python") and words[1] in PARSERS:
                 commands.append(words[1:])
     return commands
