@@ -1,7 +1,7 @@
 """Command-line flags shared by the three stage scripts, so a flag means the same everywhere.
 
 Flag names and defaults follow the original code (sections 1.1, 2.1 and 3 of its
-description); the additions are documented in the README.
+description); every flag is documented in docs/stages.md.
 """
 
 from __future__ import annotations
