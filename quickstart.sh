@@ -12,7 +12,15 @@
 # Flags passed on to the stages: --device, --gpu, --data_root, --checkpoint_dir,
 # --no_download, --num_workers (see docs/stages.md).
 set -euo pipefail
-cd "$(dirname "$0")"
+
+# Paths the caller gives are read from the caller's folder; the stages run in the repository's.
+caller=$PWD
+absolute() {
+    case $1 in
+        /*) printf '%s' "$1" ;;
+        *) printf '%s' "$caller/$1" ;;
+    esac
+}
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
@@ -22,6 +30,11 @@ dry_run=0
 overwrite=()
 shared=()
 checkpoint_dir=checkpoint
+if [ -n "${SSL_DATA_ROOT:-}" ]; then
+    SSL_DATA_ROOT=$(absolute "$SSL_DATA_ROOT")
+    export SSL_DATA_ROOT
+fi
+data_root=${SSL_DATA_ROOT:-./data} # the stages' default
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run | --dry_run) dry_run=1 ;;
@@ -36,13 +49,18 @@ while [ $# -gt 0 ]; do
                 echo "quickstart.sh: error: $1 needs a value" >&2
                 exit 2
             fi
-            [ "$1" = --checkpoint_dir ] && checkpoint_dir=$2
-            shared+=("$1" "$2")
+            value=$2
+            case $1 in
+                --checkpoint_dir) value=$(absolute "$2") checkpoint_dir=$value ;;
+                --data_root) value=$(absolute "$2") data_root=$value ;;
+            esac
+            shared+=("$1" "$value")
             shift
             ;;
-        --device=* | --gpu=* | --data_root=* | --checkpoint_dir=* | --num_workers=*)
-            [ "${1%%=*}" = --checkpoint_dir ] && checkpoint_dir=${1#*=}
-            shared+=("$1")
+        --device=* | --gpu=* | --num_workers=*) shared+=("$1") ;;
+        --data_root=* | --checkpoint_dir=*)
+            set -- "${1%%=*}" "${1#*=}" "${@:2}" # as two words, read by the case above next
+            continue
             ;;
         *)
             echo "quickstart.sh: error: $1 is not a flag of the quick start (it takes --device, --gpu," \
@@ -53,6 +71,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+cd "$(dirname "$0")"
 
 python=.venv/bin/python
 folder=$checkpoint_dir/relationnet/cifar10
@@ -96,8 +115,7 @@ fi
 echo "== Installing requirements.txt and matplotlib into .venv (a check when they are there)"
 "${setup[@]}"
 
-data=${SSL_DATA_ROOT:-./data}
-echo "== CIFAR-10 from ${data} (downloaded there when missing, 170 MB; set SSL_DATA_ROOT or pass --data_root)"
+echo "== CIFAR-10 from ${data_root} (downloaded there when missing, 170 MB; set SSL_DATA_ROOT or pass --data_root)"
 SECONDS=0
 echo
 echo "== 1/3 Pretraining: relationnet, Conv-4, K 4, batch 64, 3 epochs"

@@ -15,19 +15,20 @@ from tests.helpers import REPO
 from tests.scripts.test_readme_commands import STAGE_PARSERS, documented_commands
 
 
-def quickstart(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def quickstart(*flags: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(REPO / "quickstart.sh"), *flags],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         timeout=600,
     )
 
 
-def stage_commands(*flags: str) -> list[list[str]]:
+def stage_commands(*flags: str, cwd=None) -> list[list[str]]:
     """The stage commands `--dry-run` prints, in order, as words without the interpreter."""
-    dry = quickstart("--dry-run", *flags)
+    dry = quickstart("--dry-run", *flags, cwd=cwd)
     assert dry.returncode == 0 and not dry.stderr, dry.stderr
     commands = [shlex.split(line) for line in dry.stdout.splitlines()]
     return [words[1:] for words in commands if words[0].endswith("python") and words[1] in STAGE_PARSERS]
@@ -52,6 +53,14 @@ def test_shared_flags_reach_every_stage_and_the_files_follow_the_checkpoint_dir(
     assert evaluation.checkpoint == str(folder / "relationnet_cifar10_conv4_seed_1_epoch_3.tar")
     assert test.checkpoint == str(folder / "relationnet_cifar10_conv4_seed_1_epoch_10_linear_evaluation.tar")
     assert (evaluation.epochs, test.feature_map) == (10, "pca")
+
+
+def test_relative_paths_are_read_from_the_callers_folder(tmp_path):
+    commands = stage_commands("--checkpoint_dir", "out", "--data_root=data", cwd=tmp_path)
+    for script, *argv in commands:
+        args = STAGE_PARSERS[script]().parse_args(argv)
+        assert (args.checkpoint_dir, args.data_root) == (str(tmp_path / "out"), str(tmp_path / "data"))
+    assert commands[2][commands[2].index("--checkpoint") + 1].startswith(str(tmp_path / "out") + "/")
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "5"], ["--device"]], ids=["other_flag", "missing_value"])
