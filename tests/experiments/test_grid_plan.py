@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from experiments.grid_cli import grid_parser
+from experiments.grid_cli import grid_arguments, grid_parser
 from experiments.grid_plan import flags, plan, shard_of
 
 
 def test_shards_partition_the_grid_and_keep_a_shared_pretraining_with_its_runs(tmp_path):
-    args = grid_parser().parse_args(["--study", "table1", "--out", str(tmp_path), "--seeds", "1", "2"])
+    args = grid_arguments(grid_parser().parse_args(["--study", "table1", "--out", str(tmp_path), "--seeds", "1", "2"]))
     args.child_device = "cpu"
     runs = plan(args)
     shards = [shard_of(runs, index, 3) for index in (1, 2, 3)]
@@ -20,7 +20,7 @@ def test_shards_partition_the_grid_and_keep_a_shared_pretraining_with_its_runs(t
 
 
 def planned(tmp_path, *flags):
-    args = grid_parser().parse_args(["--out", str(tmp_path), "--seeds", "1", *flags])
+    args = grid_arguments(grid_parser().parse_args(["--out", str(tmp_path), "--seeds", "1", *flags]))
     args.child_device = "cpu"
     return plan(args)
 
