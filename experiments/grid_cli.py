@@ -8,7 +8,8 @@ from pathlib import Path
 
 from backbones import BACKBONES
 from experiments.arguments import RunArguments, freeze
-from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
+from experiments.cli import DATA_ROOT_ENV
+from experiments.flags import Parser, non_negative_int, positive_int
 from experiments.parallel import MEMORY_PER_CPU_JOB, automatic_jobs, visible_gpus
 from experiments.studies import ALL_METHODS, CONDITIONS, STUDIES
 from utils.errors import UserError

@@ -20,7 +20,8 @@ from engine.run_files import RunFiles, evaluation_header
 from evaluation.linear import evaluate, score_logits, train_linear_epoch
 from evaluation.logistic import fit_logistic_regression
 from experiments.arguments import RunArguments, freeze
-from experiments.cli import apply_gpu_flag, stage2_parser
+from experiments.cli import apply_gpu_flag
+from experiments.evaluation_cli import stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,

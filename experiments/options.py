@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from datasets import DATASETS
 from experiments.arguments import RunArguments
-from experiments.cli import INTEGER_LIMIT, Parser, _integer, _number, positive_float
+from experiments.flags import INTEGER_LIMIT, Parser, bounded_integer, checked_number, positive_float
 from methods import Method
 from methods.config import ConfigError, MethodConfig, Option, choices, field_types, option_fields
 from methods.standard import Finetune, Standard
@@ -46,11 +46,11 @@ def flag_type(annotation: Any, spec: Option) -> Callable[[str], Any]:
     if annotation is int:
         lows = [bound for bound in (spec.at_least, None if spec.above is None else spec.above + 1) if bound is not None]
         highest = INTEGER_LIMIT if spec.at_most is None else int(spec.at_most)
-        return _integer(int(max(lows, default=-INTEGER_LIMIT)), highest)
+        return bounded_integer(int(max(lows, default=-INTEGER_LIMIT)), highest)
     if annotation is float:
         if (spec.at_least, spec.above, spec.at_most) == (None, 0, None):
             return positive_float
-        return _number(spec.admits, spec.requirement(integer=False))
+        return checked_number(spec.admits, spec.requirement(integer=False))
     allowed = choices(annotation)
     return type(allowed[0]) if allowed else annotation
 

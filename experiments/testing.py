@@ -21,7 +21,8 @@ from engine.csv_log import append_csv_row
 from evaluation.linear import score_logits
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
 from experiments.arguments import RunArguments, freeze
-from experiments.cli import apply_gpu_flag, stage3_parser
+from experiments.cli import apply_gpu_flag
+from experiments.evaluation_cli import stage3_parser
 from experiments.linear_evaluation import EVALUATION_KINDS
 from experiments.stage import run_seed, stage_backbone
 from utils.atomic import MAX_NAME_BYTES, temporary_path
