@@ -5,7 +5,8 @@ reference tensors, stage runs in-process and a small engine over a data set.
   and image-folder writers) write real-format files whose images are learnable (each class
   has its own colour and stripe pattern, plus noise), so a classifier trained on them beats
   chance.
-* `GOLDEN`: `tests/golden`, tensors of the original code and relic-pytorch.
+* `GOLDEN`: `tests/golden`, tensors of the original code, relic-pytorch and solo-learn
+  (`modern_golden` loads solo-learn's).
 * `run_stage`, `stage_arguments`, `three_stages`: stage scripts run as their
   command lines would; `load` reads a checkpoint.
 * `make_engine`, `read_log`: an engine over a data set, and its CSV log;
@@ -346,6 +347,12 @@ def read_log(path) -> list[dict]:
 
 def load(path):
     return torch.load(path, weights_only=True)
+
+
+def modern_golden() -> dict:
+    """solo-learn's loss values on fixed inputs, by method (`tests/golden/modern.pt`; its
+    layout is in `tests/golden/README.md`)."""
+    return load(GOLDEN / "modern.pt")
 
 
 def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args=(), backbone="conv4"):
