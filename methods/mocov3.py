@@ -8,9 +8,10 @@ projector, the target. Each view goes through the backbone on its own; the predi
 each view is contrasted with the target's projections of the other view over the batch
 (`mocov3_loss`: temperature 0.2, scaled by 2 * temperature), both directions summed. The
 target follows with momentum tau, on a cosine from 0.99 to 1 over the run. LARS, learning
-rate 0.3, weight decay 1e-6, batch 256, BYOL's asymmetric views (solo-learn's asymmetric).
-solo-learn gives non-ResNet backbones (its ViTs) a three-layer projector; this suite's
-backbones are all convolutional and take the two-layer one.
+rate 0.3, weight decay 1e-6, batch 256, solo-learn's asymmetric CIFAR views (BYOL's colour
+jitter, no blur, solarize with p 0.2 in the second view). solo-learn gives non-ResNet
+backbones (its ViTs) a three-layer projector; this suite's backbones are all convolutional
+and take the two-layer one.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import torch
 from torch import nn
 
 from backbones import Backbone
-from methods.base import MAX_LAYER_WIDTH, StepOutput
+from datasets.augment import CropColorViews
+from methods.base import MAX_LAYER_WIDTH, StepOutput, ViewGroup
 from methods.config import ConfigError, option, with_default
 from methods.losses import mocov3_loss
 from methods.momentum import cosine_momentum, momentum_update
-from methods.siamese import TwoViewMethod
+from methods.siamese import BYOL_JITTER, TwoViewMethod
 from utils.distributed import current_rank, gather_with_gradient
 
 
@@ -46,6 +48,11 @@ def bias_free_mlp(sizes: list[int], output_norm: bool) -> nn.Sequential:
 class MoCoV3(TwoViewMethod):
     name = "mocov3"
     default_lr = 0.3
+    # solo-learn's CIFAR pair (asymmetric.yaml): BYOL's colour jitter, no blur, solarize in the second view.
+    view_groups = [
+        ViewGroup(1, CropColorViews(jitter=BYOL_JITTER)),
+        ViewGroup(1, CropColorViews(jitter=BYOL_JITTER, solarize_p=0.2)),
+    ]
     checkpoint_keys = {
         **TwoViewMethod.checkpoint_keys,
         "predictor": "predictor",

@@ -8,8 +8,9 @@ neighbour in a support set of 65,536 projections of earlier batches (`nearest_ne
 which is contrasted with the predictions of the other view over the batch (`nnclr_loss`,
 temperature 0.2), both directions averaged; then the first view's projections replace the
 oldest in the support set. No momentum network. LARS, learning rate 0.4, weight decay 1e-5,
-batch 256, BYOL's asymmetric views (solo-learn's asymmetric). The support set, its pointer
-and the step count are in the checkpoint, so a run resumes exactly inside an epoch.
+batch 256, solo-learn's asymmetric CIFAR views (BYOL's colour jitter, no blur, solarize with
+p 0.2 in the second view). The support set, its pointer and the step count are in the
+checkpoint, so a run resumes exactly inside an epoch.
 """
 
 from __future__ import annotations
@@ -21,18 +22,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones import Backbone
-from methods.base import MAX_LAYER_WIDTH, StepOutput
+from datasets.augment import CropColorViews
+from methods.base import MAX_LAYER_WIDTH, StepOutput, ViewGroup
 from methods.config import option, with_default
 from methods.heads import projection_mlp
 from methods.losses import nearest_neighbours, nnclr_loss
 from methods.queues import MAX_QUEUE_SIZE, FeatureQueue
-from methods.siamese import TwoViewMethod
+from methods.siamese import BYOL_JITTER, TwoViewMethod
 from utils.distributed import gather_with_gradient
 
 
 class NNCLR(TwoViewMethod):
     name = "nnclr"
     default_lr = 0.4
+    # solo-learn's CIFAR pair (asymmetric.yaml): BYOL's colour jitter, no blur, solarize in the second view.
+    view_groups = [
+        ViewGroup(1, CropColorViews(jitter=BYOL_JITTER)),
+        ViewGroup(1, CropColorViews(jitter=BYOL_JITTER, solarize_p=0.2)),
+    ]
     checkpoint_keys = {
         **TwoViewMethod.checkpoint_keys,
         "predictor": "predictor",

@@ -105,6 +105,31 @@ def write_cifar10(root, n_train_per_batch: int, n_test: int, batches: int = 5, s
     return root
 
 
+def write_cifar10_excerpt(root, source: Path, n_train: int, n_test: int) -> Path:
+    """Write `<root>/cifar-10-batches-py` in the official format with the first `n_train`
+    images of `source`'s first training batch and its first `n_test` test images (real
+    images, few enough for a quick stage run); return `root`."""
+    root = Path(root)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count, label in (
+        ("data_batch_1", n_train, "training batch 1 of 1"),
+        ("test_batch", n_test, "testing batch 1 of 1"),
+    ):
+        with open(source / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        excerpt = {
+            "batch_label": label,
+            "labels": batch["labels"][:count],
+            "data": batch["data"][:count],
+            "filenames": batch["filenames"][:count],
+        }
+        _dump(excerpt, folder / name)
+    with open(source / "batches.meta", "rb") as handle:
+        _dump(pickle.load(handle, encoding="latin1"), folder / "batches.meta")
+    return root
+
+
 #: A fixed fine -> coarse mapping for written CIFAR-100 data (5 fine classes per superclass,
 #: deliberately not `fine // 5` so that tests can tell the two label sets apart).
 FINE_TO_COARSE = np.random.default_rng(7).permutation(100) % 20

@@ -22,7 +22,6 @@ from methods.config import ConfigError
 from methods.momentum import cosine_momentum
 from methods.optimizers import LARS
 from methods.queues import FeatureQueue
-from methods.siamese import BYOL_VIEWS
 from tests.helpers import engine_for, interrupt_at, load, read_log
 
 CONTRASTIVE = ("mocov2plus", "mocov3", "nnclr")
@@ -77,7 +76,12 @@ def test_reference_settings_views_and_checkpoint_keys():
         assert method.config.temperature == 0.2
     mocov2plus, mocov3, nnclr = (METHODS[name](build_backbone("conv4"), 10) for name in CONTRASTIVE)
     assert mocov2plus.view_groups == [ViewGroup(1, CropColorViews(jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5))] * 2
-    assert mocov3.view_groups == nnclr.view_groups == list(BYOL_VIEWS)
+    # solo-learn's CIFAR asymmetric.yaml: BYOL's jitter, no blur, solarize p 0.2 in the second view.
+    asymmetric = [
+        ViewGroup(1, CropColorViews(jitter=(0.4, 0.4, 0.2, 0.1))),
+        ViewGroup(1, CropColorViews(jitter=(0.4, 0.4, 0.2, 0.1), solarize_p=0.2)),
+    ]
+    assert mocov3.view_groups == nnclr.view_groups == asymmetric
     # MoCo v2+: no batch norm in the projector; 32,768 keys per view.
     assert not any(isinstance(layer, torch.nn.BatchNorm1d) for layer in mocov2plus.projector)
     assert mocov2plus.queue.rows.shape == (2, 32768, 256) and mocov2plus.queue_pointer == 0
