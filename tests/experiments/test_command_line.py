@@ -60,9 +60,20 @@ BY_FLAG = {
     "--vicreg_invariance": (["-1"], ["--method", "vicreg"]),
     "--vicreg_variance": (["inf"], ["--method", "vicreg"]),
     "--vicreg_covariance": (["-1"], ["--method", "vicreg"]),
+    "--mocov2plus_queue_size": (["0", "10000000000"], ["--method", "mocov2plus"]),
+    "--mocov2plus_temperature": (["0", "nan"], ["--method", "mocov2plus"]),
+    "--mocov2plus_momentum": (["1.5"], ["--method", "mocov2plus"]),
+    "--mocov2plus_final_momentum": (["-0.1", "0.5"], ["--method", "mocov2plus"]),
+    "--mocov3_predictor_hidden": (["0", "100000"], ["--method", "mocov3"]),
+    "--mocov3_temperature": (["-1"], ["--method", "mocov3"]),
+    "--mocov3_momentum": (["nan"], ["--method", "mocov3"]),
+    "--mocov3_final_momentum": (["0.5", "2"], ["--method", "mocov3"]),
+    "--nnclr_predictor_hidden": (["0"], ["--method", "nnclr"]),
+    "--nnclr_queue_size": (["-1", "10000000000"], ["--method", "nnclr"]),
+    "--nnclr_temperature": (["inf"], ["--method", "nnclr"]),
     **{
         f"--{method}_{option}": (values, ["--method", method])
-        for method in ("byol", "simsiam", "barlowtwins", "vicreg")
+        for method in ("byol", "simsiam", "barlowtwins", "vicreg", "mocov2plus", "mocov3", "nnclr")
         for option, values in (
             ("hidden", ["0", "100000"]),
             ("projection", ["0", "10000000000"]),
