@@ -29,11 +29,15 @@ from experiments.grid import Grid, GridLock  # noqa: E402
 from experiments.grid_cli import grid_arguments  # noqa: E402
 from experiments.grid_cli import grid_parser as parser  # noqa: E402
 from experiments.grid_plan import plan  # noqa: E402
+from experiments.monitoring import import_wandb  # noqa: E402
 from experiments.stage import run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = grid_arguments(parser().parse_args(argv))
+    parsed = parser().parse_args(argv)
+    if parsed.wandb:
+        import_wandb()  # a missing package stops here, not in the first child
+    args = grid_arguments(parsed)
     out = Path(args.out)
     runs = plan(args)
     grid = Grid(args, runs)

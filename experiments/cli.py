@@ -1,8 +1,8 @@
 """The flags the three stage scripts share, so that a flag means the same everywhere, and those of
 stage 1 (the evaluation stages' own are in `experiments/evaluation_cli.py`).
 
-Flag names and defaults follow the original code (docs/original-code.md); the additions are
-documented in the README.
+Flag names and defaults follow the original code (docs/original-code.md); every flag is
+documented in docs/stages.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from experiments.flags import (
     positive_int,
     run_id,
     seed_value,
+    wandb_project,
 )
 
 DATA_ROOT_ENV = "SSL_DATA_ROOT"
@@ -236,6 +237,15 @@ def stage1_parser() -> Parser:
         metavar="DIR",
         may_change_on_resume=True,
         help="also write every logged quantity for TensorBoard into DIR/<run> (needs the tensorboard package)",
+    )
+    parser.add_argument(
+        "--wandb",
+        type=wandb_project,
+        default=None,
+        metavar="PROJECT",
+        may_change_on_resume=True,
+        help="also log the run's configuration and every logged quantity per epoch to Weights & Biases "
+        "project PROJECT, as run <run> (needs the wandb package; uploads only where wandb's settings say so)",
     )
     for method in METHODS.values():
         if stage_fields(method.Config, stage=1):

@@ -127,6 +127,22 @@ def run_id(text: str) -> str:
     return text
 
 
+# What Weights & Biases accepts as a project name (its settings refuse the rest at wandb.init).
+MAX_WANDB_PROJECT_LENGTH = 128
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+
+
+def wandb_project(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a W&B project needs a name")
+    if len(text) > MAX_WANDB_PROJECT_LENGTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WANDB_PROJECT_LENGTH} characters, got {len(text)}")
+    if any(char in WANDB_PROJECT_FORBIDDEN for char in text):
+        forbidden = " ".join(WANDB_PROJECT_FORBIDDEN)
+        raise argparse.ArgumentTypeError(f"'{text}': a W&B project name holds none of {forbidden}")
+    return text
+
+
 positive_int = bounded_integer(1)
 non_negative_int = bounded_integer(0)
 seed_value = bounded_integer(-1)

@@ -9,7 +9,7 @@ from pathlib import Path
 from backbones import BACKBONES
 from experiments.arguments import RunArguments, freeze
 from experiments.cli import DATA_ROOT_ENV
-from experiments.flags import Parser, non_negative_int, positive_int
+from experiments.flags import Parser, non_negative_int, positive_int, wandb_project
 from experiments.parallel import MEMORY_PER_CPU_JOB, automatic_jobs, visible_gpus
 from experiments.studies import ALL_METHODS, CONDITIONS, STUDIES
 from utils.errors import UserError
@@ -170,6 +170,14 @@ def grid_parser() -> Parser:
         "for N machines or GPUs writing the same --out (default: the whole grid)",
     )
     p.add_argument("--no_download", action="store_true", help="never download a missing data set")
+    p.add_argument(
+        "--wandb",
+        type=wandb_project,
+        default=None,
+        metavar="PROJECT",
+        help="log every stage-1 run to Weights & Biases project PROJECT, as a W&B run named after the "
+        "stage-1 run, with its configuration and every logged number per epoch (needs the wandb package)",
+    )
     p.add_argument(
         "--dry_run",
         action="store_true",

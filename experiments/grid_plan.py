@@ -176,6 +176,7 @@ def make_run(
             *common,
             *training,
             *option_values(config, given_fields),
+            ("wandb", args.wandb),
         ]
     )
     stage2 = flags(

@@ -1,18 +1,21 @@
 """What stage 1 reports besides its loss while it trains: a kNN accuracy of the backbone every
-few epochs (`--eval_every`), and a TensorBoard copy of every logged quantity (`--tensorboard`).
+few epochs (`--eval_every`), and copies of every logged quantity for TensorBoard
+(`--tensorboard`) and Weights & Biases (`--wandb`).
 
-Both reach the engine as plain callables (its `monitor` and `row_listeners`), so the engine
-does not depend on evaluation or on TensorBoard.
+They reach the engine as plain callables (its `monitor` and `row_listeners`), so the engine
+does not depend on evaluation, TensorBoard or W&B.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Callable, Iterator
 
 import torch
 
@@ -95,9 +98,55 @@ def tensorboard_listener(folder: str | Path, run: str) -> Callable[[dict], None]
         append(
             [
                 Event(wall_time=now, step=row["epoch"], summary=summary.scalar(name, value))
-                for name, value in row.items()
-                if name != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                for name, value in logged_numbers(row).items()
             ]
         )
 
     return write
+
+
+def logged_numbers(row: dict) -> dict[str, int | float]:
+    """The numbers of a logged row but its epoch (empty kNN columns of unwatched epochs are None)."""
+    return {
+        name: value
+        for name, value in row.items()
+        if name != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def import_wandb() -> ModuleType:
+    """The wandb package; refused in one line when it is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(
+            "--wandb needs the wandb package, which is not installed: pip install wandb (or leave out --wandb)"
+        ) from None
+    return wandb
+
+
+@contextlib.contextmanager
+def wandb_listener(project: str, run: str, configuration: dict) -> Iterator[Callable[[dict], None]]:
+    """A Weights & Biases run named `run` in `project`, holding the run's full configuration (what
+    its config file records), to which each logged row's numbers go at the row's epoch (W&B's
+    step); finished when the training ends, marked failed (exit code 1) when it stops otherwise.
+
+    Whether anything leaves the machine is wandb's own setting (`WANDB_MODE`, `wandb offline`,
+    a login): offline, the run stays in wandb's folder (`WANDB_DIR`) for a later `wandb sync`.
+    wandb does not copy the terminal (`console="off"`): the progress bars stay as they are, and
+    the CSV log holds every number."""
+    wandb = import_wandb()
+    try:
+        session = wandb.init(project=project, name=run, config=configuration, settings=wandb.Settings(console="off"))
+    except wandb.errors.Error as error:
+        reason = " ".join(str(error).split())
+        raise UserError(
+            f"--wandb {project}: W&B did not start the run: {reason} "
+            "(wandb login, or WANDB_MODE=offline to keep the run on this machine)"
+        ) from None
+    finished = False
+    try:
+        yield lambda row: session.log(logged_numbers(row), step=row["epoch"])
+        finished = True
+    finally:
+        session.finish(exit_code=0 if finished else 1)

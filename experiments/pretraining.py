@@ -4,6 +4,7 @@ checkpoints."""
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -16,12 +17,21 @@ from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.arguments import RunArguments, freeze
 from experiments.cli import apply_gpu_flag, stage1_parser
-from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener
+from experiments.monitoring import KNN_COLUMNS, import_wandb, knn_monitor, tensorboard_listener, wandb_listener
 from experiments.options import stage1_config
-from experiments.stage import ResumePoint, record_config, resume_point, run_seed, stage_backbone, stem_entry
+from experiments.stage import (
+    ResumePoint,
+    record_config,
+    resume_point,
+    run_configuration,
+    run_seed,
+    stage_backbone,
+    stem_entry,
+)
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
+from utils.atomic import save_json
 from utils.console import say, silenced
 from utils.errors import UserError
 from utils.runtime import resolve_device
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             "images per batch"
         )
     refuse_stem_without_choice(parsed.backbone, parsed.stem)  # before the data are read
+    if parsed.wandb:
+        import_wandb()  # a missing package is said before the data are read
     ranks = distributed.launched_ranks()
     device = distributed.start(ranks, resolve_device(parsed.device))
     try:
@@ -122,22 +134,23 @@ def train(
         check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
     if not restore(method, args, stem, resume, start_epoch, ranks):
         return
-    engine = Engine(method, data, training_plan(args, files, method_class, stem, device, ranks), device)
-    if ranks.is_main:
-        if not resume:
-            replace_outputs(files)
-        record_config(
-            files.config,
-            args,
-            seed,
-            device,
-            stage="train_unsupervised",
-            stem=stem,
-            training_images=len(data),
-            world_size=ranks.world_size,
-            input_normalisation={"mean": list(data.mean), "std": list(data.std)},
-        )
-    engine.fit(start_epoch, resume.state if resume else None)
+    configuration = run_configuration(
+        args,
+        seed,
+        device,
+        stage="train_unsupervised",
+        stem=stem,
+        training_images=len(data),
+        world_size=ranks.world_size,
+        input_normalisation={"mean": list(data.mean), "std": list(data.std)},
+    )
+    with row_copies(args, files.header, configuration, ranks) as listeners:
+        engine = Engine(method, data, training_plan(args, files, method_class, stem, device, ranks, listeners), device)
+        if ranks.is_main:
+            if not resume:
+                replace_outputs(files)
+            save_json(configuration, files.config)
+        engine.fit(start_epoch, resume.state if resume else None)
     if method_class.scores_test_split and ranks.is_main:
         score_on_test_split(args, method, device)
 
@@ -216,10 +229,32 @@ def restore(
     return True
 
 
+@contextlib.contextmanager
+def row_copies(
+    args: RunArguments, run: str, configuration: dict, ranks: distributed.Ranks
+) -> Iterator[list[Callable[[dict], None]]]:
+    """Where the process that writes the run's files copies each logged row besides the CSV log:
+    TensorBoard (`--tensorboard`) and a W&B run given the run's `configuration` (`--wandb`)."""
+    with contextlib.ExitStack() as copies:
+        listeners = []
+        if ranks.is_main and args.tensorboard:
+            listeners.append(tensorboard_listener(args.tensorboard, run))
+        if ranks.is_main and args.wandb:
+            listeners.append(copies.enter_context(wandb_listener(args.wandb, run, configuration)))
+        yield listeners
+
+
 def training_plan(
-    args: RunArguments, files: RunFiles, method_class, stem: str | None, device, ranks: distributed.Ranks
+    args: RunArguments,
+    files: RunFiles,
+    method_class,
+    stem: str | None,
+    device,
+    ranks: distributed.Ranks,
+    listeners: list[Callable[[dict], None]],
 ) -> TrainingPlan:
-    """How the engine trains the run: epochs, batches, files, precision, monitoring."""
+    """How the engine trains the run: epochs, batches, files, precision, monitoring
+    (`listeners` receive each logged row)."""
     watching = ranks.is_main and args.eval_every > 0
     monitor = (
         knn_monitor(
@@ -228,7 +263,6 @@ def training_plan(
         if watching
         else None
     )
-    listeners = [tensorboard_listener(args.tensorboard, files.header)] if args.tensorboard and ranks.is_main else []
     return TrainingPlan(
         epochs=args.epochs,
         batch_size=args.data_size,

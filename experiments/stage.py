@@ -146,27 +146,29 @@ def code_version() -> dict:
     return {"git_commit": commit, "git_dirty": bool(changes)} if changes is not None else {"git_commit": commit}
 
 
+def run_configuration(args: RunArguments, seed: int, device: torch.device, stage: str, **extra) -> dict:
+    """The run's full configuration: every argument with the value used, the seed, the device,
+    the versions of the code and of its libraries."""
+    return {
+        "stage": stage,
+        "args": args.record(),
+        "seed_used": seed,
+        "device": str(device),
+        **code_version(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **thread_settings(),
+        "pid": os.getpid(),
+        **extra,
+    }
+
+
 def record_config(path: Path, args: RunArguments, seed: int, device: torch.device, stage: str, **extra) -> None:
-    """Write the run's full configuration beside its checkpoint: every argument with the value
-    used, the seed, the device, the versions of the code and of its libraries."""
-    save_json(
-        {
-            "stage": stage,
-            "args": args.record(),
-            "seed_used": seed,
-            "device": str(device),
-            **code_version(),
-            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "host": platform.node(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            **thread_settings(),
-            "pid": os.getpid(),
-            **extra,
-        },
-        path,
-    )
+    """Write the run's full configuration (`run_configuration`) beside its checkpoint."""
+    save_json(run_configuration(args, seed, device, stage, **extra), path)
 
 
 class ResumePoint(NamedTuple):

@@ -24,6 +24,7 @@ BY_TYPE = {
     flags.boolean: ["maybe"],
     flags.run_id: ["a/b", "x y", "x" * (flags.MAX_ID_LENGTH + 1), "x" * 300],
     flags.fraction: ["0", "-0.5", "1.5", "abc"],
+    flags.wandb_project: ["", "a/b", "x:y", "x" * (flags.MAX_WANDB_PROJECT_LENGTH + 1)],
     int: ["abc", "1.5"],
     float: ["abc"],
 }
@@ -261,4 +262,5 @@ def test_the_arguments_a_resumed_run_may_change_are_declared_with_their_flags():
         "eval_every",
         "eval_images",
         "tensorboard",
+        "wandb",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from experiments import cli
 from experiments.grid_cli import grid_arguments, grid_parser
 from experiments.grid_plan import flags, plan, shard_of
 
@@ -40,3 +41,13 @@ def test_a_variant_replaces_a_field_of_the_papers_config_and_stage_1_gets_the_fi
 def test_flags_leave_out_none_and_false_and_make_true_a_switch():
     settings = [("epochs", 3), ("train_subset", None), ("no_download", True), ("finetune", False), ("knn", 0)]
     assert flags(settings) == ["--epochs", "3", "--no_download", "--knn", "0"]
+
+
+def test_wandb_goes_to_every_stage_1_run_which_names_its_w_and_b_run(tmp_path):
+    runs = planned(tmp_path, "--study", "cifar10", "--methods", "relationnet", "simclr", "--wandb", "grid-project")
+    for run in runs:
+        pretraining, evaluation, test = (stage.argv for stage in run.stages)
+        assert pretraining[-2:] == ["--wandb", "grid-project"], pretraining
+        assert cli.stage1_parser().parse_args(pretraining).wandb == "grid-project"
+        assert "--wandb" not in evaluation and "--wandb" not in test
+    assert all("--wandb" not in run.stages[0].argv for run in planned(tmp_path, "--study", "cifar10"))

@@ -1,5 +1,5 @@
-"""The example method of the README's "Adding a method", run exactly as printed there: a new
-method is one file and one registry line over the engine, the stages and exact resume."""
+"""The example method of docs/adding-a-method.md, run exactly as printed there: a new method is
+one file and one registry line over the engine, the stages and exact resume."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from tests.helpers import REPO, engine_for, load, read_log, run_stage, stage_arg
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    """The README's example file, written out and imported as a module."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Adding a method") :]
+    """The page's example file, written out and imported as a module."""
+    page = (REPO / "docs" / "adding-a-method.md").read_text()
+    section = page[page.index("## A complete example") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     path = tmp_path_factory.mktemp("example") / "momentum_example.py"
     path.write_text(code)

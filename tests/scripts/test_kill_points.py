@@ -1,6 +1,6 @@
 """A stage killed at every point of its save sequence, then continued, ends with the files of
 a run that was never stopped: the same names, checkpoints equal tensor for tensor, the same
-log rows (README, Reliability).
+log rows (docs/reliability.md).
 
 The kill points are the renames of the atomic writes (`utils/atomic.py`), each just
 before it (the temporary file written, the target not yet replaced) and just after it: every
