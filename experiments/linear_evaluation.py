@@ -22,6 +22,7 @@ from experiments.cli import apply_gpu_flag, stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
+    backbone_inputs_normalised,
     record_config,
     resume_point,
     run_seed,
@@ -225,6 +226,9 @@ def evaluate_backbone(
     if bool((train.labels < 0).any()):
         raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
     train = train.balanced_subset(args.train_subset, seed).labelled_fraction(args.label_fraction, seed)
+    # The backbone sees images in the range its method trained it on.
+    normalised = backbone_inputs_normalised(state, method_name)
+    train, test = train.as_inputs(normalised), test.as_inputs(normalised)
     if args.label_fraction < 1:
         say(f"[INFO] Semi-supervised: {len(train)} labelled images ({args.label_fraction * 100:g}% of each class)")
 

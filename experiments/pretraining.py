@@ -171,7 +171,8 @@ def training_images(args, method_class, ranks: distributed.Ranks, device) -> Ima
     data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
-    data = data.balanced_subset(args.train_subset, args.seed)
+    # Normalised with the data set's mean and std, or [0, 1] pixels, as the method's reference.
+    data = data.balanced_subset(args.train_subset, args.seed).as_inputs(method_class.normalises_inputs)
     say(
         f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
         f"{data.side}x{data.side}, {data.num_classes} classes)"
@@ -214,7 +215,14 @@ def training_plan(
     watching = ranks.is_main and args.eval_every > 0
     monitor = (
         knn_monitor(
-            args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, args.seed, device
+            args.dataset,
+            args.data_root,
+            not args.no_download,
+            args.image_size,
+            args.eval_images,
+            args.seed,
+            device,
+            method_class.normalises_inputs,
         )
         if watching
         else None
@@ -253,6 +261,6 @@ def training_plan(
 def score_on_test_split(args, method, device) -> None:
     """Score the classifier a supervised run trained on the test split."""
     test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
-    result = evaluate(method.backbone, method.classifier, test, device)
+    result = evaluate(method.backbone, method.classifier, test.as_inputs(method.normalises_inputs), device)
     say(f"Test loss: {result['loss']:.4f}")
     say(f"Test accuracy: {result['accuracy']:.2f}%")

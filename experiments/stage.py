@@ -21,6 +21,7 @@ from engine.checkpoint import read_checkpoint
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
 from engine.run_files import RunFiles
+from methods import METHODS
 from utils.atomic import TEXT_ENCODING, save_json
 from utils.console import say
 from utils.entry import INTERRUPTED
@@ -96,6 +97,17 @@ def stage_backbone(name: str, stem: str | None, device: torch.device, weights: d
         say("[INFO] Loading checkpoint...")
         backbone.load_state_dict(weights)
     return backbone
+
+
+def backbone_inputs_normalised(state: dict, method: str | None = None) -> bool:
+    """Whether the backbone of checkpoint `state` is fed normalised images: the
+    `normalises_inputs` of the method that trained it (`method`, else the one the file
+    records: a stage-2 file its `pretraining_method`, a stage-1 file its `method`). A file
+    that names none of this suite's methods (the original code's) was trained on normalised
+    images, as the original's are."""
+    name = method or state.get("pretraining_method") or state.get("method")
+    trained_by = METHODS.get(name) if isinstance(name, str) else None
+    return True if trained_by is None else trained_by.normalises_inputs
 
 
 def stem_entry(stem: str | None) -> dict:

@@ -21,7 +21,7 @@ from evaluation.linear import score_logits
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
 from experiments.cli import apply_gpu_flag, stage3_parser
 from experiments.linear_evaluation import EVALUATION_KINDS
-from experiments.stage import run_seed, stage_backbone
+from experiments.stage import backbone_inputs_normalised, run_seed, stage_backbone
 from utils.atomic import MAX_NAME_BYTES, temporary_path
 from utils.checkpoint_fields import check_module_entry
 from utils.console import say
@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     stem = check_request(args, state, linear)
     seed = run_seed(args)
     seed_everything(seed)
-    test = test_split(args, state, linear, stem)
-    train = training_split(args) if args.knn or args.export_features else None
+    # The backbone sees images in the range its method trained it on.
+    normalised = backbone_inputs_normalised(state)
+    test = test_split(args, state, linear, stem).as_inputs(normalised)
+    train = training_split(args).as_inputs(normalised) if args.knn or args.export_features else None
     backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
     classifier = stored_classifier(args, state, backbone.feature_size, test.num_classes) if linear else None
     backbone.to(device)
