@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.retrieval and args.retrieval_grid:
         draw_retrieval_grid(args, seed, test, neighbours, outputs / names["retrieval_grid"])
     if args.export_features:
-        export_features(Path(args.export_features), args, test_features, test.labels, train_features, train)
+        export_features(Path(args.export_features), args, test_features, test.labels, train_features, train, normalised)
     if args.feature_map != "none":
         draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs / names["feature_map"])
     log_result(
@@ -269,7 +269,7 @@ def log_result(log: Path, row: dict) -> None:
     say(f"[INFO] Result appended to {log}")
 
 
-def export_features(folder: Path, args, test_features, test_labels, train_features, train) -> None:
+def export_features(folder: Path, args, test_features, test_labels, train_features, train, normalised: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "test_features": test_features,
@@ -285,7 +285,8 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
                 "checkpoint": str(args.checkpoint),
                 "backbone": args.backbone,
                 "dataset": args.dataset,
-                "features": "frozen backbone in eval mode, un-augmented normalised images",
+                "features": "frozen backbone in eval mode, un-augmented "
+                + ("normalised images" if normalised else "images in [0, 1]"),
                 "shapes": {name: list(tensor.shape) for name, tensor in arrays.items()},
             },
             indent=2,
