@@ -18,7 +18,7 @@ import torch
 
 from utils.errors import UserError
 
-__all__ = ["DatasetError", "ImageSet", "check_split"]
+__all__ = ["DatasetError", "ImageSet", "UNIT_RANGE", "check_split"]
 
 
 class DatasetError(UserError):
@@ -38,6 +38,10 @@ def check_split(dataset: str, split: str, valid: Iterable[str]) -> None:
     valid = tuple(valid)
     if split not in valid:
         raise ValueError(f"unknown split {split!r} for data set {dataset!r}; valid splits: {', '.join(valid)}")
+
+
+# The mean and std that leave [0, 1] pixels as they are: (x - 0) / 1 == x exactly.
+UNIT_RANGE = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 @dataclass
@@ -102,6 +106,12 @@ class ImageSet:
         if indices.dtype != torch.bool:
             indices = indices.long()
         return replace(self, images=self.images[indices].contiguous(), labels=self.labels[indices].contiguous())
+
+    def as_inputs(self, normalised: bool) -> "ImageSet":
+        """This split as a network is fed it: normalised with its `mean` and `std`, or, not
+        `normalised`, its pixels in [0, 1] as ToTensor leaves them (mean 0, std 1), which is
+        how relic-pytorch feeds its networks (`Method.normalises_inputs`)."""
+        return self if normalised else replace(self, mean=UNIT_RANGE[0], std=UNIT_RANGE[1])
 
     def balanced_subset(self, n: int, seed: int) -> "ImageSet":
         """A seeded, class-balanced subset of `n` images, in their original order.

@@ -129,7 +129,9 @@ class Engine:
         self.method = method.to(device)
         self.plan = plan
         self.device = device
-        self.data = data
+        # The views' pixels normalised with the data set's mean and std, or in [0, 1], as the
+        # method's reference feeds them.
+        self.data = data = data.as_inputs(method.normalises_inputs)
         # Batches are gathered where the data set lives: on the GPU when it fits there, so a
         # step never waits for a copy from the host. Free memory that cannot be read counts
         # as none: the host always holds the data.

@@ -25,6 +25,8 @@ from experiments.evaluation_cli import stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
+    backbone_inputs_normalised,
+    inputs_entry,
     record_config,
     resume_point,
     run_seed,
@@ -229,6 +231,9 @@ def evaluate_backbone(
     if bool((train.labels < 0).any()):
         raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
     train = train.balanced_subset(args.train_subset, seed).labelled_fraction(args.label_fraction, seed)
+    # The backbone sees images in the range its method trained it on.
+    normalised = backbone_inputs_normalised(state, args.checkpoint)
+    train, test = train.as_inputs(normalised), test.as_inputs(normalised)
     if args.label_fraction < 1:
         say(f"[INFO] Semi-supervised: {len(train)} labelled images ({args.label_fraction * 100:g}% of each class)")
 
@@ -256,6 +261,7 @@ def evaluate_backbone(
         "method": method_name,
         "backbone_name": args.backbone,
         **stem_entry(stem),
+        **inputs_entry(normalised),
         "dataset": args.dataset,
         "seed": seed,
         "args": args.record(),

@@ -31,19 +31,28 @@ KNN_NEIGHBOURS = 200
 
 
 def knn_monitor(
-    dataset: str, data_root: str, download: bool, image_size: int, images: int, seed: int, device: torch.device
+    dataset: str,
+    data_root: str,
+    download: bool,
+    image_size: int,
+    images: int,
+    seed: int,
+    device: torch.device,
+    normalised: bool,
 ) -> Callable[[Backbone], dict]:
     """Scores a backbone by the weighted kNN accuracy (k 200, knn_accuracy's temperature 0.07, as
     `test.py --knn`) of the
     labelled test split against the labelled training split of `dataset`, each a seeded,
-    class-balanced subset of at most `images` images (0 = all), read once here."""
+    class-balanced subset of at most `images` images (0 = all), read once here, `normalised` or
+    in [0, 1] as the method trains its backbone (`Method.normalises_inputs`)."""
     train = load_dataset(dataset, "train", data_root, download=download, image_size=image_size)
     test = load_dataset(dataset, "test", data_root, download=download, image_size=image_size)
     if bool((train.labels < 0).any()) or bool((test.labels < 0).any()):
         raise UserError(
             f"--eval_every needs labelled train and test images, and {dataset} has unlabelled ones: drop --eval_every"
         )
-    train, test = train.balanced_subset(images, seed), test.balanced_subset(images, seed)
+    train = train.balanced_subset(images, seed).as_inputs(normalised)
+    test = test.balanced_subset(images, seed).as_inputs(normalised)
     neighbours = min(KNN_NEIGHBOURS, len(train))
     train_labels, test_labels = train.labels.to(device), test.labels.to(device)
     say(f"[INFO] kNN monitor: {len(train)} training and {len(test)} test images of {dataset}, k {neighbours}")

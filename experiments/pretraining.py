@@ -21,6 +21,7 @@ from experiments.monitoring import KNN_COLUMNS, import_wandb, knn_monitor, tenso
 from experiments.options import stage1_config
 from experiments.stage import (
     ResumePoint,
+    inputs_entry,
     record_config,
     resume_point,
     run_configuration,
@@ -178,6 +179,7 @@ def save_untrained(args: RunArguments, files: RunFiles, method_class, config: Me
             "method": args.method,
             "backbone_name": args.backbone,
             **stem_entry(stem),
+            **inputs_entry(method_class.normalises_inputs),
             "seed": args.seed,
             "args": args.record(),
         },
@@ -193,7 +195,8 @@ def training_images(args: RunArguments, method_class, ranks: distributed.Ranks, 
     data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
-    data = data.balanced_subset(args.train_subset, args.seed)
+    # Normalised with the data set's mean and std, or [0, 1] pixels, as the method's reference.
+    data = data.balanced_subset(args.train_subset, args.seed).as_inputs(method_class.normalises_inputs)
     say(
         f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
         f"{data.side}x{data.side}, {data.num_classes} classes)"
@@ -258,7 +261,14 @@ def training_plan(
     watching = ranks.is_main and args.eval_every > 0
     monitor = (
         knn_monitor(
-            args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, args.seed, device
+            args.dataset,
+            args.data_root,
+            not args.no_download,
+            args.image_size,
+            args.eval_images,
+            args.seed,
+            device,
+            method_class.normalises_inputs,
         )
         if watching
         else None
@@ -276,6 +286,7 @@ def training_plan(
             "method": args.method,
             "backbone_name": args.backbone,
             **stem_entry(stem),
+            **inputs_entry(method_class.normalises_inputs),
             "dataset": args.dataset,
             "seed": args.seed,
             "args": args.record(),
@@ -296,6 +307,6 @@ def training_plan(
 def score_on_test_split(args: RunArguments, method, device) -> None:
     """Score the classifier a supervised run trained on the test split."""
     test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
-    result = evaluate(method.backbone, method.classifier, test, device)
+    result = evaluate(method.backbone, method.classifier, test.as_inputs(method.normalises_inputs), device)
     say(f"Test loss: {result['loss']:.4f}")
     say(f"Test accuracy: {result['accuracy']:.2f}%")

@@ -23,7 +23,7 @@ from engine.loop import check_resume_fields
 from engine.run_files import RunFiles
 from experiments.arguments import RunArguments
 from utils.atomic import TEXT_ENCODING, save_json
-from utils.checkpoint_fields import INTEGER_LIMIT, check_number
+from utils.checkpoint_fields import INTEGER_LIMIT, check_number, field_error
 from utils.console import say
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
@@ -98,6 +98,24 @@ def stage_backbone(name: str, stem: str | None, device: torch.device, weights: d
         say("[INFO] Loading checkpoint...")
         backbone.load_state_dict(weights)
     return backbone
+
+
+def backbone_inputs_normalised(state: dict, path: str | Path) -> bool:
+    """Whether the backbone of checkpoint `state` (read from `path`) is fed normalised images,
+    as its `inputs_normalised` entry says (`Method.normalises_inputs` of the method that
+    trained it, which stage 1 records and stage 2 carries over). A file without the entry was
+    trained on normalised images: the original code's, and every file of this suite written
+    before relic's views stayed in [0, 1], relic's included."""
+    recorded = state.get("inputs_normalised", True)
+    if type(recorded) is not bool:
+        raise field_error(path, "inputs_normalised", f"is {str(recorded)[:40]!r}, not true or false")
+    return recorded
+
+
+def inputs_entry(normalised: bool) -> dict:
+    """The checkpoint's `inputs_normalised` key; absent for normalised inputs, so that those
+    checkpoints keep the keys of the original code."""
+    return {} if normalised else {"inputs_normalised": False}
 
 
 def stem_entry(stem: str | None) -> dict:

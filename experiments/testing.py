@@ -24,7 +24,7 @@ from experiments.arguments import RunArguments, freeze
 from experiments.cli import apply_gpu_flag
 from experiments.evaluation_cli import stage3_parser
 from experiments.linear_evaluation import EVALUATION_KINDS
-from experiments.stage import run_seed, stage_backbone
+from experiments.stage import backbone_inputs_normalised, run_seed, stage_backbone
 from utils.atomic import MAX_NAME_BYTES, temporary_path
 from utils.checkpoint_fields import check_module_entry
 from utils.console import say
@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     args = freeze(parsed, seed=run_seed(parsed))  # frozen from here on, with the seed used
     seed = args.seed
     seed_everything(seed)
-    test = test_split(args, state, linear, stem)
-    train = training_split(args) if args.knn or args.export_features else None
+    # The backbone sees images in the range its method trained it on.
+    normalised = backbone_inputs_normalised(state, parsed.checkpoint)
+    test = test_split(args, state, linear, stem).as_inputs(normalised)
+    train = training_split(args).as_inputs(normalised) if args.knn or args.export_features else None
     backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
     classifier = stored_classifier(args, state, backbone.feature_size, test.num_classes) if linear else None
     backbone.to(device)
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.retrieval and args.retrieval_grid:
         draw_retrieval_grid(args, seed, test, neighbours, outputs / names["retrieval_grid"])
     if args.export_features:
-        export_features(Path(args.export_features), args, test_features, test.labels, train_features, train)
+        export_features(Path(args.export_features), args, test_features, test.labels, train_features, train, normalised)
     if args.feature_map != "none":
         draw_feature_map(args, seed, test_features.cpu(), test.labels, checkpoint, outputs / names["feature_map"])
     log_result(
@@ -271,7 +273,9 @@ def log_result(log: Path, row: dict) -> None:
     say(f"[INFO] Result appended to {log}")
 
 
-def export_features(folder: Path, args: RunArguments, test_features, test_labels, train_features, train) -> None:
+def export_features(
+    folder: Path, args: RunArguments, test_features, test_labels, train_features, train, normalised: bool
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "test_features": test_features,
@@ -287,7 +291,8 @@ def export_features(folder: Path, args: RunArguments, test_features, test_labels
                 "checkpoint": str(args.checkpoint),
                 "backbone": args.backbone,
                 "dataset": args.dataset,
-                "features": "frozen backbone in eval mode, un-augmented normalised images",
+                "features": "frozen backbone in eval mode, un-augmented "
+                + ("normalised images" if normalised else "images in [0, 1]"),
                 "shapes": {name: list(tensor.shape) for name, tensor in arrays.items()},
             },
             indent=2,

@@ -27,6 +27,15 @@ Class attributes
     drop_last       skip the last, smaller batch of an epoch.
     min_batch_size  the smallest batch a step can use.
     compiled_modules  the attributes `--compile` compiles: the networks that carry the cost.
+    per_view_batch_norm  how batch norm sees a step's views, as the method's reference
+                    computes them: True, each view normalised with its own batch statistics
+                    (each view through the networks on its own: solo-learn, relic-pytorch); False,
+                    with the statistics of all views together (the original code concatenates
+                    them into one batch). `forward_views` honours it.
+    normalises_inputs  how the views' pixels reach the networks, as the reference feeds them:
+                    True, normalised with the data set's mean and std; False, in [0, 1] as
+                    ToTensor leaves them (relic-pytorch). The later stages feed the backbone
+                    the images of its method's range (`ImageSet.as_inputs`).
 
 Instance interface
     view_groups               the views of each image per step, as groups (`ViewGroup`):
@@ -41,7 +50,9 @@ Instance interface
         not call `.item()` nor make tensors from Python numbers with `torch.tensor(...,
         device=...)` (on a GPU both wait for the device; `torch.full` does not). The engine
         runs it under autocast when asked, then zeroes the gradients, back-propagates and
-        steps `optimizer`.
+        steps `optimizer`. It sends views through a network with `forward_views`.
+    forward_views(network, views, count)  the network's outputs of `count` view-major views
+        in one forward, batch norm's statistics per view or pooled as the method declares.
     after_step(step)          after every optimizer step; `step` counts the run's optimizer
                               steps (1 after the first). What it keeps belongs in
                               `checkpoint_keys`, so a run resumed inside an epoch continues it.
@@ -74,6 +85,7 @@ from backbones import Backbone
 from datasets import ImageSet
 from datasets.augment import Views
 from methods.config import MethodConfig
+from methods.view_statistics import forward_views
 from utils.checkpoint_fields import (
     check_data_tensor,
     check_module_entry,
@@ -147,6 +159,8 @@ class Method(nn.Module):
     min_batch_size: int = 1
     compiled_modules: tuple[str, ...] = ("backbone",)
     default_lr: float = 1e-3
+    per_view_batch_norm: bool = True
+    normalises_inputs: bool = True
 
     # Set by every method that trains, in its `__init__`; the engine zeroes and steps it.
     optimizer: torch.optim.Optimizer
@@ -181,6 +195,13 @@ class Method(nn.Module):
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         raise NotImplementedError
+
+    def forward_views(self, network: nn.Module | Backbone, views: torch.Tensor, count: int) -> torch.Tensor:
+        """`network`'s outputs of `count` view-major views of B images (rows v*B .. v*B+B-1 are
+        view v, as a view group arrives, or views of one size concatenated), in one forward;
+        batch norm normalises each view on its own where `per_view_batch_norm` says so
+        (`methods.view_statistics`). Views of another size are another call."""
+        return forward_views(network, views, count, self.per_view_batch_norm)
 
     def after_step(self, step: int) -> None:
         """Called after every optimizer step; `step` is the run's count of them so far."""

@@ -71,7 +71,7 @@ class BYOL(TwoViewMethod):
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         first, second = (self.projector(features) for features in self.two_views(views))
         with torch.no_grad():
-            target_first, target_second = self.target(views[0]), self.target(views[1])
+            target_first, target_second = self.two_views(views, self.target)
         loss = normalised_mse_loss(self.predictor(first), target_second) + normalised_mse_loss(
             self.predictor(second), target_first
         )

@@ -39,6 +39,10 @@ MAX_RESTARTS = 1000
 
 class DeepCluster(Method):
     name = "deepcluster"
+    # One view per image and step: its batch statistics are that view's, as in the original's
+    # single forward, so per view and pooled coincide.
+    per_view_batch_norm = True
+    normalises_inputs = True  # the original's Normalize with the data set's mean and std
     score_name = "accuracy"
 
     @dataclass(frozen=True)

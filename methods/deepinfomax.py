@@ -180,6 +180,10 @@ class DeepInfoMax(Method):
     drop_last = True  # the negatives need other images in the batch
     min_batch_size = 2
     checkpoint_keys = {"backbone": "backbone", "loss_fn": "discriminators", "optimizer": "optimizer"}
+    # One view per image and step: its batch statistics are that view's, as in the original's
+    # single forward, so per view and pooled coincide (its negatives are rolled features, no second forward).
+    per_view_batch_norm = True
+    normalises_inputs = True  # the original's Normalize with the data set's mean and std
     optional_keys = frozenset()
 
     @dataclass(frozen=True)

@@ -10,3 +10,6 @@ class RandomWeights(Method):
     trains = False
     checkpoint_keys = {"backbone": "backbone"}
     view_groups: list = []
+    # It sees no views, so `per_view_batch_norm` does not apply; the later stages show its
+    # backbone normalised images, as the original's.
+    normalises_inputs = True

@@ -76,6 +76,8 @@ class RelationNet(Method):
     name = "relationnet"
     score_name = "accuracy"
     checkpoint_keys = {"backbone": "backbone", "relation": "relation_module", "optimizer": "optimizer"}
+    per_view_batch_norm = False  # the original concatenates the K views into one batch
+    normalises_inputs = True  # the original's Normalize with the data set's mean and std
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
@@ -132,7 +134,7 @@ class RelationNet(Method):
         return head.linear2(activated).squeeze(1), targets
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
-        logits, targets = self.relation_logits(self.backbone(views[0]))
+        logits, targets = self.relation_logits(self.forward_views(self.backbone, views[0], self.K))
         loss = RELATION_LOSSES[self.relation_loss](logits, targets)
         correct = ((logits > 0).float() == targets).float()
         positives = targets.sum()

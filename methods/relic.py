@@ -8,9 +8,12 @@ divergence between the row and column softmax of the logits); the step's loss is
 over the pairs. After each optimizer step the target is copied (first steps) or moved
 towards the online network on a cosine schedule of its momentum gamma.
 
+As the package, each view is normalised by batch norm with its own statistics (it forwards
+the views one by one; here one forward per group of views of a size, `per_view_batch_norm`)
+and the views' pixels stay in [0, 1] (`normalises_inputs`), also in the later stages.
 Differences from the package (docs/original-code.md): the local views are the views after
-the globals (it took the first views again, R1); seeds, resume and evaluation are the
-suite's (its R2, R3 and R4).
+the globals (it took the first views again, R1, which `--relic_first_views_as_local` restores
+for comparisons); seeds, resume and evaluation are the suite's (its R2, R3 and R4).
 Stage 2 and test.py evaluate the target backbone, saved under `backbone`, as the package
 evaluates the EMA weights.
 """
@@ -53,6 +56,8 @@ class ReLIC(Method):
     min_batch_size = 2
     score_name = "accuracy"
     compiled_modules = ("backbone", "target_backbone")
+    per_view_batch_norm = True  # the package forwards each view on its own
+    normalises_inputs = False  # the package's views are ToTensor's [0, 1] pixels
     # `backbone` is the target's: what stage 2 and test.py evaluate. The rest is for resume.
     checkpoint_keys = {
         "backbone": "target_backbone",
@@ -88,6 +93,12 @@ class ReLIC(Method):
         copy_steps: int = option(1, "the target is copied from the online network until this step", at_least=0)
         update_every: int = option(1, "steps between momentum updates of the target", at_least=1)
         weight_decay: float = option(1e-5, "Adam weight decay", at_least=0)
+        first_views_as_local: bool = option(
+            False,
+            "the package's defect R1, for side-by-side comparisons: the online views after the "
+            "globals are the first local_views of all views (g0, g1, g0, g1, l0, l1 with the defaults), "
+            "not the local views",
+        )
         hidden: int = option(512, "hidden units of the critic", at_least=1, at_most=MAX_LAYER_WIDTH)
         projection: int = option(64, "output size of the critic", at_least=1, at_most=MAX_LAYER_WIDTH)
 
@@ -107,6 +118,7 @@ class ReLIC(Method):
         config = self.config
         self.alpha, self.siglip = config.alpha, config.siglip
         self.global_views, self.local_views = config.global_views, config.local_views
+        self.first_views_as_local = config.first_views_as_local
         self.initial_gamma, self.copy_steps, self.update_every = config.gamma, config.copy_steps, config.update_every
         self.critic = critic(backbone.feature_size, config.hidden, config.projection)
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
@@ -140,14 +152,29 @@ class ReLIC(Method):
 
     def project(self, views: torch.Tensor, count: int) -> torch.Tensor:
         """Online projections (count, B, d) of `count` view-major views of B images."""
-        return self.critic(self.backbone(views)).unflatten(0, (count, -1))
+        return self.critic(self.forward_views(self.backbone, views, count)).unflatten(0, (count, -1))
+
+    def online_projections(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Projections (V, B, d) of the online views: the globals, then the locals, or with
+        `first_views_as_local` the package's list (R1): the globals, then the first
+        `local_views` of globals and locals, each forwarded again as the package does."""
+        online = [self.project(views[0], self.global_views)]
+        if not self.local_views:
+            return online[0]
+        if not self.first_views_as_local:
+            return torch.cat([*online, self.project(views[1], self.local_views)])
+        images = views[0].shape[0] // self.global_views
+        again = min(self.local_views, self.global_views)
+        online.append(self.project(views[0][: again * images], again))
+        if self.local_views > again:
+            online.append(self.project(views[1][: (self.local_views - again) * images], self.local_views - again))
+        return torch.cat(online)
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
-        online = self.project(views[0], self.global_views)
-        if self.local_views:
-            online = torch.cat([online, self.project(views[1], self.local_views)])
+        online = self.online_projections(views)
         with torch.no_grad():
-            target = self.target_critic(self.target_backbone(views[0])).unflatten(0, (self.global_views, -1))
+            target_features = self.forward_views(self.target_backbone, views[0], self.global_views)
+            target = self.target_critic(target_features).unflatten(0, (self.global_views, -1))
         # Every (target view t, online view o) pair at once: (G, V, B, d) against (G, 1, B, d).
         losses, invariances, logits = relic_loss(
             online.unsqueeze(0).expand(self.global_views, -1, -1, -1),

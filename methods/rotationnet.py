@@ -16,6 +16,8 @@ from methods.base import Method, StepOutput, ViewGroup
 from methods.config import MethodConfig
 from methods.heads import accuracy_sums, backbone_and_head_adam
 
+ROTATIONS = 4  # 0, 90, 180 and 270 degrees
+
 
 def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(4B, C, H, W) images rotated by k * 90 degrees in the (H, W) plane, rotation-major
@@ -24,8 +26,8 @@ def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if height != width:
         # A quarter turn swaps H and W, so the four rotations could not share a batch.
         raise ValueError(f"rotationnet needs square images, got {height}x{width}")
-    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
-    labels = torch.arange(4, device=images.device).repeat_interleave(images.shape[0])
+    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(ROTATIONS)])
+    labels = torch.arange(ROTATIONS, device=images.device).repeat_interleave(images.shape[0])
     return rotated, labels
 
 
@@ -33,12 +35,14 @@ class RotationNet(Method):
     name = "rotationnet"
     score_name = "accuracy"
     checkpoint_keys = {"classifier": "classifier", "backbone": "backbone", "optimizer": "optimizer"}
+    per_view_batch_norm = False  # the original concatenates the four rotations into one batch
+    normalises_inputs = True  # the original's Normalize with the data set's mean and std
 
     def __init__(
         self, backbone: Backbone, num_classes: int, config: MethodConfig | None = None, *, lr: float | None = None
     ):
         super().__init__(backbone, num_classes, config, lr=lr)
-        self.classifier = nn.Linear(backbone.feature_size, 4)
+        self.classifier = nn.Linear(backbone.feature_size, ROTATIONS)
         self.optimizer = backbone_and_head_adam(self.backbone, self.classifier, self.lr)
 
     @property
@@ -50,7 +54,7 @@ class RotationNet(Method):
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
         rotated, targets = rotations(views[0])
-        logits = self(rotated)
+        logits = self.classifier(self.forward_views(self.backbone, rotated, ROTATIONS))
         loss = F.cross_entropy(logits, targets)
         correct, count = accuracy_sums(logits, targets)
         return StepOutput(loss=loss, loss_weight=targets.numel(), metrics={"accuracy": (100.0 * correct, count)})

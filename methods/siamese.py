@@ -1,6 +1,6 @@
 """What the four two-view baselines share (byol, simsiam, barlowtwins, vicreg), as solo-learn
 trains them on CIFAR (its scripts/pretrain/cifar/*.yaml): two views of every image, each
-through the backbone on its own (so batch-norm statistics are per view), a projector, and
+normalised by batch norm with its own statistics (`per_view_batch_norm`), a projector, and
 SGD or LARS (momentum 0.9) whose learning rate warms up linearly for `warmup_epochs` (10)
 and then follows a cosine to 0, set before every optimizer step.
 
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from backbones import Backbone
 from datasets.augment import CropColorViews
 from methods.base import MAX_LAYER_WIDTH, EpochContext, Method, ViewGroup
 from methods.config import MethodConfig, option
@@ -47,6 +49,8 @@ class TwoViewMethod(Method):
     checkpoint_keys = {"backbone": "backbone", "projector": "projector", "optimizer": "optimizer", "steps": "steps"}
     optional_keys = frozenset()
     view_groups = list(BYOL_VIEWS)
+    per_view_batch_norm = True  # solo-learn forwards each view on its own
+    normalises_inputs = True  # with the data set's mean and std, as solo-learn
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
@@ -93,9 +97,13 @@ class TwoViewMethod(Method):
             if not group.get("static_lr"):
                 group["lr"] = lr
 
-    def two_views(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's features of each view, computed view by view."""
-        return self.backbone(views[0]), self.backbone(views[1])
+    def two_views(
+        self, views: list[torch.Tensor], network: nn.Module | Backbone | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """`network`'s (default: the backbone's) outputs of the two views, in one forward with
+        batch-norm statistics per view (`Method.forward_views`)."""
+        outputs = self.forward_views(self.backbone if network is None else network, torch.cat(views), len(views))
+        return outputs.chunk(len(views))
 
     @staticmethod
     def batch_metrics(

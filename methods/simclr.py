@@ -32,6 +32,8 @@ MAX_TEMPERATURE = 100.0
 class SimCLR(Method):
     name = "simclr"
     checkpoint_keys = {"backbone": "backbone", "head": "head", "optimizer": "optimizer"}
+    per_view_batch_norm = False  # the original stacks the two views into one batch
+    normalises_inputs = True  # the original's Normalize with the data set's mean and std
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
@@ -75,7 +77,7 @@ class SimCLR(Method):
         return [ViewGroup(2, CropColorViews())]  # the original's simclr pipeline is relationnet's
 
     def training_step(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> StepOutput:
-        projections = self.head(self.backbone(views[0]))
+        projections = self.head(self.forward_views(self.backbone, views[0], 2))
         if self.gather:  # keep view-major order over the global batch: all first views, then all second
             first, second = projections.chunk(2)
             projections = torch.cat([gather_with_gradient(first), gather_with_gradient(second)])

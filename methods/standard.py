@@ -42,6 +42,10 @@ def step_decay(optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int) 
 
 class Standard(Method):
     name = "standard"
+    # One view per image and step: its batch statistics are that view's, as in the original's
+    # single forward, so per view and pooled coincide.
+    per_view_batch_norm = True
+    normalises_inputs = True  # the original's Normalize with the data set's mean and std
     needs_labels = True
     scores_test_split = True
     score_name = "accuracy"

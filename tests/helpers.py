@@ -396,6 +396,24 @@ def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args
     return folder / f"{header}.tar", folder / f"{header}_linear_evaluation.tar", stage1_out, capsys.readouterr().out
 
 
+def record_feature_inputs(monkeypatch) -> list[tuple[str, tuple, tuple]]:
+    """Record the (stage module, mean, std) of every data set stages 2 and 3 compute backbone
+    features of: how they feed the backbone its images. Returns the list they fill."""
+    import experiments.linear_evaluation
+    import experiments.testing
+
+    seen: list[tuple[str, tuple, tuple]] = []
+    for module in (experiments.linear_evaluation, experiments.testing):
+        features = module.extract_features
+
+        def recording(backbone, data, *args, features=features, name=module.__name__, **kwargs):
+            seen.append((name, data.mean, data.std))
+            return features(backbone, data, *args, **kwargs)
+
+        monkeypatch.setattr(module, "extract_features", recording)
+    return seen
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc)
     assert "\n" not in text and "\r" not in text, text

@@ -189,6 +189,15 @@ def test_subset_keeps_pairs_and_constants(small_cifar10_root):
     )
 
 
+def test_as_inputs_keeps_the_normalisation_or_leaves_pixels_in_unit_range(small_cifar10_root):
+    s = load_dataset("cifar10", "train", small_cifar10_root, download=False)
+    assert s.as_inputs(True) is s
+    unit = s.as_inputs(False)
+    assert (unit.mean, unit.std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) and unit.images is s.images
+    assert (unit.name, unit.padding, unit.cutout, unit.num_classes) == (s.name, s.padding, s.cutout, s.num_classes)
+    assert unit.as_inputs(True) is unit and (s.mean, s.std) != (unit.mean, unit.std)
+
+
 def test_balanced_subset_counts_and_seeds(small_cifar10_root):
     s = load_dataset("cifar10", "train", small_cifar10_root, download=False)  # 20 per class
     a = s.balanced_subset(100, seed=1)

@@ -147,3 +147,20 @@ def test_a_methods_epoch_notes_are_one_line():
     assert notes_line({"non_empty_clusters": 3, "NMI_with_the_previous_epoch": 0.25}) == (
         "[INFO] Non empty clusters: 3; NMI with the previous epoch: 0.25"
     )
+
+
+@pytest.mark.parametrize("method_name", ["relic", "simclr"])
+def test_views_are_in_the_input_range_of_the_methods_reference(small_cifar10_root, tmp_path, method_name):
+    """The views of relic stay in [0, 1] (relic-pytorch); simclr's are normalised with the
+    data set's mean and std (the original code): mapped back by x * std + mean, both are
+    pixels in [0, 1], and only the normalised ones go below 0."""
+    data = load_dataset("cifar10", "train", small_cifar10_root, download=False).balanced_subset(16, seed=0)
+    engine = make_engine(method_name, data, tmp_path, batch=8)
+    engine.generator.manual_seed(0)
+    views = engine.augment_views(data.images[:8])[0]
+    assert engine.data.mean == ((0.0,) * 3 if method_name == "relic" else data.mean)
+    mean = torch.tensor(engine.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(engine.data.std).view(1, 3, 1, 1)
+    pixels = views * std + mean
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert (views.min() < 0) == (method_name == "simclr")

@@ -140,7 +140,9 @@ def test_test_py_scores_a_stage1_backbone_by_knn_and_retrieval_and_exports(rando
     out = capsys.readouterr().out
     assert "kNN accuracy (k 20, cosine, weighted):" in out and "Top-5 retrieval precision:" in out
     assert "Test accuracy" not in out  # a stage-1 backbone has no linear classifier to score
-    shapes = json.loads((export / "features.json").read_text())["shapes"]
+    exported = json.loads((export / "features.json").read_text())
+    assert exported["features"].endswith("normalised images")  # randomweights: as the original's
+    shapes = exported["shapes"]
     assert shapes == {
         "test_features": [40, 64],
         "test_labels": [40],

@@ -105,6 +105,7 @@ NO_BAD_VALUE = {
     "--channels_last",
     "--simclr_gather",
     "--relic_siglip",
+    "--relic_first_views_as_local",
     "--cross_domain",
 }
 STAGES = [(stage1, cli.stage1_parser), (stage2, evaluation_cli.stage2_parser), (stage3, evaluation_cli.stage3_parser)]

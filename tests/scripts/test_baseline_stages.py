@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import experiments.testing as stage3
-from tests.helpers import load, read_log, run_stage, stage_arguments, three_stages
+from tests.helpers import load, read_log, record_feature_inputs, run_stage, stage_arguments, three_stages
 
 # Small heads and one warm-up epoch: the tests' cost, not the reference settings.
 SMALL_HEADS = {
@@ -21,7 +21,8 @@ SMALL_HEADS = {
 
 @pytest.mark.parametrize("backbone", ["conv4", "resnet18"])
 @pytest.mark.parametrize("method", list(SMALL_HEADS))
-def test_three_stages_and_knn(small_cifar10_root, tmp_path, capsys, method, backbone):
+def test_three_stages_and_knn(small_cifar10_root, tmp_path, capsys, monkeypatch, method, backbone):
+    seen = record_feature_inputs(monkeypatch)
     args = stage_arguments(small_cifar10_root, tmp_path, backbone=backbone)
     stage1_file, stage2_file, stage1_out, test_out = three_stages(
         args,
@@ -42,6 +43,8 @@ def test_three_stages_and_knn(small_cifar10_root, tmp_path, capsys, method, back
         stage2_args=["--train_subset", "40"],
     )
     assert "Test accuracy:" in test_out and "feature_std" in stage1_out
+    # As solo-learn, the backbones see images normalised with the data set's mean and std.
+    assert seen and all(mean != (0.0,) * 3 and std != (1.0,) * 3 for _, mean, std in seen), seen
     state = load(stage1_file)
     assert state["steps"] == 3 and state["args"][f"{method}_warmup_epochs"] == 0
     if method == "byol":  # the momentum has reached 1 at the last step; the target lags behind

@@ -3,17 +3,20 @@ train: stage 2 (linear layer and logistic regression) and test.py score the targ
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import experiments.linear_evaluation as stage2
 import experiments.testing as stage3
-from tests.helpers import load, run_stage, stage_arguments, three_stages
+from tests.helpers import load, record_feature_inputs, run_stage, stage_arguments, three_stages
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "stl10"])
 @pytest.mark.parametrize("backbone", ["conv4", "resnet18", "resnet50"])
-def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, dataset, backbone):
+def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, monkeypatch, dataset, backbone):
+    seen = record_feature_inputs(monkeypatch)
     root = small_cifar10_root if dataset == "cifar10" else stl10_root
     args = stage_arguments(root, tmp_path, dataset=dataset, backbone=backbone)
     stage1_file, stage2_file, _, test_out = three_stages(
@@ -28,6 +31,11 @@ def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, da
     )
     assert "Test accuracy:" in test_out
     state = load(stage1_file)
+    # As the package, its backbones see [0, 1] images, in stage 1 and in stages 2 and 3.
+    config = json.loads((stage1_file.parent / f"config_relic_{dataset}_{backbone}_seed_1.json").read_text())
+    assert config["input_normalisation"] == {"mean": [0.0] * 3, "std": [1.0] * 3}
+    assert {name for name, *_ in seen} == {"experiments.linear_evaluation", "experiments.testing"}
+    assert all((mean, std) == ((0.0,) * 3, (1.0,) * 3) for _, mean, std in seen), seen
     # 24 images in batches of 8: two steps copy the online network into the target, the third moves it.
     assert state["args"]["data_size"] == 8 and state["momentum_steps"] == 3
     # Stage 2 evaluates the target backbone (the EMA weights), not the online one.
