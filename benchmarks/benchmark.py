@@ -55,7 +55,7 @@ from checks import CHECKS  # noqa: E402
 from configurations import CONFIGS, DEFAULT_DATA_ROOT, configured, suite_options  # noqa: E402
 from machine import describe_machine  # noqa: E402
 from reporting import COLUMNS, describe, row_for, summary, write_csv  # noqa: E402
-from workers import run_worker, worker_main  # noqa: E402
+from workers import FIELD_WORKERS, run_worker, worker_main  # noqa: E402
 
 __all__ = ["COLUMNS", "main"]
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="compile the backbone in every configuration")
     parser.add_argument("--channels_last", action="store_true", help="NHWC layout in every configuration")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks that it runs")
-    parser.add_argument("--worker", choices=["reference", "suite", "dim", "machine"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["reference", "suite", *FIELD_WORKERS], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -125,7 +125,7 @@ def main() -> None:
     )
     configurations = [name for name in names if name in CONFIGS]
     peaks = None
-    if configurations:  # the limit the rows are measured against, in this run
+    if configurations or "bf16-speed" in names:  # the limit the rows are measured against, in this run
         machine, error = run_worker("machine", "", args)
         if error:
             print(f"peak: not measured, {error}", flush=True)
@@ -149,6 +149,7 @@ def main() -> None:
         print(describe(rows[-1]), flush=True)
     write_csv(rows, Path(args.csv))
     print(f"rows written to {args.csv}")
+    args.peaks = peaks  # for bf16-speed
     for name in [name for name in names if name in CHECKS]:
         print(CHECKS[name](args), flush=True)
     print(summary(rows, time.time() - start))

@@ -1,18 +1,20 @@
 """Throughput checks: a line each, after the configurations (concurrent-runs,
-compile-memory, dim-ratio, grid-throughput)."""
+compile-memory, dim-ratio, grid-throughput, step-profile, bf16-speed)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from configurations import REPO
+from configurations import CONFIGS, REPO, configured
+from profiling import describe_profile
 from workers import run_worker
 
 OPENMP_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -208,9 +210,84 @@ def grid_throughput(args) -> str:
     )
 
 
+def step_profile(args) -> str:
+    """Where the time of this suite's relationnet-conv4 step goes, part by part."""
+    measured = argparse.Namespace(
+        **{
+            **vars(args),
+            "steps": args.steps or (2 if args.quick else 8),
+            "warmup": 1 if args.warmup is None else args.warmup,
+        }
+    )
+    result, error = run_worker("profile", "relationnet-conv4", measured)
+    return f"step-profile: {error}" if error else describe_profile("relationnet-conv4", result)
+
+
+BF16_TARGET_SPEEDUP = 3.0  # over fp32, on a CPU with AMX
+BF16_TARGET_FRACTION = 0.30  # of the bf16 matrix-product peak, ResNet-18 at batch 256
+
+
+def bf16_speed(args) -> str:
+    """This suite's ResNet-18 configurations in fp32 (eager, NCHW) and in bf16 autocast with
+    channels-last (both with --compile when given), alternating --runs times: the median
+    speed-up and its range, and the fraction of the bf16 peak (measured in this run) reached."""
+    peaks = getattr(args, "peaks", None) or {}
+    runs = args.runs or (1 if args.quick else 3)
+    names = [name for name, config in CONFIGS.items() if config.backbone == "resnet18"]
+    lines = []
+    for name in names:
+        config = configured(name, args.quick)
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        flops, error = 0.0, ""
+        for _ in range(runs):
+            for precision in rates:
+                measured = argparse.Namespace(
+                    **{
+                        **vars(args),
+                        "precision": precision,
+                        "channels_last": precision == "bf16",
+                        "steps": args.steps or config.steps,
+                        "warmup": config.warmup if args.warmup is None else args.warmup,
+                    }
+                )
+                measurement, error = run_worker("suite", name, measured)
+                if error:
+                    break
+                rates[precision].append(measurement.images / measurement.seconds)
+                flops = measurement.flops_per_image
+            if error:
+                break
+        lines.append(describe_bf16_speed(name, config.batch, rates, flops, peaks.get("bf16"), error))
+    return "\n".join(lines)
+
+
+def describe_bf16_speed(
+    name: str, batch: int, rates: dict[str, list[float]], flops: float, peak: float | None, error: str
+) -> str:
+    label = f"bf16-speed {name} (batch {batch})"
+    if error:
+        return f"{label}: {error}"
+    speedups = [bf16 / fp32 for fp32, bf16 in zip(rates["fp32"], rates["bf16"])]
+    fp32, bf16, speedup = (statistics.median(values) for values in (rates["fp32"], rates["bf16"], speedups))
+    gflops = flops * bf16 / 1e9
+    fraction = gflops / peak if peak else None
+    missed = [f"{speedup:.2f}x < {BF16_TARGET_SPEEDUP}x"] * (speedup < BF16_TARGET_SPEEDUP)
+    if fraction is not None and fraction < BF16_TARGET_FRACTION and batch >= 256:
+        missed.append(f"{100 * fraction:.1f}% < {100 * BF16_TARGET_FRACTION:.0f}% of the peak")
+    return (
+        f"{label}: fp32 {fp32:,.1f} -> bf16 + channels-last {bf16:,.1f} images/s, {speedup:.2f}x "
+        f"(median of {len(speedups)} alternating runs, {min(speedups):.2f}x to {max(speedups):.2f}x); "
+        f"{flops / 1e9:.3g} GFLOP per image, {gflops:,.1f} GFLOP/s"
+        + (f" = {100 * fraction:.1f}% of the bf16 peak" if fraction is not None else "")
+        + ("; missed: " + ", ".join(missed) if missed else "; targets met")
+    )
+
+
 CHECKS = {
     "concurrent-runs": concurrent_runs,
     "compile-memory": compile_memory,
     "dim-ratio": dim_ratio,
     "grid-throughput": grid_throughput,
+    "step-profile": step_profile,
+    "bf16-speed": bf16_speed,
 }

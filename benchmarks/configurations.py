@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from utils.cpu import cpu_has_native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 
 CIFAR10_EPOCH = 50_000
@@ -69,12 +71,16 @@ def configured(name: str, quick: bool) -> Config:
 
 
 def suite_options(config: Config, args) -> list[str]:
-    """This suite's flags: the configuration's, unless the command line names its own."""
+    """This suite's flags: the configuration's, unless the command line names its own. A
+    configuration's bf16 is for GPUs and CPUs with bfloat16 units: on another CPU bf16 runs
+    in generic code hundreds of times slower than fp32, so there this suite trains in fp32."""
     if args.precision or args.compile or args.channels_last:
         options = ["--precision", args.precision or "fp32"]
         options += ["--compile"] * args.compile + ["--channels_last"] * args.channels_last
     else:
         options = list(config.options)
+        if "bf16" in options and args.device == "cpu" and not cpu_has_native_bf16():
+            options[options.index("bf16")] = "fp32"
     if args.quick and "--compile" in options:  # compiling takes longer than a quick run
         options.remove("--compile")
     return options

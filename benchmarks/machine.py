@@ -61,7 +61,7 @@ def machine_worker(args) -> dict:
     with this process's threads (the training workers' own)."""
     import torch
 
-    from engine.precision import cpu_flags, cpu_has_native_bf16
+    from utils.cpu import cpu_flags, cpu_has_native_bf16
 
     device = torch.device(args.device)
     flags = cpu_flags()

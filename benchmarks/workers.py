@@ -13,24 +13,26 @@ from pathlib import Path
 from configurations import REPO, configured
 from machine import machine_worker
 from measuring import ChildMemory, Measurement
+from profiling import profile_worker
 from reference_side import reference_worker
 from suite_side import dim_worker, suite_worker
 
 RESULT_PREFIX = "RESULT "
+# Workers whose result is a dict of fields, not a Measurement of one side.
+FIELD_WORKERS = {"dim": dim_worker, "machine": machine_worker, "profile": profile_worker}
 SCRIPT = Path(__file__).resolve().parent / "benchmark.py"
 
 
 def worker_main(args) -> None:
-    if args.worker in ("suite", "dim", "machine"):  # as every stage script does first
+    if args.worker in ("suite", "dim", "machine", "profile"):  # as every stage script does first
         from utils.threads import configure_threads
 
         configure_threads()
         from utils.runtime import tune_allocator
 
         tune_allocator()
-    if args.worker in ("dim", "machine"):
-        measure = dim_worker if args.worker == "dim" else machine_worker
-        print(RESULT_PREFIX + json.dumps(measure(args)), flush=True)
+    if args.worker in FIELD_WORKERS:
+        print(RESULT_PREFIX + json.dumps(FIELD_WORKERS[args.worker](args)), flush=True)
         return
     config = configured(args.config, args.quick)
     measure = reference_worker if args.worker == "reference" else suite_worker
@@ -42,8 +44,7 @@ def worker_main(args) -> None:
 
 
 def run_worker(side: str, name: str, args) -> tuple[Measurement | dict | None, str]:
-    """Run a worker in a fresh process: its Measurement (the dim and machine workers: their
-    result's fields)."""
+    """Run a worker in a fresh process: its Measurement (FIELD_WORKERS: their result's fields)."""
     command = [
         sys.executable,
         str(SCRIPT),
@@ -64,6 +65,6 @@ def run_worker(side: str, name: str, args) -> tuple[Measurement | dict | None, s
     for line in reversed(result.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             fields = json.loads(line[len(RESULT_PREFIX) :])
-            return (fields if side in ("dim", "machine") else Measurement(**fields)), ""
+            return (fields if side in FIELD_WORKERS else Measurement(**fields)), ""
     tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
     return None, f"{side} worker failed (status {result.returncode}): {tail}"

@@ -15,6 +15,7 @@ from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import benchmark  # noqa: E402
+import checks  # noqa: E402
 
 
 def test_quick_benchmark_prints_a_line_per_configuration_and_writes_the_csv(tmp_path):
@@ -86,14 +87,14 @@ def conv4_forward_flops() -> float:
     return counter.get_total_flops()
 
 
-def test_quick_dim_ratio_times_both_local_discriminators(tmp_path):
+def test_quick_dim_ratio_times_both_local_discriminators_and_the_step_profile_its_parts(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
             "benchmarks/benchmark.py",
             "--quick",
             "--configs",
-            "dim-ratio",
+            "dim-ratio,step-profile",
             "--steps",
             "1",
             "--csv",
@@ -107,6 +108,10 @@ def test_quick_dim_ratio_times_both_local_discriminators(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("dim-ratio"))
     assert "original local discriminator" in line and float(line.rsplit(", ", 1)[1].rstrip("x")) > 0, line
+    profile = next(line for line in result.stdout.splitlines() if line.startswith("step-profile"))
+    total = float(profile.split("): ")[1].split(" ms per step")[0].replace(",", ""))
+    shares = [int(part.rsplit("(", 1)[1].rstrip("%)")) for part in profile.split("ms per step: ")[1].split(", ")]
+    assert total > 0 and len(shares) == 5 and 97 <= sum(shares) <= 103, profile  # each part rounded
     assert result.stdout.strip().splitlines()[-1].startswith("summary: 0 configurations")
 
 
@@ -143,3 +148,16 @@ def test_quick_deepcluster_times_whole_epochs_and_skips_the_reference_without_sc
         assert line.endswith("; " + row["skipped"]) and not row["ref_images_per_s"], line
     else:
         assert not row["skipped"] and float(row["ref_images_per_s"]) > 0, line
+
+
+def test_bf16_speed_line_gives_the_median_speed_up_its_range_and_the_fraction_of_the_bf16_peak():
+    rates = {"fp32": [10.0, 12.0, 11.0], "bf16": [30.0, 40.0, 22.0]}  # speed-ups 3.0, 3.33, 2.0
+    line = checks.describe_bf16_speed("byol-resnet18", 256, rates, 4.5e9, 1000.0, "")
+    assert line.startswith("bf16-speed byol-resnet18 (batch 256): fp32 11.0 -> bf16 + channels-last 30.0 images/s")
+    assert "3.00x (median of 3 alternating runs, 2.00x to 3.33x)" in line
+    assert "4.5 GFLOP per image, 135.0 GFLOP/s = 13.5% of the bf16 peak" in line  # 4.5 x 30
+    assert line.endswith("; missed: 13.5% < 30% of the peak")
+    slow = checks.describe_bf16_speed("relic-resnet18", 256, {"fp32": [10.0], "bf16": [0.1]}, 6e9, None, "")
+    assert "0.01x (median of 1 alternating runs" in slow and slow.endswith("; missed: 0.01x < 3.0x")
+    failed = checks.describe_bf16_speed("vicreg-resnet18", 8, {"fp32": [], "bf16": []}, 0.0, None, "boom")
+    assert failed == "bf16-speed vicreg-resnet18 (batch 8): boom"

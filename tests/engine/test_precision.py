@@ -13,11 +13,12 @@ import torch
 import experiments.pretraining as stage1
 from backbones import build_backbone
 from datasets import load_dataset
-from engine.precision import Precision, cpu_flags, cpu_has_native_bf16
+from engine.precision import Precision
 from experiments.stage import run_main
 from methods import METHODS
 from methods.losses import focal_loss, simclr_original_loss
 from tests.helpers import engine_for, make_engine, read_log
+from utils.cpu import cpu_has_native_bf16
 from utils.errors import UserError
 
 
@@ -41,18 +42,6 @@ def test_fp32_is_no_autocast_and_fp16_brings_a_scaler():
     assert set(Precision("fp16", torch.device("cpu")).state_dict()) == {"grad_scaler"}
     with pytest.raises(UserError, match="--precision fp8"):
         Precision("fp8", torch.device("cpu"))
-
-
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    """An AVX2-only x86 CPU has no bfloat16 units; AMX, AVX512-BF16 and Arm's BF16 are such units."""
-    x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n")
-    arm = tmp_path / "arm"
-    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
-    assert cpu_flags(str(x86)) == {"fpu", "sse2", "avx2", "fma"} and not cpu_has_native_bf16(cpu_flags(str(x86)))
-    assert cpu_has_native_bf16(cpu_flags(str(arm)))
-    assert cpu_has_native_bf16({"avx512f", "avx512_bf16"}) and cpu_has_native_bf16({"amx_tile", "amx_bf16"})
-    assert cpu_flags(str(tmp_path / "missing")) == set()
 
 
 def test_losses_stay_float32_under_autocast():
@@ -187,7 +176,7 @@ def test_compiled_fp32_steps_equal_eager_ones_and_keep_the_checkpoint_keys(subse
         )
 
 
-def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
+def test_stage1_records_the_speed_options_and_warns_of_bf16_without_native_units(small_cifar10_root, tmp_path, capsys):
     argv = [
         "--data_root",
         str(small_cifar10_root),
@@ -211,6 +200,7 @@ def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
         "--channels_last",
     ]
     run_main(lambda: stage1.main(argv))
+    assert ("no bfloat16 matrix units" in capsys.readouterr().out) == (not cpu_has_native_bf16())
     folder = tmp_path / "relationnet" / "cifar10"
     config = json.loads((folder / "config_relationnet_cifar10_conv4_seed_1.json").read_text())
     assert config["args"]["precision"] == "bf16" and config["args"]["channels_last"] is True
