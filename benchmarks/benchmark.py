@@ -120,7 +120,8 @@ def main() -> None:
     start = time.time()
     print(
         f"benchmark on {args.device} ({os.cpu_count()} CPUs, {os.environ.get('OMP_NUM_THREADS', 'default')} "
-        f"OpenMP threads){': quick, tiny sizes, not a measurement' if args.quick else ''}",
+        f"OpenMP threads; load average {os.getloadavg()[0]:.2f} in the minute before the run)"
+        f"{': quick, tiny sizes, not a measurement' if args.quick else ''}",
         flush=True,
     )
     configurations = [name for name in names if name in CONFIGS]
