@@ -15,17 +15,19 @@ Each prints one line: images per second (medians of the runs), the median speed-
 range of the runs' speed-ups, seconds per CIFAR-10 epoch of 50,000 images, this suite's
 floating-point operations per training image (forward and backward, counted once), its
 GFLOP/s and their fraction of the peak of the precision it trains in, peak memory; the
-last line is a summary. The rows also go to a CSV (--csv). Four checks follow, a line each
+last line is a summary. The rows also go to a CSV (--csv). Six checks follow, a line each
 (not in the CSV): two stage-1 runs at once against one alone with libgomp's default
 waiting and the stage scripts' short spin (concurrent-runs), the peak memory of
 relationnet-conv4 on the original's path, eager and compiled (compile-memory), Deep
-InfoMax steps with the fast and the original local discriminator (dim-ratio), and
-reproduce.py's cifar10 study with --jobs 1 and 2 (grid-throughput).
+InfoMax steps with the fast and the original local discriminator (dim-ratio),
+reproduce.py's cifar10 study with --jobs 1 and 2 (grid-throughput), the parts of a
+relationnet-conv4 step (step-profile), and the ResNet-18 configurations in fp32 and in
+bf16 + channels-last (bf16-speed, a line per configuration).
 
 The modules: `configurations.py` (what each configuration runs), `workers.py` (a side in
 a fresh process), `reference_side.py` and `suite_side.py` (what each side times),
 `measuring.py` (memory, data), `machine.py` (peaks, FLOPs), `reporting.py` (rows, lines,
-CSV) and `checks.py`.
+CSV), `checks.py` and `profiling.py` (step-profile).
 
 "images" are training images: a relationnet step of batch 64 at K 32 counts 64 images
 (2,048 views). deepcluster-conv4 times whole epochs over a subset, as its clustering comes
