@@ -34,6 +34,7 @@ from methods.config import MethodConfig
 from utils import distributed
 from utils.atomic import save_json
 from utils.console import say, silenced
+from utils.cpu import cpu_has_native_bf16
 from utils.errors import UserError
 from utils.runtime import resolve_device
 from utils.seeds import seed_everything
@@ -205,6 +206,11 @@ def training_images(args: RunArguments, method_class, ranks: distributed.Ranks, 
         say(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
         say("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
+    if args.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        say(
+            "[WARNING] this CPU has no bfloat16 matrix units (AMX, AVX512-BF16 or Arm BF16): bf16 runs in "
+            "generic code, far slower than fp32 (docs/performance.md); use --precision fp32 here"
+        )
     return data
 
 

@@ -27,6 +27,10 @@ def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # A quarter turn swaps H and W, so the four rotations could not share a batch.
         raise ValueError(f"rotationnet needs square images, got {height}x{width}")
     rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(ROTATIONS)])
+    if images.is_contiguous(memory_format=torch.channels_last):
+        # A turned channels-last batch is in neither layout; the backbone's convolutions
+        # would copy it back themselves, step after step (--channels_last).
+        rotated = rotated.contiguous(memory_format=torch.channels_last)
     labels = torch.arange(ROTATIONS, device=images.device).repeat_interleave(images.shape[0])
     return rotated, labels
 

@@ -15,8 +15,10 @@ from backbones import build_backbone
 from datasets import load_dataset
 from engine.precision import Precision
 from experiments.stage import run_main
+from methods import METHODS
 from methods.losses import focal_loss, simclr_original_loss
-from tests.helpers import make_engine, read_log
+from tests.helpers import engine_for, make_engine, read_log
+from utils.cpu import cpu_has_native_bf16
 from utils.errors import UserError
 
 
@@ -24,6 +26,9 @@ from utils.errors import UserError
 def subset(cifar10_root):
     """Two steps of 32 images per epoch."""
     return load_dataset("cifar10", "train", cifar10_root, download=False).balanced_subset(64, seed=0)
+
+
+BF16_CHANNELS_LAST = {"precision": "bf16", "channels_last": True}
 
 
 def test_fp32_is_no_autocast_and_fp16_brings_a_scaler():
@@ -49,6 +54,76 @@ def test_losses_stay_float32_under_autocast():
     # Only the inputs' rounding to bf16 differs from the float32 loss.
     torch.testing.assert_close(simclr, simclr_original_loss(projections.bfloat16().float(), 0.5))
     torch.testing.assert_close(focal, focal_loss(logits.bfloat16().float(), targets))
+
+
+def bf16_forward_and_fp32_loss(engine, batch: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """One forward pass of the engine's method on a batch of its views under its bf16 autocast,
+    and again on the same views in float32 (the random draws of a step seeded alike): what
+    each convolution and linear layer computed in (their outputs' dtypes, whether each
+    convolution's input was channels-last) and the two losses."""
+    method = engine.method
+    index = engine.batch_index(engine.begin_epoch(0)[0], 0)[:batch]
+    views = engine.augment_views(engine.images.index_select(0, index))
+    labels = engine.labels.index_select(0, index)
+    seen = {"conv": set(), "linear": set(), "conv_input_channels_last": set()}
+
+    def record(module, inputs, output):
+        kind = "conv" if isinstance(module, torch.nn.Conv2d) else "linear"
+        seen[kind].add(output.dtype)
+        if kind == "conv":
+            seen["conv_input_channels_last"].add(inputs[0].is_contiguous(memory_format=torch.channels_last))
+
+    hooks = [
+        module.register_forward_hook(record)
+        for module in method.modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    torch.manual_seed(0)
+    with engine.precision.autocast():
+        loss = method.training_step(views, labels, index).loss
+    for hook in hooks:
+        hook.remove()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        fp32_loss = method.training_step(views, labels, index).loss
+    return seen, loss, fp32_loss
+
+
+# Every method that trains, the ones added later included: the bf16 path is the engine's
+# autocast around `training_step` and the float32 losses of methods/losses.py, nothing a
+# method opts into.
+TRAINED_METHODS = [name for name, method in METHODS.items() if method.trains]
+
+
+@pytest.mark.parametrize("name", TRAINED_METHODS)
+def test_bf16_channels_last_runs_every_method_s_layers_in_bf16_and_its_loss_in_float32(subset, tmp_path, name):
+    engine = make_engine(name, subset, tmp_path, epochs=1, batch=8, plan_options=BF16_CHANNELS_LAST)
+    seen, loss, fp32_loss = bf16_forward_and_fp32_loss(engine, 8)
+    assert seen["conv"] == {torch.bfloat16} and seen["linear"] <= {torch.bfloat16}, seen
+    assert seen["conv_input_channels_last"] == {True}, seen
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(fp32_loss.item(), rel=0.05, abs=0.02)
+
+
+def test_bf16_channels_last_resnet18_step_keeps_float32_weights_and_gradients(subset, tmp_path):
+    """ResNet-18's residual blocks stay channels-last and bf16 through a whole step of a
+    two-view method; the optimizer updates float32 weights with float32 gradients."""
+    torch.manual_seed(0)
+    method = METHODS["simsiam"](
+        build_backbone("resnet18", "cifar"),
+        10,
+        METHODS["simsiam"].Config(hidden=64, projection=64, predictor_hidden=32),
+    )
+    engine = engine_for(method, subset, tmp_path, epochs=1, batch=2, plan_options=BF16_CHANNELS_LAST)
+    seen, loss, fp32_loss = bf16_forward_and_fp32_loss(engine, 2)
+    assert seen == {"conv": {torch.bfloat16}, "linear": {torch.bfloat16}, "conv_input_channels_last": {True}}
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(fp32_loss.item(), rel=0.05, abs=0.02)
+    before = {name: p.detach().clone() for name, p in method.named_parameters()}
+    engine.train_step(engine.batch_index(engine.begin_epoch(0)[0], 0))
+    for name, parameter in method.named_parameters():
+        assert parameter.dtype == torch.float32 and parameter.grad.dtype == torch.float32, name
+    assert any(not torch.equal(before[name], p) for name, p in method.named_parameters())
 
 
 @pytest.mark.parametrize(
@@ -101,7 +176,7 @@ def test_compiled_fp32_steps_equal_eager_ones_and_keep_the_checkpoint_keys(subse
         )
 
 
-def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
+def test_stage1_records_the_speed_options_and_warns_of_bf16_without_native_units(small_cifar10_root, tmp_path, capsys):
     argv = [
         "--data_root",
         str(small_cifar10_root),
@@ -125,6 +200,7 @@ def test_stage1_records_the_speed_options(small_cifar10_root, tmp_path):
         "--channels_last",
     ]
     run_main(lambda: stage1.main(argv))
+    assert ("no bfloat16 matrix units" in capsys.readouterr().out) == (not cpu_has_native_bf16())
     folder = tmp_path / "relationnet" / "cifar10"
     config = json.loads((folder / "config_relationnet_cifar10_conv4_seed_1.json").read_text())
     assert config["args"]["precision"] == "bf16" and config["args"]["channels_last"] is True
