@@ -5,6 +5,7 @@ from methods.base import Method, StepOutput
 from methods.byol import BYOL
 from methods.deepcluster import DeepCluster
 from methods.deepinfomax import DeepInfoMax
+from methods.dino import DINO
 from methods.randomweights import RandomWeights
 from methods.relationnet import RelationNet
 from methods.relic import ReLIC
@@ -12,6 +13,7 @@ from methods.rotationnet import RotationNet
 from methods.simclr import SimCLR
 from methods.simsiam import SimSiam
 from methods.standard import Standard
+from methods.swav import SwAV
 from methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
@@ -27,6 +29,8 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "barlowtwins": BarlowTwins,
     "vicreg": VICReg,
+    "swav": SwAV,
+    "dino": DINO,
 }
 
 __all__ = ["METHODS", "Method", "StepOutput"]
