@@ -263,7 +263,7 @@ def test_resume_inside_an_epoch_is_exact(small_images, tmp_path, name):
     queue joins the codes in the second epoch and the prototypes are frozen in the first."""
     # Local views of 8 px (half the side): the smallest conv4 takes.
     options = {"local_views": 2, "local_size_ratio": 0.5}
-    options |= {"queue_size": 24, "queue_start_epoch": 1} if name == "swav" else {}
+    options |= {"queue_size": 24, "queue_start_epoch": 1, "freeze_prototypes_epochs": 1} if name == "swav" else {}
     data = small_images.balanced_subset(64, seed=0)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir(), resumed.mkdir()
