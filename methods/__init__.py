@@ -6,6 +6,9 @@ from methods.byol import BYOL
 from methods.deepcluster import DeepCluster
 from methods.deepinfomax import DeepInfoMax
 from methods.dino import DINO
+from methods.mocov2plus import MoCoV2Plus
+from methods.mocov3 import MoCoV3
+from methods.nnclr import NNCLR
 from methods.randomweights import RandomWeights
 from methods.relationnet import RelationNet
 from methods.relic import ReLIC
@@ -29,6 +32,9 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "barlowtwins": BarlowTwins,
     "vicreg": VICReg,
+    "mocov2plus": MoCoV2Plus,
+    "mocov3": MoCoV3,
+    "nnclr": NNCLR,
     "swav": SwAV,
     "dino": DINO,
 }

@@ -209,3 +209,52 @@ def vicreg_loss(
         covariance = covariance + _off_diagonal_square_sum(centred.t() @ centred / (view.shape[0] - 1)) / d
     loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
     return loss, invariance, variance, covariance
+
+
+@in_float32
+def moco_queue_loss(
+    query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """MoCo's InfoNCE loss with a queue of negatives (He et al. 2020), as solo-learn's MoCo v2+
+    computes it: each row of the (n, d) `query` scores its own row of `key` first, then every
+    row of the (k, d) `negatives`; the logits are divided by `temperature` and the loss is the
+    mean cross-entropy with the first logit as the class. `query`, `key` and `negatives` come
+    L2-normalised (the method normalises them); the key and the negatives get no gradient."""
+    key, negatives = key.detach(), negatives.detach()
+    positives = (query * key).sum(dim=1, keepdim=True)
+    logits = torch.cat([positives, query @ negatives.t()], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(query.shape[0], dtype=torch.long, device=query.device))
+
+
+@in_float32
+def mocov3_loss(query: torch.Tensor, key: torch.Tensor, temperature: float, key_offset: int = 0) -> torch.Tensor:
+    """MoCo v3's contrastive loss (Chen, Xie and He 2021), as solo-learn computes it: the rows of
+    `query` (the online predictions, n x d) and `key` (the momentum projections, m x d, m >= n)
+    are L2-normalised, the logits are their dot products over `temperature`, row i's class is
+    key row `key_offset` + i (the keys may be those of every rank, this rank's from
+    `key_offset`), and the mean cross-entropy is scaled by 2 * temperature, as the paper's code
+    does. The keys get no gradient."""
+    query, key = F.normalize(query, dim=1), F.normalize(key.detach(), dim=1)
+    logits = query @ key.t() / temperature
+    targets = torch.arange(query.shape[0], device=query.device) + key_offset
+    return F.cross_entropy(logits, targets) * (2 * temperature)
+
+
+@torch.no_grad()
+def nearest_neighbours(rows: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NNCLR's look-up: for each of the (n, d) `rows`, the index of the row of the (k, d)
+    `support` set with the largest dot product (the cosine, both being L2-normalised) and
+    that row itself, without gradient."""
+    index = (rows @ support.t()).argmax(dim=1)
+    return index, support[index]
+
+
+@in_float32
+def nnclr_loss(neighbours: torch.Tensor, prediction: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NNCLR's loss (Dwibedi et al. 2021) in solo-learn's form: the (n, d) nearest `neighbours`
+    of one view's projections and the `prediction` of the other view are L2-normalised; the
+    logits are neighbours times predictions transposed over `temperature`, and the loss is the
+    mean cross-entropy of each neighbour row with its own image's prediction as the class."""
+    neighbours, prediction = F.normalize(neighbours.detach(), dim=-1), F.normalize(prediction, dim=-1)
+    logits = neighbours @ prediction.t() / temperature
+    return F.cross_entropy(logits, torch.arange(prediction.shape[0], device=prediction.device))

@@ -36,6 +36,7 @@ def momentum_update(target: Network, online: Network, gamma: float) -> None:
             to.lerp_(source, 1.0 - gamma)
 
 
-def cosine_momentum(step: int, total_steps: int, initial: float) -> float:
-    """gamma_k = 1 - (1 - gamma_0) (cos(pi k / K) + 1) / 2: from `initial` at step 0 to 1 at K."""
-    return 1.0 - (1.0 - initial) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0
+def cosine_momentum(step: int, total_steps: int, initial: float, final: float = 1.0) -> float:
+    """gamma_k = final - (final - gamma_0) (cos(pi k / K) + 1) / 2: from `initial` at step 0 to
+    `final` at K (solo-learn's MomentumUpdater: base_tau to final_tau)."""
+    return final - (final - initial) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0

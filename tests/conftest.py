@@ -16,6 +16,7 @@ from tests.helpers import (
     SHARED_TINY,
     linked_shared_root,
     write_cifar10,
+    write_cifar10_excerpt,
     write_cifar100,
     write_stl10,
     write_tiny,
@@ -35,6 +36,15 @@ def cifar10_root(tmp_path_factory) -> Path:
 def small_cifar10_root(tmp_path_factory) -> Path:
     """Always-written tiny CIFAR-10: 5 batches x 40 train images, 40 test images."""
     return write_cifar10(tmp_path_factory.mktemp("small_cifar10"), n_train_per_batch=40, n_test=40, batches=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_small_cifar10_root(tmp_path_factory, small_cifar10_root) -> Path:
+    """Real CIFAR-10 images, few: 200 training and 40 test images of the shared sample in
+    the official format (the written tiny CIFAR-10 where the sample is absent)."""
+    if not HAS_SHARED_CIFAR10:
+        return small_cifar10_root
+    return write_cifar10_excerpt(tmp_path_factory.mktemp("real_small_cifar10"), SHARED_CIFAR10, 200, 40)
 
 
 @pytest.fixture(scope="session")

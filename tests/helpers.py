@@ -5,7 +5,8 @@ reference tensors, stage runs in-process and a small engine over a data set.
   and image-folder writers) write real-format files whose images are learnable (each class
   has its own colour and stripe pattern, plus noise), so a classifier trained on them beats
   chance.
-* `GOLDEN`: `tests/golden`, tensors of the original code and relic-pytorch.
+* `GOLDEN`: `tests/golden`, tensors of the original code, relic-pytorch and solo-learn
+  (`modern_golden` loads solo-learn's).
 * `run_stage`, `stage_arguments`, `three_stages`: stage scripts run as their
   command lines would; `load` reads a checkpoint.
 * `make_engine`, `read_log`: an engine over a data set, and its CSV log;
@@ -29,7 +30,7 @@ import torch
 
 from datasets.spec import Download
 from experiments.grid import Grid
-from experiments.grid_cli import grid_parser
+from experiments.grid_cli import grid_arguments, grid_parser
 from experiments.grid_plan import plan
 from experiments.parallel import LiveLines
 
@@ -101,6 +102,31 @@ def write_cifar10(root, n_train_per_batch: int, n_test: int, batches: int = 5, s
         {"num_cases_per_batch": n_train_per_batch, "label_names": CIFAR10_CLASSES, "num_vis": 3072},
         folder / "batches.meta",
     )
+    return root
+
+
+def write_cifar10_excerpt(root, source: Path, n_train: int, n_test: int) -> Path:
+    """Write `<root>/cifar-10-batches-py` in the official format with the first `n_train`
+    images of `source`'s first training batch and its first `n_test` test images (real
+    images, few enough for a quick stage run); return `root`."""
+    root = Path(root)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count, label in (
+        ("data_batch_1", n_train, "training batch 1 of 1"),
+        ("test_batch", n_test, "testing batch 1 of 1"),
+    ):
+        with open(source / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        excerpt = {
+            "batch_label": label,
+            "labels": batch["labels"][:count],
+            "data": batch["data"][:count],
+            "filenames": batch["filenames"][:count],
+        }
+        _dump(excerpt, folder / name)
+    with open(source / "batches.meta", "rb") as handle:
+        _dump(pickle.load(handle, encoding="latin1"), folder / "batches.meta")
     return root
 
 
@@ -348,6 +374,12 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
+def modern_golden() -> dict:
+    """solo-learn's loss values on fixed inputs, by method (`tests/golden/modern.pt`; its
+    layout is in `tests/golden/README.md`)."""
+    return load(GOLDEN / "modern.pt")
+
+
 def three_stages(args, out, dataset, method, capsys, stage1_args=(), stage2_args=(), backbone="conv4"):
     """One epoch of stage 1, one of linear evaluation, then test.py, with `args` common to all
     three (their `--backbone` is `backbone`); returns (stage-1 file, stage-2 file, stage-1
@@ -472,20 +504,25 @@ def save_original_checkpoint(path, backbone, head_key: str, head) -> None:
 
 def planned_grid(root, out, *flags) -> Grid:
     """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
-    args = grid_parser().parse_args(
-        [
-            "--study",
-            "cifar10",
-            "--methods",
-            "randomweights",
-            "--seeds",
-            "1",
-            "--data_root",
-            str(root),
-            "--out",
-            str(out),
-            *flags,
-        ]
+    args = grid_arguments(
+        grid_parser().parse_args(
+            [
+                "--study",
+                "cifar10",
+                "--methods",
+                "randomweights",
+                "--seeds",
+                "1",
+                "--data_root",
+                str(root),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--jobs",
+                "1",
+                *flags,
+            ]
+        )
     )
-    args.child_device, args.gpus, args.jobs = "cpu", [], 1
     return Grid(args, plan(args), live=LiveLines(io.StringIO()))

@@ -48,6 +48,11 @@ def is_active() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
 
 
+def current_rank() -> int:
+    """This process's rank among the ranks of the run (0 without torchrun)."""
+    return dist.get_rank() if is_active() else 0
+
+
 def launched_ranks() -> Ranks:
     """The ranks torchrun gave this process, or SINGLE when it was started directly."""
     try:
