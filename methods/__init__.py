@@ -5,6 +5,7 @@ from methods.base import Method, StepOutput
 from methods.byol import BYOL
 from methods.deepcluster import DeepCluster
 from methods.deepinfomax import DeepInfoMax
+from methods.dino import DINO
 from methods.mocov2plus import MoCoV2Plus
 from methods.mocov3 import MoCoV3
 from methods.nnclr import NNCLR
@@ -15,6 +16,7 @@ from methods.rotationnet import RotationNet
 from methods.simclr import SimCLR
 from methods.simsiam import SimSiam
 from methods.standard import Standard
+from methods.swav import SwAV
 from methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
@@ -33,6 +35,8 @@ METHODS: dict[str, type[Method]] = {
     "mocov2plus": MoCoV2Plus,
     "mocov3": MoCoV3,
     "nnclr": NNCLR,
+    "swav": SwAV,
+    "dino": DINO,
 }
 
 __all__ = ["METHODS", "Method", "StepOutput"]

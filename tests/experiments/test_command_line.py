@@ -81,6 +81,31 @@ BY_FLAG = {
             ("warmup_epochs", ["-1"]),
         )
     },
+    **{
+        f"--{method}_{option}": (values, ["--method", method])
+        for method in ("swav", "dino")
+        for option, values in (
+            ("hidden", ["0", "100000"]),
+            ("projection", ["0", "100000"]),
+            ("prototypes", ["0", "100000"]),
+            ("weight_decay", ["-1"]),
+            ("warmup_epochs", ["-1"]),
+            ("local_views", ["-1", "33"]),
+            ("local_size_ratio", ["0", "1.5", "nan"]),
+            ("freeze_prototypes_epochs", ["-1"]),
+        )
+    },
+    "--swav_temperature": (["0", "nan"], ["--method", "swav"]),
+    "--swav_sinkhorn_iterations": (["0", "1001"], ["--method", "swav"]),
+    "--swav_sinkhorn_epsilon": (["0.01", "inf"], ["--method", "swav"]),
+    "--swav_queue_size": (["-1", "10000000"], ["--method", "swav"]),
+    "--swav_queue_start_epoch": (["-1"], ["--method", "swav"]),
+    "--dino_student_temperature": (["0"], ["--method", "dino"]),
+    "--dino_teacher_temperature": (["-1"], ["--method", "dino"]),
+    "--dino_warmup_teacher_temperature": (["nan"], ["--method", "dino"]),
+    "--dino_warmup_teacher_temperature_epochs": (["-1"], ["--method", "dino"]),
+    "--dino_center_momentum": (["1.5"], ["--method", "dino"]),
+    "--dino_momentum": (["-0.1"], ["--method", "dino"]),
     "--device": (["tpu", "cuda:x", "cpu:5"], []),
     "--image_size": (["-1", "48", "1", "20000"], []),
     "--knn": (["-1", "abc", "100000"], []),
