@@ -9,6 +9,7 @@ from backbones import BACKBONES
 from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
 from experiments.parallel import MEMORY_PER_CPU_JOB
 from experiments.studies import ALL_METHODS, CONDITIONS, STUDIES
+from experiments.variants import replacement
 
 
 def name_list(choices, what: str):
@@ -122,6 +123,17 @@ def grid_parser() -> Parser:
         type=relation_k,
         default=None,
         help="relationnet views per image instead of the paper's (32; 16 tiny/slim; 25 STL-10)",
+    )
+    p.add_argument(
+        "--set",
+        type=replacement,
+        action="append",
+        default=None,
+        metavar="METHOD.NAME=VALUE",
+        help="a variant: replace an option of a method's config (e.g. byol.warmup_epochs=0, "
+        "relationnet.K=8), or its batch (METHOD.data_size) or learning rate (METHOD.lr), in every "
+        "run of that method; checked as the stage-1 flag checks it; repeatable. The runs carry "
+        "the replacement in their names (warmup_epochs0), so they are rows of their own",
     )
     p.add_argument(
         "--knn",

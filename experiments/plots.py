@@ -210,16 +210,18 @@ def plot_feature_map(
     return _save(feature_map_figure(points, labels, title, class_names, axis_labels), require_matplotlib(), output)
 
 
-def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
+def plot_grid_results(groups: list[dict], output: Path, title: str, paper_label: str = "paper") -> Path:
     """Grouped bars: one group per condition, one bar per method (mean ± std over seeds),
-    the paper's value as a black mark where it exists.
+    the paper's value as a black mark where it exists, named `paper_label` in the legend; the
+    title wraps to the figure's width.
 
     `groups`: [{"label": str, "bars": [{"method", "mean", "std", "paper"}...]}...].
     """
     pyplot = require_matplotlib()
     methods = list(dict.fromkeys(bar["method"] for group in groups for bar in group["bars"]))
     width = 0.8 / max(1, len(methods))
-    figure, axis = pyplot.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.5))
+    width_inches = max(6.0, 1.3 * len(groups) * max(1, len(methods)) ** 0.5 + 2)
+    figure, axis = pyplot.subplots(figsize=(width_inches, 4.5))
     colours = pyplot.get_cmap("tab10")
     paper_marked = False
     for m, method in enumerate(methods):
@@ -237,13 +239,19 @@ def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
         axis.bar(xs, means, width, yerr=stds, capsize=2, label=method, color=colours(m % 10))
         if paper_xs:
             axis.scatter(
-                paper_xs, papers, marker="_", s=200, color="black", zorder=3, label=None if paper_marked else "paper"
+                paper_xs,
+                papers,
+                marker="_",
+                s=200,
+                color="black",
+                zorder=3,
+                label=None if paper_marked else paper_label,
             )
             paper_marked = True
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels([group["label"] for group in groups], fontsize=8)
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title, fontsize=9)
+    axis.set_title(textwrap.fill(title, int(width_inches * 13)), fontsize=9)  # about 13 characters an inch at 9 pt
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
