@@ -164,7 +164,8 @@ def common_parser(
         "--seed",
         type=_seed,
         default=-1,
-        help="random seed; -1 draws one, which names the run's files and is recorded in its config",
+        help="random seed; -1: the seed of the checkpoint a stage 2 or 3 reads (drawn when it records none), "
+        "drawn in stage 1; it names the run's files and is recorded in its config",
     )
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS), help="data set of this stage")
     parser.add_argument(
@@ -181,7 +182,7 @@ def common_parser(
         f"(7x7/2 conv and max-pool); auto: stage 1 picks cifar for images up to "
         f"{CIFAR_STEM_MAX_SIDE} px and imagenet above, stages 2 and 3 the checkpoint's",
     )
-    shown_default = batch_default or "the method's: 128, relic 256"
+    shown_default = batch_default or method_batch_defaults()
     parser.add_argument(
         "--data_size",
         type=positive_int,
@@ -225,6 +226,18 @@ def common_parser(
         "size, which folder images must share; default 0)",
     )
     return parser
+
+
+def method_batch_defaults() -> str:
+    """The methods' own mini-batch sizes in words, read from the methods (`default_batch_size`)."""
+    from methods import METHODS  # imported here: building a stage-2 or 3 parser needs no method
+
+    sizes: dict[int, list[str]] = {}
+    for name, method in METHODS.items():
+        sizes.setdefault(method.default_batch_size, []).append(name)
+    common = max(sizes, key=lambda size: len(sizes[size]))
+    others = "; ".join(f"{', '.join(names)} {size}" for size, names in sorted(sizes.items()) if size != common)
+    return f"the method's: {common}" + (f"; {others}" if others else "")
 
 
 def apply_gpu_flag(args: argparse.Namespace) -> None:
@@ -533,6 +546,14 @@ def stage3_parser() -> Parser:
         type=knn_temperature,
         default=0.07,
         help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)",
+    )
+    parser.add_argument(
+        "--train_subset",
+        type=non_negative_int,
+        default=0,
+        help="kNN and export: the seeded, class-balanced subset of N training images stage 2 drew "
+        "with the same --seed, so that kNN votes with the labels the linear classifier learnt "
+        "from (default 0 = all)",
     )
     parser.add_argument(
         "--retrieval",

@@ -14,7 +14,7 @@ from datasets import DATASETS, load_dataset
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_than_finetuning, save_checkpoint
 from engine.csv_log import write_csv
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan
+from engine.loop import Engine, TrainingPlan, resume_position
 from engine.run_files import RunFiles, evaluation_header
 from evaluation.linear import evaluate, score_logits, train_linear_epoch
 from evaluation.logistic import fit_logistic_regression
@@ -22,6 +22,7 @@ from experiments.cli import apply_gpu_flag, stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
+    finished_as_asked,
     record_config,
     resume_point,
     run_seed,
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     state = read_checkpoint(args.checkpoint)
     stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
     method_name = args.method = pretraining_method(args, state)  # recorded as resolved
-    seed = run_seed(args)
+    seed = run_seed(args, state)
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if args.finetune:
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{files.directory} holds an interrupted run {files.header}: pass --resume auto "
                 "to continue it or --overwrite to start again"
             )
+        if resume and finished_as_asked(resume, args.epochs):
+            say(f"[INFO] Nothing left to do: run {files.header} is complete ({files.final})")
+            return
         if resume and resume.state["epoch"] >= args.epochs and not resume.unfinished:
             raise UserError(
                 f"nothing to resume: the run {files.header} is complete ({files.final}); pass "
@@ -269,7 +273,7 @@ def evaluate_backbone(
             extra_state=run_record,
         )
         if resume:
-            say(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
+            say(f"[INFO] Resuming {resume.path} {resume_position(resume.state)}")
         start_epoch, resume_state = (resume.state["epoch"], resume.state) if resume else (0, None)
         Engine(model, train, plan, device).fit(start_epoch, resume_state)
     else:

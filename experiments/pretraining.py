@@ -11,13 +11,21 @@ from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
 from datasets import ImageSet, image_side, load_dataset, pretraining_split
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan
+from engine.loop import Engine, TrainingPlan, resume_position
 from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.cli import apply_gpu_flag, stage1_parser
 from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener
 from experiments.options import stage1_config
-from experiments.stage import ResumePoint, record_config, resume_point, run_seed, stage_backbone, stem_entry
+from experiments.stage import (
+    ResumePoint,
+    finished_as_asked,
+    record_config,
+    resume_point,
+    run_seed,
+    stage_backbone,
+    stem_entry,
+)
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
@@ -91,6 +99,9 @@ def train(
     if ranks.is_main:
         files.remove_temporary()
     resume = find_resume(args, files, may_change, ranks) if args.resume else None
+    if resume and finished_as_asked(resume, args.epochs):
+        say(f"[INFO] Nothing left to do: run {files.header} has trained its {args.epochs} epochs")
+        return
     seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
@@ -196,7 +207,7 @@ def restore(
         if start_epoch >= args.epochs:
             say(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
             return False
-        say(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
+        say(f"[INFO] Resuming {resume.path} {resume_position(resume.state)}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
         check_backbone(state, args.backbone, args.checkpoint, stem)

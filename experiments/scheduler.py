@@ -16,7 +16,7 @@ from engine.locks import GRID_ENVIRONMENT, RunLock
 from experiments.grid_plan import Run, RunStage, Stage
 from experiments.parallel import Activity, Slot, make_slots, read_epoch_progress, start_child
 from utils.atomic import TEXT_ENCODING
-from utils.errors import UserError
+from utils.errors import StopRequested, UserError
 from utils.threads import usable_cpus
 
 if TYPE_CHECKING:  # the grid imports this module to run its tasks
@@ -95,11 +95,11 @@ class Scheduler:
                 signal.signal(s, handler)
             self.live.close()
         if self.stop_signal is not None:
-            raise GridStopped(
+            raise StopRequested(
+                self.stop_signal,
                 f"grid stopped by {signal.Signals(self.stop_signal).name}; run the same command "
                 "again to continue it: finished runs are kept and an interrupted training "
                 "resumes from its last checkpoint",
-                128 + self.stop_signal,
             )
         if self.failure is not None:
             raise GridStopped(self.failure, 1)

@@ -24,7 +24,7 @@ from engine.run_files import RunFiles
 from utils.atomic import TEXT_ENCODING, save_json
 from utils.console import say
 from utils.entry import INTERRUPTED
-from utils.errors import UserError
+from utils.errors import StopRequested, UserError
 from utils.seeds import resolve_seed
 from utils.threads import thread_settings
 
@@ -61,6 +61,9 @@ def run_main(main: Callable[[], None]) -> None:
             f"{prog}: terminated; files saved before are intact (a stage-1 run continues with --resume auto)\n"
         )
         sys.exit(128 + signal.SIGTERM)
+    except StopRequested as stop:  # asked for: said as a stop, not as an error
+        sys.stderr.write(f"{prog}: {stop}\n")
+        sys.exit(stop.exit_status)
     except UserError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
@@ -80,17 +83,15 @@ def stage_backbone(name: str, stem: str | None, device: torch.device, weights: d
     """The backbone a stage runs, as every stage starts it: `name` built with `stem`, described,
     and loaded with a checkpoint's `weights` when given (checked against it by `check_backbone`)."""
     backbone = build_backbone(name, stem)
-    if device.type != "cuda":
-        say(
-            "[WARNING] CUDA is not available."
-            if not torch.cuda.is_available()
-            else "[INFO] Running on the CPU although CUDA is available."
-        )
+    # A machine without a GPU is no news on each run; a GPU left unused is.
+    if device.type != "cuda" and torch.cuda.is_available():
+        say("[INFO] Running on the CPU although CUDA is available.")
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     say(f"[INFO] {name}{f' ({stem} stem)' if stem else ''} loaded in memory.")
     say(f"[INFO] Feature size: {backbone.feature_size}")
     say(f"[INFO] Feature extractor TOT trainable params: {trainable}")
-    say(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
+    if torch.cuda.is_available():
+        say(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
     say(f"[INFO] Device type: {device}")
     if weights is not None:
         say("[INFO] Loading checkpoint...")
@@ -104,10 +105,18 @@ def stem_entry(stem: str | None) -> dict:
     return {"stem": stem} if stem else {}
 
 
-def run_seed(args: argparse.Namespace) -> int:
+def stored_seed(state: dict) -> int | None:
+    """The seed a checkpoint records, when it is one a run could have used (0 to 2^31 - 1)."""
+    seed = state.get("seed")
+    return seed if type(seed) is int and 0 <= seed < 2**31 else None
+
+
+def run_seed(args: argparse.Namespace, checkpoint: dict | None = None) -> int:
     """The run's seed: `--seed`, or for -1 one drawn now, written back into `args` so that it
     names the run's files and is recorded as the value used. `--resume PATH` with -1 takes the
-    seed stored in the checkpoint; `--resume auto` needs the seed to find the run's files."""
+    seed stored in the checkpoint; `--resume auto` needs the seed to find the run's files. A
+    stage that reads the `checkpoint` of an earlier stage takes its seed for -1, so that the
+    stages of one run share their seed (and its file names and subsets) by default."""
     resume = getattr(args, "resume", None)
     if args.seed < 0 and resume == "auto":
         raise UserError(
@@ -119,6 +128,10 @@ def run_seed(args: argparse.Namespace) -> int:
         if stored is not None:
             args.seed = stored
             return args.seed
+    if args.seed < 0 and checkpoint is not None and stored_seed(checkpoint) is not None:
+        args.seed = stored_seed(checkpoint)
+        say(f"[INFO] Seed {args.seed}: the checkpoint's (--seed N chooses another)")
+        return args.seed
     if args.seed < 0:
         args.seed = resolve_seed(args.seed)
         say(f"[INFO] --seed -1: drew seed {args.seed}, which names this run's files")
@@ -248,3 +261,11 @@ def resume_point(
         )
     check_resume_fields(state, world_size, path)
     return ResumePoint(path, state, files, unfinished_commit(state, files, path) is not None)
+
+
+def finished_as_asked(resume: ResumePoint, epochs: int) -> bool:
+    """Whether the resumed run had trained and saved all of the `epochs` it was started with:
+    `--resume auto` on it has nothing left to do (a requeued job ends well). A run asked for
+    fewer or more epochs than it was started with is not."""
+    stored = resume.state["args"].get("epochs")
+    return resume.state["epoch"] == epochs and stored == epochs and not resume.unfinished
