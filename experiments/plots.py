@@ -210,17 +210,23 @@ def plot_feature_map(
     return _save(feature_map_figure(points, labels, title, class_names, axis_labels), require_matplotlib(), output)
 
 
-def plot_grid_results(groups: list[dict], output: Path, title: str, paper_label: str = "paper") -> Path:
+def plot_grid_results(groups: list[dict], output: Path, title: str, paper_label: str = "paper", note: str = "") -> Path:
+    """`grid_results_figure` saved as a PNG."""
+    return _save(grid_results_figure(groups, title, paper_label, note), require_matplotlib(), output)
+
+
+def grid_results_figure(groups: list[dict], title: str, paper_label: str = "paper", note: str = ""):
     """Grouped bars: one group per condition, one bar per method (mean ± std over seeds),
-    the paper's value as a black mark where it exists, named `paper_label` in the legend; the
-    title wraps to the figure's width.
+    the paper's value as a black mark where it exists, named `paper_label` in the legend
+    (beside the axes, where it hides no mark); the title and the `note` under the axes wrap
+    to the figure's width.
 
     `groups`: [{"label": str, "bars": [{"method", "mean", "std", "paper"}...]}...].
     """
     pyplot = require_matplotlib()
     methods = list(dict.fromkeys(bar["method"] for group in groups for bar in group["bars"]))
     width = 0.8 / max(1, len(methods))
-    width_inches = max(6.0, 1.3 * len(groups) * max(1, len(methods)) ** 0.5 + 2)
+    width_inches = max(6.0, 1.3 * len(groups) * max(1, len(methods)) ** 0.5 + 2) + 2.0  # + the legend
     figure, axis = pyplot.subplots(figsize=(width_inches, 4.5))
     colours = pyplot.get_cmap("tab10")
     paper_marked = False
@@ -251,11 +257,17 @@ def plot_grid_results(groups: list[dict], output: Path, title: str, paper_label:
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels([group["label"] for group in groups], fontsize=8)
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title(textwrap.fill(title, int(width_inches * 13)), fontsize=9)  # about 13 characters an inch at 9 pt
+    characters = int(width_inches * 13)  # about 13 characters of 9 pt an inch
+    title_lines = textwrap.wrap(title, characters)
+    # the figure's title, centred on the figure: the axes' title would be cut where it passes them
+    figure.suptitle("\n".join(title_lines), fontsize=9)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    return _save(figure, pyplot, output)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    note_lines = textwrap.wrap(note, int(characters * 9 / 7)) if note else []
+    if note_lines:
+        figure.text(0.01, 0.01, "\n".join(note_lines), fontsize=7, va="bottom", ha="left")
+    figure.tight_layout(rect=(0, 0.03 * len(note_lines), 1, 1))
+    return figure
 
 
 def _save(figure, pyplot, output: Path) -> Path:

@@ -195,5 +195,6 @@ def write_results(
     if groups:
         # a mark of the paper's full protocol beside bars of a shortened one would read as a gap
         paper_label = "paper (its full protocol, not this grid's)" if differences else "paper"
-        written.append(plot_grid_results(list(groups.values()), folder / "figure.png", title, paper_label))
+        note = ("Not the paper's protocol: " + "; ".join(differences) + ".") if differences else ""
+        written.append(plot_grid_results(list(groups.values()), folder / "figure.png", title, paper_label, note))
     return written

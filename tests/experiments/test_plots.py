@@ -112,6 +112,30 @@ def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_who
     pyplot.close(figure)
 
 
+def test_a_grid_figure_keeps_its_title_and_note_whole_and_says_the_paper_marks_are_another_protocol():
+    from matplotlib import pyplot
+
+    from experiments.plots import grid_results_figure
+
+    bars = [
+        {"method": "relationnet", "mean": 30.0, "std": 1.0, "paper": 61.03},
+        {"method": "byol", "mean": 28.0, "std": 2.0, "paper": None},
+    ]
+    title = "CIFAR-10, conv4: relationnet, simclr, byol, barlowtwins; seeds 1, 2, 3, 4 (study baselines)"
+    note = "Not the paper's protocol: 3 stage-1 epochs instead of 200; " * 4
+    figure = grid_results_figure([{"label": "CIFAR-10 conv4", "bars": bars}], title, "paper (its protocol)", note)
+    figure.canvas.draw()
+    (axis,) = figure.axes
+    texts = [figure._suptitle, *(text for text in figure.texts if text is not figure._suptitle)]
+    for text, wanted in zip(texts, (title, note)):
+        box = text.get_window_extent()
+        assert "".join(text.get_text().split()) == "".join(wanted.split())  # all of it
+        assert 0 <= box.x0 and box.x1 <= figure.bbox.width and 0 <= box.y0 and box.y1 <= figure.bbox.height
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "paper (its protocol)" in labels and "relationnet" in labels
+    pyplot.close(figure)
+
+
 def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
     from experiments.plots import plot_grid_results
     from experiments.stage import run_main
