@@ -153,6 +153,13 @@ def grid_parser() -> Parser:
         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)",
     )
     p.add_argument("--out", default=None, help="grid folder (default runs/<study>)")
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="every stage-1 run also writes its logged quantities for TensorBoard into DIR/<its "
+        "run's name> (needs the tensorboard package; e.g. --tensorboard tb, then tensorboard --logdir tb)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--jobs",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -85,6 +86,11 @@ def plan(args) -> list[Run]:
     if args.K and any("K" in dict(variant.options) for variant in study.variants):
         raise UserError(f"--K: study {args.study} varies K itself; leave --K out")
     check_replacements(args, study, methods)
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:  # said before any run starts
+        raise UserError(
+            "--tensorboard needs the tensorboard package, which is not installed: "
+            "pip install tensorboard (or leave out --tensorboard)"
+        )
     checkpoints = Path(args.out) / "checkpoints"
     runs = []
     for condition_name in conditions:
@@ -260,6 +266,7 @@ def make_run(
             ("epochs", epochs),
             ("data_size", stage1_settings["data_size"]),
             ("lr", stage1_settings["lr"]),
+            ("tensorboard", args.tensorboard),
             *common,
             *training,
             *option_values(config, given_fields),

@@ -101,3 +101,11 @@ def test_a_method_of_another_study_is_refused_naming_the_study_that_has_it(tmp_p
     with pytest.raises(UserError) as refused:
         planned(tmp_path, "--study", "cifar10", "--methods", "relationnet", "byol")
     assert "byol is in --study baselines --conditions cifar10 --backbone conv4" in str(refused.value)
+
+
+def test_tensorboard_reaches_every_stage_1_run_which_writes_under_its_name(tmp_path):
+    runs = planned(tmp_path, "--study", "cifar10", "--methods", "relationnet", "simclr", "--tensorboard", "tb")
+    for run in runs:
+        argv = run.stages[0].argv
+        assert argv[argv.index("--tensorboard") + 1] == "tb"  # stage 1 writes into tb/<its run's name>
+        assert "--tensorboard" not in run.stages[1].argv + run.stages[2].argv

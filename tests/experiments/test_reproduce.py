@@ -80,6 +80,7 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGTERM, (stdout, stderr)
     assert len(stderr.strip().splitlines()) == 1 and "run the same command again" in stderr, stderr
+    assert stderr.startswith("reproduce.py: grid stopped by SIGTERM"), stderr  # a stop, not an error
     assert not (stage1 / "relationnet_cifar10_conv4_seed_1_epoch_8.tar").exists()  # stopped inside stage 1
     assert stdout.count("train_unsupervised.py ... (CPU") == 2  # seeds 1 and 2 side by side
 
