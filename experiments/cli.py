@@ -132,6 +132,9 @@ def run_id(text: str) -> str:
     return text
 
 
+# Which numbered stage-1 checkpoints a run saves (experiments.pretraining.saves_numbered).
+KEEP_CHOICES = ("fractions", "last", "all")
+
 positive_int = _integer(1)
 non_negative_int = _integer(0)
 _seed = _integer(-1)
@@ -325,7 +328,16 @@ def stage1_parser() -> Parser:
         type=non_negative_int,
         default=0,
         may_change_on_resume=True,
-        help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)",
+        help="also save a checkpoint every N epochs (0 = only those --keep names)",
+    )
+    parser.add_argument(
+        "--keep",
+        default="fractions",
+        choices=KEEP_CHOICES,
+        may_change_on_resume=True,
+        help="numbered checkpoints saved: fractions (after 25/50/75/100%% of the epochs, as the "
+        "original code; default), last (the last epoch's only) or all (every epoch); the rolling "
+        "_last.tar that --resume auto reads is always kept",
     )
     parser.add_argument(
         "--overwrite",

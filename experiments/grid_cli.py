@@ -6,7 +6,7 @@ import argparse
 import os
 
 from backbones import BACKBONES
-from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
+from experiments.cli import DATA_ROOT_ENV, KEEP_CHOICES, Parser, non_negative_int, positive_int
 from experiments.parallel import MEMORY_PER_CPU_JOB
 from experiments.studies import ALL_METHODS, CONDITIONS, STUDIES
 from experiments.variants import replacement
@@ -153,6 +153,13 @@ def grid_parser() -> Parser:
         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)",
     )
     p.add_argument("--out", default=None, help="grid folder (default runs/<study>)")
+    p.add_argument(
+        "--keep",
+        default="fractions",
+        choices=KEEP_CHOICES,
+        help="numbered stage-1 checkpoints each run keeps: fractions (25/50/75/100%% of the epochs, "
+        "as the original code; default), last (the last epoch's, which stage 2 reads) or all",
+    )
     p.add_argument(
         "--tensorboard",
         default=None,

@@ -267,6 +267,7 @@ def make_run(
             ("data_size", stage1_settings["data_size"]),
             ("lr", stage1_settings["lr"]),
             ("tensorboard", args.tensorboard),
+            ("keep", None if args.keep == "fractions" else args.keep),
             *common,
             *training,
             *option_values(config, given_fields),

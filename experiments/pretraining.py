@@ -35,11 +35,12 @@ from utils.runtime import resolve_device
 from utils.seeds import seed_everything
 
 
-def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
-    """Whether a numbered checkpoint is written after `epoch` epochs: at 25/50/75/100% as in
-    the original code, and every `save_every` epochs (a test, not a set: --epochs may be huge)."""
-    quarters = {int(total * q) for q in (0.25, 0.5, 0.75)} | {total}
-    return epoch > 0 and (epoch in quarters or bool(save_every) and epoch % save_every == 0)
+def saves_numbered(epoch: int, total: int, save_every: int, keep: str = "fractions") -> bool:
+    """Whether a numbered checkpoint is written after `epoch` epochs: after the last, after
+    25/50/75% too as in the original code (`keep` "fractions"), after every epoch ("all"), and
+    every `save_every` epochs (a test, not a set: --epochs may be huge)."""
+    kept = {total} | ({int(total * q) for q in (0.25, 0.5, 0.75)} if keep == "fractions" else set())
+    return epoch > 0 and (keep == "all" or epoch in kept or bool(save_every) and epoch % save_every == 0)
 
 
 def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | None]:
@@ -237,7 +238,7 @@ def training_plan(
         seed=args.seed,
         log_path=files.log,
         checkpoint_paths=lambda e: (
-            [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every) else []
+            [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every, args.keep) else []
         ),
         rolling_checkpoint=files.last_checkpoint,
         extra_state={

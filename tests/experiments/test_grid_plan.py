@@ -109,3 +109,11 @@ def test_tensorboard_reaches_every_stage_1_run_which_writes_under_its_name(tmp_p
         argv = run.stages[0].argv
         assert argv[argv.index("--tensorboard") + 1] == "tb"  # stage 1 writes into tb/<its run's name>
         assert "--tensorboard" not in run.stages[1].argv + run.stages[2].argv
+
+
+def test_keep_reaches_stage_1_only_when_it_is_not_the_default(tmp_path):
+    (kept,) = planned(tmp_path, "--study", "cifar10", "--methods", "simclr", "--keep", "last")
+    argv = kept.stages[0].argv
+    assert argv[argv.index("--keep") + 1] == "last"
+    (default,) = planned(tmp_path, "--study", "cifar10", "--methods", "simclr")
+    assert "--keep" not in default.stages[0].argv

@@ -126,6 +126,19 @@ def test_numbered_checkpoints_of_a_huge_run_are_not_enumerated():
     assert [e for e in range(1, 9) if stage1.saves_numbered(e, 8, 3)] == [2, 3, 4, 6, 8]
 
 
+def test_keep_chooses_the_numbered_checkpoints():
+    kept = {
+        keep: [e for e in range(1, 9) if stage1.saves_numbered(e, 8, 0, keep)] for keep in ("fractions", "last", "all")
+    }
+    assert kept == {"fractions": [2, 4, 6, 8], "last": [8], "all": list(range(1, 9))}
+    assert [e for e in range(1, 4) if stage1.saves_numbered(e, 3, 0)] == [
+        1,
+        2,
+        3,
+    ]  # a 3-epoch run: 1 of 3 quarters is 0
+    assert [e for e in range(1, 9) if stage1.saves_numbered(e, 8, 3, "last")] == [3, 6, 8]
+
+
 def test_knn_votes_with_the_train_subset_stage_2_drew_and_a_k_past_it_is_one_line(small_cifar10_root, tmp_path, capsys):
     pretrained = tmp_path / "randomweights.tar"
     torch.save(
