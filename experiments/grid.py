@@ -331,6 +331,10 @@ class Grid:
             if changed:
                 left_out.append(f"{path.name} (made with other settings: {'; '.join(changed)})")
                 continue
+            unfounded = unfounded_record(path, record)
+            if unfounded:
+                left_out.append(f"{path.name} ({unfounded})")
+                continue
             earlier.append(record)
         return planned, earlier, left_out
 
@@ -402,6 +406,27 @@ class Grid:
             except UserError as reason:  # one-epoch runs: each quantity a single point
                 print(f"[INFO] No {name}: {reason}")
         return written
+
+
+def unfounded_record(path: Path, record: dict) -> str | None:
+    """Why a record of an earlier command is not what its run left, or None: its file is named
+    after another run, its evaluation checkpoint is another seed's, or that checkpoint's test
+    log does not end with its accuracy (a record copied or edited by hand)."""
+    name = "_".join(
+        filter(
+            None,
+            [record["condition"], record["variant"], record["method"], record["backbone"], f"seed_{record['seed']}"],
+        )
+    )
+    if path.stem != name:
+        return f"it describes run {name}"
+    evaluation = Path(record["evaluation_checkpoint"])
+    if f"_seed_{record['seed']}_" not in evaluation.name:
+        return f"its evaluation checkpoint {evaluation.name} is not of seed {record['seed']}"
+    tested, problem = read_test_result(evaluation.parent / f"log_{evaluation.stem}_test.csv", ["accuracy"])
+    if problem or tested is None or tested["accuracy"] != round(record["accuracy"], 4):
+        return "its evaluation's test log does not end with its accuracy"
+    return None
 
 
 def describe_records(records: list[dict]) -> str:

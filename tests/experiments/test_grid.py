@@ -119,13 +119,15 @@ def finished_record(grid, run, accuracy: float) -> dict:
         "knn_accuracy": accuracy - 1,
         "retrieval_precision": None,
         "wall_seconds": 1.0,
-        "stage1_checkpoint": "a",
-        "evaluation_checkpoint": "b",
+        "stage1_checkpoint": str(run.stages[0].output),
+        "evaluation_checkpoint": str(run.stages[1].output),
         "order": list(run.order),
         "finished": "2024-01-01 00:00:00",
     }
     run.record.parent.mkdir(parents=True, exist_ok=True)
     run.record.write_text(json.dumps(record))
+    run.test_log.parent.mkdir(parents=True, exist_ok=True)
+    run.test_log.write_text(f"accuracy\n{accuracy}\n")  # the log the record was read from
     return record
 
 
@@ -147,6 +149,13 @@ def test_a_grid_of_one_more_seed_tabulates_every_record_of_its_folder_and_says_w
         in table
     )
     assert len((out / "results.csv").read_text().splitlines()) == 5  # the header and four runs
+    # a record copied under another seed's name is not what a run left: said, not tabulated
+    copied = json.loads(earlier.runs[0].record.read_text())
+    (out / "runs" / "cifar10_randomweights_conv4_seed_9.json").write_text(json.dumps({**copied, "seed": 9}))
+    added.report()
+    table = (out / "table.md").read_text()
+    assert "| 1, 2, 3, 4 |" in table and "seed_9.json (its evaluation checkpoint" in table
+    assert "is not of seed 9)" in table
 
 
 def test_titles_say_what_the_grid_ran_and_a_short_schedule_says_so_beside_the_paper(small_cifar10_root, tmp_path):

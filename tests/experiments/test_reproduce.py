@@ -135,6 +135,7 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     assert fourth.stdout.count(".py ...") == 1 and "test.py ..." in fourth.stdout
     table = (out / "table.md").read_text()
     assert "98.00" not in table and "| 1, 2 |" in table and ", 7" not in table
+    assert "left out: cifar10_relationnet_conv4_seed_7.json (its evaluation checkpoint" in table
     assert json.loads(truncated.read_text())["seed"] == 2
 
     other = subprocess.run(
@@ -342,7 +343,7 @@ def test_two_shards_run_side_by_side_on_one_folder_and_either_builds_the_whole_t
     )
     assert again.returncode == 0 and "rebuilding the table only" in again.stdout, again.stderr
     assert "| CIFAR-10 | conv4 | randomweights | 1, 2 |" in (out / "table.md").read_text()
-    assert "2 of 2 runs done" in (out / "table.md").read_text()
+    assert "2 of this command's 2 runs" in (out / "table.md").read_text()
 
 
 def test_a_killed_grid_takes_its_children_with_it_and_a_held_stage_says_what_to_do(
