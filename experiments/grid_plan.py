@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.run_files import RunFiles, evaluation_header, run_header
+from experiments.arguments import RunArguments
 from experiments.options import option_values
 from experiments.studies import ALL_METHODS, CONDITIONS, METHOD_SETTINGS, STUDIES, Condition, Variant
 from experiments.variants import STAGE1_SETTINGS, Replacement, replacements_of, variant_tag
@@ -69,7 +70,7 @@ class Run:
         return self.stages[2].output
 
 
-def plan(args) -> list[Run]:
+def plan(args: RunArguments) -> list[Run]:
     study = STUDIES[args.study]
     conditions = args.conditions or list(study.conditions)
     methods = args.methods or list(study.methods)

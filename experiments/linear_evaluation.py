@@ -3,6 +3,7 @@ it, or solve a logistic regression on its features."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from engine.loop import Engine, TrainingPlan, resume_position
 from engine.run_files import RunFiles, evaluation_header
 from evaluation.linear import evaluate, score_logits, train_linear_epoch
 from evaluation.logistic import fit_logistic_regression
-from experiments.cli import apply_gpu_flag, stage2_parser
+from experiments.arguments import RunArguments, freeze
+from experiments.cli import apply_gpu_flag
+from experiments.evaluation_cli import stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
@@ -41,14 +44,14 @@ from utils.seeds import seed_everything
 EVALUATION_KINDS = ("linear_evaluation", "logistic_regression", "finetune")
 
 
-def evaluation_kind(args) -> str:
+def evaluation_kind(args: RunArguments) -> str:
     """What this run's checkpoint holds, one of `EVALUATION_KINDS`."""
     if args.finetune:
         return "finetune"
     return {"linear": "linear_evaluation", "logistic": "logistic_regression"}[args.classifier]
 
 
-def pretraining_method(args, state: dict) -> str:
+def pretraining_method(args: argparse.Namespace, state: dict) -> str:
     """The stage-1 method names this stage's files; read it from the checkpoint or its path
     (`<checkpoint_dir>/<method>/<dataset>/...`) rather than defaulting to `standard`."""
     if args.method:
@@ -61,7 +64,7 @@ def pretraining_method(args, state: dict) -> str:
     raise UserError(f"cannot tell which method trained {args.checkpoint}: pass --method")
 
 
-def pretraining_dataset(args, state: dict) -> str | None:
+def pretraining_dataset(args: RunArguments, state: dict) -> str | None:
     """The stage-1 data set, from the checkpoint or its path; None when it cannot be told."""
     if state.get("dataset"):
         return state["dataset"]
@@ -84,7 +87,7 @@ def frozen_features(
     return train_features, train.labels.to(device), test_features, test.labels.to(device)
 
 
-def linear_evaluation(model: Standard, features, args, seed: int) -> tuple[dict, list[dict]]:
+def linear_evaluation(model: Standard, features, args: RunArguments, seed: int) -> tuple[dict, list[dict]]:
     """Train the classifier for --epochs; returns the checkpoint entries that describe the run
     and the log's rows."""
     train_features, train_labels, test_features, test_labels = features
@@ -112,7 +115,7 @@ def linear_evaluation(model: Standard, features, args, seed: int) -> tuple[dict,
     return {"epoch": args.epochs}, rows
 
 
-def logistic_regression(model: Standard, features, args) -> tuple[dict, list[dict]]:
+def logistic_regression(model: Standard, features, args: RunArguments) -> tuple[dict, list[dict]]:
     """Solve for the classifier; returns the checkpoint entries that describe the solution and
     the log's row."""
     train_features, train_labels, test_features, test_labels = features
@@ -150,13 +153,14 @@ def logistic_regression(model: Standard, features, args) -> tuple[dict, list[dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage2_parser()
-    args = parser.parse_args(argv)
-    apply_gpu_flag(args)
-    device = resolve_device(args.device)
-    state = read_checkpoint(args.checkpoint)
-    stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
-    method_name = args.method = pretraining_method(args, state)  # recorded as resolved
-    seed = run_seed(args, state)
+    parsed = parser.parse_args(argv)
+    apply_gpu_flag(parsed)
+    device = resolve_device(parsed.device)
+    state = read_checkpoint(parsed.checkpoint)
+    stem = check_backbone(state, parsed.backbone, parsed.checkpoint, parsed.stem)
+    # Frozen from here on, with the method and the seed recorded as resolved.
+    args = freeze(parsed, method=pretraining_method(parsed, state), seed=run_seed(parsed, state))
+    method_name, seed = args.method, args.seed
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if args.finetune:
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def evaluate_backbone(
-    args,
+    args: RunArguments,
     state: dict,
     stem: str | None,
     files: RunFiles,
@@ -258,7 +262,7 @@ def evaluate_backbone(
         **stem_entry(stem),
         "dataset": args.dataset,
         "seed": seed,
-        "args": vars(args),
+        "args": args.record(),
         **source,
     }
 

@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from experiments.cli import boolean, positive_float, positive_int
+from experiments.flags import boolean, positive_float, positive_int
 from experiments.options import flag_type
 from methods import METHODS
 from methods.config import choices, field_types, option_fields

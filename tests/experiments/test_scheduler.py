@@ -71,9 +71,8 @@ def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_a
 
 
 def test_the_grid_is_never_said_to_end_before_a_run_still_going(small_cifar10_root, tmp_path):
-    grid = planned_grid(small_cifar10_root, tmp_path / "grid", "--seeds", "1", "2")
+    grid = planned_grid(small_cifar10_root, tmp_path / "grid", "--seeds", "1", "2", "--jobs", "2")
     scheduler = Scheduler(grid, grid.tasks())
-    grid.args.jobs = 2
     first, second = scheduler.pending[:2]
     # two runs: 28 s of one still to go, 0 of the other; the stages' 28 s shared by 2 jobs is 14 s
     assert scheduler.grid_left([28.0, 0.0], {first: 28.0, second: 0.0}) == 28.0
