@@ -87,6 +87,8 @@ def plan(args: RunArguments) -> list[Run]:
     if args.K and any("K" in dict(variant.options) for variant in study.variants):
         raise UserError(f"--K: study {args.study} varies K itself; leave --K out")
     check_replacements(args, study, methods)
+    if args.tensorboard and Path(args.tensorboard).exists() and not Path(args.tensorboard).is_dir():
+        raise UserError(f"--tensorboard {args.tensorboard} is a file: pass a folder (it is created when missing)")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:  # said before any run starts
         raise UserError(
             "--tensorboard needs the tensorboard package, which is not installed: "

@@ -218,6 +218,9 @@ BAD_VALUES = {
     "--jobs": ["0", "abc"],
     "--jobs_per_gpu": ["0", "2"],
     "--shard": ["0/2", "3/2", "1", "a/b", "1/1000000000000", "1/100000000000000000000000"],
+    "--set": ["relationnet.K=1", "simclr.temperature=abc", "simclr", "bogus.K=2", "simclr.nothing=1"],
+    "--keep": ["bogus"],
+    "--tensorboard": ["FILE"],
 }
 SWITCHES = {"--no_download", "--dry_run"}
 
