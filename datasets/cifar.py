@@ -160,11 +160,15 @@ def _cifar100(spec: DatasetSpec, root: str | os.PathLike, split: str, download: 
 _BATCH_RE = re.compile(r"data_batch_(\d+)")
 
 
+# The folders of partial CIFAR-10 training splits this process has warned of.
+_WARNED_PARTIAL: set[str] = set()
+
+
 def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> ImageSet:
     """CIFAR-10 from `<root>/cifar-10-batches-py`: train = every `data_batch_<n>` present, test = `test_batch`.
 
     Fewer than the official 5 training batches (e.g. the 2-batch shared sample) load with
-    one `[WARNING]` line on stderr.
+    one `[WARNING]` line on stderr, the first time a process loads them.
     """
     check_split(CIFAR10.name, split, CIFAR10.splits)
     title = "CIFAR-10"
@@ -189,7 +193,8 @@ def load_cifar10(root: str | os.PathLike, split: str, download: bool = True) -> 
             raise _missing(folder_path(shown_folder, "data_batch_1"), title, f"no data_batch_<n> files; {fix}")
         numbered.sort()
         paths = [p for _, p in numbered]
-        if len(paths) < CIFAR10_TRAIN_BATCHES:
+        if len(paths) < CIFAR10_TRAIN_BATCHES and str(folder) not in _WARNED_PARTIAL:
+            _WARNED_PARTIAL.add(str(folder))  # a monitored run loads the split twice: said once
             print(
                 f"[WARNING] CIFAR-10: only {len(paths)} of the official {CIFAR10_TRAIN_BATCHES} training batches in "
                 f"{shown_folder} ({', '.join(p.name for p in paths)}); training on a partial data set",

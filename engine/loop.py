@@ -253,23 +253,23 @@ class Engine:
             state["interrupted"] = interrupted
         return state
 
-    def interrupt(self, epoch: int, progress: EpochProgress) -> None:
-        """Save the state after the current step and stop with a message saying how to resume."""
+    def interrupt(self, epoch: int, progress: EpochProgress, steps: int) -> None:
+        """Save the state after the current step and stop with a message saying how to resume;
+        epochs and steps counted from 1, as the progress bar counts them."""
         name = signal.Signals(self.stop.received).name
         path = self.plan.rolling_checkpoint
+        where = f"inside epoch {epoch + 1}/{self.plan.epochs}, after step {progress.steps_done} of {steps}"
         if path is None:
             raise RunInterrupted(
                 self.stop.received,
-                f"{name} received at epoch {epoch}: stopped (this stage cannot be resumed; run it again)",
+                f"{name} received: stopped {where} (this stage cannot be resumed; run it again)",
             )
         partial = progress.state(self.generator)  # every rank takes part: it gathers their sums
         if self.plan.ranks.is_main:
             save_checkpoint(self.checkpoint(epoch, partial), path)
         raise RunInterrupted(
             self.stop.received,
-            f"{name} received: stopped after step {progress.steps_done} "
-            f"of epoch {epoch} and saved {path}; resume with the same command plus "
-            "--resume auto",
+            f"{name} received: stopped {where} and saved {path}; resume with the same command plus --resume auto",
         )
 
     def begin_epoch(self, epoch: int, partial: dict | None = None) -> tuple[torch.Tensor, EpochProgress]:
@@ -346,14 +346,14 @@ class Engine:
                 bar.set_postfix_str(f"loss={out.loss.item():.4f}, run left {format_duration(run_left)}")
             if self.stop_requested(step):
                 bar.close()
-                self.interrupt(epoch, progress)
+                self.interrupt(epoch, progress, steps)
         bar.close()
         distributed.broadcast_buffers(method)
         progress.reduce()
         bad_step = int(progress.first_bad_step)
         if bad_step >= 0:
             raise UserError(
-                f"the loss became non-finite at epoch {epoch}, step {bad_step}; nothing of "
+                f"the loss became non-finite inside epoch {epoch + 1}, at step {bad_step + 1}; nothing of "
                 "this epoch was saved (the previous checkpoints are intact): lower --lr "
                 "or check the data"
             )
@@ -426,3 +426,12 @@ class Engine:
         received = torch.full((), self.stop.received, device=self.device)
         self.stop.received = int(distributed.max_over_ranks(received))
         return bool(self.stop.received)
+
+
+def resume_position(state: dict) -> str:
+    """Where a run resumed from `state` (checked by `check_resume_fields`) continues, with epochs
+    and steps counted from 1 as the progress bar counts them."""
+    partial = state.get("interrupted")
+    if partial is not None:
+        return f"inside epoch {state['epoch'] + 1}, after step {partial['steps_done']}"
+    return f"at the start of epoch {state['epoch'] + 1}"

@@ -7,15 +7,11 @@ import threading
 import time
 
 from utils.console import say
-from utils.errors import UserError
+from utils.errors import StopRequested
 
 
-class RunInterrupted(UserError):
+class RunInterrupted(StopRequested):
     """Training stopped on a signal after saving a resumable checkpoint."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_status = 128 + signum  # the shell's convention for a death by signal
 
 
 class StopSignals:

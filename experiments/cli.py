@@ -26,6 +26,22 @@ from experiments.flags import (
 DATA_ROOT_ENV = "SSL_DATA_ROOT"
 
 
+# Which numbered stage-1 checkpoints a run saves (experiments.pretraining.saves_numbered).
+KEEP_CHOICES = ("fractions", "last", "all")
+
+
+def method_batch_defaults() -> str:
+    """The methods' own mini-batch sizes in words, read from the methods (`default_batch_size`)."""
+    from methods import METHODS  # imported here: building a stage-2 or 3 parser needs no method
+
+    sizes: dict[int, list[str]] = {}
+    for name, method in METHODS.items():
+        sizes.setdefault(method.default_batch_size, []).append(name)
+    common = max(sizes, key=lambda size: len(sizes[size]))
+    others = "; ".join(f"{', '.join(names)} {size}" for size, names in sorted(sizes.items()) if size != common)
+    return f"the method's: {common}" + (f"; {others}" if others else "")
+
+
 def common_parser(
     description: str,
     batch_default: int | None,
@@ -40,7 +56,8 @@ def common_parser(
         "--seed",
         type=seed_value,
         default=-1,
-        help="random seed; -1 draws one, which names the run's files and is recorded in its config",
+        help="random seed; -1: the seed of the checkpoint a stage 2 or 3 reads (drawn when it records none), "
+        "drawn in stage 1; it names the run's files and is recorded in its config",
     )
     parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS), help="data set of this stage")
     parser.add_argument(
@@ -57,7 +74,7 @@ def common_parser(
         f"(7x7/2 conv and max-pool); auto: stage 1 picks cifar for images up to "
         f"{CIFAR_STEM_MAX_SIDE} px and imagenet above, stages 2 and 3 the checkpoint's",
     )
-    shown_default = batch_default or "the method's: 128, relic 256"
+    shown_default = batch_default or method_batch_defaults()
     parser.add_argument(
         "--data_size",
         type=positive_int,
@@ -188,7 +205,16 @@ def stage1_parser() -> Parser:
         type=non_negative_int,
         default=0,
         may_change_on_resume=True,
-        help="also save a checkpoint every N epochs (0 = only at 25/50/75/100%%)",
+        help="also save a checkpoint every N epochs (0 = only those --keep names)",
+    )
+    parser.add_argument(
+        "--keep",
+        default="fractions",
+        choices=KEEP_CHOICES,
+        may_change_on_resume=True,
+        help="numbered checkpoints saved: fractions (after 25/50/75/100%% of the epochs, as the "
+        "original code; default), last (the last epoch's only) or all (every epoch); the rolling "
+        "_last.tar that --resume auto reads is always kept",
     )
     parser.add_argument(
         "--overwrite",

@@ -182,6 +182,14 @@ def stage3_parser() -> Parser:
         help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)",
     )
     parser.add_argument(
+        "--train_subset",
+        type=non_negative_int,
+        default=0,
+        help="kNN and export: the seeded, class-balanced subset of N training images stage 2 drew "
+        "with the same --seed, so that kNN votes with the labels the linear classifier learnt "
+        "from (default 0 = all)",
+    )
+    parser.add_argument(
         "--retrieval",
         type=non_negative_int,
         default=0,

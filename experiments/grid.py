@@ -19,7 +19,8 @@ from experiments.parallel import LiveLines
 from experiments.plots import matplotlib_available, plot_training_curves, stage_logs
 from experiments.report import write_results
 from experiments.scheduler import Scheduler, Task
-from experiments.studies import METHOD_SETTINGS, STUDIES
+from experiments.studies import CONDITIONS, METHOD_SETTINGS
+from methods import METHODS
 from utils.atomic import atomic_write_bytes, encode_text, save_json
 from utils.errors import UserError
 
@@ -116,8 +117,21 @@ class Grid:
             "evaluation_epochs": run.evaluation_epochs,
             "train_subset": self.args.train_subset,
             "knn": self.args.knn,
+            # the labelled images the kNN classifier votes with: the linear classifier's
+            "knn_train_subset": self.args.train_subset if self.args.knn else 0,
             "retrieval": self.args.retrieval,
         }
+
+    def settings_changed(self, record: dict, expected: dict) -> list[str]:
+        """The settings of `expected` that `record` was made with otherwise, as `name old -> new`.
+        Records of earlier versions lack "knn" and "retrieval" (taken as this grid's) and
+        "knn_train_subset" (their kNN classifier voted with every training image: 0)."""
+        absent = {"knn_train_subset": 0}
+        return [
+            f"{key} {record.get(key, absent.get(key, value))} -> {value}"
+            for key, value in expected.items()
+            if record.get(key, absent.get(key, value)) != value
+        ]
 
     def record_of(self, run: Run, say: bool = False) -> dict | None:
         """The run's result record when it is readable and made with this grid's settings."""
@@ -127,12 +141,7 @@ class Grid:
         if unreadable:
             problem = f"cannot be read ({unreadable})"
         else:
-            # "knn" and "retrieval" are absent from records of earlier versions
-            changed = [
-                f"{key} {record[key]} -> {value}"
-                for key, value in self.expected_record(run).items()
-                if record.get(key, value) != value
-            ]
+            changed = self.settings_changed(record, self.expected_record(run))
             problem = f"was made with other settings ({'; '.join(changed)})" if changed else None
         if problem is None:
             return record
@@ -267,8 +276,10 @@ class Grid:
                 f"{paper(c.evaluation_epochs for c in conditions)}"
             )
         if self.args.train_subset:
+            users = "stage 1, the linear classifier" + (" and the kNN classifier" if self.args.knn else "")
             differences.append(
-                f"{self.args.train_subset} training images in both stages instead of the full training sets"
+                f"{self.args.train_subset} training images (seeded, class-balanced) for {users} instead "
+                "of the full training sets"
             )
         paper_k = {
             options["K"]
@@ -279,33 +290,101 @@ class Grid:
             differences.append(f"relationnet K {self.args.K} instead of {paper(paper_k)}")
         if self.args.backbone:
             differences.append(f"backbone {', '.join(self.args.backbone)} chosen by --backbone")
+        if self.args.set:
+            differences.append(
+                "variants from --set "
+                + ", ".join(change.shown for change in self.args.set)
+                + " (rows tagged with the change)"
+            )
+        differences += list(dict.fromkeys(note for run in self.runs for note in run.adjustments))
         return differences
 
+    def folder_records(self) -> tuple[list[dict], list[dict], list[str]]:
+        """The finished records the table holds: this plan's made with its settings, then those
+        of other commands in the folder (other seeds, methods, variants) made with the same
+        settings on the plan's conditions; and what was left out, in words."""
+        planned = [record for run in self.runs if (record := self.record_of(run)) is not None]
+        own = {run.record.resolve() for run in self.runs}
+        conditions = {run.condition.name for run in self.runs}
+        earlier, left_out = [], []
+        for path in sorted((self.out / "runs").glob("*.json")) if (self.out / "runs").is_dir() else []:
+            if path.resolve() in own:
+                continue
+            record, unreadable = read_grid_file(path, RECORD)
+            if unreadable:
+                left_out.append(f"{path.name} (cannot be read: {unreadable})")
+                continue
+            condition = CONDITIONS.get(record["condition"])
+            if record["condition"] not in conditions or condition is None:
+                left_out.append(f"{path.name} (condition {record['condition']}, not this grid's)")
+                continue
+            expected = {
+                "epochs": (self.args.epochs or condition.epochs)
+                if (record["method"] not in METHODS or METHODS[record["method"]].trains)
+                else 0,
+                "evaluation_epochs": self.args.linear_epochs or condition.evaluation_epochs,
+                "train_subset": self.args.train_subset,
+                "knn": self.args.knn,
+                "knn_train_subset": self.args.train_subset if self.args.knn else 0,
+                "retrieval": self.args.retrieval,
+            }
+            changed = self.settings_changed(record, expected)
+            if changed:
+                left_out.append(f"{path.name} (made with other settings: {'; '.join(changed)})")
+                continue
+            unfounded = unfounded_record(path, record)
+            if unfounded:
+                left_out.append(f"{path.name} ({unfounded})")
+                continue
+            earlier.append(record)
+        return planned, earlier, left_out
+
+    def title(self, records: list[dict]) -> str:
+        """What the table holds: its conditions, backbones and methods, from the records, and
+        the study they come from."""
+        conditions = [CONDITIONS[name].label for name in dict.fromkeys(r["condition"] for r in records)]
+        backbones = list(dict.fromkeys(r["backbone"] for r in records))
+        methods = list(dict.fromkeys(r["method"] for r in records))
+        seeds = sorted({r["seed"] for r in records})
+        return (
+            f"{', '.join(conditions)}, {', '.join(backbones)}: {', '.join(methods)}; "
+            f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} (study {self.args.study})"
+        )
+
     def report(self) -> None:
-        done = [(run, self.record_of(run)) for run in self.runs]
-        records = [record for _, record in done if record is not None]
+        planned, earlier, left_out = self.folder_records()
+        records = planned + earlier
         if not records:
             return
-        records.sort(key=lambda record: record["order"])
-        study = STUDIES[self.args.study]
-        missing = len(self.runs) - len(records)
+        records.sort(key=lambda record: (record["order"], record["variant"]))
+        missing = len(self.runs) - len(planned)
+        included = f"{len(planned)} of this command's {len(self.runs)} runs" + (
+            f" (the other {missing} not yet: still running on another shard, or to be run)" if missing else ""
+        )
+        if earlier:
+            included += (
+                f", and {len(earlier)} finished before in this folder with the same settings ("
+                + describe_records(earlier)
+                + ")"
+            )
         settings = (
             f"Grid `{self.out}`, study `{self.args.study}`: stage-1 epochs "
             f"{self.args.epochs or 'as the paper'}, evaluation epochs {self.args.linear_epochs or 'as the paper'}, "
             f"training images {self.args.train_subset or 'all'}, relationnet K {self.args.K or 'as the paper'}; "
-            f"{len(records)} of {len(self.runs)} runs done"
-            + (f" (the other {missing} not yet: still running on another shard, or to be run)" if missing else "")
+            f"the table holds {included}"
+            + (f"; left out: {'; '.join(left_out)}" if left_out else "")
             + ". The paper: 200 (STL-10: 300) and 100 (STL-10: 20 of fine-tuning) "
             "epochs on the full training sets."
         )
+        differences = self.protocol_differences()
         written = write_results(
             records,
             self.out,
-            study.description,
+            self.title(records),
             settings,
             knn=self.args.knn,
             retrieval=self.args.retrieval,
-            differences=self.protocol_differences(),
+            differences=differences,
         )
         written += self.curves()
         print((self.out / "table.md").read_text())
@@ -328,6 +407,38 @@ class Grid:
             except UserError as reason:  # one-epoch runs: each quantity a single point
                 print(f"[INFO] No {name}: {reason}")
         return written
+
+
+def unfounded_record(path: Path, record: dict) -> str | None:
+    """Why a record of an earlier command is not what its run left, or None: its file is named
+    after another run, its evaluation checkpoint is another seed's, or that checkpoint's test
+    log does not end with its accuracy (a record copied or edited by hand)."""
+    name = "_".join(
+        filter(
+            None,
+            [record["condition"], record["variant"], record["method"], record["backbone"], f"seed_{record['seed']}"],
+        )
+    )
+    if path.stem != name:
+        return f"it describes run {name}"
+    evaluation = Path(record["evaluation_checkpoint"])
+    if f"_seed_{record['seed']}_" not in evaluation.name:
+        return f"its evaluation checkpoint {evaluation.name} is not of seed {record['seed']}"
+    tested, problem = read_test_result(evaluation.parent / f"log_{evaluation.stem}_test.csv", ["accuracy"])
+    if problem or tested is None or tested["accuracy"] != round(record["accuracy"], 4):
+        return "its evaluation's test log does not end with its accuracy"
+    return None
+
+
+def describe_records(records: list[dict]) -> str:
+    """Records in a few words: per method (and variant), its seeds."""
+    seeds: dict[str, list[int]] = {}
+    for record in records:
+        name = " ".join(filter(None, [record["method"], record["variant"]]))
+        seeds.setdefault(name, []).append(record["seed"])
+    return "; ".join(
+        f"{name} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))}" for name, s in seeds.items()
+    )
 
 
 class GridLock(RunLock):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from backbones import BACKBONES
 from experiments.arguments import RunArguments, freeze
-from experiments.cli import DATA_ROOT_ENV
+from experiments.cli import DATA_ROOT_ENV, KEEP_CHOICES
 from experiments.flags import Parser, non_negative_int, positive_int, wandb_project
 from experiments.parallel import MEMORY_PER_CPU_JOB, automatic_jobs, visible_gpus
 from experiments.studies import ALL_METHODS, CONDITIONS, STUDIES
+from experiments.variants import replacement
 from utils.errors import UserError
 from utils.runtime import resolve_device
 
@@ -129,6 +130,17 @@ def grid_parser() -> Parser:
         help="relationnet views per image instead of the paper's (32; 16 tiny/slim; 25 STL-10)",
     )
     p.add_argument(
+        "--set",
+        type=replacement,
+        action="append",
+        default=None,
+        metavar="METHOD.NAME=VALUE",
+        help="a variant: replace an option of a method's config (e.g. byol.warmup_epochs=0, "
+        "relationnet.K=8), or its batch (METHOD.data_size) or learning rate (METHOD.lr), in every "
+        "run of that method; checked as the stage-1 flag checks it; repeatable. The runs carry "
+        "the replacement in their names (warmup_epochs0), so they are rows of their own",
+    )
+    p.add_argument(
         "--knn",
         type=non_negative_int,
         default=200,
@@ -146,6 +158,20 @@ def grid_parser() -> Parser:
         help=f"folder holding the data sets (default ${DATA_ROOT_ENV} or ./data)",
     )
     p.add_argument("--out", default=None, help="grid folder (default runs/<study>)")
+    p.add_argument(
+        "--keep",
+        default="fractions",
+        choices=KEEP_CHOICES,
+        help="numbered stage-1 checkpoints each run keeps: fractions (25/50/75/100%% of the epochs, "
+        "as the original code; default), last (the last epoch's, which stage 2 reads) or all",
+    )
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="every stage-1 run also writes its logged quantities for TensorBoard into DIR/<its "
+        "run's name> (needs the tensorboard package; e.g. --tensorboard tb, then tensorboard --logdir tb)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--jobs",

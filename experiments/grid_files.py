@@ -71,6 +71,7 @@ RECORD = Schema(
         "evaluation_epochs": is_count,
         "train_subset": is_count,
         "knn": is_count,
+        "knn_train_subset": is_count,
         "retrieval": is_count,
         "accuracy": is_percent,
         "top5": optional(is_percent),
@@ -82,7 +83,7 @@ RECORD = Schema(
         "order": is_order,
         "finished": is_text,
     },
-    optional=frozenset({"knn", "retrieval"}),
+    optional=frozenset({"knn", "knn_train_subset", "retrieval"}),
 )
 
 

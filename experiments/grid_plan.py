@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -13,8 +14,9 @@ from engine.run_files import RunFiles, evaluation_header, run_header
 from experiments.arguments import RunArguments
 from experiments.options import option_values
 from experiments.studies import ALL_METHODS, CONDITIONS, METHOD_SETTINGS, STUDIES, Condition, Variant
+from experiments.variants import STAGE1_SETTINGS, Replacement, replacements_of, variant_tag
 from methods import METHODS
-from methods.config import MethodConfig
+from methods.config import ConfigError, MethodConfig
 from utils.errors import UserError
 
 
@@ -54,6 +56,9 @@ class Run:
     epochs: int
     evaluation_epochs: int
     stages: list[RunStage]
+    # How the run departs from the method's settings besides the grid's flags, in words (a
+    # warm-up scaled to a shortened schedule), for the table's header.
+    adjustments: tuple[str, ...] = ()
 
     @property
     def test_log(self) -> Path:
@@ -75,9 +80,20 @@ def plan(args: RunArguments) -> list[Run]:
     ):
         outside = [name for name in chosen if name not in allowed]
         if outside:
-            raise UserError(f"{flag} {','.join(outside)}: study {args.study} has {', '.join(allowed)}")
+            raise UserError(
+                f"{flag} {','.join(outside)}: study {args.study} has {', '.join(allowed)}"
+                + studies_with(flag, outside, conditions, args.backbone or list(study.backbones))
+            )
     if args.K and any("K" in dict(variant.options) for variant in study.variants):
         raise UserError(f"--K: study {args.study} varies K itself; leave --K out")
+    check_replacements(args, study, methods)
+    if args.tensorboard and Path(args.tensorboard).exists() and not Path(args.tensorboard).is_dir():
+        raise UserError(f"--tensorboard {args.tensorboard} is a file: pass a folder (it is created when missing)")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:  # said before any run starts
+        raise UserError(
+            "--tensorboard needs the tensorboard package, which is not installed: "
+            "pip install tensorboard (or leave out --tensorboard)"
+        )
     checkpoints = Path(args.out) / "checkpoints"
     runs = []
     for condition_name in conditions:
@@ -107,16 +123,90 @@ def plan(args: RunArguments) -> list[Run]:
     return runs
 
 
+def studies_with(flag: str, outside: list[str], conditions: list[str], backbones: list[str]) -> str:
+    """Where the methods or conditions a study lacks are: the first study that has each, as the
+    flags that run it with the conditions and backbones asked for."""
+    ways = []
+    for name in outside:
+        for study_name, study in STUDIES.items():
+            if name not in (study.methods if flag == "--methods" else study.conditions):
+                continue
+            shared = [c for c in conditions if c in study.conditions] if flag == "--methods" else []
+            way = f"{name} is in --study {study_name}" + (f" --conditions {','.join(shared)}" if shared else "")
+            if list(study.backbones) != backbones:
+                way += f" --backbone {','.join(backbones)}"
+            ways.append(way)
+            break
+    return ("; " + "; ".join(ways)) if ways else ""
+
+
+def check_replacements(args, study, methods: list[str]) -> None:
+    """Refuse a `--set` the grid would not apply: of a method it does not run, of a field the
+    study varies itself or that --K sets, or twice the same field with two values."""
+    seen: dict[tuple[str, str], Any] = {}
+    for change in args.set or []:
+        if change.method not in methods:
+            raise UserError(
+                f"--set {change.shown}: {change.method} is not among the grid's methods "
+                f"({', '.join(methods)}); add it to --methods or drop the --set"
+            )
+        if any(change.name in dict(variant.options) for variant in study.variants):
+            raise UserError(f"--set {change.shown}: study {args.study} varies {change.name} itself; drop the --set")
+        if change.name == "K" and args.K:
+            raise UserError(f"--set {change.shown} and --K {args.K}: pass one of them")
+        previous = seen.setdefault((change.method, change.name), change.value)
+        if previous != change.value:
+            raise UserError(
+                f"--set {change.method}.{change.name} given twice ({previous}, {change.value}): pass one value"
+            )
+
+
+def scaled_warmup(config: MethodConfig, epochs: int, paper_epochs: int) -> int | None:
+    """The warm-up of a config with a `warmup_epochs` field on a schedule shortened from
+    `paper_epochs` to `epochs`: the same share of it, rounded down (3 of 200 epochs leave none
+    of 10); None when the schedule is not shortened or the config has no warm-up."""
+    warmup = getattr(config, "warmup_epochs", None)
+    if warmup is None or epochs >= paper_epochs:
+        return None
+    return warmup * epochs // paper_epochs
+
+
 def method_config(
-    args, method: str, condition: Condition, backbone: str, variant: Variant
-) -> tuple[MethodConfig, set[str]]:
-    """The config of the run's method and the names of the fields its stage 1 is given: those
-    the paper set (with --K for the paper's K), then those the variant changes."""
+    args,
+    method: str,
+    condition: Condition,
+    backbone: str,
+    variant: Variant,
+    replacements: list[Replacement] = (),  # type: ignore[assignment]
+) -> tuple[MethodConfig, set[str], tuple[str, ...]]:
+    """The config of the run's method, the names of the fields its stage 1 is given, and how
+    it departs from the method's settings in words: the paper's fields (with --K for the
+    paper's K), the variant's, the `--set` replacements, and a warm-up scaled to a schedule that
+    --epochs shortens (unless `--set` gives it)."""
     paper = METHOD_SETTINGS[method].paper_options(condition.name, backbone)
     if args.K and "K" in paper:
         paper["K"] = args.K
     changes = dict(variant.options)
-    return dataclasses.replace(METHODS[method].Config(**paper), **changes), set(paper) | set(changes)
+    changes.update((change.name, change.value) for change in replacements if change.name not in STAGE1_SETTINGS)
+    config_class = METHODS[method].Config
+    try:
+        config = dataclasses.replace(config_class(**paper), **changes)
+    except ConfigError as error:
+        raise UserError("--set " + error.naming(lambda name: f"{method}.{name}")) from None
+    given = set(paper) | set(changes)
+    adjustments: tuple[str, ...] = ()
+    warmup = (
+        None if "warmup_epochs" in changes else scaled_warmup(config, args.epochs or condition.epochs, condition.epochs)
+    )
+    if warmup is not None and warmup != config.warmup_epochs:  # type: ignore[attr-defined]
+        adjustments = (
+            f"{method}'s learning-rate warm-up scaled with the schedule: {warmup} of {args.epochs} "
+            f"epochs instead of {config.warmup_epochs} of {condition.epochs} "  # type: ignore[attr-defined]
+            f"(--set {method}.warmup_epochs=N chooses it)",
+        )
+        config = dataclasses.replace(config, warmup_epochs=warmup)
+        given.add("warmup_epochs")
+    return config, given, adjustments
 
 
 def flags(settings: Iterable[tuple[str, Any]]) -> list[str]:
@@ -135,8 +225,13 @@ def make_run(
 ) -> Run:
     epochs = args.epochs or condition.epochs
     evaluation_epochs = args.linear_epochs or condition.evaluation_epochs
-    run_id = variant.tag if variant.options else ""
-    config, given_fields = method_config(args, method, condition, backbone, variant)
+    replacements = replacements_of(args.set or [], method)
+    config, given_fields, adjustments = method_config(args, method, condition, backbone, variant, replacements)
+    stage1_settings = dict(data_size=METHOD_SETTINGS[method].batch_size, lr=None)
+    stage1_settings.update((change.name, change.value) for change in replacements if change.name in STAGE1_SETTINGS)
+    if replacements:  # the run is a variant: its tag names its files and its row
+        variant = dataclasses.replace(variant, tag="_".join(filter(None, [variant.tag, variant_tag(replacements)])))
+    run_id = variant.tag if variant.options or replacements else ""
     files = RunFiles(
         checkpoints, method, condition.pretraining, run_header(method, condition.pretraining, backbone, seed, run_id)
     )
@@ -172,7 +267,10 @@ def make_run(
             ("dataset", condition.pretraining),
             ("method", method),
             ("epochs", epochs),
-            ("data_size", METHOD_SETTINGS[method].batch_size),
+            ("data_size", stage1_settings["data_size"]),
+            ("lr", stage1_settings["lr"]),
+            ("tensorboard", args.tensorboard),
+            ("keep", None if args.keep == "fractions" else args.keep),
             *common,
             *training,
             *option_values(config, given_fields),
@@ -196,6 +294,8 @@ def make_run(
             ("checkpoint", evaluation_files.final),
             *common,
             ("knn", args.knn),
+            # the kNN classifier votes with the labelled images the linear classifier learnt from
+            ("train_subset", args.train_subset if args.knn and args.train_subset else None),
             ("retrieval", args.retrieval),
         ]
     )
@@ -223,6 +323,7 @@ def make_run(
             ),
             RunStage(Stage.TEST, test, Path(args.out) / "runs" / f"{name}.json"),
         ],
+        adjustments,
     )
 
 

@@ -15,7 +15,7 @@ from datasets import DATASETS, load_dataset
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_than_finetuning, save_checkpoint
 from engine.csv_log import write_csv
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan
+from engine.loop import Engine, TrainingPlan, resume_position
 from engine.run_files import RunFiles, evaluation_header
 from evaluation.linear import evaluate, score_logits, train_linear_epoch
 from evaluation.logistic import fit_logistic_regression
@@ -26,6 +26,7 @@ from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
     backbone_inputs_normalised,
+    finished_as_asked,
     inputs_entry,
     record_config,
     resume_point,
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     state = read_checkpoint(parsed.checkpoint)
     stem = check_backbone(state, parsed.backbone, parsed.checkpoint, parsed.stem)
     # Frozen from here on, with the method and the seed recorded as resolved.
-    args = freeze(parsed, method=pretraining_method(parsed, state), seed=run_seed(parsed))
+    args = freeze(parsed, method=pretraining_method(parsed, state), seed=run_seed(parsed, state))
     method_name, seed = args.method, args.seed
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{files.directory} holds an interrupted run {files.header}: pass --resume auto "
                 "to continue it or --overwrite to start again"
             )
+        if resume and finished_as_asked(resume, args.epochs):
+            say(f"[INFO] Nothing left to do: run {files.header} is complete ({files.final})")
+            return
         if resume and resume.state["epoch"] >= args.epochs and not resume.unfinished:
             raise UserError(
                 f"nothing to resume: the run {files.header} is complete ({files.final}); pass "
@@ -279,7 +283,7 @@ def evaluate_backbone(
             extra_state=run_record,
         )
         if resume:
-            say(f"[INFO] Resuming {resume.path} at epoch {resume.state['epoch']}")
+            say(f"[INFO] Resuming {resume.path} {resume_position(resume.state)}")
         start_epoch, resume_state = (resume.state["epoch"], resume.state) if resume else (0, None)
         Engine(model, train, plan, device).fit(start_epoch, resume_state)
     else:

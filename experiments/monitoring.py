@@ -65,9 +65,16 @@ def knn_monitor(
     return score
 
 
+def tensorboard_tag(column: str) -> str:
+    """A logged column's TensorBoard tag, grouped as TensorBoard groups tags by their prefix:
+    the kNN monitor's scores under `monitor/`, what the training step measures under `train/`."""
+    return ("monitor/" if column in KNN_COLUMNS else "train/") + column
+
+
 def tensorboard_listener(folder: str | Path, run: str) -> Callable[[dict], None]:
-    """Writes every number of each logged row as a TensorBoard scalar at its epoch, into an event
-    file in `<folder>/<run>`; refused in one line when the tensorboard package is missing.
+    """Writes every number of each logged row as a TensorBoard scalar at its epoch, tagged by
+    `tensorboard_tag`, into an event file in `<folder>/<run>`, and says where; refused in one
+    line when the tensorboard package is missing.
 
     The events are appended here, in the training's thread, not by tensorboard's SummaryWriter:
     its writer thread prints a traceback of a failed write (a full disk) and hands the error on
@@ -101,12 +108,13 @@ def tensorboard_listener(folder: str | Path, run: str) -> Callable[[dict], None]
             raise
 
     append([Event(wall_time=time.time(), file_version="brain.Event:2")])
+    say(f"[INFO] TensorBoard: {path.parent} (view with: tensorboard --logdir {folder})")
 
     def write(row: dict) -> None:
         now = time.time()
         append(
             [
-                Event(wall_time=now, step=row["epoch"], summary=summary.scalar(name, value))
+                Event(wall_time=now, step=row["epoch"], summary=summary.scalar(tensorboard_tag(name), value))
                 for name, value in logged_numbers(row).items()
             ]
         )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+import re
+import statistics
 import textwrap
 from pathlib import Path
 
@@ -97,6 +99,42 @@ def log_family(path: Path) -> str:
     return max(methods, key=len) if methods else "other"
 
 
+_SEED = re.compile(r"_seed_(\d+)")
+
+
+def series_of(path: Path) -> tuple[str, int | None]:
+    """A log's series (its run's name without the seed) and seed: the seeds of one series are
+    drawn in one colour family around their mean."""
+    header = path.stem.removeprefix("log_")
+    found = _SEED.search(header)
+    return (_SEED.sub("", header, count=1), int(found.group(1))) if found else (header, None)
+
+
+def _repeats_another_column(quantity: str, columns: dict[str, list[float]]) -> bool:
+    """Whether the `score` column only repeats the loss negated or the accuracy (a method's
+    score is one of them), so that a panel of it would show the same curve twice."""
+    if quantity != "score":
+        return False
+    score = columns["score"]
+    for other, sign in (("loss", -1.0), ("accuracy", 1.0)):
+        values = columns.get(other)
+        if values is not None and all(
+            (math.isnan(a) and math.isnan(b)) or math.isclose(a, sign * b, rel_tol=1e-6, abs_tol=1e-9)
+            for a, b in zip(score, values)
+        ):
+            return True
+    return False
+
+
+def _is_percentage(quantity: str) -> bool:
+    return "accuracy" in quantity or quantity.endswith(("top5", "precision"))
+
+
+def _shade(colour, share: float) -> tuple:
+    """`colour` mixed with white: `share` 0 is the colour, 1 white."""
+    return tuple(channel + (1.0 - channel) * share for channel in colour[:3])
+
+
 def training_curves_figure(logs: list[Path]):
     """The figure of `plot_training_curves`, for saving or inspection."""
     pyplot = require_matplotlib()
@@ -106,12 +144,20 @@ def training_curves_figure(logs: list[Path]):
     curves = [(path, columns) for path, columns in curves if columns.get("epoch")]
     if not curves:
         raise UserError(f"no per-epoch CSV log with rows among {', '.join(map(str, logs)) or 'the paths given'}")
-    palette = pyplot.get_cmap("tab10" if len(curves) <= 10 else "tab20")
-    colour = {path: palette(i % palette.N) for i, (path, _) in enumerate(curves)}
+    series = list(dict.fromkeys(series_of(path)[0] for path, _ in curves))
+    palette = pyplot.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    base = {name: palette(i % palette.N) for i, name in enumerate(series)}
+    members = {name: [path for path, _ in curves if series_of(path)[0] == name] for name in series}
+    # the seeds of a series in lighter shades of its colour, the mean in the colour itself
+    colour = {
+        path: _shade(base[name], 0.25 + 0.35 * k / max(1, len(paths) - 1)) if len(paths) > 1 else base[name][:3]
+        for name, paths in members.items()
+        for k, path in enumerate(paths)
+    }
     panels: dict[tuple[str, str], list] = {}  # (family, quantity) -> the runs' (path, epochs, values)
     for path, columns in curves:
         for quantity, values in columns.items():
-            if quantity in ("epoch", "seconds", "step"):
+            if quantity in ("epoch", "seconds", "step") or _repeats_another_column(quantity, columns):
                 continue
             points = [(e, v) for e, v in zip(columns["epoch"], values) if not math.isnan(v)]
             if len({v for _, v in points}) <= 1:
@@ -131,28 +177,58 @@ def training_curves_figure(logs: list[Path]):
     height = math.ceil(len(order) / width)
     figure, axes = pyplot.subplots(height, width, figsize=(4.2 * width, 3.2 * height + 0.6), squeeze=False)
     for axis, (family, quantity) in zip(axes.flat, order):
+        by_series: dict[str, list] = {}
         for path, epochs, values in panels[(family, quantity)]:
             axis.plot(
                 epochs,
                 values,
                 marker="o",
                 markersize=2.5,
-                linewidth=1.2,
+                linewidth=1.0,
                 color=colour[path],
                 label=path.stem.removeprefix("log_"),
             )
+            by_series.setdefault(series_of(path)[0], []).append(dict(zip(epochs, values)))
+        for name, runs in by_series.items():
+            if len(runs) < 2:
+                continue
+            epochs = sorted(set.intersection(*(set(run) for run in runs)))
+            if not epochs:
+                continue
+            means = [statistics.fmean(run[e] for run in runs) for e in epochs]
+            spreads = [statistics.stdev(run[e] for run in runs) for e in epochs]
+            axis.fill_between(
+                epochs,
+                [m - d for m, d in zip(means, spreads)],
+                [m + d for m, d in zip(means, spreads)],
+                color=base[name],
+                alpha=0.18,
+                linewidth=0,
+            )
+            axis.plot(epochs, means, linewidth=2.2, color=base[name][:3], label=f"{name} mean")
         axis.set_title(f"{quantity} ({family})", fontsize=9)
         axis.set_xlabel("epoch")
-        axis.set_ylabel(quantity)
+        axis.set_ylabel(f"{quantity} (%)" if _is_percentage(quantity) else quantity)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(order) :]:
         axis.axis("off")
-    if len(curves) <= 20:  # one entry per run, in its colour everywhere
-        handles = [
-            pyplot.Line2D([], [], color=colour[path], marker="o", markersize=3, label=path.stem.removeprefix("log_"))
-            for path, _ in curves
-        ]
+    handles = []
+    for name, paths in members.items():
+        seeds = sorted(seed for seed in (series_of(path)[1] for path in paths) if seed is not None)
+        shown = f"{name}, seeds {', '.join(map(str, seeds))}: mean ± std" if len(paths) > 1 else paths[0].stem[4:]
+        handles.append(
+            pyplot.Line2D(
+                [],
+                [],
+                color=base[name][:3],
+                linewidth=2.2 if len(paths) > 1 else 1.0,
+                marker=None if len(paths) > 1 else "o",
+                markersize=3,
+                label=shown,
+            )
+        )
+    if len(handles) <= 20:  # one entry per series, in its colour everywhere
         figure.legend(
             handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7, bbox_to_anchor=(0.5, 0.0)
         )
@@ -164,7 +240,9 @@ def training_curves_figure(logs: list[Path]):
 
 def plot_training_curves(logs: list[Path], output: Path) -> Path:
     """One panel per logged quantity and family of comparable runs (`log_family`) against the
-    epoch, one colour per run across the whole figure, constant quantities left out."""
+    epoch: one colour per series of runs across the whole figure, its seeds in lighter shades
+    around their mean (a thick line) and a band of ± one standard deviation; constant
+    quantities and a score that repeats the loss or the accuracy left out; accuracies in %."""
     pyplot = require_matplotlib()
     return _save(training_curves_figure(logs), pyplot, output)
 
@@ -210,16 +288,24 @@ def plot_feature_map(
     return _save(feature_map_figure(points, labels, title, class_names, axis_labels), require_matplotlib(), output)
 
 
-def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
+def plot_grid_results(groups: list[dict], output: Path, title: str, paper_label: str = "paper", note: str = "") -> Path:
+    """`grid_results_figure` saved as a PNG."""
+    return _save(grid_results_figure(groups, title, paper_label, note), require_matplotlib(), output)
+
+
+def grid_results_figure(groups: list[dict], title: str, paper_label: str = "paper", note: str = ""):
     """Grouped bars: one group per condition, one bar per method (mean ± std over seeds),
-    the paper's value as a black mark where it exists.
+    the paper's value as a black mark where it exists, named `paper_label` in the legend
+    (beside the axes, where it hides no mark); the title and the `note` under the axes wrap
+    to the figure's width.
 
     `groups`: [{"label": str, "bars": [{"method", "mean", "std", "paper"}...]}...].
     """
     pyplot = require_matplotlib()
     methods = list(dict.fromkeys(bar["method"] for group in groups for bar in group["bars"]))
     width = 0.8 / max(1, len(methods))
-    figure, axis = pyplot.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.5))
+    width_inches = max(6.0, 1.3 * len(groups) * max(1, len(methods)) ** 0.5 + 2) + 2.0  # + the legend
+    figure, axis = pyplot.subplots(figsize=(width_inches, 4.5))
     colours = pyplot.get_cmap("tab10")
     paper_marked = False
     for m, method in enumerate(methods):
@@ -237,17 +323,29 @@ def plot_grid_results(groups: list[dict], output: Path, title: str) -> Path:
         axis.bar(xs, means, width, yerr=stds, capsize=2, label=method, color=colours(m % 10))
         if paper_xs:
             axis.scatter(
-                paper_xs, papers, marker="_", s=200, color="black", zorder=3, label=None if paper_marked else "paper"
+                paper_xs,
+                papers,
+                marker="_",
+                s=200,
+                color="black",
+                zorder=3,
+                label=None if paper_marked else paper_label,
             )
             paper_marked = True
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels([group["label"] for group in groups], fontsize=8)
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title, fontsize=9)
+    characters = int(width_inches * 13)  # about 13 characters of 9 pt an inch
+    title_lines = textwrap.wrap(title, characters)
+    # the figure's title, centred on the figure: the axes' title would be cut where it passes them
+    figure.suptitle("\n".join(title_lines), fontsize=9)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    return _save(figure, pyplot, output)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    note_lines = textwrap.wrap(note, int(characters * 9 / 7)) if note else []
+    if note_lines:
+        figure.text(0.01, 0.01, "\n".join(note_lines), fontsize=7, va="bottom", ha="left")
+    figure.tight_layout(rect=(0, 0.03 * len(note_lines), 1, 1))
+    return figure
 
 
 def _save(figure, pyplot, output: Path) -> Path:

@@ -12,7 +12,7 @@ from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
 from datasets import ImageSet, image_side, load_dataset, pretraining_split
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan
+from engine.loop import Engine, TrainingPlan, resume_position
 from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.arguments import RunArguments, freeze
@@ -21,6 +21,7 @@ from experiments.monitoring import KNN_COLUMNS, import_wandb, knn_monitor, tenso
 from experiments.options import stage1_config
 from experiments.stage import (
     ResumePoint,
+    finished_as_asked,
     inputs_entry,
     record_config,
     resume_point,
@@ -40,11 +41,12 @@ from utils.runtime import resolve_device
 from utils.seeds import seed_everything
 
 
-def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
-    """Whether a numbered checkpoint is written after `epoch` epochs: at 25/50/75/100% as in
-    the original code, and every `save_every` epochs (a test, not a set: --epochs may be huge)."""
-    quarters = {int(total * q) for q in (0.25, 0.5, 0.75)} | {total}
-    return epoch > 0 and (epoch in quarters or bool(save_every) and epoch % save_every == 0)
+def saves_numbered(epoch: int, total: int, save_every: int, keep: str = "fractions") -> bool:
+    """Whether a numbered checkpoint is written after `epoch` epochs: after the last, after
+    25/50/75% too as in the original code (`keep` "fractions"), after every epoch ("all"), and
+    every `save_every` epochs (a test, not a set: --epochs may be huge)."""
+    kept = {total} | ({int(total * q) for q in (0.25, 0.5, 0.75)} if keep == "fractions" else set())
+    return epoch > 0 and (keep == "all" or epoch in kept or bool(save_every) and epoch % save_every == 0)
 
 
 def stage1_backbone(args: RunArguments, side: int | None, device) -> tuple[nn.Module, str | None]:
@@ -114,6 +116,9 @@ def train(
     if ranks.is_main:
         files.remove_temporary()
     resume = find_resume(args, files, may_change, ranks) if args.resume else None
+    if resume and finished_as_asked(resume, args.epochs):
+        say(f"[INFO] Nothing left to do: run {files.header} has trained its {args.epochs} epochs")
+        return
     seed = args.seed  # resolved in main: rank 0's, or the resumed run's when drawn
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
@@ -227,7 +232,7 @@ def restore(
         if start_epoch >= args.epochs:
             say(f"[INFO] The run had trained its {args.epochs} epochs; its files are complete now")
             return False
-        say(f"[INFO] Resuming {resume.path} at epoch {start_epoch}")
+        say(f"[INFO] Resuming {resume.path} {resume_position(resume.state)}")
     elif args.checkpoint:
         state = read_checkpoint(args.checkpoint)
         check_backbone(state, args.backbone, args.checkpoint, stem)
@@ -285,7 +290,7 @@ def training_plan(
         seed=args.seed,
         log_path=files.log,
         checkpoint_paths=lambda e: (
-            [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every) else []
+            [files.epoch_checkpoint(e)] if saves_numbered(e, args.epochs, args.save_every, args.keep) else []
         ),
         rolling_checkpoint=files.last_checkpoint,
         extra_state={

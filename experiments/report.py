@@ -193,5 +193,8 @@ def write_results(
             }
         )
     if groups:
-        written.append(plot_grid_results(list(groups.values()), folder / "figure.png", title))
+        # a mark of the paper's full protocol beside bars of a shortened one would read as a gap
+        paper_label = "paper (its full protocol, not this grid's)" if differences else "paper"
+        note = ("Not the paper's protocol: " + "; ".join(differences) + ".") if differences else ""
+        written.append(plot_grid_results(list(groups.values()), folder / "figure.png", title, paper_label, note))
     return written

@@ -16,7 +16,7 @@ from engine.locks import GRID_ENVIRONMENT, RunLock
 from experiments.grid_plan import Run, RunStage, Stage
 from experiments.parallel import Activity, Slot, make_slots, read_epoch_progress, start_child
 from utils.atomic import TEXT_ENCODING
-from utils.errors import UserError
+from utils.errors import StopRequested, UserError
 from utils.threads import usable_cpus
 
 if TYPE_CHECKING:  # the grid imports this module to run its tasks
@@ -35,7 +35,7 @@ class GridStopped(UserError):
 
 def last_error(log_path: Path) -> str:
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line or "interrupted" in line]
+    errors = [line for line in lines if "error:" in line or "interrupted" in line or "stopped" in line]
     return (errors or lines or ["no output"])[-1]
 
 
@@ -95,11 +95,11 @@ class Scheduler:
                 signal.signal(s, handler)
             self.live.close()
         if self.stop_signal is not None:
-            raise GridStopped(
+            raise StopRequested(
+                self.stop_signal,
                 f"grid stopped by {signal.Signals(self.stop_signal).name}; run the same command "
                 "again to continue it: finished runs are kept and an interrupted training "
                 "resumes from its last checkpoint",
-                128 + self.stop_signal,
             )
         if self.failure is not None:
             raise GridStopped(self.failure, 1)
@@ -217,12 +217,21 @@ class Scheduler:
         for task, (_, _, activity) in self.running.items():
             progress[task] = read_epoch_progress(activity.log)
             left[task] = activity.seconds_left(now, progress[task], self.estimate(task))
-        pending = [self.estimate(task) for task in self.pending]
-        known = list(left.values()) + pending
-        grid_left = None if any(v is None for v in known) else sum(known) / self.grid.args.jobs
-        lines = []
-        for task, (_, _, activity) in self.running.items():
+        runs_left = {}
+        for task in self.running:
             later = [self.estimate(t) for t in self.pending if t.runs[0] is task.runs[0]]
-            run_left = None if left[task] is None or None in later else left[task] + sum(later)
-            lines.append(activity.line(now, progress[task], run_left, grid_left))
+            runs_left[task] = None if left[task] is None or None in later else left[task] + sum(later)
+        grid_left = self.grid_left(list(left.values()) + [self.estimate(task) for task in self.pending], runs_left)
+        lines = [
+            activity.line(now, progress[task], runs_left[task], grid_left)
+            for task, (_, _, activity) in self.running.items()
+        ]
         self.live.status(lines, now)
+
+    def grid_left(self, stages_left: list[float | None], runs_left: dict[Task, float | None]) -> float | None:
+        """Seconds until the grid ends: its stages' time shared by the jobs, and never less than
+        the longest run still going (its stages follow one another, whatever the jobs)."""
+        if any(seconds is None for seconds in stages_left):
+            return None
+        shared = sum(seconds for seconds in stages_left if seconds is not None) / self.grid.args.jobs
+        return max([shared, *(seconds for seconds in runs_left.values() if seconds is not None)])

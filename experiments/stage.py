@@ -26,7 +26,7 @@ from utils.atomic import TEXT_ENCODING, save_json
 from utils.checkpoint_fields import INTEGER_LIMIT, check_number, field_error
 from utils.console import say
 from utils.entry import INTERRUPTED
-from utils.errors import UserError
+from utils.errors import StopRequested, UserError
 from utils.seeds import resolve_seed
 from utils.threads import thread_settings
 
@@ -63,6 +63,9 @@ def run_main(main: Callable[[], None]) -> None:
             f"{prog}: terminated; files saved before are intact (a stage-1 run continues with --resume auto)\n"
         )
         sys.exit(128 + signal.SIGTERM)
+    except StopRequested as stop:  # asked for: said as a stop, not as an error
+        sys.stderr.write(f"{prog}: {stop}\n")
+        sys.exit(stop.exit_status)
     except UserError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(getattr(error, "exit_status", 2))
@@ -82,17 +85,15 @@ def stage_backbone(name: str, stem: str | None, device: torch.device, weights: d
     """The backbone a stage runs, as every stage starts it: `name` built with `stem`, described,
     and loaded with a checkpoint's `weights` when given (checked against it by `check_backbone`)."""
     backbone = build_backbone(name, stem)
-    if device.type != "cuda":
-        say(
-            "[WARNING] CUDA is not available."
-            if not torch.cuda.is_available()
-            else "[INFO] Running on the CPU although CUDA is available."
-        )
+    # A machine without a GPU is no news on each run; a GPU left unused is.
+    if device.type != "cuda" and torch.cuda.is_available():
+        say("[INFO] Running on the CPU although CUDA is available.")
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     say(f"[INFO] {name}{f' ({stem} stem)' if stem else ''} loaded in memory.")
     say(f"[INFO] Feature size: {backbone.feature_size}")
     say(f"[INFO] Feature extractor TOT trainable params: {trainable}")
-    say(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
+    if torch.cuda.is_available():
+        say(f"[INFO] Found {torch.cuda.device_count()} GPU(s) available.")
     say(f"[INFO] Device type: {device}")
     if weights is not None:
         say("[INFO] Loading checkpoint...")
@@ -124,10 +125,18 @@ def stem_entry(stem: str | None) -> dict:
     return {"stem": stem} if stem else {}
 
 
-def run_seed(args: argparse.Namespace) -> int:
+def stored_seed(state: dict) -> int | None:
+    """The seed a checkpoint records, when it is one a run could have used (0 to 2^31 - 1)."""
+    seed = state.get("seed")
+    return seed if type(seed) is int and 0 <= seed < 2**31 else None
+
+
+def run_seed(args: argparse.Namespace, checkpoint: dict | None = None) -> int:
     """The run's seed: `--seed`, or for -1 one drawn now, which names the run's files and is
     recorded as the value used. `--resume PATH` with -1 takes the seed stored in the checkpoint;
-    `--resume auto` needs the seed to find the run's files."""
+    `--resume auto` needs the seed to find the run's files. A stage that reads the `checkpoint`
+    of an earlier stage takes its seed for -1, so that the stages of one run share their seed
+    (and its file names and subsets) by default."""
     resume = getattr(args, "resume", None)
     if args.seed >= 0:
         return args.seed
@@ -140,6 +149,10 @@ def run_seed(args: argparse.Namespace) -> int:
     if stored is not None:
         check_number(stored, 0, 0, INTEGER_LIMIT, resume, "seed")  # it names the run's files
         return stored
+    if checkpoint is not None and stored_seed(checkpoint) is not None:
+        seed = stored_seed(checkpoint)
+        say(f"[INFO] Seed {seed}: the checkpoint's (--seed N chooses another)")
+        return seed
     seed = resolve_seed(args.seed)
     say(f"[INFO] --seed -1: drew seed {seed}, which names this run's files")
     return seed
@@ -271,3 +284,11 @@ def resume_point(
         )
     check_resume_fields(state, world_size, path)
     return ResumePoint(path, state, files, unfinished_commit(state, files, path) is not None)
+
+
+def finished_as_asked(resume: ResumePoint, epochs: int) -> bool:
+    """Whether the resumed run had trained and saved all of the `epochs` it was started with:
+    `--resume auto` on it has nothing left to do (a requeued job ends well). A run asked for
+    fewer or more epochs than it was started with is not."""
+    stored = resume.state["args"].get("epochs")
+    return resume.state["epoch"] == epochs and stored == epochs and not resume.unfinished

@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     state = read_checkpoint(parsed.checkpoint)
     linear = holds_linear_classifier(state)
     stem = check_request(parsed, state, linear)
-    args = freeze(parsed, seed=run_seed(parsed))  # frozen from here on, with the seed used
+    args = freeze(parsed, seed=run_seed(parsed, state))  # frozen from here on, with the seed used
     seed = args.seed
     seed_everything(seed)
     # The backbone sees images in the range its method trained it on.
     normalised = backbone_inputs_normalised(state, parsed.checkpoint)
     test = test_split(args, state, linear, stem).as_inputs(normalised)
-    train = training_split(args).as_inputs(normalised) if args.knn or args.export_features else None
+    train = training_split(args, seed).as_inputs(normalised) if args.knn or args.export_features else None
     backbone = stage_backbone(args.backbone, stem, device, state["backbone"])
     classifier = stored_classifier(args, state, backbone.feature_size, test.num_classes) if linear else None
     backbone.to(device)
@@ -204,15 +204,23 @@ def test_split(args: RunArguments, state: dict, linear: bool, stem: str | None) 
     return test
 
 
-def training_split(args: RunArguments) -> ImageSet:
-    """The training split, for kNN accuracy (labelled, at least --knn images) and export."""
+def training_split(args: RunArguments, seed: int) -> ImageSet:
+    """The training images for kNN accuracy (labelled, at least --knn images) and export: the
+    split, or its `--train_subset` drawn as stage 2 draws it with the same seed."""
     train = load_dataset(
         args.dataset, "train", args.data_root, download=not args.no_download, image_size=args.image_size
     )
     if args.knn and bool((train.labels < 0).any()):
         raise UserError(f"--knn needs labelled training images, and the {args.dataset} training split has none")
+    train = train.balanced_subset(args.train_subset, seed)
     if args.knn > len(train):
-        raise UserError(f"--knn {args.knn}: the {args.dataset} training split has only {len(train)} images")
+        raise UserError(
+            f"--knn {args.knn}: the {args.dataset} training images"
+            + (f" of --train_subset {args.train_subset}" if args.train_subset else "")
+            + f" are only {len(train)}: lower --knn"
+        )
+    if args.knn:
+        say(f"[INFO] kNN: {len(train)} labelled training images vote")
     return train
 
 

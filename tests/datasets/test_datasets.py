@@ -65,7 +65,8 @@ def test_cifar10_constants(small_cifar10_root):
     assert s.labels.tolist() == raw_batch(small_cifar10_root / "cifar-10-batches-py" / "test_batch")["labels"]
 
 
-def test_cifar10_partial_batches_warn_once_and_numeric_order(tmp_path, capsys):
+def test_cifar10_partial_batches_warn_once_and_numeric_order(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("datasets.cifar._WARNED_PARTIAL", set())
     write_cifar10(tmp_path, n_train_per_batch=12, n_test=5, batches=2, seed=3)
     folder = tmp_path / "cifar-10-batches-py"
     # A 10th batch must come after the 2nd (numeric, not lexicographic, order).
@@ -73,6 +74,8 @@ def test_cifar10_partial_batches_warn_once_and_numeric_order(tmp_path, capsys):
     s = load_dataset("cifar10", "train", tmp_path, download=False)
     err = capsys.readouterr().err
     assert err.count("[WARNING]") == 1 and "2 of the official 5" in err
+    load_dataset("cifar10", "train", tmp_path, download=False)  # a monitored run loads it again
+    assert "[WARNING]" not in capsys.readouterr().err
     b1, b10 = raw_batch(folder / "data_batch_1"), raw_batch(folder / "data_batch_10")
     assert s.labels.tolist() == list(b1["labels"]) + list(b10["labels"])
 
@@ -94,7 +97,8 @@ def test_bytes_keys_also_load(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_SHARED_CIFAR10, reason="shared CIFAR-10 sample absent")
-def test_cifar10_shared_sample(shared_cifar10_root, capsys):
+def test_cifar10_shared_sample(shared_cifar10_root, capsys, monkeypatch):
+    monkeypatch.setattr("datasets.cifar._WARNED_PARTIAL", set())  # as in a fresh process: warned once
     t0 = time.perf_counter()
     train = load_dataset("cifar10", "train", shared_cifar10_root, download=False)
     elapsed = time.perf_counter() - t0

@@ -99,7 +99,7 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(real_subset, tmp_path):
     engine.plan.epochs = 5
     with torch.no_grad():
         engine.method.relation_module.linear2.weight.fill_(float("nan"))
-    with pytest.raises(UserError, match="non-finite at epoch 3, step 0"):
+    with pytest.raises(UserError, match="non-finite inside epoch 4, at step 1"):
         engine.fit(3)
     assert (tmp_path / "epoch_3.tar").read_bytes() == before
     assert not (tmp_path / "epoch_4.tar").exists()

@@ -283,6 +283,7 @@ def test_the_arguments_a_resumed_run_may_change_are_declared_with_their_flags():
         "checkpoint",
         "epoch_start",
         "save_every",
+        "keep",
         "compile",
         "channels_last",
         "eval_every",

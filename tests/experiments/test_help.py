@@ -49,3 +49,18 @@ def test_help_output_shows_the_default(make_parser, flag, shown, capsys):
     text = text[text.index("options:") :]  # past the usage line
     entry = text[text.index(flag + " ") :]
     assert shown in entry[:600], entry[:600]
+
+
+def test_the_batch_default_in_the_help_is_read_from_the_methods():
+    from experiments.cli import method_batch_defaults
+    from methods import METHODS
+
+    common, *others = method_batch_defaults().removeprefix("the method's: ").split("; ")
+    named = {}
+    for other in others:
+        names, size = other.rsplit(" ", 1)
+        named.update(dict.fromkeys(names.split(", "), int(size)))
+    assert {name: named.get(name, int(common)) for name in METHODS} == {
+        name: method.default_batch_size for name, method in METHODS.items()
+    }
+    assert named["byol"] == 256  # not the 128 of the paper's methods

@@ -1,5 +1,6 @@
-"""Training curves: one colour per run across the figure, one panel per quantity and family of
-comparable runs, labelled axes, integer epoch ticks, constant quantities left out."""
+"""Training curves: one colour family per series of seeds around its mean, one panel per quantity
+and family of comparable runs, labelled axes (accuracies in %), integer epoch ticks, constant
+quantities and a score repeating the loss or the accuracy left out."""
 
 from __future__ import annotations
 
@@ -46,43 +47,47 @@ def logs(tmp_path):
     ]
 
 
-def test_one_colour_per_run_and_one_panel_per_quantity_and_family(logs):
+def test_one_colour_family_per_series_with_its_mean_and_one_panel_per_quantity_and_family(logs):
     from matplotlib import pyplot
+    from matplotlib.collections import PolyCollection
 
     figure = training_curves_figure(logs)
     panels = [axis for axis in figure.axes if axis.lines]
     colours = {}
     for axis in panels:
         for line in axis.lines:
-            colours.setdefault(line.get_label(), set()).add(line.get_color())
+            colours.setdefault(line.get_label(), set()).add(tuple(line.get_color()))
     runs = [path.stem.removeprefix("log_") for path in logs]
-    assert sorted(colours) == sorted(runs)
+    assert sorted(colours) == sorted(runs + ["relationnet_cifar10_conv4 mean"])
     assert all(len(used) == 1 for used in colours.values())  # a run keeps its colour in every panel
-    assert len({next(iter(used)) for used in colours.values()}) == len(runs)  # and no two runs share one
-    legend = figure.legends[0]
-    assert [text.get_text() for text in legend.get_texts()] == runs
-    for handle, run in zip(legend.legend_handles, runs):
-        assert handle.get_color() in colours[run]
+    assert len({next(iter(used)) for used in colours.values()}) == len(colours)  # and no two runs share one
+    # the two seeds of relationnet: lighter shades of the colour of their mean, a band around it
+    (mean,) = colours["relationnet_cifar10_conv4 mean"]
+    for seed in runs[:2]:
+        (shade,) = colours[seed]
+        assert all(s >= m for s, m in zip(shade, mean)) and shade != mean
+    loss = next(axis for axis in panels if axis.get_title() == "loss (relationnet)")
+    mean_line = next(line for line in loss.lines if line.get_label().endswith(" mean"))
+    assert list(mean_line.get_ydata()) == pytest.approx([0.0855, 0.0805, 0.0745])
+    assert any(isinstance(child, PolyCollection) for child in loss.collections)  # the ± std band
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend == ["relationnet_cifar10_conv4, seeds 1, 2: mean ± std", *runs[2:]]
     titles = {axis.get_title() for axis in panels}
-    # relationnet's loss (about 0.08) and simclr's (about 5) never share an axis; the score
-    # (an accuracy for one, a negative loss for the other) neither.
-    assert {
-        "loss (relationnet)",
-        "loss (simclr)",
-        "score (relationnet)",
-        "score (simclr)",
-        "test_accuracy (linear evaluation)",
-        "knn_accuracy (relationnet)",
-    } <= titles
+    # relationnet's loss (about 0.08) and simclr's (about 5) never share an axis; a score that
+    # only repeats the accuracy (relationnet) or the negated loss (simclr) has no panel
+    assert {"loss (relationnet)", "loss (simclr)", "test_accuracy (linear evaluation)"} <= titles
+    assert "knn_accuracy (relationnet)" in titles and not any(title.startswith("score") for title in titles)
     for axis in panels:
         families = {line.get_label().split("_")[0] for line in axis.lines}
         assert len(families) == 1, axis.get_title()
-        assert axis.get_xlabel() == "epoch" and axis.get_ylabel() == axis.get_title().split(" (")[0]
+        quantity = axis.get_title().split(" (")[0]
+        assert axis.get_xlabel() == "epoch"
+        assert axis.get_ylabel() == (f"{quantity} (%)" if "accuracy" in quantity else quantity)
         ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
         assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
     assert not any(title.startswith(("lr ", "seconds")) for title in titles)  # constant, or not a curve
     knn = next(axis for axis in panels if axis.get_title() == "knn_accuracy (relationnet)")
-    assert [list(line.get_xdata()) for line in knn.lines] == [[2, 3], [2, 3]]  # epoch 1 was not measured
+    assert [list(line.get_xdata()) for line in knn.lines] == [[2, 3], [2, 3], [2, 3]]  # epoch 1 not measured
     pyplot.close(figure)
 
 
@@ -109,6 +114,30 @@ def test_a_feature_map_names_the_classes_labels_its_axes_and_keeps_its_title_who
     shown_text = axis.title.get_text()
     assert "\n" in shown_text and "".join(shown_text.split()) == "".join(title.split())  # wrapped, all of it
     assert 0 <= shown.x0 and shown.x1 <= figure.bbox.width and shown.y1 <= figure.bbox.height  # not cut
+    pyplot.close(figure)
+
+
+def test_a_grid_figure_keeps_its_title_and_note_whole_and_says_the_paper_marks_are_another_protocol():
+    from matplotlib import pyplot
+
+    from experiments.plots import grid_results_figure
+
+    bars = [
+        {"method": "relationnet", "mean": 30.0, "std": 1.0, "paper": 61.03},
+        {"method": "byol", "mean": 28.0, "std": 2.0, "paper": None},
+    ]
+    title = "CIFAR-10, conv4: relationnet, simclr, byol, barlowtwins; seeds 1, 2, 3, 4 (study baselines)"
+    note = "Not the paper's protocol: 3 stage-1 epochs instead of 200; " * 4
+    figure = grid_results_figure([{"label": "CIFAR-10 conv4", "bars": bars}], title, "paper (its protocol)", note)
+    figure.canvas.draw()
+    (axis,) = figure.axes
+    texts = [figure._suptitle, *(text for text in figure.texts if text is not figure._suptitle)]
+    for text, wanted in zip(texts, (title, note)):
+        box = text.get_window_extent()
+        assert "".join(text.get_text().split()) == "".join(wanted.split())  # all of it
+        assert 0 <= box.x0 and box.x1 <= figure.bbox.width and 0 <= box.y0 and box.y1 <= figure.bbox.height
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "paper (its protocol)" in labels and "relationnet" in labels
     pyplot.close(figure)
 
 

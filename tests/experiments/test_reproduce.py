@@ -80,6 +80,7 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGTERM, (stdout, stderr)
     assert len(stderr.strip().splitlines()) == 1 and "run the same command again" in stderr, stderr
+    assert stderr.startswith("reproduce.py: grid stopped by SIGTERM"), stderr  # a stop, not an error
     assert not (stage1 / "relationnet_cifar10_conv4_seed_1_epoch_8.tar").exists()  # stopped inside stage 1
     assert stdout.count("train_unsupervised.py ... (CPU") == 2  # seeds 1 and 2 side by side
 
@@ -134,6 +135,7 @@ def test_a_grid_of_two_jobs_survives_an_interruption_and_a_second_call_only_rebu
     assert fourth.stdout.count(".py ...") == 1 and "test.py ..." in fourth.stdout
     table = (out / "table.md").read_text()
     assert "98.00" not in table and "| 1, 2 |" in table and ", 7" not in table
+    assert "left out: cifar10_relationnet_conv4_seed_7.json (its evaluation checkpoint" in table
     assert json.loads(truncated.read_text())["seed"] == 2
 
     other = subprocess.run(
@@ -217,6 +219,9 @@ BAD_VALUES = {
     "--jobs_per_gpu": ["0", "2"],
     "--shard": ["0/2", "3/2", "1", "a/b", "1/1000000000000", "1/100000000000000000000000"],
     "--wandb": ["", "a/b", "x" * 129],
+    "--set": ["relationnet.K=1", "simclr.temperature=abc", "simclr", "bogus.K=2", "simclr.nothing=1"],
+    "--keep": ["bogus"],
+    "--tensorboard": ["FILE"],
 }
 SWITCHES = {"--no_download", "--dry_run"}
 
@@ -342,7 +347,7 @@ def test_two_shards_run_side_by_side_on_one_folder_and_either_builds_the_whole_t
     )
     assert again.returncode == 0 and "rebuilding the table only" in again.stdout, again.stderr
     assert "| CIFAR-10 | conv4 | randomweights | 1, 2 |" in (out / "table.md").read_text()
-    assert "2 of 2 runs done" in (out / "table.md").read_text()
+    assert "2 of this command's 2 runs" in (out / "table.md").read_text()
 
 
 def test_a_killed_grid_takes_its_children_with_it_and_a_held_stage_says_what_to_do(

@@ -68,3 +68,13 @@ def test_a_test_log_of_bad_numbers_is_one_line_naming_it_and_its_run_is_tested_a
     assert stopped.value.exit_status == 1 and f"{run.test_log} cannot be read" in message and said in message
     assert "delete it" in message and not run.record.exists()
     assert grid.tasks()[-1].stage.kind is Stage.TEST  # the next call tests the run again
+
+
+def test_the_grid_is_never_said_to_end_before_a_run_still_going(small_cifar10_root, tmp_path):
+    grid = planned_grid(small_cifar10_root, tmp_path / "grid", "--seeds", "1", "2", "--jobs", "2")
+    scheduler = Scheduler(grid, grid.tasks())
+    first, second = scheduler.pending[:2]
+    # two runs: 28 s of one still to go, 0 of the other; the stages' 28 s shared by 2 jobs is 14 s
+    assert scheduler.grid_left([28.0, 0.0], {first: 28.0, second: 0.0}) == 28.0
+    assert scheduler.grid_left([28.0, 30.0, 30.0], {first: 28.0}) == 44.0
+    assert scheduler.grid_left([28.0, None], {first: 28.0}) is None

@@ -124,3 +124,30 @@ def test_numbered_checkpoints_of_a_huge_run_are_not_enumerated():
     assert stage1.saves_numbered(epochs // 4, epochs, 0) and stage1.saves_numbered(12345, epochs, 1)
     assert not stage1.saves_numbered(12345, epochs, 0) and not stage1.saves_numbered(0, epochs, 1)
     assert [e for e in range(1, 9) if stage1.saves_numbered(e, 8, 3)] == [2, 3, 4, 6, 8]
+
+
+def test_keep_chooses_the_numbered_checkpoints():
+    kept = {
+        keep: [e for e in range(1, 9) if stage1.saves_numbered(e, 8, 0, keep)] for keep in ("fractions", "last", "all")
+    }
+    assert kept == {"fractions": [2, 4, 6, 8], "last": [8], "all": list(range(1, 9))}
+    assert [e for e in range(1, 4) if stage1.saves_numbered(e, 3, 0)] == [
+        1,
+        2,
+        3,
+    ]  # a 3-epoch run: 1 of 3 quarters is 0
+    assert [e for e in range(1, 9) if stage1.saves_numbered(e, 8, 3, "last")] == [3, 6, 8]
+
+
+def test_knn_votes_with_the_train_subset_stage_2_drew_and_a_k_past_it_is_one_line(small_cifar10_root, tmp_path, capsys):
+    pretrained = tmp_path / "randomweights.tar"
+    torch.save(
+        {"backbone": build_backbone("conv4").state_dict(), "method": "randomweights", "dataset": "cifar10", "seed": 4},
+        pretrained,
+    )
+    knn = stage_arguments(small_cifar10_root, tmp_path, seed=-1) + ["--checkpoint", str(pretrained), "--knn", "5"]
+    run_stage(stage3, knn + ["--train_subset", "40"])
+    out = capsys.readouterr().out
+    assert "[INFO] Seed 4: the checkpoint's" in out and "[INFO] kNN: 40 labelled training images vote" in out
+    error = _refused(stage3, knn[:-1] + ["50", "--train_subset", "40"], capsys)
+    assert "--knn 50: the cifar10 training images of --train_subset 40 are only 40: lower --knn" in error

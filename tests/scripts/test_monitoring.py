@@ -63,10 +63,11 @@ def test_eval_every_logs_knn_accuracy_and_leaves_the_training_as_it_is(
 
         events = EventAccumulator(str(tmp_path / "tensorboard" / HEADER))
         events.Reload()
-        assert {"loss", "accuracy", "lr", "knn_accuracy"} <= set(events.Tags()["scalars"])
-        assert [event.step for event in events.Scalars("loss")] == [1, 2, 3]
-        assert [event.step for event in events.Scalars("knn_accuracy")] == [2, 3]
-        assert events.Scalars("loss")[0].value == pytest.approx(float(plain_rows[0]["loss"]), rel=1e-6)
+        assert {"train/loss", "train/accuracy", "train/lr", "monitor/knn_accuracy"} <= set(events.Tags()["scalars"])
+        assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
+        assert [event.step for event in events.Scalars("monitor/knn_accuracy")] == [2, 3]
+        assert events.Scalars("train/loss")[0].value == pytest.approx(float(plain_rows[0]["loss"]), rel=1e-6)
+        assert f"[INFO] TensorBoard: {tmp_path / 'tensorboard' / HEADER} (view with: tensorboard --logdir" in shown
 
 
 def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):

@@ -351,15 +351,21 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_is_exact(cifar10_root,
     status, stderr = interrupt_after_first_epoch(command[2:] + [str(stopped)] + args, signum)
     assert status == 128 + signum, stderr
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].endswith("resume with the same command plus --resume auto")
+    stop = stderr.strip().splitlines()[-1]
+    assert stop.endswith("resume with the same command plus --resume auto")
+    # a stop asked for is said as a stop, with the epoch the bar showed (from 1) and the step
+    assert stop.startswith(f"train_unsupervised.py: {signal.Signals(signum).name} received: stopped inside epoch 2/3")
+    assert "error:" not in stderr and " of 50 and saved" in stop  # 800 images in steps of 16
     folder = stopped / "relationnet" / "cifar10"
     interrupted = load(folder / "relationnet_cifar10_conv4_seed_2_last.tar")
-    assert interrupted["interrupted"]["steps_done"] > 0 and interrupted["epoch"] == 1
+    steps_done = interrupted["interrupted"]["steps_done"]
+    assert steps_done > 0 and interrupted["epoch"] == 1 and f"after step {steps_done} of 50" in stop
 
     resumed = subprocess.run(
         command + [str(stopped)] + args + ["--resume", "auto"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert f"_last.tar inside epoch 2, after step {steps_done}\n" in resumed.stdout
     subprocess.run(command + [str(straight)] + args, cwd=REPO, capture_output=True, timeout=300, check=True)
     a = load(folder / "relationnet_cifar10_conv4_seed_2_epoch_3.tar")
     b = load(straight / "relationnet" / "cifar10" / "relationnet_cifar10_conv4_seed_2_epoch_3.tar")

@@ -1,4 +1,5 @@
-"""`--seed -1` names every stage's files by the seed it drew, and each run's config records
+"""`--seed -1` names every stage's files by the seed stage 1 drew, `--resume auto` on a finished
+run succeeds with one line, and each run's config records
 the value used for every default (the learning rate, the method) and the code's version."""
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ def test_a_drawn_seed_names_the_files_of_every_stage_and_a_second_run_is_not_ref
     config = json.loads((folder / f"config_{header}.json").read_text())
     assert config["args"]["seed"] == config["seed_used"] == seeds[0]
 
+    # Stages 2 and 3 take the seed of the checkpoint they read: the run's files share it.
     run_stage(stage2, args + ["--checkpoint", str(folder / f"{header}_epoch_1.tar"), "--epochs", "1"])
-    linear_seed = drawn_seed(capsys.readouterr().out)
-    linear = folder / f"relationnet_cifar10_conv4_seed_{linear_seed}_epoch_1_linear_evaluation.tar"
+    assert f"[INFO] Seed {seeds[0]}: the checkpoint's" in capsys.readouterr().out
+    linear = folder / f"{header}_epoch_1_linear_evaluation.tar"
     assert linear.exists()
     run_stage(stage3, args + ["--checkpoint", str(linear)])
-    test_seed = drawn_seed(capsys.readouterr().out)
-    assert read_log(folder / f"log_{linear.stem}_test.csv")[0]["seed"] == str(test_seed)
+    assert f"[INFO] Seed {seeds[0]}: the checkpoint's" in capsys.readouterr().out
+    assert read_log(folder / f"log_{linear.stem}_test.csv")[0]["seed"] == str(seeds[0])
 
     with pytest.raises(SystemExit):
         run_stage(stage1, args + ["--method", "relationnet", "--K", "2", "--epochs", "2", "--resume", "auto"])
@@ -52,6 +54,14 @@ def test_a_drawn_seed_names_the_files_of_every_stage_and_a_second_run_is_not_ref
         args + ["--method", "relationnet", "--K", "2", "--data_size", "100", "--epochs", "2", "--resume", str(last)],
     )
     assert (folder / f"{header}_epoch_2.tar").exists() and "Resuming" in capsys.readouterr().out
+    # Nothing left to train: one line and a success, so that a requeued job ends well.
+    finished = ["--method", "relationnet", "--K", "2", "--data_size", "100", "--seed", str(seeds[0])]
+    run_stage(stage1, args + finished + ["--epochs", "2", "--resume", "auto"])
+    said = capsys.readouterr()
+    assert said.out.strip() == f"[INFO] Nothing left to do: run {header} has trained its 2 epochs", said.out
+    with pytest.raises(SystemExit) as refused:  # asked for fewer epochs than it trained: still an error
+        run_stage(stage1, args + finished + ["--epochs", "1", "--resume", "auto"])
+    assert refused.value.code == 2 and "nothing to train" in capsys.readouterr().err
 
 
 def test_the_config_records_resolved_defaults_and_the_code_version(small_cifar10_root, tmp_path, monkeypatch):
