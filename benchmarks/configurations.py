@@ -30,7 +30,8 @@ class Config:
     clusters: int = 0  # deepcluster: k-means clusters
 
 
-TWO_VIEW_BASELINES = ("byol", "simsiam", "barlowtwins", "vicreg")
+# The methods measured against solo-learn's data path (two views of one image, no multi-crop).
+SOLO_LEARN_METHODS = ("byol", "simsiam", "barlowtwins", "vicreg", "mocov3", "swav", "dino")
 CONFIGS = {
     "relationnet-conv4": Config("relationnet", "conv4", 64, 32, target=2.5),
     "relationnet-resnet32": Config(
@@ -45,8 +46,8 @@ CONFIGS = {
     # DeepCluster's clustering (feature pass, PCA, k-means) costs per epoch, not per step:
     # it times one epoch over a subset, after one, with 10 x CIFAR-10's classes as clusters.
     "deepcluster-conv4": Config("deepcluster", "conv4", 128, steps=1, warmup=1, images=2560, clusters=100),
-    # The two-view baselines with solo-learn's CIFAR settings (batch 256, ResNet-18 with the CIFAR stem).
-    **{f"{method}-resnet18": Config(method, "resnet18", 256, 2, steps=3, warmup=2) for method in TWO_VIEW_BASELINES},
+    # solo-learn's CIFAR settings (batch 256, ResNet-18 with the CIFAR stem).
+    **{f"{method}-resnet18": Config(method, "resnet18", 256, 2, steps=3, warmup=2) for method in SOLO_LEARN_METHODS},
     "lineval-conv4": Config("lineval", "conv4", 128, target=20.0),
     # A short relationnet run in float32 and in bf16 + compile, each scored by linear evaluation.
     "accuracy-resnet32": Config("accuracy", "resnet32", 64, 4, ("--precision", "bf16", "--compile"), steps=100),
@@ -60,7 +61,7 @@ QUICK = {
     "deepcluster": dict(batch=32, images=256, clusters=10, steps=1),
     "lineval": dict(batch=64),
     "accuracy": dict(batch=16, views=2),
-    **{method: dict(batch=8) for method in TWO_VIEW_BASELINES},
+    **{method: dict(batch=8) for method in SOLO_LEARN_METHODS},
 }
 QUICK_STEPS = dict(steps=2, warmup=1)
 

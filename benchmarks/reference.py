@@ -18,10 +18,11 @@ DeepCluster's path is a whole epoch: the training transform's images through
 the same DataLoader, the backbone's features collected as NumPy, scikit-learn's PCA-whitening
 and k-means, the original's class weights, then a training pass with the weighted loss.
 
-For the two-view baselines (byol, simsiam, barlowtwins, vicreg) the reference is solo-learn's
-data path: each view's torchvision pipeline on PIL images in the same DataLoader, and a loss
-read with `.item()` every step; the step itself is this suite's method module (its heads,
-loss, optimizer and target update), so their rows measure the data path.
+For the methods that follow solo-learn (byol, simsiam, barlowtwins, vicreg, mocov3, swav,
+dino) the reference is solo-learn's data path: each view's torchvision pipeline on PIL images
+in the same DataLoader, and a loss read with `.item()` every step; the step itself is this
+suite's method module (its heads, loss, optimizer and target update), so their rows measure
+the data path.
 """
 
 from __future__ import annotations
@@ -94,32 +95,31 @@ def crop_flip_transform(mean: tuple, std: tuple, side: int, padding: int) -> tra
     )
 
 
-def two_view_transforms(
-    method: str, mean: tuple, std: tuple, side: int = 32
-) -> tuple[transforms.Compose, transforms.Compose]:
-    """The two views as solo-learn builds them with torchvision: BYOL's (blur p 1 / 0.1,
-    solarize p 0 / 0.2; also barlowtwins' and vicreg's here) or simsiam's (both blurred with p 0.5)."""
+def two_view_transforms(view_groups: list, mean: tuple, std: tuple, side: int = 32) -> list[transforms.Compose]:
+    """The method's views as solo-learn builds them with torchvision, one pipeline per view
+    group of one view: RandomResizedCrop, flip, ColorJitter with its probability, grayscale,
+    GaussianBlur and solarize with the probabilities of the method's `CropColorViews`, so that
+    both sides draw views from the same distribution."""
 
-    def view(jitter: tuple, blur_p: float, solarize_p: float) -> transforms.Compose:
+    def pipeline(views) -> transforms.Compose:
         return transforms.Compose(
             [
-                transforms.RandomResizedCrop(side, scale=(0.08, 1.0)),
+                transforms.RandomResizedCrop(side, scale=views.crop_scale),
                 transforms.RandomHorizontalFlip(),
-                transforms.RandomApply([transforms.ColorJitter(*jitter)], p=0.8),
-                transforms.RandomGrayscale(p=0.2),
+                transforms.RandomApply([transforms.ColorJitter(*views.jitter)], p=views.jitter_p),
+                transforms.RandomGrayscale(p=views.gray_p),
                 transforms.RandomApply(
-                    [transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1, (0.1, 2.0))], p=blur_p
+                    [transforms.GaussianBlur(math.ceil(0.1 * side) // 2 * 2 + 1, views.blur_sigma)], p=views.blur_p
                 ),
-                transforms.RandomSolarize(127, p=solarize_p),
+                transforms.RandomSolarize(127, p=views.solarize_p),
                 transforms.ToTensor(),
                 transforms.Normalize(mean, std),
             ]
         )
 
-    if method == "simsiam":
-        both = view((0.4, 0.4, 0.4, 0.1), 0.5, 0.0)
-        return both, both
-    return view((0.4, 0.4, 0.2, 0.1), 1.0, 0.0), view((0.4, 0.4, 0.2, 0.1), 0.1, 0.2)
+    if any(group.count != 1 for group in view_groups):
+        raise ValueError("the reference path builds two-view methods: one view per group")
+    return [pipeline(group.views) for group in view_groups]
 
 
 def lineval_transform(mean: tuple, std: tuple) -> transforms.Compose:

@@ -7,7 +7,7 @@ import importlib.util
 import itertools
 import time
 
-from configurations import TWO_VIEW_BASELINES, Config
+from configurations import SOLO_LEARN_METHODS, Config
 from measuring import ChildMemory, Measurement, gpu_peak_mb, images_per_unit, load_images, peak_rss_mb, synchronize
 
 
@@ -71,13 +71,13 @@ def reference_worker(config: Config, args, children: ChildMemory) -> Measurement
             reference.deepcluster_epoch(
                 backbone, classifier, optimizer, dataset, config.clusters, config.batch, device, meters, seed=epoch
             )
-    elif config.kind in TWO_VIEW_BASELINES:
+    elif config.kind in SOLO_LEARN_METHODS:
         from methods import METHODS
 
-        dataset = reference.TwoViewImages(
-            images_hwc, labels, reference.two_view_transforms(config.kind, mean, std, side)
-        )
         method = METHODS[config.kind](backbone, 10).to(device)
+        dataset = reference.TwoViewImages(
+            images_hwc, labels, reference.two_view_transforms(method.view_groups, mean, std, side)
+        )
         method.total_steps = args.warmup + args.steps  # the schedule's length, as on_epoch_start sets it
         steps_done = []
 

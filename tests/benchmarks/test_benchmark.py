@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from backbones import build_backbone
+from methods import METHODS
 from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import benchmark  # noqa: E402
 import checks  # noqa: E402
+import reference  # noqa: E402
 
 
 def test_quick_benchmark_prints_a_line_per_configuration_and_writes_the_csv(tmp_path):
@@ -161,3 +163,18 @@ def test_bf16_speed_line_gives_the_median_speed_up_its_range_and_the_fraction_of
     assert "0.01x (median of 1 alternating runs" in slow and slow.endswith("; missed: 0.01x < 3.0x")
     failed = checks.describe_bf16_speed("vicreg-resnet18", 8, {"fp32": [], "bf16": []}, 0.0, None, "boom")
     assert failed == "bf16-speed vicreg-resnet18 (batch 8): boom"
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam", "mocov3", "swav", "dino"])
+def test_the_reference_views_are_the_methods_own_as_torchvision_pipelines(method):
+    """solo-learn's data path draws each view from the method's own view spec, so both sides
+    of a row augment alike: the pipelines carry the spec's crop scale and probabilities."""
+    groups = METHODS[method](build_backbone("conv4"), 10).view_groups
+    pipelines = reference.two_view_transforms(groups, (0.5,) * 3, (0.25,) * 3)
+    assert len(pipelines) == len(groups) == 2
+    for pipeline, group in zip(pipelines, groups):
+        crop, _, jitter, gray, blur, solarize = pipeline.transforms[:6]
+        assert crop.scale == group.views.crop_scale and gray.p == group.views.gray_p
+        assert (jitter.p, blur.p, solarize.p) == (group.views.jitter_p, group.views.blur_p, group.views.solarize_p)
+        image = reference.Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
+        assert pipeline(image).shape == (3, 32, 32)
