@@ -99,6 +99,7 @@ def _number(accepts: Callable[[float], bool], requirement: str):
 
 positive_float = _number(lambda value: 0 < value < float("inf"), "a positive number")
 fraction = _number(lambda value: 0 < value <= 1, "a number in (0, 1]")
+non_negative_float = _number(lambda value: 0 <= value < float("inf"), "a number >= 0")
 # kNN votes with exp(similarity / T) and similarities reach 1: float32's exp overflows above 88.
 knn_temperature = _number(lambda value: 0.02 <= value <= 100, "a number from 0.02 to 100")
 
@@ -362,6 +363,7 @@ def stage1_parser() -> Parser:
         may_change_on_resume=True,
         help="also write every logged quantity for TensorBoard into DIR/<run> (needs the tensorboard package)",
     )
+    add_validation_flags(parser)
     for method in METHODS.values():
         if stage_fields(method.Config, stage=1):
             group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
@@ -410,6 +412,37 @@ class Stage2Parser(Parser):
             if getattr(parsed, name) is None:
                 setattr(parsed, name, default)
         return parsed, extras
+
+
+def add_validation_flags(parser: Parser) -> None:
+    """Stage 1's validation split, online linear probe and its settings (solo-learn's online
+    classifier's by default; see evaluation/probe.py)."""
+    parser.add_argument(
+        "--val_images",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="hold out N labelled training images (class-balanced, drawn with --seed) as a "
+        "validation split, never trained on; --eval_every and --online_probe then score on it, "
+        "and stage 2 reuses it (0 = none: they score on the test split)",
+    )
+    parser.add_argument(
+        "--online_probe",
+        action="store_true",
+        help="train a linear classifier on the detached features of the backbone while it "
+        "trains, with its own optimizer, and log its accuracy on the validation (or test) "
+        "split every epoch; the backbone trains exactly as without it",
+    )
+    parser.add_argument("--probe_lr", type=positive_float, default=0.1, help="--online_probe: its learning rate")
+    parser.add_argument(
+        "--probe_weight_decay", type=non_negative_float, default=0.0, help="--online_probe: its weight decay"
+    )
+    parser.add_argument(
+        "--probe_warmup_epochs",
+        type=non_negative_int,
+        default=10,
+        help="--online_probe: epochs of linear warm-up of its learning rate (from 3e-5), then a cosine to 0",
+    )
 
 
 def stage2_parser() -> Parser:
@@ -489,6 +522,21 @@ def stage2_parser() -> Parser:
         type=non_negative_int,
         default=0,
         help="use a seeded, class-balanced subset of N labelled images (0 = all)",
+    )
+    parser.add_argument(
+        "--val_images",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="hold out N labelled training images as a validation split and log the "
+        "classifier's accuracy on it every epoch (default: the images the stage-1 checkpoint "
+        "held out, if it holds any, else none)",
+    )
+    parser.add_argument(
+        "--new_val_split",
+        action="store_true",
+        help="with --val_images: draw the validation split anew from --seed instead of reusing "
+        "the stage-1 checkpoint's (whose images stage 1 did not train on)",
     )
     parser.add_argument(
         "--label_fraction",

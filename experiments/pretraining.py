@@ -4,20 +4,23 @@ checkpoints."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
+import torch
 from torch import nn
 
 from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
 from datasets import ImageSet, image_side, load_dataset, pretraining_split
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan
+from engine.loop import PROBE_KEY, Engine, TrainingPlan
 from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.cli import apply_gpu_flag, stage1_parser
-from experiments.monitoring import KNN_COLUMNS, knn_monitor, tensorboard_listener
+from experiments.monitoring import TEST_SPLIT_NOTE, tensorboard_listener, training_monitor
 from experiments.options import stage1_config
 from experiments.stage import ResumePoint, record_config, resume_point, run_seed, stage_backbone, stem_entry
+from experiments.validation import VALIDATION_KEY, online_probe, stage1_validation
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
@@ -106,14 +109,19 @@ def train(
             f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
             f"{args.epochs}; raise --epochs to train longer"
         )
-    data = training_images(args, method_class, ranks, device)
+    data, validation, held_out = training_images(args, method_class, ranks, device)
     backbone, stem = stage1_backbone(args, data.side, device)
     method = method_class(backbone, data.num_classes, config, lr=args.lr).to(device)
     for group in method.view_groups:
         check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
+    # The probe lives where the checkpoints are written; its saved state is checked before any write.
+    probe = online_probe(args, data, validation, backbone.feature_size, device, seed) if ranks.is_main else None
+    if probe is not None and resume:
+        probe.load_state_dict(resume.state.get(PROBE_KEY), resume.path)
     if not restore(method, args, stem, resume, start_epoch, ranks):
         return
-    engine = Engine(method, data, training_plan(args, files, method_class, stem, device, ranks), device)
+    plan = training_plan(args, files, method_class, stem, device, ranks, validation, held_out)
+    engine = Engine(method, data, replace(plan, probe=probe), device)
     if ranks.is_main:
         if not resume:
             replace_outputs(files)
@@ -125,6 +133,7 @@ def train(
             stage="train_unsupervised",
             stem=stem,
             training_images=len(data),
+            validation_images=len(validation) if validation is not None else 0,
             world_size=ranks.world_size,
             input_normalisation={"mean": list(data.mean), "std": list(data.std)},
         )
@@ -165,12 +174,16 @@ def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, de
     say(f"Saving in: {files.final}")
 
 
-def training_images(args, method_class, ranks: distributed.Ranks, device) -> ImageSet:
-    """The training images of the run (labelled where the method needs labels), announced."""
+def training_images(
+    args, method_class, ranks: distributed.Ranks, device
+) -> tuple[ImageSet, ImageSet | None, torch.Tensor | None]:
+    """The training images of the run (labelled where the method needs labels), announced, and
+    the validation split held out of them with its positions (None without `--val_images`)."""
     split = pretraining_split(args.dataset, method_class.needs_labels)
     data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
+    data, validation, held_out = stage1_validation(args, data, split, args.seed)
     data = data.balanced_subset(args.train_subset, args.seed)
     say(
         f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
@@ -180,7 +193,7 @@ def training_images(args, method_class, ranks: distributed.Ranks, device) -> Ima
         say(f"[INFO] {ranks.world_size} processes, {args.data_size} images per step each")
     if args.precision == "fp16" and device.type == "cpu":
         say("[WARNING] fp16 runs slowly on the CPU; bf16 is the fast reduced precision there")
-    return data
+    return data, validation, held_out
 
 
 def restore(
@@ -208,13 +221,29 @@ def restore(
 
 
 def training_plan(
-    args, files: RunFiles, method_class, stem: str | None, device, ranks: distributed.Ranks
+    args,
+    files: RunFiles,
+    method_class,
+    stem: str | None,
+    device,
+    ranks: distributed.Ranks,
+    validation: ImageSet | None = None,
+    held_out: torch.Tensor | None = None,
 ) -> TrainingPlan:
-    """How the engine trains the run: epochs, batches, files, precision, monitoring."""
+    """How the engine trains the run: epochs, batches, files, precision, monitoring (on the
+    `validation` split held out at the training split's positions `held_out`, when given)."""
     watching = ranks.is_main and args.eval_every > 0
     monitor = (
-        knn_monitor(
-            args.dataset, args.data_root, not args.no_download, args.image_size, args.eval_images, args.seed, device
+        training_monitor(
+            args.dataset,
+            args.data_root,
+            not args.no_download,
+            args.image_size,
+            args.eval_images,
+            args.seed,
+            device,
+            validation,
+            held_out,
         )
         if watching
         else None
@@ -237,17 +266,26 @@ def training_plan(
             "seed": args.seed,
             "args": vars(args),
             "world_size": ranks.world_size,
+            **({VALIDATION_KEY: held_out} if held_out is not None else {}),
         },
         drop_last=method_class.drop_last,
         precision=args.precision,
         compile=args.compile,
         channels_last=args.channels_last,
         ranks=ranks,
-        monitor=monitor,
+        monitor=monitor.score if monitor else None,
         monitor_every=args.eval_every,
-        monitor_columns=KNN_COLUMNS if monitor else (),
+        monitor_columns=monitor.columns if monitor else (),
+        monitor_note=monitor.note if monitor else probe_note(args, validation),
         row_listeners=listeners,
     )
+
+
+def probe_note(args, validation: ImageSet | None) -> str:
+    """The monitor line's note when only the online probe scores: the split it scores on."""
+    if not args.online_probe:
+        return ""
+    return "validation split" if validation is not None else TEST_SPLIT_NOTE
 
 
 def score_on_test_split(args, method, device) -> None:
