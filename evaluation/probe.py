@@ -4,8 +4,10 @@ accuracies, so that a run can be compared with their published numbers like with
 
 The probe never changes the training of the backbone:
 
-* it reads the backbone in eval mode under `torch.no_grad` (batch norm's running statistics
-  are not updated, no gradient reaches the backbone) and restores every module's mode;
+* it reads the backbone under `torch.no_grad` in the mode the method's step reads it (batch
+  statistics, as solo-learn's probe sees the features of the training forward pass), puts
+  back every buffer that forward changes (batch norm's running statistics) and draws any
+  random number it needs (dropout) from a copy of the generators;
 * its weights are drawn from a generator of its own, seeded from the run's seed, and nothing
   else it does draws random numbers, so the global random streams the training uses are
   untouched;
@@ -94,12 +96,7 @@ class OnlineProbe:
         (B, C, H, W) with their `labels` (-1 where unlabelled: left out); `step` is the run's
         0-based optimizer step, of `total_steps` in all and `epoch_steps` an epoch."""
         labelled = labels >= 0
-        with torch.no_grad():
-            modes = [module.training for module in backbone.modules()]
-            backbone.eval()
-            features = backbone(images).float()
-            for module, mode in zip(backbone.modules(), modes):
-                module.training = mode
+        features = self.features(backbone, images)
         lr = warmup_cosine_lr(step, total_steps, self.settings.warmup_epochs * epoch_steps, self.settings.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -112,6 +109,20 @@ class OnlineProbe:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+
+    @staticmethod
+    @torch.no_grad()
+    def features(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of `images` in its training mode, as the method's step sees
+        them (batch statistics), with every buffer it changes (batch norm's running statistics)
+        put back and any random number it draws (dropout) drawn from a copy of the generators."""
+        buffers = [buffer.clone() for buffer in backbone.buffers()]
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=images.device.type):
+            features = backbone(images).float()
+        for buffer, saved in zip(backbone.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+        return features
 
     @torch.no_grad()
     def scores(self, backbone: Backbone) -> dict:
