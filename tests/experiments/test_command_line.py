@@ -24,6 +24,7 @@ BY_TYPE = {
     cli.boolean: ["maybe"],
     cli.run_id: ["a/b", "x y", "x" * (cli.MAX_ID_LENGTH + 1), "x" * 300],
     cli.fraction: ["0", "-0.5", "1.5", "abc"],
+    cli.non_negative_float: ["-1", "abc", "inf", "nan"],
     int: ["abc", "1.5"],
     float: ["abc"],
 }
@@ -94,6 +95,8 @@ NO_BAD_VALUE = {
     "--simclr_gather",
     "--relic_siglip",
     "--cross_domain",
+    "--online_probe",
+    "--new_val_split",
 }
 STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
 
