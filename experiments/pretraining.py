@@ -20,7 +20,7 @@ from experiments.cli import apply_gpu_flag, stage1_parser
 from experiments.monitoring import TEST_SPLIT_NOTE, tensorboard_listener, training_monitor
 from experiments.options import stage1_config
 from experiments.stage import ResumePoint, record_config, resume_point, run_seed, stage_backbone, stem_entry
-from experiments.validation import VALIDATION_KEY, online_probe, stage1_validation
+from experiments.validation import VALIDATION_KEY, online_probe, stage1_validation, untrained_validation
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
@@ -156,6 +156,7 @@ def find_resume(args, files: RunFiles, may_change: set[str], ranks: distributed.
 
 def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, device) -> None:
     """Save the final checkpoint of a method that does not train (its fresh backbone)."""
+    held_out = untrained_validation(args, args.seed)  # before any write: it may refuse
     replace_outputs(files)
     backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
     method = method_class(backbone, 0, config, lr=args.lr)
@@ -167,6 +168,7 @@ def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, de
             **stem_entry(stem),
             "seed": args.seed,
             "args": vars(args),
+            **held_out,
         },
         files.final,
     )

@@ -74,6 +74,18 @@ def stage1_validation(
     return (without(data, indices) if split == "train" else data), validation, indices
 
 
+def untrained_validation(args, seed: int) -> dict:
+    """The checkpoint entry of the images a stage-1 method that does not train holds out (none
+    of it, but stage 2 holds them out as of any stage-1 file); `--online_probe` has nothing to
+    probe there and is refused."""
+    if args.online_probe:
+        raise UserError(f"--online_probe: {args.method} does not train, so there is nothing to probe; drop it")
+    if not args.val_images:
+        return {}
+    _, _, held_out = stage1_validation(args, load_split(args, "train"), "train", seed)
+    return {VALIDATION_KEY: held_out}
+
+
 def load_split(args, split: str) -> ImageSet:
     return load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
 

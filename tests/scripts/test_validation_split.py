@@ -102,3 +102,16 @@ def test_the_probe_resumes_exactly_through_stage_1(small_cifar10_root, tmp_path)
     log = f"log_{HEADER}.csv"
     assert strip(read_log(straight / folder / log)) == strip(read_log(resumed / folder / log))
     assert "val_probe_accuracy" in read_log(straight / folder / log)[0]
+
+
+def test_an_untrained_backbone_records_its_held_out_images_and_refuses_the_probe(small_cifar10_root, tmp_path, capsys):
+    arguments = stage_arguments(small_cifar10_root, tmp_path) + ["--method", "randomweights"]
+    with pytest.raises(SystemExit) as refused:
+        run_stage(stage1, arguments + ["--online_probe"])
+    error = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and len(error.splitlines()) == 1 and "nothing to probe" in error
+    assert not (tmp_path / "randomweights").exists() or not list((tmp_path / "randomweights").rglob("*.tar"))
+    run_stage(stage1, arguments + ["--val_images", "20"])
+    state = load(next((tmp_path / "randomweights").rglob("*.tar")))
+    train = load_dataset("cifar10", "train", small_cifar10_root, download=False)
+    assert train.labels[state[VALIDATION_KEY]].bincount(minlength=10).tolist() == [2] * 10
