@@ -26,30 +26,15 @@ from utils.entry import exit_quietly_on_interrupt
 exit_quietly_on_interrupt()  # first: a Ctrl-C while torch imports is one line, not a traceback
 
 from experiments.grid import Grid, GridLock  # noqa: E402
+from experiments.grid_cli import grid_arguments  # noqa: E402
 from experiments.grid_cli import grid_parser as parser  # noqa: E402
 from experiments.grid_plan import plan  # noqa: E402
-from experiments.parallel import automatic_jobs, visible_gpus  # noqa: E402
 from experiments.stage import run_main  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.runtime import resolve_device  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    args.out = args.out or str(Path("runs") / args.study)
+    args = grid_arguments(parser().parse_args(argv))
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder (it is created when missing)")
-    data_root = Path(args.data_root)
-    if not data_root.is_dir() and args.no_download:
-        raise UserError(f"--data_root {data_root} is not a folder: pass the folder holding the data sets")
-    device = resolve_device(args.device)  # a bad name stops here, not in the first child
-    args.gpus = visible_gpus(device)
-    if args.jobs_per_gpu and not args.gpus:
-        raise UserError(f"--jobs_per_gpu: the grid runs on the CPU (--device {args.device}); use --jobs")
-    args.jobs = args.jobs or automatic_jobs(args.gpus, args.jobs_per_gpu or 1)
-    # Each child sees only its own GPU (CUDA_VISIBLE_DEVICES), as its first CUDA device.
-    args.child_device = "cuda" if args.gpus else args.device
     runs = plan(args)
     grid = Grid(args, runs)
     grid.check_settings()

@@ -1,154 +1,29 @@
-"""Command-line flags shared by the three stage scripts, so a flag means the same everywhere.
+"""The flags the three stage scripts share, so that a flag means the same everywhere, and those of
+stage 1 (the evaluation stages' own are in `experiments/evaluation_cli.py`).
 
-Flag names and defaults follow the original code (sections 1.1, 2.1 and 3 of its
-description); the additions are documented in the README.
+Flag names and defaults follow the original code (docs/original-code.md); the additions are
+documented in the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import sys
-from typing import Callable
 
-from utils.checkpoint_fields import INTEGER_LIMIT
+from experiments.flags import (
+    MAX_IMAGE_SIZE,
+    Parser,
+    gpu_list,
+    image_size,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_id,
+    seed_value,
+)
 
 DATA_ROOT_ENV = "SSL_DATA_ROOT"
-
-
-def shown_default(value) -> str:
-    """A default as `--help` shows it: switches and empty values read as off or none."""
-    if value is False:
-        return "off"
-    if value is None or value == "":
-        return "none"
-    return str(value).replace("%", "%%")  # argparse %-formats help texts
-
-
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Appends `(default: X)` to every flag's help that does not already state its default
-    (`(required)` to a required one); method options (no parser default) state theirs in their help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
-            return text
-        if action.required:
-            return f"{text} (required)"
-        return f"{text} (default: {shown_default(action.default)})"
-
-
-class Parser(argparse.ArgumentParser):
-    """Reports a bad flag as one line on stderr (no usage block), exit status 2; `--help` shows
-    every flag's default. `may_change_on_resume` holds the arguments whose flags were declared
-    with `may_change_on_resume=True`: a run resumed with other values of them is the same run."""
-
-    def __init__(self, *args, **kwargs):
-        self.may_change_on_resume: set[str] = set()
-        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args, may_change_on_resume: bool = False, **kwargs) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        if may_change_on_resume:
-            self.may_change_on_resume.add(action.dest)
-        return action
-
-    def error(self, message: str) -> None:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
-
-
-# The largest image side a resize may ask for: 16 times STL-10's 96 px. Decoding holds
-# N x 3 x side^2 bytes, so a side of 20,000 asked gigabytes per image before any check.
-MAX_IMAGE_SIZE = 1536
-
-
-def _integer(minimum: int, maximum: int = INTEGER_LIMIT):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        if value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _number(accepts: Callable[[float], bool], requirement: str):
-    """A parser of numbers that `accepts`; errors say the `requirement`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {requirement}, got '{text}'") from None
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
-        return value
-
-    parse.__name__ = requirement
-    return parse
-
-
-positive_float = _number(lambda value: 0 < value < float("inf"), "a positive number")
-fraction = _number(lambda value: 0 < value <= 1, "a number in (0, 1]")
-non_negative_float = _number(lambda value: 0 <= value < float("inf"), "a number >= 0")
-# kNN votes with exp(similarity / T) and similarities reach 1: float32's exp overflows above 88.
-knn_temperature = _number(lambda value: 0.02 <= value <= 100, "a number from 0.02 to 100")
-
-
-def boolean(text: str) -> bool:
-    """The original passed `--finetune True` as a string; accept that and plain switches."""
-    lowered = text.lower()
-    if lowered in {"true", "1", "yes"}:
-        return True
-    if lowered in {"false", "0", "no"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-
-
-# The longest --id. A file name holds at most 255 bytes, and the longest name of a run's files
-# takes 165 besides its id: the temporary file of test.py's retrieval grid of a stage-2 run whose
-# other name-forming values (method, data sets, backbone, seed, epochs, label fraction,
-# --retrieval K) are all at their longest (tests/experiments/test_command_line.py builds it).
-# So 90 would fit; 64 leaves room for longer method and data set names.
-MAX_ID_LENGTH = 64
-
-
-def run_id(text: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9._-]*", text) is None:
-        raise argparse.ArgumentTypeError(f"'{text}' may only hold letters, digits, '-', '_' and '.'")
-    if len(text) > MAX_ID_LENGTH:
-        raise argparse.ArgumentTypeError(
-            f"at most {MAX_ID_LENGTH} characters, so that the run's file names fit the "
-            f"file system's 255 bytes; got {len(text)}"
-        )
-    return text
-
-
-positive_int = _integer(1)
-non_negative_int = _integer(0)
-_seed = _integer(-1)
-
-
-# Whether the backbone can take a side is checked when the data are known (backbones.check_image_side).
-image_size = _integer(0, MAX_IMAGE_SIZE)
-_GPU = r"(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+)"
-
-
-def gpu_list(text: str) -> str:
-    """A CUDA_VISIBLE_DEVICES value: device numbers or GPU-/MIG- identifiers, comma-separated;
-    empty or -1 hides every GPU."""
-    if text in {"", "-1"} or re.fullmatch(f"{_GPU}(,{_GPU})*", text):
-        return text
-    raise argparse.ArgumentTypeError(f"'{text}' is not a list of GPU numbers (for example 0 or 0,1)")
 
 
 def common_parser(
@@ -163,7 +38,7 @@ def common_parser(
     parser = parser_class(description=description)
     parser.add_argument(
         "--seed",
-        type=_seed,
+        type=seed_value,
         default=-1,
         help="random seed; -1 draws one, which names the run's files and is recorded in its config",
     )
@@ -371,49 +246,6 @@ def stage1_parser() -> Parser:
     return parser
 
 
-class Stage2Parser(Parser):
-    """Refuses the flags that make no sense with `--classifier` (they would be ignored
-    silently), then gives the flags of each classifier their defaults."""
-
-    LINEAR_EPOCHS = 100
-    LOGISTIC_DEFAULTS = {"logistic_c": 1.0, "logistic_max_iter": 100}
-
-    def parse_known_args(self, args=None, namespace=None):
-        from experiments.options import fill_option_defaults
-        from methods.standard import Standard
-
-        parsed, extras = super().parse_known_args(args, namespace)
-        fill_option_defaults(parsed, Standard.Config, stage=2)
-        if parsed.classifier == "logistic":
-            if parsed.finetune:
-                self.error(
-                    "--finetune with --classifier logistic: logistic regression fits a classifier on "
-                    "the frozen backbone; drop --finetune or --classifier logistic"
-                )
-            if parsed.resume:
-                self.error(
-                    "--resume with --classifier logistic: logistic regression is solved in one go, "
-                    "so there is nothing to resume; run it again without --resume"
-                )
-            if parsed.epochs is not None:
-                self.error(
-                    "--epochs with --classifier logistic: logistic regression has no epochs "
-                    "(--logistic_max_iter bounds its iterations); drop --epochs"
-                )
-        else:
-            for name in self.LOGISTIC_DEFAULTS:
-                if getattr(parsed, name) is not None:
-                    self.error(
-                        f"--{name} belongs to --classifier logistic, not {parsed.classifier}: "
-                        "drop it or pass --classifier logistic"
-                    )
-            parsed.epochs = self.LINEAR_EPOCHS if parsed.epochs is None else parsed.epochs
-        for name, default in self.LOGISTIC_DEFAULTS.items():
-            if getattr(parsed, name) is None:
-                setattr(parsed, name, default)
-        return parsed, extras
-
-
 def add_validation_flags(parser: Parser) -> None:
     """Stage 1's validation split, online linear probe and its settings (solo-learn's online
     classifier's by default; see evaluation/probe.py)."""
@@ -443,190 +275,3 @@ def add_validation_flags(parser: Parser) -> None:
         default=10,
         help="--online_probe: epochs of linear warm-up of its learning rate (from 3e-5), then a cosine to 0",
     )
-
-
-def stage2_parser() -> Parser:
-    from experiments.options import add_option_flags
-    from methods import METHODS
-    from methods.standard import Standard
-
-    parser = common_parser(
-        "Stage 2: linear evaluation (or fine-tuning, or logistic regression) of a trained backbone.",
-        128,
-        parser_class=Stage2Parser,
-    )
-    parser.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.tar)")
-    parser.add_argument(
-        "--method",
-        default=None,
-        choices=list(METHODS),
-        help="method that trained the checkpoint (default: read from it)",
-    )
-    parser.add_argument(
-        "--classifier",
-        default="linear",
-        choices=["linear", "logistic"],
-        help="linear: a linear layer trained with Adam on mini-batches for --epochs (the "
-        "paper's protocol, default); logistic: L2-regularised multinomial logistic "
-        "regression on the frozen features by full-batch L-BFGS, as scikit-learn's "
-        "LogisticRegression",
-    )
-    parser.add_argument(
-        "--logistic_c",
-        type=positive_float,
-        default=None,
-        help="logistic: inverse regularisation strength C, as scikit-learn's (default "
-        f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_c']:g})",
-    )
-    parser.add_argument(
-        "--logistic_max_iter",
-        type=positive_int,
-        default=None,
-        help="logistic: at most this many L-BFGS iterations (default "
-        f"{Stage2Parser.LOGISTIC_DEFAULTS['logistic_max_iter']})",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=None,
-        help=f"epochs of the linear classifier or of fine-tuning (default "
-        f"{Stage2Parser.LINEAR_EPOCHS}; none with --classifier logistic)",
-    )
-    parser.add_argument(
-        "--finetune",
-        type=boolean,
-        nargs="?",
-        const=True,
-        default=False,
-        help="train the backbone too (--finetune or --finetune true)",
-    )
-    add_option_flags(parser, parser, Standard.Config, stage=2)
-    parser.add_argument(
-        "--augmentation",
-        default="none",
-        choices=["none", "standard"],
-        help="fine-tuning: augmentation of the training images (default none)",
-    )
-    parser.add_argument(
-        "--resume",
-        default=None,
-        metavar="PATH|auto",
-        may_change_on_resume=True,
-        help="fine-tuning: continue an interrupted run exactly; auto picks its last checkpoint",
-    )
-    parser.add_argument(
-        "--id", type=run_id, default="", help="tag added to the file names (the stage-1 run's tag is not carried over)"
-    )
-    parser.add_argument(
-        "--train_subset",
-        type=non_negative_int,
-        default=0,
-        help="use a seeded, class-balanced subset of N labelled images (0 = all)",
-    )
-    parser.add_argument(
-        "--val_images",
-        type=non_negative_int,
-        default=None,
-        metavar="N",
-        help="hold out N labelled training images as a validation split and log the "
-        "classifier's accuracy on it every epoch (default: the images the stage-1 checkpoint "
-        "held out, if it holds any, else none)",
-    )
-    parser.add_argument(
-        "--new_val_split",
-        action="store_true",
-        help="with --val_images: draw the validation split anew from --seed instead of reusing "
-        "the stage-1 checkpoint's (whose images stage 1 did not train on)",
-    )
-    parser.add_argument(
-        "--label_fraction",
-        type=fraction,
-        default=1.0,
-        help="semi-supervised: train on this share of the labelled images, the "
-        "same share of every class, drawn with --seed (default 1 = all)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        may_change_on_resume=True,
-        help="replace the outputs of an earlier run with the same name",
-    )
-    return parser
-
-
-def stage3_parser() -> Parser:
-    parser = common_parser(
-        "Stage 3: score a linear-evaluation (or supervised) checkpoint on the test split.",
-        256,
-        output_help="unused here: the test log is written beside the checkpoint "
-        "or in --log_dir; accepted so that one set of flags serves all "
-        "three stages",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="stage-2 checkpoint, or a stage-1 checkpoint of method standard; any "
-        "backbone checkpoint when only the options below are asked for",
-    )
-    parser.add_argument(
-        "--knn",
-        type=non_negative_int,
-        default=0,
-        metavar="K",
-        help="also score a weighted k-nearest-neighbour classifier (cosine, "
-        "neighbours from the labelled training split; 0 = off)",
-    )
-    parser.add_argument(
-        "--knn_temperature",
-        type=knn_temperature,
-        default=0.07,
-        help="kNN: a neighbour votes with weight exp(similarity / T) (default 0.07)",
-    )
-    parser.add_argument(
-        "--retrieval",
-        type=non_negative_int,
-        default=0,
-        metavar="K",
-        help="also score top-K image retrieval on the test split: the share of "
-        "each query's K nearest test images of its class (0 = off)",
-    )
-    parser.add_argument(
-        "--retrieval_grid",
-        type=non_negative_int,
-        default=8,
-        metavar="N",
-        help="retrieval: save a PNG of N random queries and their neighbours (0 = none)",
-    )
-    parser.add_argument(
-        "--export_features",
-        default=None,
-        metavar="DIR",
-        help="save the train and test features and labels as .npy files in DIR",
-    )
-    parser.add_argument(
-        "--feature_map",
-        default="none",
-        choices=["none", "pca", "tsne"],
-        help="save a 2-D map of the test features coloured by class (needs matplotlib)",
-    )
-    parser.add_argument(
-        "--map_points",
-        type=positive_int,
-        default=2000,
-        help="feature map: at most this many test images, drawn with --seed",
-    )
-    parser.add_argument(
-        "--log_dir",
-        default=None,
-        metavar="DIR",
-        help="folder of the test log (log_<checkpoint name>_test.csv), the retrieval "
-        "grid and the feature map (default: the checkpoint's folder)",
-    )
-    parser.add_argument(
-        "--cross_domain",
-        action="store_true",
-        help="score a checkpoint on a data set other than the one it was trained on, or with "
-        "images of another size (refused by default, as a score of the wrong classes "
-        "would look valid)",
-    )
-    return parser

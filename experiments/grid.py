@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from engine.locks import RunLock
+from experiments.arguments import RunArguments
 from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_test_result
 from experiments.grid_plan import Run, RunStage, Stage, shard_of
 from experiments.parallel import LiveLines
@@ -39,7 +40,7 @@ def continue_flags(stage: RunStage) -> list[str]:
 
 
 class Grid:
-    def __init__(self, args, runs: list[Run], live: LiveLines | None = None):
+    def __init__(self, args: RunArguments, runs: list[Run], live: LiveLines | None = None):
         self.args = args
         self.out = Path(args.out)
         self.runs = runs

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from backbones import BACKBONES
-from experiments.cli import DATA_ROOT_ENV, Parser, non_negative_int, positive_int
-from experiments.parallel import MEMORY_PER_CPU_JOB
+from experiments.arguments import RunArguments, freeze
+from experiments.cli import DATA_ROOT_ENV
+from experiments.flags import Parser, non_negative_int, positive_int
+from experiments.parallel import MEMORY_PER_CPU_JOB, automatic_jobs, visible_gpus
 from experiments.studies import ALL_METHODS, CONDITIONS, STUDIES
+from utils.errors import UserError
+from utils.runtime import resolve_device
 
 
 def name_list(choices, what: str):
@@ -171,3 +176,26 @@ def grid_parser() -> Parser:
         help="print a summary and the commands that would run (each once), run nothing",
     )
     return p
+
+
+def grid_arguments(parsed: argparse.Namespace) -> RunArguments:
+    """The grid's arguments resolved and frozen: the output folder, the GPUs it sees, how many
+    jobs run side by side and the device its children are given."""
+    out = Path(parsed.out or Path("runs") / parsed.study)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a folder (it is created when missing)")
+    data_root = Path(parsed.data_root)
+    if not data_root.is_dir() and parsed.no_download:
+        raise UserError(f"--data_root {data_root} is not a folder: pass the folder holding the data sets")
+    device = resolve_device(parsed.device)  # a bad name stops here, not in the first child
+    gpus = visible_gpus(device)
+    if parsed.jobs_per_gpu and not gpus:
+        raise UserError(f"--jobs_per_gpu: the grid runs on the CPU (--device {parsed.device}); use --jobs")
+    return freeze(
+        parsed,
+        out=str(out),
+        gpus=gpus,
+        jobs=parsed.jobs or automatic_jobs(gpus, parsed.jobs_per_gpu or 1),
+        # Each child sees only its own GPU (CUDA_VISIBLE_DEVICES), as its first CUDA device.
+        child_device="cuda" if gpus else parsed.device,
+    )

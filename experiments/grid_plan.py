@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.run_files import RunFiles, evaluation_header, run_header
+from experiments.arguments import RunArguments
 from experiments.options import option_values
 from experiments.studies import ALL_METHODS, CONDITIONS, METHOD_SETTINGS, STUDIES, Condition, Variant
 from methods import METHODS
@@ -64,7 +65,7 @@ class Run:
         return self.stages[2].output
 
 
-def plan(args) -> list[Run]:
+def plan(args: RunArguments) -> list[Run]:
     study = STUDIES[args.study]
     conditions = args.conditions or list(study.conditions)
     methods = args.methods or list(study.methods)

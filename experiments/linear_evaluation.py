@@ -3,6 +3,7 @@ it, or solve a logistic regression on its features."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from engine.loop import Engine, TrainingPlan
 from engine.run_files import RunFiles, evaluation_header
 from evaluation.linear import evaluate, score_logits, train_linear_epoch
 from evaluation.logistic import fit_logistic_regression
-from experiments.cli import apply_gpu_flag, stage2_parser
+from experiments.arguments import RunArguments, freeze
+from experiments.cli import apply_gpu_flag
+from experiments.evaluation_cli import stage2_parser
 from experiments.options import stage2_model
 from experiments.stage import (
     ResumePoint,
@@ -47,14 +50,14 @@ from utils.seeds import seed_everything
 EVALUATION_KINDS = ("linear_evaluation", "logistic_regression", "finetune")
 
 
-def evaluation_kind(args) -> str:
+def evaluation_kind(args: RunArguments) -> str:
     """What this run's checkpoint holds, one of `EVALUATION_KINDS`."""
     if args.finetune:
         return "finetune"
     return {"linear": "linear_evaluation", "logistic": "logistic_regression"}[args.classifier]
 
 
-def pretraining_method(args, state: dict) -> str:
+def pretraining_method(args: argparse.Namespace, state: dict) -> str:
     """The stage-1 method names this stage's files; read it from the checkpoint or its path
     (`<checkpoint_dir>/<method>/<dataset>/...`) rather than defaulting to `standard`."""
     if args.method:
@@ -67,7 +70,7 @@ def pretraining_method(args, state: dict) -> str:
     raise UserError(f"cannot tell which method trained {args.checkpoint}: pass --method")
 
 
-def pretraining_dataset(args, state: dict) -> str | None:
+def pretraining_dataset(args: RunArguments, state: dict) -> str | None:
     """The stage-1 data set, from the checkpoint or its path; None when it cannot be told."""
     if state.get("dataset"):
         return state["dataset"]
@@ -90,7 +93,9 @@ def frozen_features(
     return train_features, train.labels.to(device), test_features, test.labels.to(device)
 
 
-def linear_evaluation(model: Standard, features, args, seed: int, validation=None) -> tuple[dict, list[dict]]:
+def linear_evaluation(
+    model: Standard, features, args: RunArguments, seed: int, validation=None
+) -> tuple[dict, list[dict]]:
     """Train the classifier for --epochs; returns the checkpoint entries that describe the run
     and the log's rows (with the accuracy on the `validation` features and labels, if any)."""
     train_features, train_labels, test_features, test_labels = features
@@ -119,7 +124,7 @@ def linear_evaluation(model: Standard, features, args, seed: int, validation=Non
     return {"epoch": args.epochs}, rows
 
 
-def logistic_regression(model: Standard, features, args, validation=None) -> tuple[dict, list[dict]]:
+def logistic_regression(model: Standard, features, args: RunArguments, validation=None) -> tuple[dict, list[dict]]:
     """Solve for the classifier; returns the checkpoint entries that describe the solution and
     the log's row (with the accuracy on the `validation` features and labels, if any)."""
     train_features, train_labels, test_features, test_labels = features
@@ -158,13 +163,14 @@ def logistic_regression(model: Standard, features, args, validation=None) -> tup
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage2_parser()
-    args = parser.parse_args(argv)
-    apply_gpu_flag(args)
-    device = resolve_device(args.device)
-    state = read_checkpoint(args.checkpoint)
-    stem = check_backbone(state, args.backbone, args.checkpoint, args.stem)
-    method_name = args.method = pretraining_method(args, state)  # recorded as resolved
-    seed = run_seed(args)
+    parsed = parser.parse_args(argv)
+    apply_gpu_flag(parsed)
+    device = resolve_device(parsed.device)
+    state = read_checkpoint(parsed.checkpoint)
+    stem = check_backbone(state, parsed.backbone, parsed.checkpoint, parsed.stem)
+    # Frozen from here on, with the method and the seed recorded as resolved.
+    args = freeze(parsed, method=pretraining_method(parsed, state), seed=run_seed(parsed))
+    method_name, seed = args.method, args.seed
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if args.finetune:
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def evaluate_backbone(
-    args,
+    args: RunArguments,
     state: dict,
     stem: str | None,
     files: RunFiles,
@@ -275,7 +281,7 @@ def evaluate_backbone(
         **stem_entry(stem),
         "dataset": args.dataset,
         "seed": seed,
-        "args": vars(args),
+        "args": args.record(),
         **source,
         **({VALIDATION_KEY: held_out} if held_out is not None else {}),
     }

@@ -12,7 +12,8 @@ import argparse
 from typing import Any, Callable
 
 from datasets import DATASETS
-from experiments.cli import INTEGER_LIMIT, Parser, _integer, _number, positive_float
+from experiments.arguments import RunArguments
+from experiments.flags import INTEGER_LIMIT, Parser, bounded_integer, checked_number, positive_float
 from methods import Method
 from methods.config import ConfigError, MethodConfig, Option, choices, field_types, option_fields
 from methods.standard import Finetune, Standard
@@ -45,11 +46,11 @@ def flag_type(annotation: Any, spec: Option) -> Callable[[str], Any]:
     if annotation is int:
         lows = [bound for bound in (spec.at_least, None if spec.above is None else spec.above + 1) if bound is not None]
         highest = INTEGER_LIMIT if spec.at_most is None else int(spec.at_most)
-        return _integer(int(max(lows, default=-INTEGER_LIMIT)), highest)
+        return bounded_integer(int(max(lows, default=-INTEGER_LIMIT)), highest)
     if annotation is float:
         if (spec.at_least, spec.above, spec.at_most) == (None, 0, None):
             return positive_float
-        return _number(spec.admits, spec.requirement(integer=False))
+        return checked_number(spec.admits, spec.requirement(integer=False))
     allowed = choices(annotation)
     return type(allowed[0]) if allowed else annotation
 
@@ -92,7 +93,7 @@ def fill_option_defaults(parsed: argparse.Namespace, config_class: type[MethodCo
 
 
 def config_from_args(
-    config_class: type[MethodConfig], args: argparse.Namespace, stage: int, **derived: Any
+    config_class: type[MethodConfig], args: argparse.Namespace | RunArguments, stage: int, **derived: Any
 ) -> MethodConfig:
     """The config the flags of `stage` (and the `derived` fields) give; a broken rule is a
     one-line UserError that names the flags."""
@@ -111,7 +112,7 @@ def stage1_config(method_class: type[Method], args: argparse.Namespace) -> Metho
     return config_from_args(method_class.Config, args, 1, **derived)
 
 
-def stage2_model(backbone, num_classes: int, args: argparse.Namespace) -> Standard:
+def stage2_model(backbone, num_classes: int, args: RunArguments) -> Standard:
     """The classifier over the backbone of a stage-2 command line: linear evaluation, or with
     `--finetune` fine-tuning with its learning rates and `--augmentation`."""
     if args.finetune:

@@ -293,7 +293,7 @@ def save_retrieval_grid(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from experiments.cli import Parser
+    from experiments.flags import Parser
 
     parser = Parser(description="Plot training curves from the CSV logs of runs or of a grid.")
     parser.add_argument("output", help="PNG file to write")

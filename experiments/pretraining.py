@@ -16,6 +16,7 @@ from engine.locks import RunLock
 from engine.loop import PROBE_KEY, Engine, TrainingPlan
 from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
+from experiments.arguments import RunArguments, freeze
 from experiments.cli import apply_gpu_flag, stage1_parser
 from experiments.monitoring import TEST_SPLIT_NOTE, tensorboard_listener, training_monitor
 from experiments.options import stage1_config
@@ -37,14 +38,14 @@ def saves_numbered(epoch: int, total: int, save_every: int) -> bool:
     return epoch > 0 and (epoch in quarters or bool(save_every) and epoch % save_every == 0)
 
 
-def stage1_backbone(args, side: int | None, device) -> tuple[nn.Module, str | None]:
+def stage1_backbone(args: RunArguments, side: int | None, device) -> tuple[nn.Module, str | None]:
     """The fresh backbone of the run, built with the stem `--stem` gives images of `side` px,
     and that stem."""
     stem = resolve_stem(args.backbone, args.stem, side)
     return stage_backbone(args.backbone, stem, device), stem
 
 
-def refuse_to_replace(args, files: RunFiles) -> None:
+def refuse_to_replace(args: RunArguments, files: RunFiles) -> None:
     """A new run may not take the name of a run with saved files unless --overwrite says so
     (a config alone is the trace of a run that died before its first save)."""
     saved = [path for path in files.outputs() if path != files.config]
@@ -65,20 +66,22 @@ def replace_outputs(files: RunFiles) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage1_parser()
-    args = parser.parse_args(argv)
-    apply_gpu_flag(args)
-    method_class = METHODS[args.method]
-    config = stage1_config(method_class, args)
-    if args.data_size < method_class.min_batch_size:
+    parsed = parser.parse_args(argv)
+    apply_gpu_flag(parsed)
+    method_class = METHODS[parsed.method]
+    config = stage1_config(method_class, parsed)
+    if parsed.data_size < method_class.min_batch_size:
         raise UserError(
-            f"--data_size {args.data_size}: {args.method} needs at least {method_class.min_batch_size} images per batch"
+            f"--data_size {parsed.data_size}: {parsed.method} needs at least {method_class.min_batch_size} "
+            "images per batch"
         )
-    refuse_stem_without_choice(args.backbone, args.stem)  # before the data are read
+    refuse_stem_without_choice(parsed.backbone, parsed.stem)  # before the data are read
     ranks = distributed.launched_ranks()
-    device = distributed.start(ranks, resolve_device(args.device))
+    device = distributed.start(ranks, resolve_device(parsed.device))
     try:
         with silenced(not ranks.is_main):  # rank 0 speaks for the run; errors still reach stderr
-            args.seed = distributed.broadcast_object(run_seed(args))  # every rank uses rank 0's seed
+            # Frozen from here on, with the seed every rank takes from rank 0.
+            args = freeze(parsed, seed=distributed.broadcast_object(run_seed(parsed)))
             header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
             files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
             with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
@@ -88,13 +91,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(
-    args, files: RunFiles, method_class, config: MethodConfig, device, ranks: distributed.Ranks, may_change: set[str]
+    args: RunArguments,
+    files: RunFiles,
+    method_class,
+    config: MethodConfig,
+    device,
+    ranks: distributed.Ranks,
+    may_change: set[str],
 ) -> None:
     """Train the run, step by step; `may_change`: the arguments a resumed run may change."""
     if ranks.is_main:
         files.remove_temporary()
     resume = find_resume(args, files, may_change, ranks) if args.resume else None
-    seed = args.seed  # run_seed resolved it in main: rank 0's, or the resumed run's when drawn
+    seed = args.seed  # resolved in main: rank 0's, or the resumed run's when drawn
     say(f"[INFO] Setting SEED: {seed}")
     seed_everything(seed)
     if not resume:
@@ -142,7 +151,7 @@ def train(
         score_on_test_split(args, method, device)
 
 
-def find_resume(args, files: RunFiles, may_change: set[str], ranks: distributed.Ranks) -> ResumePoint:
+def find_resume(args: RunArguments, files: RunFiles, may_change: set[str], ranks: distributed.Ranks) -> ResumePoint:
     """The checkpoint `--resume` continues, checked to be this method's run made alike."""
     return resume_point(
         args,
@@ -154,7 +163,7 @@ def find_resume(args, files: RunFiles, may_change: set[str], ranks: distributed.
     )
 
 
-def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, device) -> None:
+def save_untrained(args: RunArguments, files: RunFiles, method_class, config: MethodConfig, device) -> None:
     """Save the final checkpoint of a method that does not train (its fresh backbone)."""
     held_out = untrained_validation(args, args.seed)  # before any write: it may refuse
     replace_outputs(files)
@@ -167,7 +176,7 @@ def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, de
             "backbone_name": args.backbone,
             **stem_entry(stem),
             "seed": args.seed,
-            "args": vars(args),
+            "args": args.record(),
             **held_out,
         },
         files.final,
@@ -177,7 +186,7 @@ def save_untrained(args, files: RunFiles, method_class, config: MethodConfig, de
 
 
 def training_images(
-    args, method_class, ranks: distributed.Ranks, device
+    args: RunArguments, method_class, ranks: distributed.Ranks, device
 ) -> tuple[ImageSet, ImageSet | None, torch.Tensor | None]:
     """The training images of the run (labelled where the method needs labels), announced, and
     the validation split held out of them with its positions (None without `--val_images`)."""
@@ -199,7 +208,7 @@ def training_images(
 
 
 def restore(
-    method, args, stem: str | None, resume: ResumePoint | None, start_epoch: int, ranks: distributed.Ranks
+    method, args: RunArguments, stem: str | None, resume: ResumePoint | None, start_epoch: int, ranks: distributed.Ranks
 ) -> bool:
     """Load the state the run continues (`--resume`) or starts from (`--checkpoint`); False
     when a resumed run had trained all its epochs, so nothing is left to train."""
@@ -223,7 +232,7 @@ def restore(
 
 
 def training_plan(
-    args,
+    args: RunArguments,
     files: RunFiles,
     method_class,
     stem: str | None,
@@ -266,7 +275,7 @@ def training_plan(
             **stem_entry(stem),
             "dataset": args.dataset,
             "seed": args.seed,
-            "args": vars(args),
+            "args": args.record(),
             "world_size": ranks.world_size,
             **({VALIDATION_KEY: held_out} if held_out is not None else {}),
         },
@@ -283,14 +292,14 @@ def training_plan(
     )
 
 
-def probe_note(args, validation: ImageSet | None) -> str:
+def probe_note(args: RunArguments, validation: ImageSet | None) -> str:
     """The monitor line's note when only the online probe scores: the split it scores on."""
     if not args.online_probe:
         return ""
     return "validation split" if validation is not None else TEST_SPLIT_NOTE
 
 
-def score_on_test_split(args, method, device) -> None:
+def score_on_test_split(args: RunArguments, method, device) -> None:
     """Score the classifier a supervised run trained on the test split."""
     test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
     result = evaluate(method.backbone, method.classifier, test, device)

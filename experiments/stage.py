@@ -21,7 +21,9 @@ from engine.checkpoint import read_checkpoint
 from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
 from engine.run_files import RunFiles
+from experiments.arguments import RunArguments
 from utils.atomic import TEXT_ENCODING, save_json
+from utils.checkpoint_fields import INTEGER_LIMIT, check_number
 from utils.console import say
 from utils.entry import INTERRUPTED
 from utils.errors import UserError
@@ -105,24 +107,24 @@ def stem_entry(stem: str | None) -> dict:
 
 
 def run_seed(args: argparse.Namespace) -> int:
-    """The run's seed: `--seed`, or for -1 one drawn now, written back into `args` so that it
-    names the run's files and is recorded as the value used. `--resume PATH` with -1 takes the
-    seed stored in the checkpoint; `--resume auto` needs the seed to find the run's files."""
+    """The run's seed: `--seed`, or for -1 one drawn now, which names the run's files and is
+    recorded as the value used. `--resume PATH` with -1 takes the seed stored in the checkpoint;
+    `--resume auto` needs the seed to find the run's files."""
     resume = getattr(args, "resume", None)
-    if args.seed < 0 and resume == "auto":
+    if args.seed >= 0:
+        return args.seed
+    if resume == "auto":
         raise UserError(
             "--resume auto with --seed -1: a run's files are named by the seed it drew; pass that "
             "--seed N (printed at the run's start and recorded in its config)"
         )
-    if args.seed < 0 and resume:
-        stored = read_checkpoint(resume).get("seed")
-        if stored is not None:
-            args.seed = stored
-            return args.seed
-    if args.seed < 0:
-        args.seed = resolve_seed(args.seed)
-        say(f"[INFO] --seed -1: drew seed {args.seed}, which names this run's files")
-    return args.seed
+    stored = read_checkpoint(resume).get("seed") if resume else None
+    if stored is not None:
+        check_number(stored, 0, 0, INTEGER_LIMIT, resume, "seed")  # it names the run's files
+        return stored
+    seed = resolve_seed(args.seed)
+    say(f"[INFO] --seed -1: drew seed {seed}, which names this run's files")
+    return seed
 
 
 def code_version() -> dict:
@@ -144,13 +146,13 @@ def code_version() -> dict:
     return {"git_commit": commit, "git_dirty": bool(changes)} if changes is not None else {"git_commit": commit}
 
 
-def record_config(path: Path, args: argparse.Namespace, seed: int, device: torch.device, stage: str, **extra) -> None:
+def record_config(path: Path, args: RunArguments, seed: int, device: torch.device, stage: str, **extra) -> None:
     """Write the run's full configuration beside its checkpoint: every argument with the value
     used, the seed, the device, the versions of the code and of its libraries."""
     save_json(
         {
             "stage": stage,
-            "args": vars(args),
+            "args": args.record(),
             "seed_used": seed,
             "device": str(device),
             **code_version(),
@@ -187,7 +189,7 @@ class ResumePoint(NamedTuple):
 
 
 def resume_point(
-    args: argparse.Namespace,
+    args: RunArguments,
     files: RunFiles,
     may_change: set[str],
     world_size: int = 1,
@@ -223,7 +225,8 @@ def resume_point(
             f"--resume {path}: its 'args' entry is a {type(stored).__name__}, not the record of a "
             "run's arguments: the file is damaged or forged; resume from the file the run wrote"
         )
-    missing = sorted(key for key in vars(args) if key not in may_change and key not in stored)
+    record = args.record()
+    missing = sorted(key for key in record if key not in may_change and key not in stored)
     if missing:
         raise UserError(
             f"--resume {path}: the file does not record the run's "
@@ -233,7 +236,7 @@ def resume_point(
         )
     changed = [
         f"--{k} {stored[k]!r} -> {value!r}"
-        for k, value in sorted(vars(args).items())
+        for k, value in sorted(record.items())
         if k not in may_change and (type(stored[k]) is not type(value) or stored[k] != value)
     ]
     if changed:

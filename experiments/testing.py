@@ -3,6 +3,7 @@ backbone by kNN accuracy, top-k retrieval, feature export and maps."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -19,7 +20,9 @@ from engine.checkpoint import check_backbone, read_checkpoint, stage1_method_by_
 from engine.csv_log import append_csv_row
 from evaluation.linear import score_logits
 from evaluation.neighbours import knn_accuracy, nearest_neighbours, retrieval_precision
-from experiments.cli import apply_gpu_flag, stage3_parser
+from experiments.arguments import RunArguments, freeze
+from experiments.cli import apply_gpu_flag
+from experiments.evaluation_cli import stage3_parser
 from experiments.linear_evaluation import EVALUATION_KINDS
 from experiments.stage import run_seed, stage_backbone
 from utils.atomic import MAX_NAME_BYTES, temporary_path
@@ -47,7 +50,7 @@ COLUMNS = [
 ]
 
 
-def refuse_other_domain(state: dict, args, linear: bool, side: int) -> None:
+def refuse_other_domain(state: dict, args: RunArguments, linear: bool, side: int) -> None:
     """A classifier scored on another data set's classes (CIFAR-10's on STL-10: ten classes
     both) or a backbone fed images of another size gives a number that looks valid; refuse
     both unless --cross_domain asks for it. Checkpoints that do not record their data set
@@ -69,7 +72,7 @@ def refuse_other_domain(state: dict, args, linear: bool, side: int) -> None:
         )
 
 
-def output_names(args) -> dict[str, str]:
+def output_names(args: argparse.Namespace) -> dict[str, str]:
     """The files this test writes, named after its checkpoint: the log, and the retrieval grid
     and the feature map when asked for."""
     stem = Path(args.checkpoint).stem
@@ -102,15 +105,16 @@ def check_output_folder(flag: str, path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage3_parser().parse_args(argv)
-    names = output_names(args)
-    check_output_names(args.checkpoint, names)
-    apply_gpu_flag(args)
-    device = resolve_device(args.device)
-    state = read_checkpoint(args.checkpoint)
+    parsed = stage3_parser().parse_args(argv)
+    names = output_names(parsed)
+    check_output_names(parsed.checkpoint, names)
+    apply_gpu_flag(parsed)
+    device = resolve_device(parsed.device)
+    state = read_checkpoint(parsed.checkpoint)
     linear = holds_linear_classifier(state)
-    stem = check_request(args, state, linear)
-    seed = run_seed(args)
+    stem = check_request(parsed, state, linear)
+    args = freeze(parsed, seed=run_seed(parsed))  # frozen from here on, with the seed used
+    seed = args.seed
     seed_everything(seed)
     test = test_split(args, state, linear, stem)
     train = training_split(args) if args.knn or args.export_features else None
@@ -158,7 +162,7 @@ def holds_linear_classifier(state: dict) -> bool:
     return "optimizer_lineval" in state
 
 
-def check_request(args, state: dict, linear: bool) -> str | None:
+def check_request(args: argparse.Namespace, state: dict, linear: bool) -> str | None:
     """Refuse what the checkpoint cannot give (a score without a classifier, another backbone)
     and output folders that are files, before any data are read; returns the backbone's stem."""
     backbone_only = args.knn or args.retrieval or args.export_features or args.feature_map != "none"
@@ -179,7 +183,7 @@ def check_request(args, state: dict, linear: bool) -> str | None:
     return stem
 
 
-def test_split(args, state: dict, linear: bool, stem: str | None) -> ImageSet:
+def test_split(args: RunArguments, state: dict, linear: bool, stem: str | None) -> ImageSet:
     """The test split, refused when the checkpoint's classifier or backbone does not fit it."""
     test = load_dataset(args.dataset, "test", args.data_root, download=not args.no_download, image_size=args.image_size)
     weight = state.get("classifier", {}).get("weight")
@@ -198,7 +202,7 @@ def test_split(args, state: dict, linear: bool, stem: str | None) -> ImageSet:
     return test
 
 
-def training_split(args) -> ImageSet:
+def training_split(args: RunArguments) -> ImageSet:
     """The training split, for kNN accuracy (labelled, at least --knn images) and export."""
     train = load_dataset(
         args.dataset, "train", args.data_root, download=not args.no_download, image_size=args.image_size
@@ -210,7 +214,7 @@ def training_split(args) -> ImageSet:
     return train
 
 
-def stored_classifier(args, state: dict, feature_size: int, num_classes: int) -> nn.Linear:
+def stored_classifier(args: RunArguments, state: dict, feature_size: int, num_classes: int) -> nn.Linear:
     """The linear classifier of the checkpoint, checked against the layer it must fit."""
     classifier = nn.Linear(feature_size, num_classes)
     check_module_entry(state.get("classifier"), classifier, args.checkpoint, "classifier")
@@ -219,7 +223,7 @@ def stored_classifier(args, state: dict, feature_size: int, num_classes: int) ->
 
 
 def scores(
-    args, classifier: nn.Linear | None, test: ImageSet, test_features, train, train_features, device
+    args: RunArguments, classifier: nn.Linear | None, test: ImageSet, test_features, train, train_features, device
 ) -> tuple[dict, torch.Tensor | None]:
     """The numbers asked for: the classifier's accuracy and loss, kNN accuracy, retrieval
     precision; and the retrieved neighbours of each test image, when retrieval is asked."""
@@ -244,7 +248,7 @@ def scores(
     return result, neighbours
 
 
-def draw_retrieval_grid(args, seed: int, test: ImageSet, neighbours: torch.Tensor, grid: Path) -> None:
+def draw_retrieval_grid(args: RunArguments, seed: int, test: ImageSet, neighbours: torch.Tensor, grid: Path) -> None:
     from experiments.plots import save_retrieval_grid
 
     queries = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
@@ -267,7 +271,7 @@ def log_result(log: Path, row: dict) -> None:
     say(f"[INFO] Result appended to {log}")
 
 
-def export_features(folder: Path, args, test_features, test_labels, train_features, train) -> None:
+def export_features(folder: Path, args: RunArguments, test_features, test_labels, train_features, train) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "test_features": test_features,
@@ -294,7 +298,7 @@ def export_features(folder: Path, args, test_features, test_labels, train_featur
 
 
 def draw_feature_map(
-    args, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path, output: Path
+    args: RunArguments, seed: int, features: torch.Tensor, labels: torch.Tensor, checkpoint: Path, output: Path
 ) -> None:
     from datasets import class_names
     from evaluation.embedding import principal_components, tsne_2d
@@ -319,7 +323,7 @@ def draw_feature_map(
     say(f"[INFO] Feature map: {output}")
 
 
-def report(args, result: dict) -> None:
+def report(args: RunArguments, result: dict) -> None:
     say("===========================")
     say(f"Seed: {args.seed}")
     if "accuracy" in result:

@@ -29,7 +29,7 @@ import torch
 
 from datasets.spec import Download
 from experiments.grid import Grid
-from experiments.grid_cli import grid_parser
+from experiments.grid_cli import grid_arguments, grid_parser
 from experiments.grid_plan import plan
 from experiments.parallel import LiveLines
 
@@ -472,20 +472,25 @@ def save_original_checkpoint(path, backbone, head_key: str, head) -> None:
 
 def planned_grid(root, out, *flags) -> Grid:
     """A one-run grid of randomweights as reproduce.main plans it, its events in `grid.live.stream`."""
-    args = grid_parser().parse_args(
-        [
-            "--study",
-            "cifar10",
-            "--methods",
-            "randomweights",
-            "--seeds",
-            "1",
-            "--data_root",
-            str(root),
-            "--out",
-            str(out),
-            *flags,
-        ]
+    args = grid_arguments(
+        grid_parser().parse_args(
+            [
+                "--study",
+                "cifar10",
+                "--methods",
+                "randomweights",
+                "--seeds",
+                "1",
+                "--data_root",
+                str(root),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--jobs",
+                "1",
+                *flags,
+            ]
+        )
     )
-    args.child_device, args.gpus, args.jobs = "cpu", [], 1
     return Grid(args, plan(args), live=LiveLines(io.StringIO()))

@@ -11,20 +11,20 @@ import torch
 import experiments.linear_evaluation as stage2
 import experiments.pretraining as stage1
 import experiments.testing as stage3
-from experiments import cli
+from experiments import cli, evaluation_cli, flags
 from experiments.stage import run_main
 
 # Bad values per argument type; a flag whose type is not here must be listed in BY_FLAG.
 BY_TYPE = {
-    cli.positive_int: ["0", "-3", "abc", "2.5", "1000000000000"],
-    cli.non_negative_int: ["-1", "abc", "2147483648"],
-    cli.positive_float: ["0", "-1", "abc", "inf", "nan"],
-    cli.knn_temperature: ["0", "1e-30", "1000", "nan"],
-    cli.gpu_list: ["abc", "0,,1", "cuda:0"],
-    cli.boolean: ["maybe"],
-    cli.run_id: ["a/b", "x y", "x" * (cli.MAX_ID_LENGTH + 1), "x" * 300],
-    cli.fraction: ["0", "-0.5", "1.5", "abc"],
-    cli.non_negative_float: ["-1", "abc", "inf", "nan"],
+    flags.positive_int: ["0", "-3", "abc", "2.5", "1000000000000"],
+    flags.non_negative_int: ["-1", "abc", "2147483648"],
+    flags.positive_float: ["0", "-1", "abc", "inf", "nan"],
+    flags.knn_temperature: ["0", "1e-30", "1000", "nan"],
+    flags.gpu_list: ["abc", "0,,1", "cuda:0"],
+    flags.boolean: ["maybe"],
+    flags.run_id: ["a/b", "x y", "x" * (flags.MAX_ID_LENGTH + 1), "x" * 300],
+    flags.fraction: ["0", "-0.5", "1.5", "abc"],
+    flags.non_negative_float: ["-1", "abc", "inf", "nan"],
     int: ["abc", "1.5"],
     float: ["abc"],
 }
@@ -98,7 +98,7 @@ NO_BAD_VALUE = {
     "--online_probe",
     "--new_val_split",
 }
-STAGES = [(stage1, cli.stage1_parser), (stage2, cli.stage2_parser), (stage3, cli.stage3_parser)]
+STAGES = [(stage1, cli.stage1_parser), (stage2, evaluation_cli.stage2_parser), (stage3, evaluation_cli.stage3_parser)]
 
 
 def cases():
@@ -209,14 +209,14 @@ def test_the_longest_id_keeps_every_file_name_within_255_bytes():
 
     longest = max(METHODS, key=len), max(DATASETS, key=len), max(BACKBONES, key=len)
     pretraining = max((name for name in DATASETS if name != longest[1]), key=len)  # named as <dataset>_from_<it>
-    limit = cli.INTEGER_LIMIT
+    limit = flags.INTEGER_LIMIT
     stem = evaluation_header(
         longest[0],
         longest[1],
         pretraining,
         longest[2],
         limit,
-        "x" * cli.MAX_ID_LENGTH,
+        "x" * flags.MAX_ID_LENGTH,
         limit,
         finetune=False,
         label_fraction=1.23456789e-05,
@@ -238,11 +238,11 @@ def test_the_arguments_a_resumed_run_may_change_are_declared_with_their_flags():
         every: int = option(1, "steps between looks", at_least=1, may_change_on_resume=True)
         width: int = option(8, "units", at_least=1)
 
-    parser = cli.Parser()
+    parser = flags.Parser()
     add_option_flags(parser, parser, Watched, stage=1)
     assert parser.may_change_on_resume == {"watched_every"}
     where = {"resume", "device", "gpu", "num_workers", "data_root", "checkpoint_dir", "overwrite", "no_download"}
-    assert cli.stage2_parser().may_change_on_resume == where
+    assert evaluation_cli.stage2_parser().may_change_on_resume == where
     assert cli.stage1_parser().may_change_on_resume == where | {
         "epochs",
         "checkpoint",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from experiments.grid_cli import grid_parser
+from experiments.grid_cli import grid_arguments, grid_parser
 from experiments.grid_plan import flags, plan, shard_of
 
 
+def planned(tmp_path, *flags):
+    return plan(
+        grid_arguments(grid_parser().parse_args(["--out", str(tmp_path), "--seeds", "1", "--device", "cpu", *flags]))
+    )
+
+
 def test_shards_partition_the_grid_and_keep_a_shared_pretraining_with_its_runs(tmp_path):
-    args = grid_parser().parse_args(["--study", "table1", "--out", str(tmp_path), "--seeds", "1", "2"])
-    args.child_device = "cpu"
-    runs = plan(args)
+    runs = planned(tmp_path, "--study", "table1", "--seeds", "1", "2")
     shards = [shard_of(runs, index, 3) for index in (1, 2, 3)]
     assert sorted(run.name for shard in shards for run in shard) == sorted(run.name for run in runs)
     for shard in shards:
@@ -17,12 +21,6 @@ def test_shards_partition_the_grid_and_keep_a_shared_pretraining_with_its_runs(t
         assert [run for run in runs if run.stages[0].output in pretrainings and run not in shard] == []
         assert abs(len(shard) - len(runs) / 3) <= 3  # balanced by epochs, so by runs here
     assert [run.name for run in shard_of(runs, 2, 3)] == [run.name for run in shards[1]]  # deterministic
-
-
-def planned(tmp_path, *flags):
-    args = grid_parser().parse_args(["--out", str(tmp_path), "--seeds", "1", *flags])
-    args.child_device = "cpu"
-    return plan(args)
 
 
 def test_a_variant_replaces_a_field_of_the_papers_config_and_stage_1_gets_the_fields_set(tmp_path):

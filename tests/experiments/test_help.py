@@ -7,9 +7,9 @@ import argparse
 
 import pytest
 
-from experiments import cli
+from experiments import cli, evaluation_cli
 
-PARSERS = [cli.stage1_parser, cli.stage2_parser, cli.stage3_parser]
+PARSERS = [cli.stage1_parser, evaluation_cli.stage2_parser, evaluation_cli.stage3_parser]
 
 
 @pytest.mark.parametrize("make_parser", PARSERS, ids=["stage1", "stage2", "stage3"])
@@ -36,10 +36,10 @@ def test_every_flag_has_help_with_its_default(make_parser):
         (cli.stage1_parser, "--id", "(default: none)"),
         (cli.stage1_parser, "--overwrite", "(default: off)"),
         (cli.stage1_parser, "--relation_loss", "(default focal)"),
-        (cli.stage2_parser, "--epochs", "(default 100;"),
-        (cli.stage2_parser, "--id", "(default: none)"),
-        (cli.stage2_parser, "--checkpoint", "(required)"),
-        (cli.stage3_parser, "--map_points", "(default: 2000)"),
+        (evaluation_cli.stage2_parser, "--epochs", "(default 100;"),
+        (evaluation_cli.stage2_parser, "--id", "(default: none)"),
+        (evaluation_cli.stage2_parser, "--checkpoint", "(required)"),
+        (evaluation_cli.stage3_parser, "--map_points", "(default: 2000)"),
     ],
 )
 def test_help_output_shows_the_default(make_parser, flag, shown, capsys):

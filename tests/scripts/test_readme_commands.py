@@ -10,13 +10,13 @@ import shlex
 import pytest
 
 import reproduce
-from experiments import cli
+from experiments import cli, evaluation_cli
 from tests.helpers import REPO
 
 STAGE_PARSERS = {
     "train_unsupervised.py": cli.stage1_parser,
-    "train_linear_evaluation.py": cli.stage2_parser,
-    "test.py": cli.stage3_parser,
+    "train_linear_evaluation.py": evaluation_cli.stage2_parser,
+    "test.py": evaluation_cli.stage3_parser,
 }
 PARSERS = {**STAGE_PARSERS, "reproduce.py": reproduce.parser}
 
