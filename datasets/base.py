@@ -127,16 +127,19 @@ class ImageSet:
         """
         if isinstance(n, bool) or int(n) != n:
             raise TypeError(f"balanced_subset: n must be an integer, got {n!r}")
-        n = int(n)
         if n < 0:
             raise ValueError(f"balanced_subset: n must be >= 0, got {n}")
         if n == 0 or n >= len(self):
             return self
+        return self.subset(self.balanced_indices(int(n), seed))
+
+    def balanced_indices(self, n: int, seed: int) -> torch.Tensor:
+        """The sorted positions of the images `balanced_subset(n, seed)` keeps (0 < n < len)."""
         gen = torch.Generator().manual_seed(int(seed))
         labelled = self.labels >= 0
         if not bool(labelled.any()):
             chosen = torch.randperm(len(self), generator=gen)[:n]
-            return self.subset(torch.sort(chosen).values)
+            return torch.sort(chosen).values
 
         classes = torch.unique(self.labels[labelled])  # sorted ascending
         per_class = [torch.nonzero(self.labels == c, as_tuple=True)[0] for c in classes.tolist()]
@@ -150,7 +153,7 @@ class ImageSet:
         for ix, q in zip(per_class, quota):
             if q:
                 chosen_per_class.append(ix[torch.randperm(len(ix), generator=gen)[:q]])
-        return self.subset(torch.sort(torch.cat(chosen_per_class)).values)
+        return torch.sort(torch.cat(chosen_per_class)).values
 
     def labelled_fraction(self, fraction: float, seed: int) -> "ImageSet":
         """A seeded, stratified share of the labelled images, in their original order.

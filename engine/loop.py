@@ -21,7 +21,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
@@ -54,9 +54,34 @@ from utils.seeds import (
 LOG_EVERY = 20
 # A GPU keeps the whole uint8 training set when it takes at most this share of the free memory.
 _DATA_SHARE_OF_DEVICE = 0.5
+# The checkpoint key of the state of the plan's probe.
+PROBE_KEY = "online_probe"
 # The smallest backbone keeps several times its input in activations and gradients; a lower
 # bound, so the check only refuses steps that surely cannot run.
 _ACTIVATION_FACTOR = 4
+
+
+class StepProbe(Protocol):
+    """A learner trained beside the method, step by step, on the backbone the later stages
+    evaluate (the online linear probe of `evaluation/probe.py`), which leaves the method's
+    training as it is: it changes neither the backbone nor the random streams the training
+    draws from. Its state is saved under `PROBE_KEY`."""
+
+    columns: tuple[str, ...]  # the log's columns of `scores`
+
+    def train_step(
+        self,
+        backbone: Backbone,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        step: int,
+        total_steps: int,
+        epoch_steps: int,
+    ) -> None: ...
+
+    def scores(self, backbone: Backbone) -> dict: ...
+
+    def state_dict(self) -> dict: ...
 
 
 @dataclass
@@ -81,6 +106,10 @@ class TrainingPlan:
     monitor: Callable[[Backbone], dict] | None = None
     monitor_every: int = 0
     monitor_columns: tuple[str, ...] = ()
+    monitor_note: str = ""  # added to every monitor line (which split the scores are measured on)
+    # Trained after every step on the first view of the method's first view group, scored after
+    # every epoch (its columns), saved in every checkpoint; only where the checkpoints are written.
+    probe: StepProbe | None = None
     row_listeners: list[Callable[[dict], None]] = field(default_factory=list)  # called with each logged row
 
 
@@ -224,19 +253,26 @@ class Engine:
 
     def monitored(self, row: dict) -> dict:
         """The epoch's row with the monitor's columns: its scores after every `monitor_every`
-        epochs and the last one, empty otherwise. The monitor reads the backbone in eval mode
-        and draws nothing from the training's random streams."""
+        epochs and the last one, empty otherwise, then the probe's scores of every epoch. The
+        monitor and the probe read the backbone in eval mode and draw nothing from the
+        training's random streams."""
         plan = self.plan
-        if plan.monitor is None:
+        probe_columns = plan.probe.columns if plan.probe is not None else ()
+        if plan.monitor is None and not probe_columns:
             return row
         epoch = row["epoch"]
-        scores = dict.fromkeys(plan.monitor_columns)
-        if epoch % plan.monitor_every == 0 or epoch == plan.epochs:
-            start = time.time()
+        scores = dict.fromkeys(plan.monitor_columns + probe_columns)
+        start = time.time()
+        if plan.monitor is not None and (epoch % plan.monitor_every == 0 or epoch == plan.epochs):
             scores.update(plan.monitor(self.method.evaluated_backbone))
+        if plan.probe is not None:
+            scores.update(plan.probe.scores(self.method.evaluated_backbone))
+        filled = {name: value for name, value in scores.items() if value is not None}
+        if filled:
             say(
                 f"Epoch {epoch}/{plan.epochs} monitor [{format_duration(time.time() - start)}] "
-                + "; ".join(f"{name}: {value:.4g}" for name, value in scores.items())
+                + "; ".join(f"{name}: {value:.4g}" for name, value in filled.items())
+                + (f" ({plan.monitor_note})" if plan.monitor_note else "")
             )
         return {**row, **scores}
 
@@ -249,6 +285,8 @@ class Engine:
             "rng": rng_states(),
             "format_version": FORMAT_VERSION,
         }
+        if self.plan.probe is not None:
+            state[PROBE_KEY] = self.plan.probe.state_dict()
         if interrupted is not None:
             state["interrupted"] = interrupted
         return state
@@ -410,6 +448,16 @@ class Engine:
         self.precision.backward_and_step(out.loss, method.optimizer)
         self.optimizer_steps += 1
         method.after_step(self.optimizer_steps)
+        if self.plan.probe is not None:  # after the method's step: it reads the backbone only
+            with self.precision.autocast():
+                self.plan.probe.train_step(
+                    method.evaluated_backbone,
+                    views[0][: len(labels)],
+                    labels,
+                    self.optimizer_steps - 1,
+                    self.plan.epochs * self.epoch_steps(),
+                    self.epoch_steps(),
+                )
         return out
 
     def stop_requested(self, step: int) -> bool:

@@ -15,6 +15,7 @@ from experiments.flags import (
     Parser,
     gpu_list,
     image_size,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -273,8 +274,40 @@ def stage1_parser() -> Parser:
         help="also log the run's configuration and every logged quantity per epoch to Weights & Biases "
         "project PROJECT, as run <run> (needs the wandb package; uploads only where wandb's settings say so)",
     )
+    add_validation_flags(parser)
     for method in METHODS.values():
         if stage_fields(method.Config, stage=1):
             group = parser.add_argument_group(f"{method.name} options (only with --method {method.name})")
             add_option_flags(parser, group, method.Config, stage=1)
     return parser
+
+
+def add_validation_flags(parser: Parser) -> None:
+    """Stage 1's validation split, online linear probe and its settings (solo-learn's online
+    classifier's by default; see evaluation/probe.py)."""
+    parser.add_argument(
+        "--val_images",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="hold out N labelled training images (class-balanced, drawn with --seed) as a "
+        "validation split, never trained on; --eval_every and --online_probe then score on it, "
+        "and stage 2 reuses it (0 = none: they score on the test split)",
+    )
+    parser.add_argument(
+        "--online_probe",
+        action="store_true",
+        help="train a linear classifier on the detached features of the backbone while it "
+        "trains, with its own optimizer, and log its accuracy on the validation (or test) "
+        "split every epoch; the backbone trains exactly as without it",
+    )
+    parser.add_argument("--probe_lr", type=positive_float, default=0.1, help="--online_probe: its learning rate")
+    parser.add_argument(
+        "--probe_weight_decay", type=non_negative_float, default=0.0, help="--online_probe: its weight decay"
+    )
+    parser.add_argument(
+        "--probe_warmup_epochs",
+        type=non_negative_int,
+        default=10,
+        help="--online_probe: epochs of linear warm-up of its learning rate (from 3e-5), then a cosine to 0",
+    )

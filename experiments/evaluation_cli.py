@@ -138,6 +138,21 @@ def stage2_parser() -> Parser:
         help="use a seeded, class-balanced subset of N labelled images (0 = all)",
     )
     parser.add_argument(
+        "--val_images",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="hold out N labelled training images as a validation split and log the "
+        "classifier's accuracy on it every epoch (default: the images the stage-1 checkpoint "
+        "held out, if it holds any, else none)",
+    )
+    parser.add_argument(
+        "--new_val_split",
+        action="store_true",
+        help="with --val_images: draw the validation split anew from --seed instead of reusing "
+        "the stage-1 checkpoint's (whose images stage 1 did not train on)",
+    )
+    parser.add_argument(
         "--label_fraction",
         type=fraction,
         default=1.0,

@@ -94,6 +94,7 @@ def checked_number(accepts: Callable[[float], bool], requirement: str):
 
 positive_float = checked_number(lambda value: 0 < value < float("inf"), "a positive number")
 fraction = checked_number(lambda value: 0 < value <= 1, "a number in (0, 1]")
+non_negative_float = checked_number(lambda value: 0 <= value < float("inf"), "a number >= 0")
 # kNN votes with exp(similarity / T) and similarities reach 1: float32's exp overflows above 88.
 knn_temperature = checked_number(lambda value: 0.02 <= value <= 100, "a number from 0.02 to 100")
 

@@ -34,6 +34,13 @@ from experiments.stage import (
     stage_backbone,
     stem_entry,
 )
+from experiments.validation import (
+    VALIDATION_KEY,
+    finetuning_monitor,
+    stage2_validation,
+    validation_features,
+    validation_scores,
+)
 from methods import METHODS
 from methods.standard import Standard
 from utils.console import say
@@ -89,9 +96,11 @@ def frozen_features(
     return train_features, train.labels.to(device), test_features, test.labels.to(device)
 
 
-def linear_evaluation(model: Standard, features, args: RunArguments, seed: int) -> tuple[dict, list[dict]]:
+def linear_evaluation(
+    model: Standard, features, args: RunArguments, seed: int, validation=None
+) -> tuple[dict, list[dict]]:
     """Train the classifier for --epochs; returns the checkpoint entries that describe the run
-    and the log's rows."""
+    and the log's rows (with the accuracy on the `validation` features and labels, if any)."""
     train_features, train_labels, test_features, test_labels = features
     rows = []
     optimizer = model.lineval_optimizer
@@ -110,6 +119,7 @@ def linear_evaluation(model: Standard, features, args: RunArguments, seed: int) 
                 "accuracy": accuracy,
                 "test_accuracy": test_result["accuracy"],
                 "test_loss": test_result["loss"],
+                **validation_scores(model.classifier, validation),
                 "seconds": round(seconds, 3),
             }
         )
@@ -117,9 +127,9 @@ def linear_evaluation(model: Standard, features, args: RunArguments, seed: int) 
     return {"epoch": args.epochs}, rows
 
 
-def logistic_regression(model: Standard, features, args: RunArguments) -> tuple[dict, list[dict]]:
+def logistic_regression(model: Standard, features, args: RunArguments, validation=None) -> tuple[dict, list[dict]]:
     """Solve for the classifier; returns the checkpoint entries that describe the solution and
-    the log's row."""
+    the log's row (with the accuracy on the `validation` features and labels, if any)."""
     train_features, train_labels, test_features, test_labels = features
     start = time.time()
     fit = fit_logistic_regression(
@@ -143,6 +153,7 @@ def logistic_regression(model: Standard, features, args: RunArguments) -> tuple[
         "test_loss": test_result["loss"],
         "objective": fit.objective,
         "iterations": fit.iterations,
+        **validation_scores(model.classifier, validation),
         "seconds": round(seconds, 3),
     }
     say(
@@ -234,6 +245,7 @@ def evaluate_backbone(
     test = load_dataset(args.dataset, "test", args.data_root, download=download, image_size=args.image_size)
     if bool((train.labels < 0).any()):
         raise UserError(f"the {args.dataset} training split has no labels for linear evaluation")
+    train, validation, held_out = stage2_validation(args, state, source_dataset, train, seed)
     train = train.balanced_subset(args.train_subset, seed).labelled_fraction(args.label_fraction, seed)
     # The backbone sees images in the range its method trained it on.
     normalised = backbone_inputs_normalised(state, args.checkpoint)
@@ -256,9 +268,20 @@ def evaluate_backbone(
         model.load_checkpoint_state(resume.state, resume.path)
         resume.finish()
     features = None if args.finetune else frozen_features(model.backbone, train, test, device, args.checkpoint)
+    held_features = None if args.finetune else validation_features(model.backbone, validation, device, args.checkpoint)
     if resume is None:
         files.remove_outputs()  # an earlier run's (--overwrite) or a dead one's: checked above
-    record_config(files.config, args, seed, device, stage=stage, stem=stem, training_images=len(train), **source)
+    record_config(
+        files.config,
+        args,
+        seed,
+        device,
+        stage=stage,
+        stem=stem,
+        training_images=len(train),
+        validation_images=len(validation) if validation is not None else 0,
+        **source,
+    )
     # What the stage-2 file says of its run, beside the trained weights.
     run_record = {
         "kind": stage,
@@ -270,6 +293,7 @@ def evaluate_backbone(
         "seed": seed,
         "args": args.record(),
         **source,
+        **({VALIDATION_KEY: held_out} if held_out is not None else {}),
     }
 
     if args.finetune:
@@ -281,6 +305,10 @@ def evaluate_backbone(
             checkpoint_paths=lambda e: [files.final] if e == args.epochs else [],
             rolling_checkpoint=files.last_checkpoint,
             extra_state=run_record,
+            monitor=finetuning_monitor(model.classifier, validation, device) if validation is not None else None,
+            monitor_every=1,
+            monitor_columns=("val_accuracy", "val_loss") if validation is not None else (),
+            monitor_note="validation split" if validation is not None else "",
         )
         if resume:
             say(f"[INFO] Resuming {resume.path} {resume_position(resume.state)}")
@@ -288,9 +316,9 @@ def evaluate_backbone(
         Engine(model, train, plan, device).fit(start_epoch, resume_state)
     else:
         if args.classifier == "logistic":
-            described, rows = logistic_regression(model, features, args)
+            described, rows = logistic_regression(model, features, args, held_features)
         else:
-            described, rows = linear_evaluation(model, features, args, seed)
+            described, rows = linear_evaluation(model, features, args, seed, held_features)
         # The log first, then the checkpoint, whose presence marks the run done: a run stopped
         # before leaves no partial log, and one killed in between a log the next run replaces.
         write_csv(files.log, list(rows[0]), rows)

@@ -4,20 +4,28 @@ checkpoints."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Callable, Iterator
 
+import torch
 from torch import nn
 
 from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
 from datasets import ImageSet, image_side, load_dataset, pretraining_split
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan, resume_position
+from engine.loop import PROBE_KEY, Engine, TrainingPlan, resume_position
 from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.arguments import RunArguments, freeze
 from experiments.cli import apply_gpu_flag, stage1_parser
-from experiments.monitoring import KNN_COLUMNS, import_wandb, knn_monitor, tensorboard_listener, wandb_listener
+from experiments.monitoring import (
+    TEST_SPLIT_NOTE,
+    import_wandb,
+    tensorboard_listener,
+    training_monitor,
+    wandb_listener,
+)
 from experiments.options import stage1_config
 from experiments.stage import (
     ResumePoint,
@@ -30,6 +38,7 @@ from experiments.stage import (
     stage_backbone,
     stem_entry,
 )
+from experiments.validation import VALIDATION_KEY, online_probe, stage1_validation, untrained_validation
 from methods import METHODS
 from methods.config import MethodConfig
 from utils import distributed
@@ -134,11 +143,15 @@ def train(
             f"nothing to train: the run starts at epoch {start_epoch} and --epochs is "
             f"{args.epochs}; raise --epochs to train longer"
         )
-    data = training_images(args, method_class, ranks, device)
+    data, validation, held_out = training_images(args, method_class, ranks, device)
     backbone, stem = stage1_backbone(args, data.side, device)
     method = method_class(backbone, data.num_classes, config, lr=args.lr).to(device)
     for group in method.view_groups:
         check_image_side(args.backbone, stem, group.side(data.side) or data.side, "views")
+    # The probe lives where the checkpoints are written; its saved state is checked before any write.
+    probe = online_probe(args, data, validation, backbone.feature_size, device, seed) if ranks.is_main else None
+    if probe is not None and resume:
+        probe.load_state_dict(resume.state.get(PROBE_KEY), resume.path)
     if not restore(method, args, stem, resume, start_epoch, ranks):
         return
     configuration = run_configuration(
@@ -148,11 +161,13 @@ def train(
         stage="train_unsupervised",
         stem=stem,
         training_images=len(data),
+        validation_images=len(validation) if validation is not None else 0,
         world_size=ranks.world_size,
         input_normalisation={"mean": list(data.mean), "std": list(data.std)},
     )
     with row_copies(args, files.header, configuration, ranks) as listeners:
-        engine = Engine(method, data, training_plan(args, files, method_class, stem, device, ranks, listeners), device)
+        plan = training_plan(args, files, method_class, stem, device, ranks, listeners, validation, held_out)
+        engine = Engine(method, data, replace(plan, probe=probe), device)
         if ranks.is_main:
             if not resume:
                 replace_outputs(files)
@@ -176,6 +191,7 @@ def find_resume(args: RunArguments, files: RunFiles, may_change: set[str], ranks
 
 def save_untrained(args: RunArguments, files: RunFiles, method_class, config: MethodConfig, device) -> None:
     """Save the final checkpoint of a method that does not train (its fresh backbone)."""
+    held_out = untrained_validation(args, args.seed)  # before any write: it may refuse
     replace_outputs(files)
     backbone, stem = stage1_backbone(args, image_side(args.dataset, args.image_size), device)
     method = method_class(backbone, 0, config, lr=args.lr)
@@ -188,6 +204,7 @@ def save_untrained(args: RunArguments, files: RunFiles, method_class, config: Me
             **inputs_entry(method_class.normalises_inputs),
             "seed": args.seed,
             "args": args.record(),
+            **held_out,
         },
         files.final,
     )
@@ -195,14 +212,20 @@ def save_untrained(args: RunArguments, files: RunFiles, method_class, config: Me
     say(f"Saving in: {files.final}")
 
 
-def training_images(args: RunArguments, method_class, ranks: distributed.Ranks, device) -> ImageSet:
-    """The training images of the run (labelled where the method needs labels), announced."""
+def training_images(
+    args: RunArguments, method_class, ranks: distributed.Ranks, device
+) -> tuple[ImageSet, ImageSet | None, torch.Tensor | None]:
+    """The training images of the run (labelled where the method needs labels), announced, and
+    the validation split held out of them with its positions (None without `--val_images`);
+    both normalised with the data set's mean and std, or [0, 1] pixels, as the method's reference."""
     split = pretraining_split(args.dataset, method_class.needs_labels)
     data = load_dataset(args.dataset, split, args.data_root, download=not args.no_download, image_size=args.image_size)
     if method_class.needs_labels and bool((data.labels < 0).any()):
         raise UserError(f"method {args.method} needs labels, but the {args.dataset} training split has none")
-    # Normalised with the data set's mean and std, or [0, 1] pixels, as the method's reference.
+    data, validation, held_out = stage1_validation(args, data, split, args.seed)
     data = data.balanced_subset(args.train_subset, args.seed).as_inputs(method_class.normalises_inputs)
+    if validation is not None:
+        validation = validation.as_inputs(method_class.normalises_inputs)
     say(
         f"[INFO] Training images: {len(data)} ({args.dataset} {data.split}, "
         f"{data.side}x{data.side}, {data.num_classes} classes)"
@@ -216,7 +239,7 @@ def training_images(args: RunArguments, method_class, ranks: distributed.Ranks, 
             "[WARNING] this CPU has no bfloat16 matrix units (AMX, AVX512-BF16 or Arm BF16): bf16 runs in "
             "generic code, far slower than fp32 (docs/performance.md); use --precision fp32 here"
         )
-    return data
+    return data, validation, held_out
 
 
 def restore(
@@ -266,12 +289,15 @@ def training_plan(
     device,
     ranks: distributed.Ranks,
     listeners: list[Callable[[dict], None]],
+    validation: ImageSet | None = None,
+    held_out: torch.Tensor | None = None,
 ) -> TrainingPlan:
-    """How the engine trains the run: epochs, batches, files, precision, monitoring
-    (`listeners` receive each logged row)."""
+    """How the engine trains the run: epochs, batches, files, precision, monitoring (on the
+    `validation` split held out at the training split's positions `held_out`, when given);
+    `listeners` receive each logged row."""
     watching = ranks.is_main and args.eval_every > 0
     monitor = (
-        knn_monitor(
+        training_monitor(
             args.dataset,
             args.data_root,
             not args.no_download,
@@ -280,6 +306,8 @@ def training_plan(
             args.seed,
             device,
             method_class.normalises_inputs,
+            validation,
+            held_out,
         )
         if watching
         else None
@@ -302,17 +330,26 @@ def training_plan(
             "seed": args.seed,
             "args": args.record(),
             "world_size": ranks.world_size,
+            **({VALIDATION_KEY: held_out} if held_out is not None else {}),
         },
         drop_last=method_class.drop_last,
         precision=args.precision,
         compile=args.compile,
         channels_last=args.channels_last,
         ranks=ranks,
-        monitor=monitor,
+        monitor=monitor.score if monitor else None,
         monitor_every=args.eval_every,
-        monitor_columns=KNN_COLUMNS if monitor else (),
+        monitor_columns=monitor.columns if monitor else (),
+        monitor_note=monitor.note if monitor else probe_note(args, validation),
         row_listeners=listeners,
     )
+
+
+def probe_note(args: RunArguments, validation: ImageSet | None) -> str:
+    """The monitor line's note when only the online probe scores: the split it scores on."""
+    if not args.online_probe:
+        return ""
+    return "validation split" if validation is not None else TEST_SPLIT_NOTE
 
 
 def score_on_test_split(args: RunArguments, method, device) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from engine.csv_log import write_csv
 from experiments.plots import matplotlib_available, plot_grid_results
 from experiments.studies import (
+    COMPARABLE,
     CONDITIONS,
     PAPER_RETRIEVAL,
     SOURCES,
@@ -31,6 +32,7 @@ RESULT_COLUMNS = [
     "top5",
     "knn_accuracy",
     "retrieval_precision",
+    "probe_accuracy",
     "wall_seconds",
     "stage1_checkpoint",
     "evaluation_checkpoint",
@@ -56,7 +58,7 @@ def group_runs(records: list[dict]) -> list[dict]:
             paper=paper_value(cell["condition"], cell["method"], cell["backbone"], cell["variant"]),
             published=published_value(cell["condition"], cell["method"], cell["backbone"]),
         )
-        for name in ("accuracy", "knn_accuracy", "retrieval_precision"):
+        for name in ("accuracy", "knn_accuracy", "retrieval_precision", "probe_accuracy"):
             values = [r[name] for r in runs if r.get(name) is not None]
             cell[name] = (
                 (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
@@ -75,11 +77,14 @@ def markdown_table(
 ) -> str:
     """The table; `differences` say in words how the grid's protocol differs from the paper's."""
     variants = any(cell["variant"] for cell in cells)
+    probed = any(cell.get("probe_accuracy") for cell in cells)  # runs of stage 1 with --online_probe
     sources = sorted({cell["published"][1] for cell in cells if cell["published"]})
     header = (
         ["condition"]
         + (["variant"] if variants else [])
-        + ["backbone", "method", "seeds", "accuracy (%)", "paper"]
+        + ["backbone", "method", "seeds", "accuracy (%)"]
+        + (["online probe (%)"] if probed else [])
+        + ["paper"]
         + (["published (source)"] if sources else [])
         + [
             "difference",
@@ -118,6 +123,9 @@ def markdown_table(
                 cell["method"],
                 ", ".join(map(str, cell["seeds"])),
                 _mean_std(cell["accuracy"], seeds),
+            ]
+            + ([_mean_std(cell.get("probe_accuracy"), seeds)] if probed else [])
+            + [
                 paper_text,
             ]
             + (
@@ -141,13 +149,21 @@ def markdown_table(
         "none, the published reference's). "
         + (f"{knn}-NN: weighted k-nearest-neighbour accuracy on frozen features (cosine, k = {knn}). " if knn else "")
         + (f"Retrieval: share of the {retrieval} nearest test images of the query's class. " if retrieval else "")
+        + (
+            "Online probe: top-1 of stage 1's online linear classifier after its last epoch, on the "
+            "held-out validation split where the run had one, else on the test split. "
+            if probed
+            else ""
+        )
         + "Epochs: stage 1 / evaluation. Wall time: the three stages of one run; a stage-1 run shared "
         "by several conditions counts in each.",
         "Paper's top-10 retrieval on CIFAR-10 (appendix B.10): "
         + ", ".join(f"{method} {value}" for method, value in PAPER_RETRIEVAL.items())
         + ".",
     ]
-    lines += [f"Published ({source}): {SOURCES[source]}." for source in sources]
+    lines += [
+        f"Published ({source}): {SOURCES[source]}. Comparable column: {COMPARABLE[source]}." for source in sources
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -200,6 +200,14 @@ SOURCES = {
     "regression on the target encoder's features (here: the linear layer of the paper; "
     "`train_linear_evaluation.py --classifier logistic` gives the package's protocol)",
 }
+# The column of table.md that is measured as each source's published number is, and how.
+COMPARABLE = {
+    "solo-learn": "online probe (%), stage 1's `--online_probe` (solo-learn's online classifier's "
+    "settings); accuracy (%) is the paper's offline protocol and reads lower or higher for reasons "
+    "of protocol alone",
+    "relic-pytorch": "accuracy (%) of a run evaluated with `--classifier logistic` (the package's "
+    "scikit-learn logistic regression on frozen features)",
+}
 PUBLISHED = {
     ("cifar10", "simclr"): (90.74, "solo-learn"),
     ("cifar100", "simclr"): (65.78, "solo-learn"),

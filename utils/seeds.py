@@ -18,6 +18,9 @@ class SeedPurpose(enum.IntEnum):
     AUGMENTATION = 2  # the engine's augmentation generator of an epoch (and rank)
     LINEAR_ORDER = 3  # the order of an epoch of linear evaluation
     CLUSTERING = 4  # deepcluster's k-means and re-initialised output layer
+    VALIDATION = 5  # the training images held out as a validation split
+    ONLINE_PROBE = 6  # the online linear probe's initial weights
+    MONITOR_VIEWS = 7  # the two views of the monitored images for the alignment measure
 
 
 def resolve_seed(seed: int) -> int:

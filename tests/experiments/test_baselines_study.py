@@ -6,7 +6,7 @@ from __future__ import annotations
 import reproduce
 from experiments.report import group_runs, markdown_table
 from experiments.stage import run_main
-from experiments.studies import PUBLISHED, SOURCES, STUDIES
+from experiments.studies import COMPARABLE, PUBLISHED, SOURCES, STUDIES
 
 
 def test_the_grid_runs_every_method_on_cifar10_and_cifar100_with_resnet18(tmp_path, capsys):
@@ -72,3 +72,29 @@ def test_the_table_shows_the_published_number_and_its_source():
     table = markdown_table(group_runs(records), "title", "settings")
     assert "| CIFAR-100 | resnet18 | byol | 1, 2 | 70.00 ± 1.41 | – | 70.46 (solo-learn) | -0.46 |" in table
     assert "Published (solo-learn): solo-learn (da Costa et al., JMLR 2022)" in table
+    assert "Comparable column: online probe (%)" in table and "online probe (%) |" not in table
+
+
+def test_the_table_puts_the_online_probe_beside_the_offline_accuracy():
+    assert set(COMPARABLE) == set(SOURCES)  # every published number says which column it compares with
+    records = [
+        {
+            "condition": "cifar10",
+            "variant": "",
+            "method": "simclr",
+            "backbone": "resnet18",
+            "seed": seed,
+            "epochs": 1000,
+            "evaluation_epochs": 100,
+            "accuracy": accuracy,
+            "knn_accuracy": None,
+            "retrieval_precision": None,
+            "probe_accuracy": probe,
+            "wall_seconds": 10.0,
+        }
+        for seed, accuracy, probe in ((1, 88.0, 90.0), (2, 90.0, 91.0))
+    ]
+    table = markdown_table(group_runs(records), "title", "settings")
+    assert "| backbone | method | seeds | accuracy (%) | online probe (%) | paper |" in table
+    assert "| 1, 2 | 89.00 ± 1.41 | 90.50 ± 0.71 | – | 90.74 (solo-learn) |" in table
+    assert "Online probe: top-1 of stage 1's online linear classifier" in table

@@ -25,6 +25,7 @@ BY_TYPE = {
     flags.run_id: ["a/b", "x y", "x" * (flags.MAX_ID_LENGTH + 1), "x" * 300],
     flags.fraction: ["0", "-0.5", "1.5", "abc"],
     flags.wandb_project: ["", "a/b", "x:y", "x" * (flags.MAX_WANDB_PROJECT_LENGTH + 1)],
+    flags.non_negative_float: ["-1", "abc", "inf", "nan"],
     int: ["abc", "1.5"],
     float: ["abc"],
 }
@@ -132,6 +133,8 @@ NO_BAD_VALUE = {
     "--relic_siglip",
     "--relic_first_views_as_local",
     "--cross_domain",
+    "--online_probe",
+    "--new_val_split",
 }
 STAGES = [(stage1, cli.stage1_parser), (stage2, evaluation_cli.stage2_parser), (stage3, evaluation_cli.stage3_parser)]
 

@@ -48,14 +48,20 @@ def test_eval_every_logs_knn_accuracy_and_leaves_the_training_as_it_is(
     watched_rows, watched_state = train(small_cifar10_root, tmp_path / "watched", *extra)
     shown = capsys.readouterr().out
     assert "Epoch 2/3 monitor" in shown and "Epoch 3/3 monitor" in shown and "Epoch 1/3 monitor" not in shown
-    # Every training column agrees; the kNN columns are filled after epochs 2 and 3 (the last).
+    # Every training column agrees; the monitor's columns are filled after epochs 2 and 3 (the last).
+    monitor_columns = {"knn_accuracy", "knn_top5", "rankme", "alignment", "uniformity"}
     for plain, watched in zip(plain_rows, watched_rows, strict=True):
-        assert {k: v for k, v in watched.items() if not k.startswith("knn") and k != "seconds"} == {
+        assert set(watched) - set(plain) == monitor_columns
+        assert {k: v for k, v in watched.items() if k not in monitor_columns and k != "seconds"} == {
             k: v for k, v in plain.items() if k != "seconds"
         }
-    assert [row["knn_accuracy"] == "" for row in watched_rows] == [True, False, False]
+    assert [row["knn_accuracy"] == row["rankme"] == "" for row in watched_rows] == [True, False, False]
     for row in watched_rows[1:]:
         assert 0 <= float(row["knn_top5"]) <= 100 and float(row["knn_accuracy"]) <= float(row["knn_top5"])
+        assert 1 <= float(row["rankme"]) <= 64 and 0 <= float(row["alignment"]) <= 4
+        assert -8 <= float(row["uniformity"]) < 0  # -8: every pair opposite; 0: all coincide
+    # Without a validation split, the monitor says what its numbers must not be used for.
+    assert "test split: for monitoring only, not for selecting" in shown
     for key, value in plain_state["backbone"].items():
         assert value.equal(watched_state["backbone"][key]), key
     if HAS_TENSORBOARD:
