@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from utils.checkpoint_fields import INTEGER_LIMIT
 
@@ -34,15 +35,36 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown_default(action.default)})"
 
 
+@dataclass(frozen=True)
+class ResumeRules:
+    """What a resumed run may differ in from the run its checkpoint records: any value of the
+    arguments `may_change`; an argument the record lacks (a flag added since the file was
+    written) only at its `defaults` value, which is how the earlier code ran."""
+
+    may_change: frozenset[str]
+    defaults: Mapping[str, Any]
+
+
 class Parser(argparse.ArgumentParser):
     """Reports a bad flag as one line on stderr (no usage block), exit status 2; `--help` shows
     every flag's default. `may_change_on_resume` holds the arguments whose flags were declared
-    with `may_change_on_resume=True`: a run resumed with other values of them is the same run."""
+    with `may_change_on_resume=True`: a run resumed with other values of them is the same run;
+    `option_defaults` the defaults of flags whose parser default is SUPPRESS (methods' options)."""
 
     def __init__(self, *args, **kwargs):
         self.may_change_on_resume: set[str] = set()
+        self.option_defaults: dict[str, Any] = {}
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def resume_rules(self) -> ResumeRules:
+        """The rules `experiments.stage.resume_point` checks a resumed run by."""
+        defaults = {
+            action.dest: action.default
+            for action in self._actions
+            if action.option_strings and action.default is not argparse.SUPPRESS
+        }
+        return ResumeRules(frozenset(self.may_change_on_resume), {**defaults, **self.option_defaults})
 
     def add_argument(self, *args, may_change_on_resume: bool = False, **kwargs) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     with RunLock(files.lock):
         files.remove_temporary()
         resume = (
-            resume_point(args, files, parser.may_change_on_resume, check_kind=refuse_other_than_finetuning)
+            resume_point(args, files, parser.resume_rules(), check_kind=refuse_other_than_finetuning)
             if args.resume
             else None
         )

@@ -65,6 +65,7 @@ def add_option_flags(parser: Parser, group, config_class: type[MethodConfig], st
         flag = option_flag(config_class, name)
         if spec.may_change_on_resume:
             parser.may_change_on_resume.add(flag)
+        parser.option_defaults[flag] = default
         if types[name] is bool:
             group.add_argument(
                 f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=f"{spec.help} (default off)"

@@ -19,6 +19,7 @@ from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.arguments import RunArguments, freeze
 from experiments.cli import apply_gpu_flag, stage1_parser
+from experiments.flags import ResumeRules
 from experiments.monitoring import (
     TEST_SPLIT_NOTE,
     import_wandb,
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             header = run_header(args.method, args.dataset, args.backbone, args.seed, args.id)
             files = RunFiles(args.checkpoint_dir, args.method, args.dataset, header)
             with RunLock(files.lock) if ranks.is_main else contextlib.nullcontext():
-                train(args, files, method_class, config, device, ranks, parser.may_change_on_resume)
+                train(args, files, method_class, config, device, ranks, parser.resume_rules())
     finally:
         distributed.stop()
 
@@ -119,12 +120,12 @@ def train(
     config: MethodConfig,
     device,
     ranks: distributed.Ranks,
-    may_change: set[str],
+    rules: ResumeRules,
 ) -> None:
-    """Train the run, step by step; `may_change`: the arguments a resumed run may change."""
+    """Train the run, step by step; `rules`: how a resumed run may differ from its record."""
     if ranks.is_main:
         files.remove_temporary()
-    resume = find_resume(args, files, may_change, ranks) if args.resume else None
+    resume = find_resume(args, files, rules, ranks) if args.resume else None
     if resume and finished_as_asked(resume, args.epochs):
         say(f"[INFO] Nothing left to do: run {files.header} has trained its {args.epochs} epochs")
         return
@@ -177,12 +178,12 @@ def train(
         score_on_test_split(args, method, device)
 
 
-def find_resume(args: RunArguments, files: RunFiles, may_change: set[str], ranks: distributed.Ranks) -> ResumePoint:
+def find_resume(args: RunArguments, files: RunFiles, rules: ResumeRules, ranks: distributed.Ranks) -> ResumePoint:
     """The checkpoint `--resume` continues, checked to be this method's run made alike."""
     return resume_point(
         args,
         files,
-        may_change,
+        rules,
         ranks.world_size,
         without_state="use --checkpoint with --epoch_start instead",
         check_kind=lambda state, path: refuse_other_kind(state, path, args.method),

@@ -22,6 +22,7 @@ from engine.commit import finish_commit, unfinished_commit
 from engine.loop import check_resume_fields
 from engine.run_files import RunFiles
 from experiments.arguments import RunArguments
+from experiments.flags import ResumeRules
 from utils.atomic import TEXT_ENCODING, save_json
 from utils.checkpoint_fields import INTEGER_LIMIT, check_number, field_error
 from utils.console import say
@@ -224,14 +225,15 @@ class ResumePoint(NamedTuple):
 def resume_point(
     args: RunArguments,
     files: RunFiles,
-    may_change: set[str],
+    rules: ResumeRules,
     world_size: int = 1,
     without_state: str = "it cannot be resumed",
     check_kind: Callable[[dict, Path], None] | None = None,
 ) -> ResumePoint:
     """The checkpoint `--resume auto|PATH` names and its state, after checking that it is a
-    file of this stage (`check_kind`), that the run was made with the same arguments (except
-    `may_change`; an argument the file does not record is a difference) and as many processes,
+    file of this stage (`check_kind`), that the run was made with the same arguments (`rules`:
+    any value of those that may change; one the file does not record only at its default, as
+    the code ran before its flag existed) and as many processes,
     that the entries the engine restores fit (`check_resume_fields`) and its epoch's commit names
     the run's own files. Writes nothing: `ResumePoint.finish` completes that commit once the
     stage has checked the rest of the state against the method it built.
@@ -259,7 +261,12 @@ def resume_point(
             "run's arguments: the file is damaged or forged; resume from the file the run wrote"
         )
     record = args.record()
-    missing = sorted(key for key in record if key not in may_change and key not in stored)
+    may_change = rules.may_change
+    missing = sorted(
+        key
+        for key, value in record.items()
+        if key not in may_change and key not in stored and not same_value(value, rules.defaults.get(key, MISSING))
+    )
     if missing:
         raise UserError(
             f"--resume {path}: the file does not record the run's "
@@ -270,7 +277,7 @@ def resume_point(
     changed = [
         f"--{k} {stored[k]!r} -> {value!r}"
         for k, value in sorted(record.items())
-        if k not in may_change and (type(stored[k]) is not type(value) or stored[k] != value)
+        if k not in may_change and k in stored and not same_value(stored[k], value)
     ]
     if changed:
         raise UserError(
@@ -284,6 +291,15 @@ def resume_point(
         )
     check_resume_fields(state, world_size, path)
     return ResumePoint(path, state, files, unfinished_commit(state, files, path) is not None)
+
+
+# The default of an argument whose flag declares none: never equal to a value.
+MISSING = object()
+
+
+def same_value(first: object, second: object) -> bool:
+    """Equal and of the same type: a recorded 1 is not the flag's 1.0, nor True its 1."""
+    return type(first) is type(second) and first == second
 
 
 def finished_as_asked(resume: ResumePoint, epochs: int) -> bool:

@@ -87,6 +87,20 @@ def test_a_checkpoint_without_the_runs_arguments_is_not_resumed(trained_run, vic
     assert "--K" in refused(stage1, args + ["--epochs", "3", "--resume", str(path)], capsys)
 
 
+def test_a_file_written_before_a_flag_existed_resumes_at_the_flags_default(trained_run, capsys):
+    """A flag added since the file was written is absent from its record: the run resumes when
+    the flag is at its default (how the earlier code ran), and is refused in one line when not."""
+    args, folder = trained_run
+    last = folder / f"{HEADER}_last.tar"
+    state = load(last)
+    for added in ("online_probe", "val_images", "keep", "dino_teacher_temperature"):
+        del state["args"][added]
+    save_checkpoint(state, last)
+    assert "--val_images" in refused(stage1, args + ["--epochs", "3", "--val_images", "10", "--resume", "auto"], capsys)
+    run_stage(stage1, args + ["--epochs", "3", "--resume", "auto"])
+    assert load(last)["epoch"] == 3 and load(last)["args"]["online_probe"] is False
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("args", "x"), ("args", 5), ("args", torch.zeros(2)), ("epoch", "1"), ("epoch", -5), ("epoch", 2.0)],
