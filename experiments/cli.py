@@ -31,6 +31,10 @@ DATA_ROOT_ENV = "SSL_DATA_ROOT"
 KEEP_CHOICES = ("fractions", "last", "all")
 
 
+# The online probe's warm-up, solo-learn's (of its 1,000-epoch CIFAR schedules).
+PROBE_WARMUP_EPOCHS = 10
+
+
 def method_batch_defaults() -> str:
     """The methods' own mini-batch sizes in words, read from the methods (`default_batch_size`)."""
     from methods import METHODS  # imported here: building a stage-2 or 3 parser needs no method
@@ -308,6 +312,6 @@ def add_validation_flags(parser: Parser) -> None:
     parser.add_argument(
         "--probe_warmup_epochs",
         type=non_negative_int,
-        default=10,
+        default=PROBE_WARMUP_EPOCHS,
         help="--online_probe: epochs of linear warm-up of its learning rate (from 3e-5), then a cosine to 0",
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.locks import RunLock
 from experiments.arguments import RunArguments
-from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_test_result
+from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_probe_accuracy, read_test_result
 from experiments.grid_plan import Run, RunStage, Stage, shard_of
 from experiments.parallel import LiveLines
 from experiments.plots import matplotlib_available, plot_training_curves, stage_logs
@@ -237,6 +237,7 @@ class Grid:
             "top5": result["top5"],
             "knn_accuracy": result.get("knn_accuracy"),
             "retrieval_precision": result.get("retrieval_precision"),
+            "probe_accuracy": read_probe_accuracy(run.stages[0].files.log) if run.stages[0].files else None,
             "wall_seconds": round(sum(self.timings.get(self.timing_key(s), 0.0) for s in run.stages), 1),
             "stage1_checkpoint": str(run.stages[0].output),
             "evaluation_checkpoint": str(run.stages[1].output),

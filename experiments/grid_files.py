@@ -77,13 +77,14 @@ RECORD = Schema(
         "top5": optional(is_percent),
         "knn_accuracy": optional(is_percent),
         "retrieval_precision": optional(is_percent),
+        "probe_accuracy": optional(is_percent),
         "wall_seconds": is_seconds,
         "stage1_checkpoint": is_text,
         "evaluation_checkpoint": is_text,
         "order": is_order,
         "finished": is_text,
     },
-    optional=frozenset({"knn", "knn_train_subset", "retrieval"}),
+    optional=frozenset({"knn", "knn_train_subset", "retrieval", "probe_accuracy"}),
 )
 
 
@@ -143,3 +144,23 @@ def read_test_result(path: Path, columns: list[str]) -> tuple[dict | None, str |
             return None, f"its last row's '{column}' is {text[:40]!r}, not a percentage"
         result[column] = round(value, 4)
     return result, None
+
+
+def read_probe_accuracy(log: Path) -> float | None:
+    """The online probe's top-1 accuracy (`val_probe_accuracy`, or `test_probe_accuracy` without
+    a validation split) in the last row of a stage-1 log that has it as a percentage; None
+    without a probe, or when the log cannot be read."""
+    try:
+        with open(log, newline="", encoding="utf-8", errors="replace") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return None
+    for column in ("val_probe_accuracy", "test_probe_accuracy"):
+        cells = [row.get(column) for row in rows if row.get(column)]
+        if cells:
+            try:
+                value = float(cells[-1])  # type: ignore[arg-type]
+            except ValueError:
+                return None
+            return round(value, 4) if is_percent(value) else None
+    return None

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from engine.run_files import RunFiles, evaluation_header, run_header
 from experiments.arguments import RunArguments
+from experiments.cli import PROBE_WARMUP_EPOCHS
 from experiments.options import option_values
 from experiments.studies import ALL_METHODS, CONDITIONS, METHOD_SETTINGS, STUDIES, Condition, Variant
 from experiments.variants import STAGE1_SETTINGS, Replacement, replacements_of, variant_tag
@@ -237,6 +238,13 @@ def make_run(
     )
     trains = METHODS[method].trains
     pretrained = files.epoch_checkpoint(epochs) if trains else files.final
+    probed = STUDIES[args.study].online_probe and trains
+    probe_warmup = PROBE_WARMUP_EPOCHS * epochs // condition.epochs if probed and epochs < condition.epochs else None
+    if probe_warmup is not None:
+        adjustments += (
+            f"the online probe's warm-up scaled with the schedule: {probe_warmup} of {epochs} epochs "
+            f"instead of {PROBE_WARMUP_EPOCHS} of {condition.epochs}",
+        )
     evaluation_files = RunFiles(
         checkpoints,
         method,
@@ -274,6 +282,8 @@ def make_run(
             *common,
             *training,
             *option_values(config, given_fields),
+            ("online_probe", probed),
+            ("probe_warmup_epochs", probe_warmup),
             ("wandb", args.wandb),
         ]
     )

@@ -21,7 +21,9 @@ from typing import Any, Callable
 PAPER_METHODS = ("relationnet", "simclr", "deepcluster", "deepinfomax", "rotationnet", "standard", "randomweights")
 # Methods after the paper, each trained with the settings of the reference it follows.
 BASELINE_METHODS = ("relic", "byol", "simsiam", "barlowtwins", "vicreg")
-ALL_METHODS = PAPER_METHODS + BASELINE_METHODS  # also the order of a grid's rows
+# The methods recent papers compare against, with solo-learn's CIFAR settings.
+MODERN_METHODS = ("mocov2plus", "mocov3", "swav", "dino", "nnclr")
+ALL_METHODS = PAPER_METHODS + BASELINE_METHODS + MODERN_METHODS  # also the order of a grid's rows
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Study:
     methods: tuple[str, ...] = PAPER_METHODS
     variants: tuple[Variant, ...] = (Variant(),)
     backbone_of: dict = field(default_factory=dict)  # condition -> backbone the paper used there
+    # Stage 1 of each method that trains also trains an online linear probe (`--online_probe`),
+    # whose accuracy is the one the references of the later methods publish.
+    online_probe: bool = False
 
 
 CONDITIONS = {
@@ -114,6 +119,15 @@ STUDIES = {
         ("cifar10", "cifar100"),
         ("resnet18",),
         ("relationnet", "simclr", "relic", "byol", "simsiam", "barlowtwins", "vicreg", "standard", "randomweights"),
+        online_probe=True,
+    ),
+    "modern": Study(
+        "The methods recent papers compare against beside today's baselines: CIFAR-10 and CIFAR-100, "
+        "ResNet-18 (CIFAR stem), linear evaluation and online probe",
+        ("cifar10", "cifar100"),
+        ("resnet18",),
+        ("relationnet", "simclr", *BASELINE_METHODS, *MODERN_METHODS, "standard", "randomweights"),
+        online_probe=True,
     ),
 }
 
@@ -139,7 +153,7 @@ class MethodSettings:
 METHOD_SETTINGS = {
     **{method: MethodSettings(128) for method in PAPER_METHODS},
     "relationnet": MethodSettings(64, lambda condition, backbone: {"K": relationnet_k(condition, backbone)}),
-    **{method: MethodSettings(256) for method in BASELINE_METHODS},
+    **{method: MethodSettings(256) for method in BASELINE_METHODS + MODERN_METHODS},
 }
 
 
@@ -190,7 +204,7 @@ def paper_value(condition: str, method: str, backbone: str, variant: str) -> tup
 
 
 # Published top-1 accuracies of the references the later baselines follow, ResNet-18 with the
-# CIFAR stem, for the `baselines` study: (condition, method) -> (accuracy, source key).
+# CIFAR stem, for the `baselines` and `modern` studies: (condition, method) -> (accuracy, source key).
 SOURCES = {
     "solo-learn": "solo-learn (da Costa et al., JMLR 2022), README, CIFAR tables: its "
     "scripts/pretrain/cifar/*.yaml, 1000 epochs, batch 256; accuracy of the online linear "
@@ -220,6 +234,16 @@ PUBLISHED = {
     ("cifar10", "vicreg"): (92.07, "solo-learn"),
     ("cifar100", "vicreg"): (68.54, "solo-learn"),
     ("cifar10", "relic"): (82.53, "relic-pytorch"),
+    ("cifar10", "mocov2plus"): (92.94, "solo-learn"),
+    ("cifar100", "mocov2plus"): (69.89, "solo-learn"),
+    ("cifar10", "mocov3"): (93.10, "solo-learn"),
+    ("cifar100", "mocov3"): (68.83, "solo-learn"),
+    ("cifar10", "swav"): (89.17, "solo-learn"),
+    ("cifar100", "swav"): (64.88, "solo-learn"),
+    ("cifar10", "dino"): (89.52, "solo-learn"),
+    ("cifar100", "dino"): (66.76, "solo-learn"),
+    ("cifar10", "nnclr"): (91.88, "solo-learn"),
+    ("cifar100", "nnclr"): (69.62, "solo-learn"),
 }
 
 
