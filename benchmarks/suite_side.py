@@ -17,7 +17,8 @@ from measuring import ChildMemory, Measurement, gpu_peak_mb, images_per_unit, lo
 
 def engine_for(config: Config, data, device, options: list[str], folder: Path, seed: int = 0):
     from backbones import build_backbone, resolve_stem
-    from engine.loop import Engine, TrainingPlan
+    from engine.loop import Engine
+    from engine.plan import TrainingPlan
     from methods import METHODS
     from utils.seeds import seed_everything
 

@@ -1,6 +1,7 @@
 """The running sums of one epoch of the training loop, kept on the device so that a step
 reads nothing back, and their saved form when a signal interrupts the epoch: every rank's sums
-and augmentation generator, so that a resumed epoch sums exactly as an uninterrupted one."""
+and augmentation generator, so that a resumed epoch sums exactly as an uninterrupted one; and
+the checks of the entries a resumed checkpoint gives the loop, before anything is written."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from utils import distributed
 from utils.checkpoint_fields import check_number, field_error
+from utils.seeds import rng_problem
 
 
 @dataclass
@@ -120,3 +122,29 @@ class EpochProgress:
             "seconds": self.seconds_before + time.time() - self.started,
             "ranks": distributed.gather_objects(mine),
         }
+
+
+def check_resume_fields(state: dict, world_size: int, path: Path) -> None:
+    """Refuse in one line, naming the file and the entry, a resumed `state` whose entries that
+    `Engine.fit` reads could not be restored: the generator states, the gradient scaler's, and
+    the sums of an interrupted epoch (one set per process). Called before anything is written."""
+    problem = rng_problem(state.get("rng"))
+    if problem:
+        raise field_error(path, "rng", problem)
+    if "grad_scaler" in state:
+        saved, reference = state["grad_scaler"], torch.amp.GradScaler("cpu").state_dict()
+        if not isinstance(saved, dict) or not set(reference) <= set(saved):
+            raise field_error(path, "grad_scaler", "is not a gradient scaler's state")
+        for name, value in reference.items():
+            check_number(saved[name], value, 0, math.inf, path, f"grad_scaler.{name}")
+    if "interrupted" in state:
+        EpochProgress.check_saved(state["interrupted"], world_size, path)
+
+
+def resume_position(state: dict) -> str:
+    """Where a run resumed from `state` (checked by `check_resume_fields`) continues, with epochs
+    and steps counted from 1 as the progress bar counts them."""
+    partial = state.get("interrupted")
+    if partial is not None:
+        return f"inside epoch {state['epoch'] + 1}, after step {partial['steps_done']}"
+    return f"at the start of epoch {state['epoch'] + 1}"

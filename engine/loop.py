@@ -15,38 +15,31 @@ steps.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
 
-from backbones import Backbone
 from datasets import ImageSet
 from datasets.augment import build_augmentation
 from engine.checkpoint import FORMAT_VERSION, save_checkpoint
 from engine.commit import commit_epoch
 from engine.csv_log import CsvLog
 from engine.epoch_progress import EpochProgress
+from engine.plan import PROBE_KEY, TrainingPlan
 from engine.precision import Precision
 from engine.signals import RunInterrupted, StopSignals
 from methods.base import EpochContext, EpochNotes, Method, StepOutput
 from utils import distributed
-from utils.checkpoint_fields import check_number, field_error
 from utils.console import say
-from utils.distributed import SINGLE, Ranks
 from utils.errors import UserError
 from utils.runtime import available_memory, format_duration
 from utils.seeds import (
     SeedPurpose,
     derived_seed,
     restore_rng_states,
-    rng_problem,
     rng_states,
 )
 
@@ -54,63 +47,9 @@ from utils.seeds import (
 LOG_EVERY = 20
 # A GPU keeps the whole uint8 training set when it takes at most this share of the free memory.
 _DATA_SHARE_OF_DEVICE = 0.5
-# The checkpoint key of the state of the plan's probe.
-PROBE_KEY = "online_probe"
 # The smallest backbone keeps several times its input in activations and gradients; a lower
 # bound, so the check only refuses steps that surely cannot run.
 _ACTIVATION_FACTOR = 4
-
-
-class StepProbe(Protocol):
-    """A learner trained beside the method, step by step, on the backbone the later stages
-    evaluate (the online linear probe of `evaluation/probe.py`), which leaves the method's
-    training as it is: it changes neither the backbone nor the random streams the training
-    draws from. Its state is saved under `PROBE_KEY`."""
-
-    columns: tuple[str, ...]  # the log's columns of `scores`
-
-    def train_step(
-        self,
-        backbone: Backbone,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        step: int,
-        total_steps: int,
-        epoch_steps: int,
-    ) -> None: ...
-
-    def scores(self, backbone: Backbone) -> dict: ...
-
-    def state_dict(self) -> dict: ...
-
-
-@dataclass
-class TrainingPlan:
-    epochs: int  # total epochs of the run
-    batch_size: int  # images per step (each gives the method's views)
-    seed: int
-    log_path: Path
-    # Paths to save after a (1-based) epoch count; empty when that epoch is not saved.
-    checkpoint_paths: Callable[[int], list[Path]]
-    extra_state: dict  # stored in every checkpoint (args, names, versions)
-    drop_last: bool = False
-    # Rewritten after every epoch (the first step of its commit, engine/commit.py) and on a stop.
-    rolling_checkpoint: Path | None = None
-    precision: str = "fp32"  # see engine/precision.py
-    compile: bool = False  # torch.compile the method's compiled_modules (its backbones)
-    channels_last: bool = False  # convolution weights and views in NHWC memory order
-    ranks: Ranks = SINGLE  # this process's rank under torchrun
-    # Scores of the backbone (e.g. a kNN accuracy) after every `monitor_every` epochs and the
-    # last, logged as the columns `monitor_columns` (empty in the other epochs). Evaluation
-    # lives above the engine, so the stage script passes it in.
-    monitor: Callable[[Backbone], dict] | None = None
-    monitor_every: int = 0
-    monitor_columns: tuple[str, ...] = ()
-    monitor_note: str = ""  # added to every monitor line (which split the scores are measured on)
-    # Trained after every step on the first view of the method's first view group, scored after
-    # every epoch (its columns), saved in every checkpoint; only where the checkpoints are written.
-    probe: StepProbe | None = None
-    row_listeners: list[Callable[[dict], None]] = field(default_factory=list)  # called with each logged row
 
 
 def compile_in_this_process() -> None:
@@ -122,23 +61,6 @@ def compile_in_this_process() -> None:
         import torch._inductor.config
 
         torch._inductor.config.compile_threads = 1
-
-
-def check_resume_fields(state: dict, world_size: int, path: Path) -> None:
-    """Refuse in one line, naming the file and the entry, a resumed `state` whose entries that
-    `Engine.fit` reads could not be restored: the generator states, the gradient scaler's, and
-    the sums of an interrupted epoch (one set per process). Called before anything is written."""
-    problem = rng_problem(state.get("rng"))
-    if problem:
-        raise field_error(path, "rng", problem)
-    if "grad_scaler" in state:
-        saved, reference = state["grad_scaler"], torch.amp.GradScaler("cpu").state_dict()
-        if not isinstance(saved, dict) or not set(reference) <= set(saved):
-            raise field_error(path, "grad_scaler", "is not a gradient scaler's state")
-        for name, value in reference.items():
-            check_number(saved[name], value, 0, math.inf, path, f"grad_scaler.{name}")
-    if "interrupted" in state:
-        EpochProgress.check_saved(state["interrupted"], world_size, path)
 
 
 def notes_line(notes: EpochNotes) -> str:
@@ -474,12 +396,3 @@ class Engine:
         received = torch.full((), self.stop.received, device=self.device)
         self.stop.received = int(distributed.max_over_ranks(received))
         return bool(self.stop.received)
-
-
-def resume_position(state: dict) -> str:
-    """Where a run resumed from `state` (checked by `check_resume_fields`) continues, with epochs
-    and steps counted from 1 as the progress bar counts them."""
-    partial = state.get("interrupted")
-    if partial is not None:
-        return f"inside epoch {state['epoch'] + 1}, after step {partial['steps_done']}"
-    return f"at the start of epoch {state['epoch'] + 1}"

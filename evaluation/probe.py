@@ -32,7 +32,7 @@ from torch import nn
 from backbones import Backbone
 from backbones.features import extract_features
 from datasets import ImageSet
-from engine.loop import PROBE_KEY
+from engine.plan import PROBE_KEY
 from evaluation.linear import score_logits
 from methods.optimizers import warmup_cosine_lr
 from utils.checkpoint_fields import check_module_entry, check_optimizer_state, field_error

@@ -13,7 +13,16 @@ from pathlib import Path
 
 from engine.locks import RunLock
 from experiments.arguments import RunArguments
-from experiments.grid_files import RECORD, SETTINGS, TIMINGS, read_grid_file, read_probe_accuracy, read_test_result
+from experiments.grid_files import (
+    RECORD,
+    SETTINGS,
+    TIMINGS,
+    describe_records,
+    read_grid_file,
+    read_probe_accuracy,
+    read_test_result,
+    unfounded_record,
+)
 from experiments.grid_plan import Run, RunStage, Stage, shard_of
 from experiments.parallel import LiveLines
 from experiments.plots import matplotlib_available, plot_training_curves, stage_logs
@@ -27,17 +36,6 @@ from utils.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 # Settings that change the numbers of every run: a grid folder holds one value of each.
 GRID_SETTINGS = tuple(SETTINGS.fields)
-
-
-def continue_flags(stage: RunStage) -> list[str]:
-    """Resume an interrupted training run (stage 1, fine-tuning) from its last checkpoint;
-    replace one that died before it saved any."""
-    if not stage.resumable:
-        return []
-    files = stage.files
-    if files.last_checkpoint.exists():
-        return ["--resume", "auto"]
-    return ["--overwrite"] if files.log.exists() or files.config.exists() else []
 
 
 class Grid:
@@ -216,7 +214,7 @@ class Grid:
             print(shlex.join(self.command(task)))
 
     def command(self, task: Task) -> list[str]:
-        return [sys.executable, str(REPO / task.stage.kind.script), *task.stage.argv, *continue_flags(task.stage)]
+        return [sys.executable, str(REPO / task.stage.kind.script), *task.stage.argv, *task.stage.continue_flags()]
 
     def save_record(self, run: Run) -> None:
         """The run's record, from the last row of the test log its test.py has just appended to."""
@@ -408,38 +406,6 @@ class Grid:
             except UserError as reason:  # one-epoch runs: each quantity a single point
                 print(f"[INFO] No {name}: {reason}")
         return written
-
-
-def unfounded_record(path: Path, record: dict) -> str | None:
-    """Why a record of an earlier command is not what its run left, or None: its file is named
-    after another run, its evaluation checkpoint is another seed's, or that checkpoint's test
-    log does not end with its accuracy (a record copied or edited by hand)."""
-    name = "_".join(
-        filter(
-            None,
-            [record["condition"], record["variant"], record["method"], record["backbone"], f"seed_{record['seed']}"],
-        )
-    )
-    if path.stem != name:
-        return f"it describes run {name}"
-    evaluation = Path(record["evaluation_checkpoint"])
-    if f"_seed_{record['seed']}_" not in evaluation.name:
-        return f"its evaluation checkpoint {evaluation.name} is not of seed {record['seed']}"
-    tested, problem = read_test_result(evaluation.parent / f"log_{evaluation.stem}_test.csv", ["accuracy"])
-    if problem or tested is None or tested["accuracy"] != round(record["accuracy"], 4):
-        return "its evaluation's test log does not end with its accuracy"
-    return None
-
-
-def describe_records(records: list[dict]) -> str:
-    """Records in a few words: per method (and variant), its seeds."""
-    seeds: dict[str, list[int]] = {}
-    for record in records:
-        name = " ".join(filter(None, [record["method"], record["variant"]]))
-        seeds.setdefault(name, []).append(record["seed"])
-    return "; ".join(
-        f"{name} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))}" for name, s in seeds.items()
-    )
 
 
 class GridLock(RunLock):

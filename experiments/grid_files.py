@@ -164,3 +164,35 @@ def read_probe_accuracy(log: Path) -> float | None:
                 return None
             return round(value, 4) if is_percent(value) else None
     return None
+
+
+def unfounded_record(path: Path, record: dict) -> str | None:
+    """Why a record of an earlier command is not what its run left, or None: its file is named
+    after another run, its evaluation checkpoint is another seed's, or that checkpoint's test
+    log does not end with its accuracy (a record copied or edited by hand)."""
+    name = "_".join(
+        filter(
+            None,
+            [record["condition"], record["variant"], record["method"], record["backbone"], f"seed_{record['seed']}"],
+        )
+    )
+    if path.stem != name:
+        return f"it describes run {name}"
+    evaluation = Path(record["evaluation_checkpoint"])
+    if f"_seed_{record['seed']}_" not in evaluation.name:
+        return f"its evaluation checkpoint {evaluation.name} is not of seed {record['seed']}"
+    tested, problem = read_test_result(evaluation.parent / f"log_{evaluation.stem}_test.csv", ["accuracy"])
+    if problem or tested is None or tested["accuracy"] != round(record["accuracy"], 4):
+        return "its evaluation's test log does not end with its accuracy"
+    return None
+
+
+def describe_records(records: list[dict]) -> str:
+    """Records in a few words: per method (and variant), its seeds."""
+    seeds: dict[str, list[int]] = {}
+    for record in records:
+        name = " ".join(filter(None, [record["method"], record["variant"]]))
+        seeds.setdefault(name, []).append(record["seed"])
+    return "; ".join(
+        f"{name} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))}" for name, s in seeds.items()
+    )

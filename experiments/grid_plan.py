@@ -44,6 +44,15 @@ class RunStage:
     resumable: bool = False  # continued from its last checkpoint after an interruption
     epochs: int = 0  # 0: no epochs (the test)
 
+    def continue_flags(self) -> list[str]:
+        """Resume an interrupted training run (stage 1, fine-tuning) from its last checkpoint;
+        replace one that died before it saved any."""
+        if not self.resumable or self.files is None:
+            return []
+        if self.files.last_checkpoint.exists():
+            return ["--resume", "auto"]
+        return ["--overwrite"] if self.files.log.exists() or self.files.config.exists() else []
+
 
 @dataclass
 class Run:

@@ -14,8 +14,10 @@ from backbones.features import extract_features
 from datasets import DATASETS, load_dataset
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_than_finetuning, save_checkpoint
 from engine.csv_log import write_csv
+from engine.epoch_progress import resume_position
 from engine.locks import RunLock
-from engine.loop import Engine, TrainingPlan, resume_position
+from engine.loop import Engine
+from engine.plan import TrainingPlan
 from engine.run_files import RunFiles, evaluation_header
 from evaluation.linear import evaluate, score_logits, train_linear_epoch
 from evaluation.logistic import fit_logistic_regression

@@ -13,8 +13,10 @@ from torch import nn
 from backbones import check_image_side, refuse_stem_without_choice, resolve_stem
 from datasets import ImageSet, image_side, load_dataset, pretraining_split
 from engine.checkpoint import check_backbone, read_checkpoint, refuse_other_kind, save_checkpoint
+from engine.epoch_progress import resume_position
 from engine.locks import RunLock
-from engine.loop import PROBE_KEY, Engine, TrainingPlan, resume_position
+from engine.loop import Engine
+from engine.plan import PROBE_KEY, TrainingPlan
 from engine.run_files import RunFiles, run_header
 from evaluation.linear import evaluate
 from experiments.arguments import RunArguments, freeze

@@ -19,7 +19,7 @@ import torch
 from backbones import Backbone, build_backbone
 from engine.checkpoint import read_checkpoint
 from engine.commit import finish_commit, unfinished_commit
-from engine.loop import check_resume_fields
+from engine.epoch_progress import check_resume_fields
 from engine.run_files import RunFiles
 from experiments.arguments import RunArguments
 from experiments.flags import ResumeRules

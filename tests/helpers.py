@@ -338,7 +338,8 @@ def make_engine(method_name, data, folder, seed=1, epochs=3, batch=32, plan_opti
 
 def engine_for(method, data, folder, seed=1, epochs=3, batch=32, plan_options=None, checkpoints=True):
     """An engine training the built `method` on `data` on the CPU (see make_engine)."""
-    from engine.loop import Engine, TrainingPlan
+    from engine.loop import Engine
+    from engine.plan import TrainingPlan
 
     plan = TrainingPlan(
         epochs=epochs,

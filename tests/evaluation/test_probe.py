@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from backbones import build_backbone
 from datasets import load_dataset
-from engine.loop import PROBE_KEY
+from engine.plan import PROBE_KEY
 from engine.signals import RunInterrupted
 from evaluation.probe import OnlineProbe, ProbeSettings
 from methods import METHODS

@@ -14,7 +14,8 @@ import torch
 from backbones import build_backbone
 from datasets import load_dataset
 from datasets.augment import CropFlipViews
-from engine.loop import Engine, TrainingPlan
+from engine.loop import Engine
+from engine.plan import TrainingPlan
 from experiments.cli import stage1_parser
 from experiments.options import stage1_config
 from methods import METHODS

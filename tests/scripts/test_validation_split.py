@@ -13,7 +13,8 @@ import torch
 import experiments.linear_evaluation as stage2
 import experiments.pretraining as stage1
 from datasets import load_dataset
-from engine.loop import PROBE_KEY, Engine
+from engine.loop import Engine
+from engine.plan import PROBE_KEY
 from experiments.validation import VALIDATION_KEY
 from tests.helpers import load, read_log, run_stage, stage_arguments
 
