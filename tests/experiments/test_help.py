@@ -63,4 +63,5 @@ def test_the_batch_default_in_the_help_is_read_from_the_methods():
     assert {name: named.get(name, int(common)) for name in METHODS} == {
         name: method.default_batch_size for name, method in METHODS.items()
     }
-    assert named["byol"] == 256  # not the 128 of the paper's methods
+    assert named.get("byol", int(common)) == 256  # not the 128 of the paper's methods
+    assert {int(common), *named.values()} == {128, 256}
