@@ -13,8 +13,12 @@ import experiments.testing as stage3
 from tests.helpers import load, record_feature_inputs, run_stage, stage_arguments, three_stages
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "stl10"])
-@pytest.mark.parametrize("backbone", ["conv4", "resnet18", "resnet50"])
+# ResNet-50 (ImageNet stem, 2048 features) on STL-10 only, where relic-pytorch trains it: on
+# CIFAR-10 it would repeat, at twice the suite's cost, what ResNet-18 and the STL-10 case test.
+@pytest.mark.parametrize(
+    "dataset, backbone",
+    [("cifar10", "conv4"), ("cifar10", "resnet18"), ("stl10", "conv4"), ("stl10", "resnet18"), ("stl10", "resnet50")],
+)
 def test_relic_three_stages(small_cifar10_root, stl10_root, tmp_path, capsys, monkeypatch, dataset, backbone):
     seen = record_feature_inputs(monkeypatch)
     root = small_cifar10_root if dataset == "cifar10" else stl10_root
